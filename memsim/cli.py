@@ -1,0 +1,163 @@
+"""The ``memsim`` command: parse, call the API, render. No logic of its own.
+
+Every command takes ``--json`` and then prints exactly one JSON document on stdout. Errors are
+rendered here from the exceptions the API raises: ``SpecError`` → exit 2 with one line naming the
+file and key, ``Infeasible`` → exit 3 with the diagnosis. Never a traceback for a user mistake.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from memsim import units
+from memsim.errors import Infeasible, MemsimError, SpecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Plan and simulate where every byte of a large model lives.")
+hardware_app = typer.Typer(no_args_is_help=True, help="Machines in the catalog.")
+workload_app = typer.Typer(no_args_is_help=True, help="Workloads in the catalog.")
+app.add_typer(hardware_app, name="hardware")
+app.add_typer(workload_app, name="workload")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a key by dotted path: training.zero_stage=3, hardware.tiers.dram.capacity=1TiB")]
+
+
+def emit_json(doc: Any) -> None:
+    """The one JSON document of a --json run: sorted keys, so output is byte-for-byte stable."""
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, set | tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn memsim's own exceptions into exit codes 2 and 3 with a readable message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        as_json = bool(kwargs.get("as_json"))
+        try:
+            return fn(*args, **kwargs)
+        except Infeasible as exc:
+            if as_json:
+                emit_json({"feasible": False, "diagnosis": exc.diagnosis.to_dict(),
+                           **getattr(exc, "payload", {})})
+            else:
+                render_diagnosis(exc.diagnosis)
+            raise typer.Exit(3) from None
+        except SpecError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+        except MemsimError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def render_diagnosis(diagnosis) -> None:
+    err.print(f"[bold red]does not fit:[/] {diagnosis.summary}", highlight=False)
+    for s in diagnosis.shortfalls:
+        err.print(f"  {s.tier}: needs {units.fmt_bytes(s.needed_bytes)}, has "
+                  f"{units.fmt_bytes(s.capacity_bytes)} — short by {units.fmt_bytes(s.short_bytes)}",
+                  highlight=False)
+    for suggestion in diagnosis.suggestions:
+        err.print(f"  [green]would fit:[/] {suggestion}", highlight=False)
+
+
+# -- hardware -------------------------------------------------------------------------------------
+
+
+@hardware_app.command("list")
+@handle_errors
+def hardware_list(as_json: JsonOpt = False) -> None:
+    """List the machines in the catalog."""
+    from memsim.hardware import list_systems
+
+    systems = list_systems()
+    if as_json:
+        emit_json({"systems": [_system_summary(s) for s in systems]})
+        return
+    table = Table("name", "GPU", "tiers", "description", title="hardware catalog")
+    for s in systems:
+        gpu = s.gpu
+        tiers = ", ".join(f"{n} {units.fmt_bytes(t.capacity)}" for n, t in s.tiers.items())
+        table.add_row(s.name, f"{gpu.count}x {gpu.model or ''}" if gpu else "—", tiers, s.description)
+    out.print(table)
+
+
+def _system_summary(s) -> dict:
+    return {"name": s.name, "description": s.description,
+            "tiers": {n: {"kind": t.kind, "capacity_bytes": t.capacity} for n, t in s.tiers.items()},
+            "tier_kinds": sorted({t.kind for t in s.tiers.values()}),
+            "gpu": s.gpu.model if s.gpu else None}
+
+
+@hardware_app.command("show")
+@handle_errors
+def hardware_show(name: Annotated[str, typer.Argument(help="catalog name or path to a YAML file")],
+                  overrides: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one machine: tiers, links, routes between tiers, compute."""
+    from memsim.hardware import Topology, load_system
+
+    system = load_system(name, [f"hardware.{o}" if not o.startswith("hardware.") else o
+                                for o in overrides or []])
+    topo = Topology(system)
+    fast = system.fast_tier
+    routes = {t: {"via": topo.route(t, fast).via, "bottleneck_bytes_per_s": topo.bottleneck(t, fast)}
+              for t in system.tiers if t != fast}
+    if as_json:
+        emit_json({**system.model_dump(mode="json"), "routes_to_" + fast: routes})
+        return
+    out.print(f"[bold]{system.name}[/] — {system.description}")
+    table = Table("tier", "kind", "capacity", "read", "write", "latency", f"→ {fast} via", "bottleneck",
+                  title="tiers")
+    for n, t in system.tiers.items():
+        r = routes.get(n)
+        table.add_row(n, t.kind, units.fmt_bytes(t.capacity) + (" /GPU" if t.is_per_device else ""),
+                      units.fmt_bandwidth(t.read_bw), units.fmt_bandwidth(t.write_bw),
+                      units.fmt_time(t.latency) if t.latency else "—",
+                      " → ".join(r["via"]) or "direct" if r else "—",
+                      units.fmt_bandwidth(r["bottleneck_bytes_per_s"]) if r else "—")
+    out.print(table)
+    links = Table("link", "kind", "ends", "bandwidth/dir", "latency", "port", title="links")
+    for link in system.links:
+        links.add_row(link.name, link.kind, " ↔ ".join(link.ends), units.fmt_bandwidth(link.rate(link.ends[0])),
+                      units.fmt_time(link.latency) if link.latency else "—", link.port or "—")
+    out.print(links)
+    comp = Table("unit", "model", "count", "memory", "peak", "mem bw", title="compute")
+    for n, c in system.compute.items():
+        peak = ", ".join(f"{d} {units.fmt_flops(v)}" for d, v in c.peak_flops.items())
+        comp.add_row(n, c.model or "—", str(c.count), c.memory, peak, units.fmt_bandwidth(c.mem_bw))
+    out.print(comp)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,289 @@
+"""The System schema: tiers, links, ports and compute units, with units parsed on the way in.
+
+Every field has a description: it is the help text of the schema and the "what was expected" of
+every error message. Unknown keys are rejected (with a did-you-mean from the loader), and values
+are checked up front, as SimPy does, so a bad file fails at load time naming the key.
+
+A catalog file describes one *node*: HBM tiers are per GPU (``per_device: true``), host tiers
+(DRAM, CXL, SSD) are shared by the GPUs of the node. ``System.device_view(n)`` gives the share of
+one of ``n`` ranks that run on the node, which is what a per-rank planner reasons about.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+
+from memsim import units
+
+TierKind = Literal["hbm", "dram", "cxl", "ssd", "flash"]
+TIER_KINDS: tuple[str, ...] = ("hbm", "dram", "cxl", "ssd", "flash")
+LinkKind = Literal["pcie", "nvlink", "c2c", "cxl", "nvme", "memory-bus", "network", "sata"]
+Dtype = Literal["fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
+
+
+def _parser(fn):
+    def parse(value):
+        try:
+            return fn(value)
+        except ValueError as exc:  # pydantic turns ValueError into a located validation error
+            raise ValueError(str(exc)) from None
+
+    return BeforeValidator(parse)
+
+
+Bytes = Annotated[int, _parser(units.parse_bytes), PlainSerializer(lambda v: v, return_type=int)]
+Bandwidth = Annotated[float, _parser(units.parse_bandwidth)]
+Seconds = Annotated[float, _parser(units.parse_time)]
+FlopRate = Annotated[float, _parser(units.parse_flops)]
+
+
+class Spec(BaseModel):
+    """Base of every spec model: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class Curve(Spec):
+    """A measured curve ``[[x, y], ...]`` interpolated log-linearly in x, clamped at both ends."""
+
+    points: list[tuple[float, float]] = Field(min_length=1, description="[x, y] pairs, x increasing")
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Curve:
+        xs = [x for x, _ in self.points]
+        if any(b <= a for a, b in zip(xs, xs[1:], strict=False)) or xs[0] <= 0:
+            raise ValueError("curve x values must be positive and strictly increasing")
+        return self
+
+    def at(self, x: float) -> float:
+        xs = [p[0] for p in self.points]
+        if x <= xs[0]:
+            return self.points[0][1]
+        if x >= xs[-1]:
+            return self.points[-1][1]
+        i = bisect.bisect_right(xs, x)
+        (x0, y0), (x1, y1) = self.points[i - 1], self.points[i]
+        t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+        return y0 + t * (y1 - y0)
+
+
+def _curve(kind_x, kind_y):
+    """Accept ``[[4KiB, 1GB/s], ...]`` in YAML and keep numbers inside."""
+
+    def parse(value):
+        if isinstance(value, dict | Curve):
+            return value
+        if not isinstance(value, list):
+            raise ValueError("expected a list of [x, y] pairs")
+        pts = []
+        for pair in value:
+            if not isinstance(pair, list | tuple) or len(pair) != 2:
+                raise ValueError(f"expected [x, y] pairs, got {pair!r}")
+            pts.append((float(kind_x(pair[0])), float(kind_y(pair[1]))))
+        return {"points": pts}
+
+    return BeforeValidator(parse)
+
+
+SizeCurve = Annotated[Curve, _curve(units.parse_bytes, units.parse_bandwidth)]
+ConcurrencyCurve = Annotated[Curve, _curve(float, units.parse_bandwidth)]
+
+
+class Tier(Spec):
+    """One memory or storage tier: a pool of bytes with its own read and write bandwidth."""
+
+    kind: TierKind = Field(description="hbm | dram | cxl | ssd | flash")
+    capacity: Bytes = Field(gt=0, description="usable bytes, e.g. 80GiB (per device when per_device)")
+    read_bw: Bandwidth = Field(gt=0, description="sustained sequential read bandwidth, e.g. 7GB/s")
+    write_bw: Bandwidth = Field(gt=0, description="sustained sequential write bandwidth")
+    latency: Seconds = Field(0.0, ge=0, description="access latency added to each transfer, e.g. 80us")
+    per_device: bool | None = Field(
+        None, description="capacity and bandwidth are per GPU (default: true for hbm, false otherwise)")
+    read_size_curve: SizeCurve | None = Field(
+        None, description="read throughput by request size [[size, bandwidth], ...] (flash, SSD)")
+    concurrency_curve: ConcurrencyCurve | None = Field(
+        None, description="aggregate bandwidth by concurrent streams [[streams, bandwidth], ...] (CXL)")
+    queue_depth: int = Field(1, ge=1, description="requests the device serves at once (SSD queues)")
+    source: str | None = Field(None, description="where the numbers come from")
+
+    @property
+    def is_per_device(self) -> bool:
+        return self.kind == "hbm" if self.per_device is None else self.per_device
+
+    def read_bandwidth(self, request_bytes: float | None = None, streams: int = 1) -> float:
+        """Read bandwidth for one request size and concurrency, from the curves when present."""
+        bw = self.read_bw
+        if self.read_size_curve is not None and request_bytes:
+            bw = min(bw, self.read_size_curve.at(request_bytes))
+        if self.concurrency_curve is not None:
+            bw = min(bw, self.concurrency_curve.at(max(1, streams)))
+        return bw
+
+    def write_bandwidth(self, streams: int = 1) -> float:
+        bw = self.write_bw
+        if self.concurrency_curve is not None:
+            bw = min(bw, self.concurrency_curve.at(max(1, streams)))
+        return bw
+
+
+# Per-lane, per-direction payload bandwidth after line encoding (PCI-SIG base specs:
+# Gen3 8 GT/s 128b/130b, Gen4 16 GT/s, Gen5 32 GT/s, Gen6 64 GT/s PAM4 with FLIT encoding).
+PCIE_GBPS_PER_LANE = {3: 0.985e9, 4: 1.969e9, 5: 3.938e9, 6: 7.563e9}
+
+
+class Link(Spec):
+    """A full-duplex connection between two tiers; each direction has its own copy engine."""
+
+    name: str = Field(description="unique link name, e.g. pcie-gpu0")
+    kind: LinkKind = Field(description="pcie | nvlink | c2c | cxl | nvme | memory-bus | network | sata")
+    ends: tuple[str, str] = Field(description="the two tier names it connects, e.g. [hbm, dram]")
+    bandwidth: Bandwidth | None = Field(None, gt=0, description="bandwidth per direction, e.g. 64GB/s")
+    bandwidth_reverse: Bandwidth | None = Field(
+        None, gt=0, description="bandwidth from ends[1] to ends[0] when it differs")
+    pcie_gen: int | None = Field(None, ge=3, le=6, description="PCIe generation, if bandwidth is derived")
+    lanes: int | None = Field(None, ge=1, le=32, description="PCIe lanes, if bandwidth is derived")
+    efficiency: float = Field(1.0, gt=0, le=1, description="achievable fraction of the raw bandwidth")
+    latency: Seconds = Field(0.0, ge=0, description="per-transfer setup latency, e.g. 2us")
+    port: str | None = Field(None, description="upstream port it shares with other links (a switch)")
+    source: str | None = Field(None, description="where the numbers come from")
+
+    @model_validator(mode="after")
+    def _bandwidth_known(self) -> Link:
+        if self.bandwidth is None:
+            if self.pcie_gen is None or self.lanes is None:
+                raise ValueError("give either bandwidth or both pcie_gen and lanes")
+            self.__dict__["bandwidth"] = PCIE_GBPS_PER_LANE[self.pcie_gen] * self.lanes
+        return self
+
+    def rate(self, src: str) -> float:
+        """Achievable bytes/s when the copy leaves from ``src`` (one of ``ends``)."""
+        raw = self.bandwidth if src == self.ends[0] else (self.bandwidth_reverse or self.bandwidth)
+        return raw * self.efficiency
+
+
+class Port(Spec):
+    """An upstream port (PCIe switch, CXL root port) whose bandwidth its links share."""
+
+    bandwidth: Bandwidth = Field(gt=0, description="bandwidth per direction of the shared port")
+    source: str | None = None
+
+
+class Compute(Spec):
+    """A compute unit: peak FLOP/s per dtype and the memory it computes from (roofline)."""
+
+    kind: Literal["gpu", "cpu"] = Field(description="gpu | cpu")
+    model: str | None = Field(None, description="product name, e.g. 'NVIDIA H100 SXM5 80GB'")
+    count: int = Field(1, ge=1, description="units of this kind in the node (GPUs per node)")
+    memory: str = Field(description="tier name this unit reads its operands from, e.g. hbm")
+    peak_flops: dict[Dtype, FlopRate] = Field(
+        description="dense peak FLOP/s per dtype, e.g. {bf16: 989TFLOP/s}", min_length=1)
+    mem_bw: Bandwidth = Field(gt=0, description="memory bandwidth for the roofline, e.g. 3.35TB/s")
+    matmul_efficiency: float = Field(
+        0.7, gt=0, le=1, description="achievable fraction of peak FLOP/s on large GEMMs")
+    memory_efficiency: float = Field(
+        0.8, gt=0, le=1, description="achievable fraction of mem_bw on streaming kernels")
+    launch_overhead: Seconds = Field(0.0, ge=0, description="fixed cost per op (kernel launch), e.g. 5us")
+    source: str | None = None
+
+    def flops(self, dtype: str) -> float:
+        """Achievable FLOP/s for a dtype; falls back to the closest wider dtype it has."""
+        order = ["fp8", "int8", "fp16", "bf16", "tf32", "fp32", "fp64"]
+        if dtype in self.peak_flops:
+            return self.peak_flops[dtype] * self.matmul_efficiency
+        start = order.index(dtype) if dtype in order else order.index("fp32")
+        for candidate in order[start:] + order[:start][::-1]:
+            if candidate in self.peak_flops:
+                return self.peak_flops[candidate] * self.matmul_efficiency
+        raise KeyError(dtype)  # unreachable: peak_flops is non-empty
+
+    def op_time(self, flops: float, nbytes: float, dtype: str = "bf16") -> float:
+        """Roofline: the slower of compute and memory traffic, plus launch overhead."""
+        return max(flops / self.flops(dtype), nbytes / (self.mem_bw * self.memory_efficiency)) \
+            + self.launch_overhead
+
+
+class System(Spec):
+    """A machine: named tiers, the links between them, shared ports and compute units."""
+
+    name: str = Field(description="catalog name, e.g. h100-sxm")
+    description: str = Field("", description="one line for `memsim hardware list`")
+    tiers: dict[str, Tier] = Field(min_length=1, description="tier name → tier")
+    links: list[Link] = Field(default_factory=list, description="connections between tiers")
+    ports: dict[str, Port] = Field(default_factory=dict, description="shared upstream ports")
+    compute: dict[str, Compute] = Field(min_length=1, description="compute units, e.g. gpu and cpu")
+    usd_per_hour: float | None = Field(None, ge=0, description="rental price of the node, for studies")
+    sources: list[str] = Field(default_factory=list, description="documents the numbers come from")
+    calibration: dict | None = Field(None, description="how and when `memsim calibrate` measured this")
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> System:
+        names = set(self.tiers)
+        seen: set[str] = set()
+        for i, link in enumerate(self.links):
+            for end in link.ends:
+                if end not in names:
+                    raise ValueError(f"links[{i}] ({link.name}): unknown tier {end!r}; tiers are "
+                                     f"{sorted(names)}")
+            if link.ends[0] == link.ends[1]:
+                raise ValueError(f"links[{i}] ({link.name}): a link must join two different tiers")
+            if link.port is not None and link.port not in self.ports:
+                raise ValueError(f"links[{i}] ({link.name}): unknown port {link.port!r}; ports are "
+                                 f"{sorted(self.ports)}")
+            if link.name in seen:
+                raise ValueError(f"links[{i}]: duplicate link name {link.name!r}")
+            seen.add(link.name)
+        for cname, unit in self.compute.items():
+            if unit.memory not in names:
+                raise ValueError(f"compute.{cname}.memory: unknown tier {unit.memory!r}; tiers are "
+                                 f"{sorted(names)}")
+        return self
+
+    # -- convenience views used by planners and the simulator --------------------------------
+
+    @property
+    def gpu(self) -> Compute | None:
+        return next((c for c in self.compute.values() if c.kind == "gpu"), None)
+
+    @property
+    def cpu(self) -> Compute | None:
+        return next((c for c in self.compute.values() if c.kind == "cpu"), None)
+
+    @property
+    def fast_tier(self) -> str:
+        """The tier the main compute unit (the GPU if any) computes from."""
+        unit = self.gpu or self.cpu or next(iter(self.compute.values()))
+        return unit.memory
+
+    def tiers_of(self, kind: str) -> list[str]:
+        return [name for name, tier in self.tiers.items() if tier.kind == kind]
+
+    def device_view(self, ranks: int) -> System:
+        """The share of one of ``ranks`` ranks on this node: shared host tiers, links and ports
+        divide their capacity and bandwidth; per-device tiers are kept whole."""
+        if ranks <= 1:
+            return self
+        view = self.model_copy(deep=True)
+        for tier in view.tiers.values():
+            if not tier.is_per_device:
+                tier.__dict__["capacity"] = tier.capacity // ranks
+                tier.__dict__["read_bw"] = tier.read_bw / ranks
+                tier.__dict__["write_bw"] = tier.write_bw / ranks
+        per_device = {n for n, t in self.tiers.items() if t.is_per_device}
+        for link in view.links:
+            if not (set(link.ends) & per_device):  # host-side links are shared by every rank
+                link.__dict__["bandwidth"] = link.bandwidth / ranks
+                if link.bandwidth_reverse:
+                    link.__dict__["bandwidth_reverse"] = link.bandwidth_reverse / ranks
+        for port in view.ports.values():
+            port.__dict__["bandwidth"] = port.bandwidth / ranks
+        for unit in view.compute.values():
+            if unit.kind == "cpu":
+                for dtype in unit.peak_flops:
+                    unit.peak_flops[dtype] /= ranks
+                unit.__dict__["mem_bw"] = unit.mem_bw / ranks
+        view.__dict__["name"] = f"{self.name}/{ranks}"
+        return view

@@ -1,0 +1,173 @@
+"""The Plan: where every class of bytes lives and how it moves. Data, not code.
+
+The other narrow waist beside the Trace. The MIP, every baseline and a user's hand-written YAML
+produce the same object, and the simulator executes it. Its meaning, which the simulator
+implements and every planner relies on:
+
+``placement[cls][tier]``
+    The fraction of the bytes of tensor class ``cls`` (``weight``, ``grad``, ``optimizer``,
+    ``kv``, ``activation``) whose *home* is ``tier``; fractions of a class sum to 1, and each
+    layer is split the same way (FlexGen's percentages, over any number of tiers). A class not
+    listed lives on the compute tier (HBM; DRAM on a CPU-only system).
+    Bytes homed off the compute tier are streamed in: weights (and KV) are prefetched
+    ``prefetch_depth`` layers ahead into the compute tier, used, and dropped (KV appended in a
+    decode step is written back to its home). Gradients homed off-tier are copied out after the
+    layer's backward. Optimizer states homed off-tier are streamed through the device that runs
+    the step.
+
+``activations`` / ``layer_policy``
+    What happens to a layer's saved activations between its forward and backward:
+    ``keep`` (stay on the compute tier), ``offload`` (copied to ``activation_tier`` after the
+    forward, prefetched back ``prefetch_depth`` layers before the backward) or ``recompute``
+    (dropped; the layer's forward runs again just before its backward, keeping only its input,
+    as checkpointing does). ``layer_policy`` overrides the default for single layers.
+
+``optimizer_device``
+    ``gpu``: the step runs on the GPU over states fetched per layer. ``cpu``: ZeRO-Offload —
+    gradients go to host memory, the CPU runs the step over states in their home tier
+    (DRAM, CXL, or NVMe as in ZeRO-Infinity), updated weights are copied back.
+
+``gpu_batch_size`` / ``num_gpu_batches``
+    Inference only: FlexGen's block schedule. The effective batch is their product; each layer's
+    weights are loaded once per block and reused by every GPU batch (the zig-zag order).
+    ``cpu_attention``: decode attention runs on the CPU next to a KV cache homed in DRAM.
+
+``serving``
+    Serving only: ``max_num_seqs``, ``max_num_batched_tokens``, ``block_size`` (tokens per KV
+    block), ``preempt`` (``swap`` or ``recompute``), ``swap_tier`` and ``swap_bytes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from memsim.errors import SpecError
+
+PLAN_VERSION = 1
+ActivationPolicy = Literal["keep", "offload", "recompute"]
+PLACED_CLASSES = ("weight", "grad", "optimizer", "kv", "activation")
+
+
+@dataclass
+class PlannerInfo:
+    """Who wrote the plan and how well it solved: shown beside every figure."""
+
+    name: str = "manual"
+    status: str = "given"  # optimal | feasible | time_limit | heuristic | given | infeasible
+    objective: float | None = None
+    gap: float | None = None
+    solve_s: float | None = None
+    estimate_s: float | None = None  # the planner's own step-time estimate (the MIP's model)
+
+
+@dataclass
+class ServingPolicy:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    block_size: int = 16
+    preempt: Literal["swap", "recompute"] = "recompute"
+    swap_tier: str | None = None
+    swap_bytes: int = 0
+
+
+@dataclass
+class Plan:
+    placement: dict[str, dict[str, float]] = field(default_factory=dict)
+    activations: ActivationPolicy = "keep"
+    layer_policy: dict[int, ActivationPolicy] = field(default_factory=dict)
+    activation_tier: str | None = None
+    optimizer_device: Literal["gpu", "cpu"] = "gpu"
+    prefetch_depth: int = 1
+    gpu_batch_size: int | None = None
+    num_gpu_batches: int | None = None
+    cpu_attention: bool = False
+    serving: ServingPolicy | None = None
+    planner: PlannerInfo = field(default_factory=PlannerInfo)
+    workload: str = ""  # the Trace's name, so a plan for another workload is refused
+    fingerprint: str = ""  # trace_fingerprint() of that Trace
+    notes: list[str] = field(default_factory=list)
+    version: int = PLAN_VERSION
+
+    def home(self, cls: str, default: str) -> dict[str, float]:
+        """Tier fractions for a class; everything on ``default`` (the compute tier) if unplaced."""
+        return self.placement.get(cls) or {default: 1.0}
+
+    def policy(self, layer: int) -> ActivationPolicy:
+        return self.layer_policy.get(layer, self.activations)
+
+    def check(self, tiers: set[str] | list[str], file: str = "plan") -> None:
+        """Refuse a plan that names unknown tiers or whose fractions do not sum to 1."""
+        tiers = set(tiers)
+        for cls, split in self.placement.items():
+            if cls not in PLACED_CLASSES:
+                raise SpecError(f"unknown tensor class {cls!r}; expected one of {PLACED_CLASSES}",
+                                file=file, key=f"placement.{cls}")
+            for tier, frac in split.items():
+                if tier not in tiers:
+                    raise SpecError(f"unknown tier {tier!r}; the system has {sorted(tiers)}",
+                                    file=file, key=f"placement.{cls}.{tier}")
+                if not 0 <= frac <= 1:
+                    raise SpecError(f"fraction must be within [0, 1], got {frac}",
+                                    file=file, key=f"placement.{cls}.{tier}")
+            if abs(sum(split.values()) - 1) > 1e-6:
+                raise SpecError(f"fractions sum to {sum(split.values()):.6g}, expected 1",
+                                file=file, key=f"placement.{cls}")
+        for key, tier in (("activation_tier", self.activation_tier),
+                          ("serving.swap_tier", self.serving.swap_tier if self.serving else None)):
+            if tier is not None and tier not in tiers:
+                raise SpecError(f"unknown tier {tier!r}; the system has {sorted(tiers)}", file=file, key=key)
+
+    # -- files --------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, file: str = "plan") -> Plan:
+        if not isinstance(data, dict):
+            raise SpecError("expected a mapping at the top level", file=file)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            from memsim.errors import did_you_mean
+
+            key = sorted(unknown)[0]
+            raise SpecError(f"unknown key {key!r}{did_you_mean(key, known)}", file=file, key=key)
+        data = dict(data)
+        try:
+            if data.get("serving") is not None:
+                data["serving"] = ServingPolicy(**data["serving"])
+            data["planner"] = PlannerInfo(**data.get("planner") or {})
+            data["layer_policy"] = {int(k): v for k, v in (data.get("layer_policy") or {}).items()}
+            plan = cls(**data)
+        except TypeError as exc:
+            raise SpecError(f"malformed plan: {exc}", file=file) from None
+        if plan.activations not in ("keep", "offload", "recompute"):
+            raise SpecError(f"expected keep, offload or recompute, got {plan.activations!r}",
+                            file=file, key="activations")
+        return plan
+
+    def save(self, path: str | Path) -> None:
+        text = (json.dumps(self.to_dict(), indent=1, sort_keys=True) if str(path).endswith(".json")
+                else yaml.safe_dump(self.to_dict(), sort_keys=True))
+        Path(path).write_text(text)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        from memsim.specio import read_yaml  # YAML is a superset of JSON
+
+        return cls.from_dict(read_yaml(path), file=str(path))
+
+
+def trace_fingerprint(trace) -> str:
+    """A short hash of a Trace's structure, stored in plans so a plan is not run on another."""
+    payload = json.dumps({"name": trace.name, "kind": trace.kind, "ops": trace.num_ops,
+                          "tensors": sorted((n, t.bytes) for n, t in trace.tensors.items())},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

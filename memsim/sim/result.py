@@ -1,0 +1,63 @@
+"""What a simulation reports. Every time and byte figure a user sees for a plan comes from here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class OOM:
+    """The first moment a tier ran out: where, when, during which op, and who holds the bytes."""
+
+    tier: str
+    time_s: float
+    op: str
+    needed_bytes: int
+    capacity_bytes: int
+    largest: list[tuple[str, int]] = field(default_factory=list)  # largest live tensors on the tier
+
+    @property
+    def short_bytes(self) -> int:
+        return max(0, self.needed_bytes - self.capacity_bytes)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "short_bytes": self.short_bytes,
+                "largest": [{"name": n, "bytes": b} for n, b in self.largest]}
+
+
+@dataclass
+class ServingStats:
+    requests: int
+    completed: int
+    ttft_s: dict[str, float]  # p50, p90, p99, mean
+    tbt_s: dict[str, float]
+    throughput_tokens_per_s: float
+    kv_utilization: float  # time-weighted fraction of the KV pool's blocks in use
+    kv_fragmentation: float  # fraction of allocated KV bytes holding no token (last-block waste)
+    preemptions: int
+
+
+@dataclass
+class Result:
+    feasible: bool
+    step_time_s: float  # makespan of one step (training, inference) or of the whole trace (serving)
+    tokens_per_s: float
+    tokens_per_step: int
+    mfu: float  # model FLOPs / (step time × GPU peak), recompute not counted as useful work
+    peak_bytes: dict[str, int]
+    mean_bytes: dict[str, float]  # time-weighted
+    capacity_bytes: dict[str, int]
+    link_busy: dict[str, float]  # fraction of the step each copy engine was busy
+    breakdown: dict[str, float]  # seconds: compute, recompute, exposed_transfer, memory_wait, cpu
+    oom: OOM | None = None
+    serving: ServingStats | None = None
+    events: int = 0  # simulator events processed
+    wall_s: float = 0.0  # how long the simulation itself took
+    source: str = "simulated"
+    timeline: list[dict] | None = field(default=None, repr=False)  # Chrome-trace events, if asked
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.pop("timeline")
+        out["oom"] = self.oom.to_dict() if self.oom else None
+        return out

@@ -1,0 +1,206 @@
+"""Reading spec files: YAML without surprises, ``extends:``, ``--set`` overrides, clear errors.
+
+Shared by every catalog (hardware, workloads, planners, suites, studies) so that a user's mistake
+reads the same everywhere: ``file: key.path: what was expected``. Loading has no side effects.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from memsim.catalog import catalog_dir
+from memsim.errors import SpecError, did_you_mean
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key written twice in one mapping (YAML silently keeps the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse one YAML file; a syntax error or a duplicate key becomes a SpecError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError("file not found", file=str(path)) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{where}invalid YAML: {problem}", file=str(path)) from None
+
+
+def resolve(name_or_path: str | Path, family: str) -> Path:
+    """A catalog name (``h100-sxm``) or a path to a user's own YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml", ".json") or candidate.exists():
+        if not candidate.exists():
+            raise SpecError("file not found", file=str(candidate))
+        return candidate
+    folder = catalog_dir(family)
+    for suffix in (".yaml", ".yml"):
+        hit = folder / f"{name_or_path}{suffix}"
+        if hit.exists():
+            return hit
+    names = catalog_names(family)
+    raise SpecError(f"no {family} named {str(name_or_path)!r}{did_you_mean(str(name_or_path), names)}; "
+                    f"`memsim {family.rstrip('s')} list` shows them")
+
+
+def catalog_names(family: str) -> list[str]:
+    folder = catalog_dir(family)
+    return sorted(p.stem for p in folder.glob("*.y*ml")) if folder.exists() else []
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``; nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_mapping(path: Path, family: str, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a mapping, following ``extends: other`` (a catalog name or a path relative to it)."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError(f"expected a mapping at the top level, got {type(data).__name__}", file=str(path))
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise SpecError("expected a catalog name or a file path", file=str(path), key="extends")
+    relative = path.parent / parent
+    parent_path = relative if relative.is_file() else resolve(parent, family)
+    if parent_path.resolve() in _seen:
+        raise SpecError(f"extends forms a cycle through {parent_path}", file=str(path), key="extends")
+    base = load_mapping(parent_path, family, (*_seen, path.resolve()))
+    return deep_merge(base, data)
+
+
+def parse_assignment(text: str) -> tuple[list[str], Any]:
+    """``"training.zero_stage=3"`` → (["training", "zero_stage"], 3); values are YAML scalars."""
+    if "=" not in text:
+        raise SpecError(f"--set expects key.path=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise SpecError(f"--set expects key.path=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, assignments: Iterable[str], file: str) -> dict:
+    """Set each dotted key. Intermediate mappings must exist; the leaf may be new, in which case
+    the schema decides whether it is allowed (unknown keys fail validation with a did-you-mean)."""
+    out = copy.deepcopy(data)
+    for text in assignments:
+        parts, value = parse_assignment(text)
+        node: Any = out
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {text}: {'.'.join(parts[:depth])} is not a mapping", file=file)
+            if part not in node:
+                node[part] = {}
+            node = node[part]
+        leaf = parts[-1]
+        if isinstance(node, list) and leaf.isdigit() and int(leaf) < len(node):
+            node[int(leaf)] = value
+        elif isinstance(node, dict):
+            node[leaf] = value
+        else:
+            raise SpecError(f"--set {text}: {'.'.join(parts[:-1])} is not a mapping", file=file)
+    return out
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names allowed at ``loc`` inside ``model``, for a did-you-mean on unknown keys."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        fields = getattr(current, "model_fields", {})
+        if part in fields:
+            current = _inner_model(fields[part].annotation)
+        # a dict key (tier name) keeps the value model found from the annotation
+    return list(getattr(current, "model_fields", {}) or [])
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The BaseModel inside ``dict[str, X]``, ``list[X]``, ``X | None``, or X itself."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def validate(model: type[M], data: Any, file: str) -> M:
+    """Build ``model`` from ``data``; the first error becomes one SpecError naming the key path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            allowed = _field_names(model, loc)
+            hint = did_you_mean(str(loc[-1]), allowed)
+            message = f"unknown key {loc[-1]!r}{hint}"
+            if allowed and not hint:
+                message += f"; expected one of {', '.join(sorted(allowed))}"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            if "input" in err and not isinstance(err["input"], dict | list):
+                message += f" (got {err['input']!r})"
+        more = len(exc.errors()) - 1
+        if more:
+            message += f" [and {more} more problem{'s' if more > 1 else ''}]"
+        raise SpecError(message, file=file, key=key or None) from None
+
+
+def load_spec(model: type[M], name_or_path: str | Path, family: str,
+              overrides: Iterable[str] = ()) -> M:
+    """Resolve, read (following extends), override, validate: the one way specs come in."""
+    path = resolve(name_or_path, family)
+    data = apply_overrides(load_mapping(path, family), overrides, str(path))
+    return validate(model, data, str(path))

@@ -1,0 +1,250 @@
+"""The Trace: what a workload does, as ops and tensors, independent of where bytes live.
+
+One of memsim's two narrow waists (the other is the Plan). Every workload kind and the torch
+tracer produce one; planners and the simulator consume only this.
+
+Compactness: transformer layers repeat, so a Trace is a list of ``Block``\\ s, each a template of
+ops run ``repeat`` times (once per layer, ascending for forward, descending for backward) and the
+whole block ``iterations`` times (decode steps). Names inside a template carry ``{layer}``, which
+expansion replaces with the layer index. An 80-layer serving trace is a few dozen op templates.
+
+Lifetimes follow from the op order after expansion, by tensor class:
+
+* ``weight`` and ``optimizer``: alive for the whole step (their home tier holds them).
+* ``grad``: from the op that produces it to the end of the step (the optimizer consumes it).
+* ``kv``: from the op that produces it to the end of the trace (decode keeps reading it).
+* ``activation`` and ``workspace``: from the producing op to the last op that reads it.
+  A tensor with no producer is an input, alive from the start.
+
+Serving traces also carry ``requests`` (arrival time, prompt and output length per request) and
+``meta["token_costs"]``, the per-token costs a batching scheduler needs (see ``TokenCosts``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+TRACE_VERSION = 1
+TensorClass = Literal["weight", "grad", "optimizer", "activation", "kv", "workspace"]
+TENSOR_CLASSES: tuple[str, ...] = ("weight", "grad", "optimizer", "activation", "kv", "workspace")
+Phase = Literal["forward", "backward", "optimizer", "prefill", "decode"]
+PERSISTENT = ("weight", "optimizer")
+LAYER = "{layer}"
+
+
+@dataclass(slots=True)
+class Tensor:
+    """A tensor (or a template, when its name holds ``{layer}``)."""
+
+    name: str
+    bytes: int
+    cls: TensorClass
+    dtype: str = "bf16"
+
+
+@dataclass(slots=True)
+class Op:
+    """One operation: its cost (FLOPs, bytes through memory) and the tensors it reads and writes."""
+
+    name: str
+    kind: str  # matmul | attention | elementwise | norm | embedding | loss | optimizer | comm | other
+    phase: Phase
+    flops: float = 0.0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    device: Literal["gpu", "cpu"] = "gpu"  # where it runs unless the plan moves it
+    dtype: str = "bf16"
+
+
+@dataclass(slots=True)
+class Block:
+    """A template of ops run once per layer in ``layers()``, the whole run ``iterations`` times."""
+
+    name: str
+    ops: list[Op]
+    repeat: int = 1
+    first_layer: int = 0
+    step: int = 1  # +1: layers ascend (forward); -1: descend (backward)
+    iterations: int = 1
+
+    def layers(self) -> range:
+        stop = self.first_layer + self.step * self.repeat
+        return range(self.first_layer, stop, self.step)
+
+    @property
+    def templated(self) -> bool:
+        return any(LAYER in name for op in self.ops for name in (op.name, *op.inputs, *op.outputs))
+
+
+@dataclass(slots=True)
+class ExpandedOp:
+    """One op instance after expansion: the template, its layer and iteration, concrete names."""
+
+    index: int
+    op: Op
+    block: str
+    layer: int | None
+    iteration: int
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class TokenCosts:
+    """Per-token costs of one forward pass, for serving simulation and planning.
+
+    Iteration time of a batch with ``n`` new tokens attending over ``c`` context tokens in total is
+    built from these by the simulator's roofline; bytes here are for the whole model on one device.
+    """
+
+    weight_bytes: int  # all weights read once per iteration
+    flops_per_token: float  # dense FLOPs per new token (≈ 2 × active parameters)
+    attn_flops_per_token_ctx: float  # attention FLOPs per (new token × context token)
+    kv_bytes_per_token: int  # KV bytes one token adds across all layers
+    activation_bytes_per_token: int  # transient activation bytes per new token (peak layer)
+    layers: int
+
+
+@dataclass
+class Requests:
+    """A serving workload's requests, sorted by arrival (columns, so 10k requests stay small)."""
+
+    arrival_s: list[float]
+    prompt_len: list[int]
+    output_len: list[int]
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+
+@dataclass
+class Trace:
+    name: str
+    kind: Literal["training", "inference", "serving", "module"]
+    tensors: dict[str, Tensor]
+    blocks: list[Block]
+    meta: dict = field(default_factory=dict)
+    requests: Requests | None = None
+    version: int = TRACE_VERSION
+
+    # -- derived views ------------------------------------------------------------------------
+
+    def tensor(self, name: str) -> Tensor:
+        """The tensor behind a concrete name (``L3.wqkv`` → template ``L{layer}.wqkv``)."""
+        if name in self.tensors:
+            return self.tensors[name]
+        return self.tensors[_template_of(name)]
+
+    def expand(self) -> Iterator[ExpandedOp]:
+        """Every op instance in execution order, names made concrete."""
+        index = 0
+        for block in self.blocks:
+            for iteration in range(block.iterations):
+                for layer in block.layers() if block.templated else [None]:
+                    for op in block.ops:
+                        yield ExpandedOp(
+                            index, op, block.name, layer, iteration,
+                            _fill(op.name, layer), tuple(_fill(n, layer) for n in op.inputs),
+                            tuple(_fill(n, layer) for n in op.outputs))
+                        index += 1
+
+    @property
+    def num_ops(self) -> int:
+        return sum(len(b.ops) * (b.repeat if b.templated else 1) * b.iterations for b in self.blocks)
+
+    @property
+    def num_tensors(self) -> int:
+        layers = self.meta.get("layers") or max((b.repeat for b in self.blocks), default=1)
+        return sum(layers if LAYER in name else 1 for name in self.tensors)
+
+    @property
+    def flops(self) -> float:
+        return sum(op.flops * (b.repeat if b.templated else 1) * b.iterations
+                   for b in self.blocks for op in b.ops)
+
+    def bytes_by_class(self) -> dict[str, int]:
+        """Total bytes of every tensor by class, templates counted once per layer."""
+        layers = self.meta.get("layers") or max((b.repeat for b in self.blocks), default=1)
+        out = dict.fromkeys(TENSOR_CLASSES, 0)
+        for name, t in self.tensors.items():
+            out[t.cls] += t.bytes * (layers if LAYER in name else 1)
+        return out
+
+    def lifetimes(self) -> dict[str, tuple[int, int]]:
+        """Concrete tensor name → (birth op index, death op index), by the rules in the module
+        docstring. Death is the index of the last op during which the tensor is alive."""
+        born: dict[str, int] = {}
+        last: dict[str, int] = {}
+        end = -1
+        for x in self.expand():
+            for name in x.inputs:
+                born.setdefault(name, 0)
+                last[name] = x.index
+            for name in x.outputs:
+                born.setdefault(name, x.index)
+                last[name] = max(last.get(name, x.index), x.index)
+            end = x.index
+        out = {}
+        for name, start in born.items():
+            cls = self.tensor(name).cls
+            if cls in PERSISTENT:
+                out[name] = (0, end)
+            elif cls in ("grad", "kv"):
+                out[name] = (start, end)
+            else:
+                out[name] = (start, last[name])
+        return out
+
+    # -- JSON ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version, "name": self.name, "kind": self.kind, "meta": self.meta,
+            "tensors": [asdict(t) for t in self.tensors.values()],
+            "blocks": [{**{k: v for k, v in asdict(b).items() if k != "ops"},
+                        "ops": [_op_dict(op) for op in b.ops]} for b in self.blocks],
+            "requests": asdict(self.requests) if self.requests else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Trace:
+        if data.get("version") != TRACE_VERSION:
+            raise ValueError(f"trace version {data.get('version')!r} is not {TRACE_VERSION}")
+        tensors = {t["name"]: Tensor(**t) for t in data["tensors"]}
+        blocks = [Block(**{**b, "ops": [Op(**{**op, "inputs": tuple(op.get("inputs", ())),
+                                                "outputs": tuple(op.get("outputs", ()))})
+                                         for op in b["ops"]]}) for b in data["blocks"]]
+        requests = Requests(**data["requests"]) if data.get("requests") else None
+        return cls(data["name"], data["kind"], tensors, blocks, data.get("meta", {}), requests)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _fill(name: str, layer: int | None) -> str:
+    return name if layer is None or LAYER not in name else name.replace(LAYER, str(layer))
+
+
+def _template_of(name: str) -> str:
+    """``L12.attn.out`` → ``L{layer}.attn.out``: the first run of digits after ``L``."""
+    head, _, rest = name.partition(".")
+    if head[:1] == "L" and head[1:].isdigit():
+        return f"L{LAYER}.{rest}"
+    raise KeyError(name)
+
+
+def _op_dict(op: Op) -> dict:
+    d = asdict(op)
+    d["inputs"], d["outputs"] = list(op.inputs), list(op.outputs)
+    return d
