@@ -187,7 +187,17 @@ class Compute(Spec):
     memory_efficiency: float = Field(
         0.8, gt=0, le=1, description="achievable fraction of mem_bw on streaming kernels")
     launch_overhead: Seconds = Field(0.0, ge=0, description="fixed cost per op (kernel launch), e.g. 5us")
+    achieved_flops: dict[str, FlopRate] = Field(
+        default_factory=dict,
+        description="measured FLOP/s by op kind or kind/phase (e.g. matmul/decode: 4.3TFLOP/s); "
+                    "replaces the compute side of the roofline for those ops (FlexGen's fitted "
+                    "constants, or what `memsim calibrate` measured)")
     source: str | None = None
+
+    def rate(self, kind: str, phase: str, dtype: str) -> float:
+        """FLOP/s an op of this kind and phase achieves: measured if known, else peak × efficiency."""
+        measured = self.achieved_flops.get(f"{kind}/{phase}") or self.achieved_flops.get(kind)
+        return measured if measured else self.flops(dtype)
 
     def flops(self, dtype: str) -> float:
         """Achievable FLOP/s for a dtype; falls back to the closest wider dtype it has."""
@@ -200,9 +210,10 @@ class Compute(Spec):
                 return self.peak_flops[candidate] * self.matmul_efficiency
         raise KeyError(dtype)  # unreachable: peak_flops is non-empty
 
-    def op_time(self, flops: float, nbytes: float, dtype: str = "bf16") -> float:
+    def op_time(self, flops: float, nbytes: float, dtype: str = "bf16", kind: str = "matmul",
+                phase: str = "forward") -> float:
         """Roofline: the slower of compute and memory traffic, plus launch overhead."""
-        return max(flops / self.flops(dtype), nbytes / (self.mem_bw * self.memory_efficiency)) \
+        return max(flops / self.rate(kind, phase, dtype), nbytes / (self.mem_bw * self.memory_efficiency)) \
             + self.launch_overhead
 
 
