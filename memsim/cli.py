@@ -145,7 +145,8 @@ def hardware_show(name: Annotated[str, typer.Argument(help="catalog name or path
     out.print(table)
     links = Table("link", "kind", "ends", "bandwidth/dir", "latency", "port", title="links")
     for link in system.links:
-        links.add_row(link.name, link.kind, " ↔ ".join(link.ends), units.fmt_bandwidth(link.rate(link.ends[0])),
+        links.add_row(link.name, link.kind, " ↔ ".join(link.ends),
+                      units.fmt_bandwidth(link.rate(link.ends[0])),
                       units.fmt_time(link.latency) if link.latency else "—", link.port or "—")
     out.print(links)
     comp = Table("unit", "model", "count", "memory", "peak", "mem bw", title="compute")

@@ -12,6 +12,7 @@ one of ``n`` ranks that run on the node, which is what a per-rank planner reason
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from typing import Annotated, Literal
 
@@ -55,7 +56,7 @@ class Curve(Spec):
     @model_validator(mode="after")
     def _increasing(self) -> Curve:
         xs = [x for x, _ in self.points]
-        if any(b <= a for a, b in zip(xs, xs[1:], strict=False)) or xs[0] <= 0:
+        if any(b <= a for a, b in itertools.pairwise(xs)) or xs[0] <= 0:
             raise ValueError("curve x values must be positive and strictly increasing")
         return self
 

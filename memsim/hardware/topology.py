@@ -7,7 +7,9 @@ goes direct when a GPUDirect-Storage link exists and bounces through DRAM otherw
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+
 import networkx as nx
 
 from memsim.hardware.spec import Link, System
@@ -71,7 +73,7 @@ class Topology:
         else:
             best: tuple[int, float, tuple[Hop, ...]] | None = None
             for path in nx.all_shortest_paths(self.graph, src, dst):
-                hops = tuple(self._widest_hop(a, b) for a, b in zip(path, path[1:], strict=False))
+                hops = tuple(self._widest_hop(a, b) for a, b in itertools.pairwise(path))
                 width = min(h.rate for h in hops)
                 if best is None or width > best[1]:
                     best = (len(hops), width, hops)
