@@ -188,6 +188,10 @@ class Compute(Spec):
     memory_efficiency: float = Field(
         0.8, gt=0, le=1, description="achievable fraction of mem_bw on streaming kernels")
     launch_overhead: Seconds = Field(0.0, ge=0, description="fixed cost per op (kernel launch), e.g. 5us")
+    copy_slowdown: float = Field(
+        0.0, ge=0, le=1,
+        description="fractional slowdown of this unit's ops while a copy reads or writes its memory "
+                    "tier (memory-bandwidth interference; measured by `memsim calibrate`)")
     achieved_flops: dict[str, FlopRate] = Field(
         default_factory=dict,
         description="measured FLOP/s by op kind or kind/phase (e.g. matmul/decode: 4.3TFLOP/s); "
@@ -272,6 +276,11 @@ class System(Spec):
 
     def tiers_of(self, kind: str) -> list[str]:
         return [name for name, tier in self.tiers.items() if tier.kind == kind]
+
+    def rank_view(self, data_parallel: int) -> System:
+        """What one data-parallel rank sees: ranks fill the node's GPUs, sharing its host tiers."""
+        gpu = self.gpu
+        return self.device_view(min(data_parallel, gpu.count) if gpu else 1)
 
     def device_view(self, ranks: int) -> System:
         """The share of one of ``ranks`` ranks on this node: shared host tiers, links and ports
