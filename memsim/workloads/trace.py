@@ -60,6 +60,10 @@ class Op:
     outputs: tuple[str, ...] = ()
     device: Literal["gpu", "cpu"] = "gpu"  # where it runs unless the plan moves it
     dtype: str = "bf16"
+    # The kernel's shape, so validation can replay a real kernel: matmul (m, k, n) — batched
+    # matmuls fold the batch into m; attention (batch, heads, q_len, kv_len, head_dim);
+    # anything else (numel,). Optional: without it a replay sizes a kernel from flops and bytes.
+    shape: tuple[int, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -218,9 +222,7 @@ class Trace:
         if data.get("version") != TRACE_VERSION:
             raise ValueError(f"trace version {data.get('version')!r} is not {TRACE_VERSION}")
         tensors = {t["name"]: Tensor(**t) for t in data["tensors"]}
-        blocks = [Block(**{**b, "ops": [Op(**{**op, "inputs": tuple(op.get("inputs", ())),
-                                                "outputs": tuple(op.get("outputs", ()))})
-                                         for op in b["ops"]]}) for b in data["blocks"]]
+        blocks = [Block(**{**b, "ops": [_op_from(op) for op in b["ops"]]}) for b in data["blocks"]]
         requests = Requests(**data["requests"]) if data.get("requests") else None
         return cls(data["name"], data["kind"], tensors, blocks, data.get("meta", {}), requests)
 
@@ -247,4 +249,11 @@ def _template_of(name: str) -> str:
 def _op_dict(op: Op) -> dict:
     d = asdict(op)
     d["inputs"], d["outputs"] = list(op.inputs), list(op.outputs)
+    d["shape"] = list(op.shape) if op.shape is not None else None
     return d
+
+
+def _op_from(d: dict) -> Op:
+    shape = d.get("shape")
+    return Op(**{**d, "inputs": tuple(d.get("inputs", ())), "outputs": tuple(d.get("outputs", ())),
+                 "shape": tuple(shape) if shape is not None else None})
