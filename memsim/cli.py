@@ -156,6 +156,57 @@ def hardware_show(name: Annotated[str, typer.Argument(help="catalog name or path
     out.print(comp)
 
 
+# -- validation -----------------------------------------------------------------------------------
+
+
+def _progress(total: int | None, description: str, quiet: bool):
+    """A rich progress bar on stderr (never on stdout, which --json keeps for its one document)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                   "{task.total}"), TimeElapsedColumn(), console=err, transient=True, disable=quiet)
+    return bar, bar.add_task(description, total=total)
+
+
+@app.command("calibrate")
+@handle_errors
+def calibrate_cmd(
+    output: Annotated[str, typer.Option("-o", "--output", help="System YAML to write")] = "my-machine.yaml",
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    quick: Annotated[bool, typer.Option("--quick", help="small sizes, few repeats (tests)")] = False,
+    scratch: Annotated[str | None, typer.Option(help="folder for temporary disk files")] = None,
+    name: Annotated[str | None, typer.Option(help="system name (default: host-device)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure this machine (GEMM, memory, disk, copies, overlap) and write it as a System YAML."""
+    from memsim.validation.calibrate import STEPS, calibrate, check_writable, write_system
+
+    check_writable(output)
+    bar, task = _progress(STEPS[(device, quick)], "calibrating", as_json)
+    with bar:
+        system = calibrate(device, quick, scratch, name,
+                           progress=lambda msg: bar.update(task, advance=1, description=msg))
+    path = write_system(system, output)
+    if as_json:
+        emit_json({"path": str(path), "system": system.model_dump(mode="json", exclude_none=True)})
+        return
+    cpu = system.gpu or system.cpu
+    table = Table("figure", "value", title=f"{system.name} (measured, median of repeats)")
+    for dtype, rate in cpu.peak_flops.items():
+        table.add_row(f"best GEMM {dtype}", units.fmt_flops(rate))
+    for kind, rate in cpu.achieved_flops.items():
+        table.add_row(f"achieved {kind}", units.fmt_flops(rate))
+    table.add_row("memory bandwidth", units.fmt_bandwidth(cpu.mem_bw))
+    table.add_row("launch overhead", units.fmt_time(cpu.launch_overhead))
+    table.add_row("copy slowdown", f"{cpu.copy_slowdown:.1%}")
+    disk = system.tiers["disk"]
+    table.add_row(f"disk read / write ({system.calibration['disk_mode']})",
+                  f"{units.fmt_bandwidth(disk.read_bw)} / {units.fmt_bandwidth(disk.write_bw)}")
+    table.add_row("disk latency (4 KiB)", units.fmt_time(disk.latency))
+    out.print(table)
+    out.print(f"wrote {path}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,237 @@
+"""``memsim calibrate``: measure this machine and describe it as a System.
+
+Every figure is the median of repeated runs of a real operation (``microbench``). The result is a
+System whose tiers are the ones present (CPU: ``dram`` + ``disk``; CUDA: ``hbm`` + ``dram`` +
+``disk``), with a ``calibration:`` mapping saying how and when each number was measured.
+
+Thread budget (CPU): compute runs on ``cores - 1`` torch threads and copies on their own thread,
+the way a GPU keeps its copy engines apart from its SMs. Calibration and replay use the same
+split (``compute_threads``), so the measured rates are the rates the replay will see; what a copy
+still costs the compute (memory-bandwidth interference) is measured and stored as
+``Compute.copy_slowdown``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shutil
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from memsim.errors import SpecError
+from memsim.hardware.spec import System
+from memsim.validation import microbench as mb
+from memsim.validation.backend import Backend, make_backend
+from memsim.validation.diskio import Scratch, probe_mode
+
+GEMM_SHAPES = [(256, 1024, 1024), (512, 1024, 1024), (512, 1024, 4096), (512, 4096, 1024),
+               (1024, 1024, 1024), (1024, 2048, 2048), (2048, 2048, 2048)]
+GEMM_SHAPES_QUICK = [(128, 256, 256), (256, 512, 512)]
+DISK_SIZES = [4 << 10, 64 << 10, 1 << 20, mb.REQUEST]
+
+Progress = Callable[[str], None]
+# progress steps per (device, quick), for the bar: GEMMs x 2 dtypes, attention, memory, launch,
+# scratch file, disk sizes, latency, overlap, (pinned copies on CUDA)
+STEPS = {(dev, q): 2 * len(GEMM_SHAPES_QUICK if q else GEMM_SHAPES) + 3 + 1 + len(DISK_SIZES) + 2
+         + (dev == "cuda") for dev in ("cpu", "cuda") for q in (False, True)}
+
+
+def compute_threads() -> int:
+    """torch threads for compute: every core but one, which the copy thread keeps to itself."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def set_compute_threads(backend: Backend) -> int:
+    n = compute_threads() if not backend.is_cuda else backend.torch.get_num_threads()
+    backend.torch.set_num_threads(n)
+    return n
+
+
+def calibrate(device: str = "cpu", quick: bool = False, scratch: str | Path | None = None,
+              name: str | None = None, progress: Progress | None = None) -> System:
+    """Run the microbenchmarks and return the System they describe (not yet written anywhere)."""
+    backend = make_backend(device)
+    step = progress or (lambda _msg: None)
+    threads = set_compute_threads(backend)
+    reps = 3 if quick else 7
+    with Scratch(scratch) as folder:
+        mode = probe_mode(folder)
+        figures = _compute_figures(backend, quick, reps, step)
+        figures.update(_disk_figures(backend, folder, mode, quick, reps, step))
+        if backend.is_cuda:
+            figures.update(_pinned_figures(backend, quick, reps, step))
+        capacity_disk = shutil.disk_usage(folder).free
+    doc = _system_doc(backend, figures, mode, threads, capacity_disk, quick, name, scratch)
+    return System.model_validate(doc)
+
+
+def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress) -> dict:
+    shapes = GEMM_SHAPES_QUICK if quick else GEMM_SHAPES
+    dtypes = ["fp32", "bf16"]
+    gemms = []
+    for dtype in dtypes:
+        for m, k, n in shapes:
+            step(f"GEMM {m}x{k}x{n} {dtype}")
+            gemms.append(mb.gemm(backend, m, k, n, dtype, reps))
+    step("attention (scaled_dot_product_attention)")
+    attn = mb.attention(backend, 1, 4, 128, 128, 64, "fp32", reps) if quick else \
+        mb.attention(backend, 1, 8, 512, 512, 64, "fp32", reps)
+    step("memory-bound kernels")
+    mem = mb.memory_kernels(backend, (16 << 20) if quick else (256 << 20), reps)
+    step("launch overhead")
+    launch = mb.launch_overhead(backend, reps)
+    return {"gemm": gemms, "attention": attn, "memory": mem, "launch": launch}
+
+
+def _disk_figures(backend: Backend, folder: Path, mode: str, quick: bool, reps: int,
+                  step: Progress) -> dict:
+    size = (32 << 20) if quick else (512 << 20)
+    step(f"write a {size >> 20} MiB scratch file ({mode})")
+    path = mb.write_file(folder, mode, size)
+    read, write = {}, {}
+    for request in DISK_SIZES:
+        volume = min(size, max(request * (16 if quick else 64), 4 * request))
+        step(f"disk read/write, {request >> 10} KiB requests")
+        read[request] = mb.disk_read(path, mode, request, volume, reps)
+        write[request] = mb.disk_write(folder, mode, request, min(volume, 64 << 20), reps)
+    step("disk latency")
+    latency = mb.disk_latency(path, mode, 5 * reps)
+    step("copy/compute overlap")
+    m = 256 if quick else 1024
+    dtype = "fp32"
+    alone, loaded, r_alone, r_loaded = mb.gemm_under_copy(backend, path, mode, m, dtype, reps)
+    return {"disk_read": read, "disk_write": write, "disk_latency": latency,
+            "overlap": {"gemm_alone_s": alone, "gemm_with_copy_s": loaded,
+                        "read_alone_Bps": r_alone, "read_with_compute_Bps": r_loaded,
+                        "gemm": f"{m}x{m}x{m} {dtype}"}}
+
+
+def _pinned_figures(backend: Backend, quick: bool, reps: int, step: Progress) -> dict:
+    step("pinned host <-> device copies")
+    sizes = [1 << 20, 64 << 20] if quick else [1 << 20, 16 << 20, 256 << 20]
+    return {"pinned": {s: mb.pinned_copy(backend, s, reps) for s in sizes}}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_total() -> int:
+    """DRAM bytes from /proc/meminfo (MemTotal)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _compute_unit(backend: Backend, figures: dict, kind: str, memory: str, model: str) -> dict:
+    gemms: list[mb.Gemm] = figures["gemm"]
+    peak = {d: max(g.flops_per_s for g in gemms if g.dtype == d) for d in ("fp32", "bf16")}
+    eff = statistics.median(g.flops_per_s / peak[g.dtype] for g in gemms)
+    default = "bf16" if backend.is_cuda else "fp32"
+    matmul = statistics.median(g.flops_per_s for g in gemms if g.dtype == default)
+    streaming = {k: v for k, v in figures["memory"].items() if k != "gelu"}  # gelu is compute-bound
+    mem_bw = max(streaming.values())
+    overlap = figures["overlap"]
+    slowdown = max(0.0, overlap["gemm_with_copy_s"] / overlap["gemm_alone_s"] - 1)
+    return {
+        "kind": kind, "model": model, "memory": memory,
+        "peak_flops": peak,  # the best GEMM measured per dtype: a measured ceiling, not a datasheet
+        "mem_bw": mem_bw,
+        "matmul_efficiency": round(min(1.0, eff), 4),
+        "memory_efficiency": round(min(1.0, statistics.median(streaming.values()) / mem_bw), 4),
+        "launch_overhead": figures["launch"],
+        "copy_slowdown": round(min(1.0, slowdown), 4),
+        "achieved_flops": {"matmul": matmul, "attention": figures["attention"]},
+        "source": f"memsim calibrate ({backend.device})",
+    }
+
+
+def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_free: int,
+                quick: bool, name: str | None, scratch: str | Path | None) -> dict:
+    read, write = figures["disk_read"], figures["disk_write"]
+    torch = backend.torch
+    host = platform.node() or "this-machine"
+    tiers = {
+        "dram": {"kind": "dram", "capacity": _mem_total(), "read_bw": figures["memory"]["copy"],
+                 "write_bw": figures["memory"]["copy"], "latency": 1e-7,
+                 "source": "MemTotal from /proc/meminfo; bandwidth of a measured streaming copy"},
+        "disk": {"kind": "ssd", "capacity": disk_free, "read_bw": read[mb.REQUEST],
+                 "write_bw": write[mb.REQUEST], "latency": figures["disk_latency"],
+                 "read_size_curve": [[s, bw] for s, bw in sorted(read.items())],
+                 "source": f"free bytes of the scratch file system; {mode} reads and writes"},
+    }
+    links = [{"name": "disk-io", "kind": "nvme", "ends": ["dram", "disk"],
+              "bandwidth": write[mb.REQUEST], "bandwidth_reverse": read[mb.REQUEST],
+              "source": "the disk's measured write (dram→disk) and read (disk→dram) throughput"}]
+    compute = {"cpu": _compute_unit(backend, figures, "cpu", "dram", _cpu_model())}
+    if backend.is_cuda:
+        props = torch.cuda.get_device_properties(0)
+        big = max(figures["pinned"])
+        h2d, d2h = figures["pinned"][big]
+        tiers["hbm"] = {"kind": "hbm", "capacity": props.total_memory, "read_bw": compute["cpu"]["mem_bw"],
+                        "write_bw": compute["cpu"]["mem_bw"], "source": "torch.cuda device properties"}
+        links.append({"name": "pcie-gpu", "kind": "pcie", "ends": ["hbm", "dram"], "bandwidth": d2h,
+                      "bandwidth_reverse": h2d, "source": "pinned copies on a side stream"})
+        gpu = _compute_unit(backend, figures, "gpu", "hbm", props.name)
+        tiers["hbm"]["read_bw"] = tiers["hbm"]["write_bw"] = gpu["mem_bw"]
+        compute = {"gpu": gpu}
+    calibration = {
+        "measured_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "host": host, "device": backend.device, "cpu_model": _cpu_model(), "cores": os.cpu_count(),
+        "compute_threads": threads, "torch": torch.__version__, "python": platform.python_version(),
+        "quick": quick, "statistic": "median of repeated runs", "disk_mode": mode,
+        "disk_request_bytes": mb.REQUEST, "scratch": str(scratch) if scratch else "system temp dir",
+        "gemm": [{"m": g.m, "k": g.k, "n": g.n, "dtype": g.dtype, "flops_per_s": g.flops_per_s}
+                 for g in figures["gemm"]],
+        "memory_kernels_Bps": figures["memory"],
+        "disk_read_Bps": {str(k): v for k, v in read.items()},
+        "disk_write_Bps": {str(k): v for k, v in write.items()},
+        "overlap": figures["overlap"],
+    }
+    if "pinned" in figures:
+        calibration["pinned_copy_Bps"] = {str(k): {"h2d": v[0], "d2h": v[1]}
+                                          for k, v in figures["pinned"].items()}
+    return {"name": name or f"{host}-{backend.device}",
+            "description": f"measured by memsim calibrate on {host} ({_cpu_model()})",
+            "tiers": tiers, "links": links, "compute": compute, "calibration": calibration}
+
+
+def write_system(system: System, path: str | Path) -> Path:
+    """Write the System as YAML; an unwritable path is bad input (exit 2), not a traceback."""
+    path = Path(path)
+    doc = system.model_dump(mode="json", exclude_none=True)
+    header = ("# Measured by `memsim calibrate`: every figure is the median of repeated runs on this\n"
+              "# machine; `calibration:` says how and when. Bandwidths in bytes/s, times in seconds.\n")
+    try:
+        path.write_text(header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    except OSError as exc:
+        raise SpecError(f"cannot write: {exc.strerror}", file=str(path), key="-o") from None
+    return path
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail before minutes of measuring if ``-o`` cannot be written."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise SpecError("is a directory; expected a file name such as my-machine.yaml",
+                        file=str(path), key="-o")
+    blocked = path.exists() and not os.access(path, os.W_OK)
+    if not folder.is_dir() or not os.access(folder, os.W_OK) or blocked:
+        raise SpecError(f"cannot write here (folder {str(folder)!r} missing or not writable)",
+                        file=str(path), key="-o")

@@ -1,0 +1,201 @@
+"""Microbenchmarks: each returns the median of repeated runs of one real operation on this machine.
+
+Kept separate from ``calibrate`` (which turns the figures into a System) so that each measurement
+is short enough to read and can be called alone from a notebook.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from memsim.validation.backend import Backend, torch_dtype
+from memsim.validation.diskio import DirectFile, Mode, aligned_buffer
+
+REQUEST = 8 << 20  # bytes per disk request in replays, so calibration measures the same size
+
+
+@dataclass
+class Gemm:
+    m: int
+    k: int
+    n: int
+    dtype: str
+    seconds: float
+
+    @property
+    def flops_per_s(self) -> float:
+        return 2 * self.m * self.k * self.n / self.seconds
+
+
+def gemm(backend: Backend, m: int, k: int, n: int, dtype: str, repeats: int) -> Gemm:
+    """torch.matmul of (m×k)·(k×n) in ``dtype``."""
+    torch = backend.torch
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(m, k, generator=gen).to(backend.device, torch_dtype(dtype))
+    b = torch.randn(k, n, generator=gen).to(backend.device, torch_dtype(dtype))
+    out = torch.empty(m, n, dtype=a.dtype, device=backend.device)
+    return Gemm(m, k, n, dtype, backend.median_time(lambda: torch.matmul(a, b, out=out), repeats))
+
+
+def attention(backend: Backend, b: int, h: int, q: int, kv: int, d: int, dtype: str,
+              repeats: int) -> float:
+    """Achieved FLOP/s of scaled_dot_product_attention (4·b·h·q·kv·d FLOPs, causal when q == kv)."""
+    torch = backend.torch
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    qt = torch.randn(b, h, q, d, generator=gen).to(backend.device, torch_dtype(dtype))
+    kt = torch.randn(b, h, kv, d, generator=gen).to(backend.device, torch_dtype(dtype))
+    vt = torch.randn(b, h, kv, d, generator=gen).to(backend.device, torch_dtype(dtype))
+    fn = torch.nn.functional.scaled_dot_product_attention
+    seconds = backend.median_time(lambda: fn(qt, kt, vt, is_causal=q == kv), repeats)
+    return 4 * b * h * q * kv * d / seconds
+
+
+def memory_kernels(backend: Backend, nbytes: int, repeats: int) -> dict[str, float]:
+    """Bytes/s (read + written) of streaming kernels over ``nbytes`` fp32 tensors."""
+    torch = backend.torch
+    n = nbytes // 4
+    a = torch.ones(n, device=backend.device)
+    b = torch.ones(n, device=backend.device)
+    out = torch.empty(n, device=backend.device)
+    kernels = {  # name: (fn, bytes moved per call)
+        "copy": (lambda: out.copy_(a), 2 * nbytes),
+        "add": (lambda: torch.add(a, b, out=out), 3 * nbytes),
+        "scale": (lambda: torch.mul(a, 1.0001, out=out), 2 * nbytes),
+        "gelu": (lambda: torch.nn.functional.gelu(a), 2 * nbytes),
+    }
+    return {name: moved / backend.median_time(fn, repeats) for name, (fn, moved) in kernels.items()}
+
+
+def launch_overhead(backend: Backend, repeats: int) -> float:
+    """Seconds of a kernel with nothing to do: the fixed cost every op pays."""
+    torch = backend.torch
+    a = torch.ones(8, device=backend.device)
+    inner = 200
+
+    def many():
+        for _ in range(inner):
+            torch.add(a, a, out=a)
+
+    return backend.median_time(many, repeats) / inner
+
+
+def write_file(folder: Path, mode: Mode, nbytes: int, name: str = "bench.bin") -> Path:
+    """A file of ``nbytes`` random-ish bytes on disk, its pages not in the cache."""
+    path = folder / name
+    buf = aligned_buffer(min(nbytes, 64 << 20))
+    buf.write(os.urandom(1 << 16) * (len(buf) // (1 << 16)))
+    with DirectFile(path, mode) as f:
+        for off in range(0, nbytes, len(buf)):
+            f.write_from(buf, off, min(len(buf), nbytes - off), request=len(buf))
+        f.sync()
+    buf.close()
+    return path
+
+
+def disk_read(path: Path, mode: Mode, request: int, volume: int, repeats: int) -> float:
+    """Bytes/s reading ``volume`` bytes in ``request``-byte requests, page cache bypassed."""
+    buf = aligned_buffer(request)
+    times = []
+    with DirectFile(path, mode, create=False) as f:
+        for r in range(repeats):
+            t0 = _now()
+            base = (r * volume) % max(1, (os.path.getsize(path) - volume) or 1)
+            base -= base % 4096
+            for off in range(0, volume, request):
+                f.read_into(buf, base + off, request, request)
+            times.append(_now() - t0)
+    buf.close()
+    return volume / sorted(times)[len(times) // 2]
+
+
+def disk_write(folder: Path, mode: Mode, request: int, volume: int, repeats: int) -> float:
+    """Bytes/s writing a fresh file of ``volume`` bytes in ``request``-byte requests, then fsync."""
+    buf = aligned_buffer(request)
+    times = []
+    for r in range(repeats):
+        path = folder / f"write-{r}.bin"
+        t0 = _now()
+        with DirectFile(path, mode) as f:
+            for off in range(0, volume, request):
+                f.write_from(buf, off, request, request)
+            f.sync()
+        times.append(_now() - t0)
+        path.unlink()
+    buf.close()
+    return volume / sorted(times)[len(times) // 2]
+
+
+def disk_latency(path: Path, mode: Mode, repeats: int) -> float:
+    """Seconds of one 4 KiB direct read at scattered offsets (the tier's access latency)."""
+    size = os.path.getsize(path)
+    buf = aligned_buffer(4096)
+    times = []
+    with DirectFile(path, mode, create=False) as f:
+        for r in range(repeats):
+            off = (r * 7919 * 4096 + 12345 * 4096) % max(4096, size - 4096)
+            t0 = _now()
+            f.read_into(buf, off - off % 4096, 4096, 4096)
+            times.append(_now() - t0)
+    buf.close()
+    return sorted(times)[len(times) // 2]
+
+
+def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str,
+                    repeats: int) -> tuple[float, float, float, float]:
+    """(GEMM s alone, GEMM s while a thread streams disk reads, read B/s alone, read B/s while
+    the GEMM runs): what overlapping a copy with compute costs each of them on this machine."""
+    torch = backend.torch
+    a = torch.ones(m, m, dtype=torch_dtype(dtype), device=backend.device)
+    b = torch.ones(m, m, dtype=torch_dtype(dtype), device=backend.device)
+    fn = lambda: torch.matmul(a, b)  # noqa: E731
+    alone = backend.median_time(fn, repeats)
+    volume = min(os.path.getsize(path), 256 << 20)
+    read_alone = disk_read(path, mode, REQUEST, volume, max(1, repeats // 2))
+    stop, moved, elapsed = threading.Event(), [0], [0.0]
+
+    def reader():
+        buf = aligned_buffer(REQUEST)
+        with DirectFile(path, mode, create=False) as f:
+            t0 = _now()
+            while not stop.is_set():
+                f.read_into(buf, moved[0] % (volume - REQUEST + 1) // 4096 * 4096, REQUEST, REQUEST)
+                moved[0] += REQUEST
+            elapsed[0] = _now() - t0
+        buf.close()
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        loaded = backend.median_time(fn, repeats)
+    finally:
+        stop.set()
+        thread.join()
+    return alone, loaded, read_alone, moved[0] / max(elapsed[0], 1e-9)
+
+
+def pinned_copy(backend: Backend, nbytes: int, repeats: int) -> tuple[float, float]:
+    """CUDA only: (host→device, device→host) bytes/s of pinned copies on a side stream."""
+    torch = backend.torch
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.Stream()
+
+    def on_stream(fn):
+        def run():
+            with torch.cuda.stream(stream):
+                fn()
+            torch.cuda.current_stream().wait_stream(stream)
+        return run
+
+    h2d = backend.median_time(on_stream(lambda: dev.copy_(host, non_blocking=True)), repeats)
+    d2h = backend.median_time(on_stream(lambda: host.copy_(dev, non_blocking=True)), repeats)
+    return nbytes / h2d, nbytes / d2h
+
+
+def _now() -> float:
+    import time
+
+    return time.perf_counter_ns() / 1e9
