@@ -207,6 +207,91 @@ def calibrate_cmd(
     out.print(f"wrote {path}")
 
 
+# -- studies --------------------------------------------------------------------------------------
+
+
+@app.command("study")
+@handle_errors
+def study_cmd(
+    study: Annotated[str, typer.Argument(help="study YAML (or the name of one in studies/)")],
+    backend: Annotated[str, typer.Option(help="local (process pool) | ray")] = "local",
+    jobs: Annotated[int | None, typer.Option("-j", "--jobs", min=1,
+                                             help="parallel points (default: CPUs)")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="results folder (default: "
+                                               "studies-out/NAME); cached points there are reused")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Ray cluster address (default: start a local one)")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="list the points and which are cached; run none")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a what-if study: every point of its axes, then results.csv, plots and report.md."""
+    from memsim.studies import load_study, run_study
+
+    spec = load_study(study)
+    if dry_run:
+        _study_dry_run(spec, output, as_json)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("left"), TimeRemainingColumn(), console=err, transient=True, disable=as_json)
+    task = bar.add_task(f"study {spec.name}", total=None)
+    with bar:
+        run = run_study(spec, output, backend=backend, jobs=jobs, ray_address=ray_address,
+                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        emit_json(run.to_dict())
+        return
+    _render_study(run)
+
+
+def _study_dry_run(spec, output: str | None, as_json: bool) -> None:
+    from pathlib import Path
+
+    from memsim.studies.runner import cached_record, plan_points
+
+    folder = Path(output or Path("studies-out") / spec.name) / "points"
+    points = [{"point": p.index, **p.coords, "hash": key,
+               "cached": cached_record(folder / f"{key}.json") is not None} for p, key in plan_points(spec)]
+    if as_json:
+        emit_json({"name": spec.name, "points": points})
+        return
+    table = Table("point", *(_short(k) for k in spec.axis_keys()), "cached",
+                  title=f"{spec.name}: {len(points)} points")
+    for p in points:
+        table.add_row(str(p["point"]), *(str(p[k]) for k in spec.axis_keys()), "yes" if p["cached"] else "no")
+    out.print(table)
+
+
+def _render_study(run) -> None:
+    from memsim.studies.report import columns, human
+
+    cols = [c for c in columns(run.study, run.rows) if c not in ("hash", "reason")]
+    table = Table(*(_short(c) for c in cols), title=f"{run.study.name}: {len(run.rows)} points (simulated)")
+    for row in run.rows:
+        table.add_row(*(human(c, row.get(c)) for c in cols))
+    out.print(table)
+    for row in run.rows:
+        if row["status"] != "ok" and row.get("reason"):
+            reason = str(row["reason"])
+            reason = reason if len(reason) <= 150 else reason[:149] + "…"
+            err.print(f"  point {row['point']} {row['status']}: {reason}", highlight=False, markup=False)
+    counts = ", ".join(f"{n} {s}" for s, n in run.counts().items())
+    out.print(f"{counts}; computed {run.computed}, reused {run.cached} cached")
+    if run.best:
+        coords = ", ".join(f"{k}={run.best[k]}" for k in run.study.axis_keys())
+        out.print(f"[bold green]best:[/] point {run.best['point']} ({coords})")
+    else:
+        out.print("[yellow]no point meets the study's criterion[/]")
+    out.print(f"wrote {run.files['report']}, {run.files['csv']}")
+
+
+def _short(key: str) -> str:
+    """hardware.tiers.cxl.capacity → cxl.capacity: table headers people can read."""
+    return ".".join(key.split(".")[-2:])
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

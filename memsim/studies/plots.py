@@ -1,0 +1,120 @@
+"""Study figures as PNG (matplotlib, Agg): a line per series, failed points marked, the region
+where no point is feasible shaded — the feasibility boundary is where the shading ends.
+
+A study names its plots, or they are chosen from the axes: the first axis on x, the second as
+series, one figure per metric. Axis values with units (``256GiB``) are placed by their number and
+labelled as written; values that are not numbers (tier names, planners) become categories.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+from memsim.studies.grid import numeric
+from memsim.studies.spec import PlotSpec, Study
+
+MAX_SERIES = 12
+
+
+def default_plots(study: Study) -> list[PlotSpec]:
+    if not study.axes:
+        return []
+    x = study.axes[0].members()[0].key
+    series = study.axes[1].members()[0].key if len(study.axes) > 1 else None
+    ys = [m for m in study.metrics if m != "feasible"][:3] or ["tokens_per_s"]
+    return [PlotSpec(x=x, y=y, series=series) for y in ys]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def _series_label(row: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in keys) or "all points"
+
+
+def _positions(rows: list[dict], x: str) -> tuple[dict, list[tuple[float, str]], bool]:
+    """x value → position; tick (position, label) pairs; whether the axis is numeric."""
+    values = list(dict.fromkeys(r[x] for r in rows))
+    numbers = [numeric(v) for v in values]
+    if all(n is not None for n in numbers):
+        pos = dict(zip(values, numbers, strict=True))
+        return pos, sorted((n, str(v)) for v, n in pos.items()), True
+    pos = {v: float(i) for i, v in enumerate(values)}
+    return pos, [(p, str(v)) for v, p in pos.items()], False
+
+
+def _shade_infeasible(ax, rows: list[dict], pos: dict, x: str) -> None:
+    """Shade each x at which no point is feasible, halfway to its neighbours."""
+    xs = sorted(set(pos.values()))
+    ok = {pos[r[x]] for r in rows if r["status"] == "ok"}
+    labelled = False
+    gap = min((b - a for a, b in itertools.pairwise(xs)), default=1.0)
+    for i, value in enumerate(xs):
+        if value in ok:
+            continue
+        left = (xs[i - 1] + value) / 2 if i > 0 else value - gap / 2
+        right = (xs[i + 1] + value) / 2 if i + 1 < len(xs) else value + gap / 2
+        ax.axvspan(left, right, color="tab:red", alpha=0.08, lw=0,
+                   label=None if labelled else "no feasible point")
+        labelled = True
+
+
+def plot_one(spec: PlotSpec, study: Study, rows: list[dict], path: Path) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return None
+    others = [k for k in study.axis_keys() if k not in (spec.x, spec.series)
+              and len({r[k] for r in rows}) > 1]
+    keys = ([spec.series] if spec.series else []) + others
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(_series_label(row, keys), []).append(row)
+    pos, ticks, is_numeric = _positions(rows, spec.x)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    _shade_infeasible(ax, rows, pos, spec.x)
+    for i, (label, members) in enumerate(list(groups.items())[:MAX_SERIES]):
+        color = f"C{i % 10}"
+        members = sorted(members, key=lambda r: pos[r[spec.x]])
+        good = [(pos[r[spec.x]], numeric(r.get(spec.y))) for r in members if r["status"] == "ok"]
+        good = [(a, b) for a, b in good if b is not None]
+        if good:
+            ax.plot(*zip(*good, strict=True), marker="o", color=color, label=label)
+        bad = [pos[r[spec.x]] for r in members if r["status"] != "ok"]
+        if bad:
+            ax.plot(bad, [0.02] * len(bad), linestyle="none", marker="x", markersize=9, color=color,
+                    transform=ax.get_xaxis_transform(), clip_on=False,
+                    label=None if good else f"{label} (none feasible)")
+    if spec.logx and is_numeric:
+        ax.set_xscale("log")
+    if spec.logy:
+        ax.set_yscale("log")
+    if len(ticks) <= 16:
+        ax.set_xticks([p for p, _ in ticks], [t for _, t in ticks], rotation=30 if len(ticks) > 6 else 0)
+    ax.set_xlabel(spec.x)
+    ax.set_ylabel(f"{spec.y} (simulated)")
+    ax.set_ylim(bottom=0 if not spec.logy else None)
+    ax.set_title(spec.title or f"{study.name}: {spec.y} vs {spec.x}  (× = infeasible / failed)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title=spec.series.split(".")[-1] if spec.series else None)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return str(path)
+
+
+def write_plots(study: Study, rows: list[dict], out: Path) -> list[str]:
+    specs = study.plots if study.plots is not None else default_plots(study)
+    written = []
+    for i, spec in enumerate(specs):
+        path = out / f"plot{i}-{_slug(spec.y)}-vs-{_slug(spec.x)}.png"
+        done = plot_one(spec, study, rows, path)
+        if done:
+            written.append(done)
+    return written

@@ -1,0 +1,218 @@
+"""From point records to what a person reads: rows, costs, the best point, CSV and report.md.
+
+Rows follow the grid's order and carry no run times, so the same study gives byte-identical
+``results.csv`` and ``report.md`` every time (run times live in ``run.json``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from memsim import units
+from memsim.studies.grid import Point, numeric
+from memsim.studies.spec import Costs, Study
+
+GIB, TB = 2**30, 10**12
+BASE_COLUMNS = ("point", "status", "reason")
+COST_COLUMNS = ("usd_per_hour", "usd_per_mtoken")
+
+
+def metric(result: dict | None, path: str) -> Any:
+    """``peak_bytes.hbm`` → result["peak_bytes"]["hbm"]; a missing key (or list index) is None."""
+    node: Any = result
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node if isinstance(node, str | int | float | bool) or node is None else str(node)
+
+
+def hourly_cost(system: dict | None, costs: Costs | None) -> float | None:
+    """Dollars per hour of the point's machine: its parts priced by ``costs``, else the catalog's
+    ``usd_per_hour`` for the node. HBM comes with the GPU; flash is priced as SSD."""
+    if not system:
+        return None
+    if costs is None:
+        return system.get("usd_per_hour")
+    by_kind = system["bytes_by_kind"]
+    return round(system["gpus"] * costs.usd_per_gpu_hour
+                 + by_kind.get("dram", 0) / GIB * costs.usd_per_gib_dram
+                 + by_kind.get("cxl", 0) / GIB * costs.usd_per_gib_cxl
+                 + (by_kind.get("ssd", 0) + by_kind.get("flash", 0)) / TB * costs.usd_per_tb_nvme, 6)
+
+
+def build_rows(study: Study, hashed: list[tuple[Point, str]], records: dict[str, dict]) -> list[dict]:
+    rows = []
+    for point, key in hashed:
+        record = records[key]
+        result = record.get("result")
+        row: dict[str, Any] = {"point": point.index, **point.coords,
+                               "status": record["status"], "reason": record.get("reason")}
+        for name in study.metrics:
+            row[name] = metric(result, name)
+        if "feasible" in row and record["status"] != "ok":
+            row["feasible"] = False
+        cost = hourly_cost(record.get("system"), study.costs)
+        tokens = metric(result, "tokens_per_s")
+        row["usd_per_hour"] = cost
+        row["usd_per_mtoken"] = (round(cost / (tokens * 3600) * 1e6, 6)
+                                 if cost is not None and record["status"] == "ok"
+                                 and isinstance(tokens, int | float) and tokens > 0 else None)
+        row["hash"] = key
+        rows.append(row)
+    return rows
+
+
+def _value(row: dict, column: str) -> float | None:
+    value = row.get(column)
+    return None if value is None else numeric(value)
+
+
+def best_row(study: Study, rows: list[dict]) -> dict | None:
+    """The feasible row that meets the target's bound and is best by its objective (ties: first)."""
+    target = study.target
+    column, larger = target.objective if target else ("tokens_per_s", True)
+    candidates = []
+    for row in rows:
+        if row["status"] != "ok" or _value(row, column) is None:
+            continue
+        if target and target.metric:
+            bound = _value(row, target.metric)
+            if bound is None or (target.at_least is not None and bound < target.at_least) \
+                    or (target.at_most is not None and bound > target.at_most):
+                continue
+        candidates.append(row)
+    if not candidates:
+        return None
+    return min(candidates, key=lambda r: (-_value(r, column) if larger else _value(r, column), r["point"]))
+
+
+def columns(study: Study, rows: list[dict]) -> list[str]:
+    cols = ["point", *study.axis_keys(), "status", *study.metrics]
+    if any(r["usd_per_hour"] is not None for r in rows):
+        cols += list(COST_COLUMNS)
+    return [*dict.fromkeys([*cols, "reason", "hash"])]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def to_csv(study: Study, rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    cols = columns(study, rows)
+    writer.writerow(cols)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in cols])
+    return buffer.getvalue()
+
+
+def _write_parquet(study: Study, rows: list[dict], path: Path) -> bool:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return False
+    cols = columns(study, rows)
+    table = pa.table({c: [_cell(r.get(c)) if isinstance(r.get(c), str) or c in study.axis_keys()
+                          else r.get(c) for r in rows] for c in cols})
+    pq.write_table(table, path)
+    return True
+
+
+# -- report.md ------------------------------------------------------------------------------------
+
+
+def human(column: str, value: Any) -> str:
+    """Bytes and seconds as people read them; everything else as it is."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float) and ("bytes" in column):
+        return units.fmt_bytes(value)
+    if isinstance(value, int | float) and column.endswith("_s"):
+        return units.fmt_time(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(cols: list[str], rows: list[dict]) -> list[str]:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(human(c, r.get(c)) for c in cols) + " |" for r in rows]
+    return lines
+
+
+def _best_section(study: Study, rows: list[dict], best: dict | None) -> list[str]:
+    target = study.target
+    column, larger = target.objective if target else ("tokens_per_s", True)
+    goal = f"{'highest' if larger else 'lowest'} `{column}`"
+    if target and target.metric:
+        bound = f"≥ {target.at_least:g}" if target.at_least is not None else f"≤ {target.at_most:g}"
+        goal += f" among points with `{target.metric}` {bound}"
+    lines = ["## Best point", "", f"Criterion: {goal}, feasible points only.", ""]
+    if best is None:
+        lines.append("**No point meets it.**")
+        feasible = [r for r in rows if r["status"] == "ok"]
+        lines.append(f"{len(feasible)} of {len(rows)} points are feasible.")
+        return [*lines, ""]
+    coords = ", ".join(f"`{k}` = {best[k]}" for k in study.axis_keys()) or "the base case"
+    lines.append(f"**Point {best['point']}**: {coords}.")
+    lines.append("")
+    shown = [c for c in [*study.metrics, *COST_COLUMNS] if best.get(c) is not None]
+    lines += [f"- {c}: {human(c, best[c])}" for c in shown]
+    return [*lines, ""]
+
+
+def to_markdown(study: Study, rows: list[dict], best: dict | None, plots: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    base = study.base
+    lines = [f"# Study: {study.name}", ""]
+    if study.description:
+        lines += [study.description.strip(), ""]
+    how = "plan + simulate" if study.run == "plan" else "simulate, all resident"
+    lines += [f"Base case: hardware `{Path(base.hardware).stem}`, workload `{Path(base.workload).stem}`, "
+              f"planner `{base.planner}` ({how})"
+              + (f", with {', '.join(f'`{s}`' for s in base.set)}" if base.set else "") + ".",
+              "", f"{len(rows)} points: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
+              "Every time and throughput figure is simulated by memsim; costs are hourly prices from the "
+              "study's cost table (or the catalog's node price).", ""]
+    lines += _best_section(study, rows, best)
+    if plots:
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
+    cols = [c for c in columns(study, rows) if c not in ("hash", "reason")]
+    lines += ["## Results", "", *_md_table(cols, rows), ""]
+    failed = [r for r in rows if r["status"] != "ok" and r.get("reason")]
+    if failed:
+        lines += ["## Why points failed", ""]
+        lines += [f"- point {r['point']} ({r['status']}): {human('reason', r['reason'])}" for r in failed]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_outputs(study: Study, rows: list[dict], best: dict | None, out: Path) -> dict[str, str]:
+    from memsim.studies.plots import write_plots
+
+    files = {"csv": out / "results.csv", "report": out / "report.md"}
+    files["csv"].write_text(to_csv(study, rows))
+    if _write_parquet(study, rows, out / "results.parquet"):
+        files["parquet"] = out / "results.parquet"
+    plots = write_plots(study, rows, out)
+    files["report"].write_text(to_markdown(study, rows, best, plots))
+    named = {k: str(v) for k, v in files.items()}
+    named.update({f"plot{i}": p for i, p in enumerate(plots)})
+    return named
