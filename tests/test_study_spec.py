@@ -1,0 +1,120 @@
+"""Study files: validation with errors that name the key, and expansion into points."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from memsim.cli import app
+from memsim.errors import SpecError
+from memsim.specio import parse_assignment
+from memsim.studies import expand, load_study
+from memsim.studies.grid import format_value, numeric
+from memsim.studies.points import point_hash
+from memsim.studies.spec import Range
+
+
+def write(tmp_path: Path, text: str, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+BASE = "base: {hardware: h100-sxm, workload: own.yaml, planner: mip}\n"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "own.yaml").write_text("name: own\n")  # a user's workload next to the study
+    return tmp_path
+
+
+def test_grid_is_the_product_with_zip_and_filters(folder: Path):
+    path = write(folder, "name: g\n" + BASE + textwrap.dedent("""
+    axes:
+      - {key: hardware.tiers.dram.capacity, range: {start: 256, stop: 1024, step: 256, unit: GiB}}
+      - zip:
+          - {key: year, label: true, values: [2024, 2026]}
+          - {key: hardware.compute.gpu.peak_flops.bf16, values: [989TFLOP/s, 2967TFLOP/s]}
+      - {key: planner, values: [mip, zero-offload]}
+    filters: ["hardware.tiers.dram.capacity <= 512GiB", "planner != zero-offload"]
+    """))
+    points = expand(load_study(path))
+    assert [p.coords["hardware.tiers.dram.capacity"] for p in points] == ["256GiB"] * 2 + ["512GiB"] * 2
+    assert [p.coords["year"] for p in points] == [2024, 2026, 2024, 2026]
+    first = points[1].inputs
+    assert first.overrides == ("hardware.tiers.dram.capacity=256GiB",
+                               "hardware.compute.gpu.peak_flops.bf16=2967TFLOP/s")  # the label is not applied
+    assert first.planner == "mip" and first.hardware == "h100-sxm"
+    assert Path(first.workload) == (folder / "own.yaml").resolve()  # relative to the study file
+    assert [p.index for p in points] == [0, 1, 2, 3]
+
+
+def test_log2_range_and_unit_aware_filter():
+    assert Range(start=1, stop=64, log2=True).values() == [1, 2, 4, 8, 16, 32, 64]
+    assert Range(start=0.5, stop=1.5, step=0.25).values() == [0.5, 0.75, 1, 1.25, 1.5]
+    assert numeric("1TiB") == 2**40 and numeric("3.35TB/s") == 3.35e12 and numeric("dram") is None
+
+
+@pytest.mark.parametrize("value", [1e20, 0.1, 3, True, "512GiB", 2.5e-7])
+def test_format_value_reads_back_as_the_same_value(value):
+    assert parse_assignment(f"k={format_value(value)}")[1] == value
+
+
+def test_hash_changes_with_inputs_and_file_contents(folder: Path):
+    own = folder / "own.yaml"
+    inputs = {"run": "plan", "hardware": "h100-sxm", "workload": str(own), "planner": "mip",
+              "time_limit": 5.0, "overrides": ["training.micro_batch=2"]}
+    first = point_hash(inputs, "0.1.0")
+    assert point_hash(dict(inputs), "0.1.0") == first
+    assert point_hash({**inputs, "overrides": ["training.micro_batch=4"]}, "0.1.0") != first
+    assert point_hash(inputs, "0.2.0") != first
+    own.write_text("name: own\ndescription: changed\n")
+    assert point_hash(inputs, "0.1.0") != first
+
+
+@pytest.mark.parametrize(("body", "key", "words"), [
+    ("axes: [{key: a, valuez: [1]}]", "axes.0.valuez", "did you mean 'values'"),
+    ("axes: [{key: a, values: [1], range: {start: 1, stop: 2, step: 1}}]", "axes.0", "exactly one of"),
+    ("axes: [{zip: [{key: a, values: [1, 2]}, {key: b, values: [1]}]}]", "axes.0", "differ in length"),
+    ("axes: [{key: a, values: [1]}]\nfilters: ['b < 3']", "", "not an axis key"),
+    ("axes: [{key: a, values: [1]}]\nfilters: ['a ~ 3']", "filters", "key OP value"),
+    ("axes: [{key: a, range: {start: 4, stop: 1, step: 1}}]", "axes.0.range", "below start"),
+    ("target: {metric: tokens_per_s}", "target", "at_least or at_most"),
+    ("costs: {usd_per_gpu_hr: 2}", "costs.usd_per_gpu_hr", "did you mean 'usd_per_gpu_hour'"),
+])
+def test_bad_study_names_the_key(folder: Path, body: str, key: str, words: str):
+    path = write(folder, "name: bad\n" + BASE + body + "\n")
+    with pytest.raises(SpecError) as info:
+        load_study(path)
+    assert info.value.file == str(path)
+    assert (info.value.key or "").startswith(key)
+    assert words in str(info.value)
+
+
+def test_unknown_base_hardware_names_base_hardware(folder: Path):
+    path = write(folder, "name: bad\nbase: {hardware: h100-sx, workload: own.yaml}\n")
+    with pytest.raises(SpecError) as info:
+        load_study(path)
+    assert info.value.key == "base.hardware" and "h100-sxm" in str(info.value)  # did-you-mean
+
+
+def test_cli_bad_study_exits_2_naming_the_key(folder: Path):
+    path = write(folder, "name: bad\n" + BASE + "axes: [{key: a, valuez: [1]}]\n")
+    result = CliRunner().invoke(app, ["study", str(path)])
+    assert result.exit_code == 2
+    assert "axes.0.valuez" in result.output and "Traceback" not in result.output
+
+
+def test_dry_run_lists_points_as_one_json_document(folder: Path):
+    path = write(folder, "name: dry\n" + BASE + "axes: [{key: training.micro_batch, values: [1, 2, 4]}]\n")
+    result = CliRunner().invoke(app, ["study", str(path), "--dry-run", "--json", "-o", str(folder / "out")])
+    assert result.exit_code == 0, result.output
+    doc = yaml.safe_load(result.stdout)
+    assert [p["training.micro_batch"] for p in doc["points"]] == [1, 2, 4]
+    assert not any(p["cached"] for p in doc["points"])
+    assert len({p["hash"] for p in doc["points"]}) == 3
