@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import operator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from memsim import units
@@ -96,6 +97,13 @@ def expand(study: Study) -> list[Point]:
     return points
 
 
+def planner_ref(name: str, folder: Path) -> str:
+    """A planner preset file (``kv-on-cxl.yaml``) is found next to the study; a name stays a name."""
+    if name.endswith((".yaml", ".yml", ".json")):
+        return resolve_near(name, "planners", folder)
+    return name
+
+
 def _inputs(study: Study, coords: dict[str, Scalar], labels: set[str]) -> PointInputs:
     base: dict[str, Any] = {k: getattr(study.base, k) for k in BASE_KEYS}
     overrides = list(study.base.set)
@@ -110,5 +118,6 @@ def _inputs(study: Study, coords: dict[str, Scalar], labels: set[str]) -> PointI
     return PointInputs(run=study.run,
                        hardware=resolve_near(str(base["hardware"]), "hardware", folder),
                        workload=resolve_near(str(base["workload"]), "workloads", folder),
-                       planner=str(base["planner"]), time_limit=float(base["time_limit"]),
+                       planner=planner_ref(str(base["planner"]), folder),
+                       time_limit=float(base["time_limit"]),
                        overrides=tuple(overrides))

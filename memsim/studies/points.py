@@ -15,6 +15,7 @@ the stored point is byte-identical from run to run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import traceback
@@ -91,11 +92,32 @@ def _spec_content(name: str, family: str) -> dict:
     return {"content": mapping, "files": _referenced_files(mapping, path.parent)}
 
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 of memsim's own source: a changed model or planner invalidates cached points even
+    when the version number has not moved (a development checkout)."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _planner_catalog() -> dict:
+    """Every preset in planners/: baseline presets are simulated beside each plan, so they count."""
+    folder = catalog_dir("planners")
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.y*ml"))}
+
+
 def point_hash(inputs: dict, version: str) -> str:
     """Content hash of everything a point's result depends on, so a cached result is reused only
-    when hardware, workload and planner files, overrides and memsim version are all unchanged."""
+    when hardware, workload and planner files, overrides and memsim (version and source) are all
+    unchanged."""
     payload = {
         "memsim": version,
+        "code": code_digest(),
+        "planners": _planner_catalog(),
         "run": inputs["run"],
         "time_limit": inputs["time_limit"],
         "overrides": list(inputs["overrides"]),

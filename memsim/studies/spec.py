@@ -266,19 +266,22 @@ def load_study(name_or_path: str | Path) -> Study:
     path = resolve(name_or_path, "studies")
     study = load_spec(Study, path, "studies")
     folder = path.parent
-    for key, family in (("hardware", "hardware"), ("workload", "workloads")):
+    for key, family in (("hardware", "hardware"), ("workload", "workloads"), ("planner", "planners")):
+        if key == "planner" and not study.base.planner.endswith((".yaml", ".yml", ".json")):
+            continue  # a preset or registry name: the planner reports an unknown one per point
         try:
             setattr(study.base, key, resolve_near(getattr(study.base, key), family, folder))
         except SpecError as exc:
             raise SpecError(exc.message, file=str(path), key=f"base.{key}") from None
     for i, axis in enumerate(study.axes):
         for j, a in enumerate(axis.members()):
-            if a.key in ("hardware", "workload") and a.values is not None:
-                family = "hardware" if a.key == "hardware" else "workloads"
+            if a.key in ("hardware", "workload", "planner") and a.values is not None:
+                family = {"hardware": "hardware", "workload": "workloads", "planner": "planners"}[a.key]
                 where = f"axes.{i}.zip.{j}.values" if axis.zip is not None else f"axes.{i}.values"
                 try:
                     for v in a.values:
-                        resolve_near(str(v), family, folder)
+                        if a.key != "planner" or str(v).endswith((".yaml", ".yml", ".json")):
+                            resolve_near(str(v), family, folder)
                 except SpecError as exc:
                     raise SpecError(exc.message, file=str(path), key=where) from None
     study._source = str(path)
