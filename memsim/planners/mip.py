@@ -1,0 +1,157 @@
+"""The MIP planner: enumerate the few discrete structures, solve a small MIP/LP for each, keep
+the best. Structures are what FlexGen also enumerates outside its LP (GPU batch split, CPU
+attention) plus the optimizer device and the activation tier for training; inside, the
+fractions per tier and the integer counts of kept / offloaded / recomputed layers.
+
+``search`` returns the best candidate and the solver statistics summed over all structures;
+``mip`` and ``flexgen`` (its inference search restricted to FlexGen's GPU/CPU/disk space) are the
+registry entries.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from memsim.hardware.spec import System
+from memsim.planners import inference, serving, training
+from memsim.planners.plan import Plan, PlannerInfo
+from memsim.planners.profile import Profile, build_profile
+from memsim.planners.space import Space, build_space
+from memsim.planners.training import Candidate
+from memsim.workloads.trace import Trace
+
+
+@dataclass
+class Search:
+    best: Candidate | None
+    candidates: list[tuple[str, Candidate]]
+    status: str
+    gap: float | None
+    solve_s: float
+    profile: Profile
+    space: Space
+
+
+def planning_view(system: System, trace: Trace) -> System:
+    """What one data-parallel rank sees (the simulator plans on the same view)."""
+    return system.rank_view(int(trace.meta.get("data_parallel") or 1))
+
+
+def search(
+    system: System,
+    trace: Trace,
+    options: dict | None = None,
+    time_limit: float = 10.0,
+    slack: bool = False,
+    act_scale: float = 1.0,
+    space: Space | None = None,
+) -> Search:
+    view = planning_view(system, trace)
+    space = space or build_space(view, options or {})
+    prof = build_profile(view, trace)
+    start = time.perf_counter()
+    jobs = _jobs(view, trace, prof, space, slack, act_scale)
+    results: list[tuple[str, Candidate]] = []
+    for label, job in jobs:
+        left = max(0.05, time_limit - (time.perf_counter() - start))
+        results.append((label, job(left)))
+    solve_s = time.perf_counter() - start
+    solved = [(lb, c) for lb, c in results if c.plan is not None]
+    key = (
+        (lambda lc: (sum(lc[1].slack.values()), lc[1].estimate_s)) if slack else (lambda lc: lc[1].estimate_s)
+    )
+    best = min(solved, key=key)[1] if solved else None
+    statuses = {c.info.status for _, c in results}
+    if best is None:
+        status = "time_limit" if "time_limit" in statuses else "infeasible"
+    elif statuses <= {"optimal", "infeasible"}:
+        status = "optimal"
+    else:
+        status = "feasible"
+    gap = best.info.gap if best else None
+    return Search(best, results, status, gap, solve_s, prof, space)
+
+
+def _jobs(view: System, trace: Trace, prof: Profile, space: Space, slack: bool, act_scale: float):
+    if trace.kind == "training":
+        return [
+            (
+                f"optimizer={dev} activations→{at or 'none'}",
+                lambda left, dev=dev, at=at: training.solve_training(
+                    view, prof, space, dev, at, left, slack, act_scale
+                ),
+            )
+            for dev, at in training.structures(view, space)
+        ]
+    if trace.kind == "inference":
+        return [
+            (
+                f"gpu_batches={nb} cpu_attention={ca}",
+                lambda left, nb=nb, ca=ca: inference.solve_inference(
+                    view, trace, prof, space, nb, ca, left, slack
+                ),
+            )
+            for nb, ca in inference.structures(view, trace, prof, space)
+        ]
+    if trace.kind == "serving":
+        return [
+            (
+                f"max_num_seqs={n}",
+                lambda left, n=n: serving.solve_serving(view, trace, prof, space, n, left, slack),
+            )
+            for n in space.max_num_seqs
+        ]
+    return []
+
+
+def run(name: str, system: System, trace: Trace, options: dict, time_limit: float) -> Plan:
+    """A registry entry: the best plan of the search, its PlannerInfo filled in."""
+    found = search(system, trace, options, time_limit)
+    if found.best is None or found.best.plan is None:
+        plan = Plan(planner=PlannerInfo(name=name, status=found.status, solve_s=found.solve_s))
+        plan.notes.append("no structure of the search fits: see the diagnosis")
+        return plan
+    plan = found.best.plan
+    plan.planner = PlannerInfo(
+        name=name,
+        status=found.status,
+        objective=found.best.estimate_s,
+        gap=found.gap,
+        solve_s=round(found.solve_s, 6),
+        estimate_s=found.best.estimate_s,
+    )
+    tried = len(found.candidates)
+    solved = sum(c.plan is not None for _, c in found.candidates)
+    plan.notes.append(f"{name}: {solved} of {tried} structures fit; solver {found.best.info.solver}")
+    return plan
+
+
+def mip(system: System, trace: Trace, options: dict, time_limit: float = 10.0) -> Plan:
+    return run("mip", system, trace, options, time_limit)
+
+
+FLEXGEN_SPACE = {
+    "tiers": {
+        "weight": ["hbm", "dram", "ssd"],
+        "kv": ["hbm", "dram", "ssd"],
+        "activation": ["hbm", "dram", "ssd"],
+    },
+    "prefetch_depth": 1,
+}
+
+
+def flexgen(system: System, trace: Trace, options: dict, time_limit: float = 10.0) -> Plan:
+    """FlexGen's policy search: its LP over GPU/CPU/disk percentages for every batch split."""
+    if trace.kind != "inference":
+        raise NotApplicable("FlexGen's policy search is for offloaded inference")
+    return run("flexgen", system, trace, {**FLEXGEN_SPACE, **options}, time_limit)
+
+
+class NotApplicable(Exception):
+    """A baseline that does not apply to this workload kind (it is skipped, not infeasible)."""
+
+
+def estimate_is_finite(c: Candidate | None) -> bool:
+    return c is not None and math.isfinite(c.estimate_s)

@@ -1,0 +1,171 @@
+"""What a planner needs to know about a (System, Trace) pair, read once from the compact Trace.
+
+Identical layers share one template, so the profile is per *layer* (bytes and seconds of one
+layer) plus the non-layer rest (embeddings, head, loss). The MIP's size then does not grow with
+depth. Times come from the same roofline the simulator uses (``Compute.op_time`` with the
+``achieved_flops`` overrides), so the MIP's estimate and the simulated figure differ only by
+what the MIP does not model (latency, copy-engine FIFO order, interference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from memsim.hardware.spec import Compute, System
+from memsim.workloads.trace import LAYER, Op, Trace
+
+CLASSES = ("weight", "grad", "optimizer", "kv", "activation", "workspace")
+FORWARD_PHASES = ("forward", "prefill")
+
+
+@dataclass
+class Profile:
+    """Per-layer and whole-step bytes and seconds of one trace on one (rank's view of a) system."""
+
+    kind: str
+    layers: int
+    compute_tier: str
+    total: dict[str, int]  # every tensor of the class, templates × layers
+    layer: dict[str, int]  # one layer's template bytes by class
+    saved: int  # per layer: activations read by the backward, besides the input checkpoint
+    ckpt: int  # per layer: the input checkpoint (`L{layer}.input`) recompute keeps
+    transient: int  # per layer: activations/workspace that die inside the layer's forward
+    other_transient: int  # largest non-layer activation/workspace (logits, loss)
+    time: dict[str, float] = field(default_factory=dict)  # seconds by key, see `_times`
+    decode_iters: int = 0
+    tokens_per_step: int = 0
+    batch: int = 1
+    attn_flops_decode: float = 0.0  # per layer per decode iteration
+    attn_bytes_decode: float = 0.0
+
+    @property
+    def layer_state(self) -> int:
+        """Weights, grads and optimizer states of one layer (what streams through the GPU)."""
+        return self.layer["weight"] + self.layer["grad"] + self.layer["optimizer"]
+
+
+def op_unit(system: System, op: Op, cpu_attention: bool = False) -> Compute:
+    gpu, cpu = system.gpu, system.cpu
+    if op.device == "cpu" or gpu is None:
+        return cpu or gpu  # type: ignore[return-value]
+    if cpu_attention and cpu is not None and op.kind == "attention" and op.phase == "decode":
+        return cpu
+    return gpu
+
+
+def op_seconds(system: System, op: Op, unit: Compute | None = None, split: int = 1) -> float:
+    """One op's time on ``unit`` (the simulator's roofline); ``split`` GPU batches run it in parts."""
+    unit = unit or op_unit(system, op)
+    if op.kind == "comm":
+        return comm_seconds(system, op)
+    nbytes = op.bytes_read + op.bytes_written
+    if split <= 1:
+        return unit.op_time(op.flops, nbytes, op.dtype, op.kind, op.phase)
+    return split * unit.op_time(op.flops / split, nbytes / split, op.dtype, op.kind, op.phase)
+
+
+def comm_seconds(system: System, op: Op) -> float:
+    links = [link for link in system.links if link.kind in ("network", "nvlink")]
+    if not links:
+        return 0.0
+    link = max(links, key=lambda lk: lk.rate(lk.ends[0]))
+    return op.bytes_read / link.rate(link.ends[0]) + link.latency
+
+
+def build_profile(system: System, trace: Trace) -> Profile:
+    layers = int(trace.meta.get("layers") or max((b.repeat for b in trace.blocks if b.templated), default=1))
+    total = dict.fromkeys(CLASSES, 0)
+    layer = dict.fromkeys(CLASSES, 0)
+    for name, t in trace.tensors.items():
+        per_layer = LAYER in name
+        total[t.cls] += t.bytes * (layers if per_layer else 1)
+        if per_layer:
+            layer[t.cls] += t.bytes
+    saved, ckpt, transient, other = _activation_split(trace)
+    prof = Profile(
+        trace.kind,
+        layers,
+        system.fast_tier,
+        total,
+        layer,
+        saved,
+        ckpt,
+        transient,
+        other,
+        tokens_per_step=int(trace.meta.get("tokens_per_step") or 0),
+        batch=int(trace.meta.get("batch_size") or trace.meta.get("micro_batch") or 1),
+    )
+    _times(system, trace, prof)
+    return prof
+
+
+def _activation_split(trace: Trace) -> tuple[int, int, int, int]:
+    """Per layer: (saved for backward, input checkpoint, transient) and the largest non-layer one."""
+    read_in_backward: set[str] = set()
+    for block in trace.blocks:
+        for op in block.ops:
+            if op.phase == "backward":
+                read_in_backward.update(op.inputs)
+    saved = ckpt = transient = other = 0
+    for name, t in trace.tensors.items():
+        if t.cls not in ("activation", "workspace"):
+            continue
+        if LAYER not in name:
+            other = max(other, t.bytes)
+        elif name == f"L{LAYER}.input":
+            ckpt += t.bytes
+        elif t.cls == "activation" and name in read_in_backward:
+            saved += t.bytes
+        else:
+            transient += t.bytes
+    return saved, ckpt, transient, other
+
+
+def _times(system: System, trace: Trace, prof: Profile) -> None:
+    """Seconds per phase: ``<phase>_layer`` (one layer, one iteration) and ``<phase>_other``
+    (non-layer ops, all iterations); ``optimizer_cpu_*`` for the same step run on the CPU;
+    ``decode_attn_cpu_layer`` for FlexGen's CPU attention."""
+    t: dict[str, float] = {}
+    cpu = system.cpu
+    for block in trace.blocks:
+        per_layer = block.templated
+        if per_layer and block.ops and block.ops[0].phase == "decode":
+            prof.decode_iters = max(prof.decode_iters, block.iterations)
+        for op in block.ops:
+            sec = op_seconds(system, op)
+            reps = 1 if per_layer else block.iterations
+            key = f"{'comm_' if op.kind == 'comm' else ''}{op.phase}_{'layer' if per_layer else 'other'}"
+            t[key] = t.get(key, 0.0) + sec * reps
+            if op.phase == "optimizer" and cpu is not None:
+                k = f"optimizer_cpu_{'layer' if per_layer else 'other'}"
+                t[k] = (
+                    t.get(k, 0.0)
+                    + cpu.op_time(op.flops, op.bytes_read + op.bytes_written, op.dtype, op.kind, op.phase)
+                    * reps
+                )
+            if per_layer and op.phase == "decode" and op.kind == "attention":
+                prof.attn_flops_decode += op.flops
+                prof.attn_bytes_decode += op.bytes_read + op.bytes_written
+                t["decode_attn_gpu_layer"] = t.get("decode_attn_gpu_layer", 0.0) + sec
+                if cpu is not None:
+                    t["decode_attn_cpu_layer"] = t.get("decode_attn_cpu_layer", 0.0) + cpu.op_time(
+                        op.flops, op.bytes_read + op.bytes_written, op.dtype, op.kind, op.phase
+                    )
+    prof.time = t
+
+
+def phase_split_times(system: System, trace: Trace, split: int, cpu_attention: bool) -> dict[str, float]:
+    """Per-layer prefill/decode GPU and CPU seconds when the batch runs as ``split`` GPU batches."""
+    out = {"prefill_gpu": 0.0, "decode_gpu": 0.0, "decode_cpu": 0.0}
+    for block in trace.blocks:
+        if not block.templated:
+            continue
+        for op in block.ops:
+            if op.phase not in ("prefill", "decode"):
+                continue
+            unit = op_unit(system, op, cpu_attention)
+            sec = op_seconds(system, op, unit, split)
+            side = "cpu" if unit.kind == "cpu" and system.gpu is not None else "gpu"
+            key = f"{op.phase}_{side}"
+            out[key] = out.get(key, 0.0) + sec
+    return out

@@ -1,0 +1,240 @@
+"""``plan``: run a planner, simulate its plan and every applicable baseline, report them side by side.
+
+The planner's own estimate is a search model; the figures a user sees are the simulator's. Two
+guards make the MIP honest: if its plan overflows a tier in the simulator, the tier's capacity is
+cut by the overflow and the MIP re-solved (the model missed a peak); if a baseline simulates
+faster, that baseline's plan is returned and the notes and ``planner.status`` say so.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from memsim.errors import Infeasible
+from memsim.hardware.spec import System
+from memsim.planners import mip
+from memsim.planners.diagnose import diagnose
+from memsim.planners.plan import Plan, trace_fingerprint
+from memsim.planners.registry import Preset, list_presets, load_preset, run_preset
+from memsim.workloads.trace import Trace
+
+Progress = Callable[[str], None]
+REPAIRS = 3
+
+
+@dataclass
+class Evaluated:
+    name: str
+    plan: Plan | None
+    result: object | None  # memsim.sim.result.Result
+    note: str = ""
+
+    @property
+    def feasible(self) -> bool:
+        return self.result is not None and bool(self.result.feasible)
+
+    @property
+    def step_time_s(self) -> float | None:
+        return self.result.step_time_s if self.feasible else None
+
+    def to_dict(self) -> dict:
+        r = self.result
+        return {
+            "name": self.name,
+            "feasible": self.feasible,
+            "step_time_s": self.step_time_s,
+            "tokens_per_s": r.tokens_per_s if self.feasible else None,
+            "note": self.note or (_oom_note(r) if r is not None and not self.feasible else ""),
+        }
+
+
+@dataclass
+class PlanReport:
+    """A plan, its simulated Result, and every baseline simulated on the same case."""
+
+    system: System
+    trace: Trace
+    plan: Plan
+    result: object  # Result
+    baselines: list[Evaluated] = field(default_factory=list)
+
+    @property
+    def feasible(self) -> bool:
+        return bool(self.result.feasible)
+
+    def to_dict(self) -> dict:
+        """The ``memsim plan --json`` document."""
+        r, info = self.result, self.plan.planner
+        return {
+            "feasible": bool(r.feasible),
+            "source": "simulated",
+            "hardware": self.system.name,
+            "workload": self.trace.name,
+            "kind": self.trace.kind,
+            "layers": int(self.trace.meta.get("layers") or max(b.repeat for b in self.trace.blocks)),
+            "step_time_s": r.step_time_s,
+            "tokens_per_s": r.tokens_per_s,
+            "mfu": r.mfu,
+            "peak_bytes": dict(r.peak_bytes),
+            "capacity_bytes": dict(r.capacity_bytes),
+            "breakdown": dict(r.breakdown),
+            "link_busy": dict(r.link_busy),
+            "serving": _serving(r),
+            "oom": r.oom.to_dict() if r.oom else None,
+            "planner": {
+                "name": info.name,
+                "status": info.status,
+                "objective": info.objective,
+                "gap": info.gap,
+                "solve_s": info.solve_s,
+                "estimate_s": info.estimate_s,
+            },
+            "baselines": [b.to_dict() for b in self.baselines],
+            "plan": self.plan.to_dict(),
+            "notes": list(self.plan.notes),
+        }
+
+
+def plan(
+    system: System,
+    trace: Trace,
+    planner: str = "mip",
+    *,
+    time_limit: float = 10.0,
+    baselines: bool = True,
+    progress: Progress | None = None,
+) -> PlanReport:
+    """Run ``planner`` (a preset name, a preset file or a registry kind), simulate its plan and the
+    baselines; raise ``Infeasible`` with a diagnosis when no plan fits."""
+    say = progress or (lambda _msg: None)
+    preset = load_preset(planner)
+    say(f"solving {preset.name}")
+    chosen = _planned(preset, system, trace, time_limit, say)
+    others = (
+        [_evaluate(p, system, trace, time_limit, say) for p in _baselines(preset, trace)] if baselines else []
+    )
+    others = [b for b in others if b is not None]
+    best = min((b for b in others if b.feasible), key=lambda b: b.result.step_time_s, default=None)
+    if best is not None and (
+        not chosen.feasible or best.result.step_time_s < chosen.result.step_time_s * (1 - 1e-9)
+    ):
+        chosen = _fall_back(chosen, best)
+    if not chosen.feasible:
+        say("diagnosing")
+        diagnosis = diagnose(
+            system, trace, preset.options if preset.kind == "mip" else {}, min(time_limit, 5.0)
+        )
+        if chosen.result is not None and chosen.result.oom and not diagnosis.shortfalls:
+            diagnosis.shortfalls = _sim_shortfalls(chosen.result)
+        exc = Infeasible(diagnosis)
+        exc.payload = {
+            "planner": {"name": preset.name, "status": "infeasible"},
+            "baselines": [b.to_dict() for b in others],
+        }
+        raise exc
+    chosen.plan.workload, chosen.plan.fingerprint = trace.name, trace_fingerprint(trace)
+    return PlanReport(system, trace, chosen.plan, chosen.result, others)
+
+
+def plan_case(
+    hardware,
+    workload,
+    planner: str = "mip",
+    overrides: Iterable[str] = (),
+    time_limit: float = 10.0,
+    progress: Progress | None = None,
+) -> PlanReport:
+    """Load by name or path (``--set`` strings; ``hardware.`` ones go to the system) and plan."""
+    from memsim.hardware import load_system
+    from memsim.workloads import build_trace, load_workload
+
+    overrides = list(overrides)
+    system = load_system(hardware, overrides)
+    trace = workload if isinstance(workload, Trace) else build_trace(load_workload(workload, overrides))
+    return plan(system, trace, planner, time_limit=time_limit, progress=progress)
+
+
+def simulate(system: System, trace: Trace, plan_: Plan):
+    from memsim.sim import simulate as sim
+
+    return sim(system, trace, plan_)
+
+
+def _planned(preset: Preset, system: System, trace: Trace, time_limit: float, say: Progress) -> Evaluated:
+    """The preset's plan, simulated; a MIP plan that overflows is re-solved with the tier cut."""
+    options = dict(preset.options)
+    plan_ = run_preset(preset, system, trace, time_limit)
+    say(f"simulating {preset.name}")
+    result = simulate(system, trace, plan_) if plan_.planner.status != "infeasible" else None
+    for attempt in range(REPAIRS):
+        if preset.kind != "mip" or result is None or result.feasible or result.oom is None:
+            break
+        oom = result.oom
+        cut = dict(options.get("_cut") or {})
+        cut[oom.tier] = cut.get(oom.tier, 0) + int(oom.short_bytes * 1.05) + (64 << 20)
+        options["_cut"] = cut
+        say(f"re-solving: {oom.tier} overflowed by {oom.short_bytes} bytes (attempt {attempt + 2})")
+        plan_ = run_preset(preset.model_copy(update={"options": options}), system, trace, time_limit)
+        plan_.notes.append(
+            f"re-solved with {oom.tier} capacity cut by {cut[oom.tier]} bytes: the "
+            f"simulator found a peak the MIP did not model"
+        )
+        result = simulate(system, trace, plan_) if plan_.planner.status != "infeasible" else None
+    return Evaluated(preset.name, plan_, result)
+
+
+def _baselines(chosen: Preset, trace: Trace) -> list[Preset]:
+    return [p for p in list_presets() if p.baseline and p.name != chosen.name and trace.kind in p.applies_to]
+
+
+def _evaluate(
+    preset: Preset, system: System, trace: Trace, time_limit: float, say: Progress
+) -> Evaluated | None:
+    say(f"baseline {preset.name}")
+    try:
+        plan_ = run_preset(preset, system, trace, time_limit)
+    except mip.NotApplicable:
+        return None
+    if plan_.planner.status == "infeasible":
+        return Evaluated(preset.name, plan_, None, "its search found nothing that fits")
+    return Evaluated(preset.name, plan_, simulate(system, trace, plan_))
+
+
+def _fall_back(chosen: Evaluated, best: Evaluated) -> Evaluated:
+    plan_ = copy.deepcopy(best.plan)
+    mine = chosen.plan.planner if chosen.plan else None
+    if chosen.feasible:
+        why = (
+            f"the {chosen.name} plan simulated at {chosen.result.step_time_s:.6g} s; baseline "
+            f"{best.name} at {best.result.step_time_s:.6g} s is faster and is returned instead"
+        )
+    else:
+        why = (
+            f"the {chosen.name} plan does not fit in the simulator; baseline {best.name} does and is returned"
+        )
+    plan_.notes = [*(chosen.plan.notes if chosen.plan else []), why]
+    if mine is not None:
+        plan_.planner = copy.deepcopy(mine)
+        plan_.planner.status = f"baseline:{best.name}"
+    return Evaluated(chosen.name, plan_, best.result)
+
+
+def _oom_note(result) -> str:
+    oom = getattr(result, "oom", None)
+    return f"{oom.tier} short by {oom.short_bytes} bytes" if oom else "does not fit"
+
+
+def _sim_shortfalls(result):
+    from memsim.errors import Shortfall
+
+    oom = result.oom
+    return [Shortfall(oom.tier, oom.needed_bytes, oom.capacity_bytes)]
+
+
+def _serving(result) -> dict | None:
+    s = getattr(result, "serving", None)
+    if s is None:
+        return None
+    return s.__dict__ if not hasattr(s, "to_dict") else s.to_dict()

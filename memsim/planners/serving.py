@@ -1,0 +1,115 @@
+"""The serving model: weight placement, KV pool, concurrency and swap budget for a batching server.
+
+For each candidate ``max_num_seqs`` (outside the LP, like FlexGen's batch sizes), an LP chooses
+the weight split over tiers, the KV pool on the GPU (≥ the concurrent sequences' mean context),
+and the swap budget on the host (vLLM's ``swap_space``), minimising the decode iteration time
+(roofline: weight + KV bytes through HBM, FLOPs, weights streamed over the links). The candidate
+with the most tokens/s wins; the simulator then runs the real scheduler on the real requests.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pulp
+
+from memsim.hardware.spec import System
+from memsim.planners.flows import Flows
+from memsim.planners.plan import Plan, ServingPolicy
+from memsim.planners.profile import Profile
+from memsim.planners.solver import solve, value
+from memsim.planners.space import Space
+from memsim.planners.training import Candidate, _normalise, _safe, slack_tiers
+from memsim.workloads.trace import TokenCosts, Trace
+
+
+def token_costs(trace: Trace) -> TokenCosts:
+    raw = trace.meta.get("token_costs")
+    if raw is None:
+        raise ValueError(f"serving trace {trace.name!r} has no meta.token_costs")
+    return raw if isinstance(raw, TokenCosts) else TokenCosts(**raw)
+
+
+def scheduler_defaults(trace: Trace) -> dict:
+    return dict(trace.meta.get("scheduler") or {})
+
+
+def solve_serving(
+    system: System,
+    trace: Trace,
+    prof: Profile,
+    space: Space,
+    max_num_seqs: int,
+    time_limit: float,
+    slack: bool | set[str] = False,
+) -> Candidate:
+    tc = token_costs(trace)
+    g, gpu = system.fast_tier, system.gpu or system.cpu
+    req = trace.requests
+    prompt = statistics.fmean(req.prompt_len) if req and len(req) else 512
+    output = statistics.fmean(req.output_len) if req and len(req) else 128
+    sched = scheduler_defaults(trace)
+    batched = int(sched.get("max_num_batched_tokens") or 8192)
+    prob = pulp.LpProblem("serving", pulp.LpMinimize)
+    w = {t: pulp.LpVariable(f"w_{t}", 0, 1) for t in space.tiers["weight"]}
+    s = {t: pulp.LpVariable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
+    prob += pulp.lpSum(w.values()) == 1, "sum_weight"
+    kv_need = max_num_seqs * (prompt + output) * tc.kv_bytes_per_token
+    depth = space.prefetch_depth + 1
+    per_layer_w = tc.weight_bytes / max(tc.layers, 1)
+    gpu_use = (
+        tc.weight_bytes * w.get(g, 0)
+        + depth * per_layer_w * (1 - w.get(g, 0))
+        + kv_need
+        + tc.activation_bytes_per_token * batched
+    )
+    _cap(prob, space, g, gpu_use, s)
+    host = system.cpu.memory if system.cpu else None
+    swap = pulp.LpVariable("swap_bytes", 0, kv_need) if host and host != g else None
+    for t in system.tiers:
+        if t == g:
+            continue
+        use = tc.weight_bytes * w.get(t, 0) + (swap if swap is not None and t == host else 0)
+        _cap(prob, space, t, use, s)
+    it = pulp.LpVariable("T_iter", 0)
+    ctx = prompt + output / 2
+    hbm_bw = gpu.mem_bw * gpu.memory_efficiency
+    prob += it >= (tc.weight_bytes * w.get(g, 0) + max_num_seqs * ctx * tc.kv_bytes_per_token) / hbm_bw
+    flops = max_num_seqs * (tc.flops_per_token + tc.attn_flops_per_token_ctx * ctx)
+    prob += it >= flops / gpu.rate("matmul", "decode", str(trace.meta.get("dtype", "bf16")))
+    fl = Flows(system)
+    for t in system.tiers:
+        if t != g:
+            fl.add(t, g, tc.weight_bytes * w.get(t, 0))
+    for name, rate, terms in fl.loads():
+        prob += it >= pulp.lpSum(terms) * (1.0 / rate), f"load_{_safe(name)}"
+    if slack:
+        prob += pulp.lpSum(s.values()) / 2.0**30 + 1e-6 * it
+    else:
+        prob += it - (1e-15 * swap if swap is not None else 0)
+    info = solve(prob, time_limit, space.gap)
+    if not info.ok:
+        return Candidate(None, math.inf, info)
+    placement = {"weight": _normalise({t: value(v) for t, v in w.items() if value(v) > 1e-6})}
+    placement = {c: sp for c, sp in placement.items() if sp != {g: 1.0}}
+    swap_bytes = int(value(swap)) if swap is not None else 0
+    policy = ServingPolicy(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=batched,
+        block_size=int(sched.get("block_size") or 16),
+        preempt="swap" if swap_bytes > 0 else "recompute",
+        swap_tier=host if swap_bytes > 0 else None,
+        swap_bytes=swap_bytes,
+    )
+    plan = Plan(placement=placement, serving=policy, prefetch_depth=space.prefetch_depth)
+    tokens = sum(req.output_len) if req else max_num_seqs * output
+    est = tokens * value(it) / max_num_seqs
+    if req and len(req):
+        est = max(est, req.arrival_s[-1])
+    return Candidate(plan, est, info, {t: value(v) for t, v in s.items()} if slack else None)
+
+
+def _cap(prob, space: Space, tier: str, expr, slack: dict) -> None:
+    cap = space.caps[tier]
+    prob += (expr <= cap + slack[tier]) if tier in slack else (expr <= cap), f"cap_{tier}"
