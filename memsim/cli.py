@@ -292,6 +292,110 @@ def _short(key: str) -> str:
     return ".".join(key.split(".")[-2:])
 
 
+# -- planner --------------------------------------------------------------------------------------
+
+
+@app.command("plan")
+@handle_errors
+def plan_cmd(
+    hardware: Annotated[str, typer.Option("--hardware", "-H", help="catalog name or System YAML")],
+    workload: Annotated[str, typer.Option("--workload", "-w", help="catalog name or workload YAML")],
+    planner: Annotated[str, typer.Option(help="planner preset (planners/*.yaml) or kind: mip, flexgen, "
+                                         "resident, zero-offload, ...")] = "mip",
+    overrides: SetOpt = None,
+    time_limit: Annotated[float, typer.Option("--time-limit", help="solver time limit, seconds")] = 10.0,
+    output: Annotated[str | None, typer.Option("-o", "--output",
+                                               help="write the plan (.yaml or .json)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Plan where every byte lives (MIP or a named baseline), simulate it and the baselines."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from memsim.planners import plan_case
+
+    bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
+                   console=err, transient=True, disable=as_json)
+    task = bar.add_task("loading", total=None)
+    with bar:
+        report = plan_case(hardware, workload, planner, overrides or [], time_limit,
+                           progress=lambda msg: bar.update(task, description=msg))
+    if output:
+        report.plan.save(output)
+    doc = report.to_dict()
+    if output:
+        doc["path"] = output
+    if as_json:
+        emit_json(doc)
+        return
+    _render_plan(doc)
+    if output:
+        out.print(f"wrote {output} (reproduce: memsim simulate --hardware {hardware} --workload {workload} "
+                  f"--plan {output})")
+
+
+def _render_plan(doc: dict) -> None:
+    plan, info = doc["plan"], doc["planner"]
+    out.print(f"[bold]{doc['workload']}[/] on [bold]{doc['hardware']}[/] — planner {info['name']} "
+              f"({info['status']})", highlight=False)
+    where = Table("class", "home", title="placement")
+    for cls in ("weight", "grad", "optimizer", "kv", "activation"):
+        split = plan["placement"].get(cls)
+        if split:
+            ranked = sorted(split.items(), key=lambda i: -i[1])
+            where.add_row(cls, ", ".join(f"{t} {f:.1%}" for t, f in ranked))
+    where.add_row("(others)", "compute tier")
+    out.print(where)
+    policy = Table("decision", "value", title="policy")
+    counts = _policy_counts(plan, doc["layers"])
+    policy.add_row("activations", ", ".join(f"{k} {n} layers" for k, n in counts.items() if n))
+    if plan.get("activation_tier"):
+        policy.add_row("activation tier", plan["activation_tier"])
+    policy.add_row("optimizer step on", plan["optimizer_device"])
+    policy.add_row("prefetch depth", str(plan["prefetch_depth"]))
+    if plan.get("num_gpu_batches"):
+        policy.add_row("batch schedule", f"{plan['gpu_batch_size']} × {plan['num_gpu_batches']} GPU batches"
+                       + (", attention on CPU" if plan.get("cpu_attention") else ""))
+    if plan.get("serving"):
+        s = plan["serving"]
+        swap = f" to {s['swap_tier']} ({units.fmt_bytes(s['swap_bytes'])})" if s.get("swap_tier") else ""
+        policy.add_row("serving", f"max_num_seqs {s['max_num_seqs']}, preempt {s['preempt']}{swap}")
+    out.print(policy)
+    figures = Table("figure", "value", "source", title="result")
+    figures.add_row("step time", units.fmt_time(doc["step_time_s"]), "simulated")
+    if info.get("estimate_s") is not None:
+        figures.add_row("step time", units.fmt_time(info["estimate_s"]), "MIP estimate")
+    figures.add_row("tokens/s", f"{doc['tokens_per_s']:.4g}", "simulated")
+    figures.add_row("MFU", f"{doc['mfu']:.1%}", "simulated")
+    for tier, peak in sorted(doc["peak_bytes"].items()):
+        cap = doc["capacity_bytes"].get(tier)
+        figures.add_row(f"peak {tier}", f"{units.fmt_bytes(peak)} of {units.fmt_bytes(cap)}" if cap else
+                        units.fmt_bytes(peak), "simulated")
+    if info.get("solve_s") is not None:
+        gap = f", gap {info['gap']:.2%}" if info.get("gap") is not None else ""
+        figures.add_row("solve", f"{units.fmt_time(info['solve_s'])}{gap}", info["name"])
+    out.print(figures)
+    if doc["baselines"]:
+        base = Table("baseline", "fits", "step time (simulated)", "tokens/s", "vs plan", title="baselines")
+        for b in doc["baselines"]:
+            ok = b["feasible"]
+            ratio = f"{b['step_time_s'] / doc['step_time_s']:.2f}×" if ok and doc["step_time_s"] else "—"
+            step = units.fmt_time(b["step_time_s"]) if ok else b["note"]
+            tps = f"{b['tokens_per_s']:.4g}" if ok else "—"
+            base.add_row(b["name"], "yes" if ok else "no", step, tps, ratio)
+        out.print(base)
+    for note in doc["notes"]:
+        out.print(f"note: {note}", highlight=False)
+
+
+def _policy_counts(plan: dict, layers: int) -> dict[str, int]:
+    layer_policy = plan.get("layer_policy") or {}
+    counts = dict.fromkeys(("keep", "offload", "recompute"), 0)
+    for pol in layer_policy.values():
+        counts[pol] += 1
+    counts[plan["activations"]] += layers - len(layer_policy)  # the default covers the rest
+    return counts
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
