@@ -100,7 +100,10 @@ def load_mapping(path: Path, family: str, _seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(parent, str):
         raise SpecError("expected a catalog name or a file path", file=str(path), key="extends")
     relative = path.parent / parent
-    parent_path = relative if relative.is_file() else resolve(parent, family)
+    try:
+        parent_path = relative if relative.is_file() else resolve(parent, family)
+    except SpecError as exc:
+        raise SpecError(exc.message, file=str(path), key="extends") from None
     if parent_path.resolve() in _seen:
         raise SpecError(f"extends forms a cycle through {parent_path}", file=str(path), key="extends")
     base = load_mapping(parent_path, family, (*_seen, path.resolve()))
@@ -190,7 +193,8 @@ def validate(model: type[M], data: Any, file: str) -> M:
             message = "required key is missing"
         else:
             message = err["msg"].removeprefix("Value error, ")
-            if "input" in err and not isinstance(err["input"], dict | list):
+            if "input" in err and not isinstance(err["input"], dict | list) \
+                    and f"got {err['input']!r}" not in message:
                 message += f" (got {err['input']!r})"
         more = len(exc.errors()) - 1
         if more:

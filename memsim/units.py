@@ -25,9 +25,10 @@ def _split(text: str | int | float, what: str) -> tuple[Fraction, str]:
         raise ValueError(f"expected {what}, got {text!r}")
     if isinstance(text, int | float):
         return Fraction(text), ""
-    match = _QUANTITY.match(str(text))
+    match = _QUANTITY.match(str(text).replace("\u03bc", "\u00b5"))  # Greek mu -> micro sign
     if not match:
-        raise ValueError(f"expected {what}, got {text!r}")
+        hint = " (negative)" if str(text).strip().startswith("-") else ""
+        raise ValueError(f"expected {what}, got {text!r}{hint}")
     return Fraction(match.group(1)), match.group(2)
 
 

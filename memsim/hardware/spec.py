@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 from memsim import units
+from memsim.errors import did_you_mean
 
 TierKind = Literal["hbm", "dram", "cxl", "ssd", "flash"]
 TIER_KINDS: tuple[str, ...] = ("hbm", "dram", "cxl", "ssd", "flash")
@@ -242,8 +243,8 @@ class System(Spec):
         for i, link in enumerate(self.links):
             for end in link.ends:
                 if end not in names:
-                    raise ValueError(f"links[{i}] ({link.name}): unknown tier {end!r}; tiers are "
-                                     f"{sorted(names)}")
+                    raise ValueError(f"links[{i}] ({link.name}): unknown tier {end!r}"
+                                     f"{did_you_mean(end, names)}; tiers are {sorted(names)}")
             if link.ends[0] == link.ends[1]:
                 raise ValueError(f"links[{i}] ({link.name}): a link must join two different tiers")
             if link.port is not None and link.port not in self.ports:
@@ -254,8 +255,8 @@ class System(Spec):
             seen.add(link.name)
         for cname, unit in self.compute.items():
             if unit.memory not in names:
-                raise ValueError(f"compute.{cname}.memory: unknown tier {unit.memory!r}; tiers are "
-                                 f"{sorted(names)}")
+                raise ValueError(f"compute.{cname}.memory: unknown tier {unit.memory!r}"
+                                 f"{did_you_mean(unit.memory, names)}; tiers are {sorted(names)}")
         return self
 
     # -- convenience views used by planners and the simulator --------------------------------
