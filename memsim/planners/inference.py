@@ -52,8 +52,8 @@ def solve_inference(
     g = system.fast_tier
     host = system.cpu.memory if system.cpu else g
     prob = pulp.LpProblem("inference", pulp.LpMinimize)
-    x = {c: {t: pulp.LpVariable(f"x_{c}_{t}", 0, 1) for t in space.tiers[c]} for c in ("weight", "kv")}
-    s = {t: pulp.LpVariable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
+    x = {c: {t: prob.add_variable(f"x_{c}_{t}", 0, 1) for t in space.tiers[c]} for c in ("weight", "kv")}
+    s = {t: prob.add_variable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
     for cls, split in x.items():
         prob += pulp.lpSum(split.values()) == 1, f"sum_{cls}"
     if cpu_attention:  # FlexGen's CPU attention: the KV cache stays next to the CPU
@@ -79,7 +79,7 @@ def solve_inference(
             _cap(prob, space, t, total["weight"] * frac("weight", t) + total["kv"] * frac("kv", t), s)
 
     times = phase_split_times(system, trace, num_batches, cpu_attention)
-    tp, td = pulp.LpVariable("T_prefill", 0), pulp.LpVariable("T_decode", 0)
+    tp, td = prob.add_variable("T_prefill", 0), prob.add_variable("T_decode", 0)
     prob += tp >= times["prefill_gpu"], "compute_prefill"
     prob += td >= times["decode_gpu"], "compute_decode"
     prob += td >= times["decode_cpu"], "cpu_decode"

@@ -52,8 +52,8 @@ def solve_serving(
     sched = scheduler_defaults(trace)
     batched = int(sched.get("max_num_batched_tokens") or 8192)
     prob = pulp.LpProblem("serving", pulp.LpMinimize)
-    w = {t: pulp.LpVariable(f"w_{t}", 0, 1) for t in space.tiers["weight"]}
-    s = {t: pulp.LpVariable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
+    w = {t: prob.add_variable(f"w_{t}", 0, 1) for t in space.tiers["weight"]}
+    s = {t: prob.add_variable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
     prob += pulp.lpSum(w.values()) == 1, "sum_weight"
     kv_need = max_num_seqs * (prompt + output) * tc.kv_bytes_per_token
     depth = space.prefetch_depth + 1
@@ -66,13 +66,13 @@ def solve_serving(
     )
     _cap(prob, space, g, gpu_use, s)
     host = system.cpu.memory if system.cpu else None
-    swap = pulp.LpVariable("swap_bytes", 0, kv_need) if host and host != g else None
+    swap = prob.add_variable("swap_bytes", 0, kv_need) if host and host != g else None
     for t in system.tiers:
         if t == g:
             continue
         use = tc.weight_bytes * w.get(t, 0) + (swap if swap is not None and t == host else 0)
         _cap(prob, space, t, use, s)
-    it = pulp.LpVariable("T_iter", 0)
+    it = prob.add_variable("T_iter", 0)
     ctx = prompt + output / 2
     hbm_bw = gpu.mem_bw * gpu.memory_efficiency
     prob += it >= (tc.weight_bytes * w.get(g, 0) + max_num_seqs * ctx * tc.kv_bytes_per_token) / hbm_bw

@@ -84,16 +84,16 @@ class _Model:
         self.opt_dev, self.act_tier = opt_dev, act_tier
         self.g = system.fast_tier
         self.prob = pulp.LpProblem("training", pulp.LpMinimize)
-        self.x = {c: {t: pulp.LpVariable(f"x_{c}_{t}", 0, 1) for t in space.tiers[c]} for c in STATE}
+        self.x = {c: {t: self.prob.add_variable(f"x_{c}_{t}", 0, 1) for t in space.tiers[c]} for c in STATE}
         layers = prof.layers
         pol = space.activations
         self.n = {
-            p: pulp.LpVariable(f"n_{p}", 0, layers if p in pol else 0, cat=pulp.LpInteger)
+            p: self.prob.add_variable(f"n_{p}", 0, layers if p in pol else 0, cat=pulp.LpInteger)
             for p in ("keep", "offload", "recompute")
         }
         if act_tier is None:
             self.n["offload"].upBound = 0
-        self.slack = {t: pulp.LpVariable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
+        self.slack = {t: self.prob.add_variable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
         self.act = (prof.saved + prof.ckpt) * act_scale
         self.ckpt = prof.ckpt * act_scale
         self._constrain()
@@ -183,7 +183,7 @@ class _Model:
         p, g, n, prob, t = self.prof, self.g, self.n, self.prob, self.prof.time
         L = p.layers
         total = p.total
-        stages = {s: pulp.LpVariable(f"T_{s}", 0) for s in ("fwd", "bwd", "opt")}
+        stages = {s: self.prob.add_variable(f"T_{s}", 0) for s in ("fwd", "bwd", "opt")}
         compute = {
             "fwd": L * t.get("forward_layer", 0) + t.get("forward_other", 0),
             "bwd": L * t.get("backward_layer", 0)

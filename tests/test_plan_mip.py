@@ -1,0 +1,161 @@
+"""The planner's own models (no simulator): solve, decode, determinism, limits, diagnosis."""
+
+from __future__ import annotations
+
+import pytest
+
+from memsim.errors import SpecError
+from memsim.hardware import load_system
+from memsim.hardware.spec import System
+from memsim.planners import mip
+from memsim.planners.diagnose import diagnose
+from memsim.planners.plan import Plan
+from memsim.planners.profile import build_profile
+from memsim.planners.space import build_space
+from memsim.planners.synthetic import inference_trace, training_trace
+from memsim.planners.training import assign_layers
+
+GiB = 2**30
+
+
+def small_system(hbm: str = "16GiB", dram: str = "64GiB", ssd: str | None = "1TiB") -> System:
+    """One GPU, host DRAM and optionally an NVMe drive; round numbers so tests can reason."""
+    tiers = {
+        "hbm": {"kind": "hbm", "capacity": hbm, "read_bw": "1TB/s", "write_bw": "1TB/s"},
+        "dram": {"kind": "dram", "capacity": dram, "read_bw": "100GB/s", "write_bw": "100GB/s"},
+    }
+    links = [{"name": "pcie", "kind": "pcie", "ends": ["hbm", "dram"], "bandwidth": "25GB/s"}]
+    if ssd:
+        tiers["nvme"] = {"kind": "ssd", "capacity": ssd, "read_bw": "7GB/s", "write_bw": "4GB/s"}
+        links.append({"name": "nvme", "kind": "nvme", "ends": ["dram", "nvme"], "bandwidth": "8GB/s"})
+    return System.model_validate({
+        "name": "test-box", "tiers": tiers, "links": links,
+        "compute": {
+            "gpu": {"kind": "gpu", "memory": "hbm", "peak_flops": {"bf16": "300TFLOP/s"}, "mem_bw": "1TB/s"},
+            "cpu": {"kind": "cpu", "memory": "dram", "peak_flops": {"fp32": "3TFLOP/s", "bf16": "6TFLOP/s"},
+                    "mem_bw": "100GB/s"},
+        }})
+
+
+def _used(plan: Plan, prof, tier: str, fast: str) -> float:
+    """Bytes of weights/grads/optimizer states the plan homes on ``tier``."""
+    return sum(prof.total[c] * plan.home(c, fast).get(tier, 0.0) for c in ("weight", "grad", "optimizer"))
+
+
+@pytest.mark.parametrize("layers,hidden", [(2, 512), (8, 1024), (24, 2048), (48, 4096)])
+def test_training_mip_fits_growing_cases(layers, hidden):
+    system = small_system()
+    trace = training_trace(layers, hidden, seq=2048)
+    plan = mip.mip(system, trace, {}, time_limit=10)
+    prof = build_profile(system, trace)
+    assert plan.planner.status in ("optimal", "feasible")
+    plan.check(system.tiers)
+    # the model's own capacity: homed states never exceed a host tier
+    for tier in ("dram", "nvme"):
+        assert _used(plan, prof, tier, "hbm") <= system.tiers[tier].capacity * (1 + 1e-6)
+    resident = sum(prof.total[c] for c in ("weight", "grad", "optimizer"))
+    if resident + prof.layers * (prof.saved + prof.ckpt) < 12 * GiB:  # fits whole: nothing moves
+        assert plan.placement == {} and plan.activations == "keep" and not plan.layer_policy
+    else:
+        assert plan.placement or plan.activations != "keep" or plan.layer_policy
+    assert plan.planner.estimate_s > 0 and plan.planner.gap is not None and plan.planner.gap <= 0.01
+
+
+def test_model_size_does_not_grow_with_depth():
+    system = small_system()
+    sizes = []
+    for layers in (4, 64):
+        prof = build_profile(system, training_trace(layers, 1024))
+        space = build_space(system, {})
+        m = mip.training._Model(system, prof, space, "gpu", "dram", False, 1.0)
+        sizes.append((m.prob.numVariables(), m.prob.numConstraints()))
+    assert sizes[0] == sizes[1]
+
+
+def test_same_plan_twice():
+    system = small_system(hbm="8GiB")
+    trace = training_trace(16, 2048, seq=2048)
+    a, b = (mip.mip(system, trace, {}, 10) for _ in range(2))
+    for p in (a, b):
+        p.planner.solve_s = None
+    assert a.to_dict() == b.to_dict()
+
+
+def test_recompute_forbidden_is_honoured():
+    system = small_system(hbm="12GiB")
+    trace = training_trace(16, 2048, seq=4096)
+    plan = mip.mip(system, trace, {"activations": ["keep", "offload"]}, 10)
+    assert "recompute" not in {plan.activations, *plan.layer_policy.values()}
+
+
+def test_optimizer_on_cpu_moves_grads_and_states_off_the_gpu():
+    system = small_system(hbm="8GiB")
+    trace = training_trace(24, 2048)
+    plan = mip.mip(system, trace, {"optimizer_device": "cpu"}, 10)
+    assert plan.optimizer_device == "cpu"
+    for cls in ("grad", "optimizer"):
+        assert plan.home(cls, "hbm").get("hbm", 0.0) == 0.0
+
+
+def test_unknown_option_names_key():
+    with pytest.raises(SpecError, match="prefetch_depth"):
+        mip.mip(small_system(), training_trace(2, 256), {"prefetch_dept": 2}, 1)
+
+
+def test_assign_layers_counts_and_order():
+    default, policy = assign_layers(10, {"offload": 3, "recompute": 5, "keep": 2})
+    full = [policy.get(i, default) for i in range(10)]
+    assert full.count("offload") == 3 and full.count("recompute") == 5 and full.count("keep") == 2
+    assert full[-1] == "keep" and full[0] == "offload"  # last layers' backward comes first
+
+
+def test_inference_search_enumerates_batch_splits():
+    system = small_system(hbm="512MiB")
+    trace = inference_trace(8, 2048, batch=12, prompt=256, gen=16)
+    found = mip.search(system, trace, {}, 10)
+    splits = {c.plan.num_gpu_batches for _, c in found.candidates if c.plan}
+    assert splits <= {1, 2, 3, 4, 6, 12} and len(found.candidates) >= 6
+    plan = found.best.plan
+    assert plan.gpu_batch_size * plan.num_gpu_batches == 12
+    weights = 8 * 12 * 2048 * 2048 * 2
+    assert weights > 512 * 2**20  # the case forces offload
+    assert plan.home("weight", "hbm").get("hbm", 0.0) < 1.0
+
+
+def test_flexgen_is_inference_only():
+    with pytest.raises(mip.NotApplicable):
+        mip.flexgen(small_system(), training_trace(2, 256), {}, 1)
+
+
+def test_time_limit_is_reported():
+    system = small_system(hbm="8GiB")
+    plan = mip.mip(system, training_trace(32, 4096), {}, time_limit=0.05)
+    assert plan.planner.solve_s is not None and plan.planner.status in ("optimal", "feasible", "time_limit")
+
+
+def test_diagnosis_shortfall_and_single_changes():
+    # 48 layers × 4096² × 12 × 16 B ≈ 144 GiB of model states; 16 GiB HBM + 32 GiB DRAM, no NVMe
+    system = small_system(hbm="16GiB", dram="32GiB", ssd=None)
+    trace = training_trace(48, 4096, seq=1024)
+    found = mip.search(system, trace, {}, 5)
+    assert found.best is None
+    d = diagnose(system, trace, {}, 5)
+    short = {s.tier: s.short_bytes for s in d.shortfalls}
+    states = build_profile(system, trace).layer_state * 48
+    assert short and sum(short.values()) >= states - 48 * GiB - 1
+    assert any("dram" in s for s in d.suggestions)
+    assert any("NVMe" in s for s in d.suggestions) and any("CXL" in s for s in d.suggestions)
+    # the suggested DRAM size really fits
+    add = next(s for s in d.suggestions if "dram" in s)
+    gib = float(add.split()[1].removesuffix("GiB"))
+    bigger = small_system(hbm="16GiB", dram=f"{32 + gib:.0f}GiB", ssd=None)
+    assert mip.search(bigger, trace, {}, 5).best is not None
+
+
+def test_catalog_system_plans_on_rank_view():
+    system = load_system("h100-sxm")
+    trace = training_trace(8, 2048)
+    trace.meta["data_parallel"] = 8
+    view = mip.planning_view(system, trace)
+    assert view.tiers["dram"].capacity == system.tiers["dram"].capacity // 8
+    assert mip.mip(system, trace, {}, 5).planner.status == "optimal"
