@@ -1,0 +1,159 @@
+"""Where a replay keeps bytes: buffers on the compute tier, files on disk, pinned host memory.
+
+Each tier keeps a ledger of the bytes it holds, by tensor, and its peak: these are the replay's
+measured peak bytes per tier (the buffers really allocated and the file extents really written).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+from memsim.validation.backend import Backend
+from memsim.validation.diskio import DirectFile, Mode, align_up, aligned_buffer
+
+REQUEST = 8 << 20  # must match microbench.REQUEST: the request size calibration measured
+
+
+class Ledger:
+    """Bytes held per tensor on one tier, and the peak of their sum."""
+
+    def __init__(self):
+        self.held: dict[str, int] = {}
+        self.now = 0
+        self.peak = 0
+
+    def add(self, name: str, nbytes: int) -> None:
+        self.now += nbytes - self.held.get(name, 0)
+        self.held[name] = nbytes
+        self.peak = max(self.peak, self.now)
+
+    def remove(self, name: str) -> None:
+        self.now -= self.held.pop(name, 0)
+
+    def reset_peak(self) -> None:
+        self.peak = self.now
+
+
+class ComputeTier:
+    """Buffers on the tier the kernels compute from: mmap'd DRAM on the CPU (page aligned, so the
+    disk engine reads straight into them), device memory on CUDA."""
+
+    def __init__(self, name: str, backend: Backend):
+        self.name, self.backend = name, backend
+        self.buffers: dict[str, Any] = {}
+        self.ledger = Ledger()
+
+    def alloc(self, tensor: str, nbytes: int) -> Any:
+        if tensor in self.buffers:
+            return self.buffers[tensor]
+        if self.backend.is_cuda:
+            buf = self.backend.torch.empty(max(1, nbytes), dtype=self.backend.torch.uint8, device="cuda")
+        else:
+            buf = aligned_buffer(nbytes)
+        self.buffers[tensor] = buf
+        self.ledger.add(tensor, nbytes)
+        return buf
+
+    def free(self, tensor: str) -> None:
+        buf = self.buffers.pop(tensor, None)
+        if isinstance(buf, mmap.mmap):
+            with contextlib.suppress(BufferError):
+                buf.close()
+        self.ledger.remove(tensor)
+
+    def __contains__(self, tensor: str) -> bool:
+        return tensor in self.buffers
+
+
+class DiskTier:
+    """A slow tier as files in a scratch folder, one per tensor, read and written around the page
+    cache. On CUDA, transfers bounce through a pinned staging buffer (what GPUDirect-less
+    systems do)."""
+
+    def __init__(self, name: str, folder: Path, mode: Mode, backend: Backend):
+        self.name, self.folder, self.mode, self.backend = name, folder, mode, backend
+        self.files: dict[str, DirectFile] = {}
+        self.ledger = Ledger()
+
+    def _file(self, tensor: str) -> DirectFile:
+        if tensor not in self.files:
+            safe = tensor.replace("/", "_")
+            self.files[tensor] = DirectFile(self.folder / f"{self.name}.{safe}.bin", self.mode)
+        return self.files[tensor]
+
+    def write(self, tensor: str, buf: Any, nbytes: int, stream=None) -> None:
+        host = self._to_host(buf, nbytes, stream)
+        self._file(tensor).write_from(host, 0, nbytes, REQUEST)
+        self.ledger.add(tensor, nbytes)
+
+    def read(self, tensor: str, buf: Any, nbytes: int, stream=None) -> None:
+        if not self.backend.is_cuda:
+            self._file(tensor).read_into(buf, 0, nbytes, REQUEST)
+            return
+        staging = aligned_buffer(nbytes)
+        self._file(tensor).read_into(staging, 0, nbytes, REQUEST)
+        torch = self.backend.torch
+        src = torch.frombuffer(staging, dtype=torch.uint8)[:nbytes]
+        buf[:nbytes].copy_(src.pin_memory(), non_blocking=True)
+        stream.synchronize()
+        staging.close()
+
+    def _to_host(self, buf: Any, nbytes: int, stream) -> mmap.mmap:
+        if isinstance(buf, mmap.mmap):
+            return buf
+        staging = aligned_buffer(nbytes)  # device → host, then host → disk
+        torch = self.backend.torch
+        torch.frombuffer(staging, dtype=torch.uint8)[:nbytes].copy_(buf[:nbytes])
+        return staging
+
+    def delete(self, tensor: str) -> None:
+        f = self.files.pop(tensor, None)
+        if f is not None:
+            f.close()
+            with contextlib.suppress(OSError):
+                os.unlink(f.path)
+        self.ledger.remove(tensor)
+
+    def close(self) -> None:
+        for tensor in list(self.files):
+            self.delete(tensor)
+
+
+class HostTier:
+    """CUDA only: DRAM as a slow tier, pinned host tensors copied on the engine's stream."""
+
+    def __init__(self, name: str, backend: Backend):
+        self.name, self.backend = name, backend
+        self.tensors: dict[str, Any] = {}
+        self.ledger = Ledger()
+
+    def write(self, tensor: str, buf: Any, nbytes: int, stream=None) -> None:
+        torch = self.backend.torch
+        if tensor not in self.tensors:
+            self.tensors[tensor] = torch.empty(max(1, nbytes), dtype=torch.uint8, pin_memory=True)
+        self.tensors[tensor][:nbytes].copy_(buf[:nbytes], non_blocking=True)
+        self.ledger.add(tensor, nbytes)
+
+    def read(self, tensor: str, buf: Any, nbytes: int, stream=None) -> None:
+        buf[:nbytes].copy_(self.tensors[tensor][:nbytes], non_blocking=True)
+
+    def delete(self, tensor: str) -> None:
+        self.tensors.pop(tensor, None)
+        self.ledger.remove(tensor)
+
+    def close(self) -> None:
+        self.tensors.clear()
+
+
+def fill_random(buf: Any, nbytes: int, seed: int) -> None:
+    """Deterministic non-zero bytes (so a disk write is not a hole in a sparse file)."""
+    if isinstance(buf, mmap.mmap):
+        pattern = (seed.to_bytes(8, "little") * 512)[:4096]
+        for off in range(0, align_up(max(1, nbytes)), 4096):
+            buf[off:off + 4096] = pattern
+    else:
+        buf.random_(0, 255)
