@@ -170,8 +170,9 @@ class Trace:
 
     @property
     def flops(self) -> float:
-        return sum(op.flops * (b.repeat if b.templated else 1) * b.iterations
-                   for b in self.blocks for op in b.ops)
+        # ``templated`` scans the whole block: evaluate it once per block, not once per op
+        return sum(sum(op.flops for op in b.ops) * (b.repeat if b.templated else 1) * b.iterations
+                   for b in self.blocks)
 
     def bytes_by_class(self) -> dict[str, int]:
         """Total bytes of every tensor by class, templates counted once per layer."""
