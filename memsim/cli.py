@@ -292,6 +292,64 @@ def _short(key: str) -> str:
     return ".".join(key.split(".")[-2:])
 
 
+# -- torch tracer ---------------------------------------------------------------------------------
+
+
+@app.command("trace")
+@handle_errors
+def trace_cmd(
+    factory: Annotated[str, typer.Argument(
+        help="MODULE:FACTORY or path/to/file.py:FACTORY, a callable returning an nn.Module")],
+    inputs: Annotated[list[str] | None, typer.Option(
+        "--input", help="shape of a forward input, BxS or BxS:dtype (8x512:int64); repeat per input")] = None,
+    dtype: Annotated[str | None, typer.Option(help="cast the module to fp32 | bf16 | fp16")] = None,
+    train: Annotated[bool, typer.Option("--train", help="also run backward of the output's sum")] = False,
+    output: Annotated[str, typer.Option("-o", "--output", help="Trace JSON to write")] = "trace.json",
+    as_json: JsonOpt = False,
+) -> None:
+    """Trace a real PyTorch module on the meta device (no real memory) into a Trace JSON."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SpecError("memsim trace needs torch: pip install torch==2.13.0 (CPU build)") from None
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from memsim.workloads.torch_trace import summary, trace_factory
+
+    bar = Progress(SpinnerColumn(), TextColumn("[bold]tracing {task.description}: {task.completed} ops"),
+                   TimeElapsedColumn(), console=err, transient=True, disable=as_json)
+    task = bar.add_task(factory, total=None)
+    with bar:
+        trace = trace_factory(factory, inputs or [], dtype=dtype, train=train,
+                              progress=lambda n: bar.update(task, completed=n))
+    trace.save(output)
+    info = {**summary(trace), "path": output}
+    if as_json:
+        emit_json(info)
+        return
+    _render_trace(trace, info)
+
+
+def _render_trace(trace, info: dict) -> None:
+    passes = "forward+backward" if trace.meta["train"] else "forward"
+    table = Table("figure", "value", title=f"{trace.name} ({passes}, inputs "
+                  f"{' '.join(trace.meta['inputs'])}, traced on meta)")
+    table.add_row("ops", str(info["ops"]))
+    table.add_row("tensors", str(info["tensors"]))
+    table.add_row("parameters", f"{info['params']:,}")
+    table.add_row("GFLOPs (torch flop counter)", f"{info['flops'] / 1e9:,.3f}")
+    for key, value in info["per_device_bytes"].items():
+        label = "peak live activations" if key == "activations" else key
+        table.add_row(label, units.fmt_bytes(value))
+    out.print(table)
+    top = Table("op", "kind", "phase", "GFLOPs", "share", title="top ops by FLOPs")
+    for op in info["top_ops"]:
+        top.add_row(op["name"], op["kind"], op["phase"], f"{op['flops'] / 1e9:,.3f}",
+                    f"{op['flops'] / info['flops']:.1%}" if info["flops"] else "—")
+    out.print(top)
+    out.print(f"wrote {info['path']}")
+
+
 # -- planner --------------------------------------------------------------------------------------
 
 
