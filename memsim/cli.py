@@ -28,7 +28,7 @@ app.add_typer(hardware_app, name="hardware")
 app.add_typer(workload_app, name="workload")
 
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # never break a file path or key across lines
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
