@@ -454,6 +454,81 @@ def _policy_counts(plan: dict, layers: int) -> dict[str, int]:
     return counts
 
 
+# -- simulator ------------------------------------------------------------------------------------
+
+
+@app.command("simulate")
+@handle_errors
+def simulate_cmd(
+    hardware: Annotated[str, typer.Option("--hardware", "-H", help="catalog name or System YAML")],
+    workload: Annotated[str, typer.Option("--workload", "-w", help="catalog name or workload YAML")],
+    plan: Annotated[str | None, typer.Option("--plan", help="a plan file (memsim plan -o)")] = None,
+    planner: Annotated[str | None, typer.Option(help="plan first with this planner preset")] = None,
+    timeline: Annotated[str | None, typer.Option(
+        "--timeline", help="write a Chrome-trace JSON (open in ui.perfetto.dev)")] = None,
+    overrides: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Simulate a case event by event: step time, tokens/s, bytes per tier, where time went."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from memsim.sim.case import simulate_case
+
+    if plan and planner:
+        raise SpecError("give --plan or --planner, not both", key="--plan")
+    bar = Progress(SpinnerColumn(), TextColumn("[bold]simulating"), TimeElapsedColumn(),
+                   console=err, transient=True, disable=as_json)
+    with bar:
+        bar.add_task("simulating", total=None)
+        _, doc = simulate_case(hardware, workload, plan_path=plan, planner=planner,
+                               overrides=overrides or [], timeline_path=timeline)
+    if as_json:
+        emit_json(doc)
+        return
+    _render_simulation(doc)
+
+
+def _render_simulation(doc: dict) -> None:
+    info = doc["planner"]
+    out.print(f"[bold]{doc['workload']}[/] on [bold]{doc['hardware']}[/] — plan {info['name']} "
+              f"({info['status']})", highlight=False)
+    figures = Table("figure", "value", title="simulated")
+    label = "makespan" if doc["kind"] == "serving" else "step time"
+    figures.add_row(label, units.fmt_time(doc["step_time_s"]))
+    figures.add_row("tokens/s", f"{doc['tokens_per_s']:.4g}")
+    figures.add_row("MFU", f"{doc['mfu']:.1%}")
+    for key, secs in doc["breakdown"].items():
+        if secs > 0:
+            share = secs / doc["step_time_s"] if doc["step_time_s"] else 0.0
+            figures.add_row(f"  {key.replace('_', ' ')}", f"{units.fmt_time(secs)} ({share:.0%})")
+    serving = doc.get("serving")
+    if serving:
+        figures.add_row("requests done", f"{serving['completed']} / {serving['requests']}")
+        for name in ("ttft_s", "tbt_s"):
+            q = serving[name]
+            figures.add_row(name[:-2].upper() + " p50 / p99",
+                            f"{units.fmt_time(q['p50'])} / {units.fmt_time(q['p99'])}")
+        figures.add_row("KV utilisation", f"{serving['kv_utilization']:.1%}")
+        figures.add_row("preemptions", str(serving["preemptions"]))
+    figures.add_row("events", f"{doc['events']:,} in {units.fmt_time(doc['wall_s'])}")
+    out.print(figures)
+    tiers = Table("tier", "peak", "mean", "capacity", "peak/capacity", title="memory")
+    for tier, peak in doc["peak_bytes"].items():
+        cap = doc["capacity_bytes"][tier]
+        tiers.add_row(tier, units.fmt_bytes(peak), units.fmt_bytes(doc["mean_bytes"][tier]),
+                      units.fmt_bytes(cap), f"{peak / cap:.1%}")
+    out.print(tiers)
+    if doc["link_busy"]:
+        links = Table("copy engine", "busy", title="links")
+        for name, busy in doc["link_busy"].items():
+            links.add_row(name, f"{busy:.1%}")
+        out.print(links)
+    for note in doc.get("notes", []):
+        out.print(f"note: {note}", highlight=False)
+    if doc.get("timeline"):
+        out.print(f"timeline: {doc['timeline']} (open in https://ui.perfetto.dev)", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

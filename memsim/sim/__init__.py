@@ -1,1 +1,47 @@
-"""sim stage."""
+"""The discrete-event simulator (simpy): memsim's single source of truth for a plan's numbers.
+
+    result = simulate(system, trace, plan)          # Result: step time, tokens/s, MFU, bytes...
+    if not result.feasible: raise Infeasible(diagnose(result))
+
+The System a rank sees is ``system.rank_view(trace.meta["data_parallel"])``. Without a plan every
+byte stays on the compute tier (the GPU's HBM; a CPU-only system's DRAM). See docs/simulator.md.
+"""
+
+from __future__ import annotations
+
+from memsim.errors import SpecError
+from memsim.hardware.spec import System
+from memsim.planners.plan import Plan, trace_fingerprint
+from memsim.sim.report import diagnose
+from memsim.sim.result import OOM, Result, ServingStats
+from memsim.sim.timeline import write_timeline
+from memsim.workloads.trace import Trace
+
+__all__ = ["OOM", "Result", "ServingStats", "check_plan", "diagnose", "simulate", "write_timeline"]
+
+
+def check_plan(system: System, trace: Trace, plan: Plan, file: str = "plan") -> None:
+    """Refuse a plan for another workload or one that names tiers this system lacks (exit 2)."""
+    if plan.fingerprint and plan.fingerprint != trace_fingerprint(trace):
+        raise SpecError(f"this plan was made for {plan.workload or 'another workload'!r} "
+                        f"(fingerprint {plan.fingerprint}), not {trace.name!r} "
+                        f"({trace_fingerprint(trace)}); re-plan for this workload",
+                        file=file, key="fingerprint")
+    plan.check(set(system.tiers), file=file)
+
+
+def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
+             timeline: bool = False) -> Result:
+    """Run one step (training, inference) or the whole request trace (serving) event by event."""
+    plan = plan if plan is not None else Plan()
+    view = system.rank_view(int(trace.meta.get("data_parallel", 1) or 1))
+    check_plan(view, trace, plan)
+    if trace.kind == "serving":
+        from memsim.sim.serving import simulate_serving
+
+        return simulate_serving(view, trace, plan, timeline=timeline)
+    from memsim.sim.engine import StepEngine
+    from memsim.sim.program import build_program
+
+    program = build_program(trace, view, plan)
+    return StepEngine(view, program, plan.prefetch_depth, timeline, trace.meta).run()

@@ -54,6 +54,7 @@ class Result:
     events: int = 0  # simulator events processed
     wall_s: float = 0.0  # how long the simulation itself took
     source: str = "simulated"
+    notes: list[str] = field(default_factory=list)  # what the simulator assumed or left out
     timeline: list[dict] | None = field(default=None, repr=False)  # Chrome-trace events, if asked
 
     def to_dict(self) -> dict:

@@ -1,0 +1,61 @@
+"""``memsim simulate`` as an API call: load the case by name, get a plan, simulate, report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from memsim.errors import Infeasible
+from memsim.planners.plan import Plan
+from memsim.sim import check_plan, diagnose, simulate, write_timeline
+from memsim.sim.result import Result
+
+
+def simulate_case(hardware: str, workload: str, *, plan_path: str | None = None,
+                  planner: str | None = None, overrides: Iterable[str] = (),
+                  timeline_path: str | None = None) -> tuple[Result, dict]:
+    """Simulate a catalog (or file) case; returns the Result and the ``--json`` document.
+
+    Raises ``SpecError`` for bad input (a plan for another workload, unknown tiers) and
+    ``Infeasible`` (carrying the document as ``payload``) when a tier overflows.
+    """
+    from memsim.hardware import load_system
+    from memsim.workloads import build_trace, load_workload
+
+    overrides = list(overrides)
+    system = load_system(hardware, overrides)
+    trace = build_trace(load_workload(workload, overrides))
+    if planner is not None:
+        from memsim.planners import plan_case
+
+        plan = plan_case(hardware, workload, planner, overrides).plan
+    elif plan_path is not None:
+        plan = Plan.load(plan_path)
+        check_plan(system, trace, plan, file=plan_path)
+    else:
+        plan = None
+    result = simulate(system, trace, plan, timeline=timeline_path is not None)
+    if timeline_path is not None:
+        write_timeline(result.timeline or [], timeline_path)
+    doc = result_document(result, plan)
+    doc.update(hardware=system.name, workload=trace.name, kind=trace.kind)
+    if timeline_path is not None:
+        doc["timeline"] = timeline_path
+    if not result.feasible:
+        exc = Infeasible(diagnose(result))
+        exc.payload = {k: v for k, v in doc.items() if k != "feasible"}
+        raise exc
+    return result, doc
+
+
+def result_document(result: Result, plan: Plan | None) -> dict:
+    """The stable ``simulate --json`` keys (DESIGN.md) plus the Result's own fields."""
+    doc = result.to_dict()
+    if plan is None:
+        doc["planner"] = {"name": "resident", "status": "given", "gap": None, "solve_s": None}
+    else:
+        info = plan.planner
+        doc["planner"] = {"name": info.name, "status": info.status, "gap": info.gap,
+                          "solve_s": info.solve_s, "estimate_s": info.estimate_s}
+    doc["baselines"] = []
+    doc["source"] = "simulated"
+    return doc

@@ -1,0 +1,403 @@
+"""Trace + Plan → the program the engine runs: concrete ops on units, segments, tensor homes.
+
+What the Plan's semantics (``memsim/planners/plan.py``) become, decided here once, before any
+simulated time passes:
+
+* every op gets a unit (GPU, CPU, comm) and that unit's memory tier: ``device="cpu"`` ops, the
+  optimizer step under ``optimizer_device: cpu`` and decode attention under ``cpu_attention`` run
+  on the CPU; on a CPU-only system every op runs on the CPU;
+* ``recompute`` layers get a copy of their forward ops inserted right before their backward; the
+  tensors it produces are new instances (``name@r``), so the forward's saved activations die after
+  the forward (only the layer input, the checkpoint, survives);
+* FlexGen's block schedule (``num_gpu_batches`` = n > 1, inference) runs each segment n times over
+  1/n of the batch: non-weight tensors become n instances (``name#j``) of 1/n the bytes, each
+  sub-op re-reads the layer's weights from HBM, and weights are fetched once per layer per block;
+* a *segment* is the unit of prefetching: consecutive ops of one (block, iteration, layer, GPU
+  batch); segment k's fetches are issued when segment k − ``prefetch_depth`` starts;
+* each tensor gets a *home*: bytes per tier (placement fractions for weights, grads, optimizer
+  states, KV; ``activation_tier`` for offloaded activations; the producing unit's memory for the
+  rest), its birth and death op, and for each op which inputs' last writer it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from memsim.errors import SpecError
+from memsim.hardware.spec import System
+from memsim.planners.plan import Plan
+from memsim.workloads.trace import PERSISTENT, Trace
+
+FETCH_CLASSES = ("weight", "optimizer", "grad", "kv", "activation", "workspace")
+
+
+@dataclass(slots=True)
+class POp:
+    """One op of the program, with everything the engine needs precomputed."""
+
+    index: int
+    name: str
+    kind: str
+    phase: str
+    dtype: str
+    flops: float
+    nbytes: float
+    unit: str  # gpu | cpu | comm
+    mem: str  # the tier the unit computes from
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    layer: int | None
+    iteration: int
+    group: tuple  # (block, iteration, layer, sub-batch): consecutive equal groups form a segment
+    recompute: bool = False
+    seg: int = 0
+    writers: tuple[int | None, ...] = ()  # last writer (op index) of each input before this op
+    in_frac: tuple[float, ...] = ()  # fraction of each input's bytes the op needs (KV context)
+    out_frac: tuple[float, ...] = ()  # fraction of each output's bytes the op writes
+    no_fetch: frozenset[str] = frozenset()  # inputs overwritten whole (optimizer's weight)
+    writeback: tuple[str, ...] = ()  # outputs to copy to their homes after this op
+    dies: tuple[str, ...] = ()  # tensors whose last use this is
+
+
+@dataclass(slots=True)
+class TInfo:
+    name: str
+    cls: str
+    bytes: int
+    home: dict[str, int]  # tier → bytes, ordered by tier name
+    birth: int | None  # first writer; None: exists from the start
+    death: int | None  # last op it is alive in; None: alive to the end
+
+
+@dataclass(slots=True)
+class Segment:
+    index: int
+    ops: list[int]
+    layer: int | None
+
+
+@dataclass
+class Program:
+    ops: list[POp]
+    tensors: dict[str, TInfo]
+    segments: list[Segment]
+    units: dict[str, str]  # unit → memory tier
+    fast: str
+    notes: list[str] = field(default_factory=list)
+
+
+def units_of(system: System) -> dict[str, str]:
+    """Compute units the engine runs: gpu (if any), cpu (if any), comm (the GPU's network side)."""
+    out = {}
+    if system.gpu is not None:
+        out["gpu"] = system.gpu.memory
+    if system.cpu is not None:
+        out["cpu"] = system.cpu.memory
+    out["comm"] = system.fast_tier
+    return out
+
+
+def build_program(trace: Trace, system: System, plan: Plan) -> Program:
+    fast = system.fast_tier
+    units = units_of(system)
+    notes: list[str] = []
+    raw = _expand(trace, system, plan, units, notes)
+    n = plan.num_gpu_batches or 1
+    if n > 1 and trace.kind == "inference":
+        raw = _split_batches(raw, trace, n, notes)
+    if trace.kind == "training" and _any_recompute(trace, plan):
+        raw = _insert_recompute(raw, trace, plan)
+    ops = [POp(index=i, **r) for i, r in enumerate(raw)]
+    segments = _segments(ops)
+    tensors = _tensors(ops, trace, system, plan, fast, n if trace.kind == "inference" else 1)
+    _annotate(ops, segments, tensors, trace)
+    return Program(ops, tensors, segments, units, fast, notes)
+
+
+# -- expansion ------------------------------------------------------------------------------------
+
+
+def _expand(trace: Trace, system: System, plan: Plan, units: dict, notes: list) -> list[dict]:
+    has_gpu, has_cpu = "gpu" in units, "cpu" in units
+    out = []
+    for x in trace.expand():
+        op = x.op
+        unit = "gpu" if op.device == "gpu" else "cpu"
+        if op.kind == "comm":
+            unit = "comm"
+        elif _on_cpu(op, plan):
+            unit = "cpu"
+        if unit == "gpu" and not has_gpu:
+            unit = "cpu"
+        if unit == "cpu" and not has_cpu:
+            unit = "gpu"
+            if "no CPU compute unit: CPU ops run on the GPU" not in notes:
+                notes.append("no CPU compute unit: CPU ops run on the GPU")
+        out.append({"name": x.name, "kind": op.kind, "phase": op.phase, "dtype": op.dtype,
+                    "flops": op.flops, "nbytes": float(op.bytes_read + op.bytes_written),
+                    "unit": unit, "mem": units[unit], "inputs": x.inputs, "outputs": x.outputs,
+                    "layer": x.layer, "iteration": x.iteration,
+                    "group": (x.block, x.iteration, x.layer, 0)})
+    return out
+
+
+def _on_cpu(op, plan: Plan) -> bool:
+    """The plan moves the optimizer step (ZeRO-Offload) or decode attention (FlexGen) to the CPU."""
+    if op.kind == "optimizer" or op.phase == "optimizer":
+        return plan.optimizer_device == "cpu"
+    return plan.cpu_attention and op.kind == "attention" and op.phase == "decode"
+
+
+def _split_batches(raw: list[dict], trace: Trace, n: int, notes: list) -> list[dict]:
+    """FlexGen's zig-zag: each group runs once per GPU batch on 1/n of the non-weight data."""
+    batch = trace.meta.get("batch_size")
+    if batch and batch % n:
+        notes.append(f"batch {batch} is not a multiple of num_gpu_batches {n}: GPU batches rounded")
+    out: list[dict] = []
+    i = 0
+    while i < len(raw):
+        j = i
+        while j < len(raw) and raw[j]["group"] == raw[i]["group"]:
+            j += 1
+        for b in range(n):
+            for r in raw[i:j]:
+                wbytes = sum(trace.tensor(t).bytes for t in r["inputs"]
+                             if trace.tensor(t).cls in PERSISTENT)
+                wbytes = min(wbytes, r["nbytes"])
+                out.append({**r, "flops": r["flops"] / n,
+                            "nbytes": wbytes + (r["nbytes"] - wbytes) / n,
+                            "inputs": tuple(_sub(t, trace, b) for t in r["inputs"]),
+                            "outputs": tuple(_sub(t, trace, b) for t in r["outputs"]),
+                            "group": (*r["group"][:3], b)})
+        i = j
+    return out
+
+
+def _sub(name: str, trace: Trace, b: int) -> str:
+    return name if trace.tensor(name).cls in PERSISTENT else f"{name}#{b}"
+
+
+def _any_recompute(trace: Trace, plan: Plan) -> bool:
+    return plan.activations == "recompute" or "recompute" in plan.layer_policy.values()
+
+
+def _insert_recompute(raw: list[dict], trace: Trace, plan: Plan) -> list[dict]:
+    """Before a recompute layer's first backward op, run its forward ops again.
+
+    The recomputed forward starts from the layer's checkpoint ``L{i}.input`` (it replaces any
+    non-layer activation the forward read, e.g. the residual stream) and does not re-produce it.
+    Its other layer tensors become new instances ``name@r`` that the backward then reads; the
+    non-layer activations it writes are local to it (``name@r{i}``) and die at once.
+    """
+    forward: dict[int, list[dict]] = {}
+    for r in raw:
+        if r["phase"] == "forward" and r["layer"] is not None:
+            forward.setdefault(r["layer"], []).append(r)
+    rename: dict[str, str] = {}
+    done: set[int] = set()
+    out: list[dict] = []
+    for r in raw:
+        layer = r["layer"]
+        if (r["phase"] == "backward" and layer is not None and layer not in done
+                and plan.policy(layer) == "recompute" and layer in forward):
+            done.add(layer)
+            out.extend(_recompute_layer(forward[layer], layer, trace, rename))
+        if rename:
+            r = {**r, "inputs": tuple(rename.get(t, t) for t in r["inputs"]),
+                 "outputs": tuple(rename.get(t, t) for t in r["outputs"])}
+        out.append(r)
+    return out
+
+
+def _recompute_layer(forward: list[dict], layer: int, trace: Trace, rename: dict) -> list[dict]:
+    prefix = f"L{layer}."
+    ckpt = prefix + "input"
+    has_ckpt = _exists(trace, ckpt)
+    local: dict[str, str] = {}
+    out = []
+    for f in forward:
+        inputs = []
+        for t in f["inputs"]:
+            if t in local:
+                inputs.append(local[t])
+            elif (has_ckpt and not t.startswith(prefix)
+                  and _cls(trace, t) in ("activation", "workspace")):
+                inputs.append(ckpt)
+            else:
+                inputs.append(t)
+        outputs = []
+        for t in f["outputs"]:
+            if t == ckpt:
+                continue
+            if _cls(trace, t) in ("activation", "workspace"):
+                mine = t.startswith(prefix)
+                local[t] = t + "@r" if mine else f"{t}@r{layer}"
+                if mine:
+                    rename[t] = local[t]
+                outputs.append(local[t])
+            else:
+                outputs.append(t)
+        out.append({**f, "name": f["name"] + "@r", "inputs": tuple(dict.fromkeys(inputs)),
+                    "outputs": tuple(outputs), "recompute": True,
+                    "group": ("recompute", *f["group"][1:])})
+    return out
+
+
+def _exists(trace: Trace, name: str) -> bool:
+    try:
+        trace.tensor(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _cls(trace: Trace, name: str) -> str:
+    return trace.tensor(_base(name)).cls
+
+
+def _base(name: str) -> str:
+    """Instance name → the trace's concrete name (drop ``@r`` and ``#j`` suffixes)."""
+    return name.split("#", 1)[0].split("@", 1)[0]
+
+
+def _layer_of(name: str) -> int | None:
+    head = name.split(".", 1)[0]
+    return int(head[1:]) if head[:1] == "L" and head[1:].isdigit() else None
+
+
+# -- segments and tensors -------------------------------------------------------------------------
+
+
+def _segments(ops: list[POp]) -> list[Segment]:
+    segs: list[Segment] = []
+    prev = None
+    for op in ops:
+        if op.group != prev:
+            segs.append(Segment(len(segs), [], op.layer))
+            prev = op.group
+        op.seg = len(segs) - 1
+        segs[-1].ops.append(op.index)
+    return segs
+
+
+def split_bytes(total: int, fractions: dict[str, float]) -> dict[str, int]:
+    """Integer bytes per tier that sum exactly to ``total`` (remainder to the largest share)."""
+    items = sorted((t, f) for t, f in fractions.items() if f > 0)
+    if not items:
+        return {}
+    parts = {t: int(total * f) for t, f in items}
+    biggest = max(items, key=lambda tf: (tf[1], tf[0]))[0]
+    parts[biggest] += total - sum(parts.values())
+    return {t: b for t, b in parts.items() if b > 0}
+
+
+def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str,
+             n: int) -> dict[str, TInfo]:
+    birth: dict[str, int] = {}
+    last: dict[str, int] = {}
+    first_read: dict[str, int] = {}
+    producer_mem: dict[str, str] = {}
+    read_phases: dict[str, set[str]] = {}
+    written_phase: dict[str, str] = {}
+    for op in ops:
+        for t in op.inputs:
+            last[t] = op.index
+            first_read.setdefault(t, op.index)
+            read_phases.setdefault(t, set()).add(op.phase)
+        for t in op.outputs:
+            last[t] = op.index
+            if t not in birth:
+                birth[t] = op.index
+                producer_mem[t] = op.mem
+                written_phase[t] = op.phase
+    act_tier = _activation_tier(plan, system, fast)
+    out: dict[str, TInfo] = {}
+    for name in sorted(set(last)):
+        base = _base(name)
+        tensor = trace.tensor(base)
+        nbytes = tensor.bytes // n if "#" in name else tensor.bytes
+        cls = tensor.cls
+        born = birth.get(name)
+        if born is not None and first_read.get(name, born) < born:
+            born = None  # read before written: an input that exists from the start
+        if cls in PERSISTENT or cls in ("grad", "kv"):
+            death = None
+            home = split_bytes(nbytes, plan.home(cls, fast))
+        else:
+            death = last[name]
+            mem = producer_mem.get(name, fast) if born is not None else fast
+            home = {mem: nbytes}
+            layer = _layer_of(base)
+            saved = (written_phase.get(name) == "forward" and "backward" in read_phases.get(name, ()))
+            if (cls == "activation" and saved and layer is not None and "@" not in name
+                    and plan.policy(layer) == "offload" and act_tier is not None):
+                home = split_bytes(nbytes, act_tier)
+            elif (cls == "activation" and trace.kind == "inference" and "activation" in plan.placement
+                  and born is not None and len(read_phases.get(name, ())) > 0):
+                home = split_bytes(nbytes, plan.placement["activation"])
+        out[name] = TInfo(name, cls, nbytes, dict(sorted(home.items())), born, death)
+    return out
+
+
+def _activation_tier(plan: Plan, system: System, fast: str) -> dict[str, float] | None:
+    if plan.activation_tier is not None:
+        return {plan.activation_tier: 1.0}
+    placed = plan.placement.get("activation")
+    if placed and any(t != fast for t in placed):
+        return placed
+    if plan.activations == "offload" or "offload" in plan.layer_policy.values():
+        host = [n for n, t in system.tiers.items() if t.kind == "dram" and n != fast]
+        if not host:
+            raise SpecError("activations: offload needs activation_tier (no DRAM tier to default to)",
+                            file="plan", key="activation_tier")
+        return {host[0]: 1.0}
+    return None
+
+
+def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo],
+              trace: Trace) -> None:
+    """Last writers of inputs, KV context fractions, write-backs and deaths per op."""
+    meta = trace.meta
+    prompt, gen = meta.get("prompt_len"), meta.get("gen_len")
+    total_ctx = (prompt + gen) if (trace.kind == "inference" and prompt and gen) else None
+    last_writer: dict[str, int] = {}
+    seg_last_write: dict[tuple[int, str], int] = {}
+    for op in ops:
+        op.writers = tuple(last_writer.get(t) for t in op.inputs)
+        if op.kind == "optimizer" or op.phase == "optimizer":
+            op.no_fetch = frozenset(t for t in op.inputs
+                                    if t in op.outputs and tensors[t].cls == "weight")
+        in_frac, out_frac = [], []
+        for t in op.inputs:
+            in_frac.append(_ctx_frac(tensors[t].cls, op, total_ctx, prompt, reading=True))
+        for t in op.outputs:
+            out_frac.append(_ctx_frac(tensors[t].cls, op, total_ctx, prompt, reading=False))
+            last_writer[t] = op.index
+            seg_last_write[(op.seg, t)] = op.index
+        op.in_frac, op.out_frac = tuple(in_frac), tuple(out_frac)
+    wb: dict[int, list[str]] = {}
+    for (seg, t), i in seg_last_write.items():
+        info = tensors[t]
+        seg_end = segments[seg].ops[-1]
+        alive_after = info.death is None or info.death > seg_end
+        if alive_after and any(tier != ops[i].mem for tier in info.home):
+            wb.setdefault(i, []).append(t)
+    dies: dict[int, list[str]] = {}
+    for t, info in tensors.items():
+        if info.death is not None:
+            dies.setdefault(info.death, []).append(t)
+    for op in ops:
+        op.writeback = tuple(sorted(wb.get(op.index, ())))
+        op.dies = tuple(sorted(dies.get(op.index, ())))
+
+
+def _ctx_frac(cls: str, op: POp, total_ctx: int | None, prompt: int | None, reading: bool) -> float:
+    """KV bytes an inference op touches: the context so far, not the cache's final size."""
+    if cls != "kv" or total_ctx is None:
+        return 1.0
+    if op.phase == "prefill":
+        return prompt / total_ctx
+    if op.phase == "decode":
+        ctx = prompt + op.iteration + 1
+        return min(1.0, ctx / total_ctx) if reading else 1.0 / total_ctx
+    return 1.0
