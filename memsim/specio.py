@@ -42,11 +42,13 @@ def read_yaml(path: str | Path) -> Any:
     """Parse one YAML file; a syntax error or a duplicate key becomes a SpecError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError("file not found", file=str(path)) from None
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not a UTF-8 text file (byte {exc.start}); expected YAML", file=str(path)) from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
@@ -93,7 +95,8 @@ def load_mapping(path: Path, family: str, _seen: tuple[Path, ...] = ()) -> dict:
     """Read a mapping, following ``extends: other`` (a catalog name or a path relative to it)."""
     data = read_yaml(path)
     if not isinstance(data, dict):
-        raise SpecError(f"expected a mapping at the top level, got {type(data).__name__}", file=str(path))
+        got = "an empty file" if data is None else type(data).__name__
+        raise SpecError(f"expected a mapping at the top level, got {got}", file=str(path))
     parent = data.pop("extends", None)
     if parent is None:
         return data
