@@ -84,7 +84,9 @@ def solve_inference(
     prob += td >= times["decode_gpu"], "compute_decode"
     prob += td >= times["decode_cpu"], "cpu_decode"
     ctx = int(trace.meta.get("prompt_len") or 0) + int(trace.meta.get("gen_len") or 0)
-    prompt_share = (trace.meta.get("prompt_len") or 0) / ctx if ctx else 1.0
+    prompt_len, gen_len = int(trace.meta.get("prompt_len") or 0), int(trace.meta.get("gen_len") or 0)
+    prompt_share = prompt_len / ctx if ctx else 1.0
+    decode_share = (prompt_len + gen_len / 2) / ctx if ctx else 1.0
     fp, fd = Flows(system), Flows(system)
     for t in system.tiers:
         if t == g:
@@ -92,8 +94,8 @@ def solve_inference(
         fp.add(t, g, layer["weight"] * frac("weight", t))
         fd.add(t, g, layer["weight"] * frac("weight", t))
         fp.add(g, t, layer["kv"] * prompt_share * frac("kv", t))
-        if not cpu_attention:
-            fd.add(t, g, layer["kv"] * frac("kv", t))
+        if not cpu_attention:  # a decode step reads the context so far: prompt + gen/2 on average
+            fd.add(t, g, layer["kv"] * decode_share * frac("kv", t))
         fd.add(g, t, (layer["kv"] / ctx if ctx else 0) * frac("kv", t))
     for stage, fl in ((tp, fp), (td, fd)):
         for name, rate, terms in fl.loads():

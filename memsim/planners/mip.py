@@ -10,6 +10,7 @@ registry entries.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -44,15 +45,17 @@ def search(
     trace: Trace,
     options: dict | None = None,
     time_limit: float = 10.0,
-    slack: bool = False,
+    slack: bool | set[str] = False,
     act_scale: float = 1.0,
     space: Space | None = None,
+    only: str | None = None,
 ) -> Search:
+    """Solve every structure (or only the one labelled ``only``) and keep the best estimate."""
     view = planning_view(system, trace)
     space = space or build_space(view, options or {})
     prof = build_profile(view, trace)
     start = time.perf_counter()
-    jobs = _jobs(view, trace, prof, space, slack, act_scale)
+    jobs = [(lb, job) for lb, job in _jobs(view, trace, prof, space, slack, act_scale) if only in (None, lb)]
     results: list[tuple[str, Candidate]] = []
     for label, job in jobs:
         left = max(0.05, time_limit - (time.perf_counter() - start))
@@ -109,23 +112,27 @@ def _jobs(view: System, trace: Trace, prof: Profile, space: Space, slack: bool, 
 def run(name: str, system: System, trace: Trace, options: dict, time_limit: float) -> Plan:
     """A registry entry: the best plan of the search, its PlannerInfo filled in."""
     found = search(system, trace, options, time_limit)
-    if found.best is None or found.best.plan is None:
-        plan = Plan(planner=PlannerInfo(name=name, status=found.status, solve_s=found.solve_s))
+    return finish(name, found, found.best, found.solve_s)
+
+
+def finish(name: str, found: Search, chosen: Candidate | None, solve_s: float) -> Plan:
+    """``chosen``'s plan with the search's PlannerInfo (status, gap, solve time, estimate)."""
+    if chosen is None or chosen.plan is None:
+        plan = Plan(planner=PlannerInfo(name=name, status=found.status, solve_s=round(solve_s, 6)))
         plan.notes.append("no structure of the search fits: see the diagnosis")
         return plan
-    plan = found.best.plan
-    plan.planner = PlannerInfo(
-        name=name,
-        status=found.status,
-        objective=found.best.estimate_s,
-        gap=found.gap,
-        solve_s=round(found.solve_s, 6),
-        estimate_s=found.best.estimate_s,
-    )
+    plan = copy.deepcopy(chosen.plan)
+    plan.planner = PlannerInfo(name=name, status=found.status, objective=chosen.estimate_s,
+                               gap=chosen.info.gap, solve_s=round(solve_s, 6), estimate_s=chosen.estimate_s)
     tried = len(found.candidates)
     solved = sum(c.plan is not None for _, c in found.candidates)
-    plan.notes.append(f"{name}: {solved} of {tried} structures fit; solver {found.best.info.solver}")
+    plan.notes.append(f"{name}: {solved} of {tried} structures fit; solver {chosen.info.solver}")
     return plan
+
+
+def search_options(kind: str, options: dict) -> dict:
+    """The options a search-kind preset runs with (FlexGen's space under its own)."""
+    return {**FLEXGEN_SPACE, **options} if kind == "flexgen" else dict(options)
 
 
 def mip(system: System, trace: Trace, options: dict, time_limit: float = 10.0) -> Plan:
@@ -146,7 +153,7 @@ def flexgen(system: System, trace: Trace, options: dict, time_limit: float = 10.
     """FlexGen's policy search: its LP over GPU/CPU/disk percentages for every batch split."""
     if trace.kind != "inference":
         raise NotApplicable("FlexGen's policy search is for offloaded inference")
-    return run("flexgen", system, trace, {**FLEXGEN_SPACE, **options}, time_limit)
+    return run("flexgen", system, trace, search_options("flexgen", options), time_limit)
 
 
 class NotApplicable(Exception):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memsim.hardware.spec import Compute, System
-from memsim.workloads.trace import LAYER, Op, Trace
+from memsim.workloads.trace import LAYER, PERSISTENT, Op, Trace
 
 CLASSES = ("weight", "grad", "optimizer", "kv", "activation", "workspace")
 FORWARD_PHASES = ("forward", "prefill")
@@ -53,15 +53,23 @@ def op_unit(system: System, op: Op, cpu_attention: bool = False) -> Compute:
     return gpu
 
 
-def op_seconds(system: System, op: Op, unit: Compute | None = None, split: int = 1) -> float:
-    """One op's time on ``unit`` (the simulator's roofline); ``split`` GPU batches run it in parts."""
+def op_seconds(system: System, op: Op, unit: Compute | None = None, split: int = 1,
+               weight_bytes: int = 0) -> float:
+    """One op's time on ``unit`` (the simulator's roofline). ``split`` GPU batches run it in parts
+    over 1/split of the data, each re-reading the op's ``weight_bytes`` in full (FlexGen's zig-zag)."""
     unit = unit or op_unit(system, op)
     if op.kind == "comm":
         return comm_seconds(system, op)
     nbytes = op.bytes_read + op.bytes_written
     if split <= 1:
         return unit.op_time(op.flops, nbytes, op.dtype, op.kind, op.phase)
-    return split * unit.op_time(op.flops / split, nbytes / split, op.dtype, op.kind, op.phase)
+    w = min(weight_bytes, nbytes)
+    return split * unit.op_time(op.flops / split, w + (nbytes - w) / split, op.dtype, op.kind, op.phase)
+
+
+def persistent_input_bytes(trace: Trace, op: Op) -> int:
+    """Bytes of the weights and optimizer states an op reads (not split across GPU batches)."""
+    return sum(t.bytes for t in (trace.tensor(n) for n in op.inputs) if t.cls in PERSISTENT)
 
 
 def comm_seconds(system: System, op: Op) -> float:
@@ -164,7 +172,7 @@ def phase_split_times(system: System, trace: Trace, split: int, cpu_attention: b
             if op.phase not in ("prefill", "decode"):
                 continue
             unit = op_unit(system, op, cpu_attention)
-            sec = op_seconds(system, op, unit, split)
+            sec = op_seconds(system, op, unit, split, persistent_input_bytes(trace, op))
             side = "cpu" if unit.kind == "cpu" and system.gpu is not None else "gpu"
             key = f"{op.phase}_{side}"
             out[key] = out.get(key, 0.0) + sec

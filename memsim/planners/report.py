@@ -12,7 +12,7 @@ import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from memsim.errors import Infeasible
+from memsim.errors import Infeasible, SpecError
 from memsim.hardware.spec import System
 from memsim.planners import mip
 from memsim.planners.diagnose import diagnose
@@ -21,7 +21,9 @@ from memsim.planners.registry import Preset, list_presets, load_preset, run_pres
 from memsim.workloads.trace import Trace
 
 Progress = Callable[[str], None]
-REPAIRS = 3
+REPAIRS = 3  # re-solves of one structure after the simulator finds an overflow
+TOP = 3  # MIP structures simulated, best estimates first
+SEARCH_KINDS = ("mip", "flexgen")
 
 
 @dataclass
@@ -111,7 +113,11 @@ def plan(
     say = progress or (lambda _msg: None)
     preset = load_preset(planner)
     say(f"solving {preset.name}")
-    chosen = _planned(preset, system, trace, time_limit, say)
+    try:
+        chosen = _planned(preset, system, trace, time_limit, say)
+    except mip.NotApplicable as exc:
+        raise SpecError(f"planner {preset.name!r} does not apply to this {trace.kind} workload: {exc}",
+                        key="--planner") from None
     others = (
         [_evaluate(p, system, trace, time_limit, say) for p in _baselines(preset, trace)] if baselines else []
     )
@@ -163,25 +169,56 @@ def simulate(system: System, trace: Trace, plan_: Plan):
 
 
 def _planned(preset: Preset, system: System, trace: Trace, time_limit: float, say: Progress) -> Evaluated:
-    """The preset's plan, simulated; a MIP plan that overflows is re-solved with the tier cut."""
-    options = dict(preset.options)
+    """The preset's plan, simulated. Search kinds (mip, flexgen) go through ``_searched``."""
+    if preset.kind in SEARCH_KINDS and trace.kind in preset.applies_to:
+        return _searched(preset, system, trace, time_limit, say, TOP if preset.kind == "mip" else 1)
     plan_ = run_preset(preset, system, trace, time_limit)
     say(f"simulating {preset.name}")
-    result = simulate(system, trace, plan_) if plan_.planner.status != "infeasible" else None
-    for attempt in range(REPAIRS):
-        if preset.kind != "mip" or result is None or result.feasible or result.oom is None:
-            break
-        oom = result.oom
-        cut = dict(options.get("_cut") or {})
-        cut[oom.tier] = cut.get(oom.tier, 0) + int(oom.short_bytes * 1.05) + (64 << 20)
-        options["_cut"] = cut
-        say(f"re-solving: {oom.tier} overflowed by {oom.short_bytes} bytes (attempt {attempt + 2})")
-        plan_ = run_preset(preset.model_copy(update={"options": options}), system, trace, time_limit)
-        plan_.notes.append(
-            f"re-solved with {oom.tier} capacity cut by {cut[oom.tier]} bytes: the "
-            f"simulator found a peak the MIP did not model"
-        )
-        result = simulate(system, trace, plan_) if plan_.planner.status != "infeasible" else None
+    return Evaluated(preset.name, plan_, simulate(system, trace, plan_))
+
+
+def _searched(preset: Preset, system: System, trace: Trace, time_limit: float, say: Progress,
+              top: int) -> Evaluated:
+    """Simulate the ``top`` structures with the best estimates and keep the fastest that fits.
+
+    A plan that overflows a tier in the simulator (a peak the model did not see) is re-solved in
+    its structure with that tier cut by the overflow, up to ``REPAIRS`` times."""
+    if preset.kind == "flexgen" and trace.kind != "inference":
+        raise mip.NotApplicable("FlexGen's policy search is for offloaded inference")
+    options = mip.search_options(preset.kind, preset.options)
+    found = mip.search(system, trace, options, time_limit)
+    solve_s = found.solve_s
+    ranked = sorted(((lb, c) for lb, c in found.candidates if c.plan is not None),
+                    key=lambda lc: lc[1].estimate_s)
+    tried: list[tuple] = []
+    for label, cand in ranked[:top]:
+        say(f"simulating {preset.name}: {label}")
+        plan_, result, cut, notes = cand.plan, simulate(system, trace, cand.plan), {}, []
+        for _ in range(REPAIRS):
+            if result.feasible or result.oom is None:
+                break
+            oom = result.oom
+            cut[oom.tier] = cut.get(oom.tier, 0) + int(oom.short_bytes * 1.05) + (16 << 20)
+            say(f"re-solving {label}: {oom.tier} overflowed by {oom.short_bytes} bytes")
+            again = mip.search(system, trace, {**options, "_cut": dict(cut)}, time_limit, only=label)
+            solve_s += again.solve_s
+            if again.best is None:
+                break
+            cand, plan_ = again.best, again.best.plan
+            notes = [f"re-solved {label} with {oom.tier} cut by {cut[oom.tier]} bytes: the simulator "
+                     f"found a peak the model did not count"]
+            result = simulate(system, trace, plan_)
+        tried.append((cand, plan_, result, label, notes))
+    if not tried:
+        return Evaluated(preset.name, mip.finish(preset.name, found, None, solve_s), None,
+                         "its search found nothing that fits")
+    fits = [t for t in tried if t[2].feasible]
+    cand, _, result, label, notes = min(fits, key=lambda t: t[2].step_time_s) if fits else tried[0]
+    plan_ = mip.finish(preset.name, found, cand, solve_s)
+    plan_.notes.extend(notes)
+    if top > 1:
+        plan_.notes.append(f"simulated the {len(tried)} structures with the best estimates; kept {label} "
+                           f"(estimate {cand.estimate_s:.6g} s, simulated {result.step_time_s:.6g} s)")
     return Evaluated(preset.name, plan_, result)
 
 
@@ -194,6 +231,8 @@ def _evaluate(
 ) -> Evaluated | None:
     say(f"baseline {preset.name}")
     try:
+        if preset.kind in SEARCH_KINDS:
+            return _planned(preset, system, trace, time_limit, say)
         plan_ = run_preset(preset, system, trace, time_limit)
     except mip.NotApplicable:
         return None

@@ -37,7 +37,7 @@ class Space:
     cpu_attention: tuple[bool, ...] = (False, True)
     gap: float = 0.005
     max_num_seqs: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
-    capacity_margin: float = 0.0  # fraction of every tier held back (allocator slack)
+    capacity_margin: float = 0.002  # fraction of every tier held back (rounding, allocator slack)
     caps: dict[str, int] = field(default_factory=dict)
 
 
