@@ -1,1 +1,62 @@
-"""workloads stage."""
+"""Workloads: HF model configs plus a job (training, inference, serving) → a Trace.
+
+    workload = load_workload("llama2-7b-train", ["training.zero_stage=3"])
+    trace = build_trace(workload)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from memsim.specio import apply_overrides, catalog_names, load_mapping, resolve, validate
+from memsim.workloads.imports import apply_deepspeed, apply_vllm, relative
+from memsim.workloads.models import Architecture, list_models, load_model
+from memsim.workloads.spec import Workload
+from memsim.workloads.trace import Trace
+
+__all__ = ["Architecture", "Trace", "Workload", "build_trace", "list_models", "list_workloads",
+           "load_model", "load_workload", "workload_architecture"]
+
+
+def load_workload(name_or_path: str | Path | Workload, overrides: Iterable[str] = ()) -> Workload:
+    """A Workload from a catalog name or a YAML path, with ``--set a.b=v`` overrides (those for
+    ``hardware.`` are ignored: they belong to the System). DeepSpeed/vLLM files named inside fill
+    keys left unset; the model is resolved here so a bad name fails at load time."""
+    if isinstance(name_or_path, Workload):
+        return name_or_path
+    mine = [o for o in overrides if not o.startswith("hardware.")]
+    path = resolve(name_or_path, "workloads")
+    data = apply_overrides(load_mapping(path, "workloads"), mine, str(path))
+    data = apply_vllm(apply_deepspeed(data, path), path)
+    workload = validate(Workload, data, str(path))
+    workload._source = str(path)
+    workload_architecture(workload)
+    return workload
+
+
+def workload_architecture(workload: Workload) -> Architecture:
+    """The workload's model; a relative config path resolves next to the workload file."""
+    model = workload.model
+    source = Path(workload._source) if workload._source else None
+    if source is not None and model.endswith(".json"):
+        model = str(relative(model, source))
+    return load_model(model, file=str(source) if source else None, key="model")
+
+
+def build_trace(workload: Workload) -> Trace:
+    """The Trace of a workload (see training.py, inference.py, serving.py for the conventions)."""
+    from memsim.workloads.inference import build_inference
+    from memsim.workloads.serving import build_serving
+    from memsim.workloads.training import build_training
+
+    arch = workload_architecture(workload)
+    builder = {"training": build_training, "inference": build_inference, "serving": build_serving}
+    return builder[workload.kind](workload, arch)
+
+
+def list_workloads() -> list[Workload]:
+    """Every catalog workload, sorted by name (a broken file is a SpecError naming it)."""
+    return [load_workload(name) for name in catalog_names("workloads")]
+
+

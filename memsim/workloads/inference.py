@@ -1,0 +1,136 @@
+"""Batched generation → Trace: prefill the prompt, then decode token by token.
+
+Tensors: ``L{layer}.weight`` (the layer's weights in the inference dtype, every expert of an MoE
+layer), ``L{layer}.kv`` (the layer's KV cache for the whole batch at prompt_len + gen_len tokens,
+at ``kv_bits``), plain ``embed.weight`` / ``head.weight`` (final norm and an untied LM head), and
+the reused activation buffers ``hidden`` (the residual stream), ``act`` (the largest set of a
+layer's intermediates alive at once) and ``logits`` (fp32, last position only, as vLLM and
+FlexGen compute them), all sized for the prefill, which decode reuses.
+
+Blocks: ``embed``, ``prefill`` (templated), ``head`` (the first generated token), ``decode``
+(templated, ``iterations = gen_len - 1``) and ``decode_head`` (embedding and LM head of those
+same iterations; the simulator sums per-iteration time, so running them after the layers changes
+no total). Decode costs are those of a step at the **mean** context length of the decode steps,
+prompt_len + 1 + gen_len/2 (step t of 1..gen_len-1 attends over prompt_len + t + 1 tokens), so
+``iterations ×`` one step equals the sum over the real steps for FLOPs and KV bytes read.
+Attention is fused (FlashAttention / FlashDecoding): no score matrix goes through memory.
+"""
+
+from __future__ import annotations
+
+from memsim.workloads import accounting as acc
+from memsim.workloads.builder import L, TraceBuilder, op
+from memsim.workloads.kernels import Kernel, head_kernels, layer_kernels
+from memsim.workloads.models import Architecture
+from memsim.workloads.spec import Workload
+from memsim.workloads.trace import Op, TokenCosts, Trace
+
+KV_DTYPE = {16: "fp16", 8: "int8", 4: "int4", 2: "int2"}
+
+
+def act_bytes(arch: Architecture, tokens: int, e: int) -> int:
+    """Intermediates of one layer alive at once for ``tokens`` new tokens: the norm output with the
+    QKV output, or the MLP input with its up/gate outputs and activation output (k experts)."""
+    k = arch.experts_per_token
+    mlp = arch.hidden + k * ((2 if arch.gated_mlp else 1) * arch.intermediate + arch.intermediate)
+    return tokens * e * max(arch.hidden + arch.qkv_dim + arch.q_dim, mlp)
+
+
+def declare_model(tb: TraceBuilder, arch: Architecture, dtype: str, e: int) -> None:
+    tb.tensor(L + "weight", arch.layer_params * e, "weight", dtype)
+    tb.tensor("embed.weight", arch.embed_params * e, "weight", dtype)
+    tb.tensor("head.weight", arch.head_params * e, "weight", dtype)
+
+
+def layer_ops(kernels: list[Kernel], phase: str, kv_write: int, dtype: str) -> list[Op]:
+    """One layer's ops over the ``hidden``/``act`` buffers; QKV appends to and attention reads
+    ``L{layer}.kv``."""
+    W, kv = L + "weight", L + "kv"
+    ops = []
+    for k in kernels:
+        ins: tuple[str, ...] = ("act", W) if k.weight_bytes else ("act",)
+        outs: tuple[str, ...] = ("act",)
+        written = k.written
+        if k.key in ("attn_norm", "mlp_norm"):
+            ins = ("hidden", W)
+        elif k.key in ("attn_residual", "mlp_residual"):
+            ins, outs = ("hidden", "act"), ("hidden",)
+        elif k.key == "qkv":
+            outs, written = ("act", kv), written + kv_write
+        elif k.key == "attention":
+            ins = ("act", kv)
+        ops.append(op(L + k.key, k.kind, phase, k.flops, k.weight_bytes + k.read, written, ins, outs,
+                      dtype=dtype, shape=k.shape))
+    return ops
+
+
+def head_ops(arch: Architecture, batch: int, e: int, phase: str, dtype: str, prefix: str = "") -> list[Op]:
+    """Final norm, LM head (last position of each sequence) and sampling."""
+    norm, lm = head_kernels(arch, batch, e, e)
+    lm_w = "embed.weight" if arch.tied_embeddings else "head.weight"
+    return [
+        op(prefix + "final_norm", "elementwise", phase, norm.flops, norm.weight_bytes + norm.read,
+           norm.written,
+           ("hidden", "head.weight"), ("act",), dtype=dtype, shape=norm.shape),
+        op(prefix + "lm_head", "matmul", phase, lm.flops, lm.weight_bytes + lm.read, lm.written,
+           ("act", lm_w), ("logits",), dtype=dtype, shape=lm.shape),
+        op(prefix + "sample", "elementwise", phase, 5 * batch * arch.vocab, batch * arch.vocab * 4, batch * 8,
+           ("logits",), (), dtype="fp32", shape=(batch * arch.vocab,)),
+    ]
+
+
+def embed_op(arch: Architecture, tokens: int, e: int, phase: str, dtype: str, name: str = "embed") -> Op:
+    pos = 2 if arch.learned_positions else 1
+    return op(name, "embedding", phase, tokens * arch.hidden * (pos - 1), tokens * arch.hidden * e * pos,
+              tokens * arch.hidden * e, ("embed.weight",), ("hidden",), dtype=dtype,
+              shape=(tokens * arch.hidden,))
+
+
+def token_costs(arch: Architecture, e: int, kv_bits: int) -> TokenCosts:
+    """Per-token costs for a batching scheduler: 2 FLOPs per active matmul weight (LM head
+    included, embedding lookup not), 4·a·d per (new token × context token) per layer."""
+    matmul_params = arch.layers * (arch.layer_active_params - 2 * arch.norm_params) + arch.vocab * arch.hidden
+    return TokenCosts(
+        weight_bytes=arch.params * e, flops_per_token=2.0 * matmul_params,
+        attn_flops_per_token_ctx=4.0 * arch.heads * arch.head_dim * arch.layers,
+        kv_bytes_per_token=acc.kv_bytes(arch, 1, kv_bits), activation_bytes_per_token=act_bytes(arch, 1, e),
+        layers=arch.layers)
+
+
+def build_inference(w: Workload, arch: Architecture) -> Trace:
+    from dataclasses import asdict
+
+    inf = w.inference
+    e, dt = acc.DTYPE_BYTES[inf.dtype], inf.dtype
+    kv_e = inf.kv_bits / 8
+    b, p, g = inf.batch_size, inf.prompt_len, inf.gen_len
+    tb = TraceBuilder(w.name, "inference", arch.layers)
+    declare_model(tb, arch, dt, e)
+    per_layer_kv = acc.kv_bytes(arch, b * (p + g), inf.kv_bits, layers=1)
+    tb.tensor(L + "kv", per_layer_kv, "kv", KV_DTYPE[inf.kv_bits])
+    tb.tensor("hidden", b * p * arch.hidden * e, "activation", dt)
+    tb.tensor("act", act_bytes(arch, b * p, e), "activation", dt)
+    tb.tensor("logits", b * arch.vocab * 4, "activation", "fp32")
+
+    prefill = layer_kernels(arch, b, p, p, e, e, kv_e=kv_e)
+    tb.block("embed", [embed_op(arch, b * p, e, "prefill", dt)])
+    kv_prompt = int(b * p * 2 * arch.kv_dim * kv_e)
+    tb.block("prefill", layer_ops(prefill, "prefill", kv_prompt, dt), templated=True)
+    tb.block("head", head_ops(arch, b, e, "prefill", dt))
+    steps = g - 1
+    mean_ctx = p + 1 + g / 2
+    decode = layer_kernels(arch, b, 1, mean_ctx, e, e, kv_e=kv_e)
+    tb.block("decode", layer_ops(decode, "decode", int(b * 2 * arch.kv_dim * kv_e), dt), templated=True,
+             iterations=steps)
+    tb.block("decode_head", [embed_op(arch, b, e, "decode", dt, "decode_embed"),
+                             *head_ops(arch, b, e, "decode", dt, "decode_")], iterations=steps)
+
+    trace = tb.trace({})
+    trace.meta.update({
+        "kind": "inference", "model": arch.name, "params": arch.params, "active_params": arch.active_params,
+        "layers": arch.layers, "dtype": dt, "tokens_per_step": b * g, "flops_per_step": trace.flops,
+        "per_device_bytes": tb.per_device_bytes(), "data_parallel": 1, "batch_size": b, "prompt_len": p,
+        "gen_len": g, "kv_bits": inf.kv_bits, "decode_mean_context": mean_ctx,
+        "token_costs": asdict(token_costs(arch, e, inf.kv_bits)),
+    })
+    return trace

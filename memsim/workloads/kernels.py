@@ -1,0 +1,116 @@
+"""The kernels of one transformer layer: FLOPs, bytes through memory and shape of each.
+
+Shared by the training, inference and serving builders, which attach tensor names to them. A
+kernel's bytes are what a real implementation moves through DRAM/HBM: its weights, the
+activations it reads and those it writes. Conventions (stated once, used everywhere):
+
+* matmul FLOPs are 2·m·k·n; shape (m, k, n) with batch and routed experts folded into m.
+* attention FLOPs are 4·b·a·q·kv·d (QKᵀ and AV), the full q×kv rectangle (no causal halving, the
+  Megatron/PaLM model-FLOPs convention); with flash attention no score matrix touches memory,
+  without it the b·a·q·kv scores are written and read back twice (scores, probabilities).
+* norms ≈ 4 FLOPs/element (RMS) or 5 (LayerNorm); residual adds 1; SiLU·mul ≈ 5, GeLU ≈ 8.
+* MoE: FLOPs of the ``experts_per_token`` routed experts only; weight bytes read are those of the
+  experts the batch is expected to touch, E·(1-(1-k/E)^tokens) (all of them once tokens ≫ E).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memsim.workloads.models import Architecture
+
+
+@dataclass(frozen=True)
+class Kernel:
+    key: str  # attn_norm, qkv, attention, out_proj, attn_residual, mlp_norm, router, mlp_up, mlp_act, ...
+    kind: str  # matmul | attention | elementwise
+    flops: float
+    weight_bytes: int  # bytes of weights read
+    read: int  # activation bytes read
+    written: int  # activation bytes written
+    shape: tuple[int, ...]
+    params: int = 0  # parameters this kernel owns (for weight-gradient bytes)
+    adapter_flops: float = 0.0  # LoRA share of ``flops``
+    adapter_params: int = 0  # LoRA share of ``params``
+
+
+def _lora(targets: dict[str, tuple[int, int]], rank: int, names: tuple[str, ...],
+          m: int) -> tuple[float, int]:
+    """(FLOPs, params) of the LoRA adapters on ``names`` for ``m`` tokens."""
+    params = sum(rank * sum(targets[n]) for n in names if n in targets)
+    return 2.0 * m * params, params
+
+
+def layer_kernels(arch: Architecture, b: int, q_len: int, kv_len: float, e: int, w_e: int, *,
+                  flash: bool = True, kv_e: float | None = None, lora_rank: int = 0,
+                  lora_targets: tuple[str, ...] = ()) -> list[Kernel]:
+    """The forward kernels of one layer for ``b`` sequences of ``q_len`` new tokens attending
+    over ``kv_len`` tokens. ``e``: activation bytes/element, ``w_e``: weight bytes/element,
+    ``kv_e``: KV-cache bytes/element (defaults to ``e``)."""
+    h, f, a, d = arch.hidden, arch.intermediate, arch.heads, arch.head_dim
+    m = b * q_len
+    kv_e = e if kv_e is None else kv_e
+    k = arch.experts_per_token
+    shapes = arch.lora_shapes()
+    targets = {t: shapes[t] for t in lora_targets}
+    norm_flops = 4 if arch.norm == "rms" else 5
+    act_flops = 5 if arch.gated_mlp else 8 if "gelu" in arch.activation else 1
+    touched = min(arch.experts, arch.experts * (1 - (1 - k / arch.experts) ** m)) if arch.is_moe else 1
+    up_cols = (2 if arch.gated_mlp else 1) * f
+    up_params = arch.experts * (h * up_cols + (up_cols if arch.linear_bias else 0))
+    down_params = arch.experts * (f * h + (h if arch.linear_bias else 0))
+    expert_share = touched / arch.experts
+
+    def norm(key: str) -> Kernel:
+        return Kernel(key, "elementwise", norm_flops * m * h, arch.norm_params * w_e, m * h * e, m * h * e,
+                      (m * h,), arch.norm_params)
+
+    def residual(key: str) -> Kernel:
+        return Kernel(key, "elementwise", m * h, 0, 2 * m * h * e, m * h * e, (m * h,))
+
+    def matmul(key: str, rows: int, k_dim: int, n: int, params: int, lora: tuple[str, ...],
+               w_bytes: int | None = None) -> Kernel:
+        lf, lp = _lora(targets, lora_rank, lora, rows)
+        if arch.is_moe and key in ("mlp_up", "mlp_down"):  # adapters per expert, k experts per token
+            lp *= arch.experts
+        weights = params * w_e if w_bytes is None else w_bytes
+        return Kernel(key, "matmul", 2.0 * rows * k_dim * n + lf, weights + lp * w_e, rows * k_dim * e,
+                      rows * n * e, (rows, k_dim, n), params + lp, lf, lp)
+
+    scores = b * a * q_len * kv_len
+    attn_read = m * arch.q_dim * e + int(b * kv_len * 2 * arch.kv_dim * kv_e)
+    attn_written = m * arch.q_dim * e
+    if not flash:
+        attn_read += 2 * scores * e
+        attn_written += 2 * scores * e
+    kernels = [
+        norm("attn_norm"),
+        matmul("qkv", m, h, arch.qkv_dim, arch.qkv_params, ("q", "k", "v")),
+        Kernel("attention", "attention", 4.0 * scores * d, 0, attn_read, attn_written,
+               (b, a, q_len, round(kv_len), d)),
+        matmul("out_proj", m, arch.q_dim, h, arch.out_params, ("o",)),
+        residual("attn_residual"),
+        norm("mlp_norm"),
+    ]
+    if arch.is_moe:
+        kernels.append(matmul("router", m, h, arch.experts, arch.router_params, ()))
+    kernels += [
+        matmul("mlp_up", m * k, h, up_cols, up_params, ("gate", "up"), int(up_params * w_e * expert_share)),
+        Kernel("mlp_act", "elementwise", act_flops * m * k * f, 0,
+               (2 if arch.gated_mlp else 1) * m * k * f * e, m * k * f * e, (m * k * f,)),
+        matmul("mlp_down", m * k, f, h, down_params, ("down",), int(down_params * w_e * expert_share)),
+        residual("mlp_residual"),
+    ]
+    return kernels
+
+
+def head_kernels(arch: Architecture, tokens: int, e: int, w_e: int) -> list[Kernel]:
+    """Final norm and LM head for ``tokens`` positions (logits written in fp32 for the loss)."""
+    h, v = arch.hidden, arch.vocab
+    norm_flops = 4 if arch.norm == "rms" else 5
+    return [
+        Kernel("final_norm", "elementwise", norm_flops * tokens * h, arch.norm_params * w_e, tokens * h * e,
+               tokens * h * e, (tokens * h,), arch.norm_params),
+        Kernel("lm_head", "matmul", 2.0 * tokens * h * v, v * h * w_e, tokens * h * e, tokens * v * 4,
+               (tokens, h, v), 0 if arch.tied_embeddings else v * h),
+    ]

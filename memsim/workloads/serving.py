@@ -1,0 +1,157 @@
+"""Online serving → Trace: requests (arrival, prompt and output length) plus per-token costs.
+
+The batching itself (continuous batching over a paged KV cache, preemption by swap or recompute)
+happens in the simulator; the trace carries what it needs: ``requests``, ``meta["token_costs"]``
+(TokenCosts) and ``meta["scheduler"]`` (the vLLM-style knobs, swap space in bytes).
+
+Requests come from a seeded ``numpy.random.Generator`` (PCG64, platform-independent): Poisson
+arrivals (exponential gaps at ``rate_per_s``) and lengths from the given distributions — a
+lognormal with the given *mean* in tokens has μ = ln(mean) − σ²/2 — or from a CSV of real
+requests. Blocks hold one reference decode iteration: all layers of a batch of ``max_num_seqs``
+sequences at the mean context of a decoding request (mean prompt + mean output / 2).
+``L{layer}.kv`` is the KV working set of that batch: ``max_num_seqs`` sequences of the mean
+total length, each rounded up to whole blocks of ``block_size`` tokens.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from memsim.errors import SpecError
+from memsim.workloads import accounting as acc
+from memsim.workloads.builder import L, TraceBuilder
+from memsim.workloads.imports import relative
+from memsim.workloads.inference import KV_DTYPE, act_bytes, declare_model, head_ops, layer_ops, token_costs
+from memsim.workloads.kernels import layer_kernels
+from memsim.workloads.models import Architecture
+from memsim.workloads.spec import Lengths, Serving, Workload
+from memsim.workloads.trace import Requests, Trace
+
+GIB = 2**30
+CSV_COLUMNS = {
+    "arrival_s": ("arrival_s", "arrival", "arrived_at", "timestamp", "time"),
+    "prompt_len": ("prompt_len", "prompt_tokens", "num_prefill_tokens", "contexttokens", "input_tokens"),
+    "output_len": ("output_len", "output_tokens", "num_decode_tokens", "generatedtokens"),
+}
+
+
+def draw_lengths(spec: Lengths, n: int, rng: np.random.Generator, limit: int) -> np.ndarray:
+    """``n`` token lengths ≥ 1 (and ≤ the model's context ``limit``)."""
+    if spec.dist == "fixed":
+        out = np.full(n, spec.value, dtype=np.int64)
+    elif spec.dist == "uniform":
+        out = rng.integers(spec.low, spec.high + 1, size=n, dtype=np.int64)
+    else:
+        mu = math.log(spec.mean) - spec.sigma**2 / 2
+        out = np.rint(rng.lognormal(mu, spec.sigma, size=n)).astype(np.int64)
+        out = np.clip(out, spec.low or 1, spec.high or limit)
+    return np.clip(out, 1, limit)
+
+
+def poisson_requests(sv: Serving, limit: int) -> Requests:
+    rng = np.random.Generator(np.random.PCG64(sv.arrival.seed))
+    gaps = rng.exponential(1.0 / sv.arrival.rate_per_s, size=sv.num_requests)
+    arrival = np.round(np.cumsum(gaps), 6)
+    prompt = draw_lengths(sv.prompt_len, sv.num_requests, rng, limit)
+    output = draw_lengths(sv.output_len, sv.num_requests, rng, limit)
+    return Requests(arrival.tolist(), prompt.tolist(), output.tolist())
+
+
+def csv_requests(path: Path, limit_rows: int, file: str) -> Requests:
+    """Requests from a CSV with a header naming arrival, prompt and output columns (memsim's names,
+    Vidur's or the Azure LLM inference trace's); absolute timestamps become seconds from the first."""
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = {name.strip().lower(): name for name in reader.fieldnames or []}
+            cols = {}
+            for key, aliases in CSV_COLUMNS.items():
+                found = next((header[a] for a in aliases if a in header), None)
+                if found is None:
+                    raise SpecError(f"CSV has no {key} column (accepted: {', '.join(aliases)}); header: "
+                                    f"{', '.join(header.values())}", file=str(path))
+                cols[key] = found
+            rows = [row for _, row in zip(range(limit_rows), reader, strict=False)]
+    except FileNotFoundError:
+        raise SpecError(f"arrival CSV {str(path)!r} not found", file=file,
+                        key="serving.arrival.csv") from None
+    if not rows:
+        raise SpecError("CSV has no requests", file=str(path))
+    arrival = [_seconds(row[cols["arrival_s"]], path, i) for i, row in enumerate(rows)]
+    start = min(arrival) if isinstance(arrival[0], float) and arrival[0] > 1e6 else 0.0
+    try:
+        prompt = [int(float(row[cols["prompt_len"]])) for row in rows]
+        output = [int(float(row[cols["output_len"]])) for row in rows]
+    except ValueError as exc:
+        raise SpecError(f"non-numeric length: {exc}", file=str(path)) from None
+    order = sorted(range(len(rows)), key=lambda i: (arrival[i], i))
+    return Requests([round(arrival[i] - start, 6) for i in order], [max(1, prompt[i]) for i in order],
+                    [max(1, output[i]) for i in order])
+
+
+def _seconds(text: str, path: Path, row: int) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import datetime
+    try:
+        return datetime.fromisoformat(text.strip()[:26]).timestamp()
+    except ValueError:
+        raise SpecError(f"row {row + 2}: arrival {text!r} is neither seconds nor an ISO timestamp",
+                        file=str(path)) from None
+
+
+def build_serving(w: Workload, arch: Architecture) -> Trace:
+    sv: Serving = w.serving
+    e, dt = acc.DTYPE_BYTES[sv.dtype], sv.dtype
+    src = Path(w._source) if w._source else Path("workload.yaml")
+    if sv.arrival.csv:
+        requests = csv_requests(relative(sv.arrival.csv, src), sv.num_requests, str(src))
+    else:
+        requests = poisson_requests(sv, arch.max_positions)
+    prompt = np.asarray(requests.prompt_len, dtype=np.int64)
+    output = np.asarray(requests.output_len, dtype=np.int64)
+    sched = sv.scheduler
+    batch = min(sched.max_num_seqs, len(requests))
+    mean_len = float(np.mean(prompt + output))
+    per_seq_tokens = math.ceil(mean_len / sched.block_size) * sched.block_size
+
+    tb = TraceBuilder(w.name, "serving", arch.layers)
+    declare_model(tb, arch, dt, e)
+    kv = acc.kv_bytes(arch, batch * per_seq_tokens, sv.kv_bits, layers=1)
+    tb.tensor(L + "kv", kv, "kv", KV_DTYPE[sv.kv_bits])
+    tb.tensor("hidden", sched.max_num_batched_tokens * arch.hidden * e, "activation", dt)
+    tb.tensor("act", act_bytes(arch, sched.max_num_batched_tokens, e), "activation", dt)
+    tb.tensor("logits", batch * arch.vocab * 4, "activation", "fp32")
+    kv_e = sv.kv_bits / 8
+    ctx = float(np.mean(prompt)) + float(np.mean(output)) / 2
+    kernels = layer_kernels(arch, batch, 1, ctx, e, e, kv_e=kv_e)
+    tb.block("decode", layer_ops(kernels, "decode", int(batch * 2 * arch.kv_dim * kv_e), dt), templated=True)
+    tb.block("decode_head", head_ops(arch, batch, e, "decode", dt, "decode_"))
+
+    costs = token_costs(arch, e, sv.kv_bits)
+    # model FLOPs of serving every request: dense per token, attention over the full prompt
+    # rectangle in prefill and over the growing context in decode (step t attends p + t + 1)
+    p, o = prompt.astype(np.float64), output.astype(np.float64)
+    ctx_sum = p * p + (o - 1) * (p + 1) + (o - 1) * o / 2
+    flops = float(np.sum((p + o - 1) * costs.flops_per_token + ctx_sum * costs.attn_flops_per_token_ctx))
+    meta = {
+        "kind": "serving", "model": arch.name, "params": arch.params, "active_params": arch.active_params,
+        "layers": arch.layers, "dtype": dt, "tokens_per_step": int(output.sum()), "flops_per_step": flops,
+        "per_device_bytes": tb.per_device_bytes(), "data_parallel": 1, "num_requests": len(requests),
+        "kv_bits": sv.kv_bits, "token_costs": asdict(costs),
+        "scheduler": {"max_num_seqs": sched.max_num_seqs,
+                      "max_num_batched_tokens": sched.max_num_batched_tokens,
+                      "block_size": sched.block_size, "preempt": sched.preempt,
+                      "swap_bytes": int(sched.swap_space * GIB),
+                      "gpu_memory_utilization": sched.gpu_memory_utilization},
+        "mean_prompt_len": float(np.mean(prompt)), "mean_output_len": float(np.mean(output)),
+        "duration_s": float(requests.arrival_s[-1]),
+    }
+    return tb.trace(meta, requests)

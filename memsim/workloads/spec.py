@@ -1,0 +1,160 @@
+"""The Workload schema: a model plus one job (training, inference or serving).
+
+Every field has a description (the help text and the "what was expected" of errors); unknown keys
+are rejected with a did-you-mean by :mod:`memsim.specio`. Exactly one of ``training``,
+``inference`` and ``serving`` is given: that key picks the kind.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from memsim.hardware.spec import Spec
+
+Precision = Literal["fp32", "bf16", "fp16"]
+Optimizer = Literal["adam", "adamw", "sgd", "adam8bit"]
+OffloadDevice = Literal["none", "cpu", "nvme"]
+
+
+class LoRA(Spec):
+    """Low-rank adapters (Hu et al. 2021): only adapter parameters get gradients and states."""
+
+    rank: int = Field(16, ge=1, description="adapter rank r: a d_in×d_out linear gains r·(d_in+d_out) params")
+    alpha: float = Field(32.0, gt=0, description="scaling numerator (alpha/rank); no effect on bytes")
+    targets: list[str] = Field(["q", "k", "v", "o"], min_length=1, description=(
+        "linears to adapt: q, k, v, o, gate, up, down (HF names q_proj, o_proj, fc1, ... also accepted)"))
+
+
+class Offload(Spec):
+    """Where DeepSpeed would offload (a hint for the planner's ZeRO baselines, not a placement)."""
+
+    optimizer: OffloadDevice = Field("none", description="zero_optimization.offload_optimizer.device")
+    param: OffloadDevice = Field("none", description="zero_optimization.offload_param.device")
+
+
+class Training(Spec):
+    """One training step: grad_accum micro-batches forward and backward, then the optimizer."""
+
+    micro_batch: int = Field(1, ge=1, description="sequences per micro-batch per device")
+    seq_len: int = Field(2048, ge=1, description="tokens per sequence")
+    precision: Precision = Field("bf16", description=(
+        "fp32, or bf16/fp16 mixed precision with fp32 master weights"))
+    optimizer: Optimizer = Field("adamw", description="adam/adamw (fp32 m and v), sgd (momentum), adam8bit")
+    zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage: 1 shards optimizer states, 2 also "
+                                                       "gradients, 3 also parameters")
+    data_parallel: int = Field(1, ge=1, description="data-parallel degree Nd (ranks sharing the ZeRO shards)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    flash_attention: bool = Field(True, description="fused attention: no a·s² score matrices are kept")
+    lora: LoRA | None = Field(None, description="LoRA adapters; base weights frozen")
+    offload: Offload = Field(default_factory=Offload, description="DeepSpeed offload hints")
+    deepspeed: str | None = Field(None, description="path to a DeepSpeed ds_config.json (relative to this "
+                                                    "file); its values fill keys not set here")
+
+
+class Inference(Spec):
+    """Offline generation: prefill the prompt, then decode gen_len tokens for a batch."""
+
+    batch_size: int = Field(1, ge=1, description="sequences generated together")
+    prompt_len: int = Field(512, ge=1, description="prompt tokens per sequence")
+    gen_len: int = Field(32, ge=1, description="generated tokens per sequence")
+    kv_bits: Literal[16, 8, 4, 2] = Field(16, description=(
+        "bits per KV-cache element (KIVI-style quantisation)"))
+    dtype: Precision = Field("fp16", description="weights and activations dtype")
+
+
+class Arrival(Spec):
+    """Request arrivals: a seeded Poisson process, or a CSV trace of real requests."""
+
+    process: Literal["poisson"] | None = Field(None, description="poisson (with rate_per_s and seed)")
+    rate_per_s: float | None = Field(None, gt=0, description="mean requests per second (Poisson)")
+    seed: int = Field(0, description="seed of the numpy Generator drawing arrivals and lengths")
+    csv: str | None = Field(None, description="CSV with arrival_s, prompt_len, output_len columns "
+                                              "(path relative to this file)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Arrival:
+        if (self.csv is None) == (self.process is None):
+            raise ValueError("give either process: poisson (with rate_per_s) or csv: path")
+        if self.process == "poisson" and self.rate_per_s is None:
+            raise ValueError("a poisson arrival process needs rate_per_s")
+        return self
+
+
+class Lengths(Spec):
+    """A token-length distribution."""
+
+    dist: Literal["fixed", "uniform", "lognormal"] = Field(description="fixed, uniform or lognormal")
+    value: int | None = Field(None, ge=1, description="the length (fixed)")
+    low: int | None = Field(None, ge=1, description="smallest length (uniform; lognormal clip)")
+    high: int | None = Field(None, ge=1, description="largest length (uniform; lognormal clip)")
+    mean: float | None = Field(None, gt=0, description="mean length in tokens (lognormal)")
+    sigma: float = Field(1.0, gt=0, description="sigma of the underlying normal (lognormal)")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Lengths:
+        need = {"fixed": ("value",), "uniform": ("low", "high"), "lognormal": ("mean",)}[self.dist]
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"dist {self.dist} needs {', '.join(missing)}")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        return self
+
+
+class Scheduler(Spec):
+    """A vLLM-style continuous-batching scheduler over a paged KV cache."""
+
+    max_num_seqs: int = Field(256, ge=1, description="sequences in one batch at most")
+    max_num_batched_tokens: int = Field(8192, ge=1, description="new tokens per iteration at most")
+    block_size: int = Field(16, ge=1, description="tokens per KV-cache block")
+    preempt: Literal["swap", "recompute"] = Field("recompute", description="what happens to a preempted "
+                                                                           "sequence's KV")
+    swap_space: float = Field(4.0, ge=0, description="CPU swap space per GPU, GiB (vLLM's swap_space)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory vLLM may use")
+
+
+class Serving(Spec):
+    """Online serving of a stream of requests."""
+
+    arrival: Arrival = Field(description="arrival process or CSV trace")
+    num_requests: int = Field(1000, ge=1, description="requests to draw (Poisson); a CSV is cut to this many")
+    prompt_len: Lengths | None = Field(None, description="prompt length distribution (not for CSV)")
+    output_len: Lengths | None = Field(None, description="output length distribution (not for CSV)")
+    scheduler: Scheduler = Field(default_factory=Scheduler, description="batching scheduler and paged KV")
+    vllm: dict | None = Field(None, description="vLLM engine args (block_size, swap_space, "
+                                                "gpu_memory_utilization, max_num_batched_tokens, "
+                                                "max_num_seqs, preemption_mode, kv_cache_dtype, dtype)")
+    kv_bits: Literal[16, 8, 4, 2] = Field(16, description="bits per KV-cache element")
+    dtype: Precision = Field("fp16", description="weights and activations dtype")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Serving:
+        if self.arrival.csv is None and (self.prompt_len is None or self.output_len is None):
+            raise ValueError("Poisson arrivals need prompt_len and output_len distributions")
+        return self
+
+
+class Workload(Spec):
+    """A model and the job it runs; exactly one of training, inference, serving."""
+
+    name: str = Field(description="workload name")
+    description: str = Field("", description="one line for `memsim workload list`")
+    model: str = Field(description="catalog model name (workloads/models/*.json) or a path to a config.json")
+    training: Training | None = Field(None, description="a training step")
+    inference: Inference | None = Field(None, description="offline batched generation")
+    serving: Serving | None = Field(None, description="online serving of a request stream")
+    _source: str | None = PrivateAttr(None)  # the YAML file it came from (relative paths resolve there)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Workload:
+        given = [k for k in ("training", "inference", "serving") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of training, inference, serving"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("training", "inference", "serving") if getattr(self, k) is not None)
