@@ -116,6 +116,26 @@ def _system_summary(s) -> dict:
             "gpu": s.gpu.model if s.gpu else None}
 
 
+def _print_ports_and_curves(system) -> None:
+    """Shared switch ports and the measured curves of tiers, when a machine has them."""
+    if system.ports:
+        ports = Table("port", "bandwidth/dir", "links behind it", title="shared ports")
+        for name, port in system.ports.items():
+            behind = [link.name for link in system.links if link.port == name]
+            ports.add_row(name, units.fmt_bandwidth(port.bandwidth), ", ".join(behind) or "—")
+        out.print(ports)
+    curves = Table("tier", "curve", "points", title="curves")
+    for name, tier in system.tiers.items():
+        if tier.read_size_curve:
+            curves.add_row(name, "read size → throughput", ", ".join(
+                f"{units.fmt_bytes(x)}: {units.fmt_bandwidth(y)}" for x, y in tier.read_size_curve.points))
+        if tier.concurrency_curve:
+            curves.add_row(name, "streams → bandwidth", ", ".join(
+                f"{x:g}: {units.fmt_bandwidth(y)}" for x, y in tier.concurrency_curve.points))
+    if curves.row_count:
+        out.print(curves)
+
+
 @hardware_app.command("show")
 @handle_errors
 def hardware_show(name: Annotated[str, typer.Argument(help="catalog name or path to a YAML file")],
@@ -145,10 +165,13 @@ def hardware_show(name: Annotated[str, typer.Argument(help="catalog name or path
     out.print(table)
     links = Table("link", "kind", "ends", "bandwidth/dir", "latency", "port", title="links")
     for link in system.links:
-        links.add_row(link.name, link.kind, " ↔ ".join(link.ends),
-                      units.fmt_bandwidth(link.rate(link.ends[0])),
+        fwd, rev = link.rate(link.ends[0]), link.rate(link.ends[1])
+        rate = units.fmt_bandwidth(fwd) if fwd == rev else \
+            f"{units.fmt_bandwidth(fwd)} → / {units.fmt_bandwidth(rev)} ←"
+        links.add_row(link.name, link.kind, " ↔ ".join(link.ends), rate,
                       units.fmt_time(link.latency) if link.latency else "—", link.port or "—")
     out.print(links)
+    _print_ports_and_curves(system)
     comp = Table("unit", "model", "count", "memory", "peak", "mem bw", title="compute")
     for n, c in system.compute.items():
         peak = ", ".join(f"{d} {units.fmt_flops(v)}" for d, v in c.peak_flops.items())
