@@ -155,3 +155,13 @@ def test_laptop_gpu_computes_from_dram_and_flash_reads_depend_on_size():
     rates = [flash.read_bandwidth(n) for n in sizes]
     assert rates == sorted(rates) and rates[-1] > 10 * rates[0]
     assert Topology(s).route("flash", "dram").via == []
+
+
+def test_show_renders_ports_curves_and_asymmetric_links():
+    cxl = runner.invoke(app, ["hardware", "show", "cxl-host"]).stdout
+    assert "shared ports" in cxl and "cxl-switch" in cxl
+    assert "streams → bandwidth" in cxl and "32: 17GB/s" in cxl
+    t4 = runner.invoke(app, ["hardware", "show", "t4-gcp"]).stdout
+    assert "5.18GB/s → / 13.8GB/s ←" in t4          # FlexGen's 4.82 / 12.89 GiB/s, shown in GB/s
+    laptop = runner.invoke(app, ["hardware", "show", "laptop-flash"]).stdout
+    assert "read size → throughput" in laptop and "shared ports" not in laptop
