@@ -552,6 +552,61 @@ def _render_simulation(doc: dict) -> None:
         out.print(f"timeline: {doc['timeline']} (open in https://ui.perfetto.dev)", highlight=False)
 
 
+# -- workloads ------------------------------------------------------------------------------------
+
+
+@workload_app.command("list")
+@handle_errors
+def workload_list(as_json: JsonOpt = False) -> None:
+    """List the workloads in the catalog."""
+    from memsim.specio import catalog_names
+    from memsim.workloads import load_workload
+    from memsim.workloads.models import list_models
+    from memsim.workloads.summary import list_entry
+
+    rows = [list_entry(load_workload(name)) for name in catalog_names("workloads")]
+    if as_json:
+        emit_json({"workloads": rows, "models": list_models()})
+        return
+    table = Table("name", "kind", "model", "params", "description", title="workload catalog")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], r["model"], f"{r['params'] / 1e9:.2f}B", r["description"])
+    out.print(table)
+    out.print(f"models: {', '.join(list_models())}", highlight=False)
+
+
+@workload_app.command("show")
+@handle_errors
+def workload_show(name: Annotated[str, typer.Argument(help="catalog name or path to a workload YAML")],
+                  overrides: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one workload: parameters, per-device bytes by class, FLOPs and tokens per step."""
+    from memsim.workloads import build_trace, load_workload
+    from memsim.workloads.summary import workload_summary
+
+    workload = load_workload(name, overrides or [])
+    doc = workload_summary(workload, build_trace(workload))
+    if as_json:
+        emit_json(doc)
+        return
+    out.print(f"[bold]{doc['name']}[/] ({doc['kind']}, {doc['model']}) — {doc['description']}")
+    info = Table("", "", title="workload", show_header=False)
+    info.add_row("parameters", f"{doc['params']:,} ({doc['params'] / 1e9:.2f}B; "
+                               f"active {doc['active_params'] / 1e9:.2f}B)")
+    info.add_row("layers", str(doc["layers"]))
+    info.add_row("job", ", ".join(f"{k}={v}" for k, v in doc["job"].items() if v is not None and k != "vllm"))
+    info.add_row("tokens / step", f"{doc['tokens_per_step']:,}")
+    info.add_row("model FLOPs / step", f"{doc['flops_per_step']:.4g}")
+    t = doc["trace"]
+    info.add_row("trace", f"{t['blocks']} blocks, {t['op_templates']} op templates → {t['ops']:,} ops, "
+                          f"{t['tensors']:,} tensors, {units.fmt_bytes(t['json_bytes'])} JSON"
+                 + (f", {t['requests']:,} requests" if t["requests"] else ""))
+    out.print(info)
+    mem = Table("class", "bytes", "GiB", "GB", title="per-device bytes")
+    for key, value in doc["per_device_bytes"].items():
+        mem.add_row(key, f"{value:,}", f"{value / 2**30:.2f}", f"{value / 1e9:.2f}")
+    out.print(mem)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -51,19 +51,34 @@ class TraceBuilder:
             out[t.cls] = out.get(t.cls, 0) + t.bytes * (self.layers if LAYER in name else 1)
         return out
 
-    def workspace_peak(self) -> int:
-        """Workspace alive at once, bounded by one layer's templates plus every plain buffer."""
-        layer = sum(t.bytes for n, t in self.tensors.items() if t.cls == "workspace" and LAYER in n)
-        plain = sum(t.bytes for n, t in self.tensors.items() if t.cls == "workspace" and LAYER not in n)
-        return layer + plain
+    def workspace_peak(self, trace: Trace | None = None) -> int:
+        """The most workspace bytes alive at once: swept over the trace's lifetimes when a trace is
+        given (exact), else bounded by one layer's templates plus every plain buffer."""
+        names = {n for n, t in self.tensors.items() if t.cls == "workspace"}
+        if not names:
+            return 0
+        if trace is None:
+            return sum(self.tensors[n].bytes for n in names)
+        delta: dict[int, int] = {}
+        for name, (start, end) in trace.lifetimes().items():
+            t = trace.tensor(name)
+            if t.cls == "workspace":
+                delta[start] = delta.get(start, 0) + t.bytes
+                delta[end + 1] = delta.get(end + 1, 0) - t.bytes
+        peak = live = 0
+        for index in sorted(delta):
+            live += delta[index]
+            peak = max(peak, live)
+        return peak
 
-    def per_device_bytes(self) -> dict[str, int]:
-        """The ``per_device_bytes`` of trace.meta: class sums, workspace as its one-layer peak."""
+    def per_device_bytes(self, trace: Trace | None = None) -> dict[str, int]:
+        """The ``per_device_bytes`` of trace.meta: class sums (the Trace's bytes_by_class), and
+        workspace as its peak alive at once (transient buffers are never all alive together)."""
         s = self.sums()
         out = {"weights": s.get("weight", 0), "gradients": s.get("grad", 0),
                "optimizer": s.get("optimizer", 0),
                "activations": s.get("activation", 0), "kv_cache": s.get("kv", 0),
-               "workspace": self.workspace_peak()}
+               "workspace": self.workspace_peak(trace)}
         out["total"] = sum(out.values())
         return out
 

@@ -208,7 +208,7 @@ def build_training(w: Workload, arch: Architecture) -> Trace:
         "trainable_params": arch.layers * layer.trainable + embed.trainable + head.trainable,
         "layers": arch.layers, "dtype": dt, "tokens_per_step": tokens,
         "global_tokens_per_step": tokens * t.data_parallel,
-        "flops_per_step": model_flops * t.grad_accum, "per_device_bytes": tb.per_device_bytes(),
+        "flops_per_step": model_flops * t.grad_accum,
         "data_parallel": t.data_parallel, "zero_stage": t.zero_stage, "micro_batch": b, "seq_len": s,
         "grad_accum": t.grad_accum, "optimizer": t.optimizer, "flash_attention": t.flash_attention,
         "lora": t.lora.model_dump() if t.lora else None,
@@ -216,7 +216,9 @@ def build_training(w: Workload, arch: Architecture) -> Trace:
         "activation_bytes_per_layer": {"input": acts.input, "attn": acts.attn, "scores": acts.scores,
                                        "mlp": acts.mlp, "total": acts.total},
     }
-    return tb.trace(meta)
+    trace = tb.trace(meta)
+    meta["per_device_bytes"] = tb.per_device_bytes(trace)
+    return trace
 
 
 def _forward_op(k: Kernel, g: _Group, hidden: str, scores: bool, dt: str):
