@@ -27,6 +27,8 @@ FLOPs in ``meta["flops_per_step"]`` count attention backward as 2× (no recomput
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from memsim.errors import SpecError
 from memsim.workloads import accounting as acc
 from memsim.workloads.builder import L, TraceBuilder, op
@@ -193,11 +195,12 @@ def build_training(w: Workload, arch: Architecture) -> Trace:
 
     for micro in range(t.grad_accum):
         last = micro == t.grad_accum - 1
-        tb.block("embed", embed_ops)
-        tb.block("forward", fwd, templated=True)
-        tb.block("head", head_fwd + head_bwd + head.reduce(last, dt))
-        tb.block("backward", bwd_ops + layer.reduce(last, dt), templated=True, backward=True)
-        tb.block("embed_backward", embed_bwd + embed.reduce(last, dt))
+        per_micro = _per_microbatch(tb, micro)
+        tb.block("embed", per_micro(embed_ops))
+        tb.block("forward", per_micro(fwd), templated=True)
+        tb.block("head", per_micro(head_fwd + head_bwd + head.reduce(last, dt)))
+        tb.block("backward", per_micro(bwd_ops + layer.reduce(last, dt)), templated=True, backward=True)
+        tb.block("embed_backward", per_micro(embed_bwd + embed.reduce(last, dt)))
     opt_name = "sgd" if t.optimizer == "sgd" else "adam"
     tb.block("optimizer", layer.step(t, opt_name), templated=True)
     tb.block("optimizer_embed_head", embed.step(t, opt_name) + head.step(t, opt_name))
@@ -219,6 +222,25 @@ def build_training(w: Workload, arch: Architecture) -> Trace:
     trace = tb.trace(meta)
     meta["per_device_bytes"] = tb.per_device_bytes(trace)
     return trace
+
+
+def _per_microbatch(tb: TraceBuilder, micro: int):
+    """Ops of micro-batch ``micro`` with their workspace tensors renamed ``<name>.mb<micro>``, so a
+    gathered weight or a full gradient buffer dies within its own micro-batch (lifetimes follow
+    names). Activations keep their names: one micro-batch's are dead before the next needs them."""
+    if micro == 0:
+        return lambda ops: ops
+    workspace = [n for n, t in tb.tensors.items() if t.cls == "workspace" and ".mb" not in n]
+    rename = {n: f"{n}.mb{micro}" for n in workspace}
+    for old, new in rename.items():
+        src = tb.tensors[old]
+        tb.tensor(new, src.bytes, "workspace", src.dtype)
+
+    def apply(ops: list) -> list:
+        return [replace(o, inputs=tuple(rename.get(n, n) for n in o.inputs),
+                        outputs=tuple(rename.get(n, n) for n in o.outputs)) for o in ops]
+
+    return apply
 
 
 def _forward_op(k: Kernel, g: _Group, hidden: str, scores: bool, dt: str):
