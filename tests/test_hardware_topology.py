@@ -168,3 +168,27 @@ def test_per_device_override_keeps_a_host_tier_whole():
     view = _system(tiers, links).device_view(4)
     assert view.tiers["dram"].capacity == 100 * 2**30
     assert view.links[0].bandwidth == 10e9
+
+
+def test_route_to_an_unknown_tier_names_the_tiers():
+    topo = Topology(load_system("laptop-flash"))
+    with pytest.raises(KeyError, match=r"unknown tier 'flsh' \(did you mean 'flash'\?\)"):
+        topo.route("flsh", "dram")
+
+
+def test_route_between_islands_says_so():
+    tiers = {"hbm": _tier("hbm"), "dram": _tier("dram"), "ssd": _tier("ssd")}
+    links = [{"name": "l", "kind": "pcie", "ends": ["hbm", "dram"], "bandwidth": "10GB/s"}]
+    topo = Topology(_system(tiers, links))     # built directly: load_system would refuse it
+    with pytest.raises(ValueError, match="no link path joins tier 'ssd' to tier 'hbm'"):
+        topo.route("ssd", "hbm")
+
+
+def test_device_view_shares_the_cpus_measured_rates():
+    tiers = {"hbm": _tier("hbm"), "dram": _tier("dram")}
+    links = [{"name": "l", "kind": "pcie", "ends": ["hbm", "dram"], "bandwidth": "10GB/s"}]
+    system = _system(tiers, links)
+    system.compute["cpu"].achieved_flops = {"matmul": 1e12}
+    view = system.rank_view(4)
+    assert view.compute["cpu"].rate("matmul", "forward", "fp32") == 0.25e12
+    assert system.compute["cpu"].achieved_flops["matmul"] == 1e12

@@ -303,9 +303,11 @@ class System(Spec):
         for port in view.ports.values():
             port.__dict__["bandwidth"] = port.bandwidth / ranks
         for unit in view.compute.values():
-            if unit.kind == "cpu":
+            if unit.kind == "cpu":  # the host CPU is shared too: its peak and its measured rates
                 for dtype in unit.peak_flops:
                     unit.peak_flops[dtype] /= ranks
+                for key in unit.achieved_flops:
+                    unit.achieved_flops[key] /= ranks
                 unit.__dict__["mem_bw"] = unit.mem_bw / ranks
         view.__dict__["name"] = f"{self.name}/{ranks}"
         return view

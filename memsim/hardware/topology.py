@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from memsim.errors import did_you_mean
 from memsim.hardware.spec import Link, System
 
 
@@ -68,8 +69,14 @@ class Topology:
         key = (src, dst)
         if key in self._routes:
             return self._routes[key]
+        for name in (src, dst):
+            if name not in self.system.tiers:
+                raise KeyError(f"unknown tier {name!r}{did_you_mean(name, self.system.tiers)}; tiers are "
+                               f"{sorted(self.system.tiers)}")
         if src == dst:
             route = Route(src, dst, ())
+        elif not nx.has_path(self.graph, src, dst):
+            raise ValueError(f"no link path joins tier {src!r} to tier {dst!r} in {self.system.name}")
         else:
             best: tuple[int, float, tuple[Hop, ...]] | None = None
             for path in nx.all_shortest_paths(self.graph, src, dst):
