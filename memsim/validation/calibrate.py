@@ -32,7 +32,7 @@ from memsim.validation.diskio import Scratch, probe_mode
 GEMM_SHAPES = [(256, 1024, 1024), (512, 1024, 1024), (512, 1024, 4096), (512, 4096, 1024),
                (1024, 1024, 1024), (1024, 2048, 2048), (2048, 2048, 2048)]
 GEMM_SHAPES_QUICK = [(128, 256, 256), (256, 512, 512)]
-DISK_SIZES = [4 << 10, 64 << 10, 1 << 20, mb.REQUEST]
+DISK_SIZES = [4 << 10, 64 << 10, 256 << 10, 1 << 20, 8 << 20]  # includes mb.REQUEST
 
 Progress = Callable[[str], None]
 # progress steps per (device, quick), for the bar: GEMMs x 2 dtypes, attention, memory, launch,

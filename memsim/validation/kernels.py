@@ -39,8 +39,14 @@ class Kernels:
         dtype = torch_dtype(op.dtype)
         shape = tuple(op.shape) if op.shape else None
         if op.kind == "matmul" and shape and len(shape) == 3:
-            return self._matmul(*shape, dtype)
+            m, k, n = shape
+            gemms = max(1, round(op.flops / (2 * m * k * n))) if op.flops else 1
+            if gemms == 2:  # a linear's backward: dX = dY·Wᵀ and dW = Xᵀ·dY
+                return self._linear_backward(m, k, n, dtype)
+            return self._matmul(m, k, n, dtype, gemms)
         if op.kind == "attention" and shape and len(shape) == 5:
+            if op.phase == "backward":
+                return self._attention_backward(*shape, dtype)
             return self._attention(*shape, dtype)
         nbytes = op.bytes_read + op.bytes_written
         if shape is None and op.flops > 0 and (op.kind in ("matmul", "attention") or not nbytes):
@@ -57,10 +63,47 @@ class Kernels:
         self.workspace_bytes += t.numel() * t.element_size()
         return t.normal_() if t.is_floating_point() else t.zero_()
 
-    def _matmul(self, m: int, k: int, n: int, dtype) -> Callable[[], Any]:
+    def _matmul(self, m: int, k: int, n: int, dtype, times: int = 1) -> Callable[[], Any]:
         a, b, out = self._alloc(m, k, dtype=dtype), self._alloc(k, n, dtype=dtype), \
             self._alloc(m, n, dtype=dtype)
-        return lambda: self.torch.matmul(a, b, out=out)
+        mm = self.torch.matmul
+        if times == 1:
+            return lambda: mm(a, b, out=out)
+
+        def run():
+            for _ in range(times):
+                mm(a, b, out=out)
+
+        return run
+
+    def _linear_backward(self, m: int, k: int, n: int, dtype) -> Callable[[], Any]:
+        x, w, dy = self._alloc(m, k, dtype=dtype), self._alloc(k, n, dtype=dtype), \
+            self._alloc(m, n, dtype=dtype)
+        dx, dw = self._alloc(m, k, dtype=dtype), self._alloc(k, n, dtype=dtype)
+        mm = self.torch.matmul
+
+        def run():
+            mm(dy, w.t(), out=dx)
+            mm(x.t(), dy, out=dw)
+
+        return run
+
+    def _attention_backward(self, b: int, h: int, q: int, kv: int, d: int, dtype) -> Callable[[], Any]:
+        """The real backward kernel of scaled_dot_product_attention (via autograd), which like
+        FlashAttention's recomputes the scores."""
+        torch = self.torch
+        qt = self._alloc(b, h, q, d, dtype=dtype).requires_grad_()
+        kt = self._alloc(b, h, kv, d, dtype=dtype).requires_grad_()
+        vt = self._alloc(b, h, kv, d, dtype=dtype).requires_grad_()
+        grad = self._alloc(b, h, q, d, dtype=dtype)
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+
+        def run():
+            with torch.enable_grad():
+                out = sdpa(qt, kt, vt, is_causal=q == kv)
+                torch.autograd.grad(out, (qt, kt, vt), grad)
+
+        return run
 
     def _attention(self, b: int, h: int, q: int, kv: int, d: int, dtype) -> Callable[[], Any]:
         qt = self._alloc(b, h, q, d, dtype=dtype)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from memsim.validation.backend import Backend, torch_dtype
 from memsim.validation.diskio import DirectFile, Mode, aligned_buffer
-
-REQUEST = 8 << 20  # bytes per disk request in replays, so calibration measures the same size
+from memsim.validation.tiers import REQUEST
 
 
 @dataclass

@@ -1,12 +1,22 @@
 """Replay a Trace + Plan on this machine with torch: real kernels, real tiers, real copies.
 
-The Schedule (``schedule.py``) says what happens in which order; this module makes it happen:
-kernels of the trace's shapes on the compute tier (``kernels.py``), bytes homed on a slow tier
-kept there for real (files on disk with the page cache bypassed; pinned host memory under a GPU,
-``tiers.py``), copies on FIFO engines, one thread (and CUDA stream) per direction, so they
-overlap compute exactly as far as the plan lets them (``engines.py``). It measures each op, the
-whole step (``perf_counter_ns`` on the CPU, CUDA events on a GPU), the time the compute side
-waited for copies, and the peak bytes per tier.
+What happens and in which order is the simulator's own reading of the Plan: the replay executes
+the same ``memsim.sim.program.Program`` (ops with recompute inserted, segments, tensor homes,
+write-backs, deaths) that the simpy engine executes, so a difference between prediction and
+measurement is a difference in *time*, never in what was done. Like the engine:
+
+* fetches for segment k are issued when segment k − ``prefetch_depth`` starts, FIFO per copy
+  direction (one engine thread — and CUDA stream — each, ``engines.py``); a fetch of a version
+  that a write-back produces starts after that write-back has landed;
+* an op waits for the staged copies of its inputs; outputs homed off the compute tier are
+  written back after the segment's last write of them; tensors are freed after their last use,
+  staged copies when no issued segment holds them;
+* bytes are counted when a buffer is taken (a fetch's when its copy starts), which gives the
+  measured peak per tier.
+
+Kernels are real torch ops of the trace's shapes (``kernels.py``); slow tiers are real files on
+disk with the page cache bypassed, or pinned host memory under a GPU (``tiers.py``). Time is
+``perf_counter_ns`` on the CPU and CUDA events on a GPU.
 """
 
 from __future__ import annotations
@@ -19,20 +29,19 @@ from pathlib import Path
 
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan, trace_fingerprint
+from memsim.planners.plan import Plan
 from memsim.validation.backend import Backend, make_backend
 from memsim.validation.calibrate import set_compute_threads
 from memsim.validation.diskio import Scratch, probe_mode
 from memsim.validation.engines import Engine, Job, wait
 from memsim.validation.kernels import Kernels
-from memsim.validation.schedule import Schedule, Transfer, Window, build_schedule
 from memsim.validation.tiers import ComputeTier, DiskTier, HostTier, fill_random
-from memsim.workloads.trace import PERSISTENT, Trace
+from memsim.workloads.trace import Trace
 
 
 @dataclass
 class Measurement:
-    """What one replay measured (medians over the repeated steps)."""
+    """What one replay measured (the median step of ``repeats``)."""
 
     step_s: float
     steps_s: list[float]
@@ -41,7 +50,7 @@ class Measurement:
     recompute_s: float
     op_s: dict[str, float]  # seconds by op kind, median step
     peak_bytes: dict[str, int]
-    copy_bytes: dict[str, int]  # by engine (src->dst)
+    copy_bytes: dict[str, int]  # by engine (src->dst), one step
     workspace_bytes: int  # kernel operands, outside the plan's accounting
     device: str
     disk_mode: str | None
@@ -54,27 +63,27 @@ class Measurement:
 
 def check_plan(trace: Trace, plan: Plan, system: System, file: str = "plan") -> None:
     """A plan written for another workload, or naming tiers this system lacks, is bad input."""
+    from memsim.sim import check_plan as sim_check
+
     if plan.workload and plan.workload != trace.name:
-        raise SpecError(f"the plan is for workload {plan.workload!r}, not {trace.name!r}",
-                        file=file, key="workload")
-    if plan.fingerprint and plan.fingerprint != trace_fingerprint(trace):
-        raise SpecError(f"the plan was made for another trace (fingerprint {plan.fingerprint}, this "
-                        f"trace has {trace_fingerprint(trace)}); re-plan for this workload",
-                        file=file, key="fingerprint")
-    plan.check(system.tiers, file=file)
+        raise SpecError(f"the plan is for workload {plan.workload!r}, not {trace.name!r}; re-plan "
+                        "for this workload", file=file, key="workload")
+    sim_check(system, trace, plan, file)
 
 
 def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeats: int = 3,
            scratch: str | Path | None = None, plan_file: str = "plan",
            progress: Callable[[], None] | None = None) -> Measurement:
-    """Run the step ``repeats`` times (after setup) and report the median."""
+    """Set up the tiers, run the step ``repeats`` times and report the median step."""
+    from memsim.sim.program import build_program
+
     check_plan(trace, plan, system, plan_file)
     backend = make_backend(device)
     set_compute_threads(backend)
-    compute = _compute_tier(system, backend)
-    sched = build_schedule(trace, plan, compute)
+    view = system.rank_view(int(trace.meta.get("data_parallel", 1) or 1))
+    prog = build_program(trace, view, plan)
     with Scratch(scratch) as folder:
-        runner = _Runner(system, sched, backend, folder)
+        runner = _Runner(view, trace, prog, max(0, plan.prefetch_depth), backend, folder)
         try:
             runner.setup()
             results = []
@@ -84,34 +93,44 @@ def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeat
                     progress()
         finally:
             runner.close()
-    steps = [r["step_s"] for r in results]
     median = sorted(results, key=lambda r: r["step_s"])[len(results) // 2]
     return Measurement(
-        step_s=statistics.median(steps), steps_s=steps, compute_s=median["compute_s"],
+        step_s=statistics.median(r["step_s"] for r in results),
+        steps_s=[r["step_s"] for r in results], compute_s=median["compute_s"],
         wait_s=median["wait_s"], recompute_s=median["recompute_s"], op_s=median["op_s"],
-        peak_bytes=runner.peaks(), copy_bytes=median["copy_bytes"],
+        peak_bytes=median["peak_bytes"], copy_bytes=median["copy_bytes"],
         workspace_bytes=runner.kernels.workspace_bytes, device=device, disk_mode=runner.disk_mode,
         ops=median["ops"])
 
 
-def _compute_tier(system: System, backend: Backend) -> str:
-    unit = system.gpu if backend.is_cuda else system.cpu
-    if unit is None:
-        raise SpecError(f"the system has no {'gpu' if backend.is_cuda else 'cpu'} compute unit to "
-                        f"replay on with --device {backend.device}", key="compute")
-    return unit.memory
+class _Stage:
+    """Bytes of one tensor version on the compute tier: a fetch's target or a write's source."""
+
+    __slots__ = ("jobs", "key", "nbytes", "refs", "skey")
+
+    def __init__(self, key: str, nbytes: int, jobs: list[Job]):
+        self.key, self.nbytes, self.jobs, self.refs = key, nbytes, jobs, 0
+        self.skey: tuple | None = None
 
 
 class _Runner:
-    """State of one replay: tiers, engines, kernels; ``step()`` runs the schedule once."""
+    """State of one replay: tiers, engines, kernels; ``step()`` runs the program once."""
 
-    def __init__(self, system: System, sched: Schedule, backend: Backend, folder: Path):
-        self.system, self.sched, self.backend, self.torch = system, sched, backend, backend.torch
-        self.compute = ComputeTier(sched.compute_tier, backend)
-        self.disk_mode = None
+    def __init__(self, system: System, trace: Trace, prog, depth: int, backend: Backend,
+                 folder: Path):
+        self.system, self.prog, self.depth = system, prog, depth
+        self.backend, self.torch = backend, backend.torch
+        self.fast = prog.fast
+        units = {op.unit for op in prog.ops}
+        if any(op.mem != self.fast for op in prog.ops):
+            raise SpecError(f"ops on {sorted(units)} compute from different tiers; a replay runs "
+                            f"every op on the {backend.device} (optimizer_device: cpu and "
+                            "cpu_attention are simulated only)", key="optimizer_device")
+        self.compute = ComputeTier(self.fast, backend)
+        self.disk_mode: str | None = None
         self.slow: dict[str, DiskTier | HostTier] = {}
         for name, tier in system.tiers.items():
-            if name == sched.compute_tier:
+            if name == self.fast:
                 continue
             if tier.kind in ("ssd", "flash"):
                 self.disk_mode = self.disk_mode or probe_mode(folder)
@@ -120,154 +139,241 @@ class _Runner:
                 self.slow[name] = HostTier(name, backend)
         self.engines: dict[tuple[str, str], Engine] = {}
         self.kernels = Kernels(backend)
+        self.trace_ops = {x.name: x.op for x in trace.expand()}
 
     # -- setup (untimed) ----------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Persistent tensors to their homes, kernels built and run once (warm caches)."""
-        sched = self.sched
-        for seed, name in enumerate(sorted(sched.sizes)):
-            if sched.classes[name] not in PERSISTENT:
+        """Tensors that exist from the start go to their homes; kernels are built and run once."""
+        for seed, (name, info) in enumerate(sorted(self.prog.tensors.items())):
+            if info.birth is not None:
                 continue
-            self._tier_used(name)
-            resident = sched.resident_bytes(name)
-            if resident:
-                self.compute.alloc(name, resident)
-            for tier, nbytes in sched.off_tier(name):
-                buf = self.compute.alloc("__staging__", nbytes)
-                fill_random(buf, nbytes, seed)
-                self.slow[tier].write(name, buf, nbytes)
-                self.compute.free("__staging__")
-        for w in sched.windows:
-            for x, _ in w.ops:
-                fn = self.kernels.get(x.op)
-                if fn:
-                    fn()
+            for tier, nbytes in info.home.items():
+                if tier == self.fast:
+                    self.compute.alloc(_home(name), nbytes)
+                    continue
+                self._slow(tier, name).write(name, _filled(self.compute, nbytes, seed), nbytes)
+                self.compute.free("__setup__")
+        for op in self.prog.ops:
+            fn = self.kernels.get(self._kernel_op(op))
+            if fn:
+                fn()
         self.backend.sync()
-        self.base = {t: lg.now for t, lg in self._ledgers().items()}
+        self.initial = {t: set(lg.held) for t, lg in self._ledgers().items()}
 
-    def _tier_used(self, name: str) -> None:
-        for tier, _ in self.sched.off_tier(name):
-            if tier not in self.slow:
-                kind = self.system.tiers[tier].kind
-                raise SpecError(f"the plan homes {name} on tier {tier!r} ({kind}); a replay on "
-                                f"{self.backend.device} can use {sorted(self.slow) or 'no slow tier'}",
-                                key=f"placement.{self.sched.classes[name]}.{tier}")
+    def _slow(self, tier: str, name: str) -> DiskTier | HostTier:
+        if tier not in self.slow:
+            kind = self.system.tiers[tier].kind
+            raise SpecError(f"the plan homes {name} on tier {tier!r} ({kind}); a replay on "
+                            f"{self.backend.device} can use {sorted(self.slow) or 'no other tier'}",
+                            key=f"placement.{self.prog.tensors[name].cls}.{tier}")
+        return self.slow[tier]
+
+    def _kernel_op(self, pop):
+        """The trace op behind a program op (recompute copies ``name@r`` share their kernel)."""
+        op = self.trace_ops[pop.name.split("@", 1)[0]]
+        if op.flops != pop.flops:  # a FlexGen sub-batch: size the kernel from its own cost
+            from dataclasses import replace
+
+            op = replace(op, shape=None, flops=pop.flops, bytes_read=int(pop.nbytes), bytes_written=0)
+        return op
 
     # -- one step (timed) ---------------------------------------------------------------------
 
     def step(self) -> dict:
-        for ledger in self._ledgers().values():
-            ledger.reset_peak()
-        self.pending: dict[int, list[tuple[Transfer, Job]]] = {}
-        self.stores: list[tuple[Transfer, int, Job]] = []
-        self.fetching: set[str] = set()
-        self.last_store: dict[str, Job] = {}
-        self.op_times: list[tuple[str, str, bool, float, object]] = []
-        self.wait_s = 0.0
-        windows = self.sched.windows
+        self._reset()
+        prog = self.prog
         self.backend.sync()
         start = self._mark()
-        for w in windows:
-            for later in windows:
-                if later.issue_at == w.index and later.index not in self.pending:
-                    self._issue(later)
-            self._await(w)
-            self._run(w)
-            self._finish(w)
+        for op in prog.ops:
+            if not self.seg_started[op.seg]:
+                self._start_segment(op.seg)
+            self._await(op)
+            self._produce(op)
+            fn = self.kernels.get(self._kernel_op(op))
+            t = self._time(fn) if fn else (0.0, None)
+            self.op_times.append((op.name, op.kind, op.recompute, *t))
+            self._finish(op)
             self._reap(block=False)
         self._reap(block=True)
         end = self._mark()
-        step_s = self._elapsed(start, end)
-        return self._summary(step_s)
+        return self._summary(self._elapsed(start, end))
 
-    def _issue(self, w: Window) -> None:
-        jobs = []
-        for tr in w.fetch:
-            buf = self.compute.alloc(self._buf_name(tr, w.index), tr.nbytes)
-            if self.sched.classes[tr.tensor] == "activation":
-                self.fetching.add(tr.tensor)
-            src = self.slow[tr.src]
-            before = self.last_store.get(tr.tensor)  # read after its write has landed
+    def _reset(self) -> None:
+        """Back to the state before a step: only the initial homes remain."""
+        for tier, ledger in self._ledgers().items():
+            for key in list(ledger.held):
+                if key not in self.initial[tier]:
+                    if tier == self.fast:
+                        self.compute.free(key)
+                    else:
+                        self.slow[tier].delete(key)
+            ledger.reset_peak()
+        n = len(self.prog.segments)
+        self.seg_started = [False] * n
+        self.seg_left = [len(s.ops) for s in self.prog.segments]
+        self.seg_held: list[list[_Stage]] = [[] for _ in range(n)]
+        self.seg_stage: dict[tuple[int, str], _Stage] = {}
+        self.stages: dict[tuple, _Stage] = {}
+        self.work: dict[tuple[str, int], _Stage] = {}
+        self.avail: dict[tuple[str, int, str], Job] = {}
+        self.home_alloc = {(name, tier) for name, info in self.prog.tensors.items()
+                           if info.birth is None for tier in info.home}
+        self.writes: list[tuple[Job, _Stage | None]] = []
+        self.issued = -1
+        self.op_times: list[tuple] = []
+        self.wait_s = 0.0
+        self.next_id = 0
 
-            def run(stream, src=src, tr=tr, buf=buf, before=before):
-                if before is not None:
-                    before.done.wait()
-                src.read(tr.tensor, buf, tr.nbytes, stream)
+    def _start_segment(self, s: int) -> None:
+        self.seg_started[s] = True
+        last = min(s + self.depth, len(self.prog.segments) - 1)
+        while self.issued < last:
+            self.issued += 1
+            self._issue(self.issued)
 
-            job = Job(f"{tr.tensor}:{tr.src}->{tr.dst}", tr.nbytes, run)
-            jobs.append((tr, self._engine(tr.src, tr.dst).submit(job)))
-        self.pending[w.index] = jobs
+    def _issue(self, s: int) -> None:
+        """Stage every input of segment ``s`` that lives off the compute tier."""
+        ops = self.prog.ops
+        for i in self.prog.segments[s].ops:
+            op = ops[i]
+            for k, t in enumerate(op.inputs):
+                if t in op.no_fetch or (s, t) in self.seg_stage:
+                    continue
+                w = op.writers[k]
+                if w is not None and ops[w].seg == op.seg:
+                    continue  # produced in this segment, on this tier
+                info = self.prog.tensors[t]
+                sources = {h: int(b * op.in_frac[k]) for h, b in info.home.items() if h != op.mem}
+                if not sources:
+                    continue
+                key = (t, w, op.in_frac[k])
+                st = self.stages.get(key)
+                if st is None:
+                    st = self.stages[key] = self._fetch(t, w, sources)
+                    st.skey = key
+                st.refs += 1
+                self.seg_stage[(s, t)] = st
+                self.seg_held[s].append(st)
 
-    def _await(self, w: Window) -> None:
+    def _fetch(self, t: str, w: int | None, sources: dict[str, int]) -> _Stage:
+        nbytes = sum(sources.values())
+        key = self._key("stage", t)
+        buf = self.compute.alloc(key, nbytes, account=False)
+        jobs: list[Job] = []
+        for src, part in sources.items():
+            tier = self._slow(src, t)
+            after = self.avail.get((t, w, src)) if w is not None else None
+
+            def run(stream, tier=tier, buf=buf, part=part, after=after, first=not jobs):
+                if after is not None:
+                    after.done.wait()
+                if first:
+                    self.compute.account(key, nbytes)
+                tier.read(t, buf, part, stream)
+
+            jobs.append(self._engine(src, self.fast).submit(Job(f"{t}:{src}->{self.fast}", part, run)))
+        return _Stage(key, nbytes, jobs)
+
+    def _await(self, op) -> None:
         t0 = time.perf_counter_ns()
-        for _, job in self.pending.get(w.index, []):
-            wait(job, self.torch if self.backend.is_cuda else None)
+        for t in op.inputs:
+            st = self.seg_stage.get((op.seg, t))
+            if st is not None and t not in op.no_fetch:
+                for job in st.jobs:
+                    wait(job, self.torch if self.backend.is_cuda else None)
         self.wait_s += (time.perf_counter_ns() - t0) / 1e9
 
-    def _run(self, w: Window) -> None:
-        deaths = self.sched.lifetimes
-        for x, recompute in w.ops:
-            for name in x.outputs:
-                if self.sched.classes[name] not in PERSISTENT and name not in self.compute:
-                    self.compute.alloc(name, self.sched.sizes[name])
-            fn = self.kernels.get(x.op)
-            t = self._time(fn) if fn else (0.0, None)
-            self.op_times.append((x.name, x.op.kind, recompute, *t))
-            for name in (*x.inputs, *x.outputs):
-                if deaths[name][1] == x.index and self.sched.classes[name] not in PERSISTENT:
-                    self.compute.free(name)
-                    self.fetching.discard(name)
-
-    def _finish(self, w: Window) -> None:
-        """After a window: write back what it stored, drop what it dropped, release fetches."""
-        for tr in w.store:
-            staged = self._buf_name(tr, w.index)
-            buf = self.compute.buffers.get(staged if staged in self.compute else tr.tensor)
-            if buf is None:
+    def _produce(self, op) -> None:
+        for k, t in enumerate(op.outputs):
+            info = self.prog.tensors[t]
+            if self.fast in info.home and (t, self.fast) not in self.home_alloc:
+                self.compute.alloc(_home(t), info.home[self.fast])
+                self.home_alloc.add((t, self.fast))
+            off = sum(b for h, b in info.home.items() if h != self.fast)
+            if off <= 0 or (t, op.seg) in self.work:
                 continue
-            dst = self.slow[tr.dst]
-            job = Job(f"{tr.tensor}:{tr.src}->{tr.dst}", tr.nbytes,
-                      lambda stream, dst=dst, tr=tr, buf=buf: dst.write(tr.tensor, buf, tr.nbytes, stream))
-            self.stores.append((tr, w.index, self._engine(tr.src, tr.dst).submit(job)))
-            self.last_store[tr.tensor] = job
-        for name in w.drop:
-            self.compute.free(name)
-        stored = {tr.tensor for tr in w.store}
-        for tr, _ in self.pending.pop(w.index, []):
-            if self.sched.classes[tr.tensor] != "activation" and tr.tensor not in stored:
-                self.compute.free(self._buf_name(tr, w.index))
+            st = self.seg_stage.get((op.seg, t))
+            if st is None:
+                nbytes = int(off * op.out_frac[k])
+                key = self._key("work", t)
+                self.compute.alloc(key, nbytes)
+                st = _Stage(key, nbytes, [])
+            st.refs += 1
+            self.work[(t, op.seg)] = st
+
+    def _finish(self, op) -> None:
+        for t in op.writeback:
+            self._writeback(op, t)
+        for t in op.dies:
+            for tier in self.prog.tensors[t].home:
+                if (t, tier) in self.home_alloc:
+                    self.home_alloc.discard((t, tier))
+                    if tier == self.fast:
+                        self.compute.free(_home(t))
+                    else:
+                        self.slow[tier].delete(t)
+            st = self.work.pop((t, op.seg), None)
+            if st is not None:
+                self._release(st)
+        self.seg_left[op.seg] -= 1
+        if self.seg_left[op.seg] == 0:
+            for st in self.seg_held[op.seg]:
+                self._release(st)
+            self.seg_held[op.seg] = []
+
+    def _writeback(self, op, t: str) -> None:
+        info = self.prog.tensors[t]
+        frac = op.out_frac[op.outputs.index(t)]
+        st = self.work.pop((t, op.seg), None)
+        src_key = st.key if st is not None else _home(t)
+        buf = self.compute.buffers.get(src_key)
+        for tier, nbytes in info.home.items():
+            if tier == self.fast:
+                continue
+            dst = self._slow(tier, t)
+            self.home_alloc.add((t, tier))
+            size = int(nbytes * frac)
+            staging = buf if buf is not None else self.compute.alloc(self._key("wb", t), size)
+
+            def run(stream, dst=dst, staging=staging, size=size):
+                dst.write(t, staging, size, stream)
+
+            job = self._engine(self.fast, tier).submit(Job(f"{t}:{self.fast}->{tier}", size, run))
+            self.avail[(t, op.index, tier)] = job
+            self.writes.append((job, st))
+            st = None  # released once, after the first write lands
+
+    def _release(self, st: _Stage) -> None:
+        st.refs -= 1
+        if st.refs > 0:
+            return
+        if st.skey is not None:
+            del self.stages[st.skey]
+        self.compute.free(st.key)
 
     def _reap(self, block: bool) -> None:
-        """Free compute-tier copies of stored tensors once their write has landed."""
+        """Release the compute-tier copies of written-back tensors once their write has landed."""
         keep = []
-        for tr, index, job in self.stores:
+        for job, st in self.writes:
             if block:
                 wait(job, self.torch if self.backend.is_cuda else None)
             if not job.done.is_set():
-                keep.append((tr, index, job))
+                keep.append((job, st))
                 continue
             if job.error is not None:
                 raise job.error
-            if self.sched.classes[tr.tensor] == "activation":
-                if tr.tensor not in self.fetching:  # already on its way back: keep the buffer
-                    self.compute.free(tr.tensor)
-            else:
-                self.compute.free(self._buf_name(tr, index))
-                if self.sched.classes[tr.tensor] not in PERSISTENT:
-                    self.compute.free(tr.tensor)
-        self.stores = keep
+            if st is not None:
+                self._release(st)
+        self.writes = keep
         if block:
             self.backend.sync()
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _buf_name(self, tr: Transfer, window: int) -> str:
-        """The compute-tier buffer a transfer fills or drains: an activation's own buffer, or the
-        window's staging copy of a slow-tier home (``name@tier#window``) beside any resident part."""
-        if self.sched.classes[tr.tensor] == "activation":
-            return tr.tensor
-        return f"{tr.tensor}@{tr.src if tr.dst == self.compute.name else tr.dst}#{window}"
+    def _key(self, kind: str, t: str) -> str:
+        self.next_id += 1
+        return f"{kind}:{t}#{self.next_id}"
 
     def _engine(self, src: str, dst: str) -> Engine:
         key = (src, dst)
@@ -312,14 +418,13 @@ class _Runner:
         for engine in self.engines.values():
             copy_bytes[engine.name] = sum(j.nbytes for j in engine.history)
             engine.history.clear()
+        peaks = {name: ledger.peak for name, ledger in self._ledgers().items()}
         return {"step_s": step_s, "compute_s": compute_s, "wait_s": self.wait_s,
-                "recompute_s": recompute_s, "op_s": by_kind, "ops": ops, "copy_bytes": copy_bytes}
+                "recompute_s": recompute_s, "op_s": by_kind, "ops": ops, "copy_bytes": copy_bytes,
+                "peak_bytes": peaks}
 
     def _ledgers(self) -> dict:
         return {self.compute.name: self.compute.ledger, **{n: t.ledger for n, t in self.slow.items()}}
-
-    def peaks(self) -> dict[str, int]:
-        return {name: ledger.peak for name, ledger in self._ledgers().items()}
 
     def close(self) -> None:
         for engine in self.engines.values():
@@ -327,3 +432,12 @@ class _Runner:
         for tier in self.slow.values():
             tier.close()
 
+
+def _home(t: str) -> str:
+    return f"home:{t}"
+
+
+def _filled(compute: ComputeTier, nbytes: int, seed: int):
+    buf = compute.alloc("__setup__", nbytes, account=False)
+    fill_random(buf, nbytes, seed)
+    return buf

@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from memsim.validation.backend import Backend
 from memsim.validation.diskio import DirectFile, Mode, align_up, aligned_buffer
 
-REQUEST = 8 << 20  # must match microbench.REQUEST: the request size calibration measured
+# Bytes per disk request: the simulator's SSD request size (memsim.sim.flows.IO_REQUEST_BYTES,
+# DeepSpeed's aio block size), which calibration measures the read_size_curve at.
+REQUEST = 1 << 20
 
 
 class Ledger:
@@ -25,14 +28,17 @@ class Ledger:
         self.held: dict[str, int] = {}
         self.now = 0
         self.peak = 0
+        self.lock = threading.Lock()  # copy engines allocate from their own threads
 
     def add(self, name: str, nbytes: int) -> None:
-        self.now += nbytes - self.held.get(name, 0)
-        self.held[name] = nbytes
-        self.peak = max(self.peak, self.now)
+        with self.lock:
+            self.now += nbytes - self.held.get(name, 0)
+            self.held[name] = nbytes
+            self.peak = max(self.peak, self.now)
 
     def remove(self, name: str) -> None:
-        self.now -= self.held.pop(name, 0)
+        with self.lock:
+            self.now -= self.held.pop(name, 0)
 
     def reset_peak(self) -> None:
         self.peak = self.now
@@ -47,16 +53,22 @@ class ComputeTier:
         self.buffers: dict[str, Any] = {}
         self.ledger = Ledger()
 
-    def alloc(self, tensor: str, nbytes: int) -> Any:
-        if tensor in self.buffers:
-            return self.buffers[tensor]
+    def alloc(self, key: str, nbytes: int, account: bool = True) -> Any:
+        """A buffer of ``nbytes`` under ``key``; ``account=False`` defers the ledger entry to
+        ``account()`` (a fetch's buffer counts from when its copy starts, as in the simulator)."""
+        if key in self.buffers:
+            return self.buffers[key]
         if self.backend.is_cuda:
             buf = self.backend.torch.empty(max(1, nbytes), dtype=self.backend.torch.uint8, device="cuda")
         else:
             buf = aligned_buffer(nbytes)
-        self.buffers[tensor] = buf
-        self.ledger.add(tensor, nbytes)
+        self.buffers[key] = buf
+        if account:
+            self.ledger.add(key, nbytes)
         return buf
+
+    def account(self, key: str, nbytes: int) -> None:
+        self.ledger.add(key, nbytes)
 
     def free(self, tensor: str) -> None:
         buf = self.buffers.pop(tensor, None)
@@ -86,9 +98,9 @@ class DiskTier:
         return self.files[tensor]
 
     def write(self, tensor: str, buf: Any, nbytes: int, stream=None) -> None:
+        self.ledger.add(tensor, nbytes)  # the extent counts from when its write starts
         host = self._to_host(buf, nbytes, stream)
         self._file(tensor).write_from(host, 0, nbytes, REQUEST)
-        self.ledger.add(tensor, nbytes)
 
     def read(self, tensor: str, buf: Any, nbytes: int, stream=None) -> None:
         if not self.backend.is_cuda:
