@@ -327,6 +327,8 @@ def trace_cmd(
         "--input", help="shape of a forward input, BxS or BxS:dtype (8x512:int64); repeat per input")] = None,
     dtype: Annotated[str | None, typer.Option(help="cast the module to fp32 | bf16 | fp16")] = None,
     train: Annotated[bool, typer.Option("--train", help="also run backward of the output's sum")] = False,
+    attention: Annotated[str, typer.Option(
+        help="math: sdpa as torch runs it on meta (bmm, softmax); flash: the fused GPU kernel")] = "math",
     output: Annotated[str, typer.Option("-o", "--output", help="Trace JSON to write")] = "trace.json",
     as_json: JsonOpt = False,
 ) -> None:
@@ -343,7 +345,7 @@ def trace_cmd(
                    TimeElapsedColumn(), console=err, transient=True, disable=as_json)
     task = bar.add_task(factory, total=None)
     with bar:
-        trace = trace_factory(factory, inputs or [], dtype=dtype, train=train,
+        trace = trace_factory(factory, inputs or [], dtype=dtype, train=train, attention=attention,
                               progress=lambda n: bar.update(task, completed=n))
     trace.save(output)
     info = {**summary(trace), "path": output}
@@ -356,7 +358,7 @@ def trace_cmd(
 def _render_trace(trace, info: dict) -> None:
     passes = "forward+backward" if trace.meta["train"] else "forward"
     table = Table("figure", "value", title=f"{trace.name} ({passes}, inputs "
-                  f"{' '.join(trace.meta['inputs'])}, traced on meta)")
+                  f"{' '.join(trace.meta['inputs'])}, {trace.meta['attention']} attention, traced on meta)")
     table.add_row("ops", str(info["ops"]))
     table.add_row("tensors", str(info["tensors"]))
     table.add_row("parameters", f"{info['params']:,}")

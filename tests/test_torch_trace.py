@@ -202,3 +202,34 @@ def test_cli_trace_table_and_bad_factory(tmp_path):
                                    "-o", str(tmp_path / "t.json")])
     assert bad.exit_code == 2
     assert "no_such_factory" in bad.stderr and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["forward", "forward+backward"])
+@pytest.mark.parametrize("factory", ["tiny_gpt", "transformer_block"])
+def test_flash_attention_matches_flop_counter_and_saves_memory(factory: str, train: bool):
+    math = _trace(factory, train)
+    flash = tt.trace_factory(f"{EX}:{factory}", CASES[factory], train=train, attention="flash")
+    module = tt.build_module(getattr(ex, factory), factory, None)
+    inputs = tt.make_inputs([tt.parse_input(s) for s in CASES[factory]], torch.float32)
+    with FlopCounterMode(display=False) as counter:
+        tt.run_module(module, inputs, train, attention="flash")
+    assert flash.flops == counter.get_total_flops()
+    calls = flash.meta["fused_attention_calls"]
+    assert calls == (2 if factory == "tiny_gpt" else 1)
+    attn = [op for b in flash.blocks for op in b.ops if op.kind == "attention" and op.phase == "forward"]
+    assert len(attn) == calls
+    b, h, q_len, kv_len, d = attn[0].shape
+    assert attn[0].flops == 4 * b * h * q_len * kv_len * d
+    # flash backward recomputes the scores: one more Q·Kᵀ per call than the math path's four bmm
+    assert flash.flops - math.flops == (calls * 2 * b * h * q_len * kv_len * d if train else 0)
+    assert torch.nn.functional.scaled_dot_product_attention is torch._C._nn.scaled_dot_product_attention
+
+
+def test_flash_attention_keeps_no_score_matrix():
+    ref = f"{EX}:tiny_gpt"
+    math = tt.trace_factory(ref, ["1x512:int64"], train=True)
+    flash = tt.trace_factory(ref, ["1x512:int64"], train=True, attention="flash")
+    scores = 4 * 512 * 512 * 4  # heads × L × L × fp32, per layer
+    assert math.meta["peak_activation_bytes"] - flash.meta["peak_activation_bytes"] >= 2 * scores
+    with pytest.raises(SpecError, match="did you mean 'flash'"):
+        tt.trace_factory(ref, ["1x8:int64"], attention="flsh")

@@ -33,13 +33,16 @@ import importlib
 import importlib.util
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
@@ -203,6 +206,7 @@ class _Recording:
     storages: dict[int, _Storage] = field(default_factory=dict)
     ops: list[_RawOp] = field(default_factory=list)
     loss_start: int | None = None
+    fused_attention: int = 0  # scaled_dot_product_attention calls run as the fused flash kernel
 
 
 def _key(t: torch.Tensor) -> int:
@@ -359,16 +363,81 @@ def _scalar_loss(out: Any) -> torch.Tensor:
     return loss
 
 
+ATTENTION = ("math", "flash")
+_SDPA = torch._C._nn.scaled_dot_product_attention
+
+
+class _FlashAttention(TorchFunctionMode):
+    """Run ``F.scaled_dot_product_attention`` as ``aten._scaled_dot_product_flash_attention``.
+
+    On meta, torch picks sdpa's math path (two ``bmm`` and a softmax, the L×S score matrix saved
+    for backward); a GPU runs the fused flash kernel, which keeps only the output and a logsumexp
+    and recomputes the scores in backward. Calls the flash kernel cannot take (an explicit mask,
+    unequal head dims, unequal head counts) keep the math path.
+
+    The mode sees calls made from module code; calls from inside other Python-level torch functions
+    (``F.multi_head_attention_forward``, where modes are off) reach it through ``flash_attention``,
+    which also swaps ``F.scaled_dot_product_attention`` for the duration.
+    """
+
+    def __init__(self, rec: _Recording | None):
+        super().__init__()
+        self.rec = rec
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is _SDPA:
+            out = self._flash(*args, **kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
+
+    def _flash(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+               enable_gqa=False) -> torch.Tensor | None:
+        if attn_mask is not None or not q.dim() == k.dim() == v.dim() == 4:
+            return None
+        if not q.shape[-1] == k.shape[-1] == v.shape[-1] or not q.shape[1] == k.shape[1] == v.shape[1]:
+            return None
+        if self.rec is not None:
+            self.rec.fused_attention += 1
+        return torch.ops.aten._scaled_dot_product_flash_attention(
+            q, k, v, dropout_p, is_causal, False, scale=scale)[0]
+
+
+@contextmanager
+def flash_attention(rec: _Recording | None) -> Iterator[None]:
+    """``_FlashAttention`` active, and ``F.scaled_dot_product_attention`` routed through it.
+
+    Patches a module attribute, so two traces must not run at once in one process."""
+    mode = _FlashAttention(rec)
+
+    def sdpa(*args, **kwargs):
+        out = mode._flash(*args, **kwargs)
+        return out if out is not None else _SDPA(*args, **kwargs)
+
+    F.scaled_dot_product_attention = sdpa
+    try:
+        with mode:
+            yield
+    finally:
+        F.scaled_dot_product_attention = _SDPA
+
+
 def run_module(module: nn.Module, inputs: Sequence[torch.Tensor], train: bool,
-               mode: TorchDispatchMode | None = None) -> Any:
-    """Forward (and backward of ``_scalar_loss`` when training) on meta, inside ``mode``.
+               mode: TorchDispatchMode | None = None, attention: str = "math") -> Any:
+    """Forward (and backward of ``_scalar_loss`` when training) on meta.
 
     Shared by the tracer and by tests that count with ``FlopCounterMode``, so both run the very
-    same ops. A recorder's phase flips to backward between the two passes.
+    same ops. A recorder's phase flips to backward between the two passes. ``attention="flash"``
+    runs ``scaled_dot_product_attention`` as the fused kernel (see ``_FlashAttention``).
     """
+    if attention not in ATTENTION:
+        raise SpecError(f"expected one of {', '.join(ATTENTION)}, got {attention!r}"
+                        f"{did_you_mean(attention, ATTENTION)}", key="--attention")
     module.train(train)
     recorder = mode if isinstance(mode, _Recorder) else None
-    with torch.device("meta"), torch.set_grad_enabled(train):
+    fused = flash_attention(recorder.rec if recorder else None) if attention == "flash" else nullcontext()
+    with torch.device("meta"), torch.set_grad_enabled(train), fused:
         out = module(*inputs)
         if train:
             if recorder:
@@ -381,7 +450,8 @@ def run_module(module: nn.Module, inputs: Sequence[torch.Tensor], train: bool,
 
 
 def record(module: nn.Module, inputs: Sequence[torch.Tensor], train: bool,
-           progress: Callable[[int], None] | None = None) -> tuple[_Recording, Any]:
+           progress: Callable[[int], None] | None = None, attention: str = "math"
+           ) -> tuple[_Recording, Any]:
     rec = _Recording()
     for name, t in (*_named_unique(module.named_parameters()), *_named_unique(module.named_buffers())):
         rec.storages.setdefault(_key(t), _Storage(t.untyped_storage(), t.untyped_storage().nbytes(),
@@ -393,13 +463,15 @@ def record(module: nn.Module, inputs: Sequence[torch.Tensor], train: bool,
     recorder = _Recorder(rec, tracker, type(module).__name__, progress)
     try:
         with tracker, recorder:
-            out = run_module(module, inputs, train, recorder)
+            out = run_module(module, inputs, train, recorder, attention)
     except SpecError:
         raise
     except Exception as exc:
         where = f" at {recorder.failed}" if recorder.failed else f" after {len(rec.ops)} ops"
         shapes = ", ".join("x".join(map(str, t.shape)) + f":{dtype_name(t.dtype)}" for t in inputs)
         first = str(exc).splitlines()[0] if str(exc) else ""
+        if isinstance(exc, NotImplementedError | RuntimeError) and "meta" in str(exc):
+            first += " (ops that need tensor values — .item(), nonzero, boolean masks — cannot run on meta)"
         raise SpecError(f"{recorder.phase} failed{where} for inputs [{shapes}]: "
                         f"{type(exc).__name__}: {first}", key="--input") from None
     rec.loss_start = recorder.loss_start
@@ -414,7 +486,7 @@ def _named_unique(named) -> list[tuple[str, torch.Tensor]]:
 
 
 def to_trace(rec: _Recording, module: nn.Module, inputs: Sequence[InputSpec], outputs: Any,
-             train: bool, name: str, dtype: torch.dtype) -> Trace:
+             train: bool, name: str, dtype: torch.dtype, attention: str = "math") -> Trace:
     """Name every storage and op, classify tensors, and assemble the Trace with its meta."""
     op_names = [f"{op.scope}:{op.aten}#{i}" for i, op in enumerate(rec.ops)]
     _name_storages(rec, module, op_names)
@@ -430,6 +502,8 @@ def to_trace(rec: _Recording, module: nn.Module, inputs: Sequence[InputSpec], ou
         blocks.append(Block("backward", [op for op in ops if op.phase == "backward"]))
     trace = Trace(name, "module", tensors, blocks)
     trace.meta = _meta(trace, module, inputs, train, dtype)
+    trace.meta["attention"] = attention
+    trace.meta["fused_attention_calls"] = rec.fused_attention
     return trace
 
 
@@ -518,24 +592,25 @@ def peak_live_bytes(trace: Trace, classes: Sequence[str] | None = None) -> int:
 
 
 def trace_module(module: nn.Module, inputs: Sequence[InputSpec], *, train: bool = False,
-                 name: str | None = None, dtype: torch.dtype | None = None,
+                 name: str | None = None, dtype: torch.dtype | None = None, attention: str = "math",
                  progress: Callable[[int], None] | None = None) -> Trace:
     """Trace an already built (meta) module. ``dtype`` is the default for float inputs."""
     dtype = dtype or next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     tensors = make_inputs(inputs, dtype)
-    rec, out = record(module, tensors, train, progress)
-    return to_trace(rec, module, inputs, out, train, name or type(module).__name__, dtype)
+    rec, out = record(module, tensors, train, progress, attention)
+    return to_trace(rec, module, inputs, out, train, name or type(module).__name__, dtype, attention)
 
 
-def trace_factory(ref: str, inputs: Sequence[str], *, dtype: str | None = None,
-                  train: bool = False, progress: Callable[[int], None] | None = None) -> Trace:
+def trace_factory(ref: str, inputs: Sequence[str], *, dtype: str | None = None, train: bool = False,
+                  attention: str = "math", progress: Callable[[int], None] | None = None) -> Trace:
     """``memsim trace``'s API: import ``ref``, build on meta, trace forward (and backward)."""
     if not inputs:
         raise SpecError("give at least one --input shape such as 8x512 or 8x512:int64", key="--input")
     specs = [parse_input(text) for text in inputs]
     torch_dtype = parse_dtype(dtype)
     module = build_module(load_factory(ref), ref, torch_dtype)
-    return trace_module(module, specs, train=train, name=ref, dtype=torch_dtype, progress=progress)
+    return trace_module(module, specs, train=train, name=ref, dtype=torch_dtype, attention=attention,
+                        progress=progress)
 
 
 def summary(trace: Trace, top: int = 5) -> dict:
