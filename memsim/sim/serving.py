@@ -1,0 +1,454 @@
+"""Serving: a continuous-batching scheduler (iteration-level, vLLM-like) inside the simulation.
+
+Every iteration the scheduler builds a batch under ``max_num_batched_tokens`` and ``max_num_seqs``
+(chunked prefill, as vLLM V1 does): running requests first (one token per decoding request, the
+next prompt chunk for a prefilling one), then swapped-out requests, then waiting ones, first come
+first served. KV lives in paged blocks of ``block_size`` tokens; a request holds
+``ceil(cached tokens / block_size)`` blocks, so its last block is partly empty (fragmentation).
+When a running request needs a block and none is free, the most recently admitted request is
+preempted (vLLM's LIFO): by *swap* (its blocks are copied to ``swap_tier`` while ``swap_bytes``
+lasts, and copied back before it runs again) or by *recompute* (its blocks are dropped and its
+prompt plus the tokens generated so far are prefilled again).
+
+Iteration time (roofline on the compute unit, phase ``decode`` when every request decodes):
+dense part ``op_time(new_tokens × flops_per_token, weight_bytes + activations)`` plus attention
+``op_time(Σ new × context × attn_flops_per_token_ctx, KV read + written)`` plus one kernel
+launch per layer and part. Weights (and KV) homed off the compute tier are streamed over the
+links every iteration, overlapped layer by layer with compute (the iteration takes the longer of
+the two); swaps are copied before the iteration computes, as vLLM's cache engine does.
+
+The KV pool is what ``gpu_memory_utilization`` (the trace's scheduler, default 0.9) of the compute
+tier leaves after resident weights, the activation workspace of one full batch and the prefetch
+buffers. If the weights alone do not fit, the OOM is recorded and the pool is sized by demand, so
+the run still reports each tier's full need.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from memsim.hardware.spec import System
+from memsim.planners.plan import Plan, ServingPolicy
+from memsim.sim.engine import Clock
+from memsim.sim.program import split_bytes
+from memsim.sim.report import common_fields, main_unit, peak_flops
+from memsim.sim.result import Result, ServingStats
+from memsim.workloads.trace import TokenCosts, Trace
+
+DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
+
+
+class Req:
+    """One request's progress: tokens whose KV is cached, tokens generated, blocks held."""
+
+    __slots__ = ("arrival", "blocks", "computed", "first_t", "generated", "id", "last_t",
+                 "output", "prompt", "swapped")
+
+    def __init__(self, rid: int, arrival: float, prompt: int, output: int):
+        self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
+        self.computed = self.generated = self.blocks = self.swapped = 0
+        self.first_t = self.last_t = -1.0
+
+
+def policy_for(trace: Trace, plan: Plan) -> tuple[ServingPolicy, float]:
+    """The serving policy: the plan's, else the trace's scheduler settings, else defaults."""
+    sched = dict(trace.meta.get("scheduler") or {})
+    util = float(sched.get("gpu_memory_utilization") or DEFAULT_GPU_UTIL)
+    if plan.serving is not None:
+        return plan.serving, util
+    policy = ServingPolicy()
+    for key in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+        if sched.get(key):
+            setattr(policy, key, int(sched[key]))
+    if sched.get("preempt") in ("swap", "recompute"):
+        policy.preempt = sched["preempt"]
+    policy.swap_bytes = int(sched.get("swap_bytes") or 0)
+    return policy, util
+
+
+class ServingEngine:
+    def __init__(self, system: System, trace: Trace, plan: Plan, timeline: bool):
+        self.sys, self.trace, self.plan = system, trace, plan
+        raw = trace.meta.get("token_costs")
+        if raw is None:
+            raise ValueError(f"serving trace {trace.name!r} has no meta['token_costs']")
+        self.tc = raw if isinstance(raw, TokenCosts) else TokenCosts(**raw)
+        self.policy, self.util = policy_for(trace, plan)
+        self.clock = Clock(system, timeline)
+        self.env = self.clock.env
+        self.unit = main_unit(system)
+        self.fast = system.fast_tier
+        self.dtype = str(trace.meta.get("dtype") or "bf16")
+        self.layers = max(1, self.tc.layers)
+        self.swap_tier = self.policy.swap_tier or self._host()
+        self.acct = {"compute": 0.0, "recompute": 0.0, "exposed_transfer": 0.0,
+                     "memory_wait": 0.0, "cpu": 0.0, "idle": 0.0}
+        self.notes: list[str] = []
+        # statistics
+        self.ttft: list[float] = []
+        self.tbt: list[tuple[float, int]] = []  # (gap, how many tokens had it)
+        self.preemptions = 0
+        self.kv_area = self.kv_slots_area = self.kv_tokens_area = 0.0
+        self.kv_last_t = 0.0
+        self.generated_total = 0
+        self.dropped = 0
+        self.swap_used = 0  # blocks held on the swap tier
+
+    def _host(self) -> str | None:
+        host = self.sys.cpu.memory if self.sys.cpu is not None else None
+        return host if host is not None and host != self.fast else None
+
+    # -- setup: weights, workspace, KV pool ----------------------------------------------------
+
+    def _setup(self) -> None:
+        tc, pol, pools = self.tc, self.policy, self.clock.pools
+        self.w_home = split_bytes(tc.weight_bytes, self.plan.home("weight", self.fast))
+        self.kv_frac = dict(self.plan.home("kv", self.fast))
+        for tier, nbytes in self.w_home.items():
+            pools[tier].alloc("weights", nbytes, "load weights")
+        self.streamed_w = {t: b for t, b in self.w_home.items() if t != self.fast}
+        staging = int(sum(self.streamed_w.values()) * min(1.0, (self.plan.prefetch_depth + 1) / self.layers))
+        work = tc.activation_bytes_per_token * pol.max_num_batched_tokens
+        pools[self.fast].alloc("activations", work, "profile run")
+        pools[self.fast].alloc("prefetch buffers", staging, "profile run")
+        self.block_bytes = pol.block_size * tc.kv_bytes_per_token
+        budgets = {}
+        for tier, frac in self.kv_frac.items():
+            if frac <= 0:
+                continue
+            cap = self.sys.tiers[tier].capacity
+            free = (cap * self.util if tier == self.fast else cap) - pools[tier].used
+            if tier == self.swap_tier and pol.preempt == "swap":
+                free -= pol.swap_bytes
+            budgets[tier] = free / (frac * self.block_bytes)
+        blocks = int(min(budgets.values())) if budgets else 0
+        max_len = max((p + o for p, o in zip(self.trace.requests.prompt_len,
+                                              self.trace.requests.output_len, strict=True)), default=1)
+        if self.clock.oom is not None or blocks <= 0:
+            demand = pol.max_num_seqs * math.ceil(max_len / pol.block_size)
+            self.notes.append(f"the KV cache does not fit: pool sized by demand ({demand} blocks) "
+                              "to measure each tier's full need")
+            blocks = demand
+        self.total_blocks = blocks
+        self.free_blocks = blocks
+
+    # -- KV block accounting -------------------------------------------------------------------
+
+    def _kv_advance(self, used_blocks: int, cached: int) -> None:
+        now = self.env.now
+        dt = now - self.kv_last_t
+        if dt > 0:
+            self.kv_area += used_blocks * dt
+            self.kv_slots_area += used_blocks * self.policy.block_size * dt
+            self.kv_tokens_area += cached * dt
+        self.kv_last_t = now
+
+    # -- the server loop -----------------------------------------------------------------------
+
+    def run(self) -> Result:
+        wall = time.perf_counter()
+        self._setup()
+        self.env.process(self._serve())
+        self.clock.run()
+        return self._result(time.perf_counter() - wall)
+
+    def _serve(self):
+        env, pol = self.env, self.policy
+        reqs = self.trace.requests
+        todo = [Req(i, reqs.arrival_s[i], reqs.prompt_len[i], reqs.output_len[i])
+                for i in range(len(reqs))]
+        bs = pol.block_size
+        too_big = [r for r in todo if -(-(r.prompt + r.output) // bs) > self.total_blocks]
+        if too_big:
+            self.dropped = len(too_big)
+            self.notes.append(f"{len(too_big)} requests need more KV blocks than the whole pool "
+                              f"({self.total_blocks}): never scheduled")
+            big = {r.id for r in too_big}
+            todo = [r for r in todo if r.id not in big]
+        self.completed = 0
+        waiting: list[Req] = []  # FIFO from index `head`
+        running: list[Req] = []  # in admission order: preemption takes from the end
+        swapped: list[Req] = []
+        nxt = head = cached = 0
+        rec = self.clock.recorder
+        track = "gpu" if self.sys.gpu else "cpu"
+        max_seqs, max_tokens = pol.max_num_seqs, pol.max_num_batched_tokens
+        while nxt < len(todo) or head < len(waiting) or running or swapped:
+            now = env.now
+            while nxt < len(todo) and todo[nxt].arrival <= now:
+                waiting.append(todo[nxt])
+                nxt += 1
+            self._kv_advance(self.total_blocks - self.free_blocks, cached)
+            if head >= len(waiting) and not running and not swapped:
+                yield env.timeout(todo[nxt].arrival - now)
+                self.acct["idle"] += env.now - now
+                continue
+            budget = max_tokens
+            b_req: list[Req] = []
+            b_k: list[int] = []
+            new = ctx = kv_read = redo = 0
+            decode = True
+            given = taken = swap_out = swap_in = 0
+            preempted = False
+            # 1. running requests, oldest first; preempt the newest when blocks run out
+            i = 0
+            while i < len(running) and budget > 0:
+                r = running[i]
+                c = r.computed
+                rem = r.prompt + r.generated - c
+                k = rem if rem < budget else budget
+                need = -(-(c + k) // bs) - r.blocks
+                if need > self.free_blocks:
+                    while need > self.free_blocks and len(running) - 1 > i:
+                        victim = running.pop()
+                        given += victim.blocks
+                        swap_out += self._preempt(victim, waiting, swapped, head)
+                        preempted = True
+                    if need > self.free_blocks:  # r itself must go
+                        running.pop(i)
+                        given += r.blocks
+                        swap_out += self._preempt(r, waiting, swapped, head)
+                        preempted = True
+                        continue
+                if need > 0:
+                    self.free_blocks -= need
+                    taken += need
+                    r.blocks += need
+                b_req.append(r)
+                b_k.append(k)
+                budget -= k
+                new += k
+                ctx += k * c + k * (k + 1) // 2
+                kv_read += c + k
+                if k != 1 or c < r.prompt:
+                    decode = False
+                if r.generated and c < r.prompt + r.generated - 1:
+                    redo += min(k, r.prompt + r.generated - 1 - c)
+                i += 1
+            # 2. swapped-out requests come back first (none preempted this iteration)
+            while swapped and not preempted and len(running) < max_seqs and budget > 0:
+                r = swapped[0]
+                c = r.computed
+                k = min(r.prompt + r.generated - c, budget)
+                need = max(r.swapped, -(-(c + k) // bs))
+                if need > self.free_blocks:
+                    break
+                swapped.pop(0)
+                self.free_blocks -= need
+                taken += need
+                swap_in += r.swapped
+                self.swap_used -= r.swapped
+                r.blocks, r.swapped = need, 0
+                running.append(r)
+                b_req.append(r)
+                b_k.append(k)
+                budget -= k
+                new += k
+                ctx += k * c + k * (k + 1) // 2
+                kv_read += c + k
+                decode = decode and k == 1 and c >= r.prompt
+            # 3. waiting requests, first come first served
+            while head < len(waiting) and not swapped and len(running) < max_seqs and budget > 0:
+                r = waiting[head]
+                c = r.computed
+                k = min(r.prompt + r.generated - c, budget)
+                need = -(-(c + k) // bs) - r.blocks
+                if need > self.free_blocks:
+                    break
+                head += 1
+                self.free_blocks -= need
+                taken += need
+                r.blocks += need
+                running.append(r)
+                b_req.append(r)
+                b_k.append(k)
+                budget -= k
+                new += k
+                ctx += k * c + k * (k + 1) // 2
+                kv_read += c + k
+                decode = False
+                if r.generated:
+                    redo += min(k, r.prompt + r.generated - 1 - c)
+            if head > 4096:  # drop the consumed prefix now and then (amortised O(1))
+                del waiting[:head]
+                head = 0
+            self._kv_bytes(given, taken)
+            if not b_req:  # only possible when one request alone cannot get its blocks
+                stuck = swapped.pop(0) if swapped else waiting.pop(head)
+                self.dropped += 1
+                self.notes.append(f"request {stuck.id} could not get its KV blocks: dropped")
+                continue
+            cached = sum(r.computed for r in running)
+            t0 = env.now
+            yield from self._iteration(new, ctx, kv_read, redo, decode, swap_out, swap_in)
+            t1 = env.now
+            self._kv_advance(self.total_blocks - self.free_blocks, cached)
+            if rec is not None:
+                rec.span(track, f"iteration ({len(b_req)} seqs)", t0, t1,
+                         {"tokens": new, "running": len(running), "waiting": len(waiting) - head,
+                          "swapped": len(swapped)})
+            # 4. tokens out, completions
+            decoders = 0
+            done = 0
+            ttft = self.ttft
+            for idx in range(len(b_req)):
+                r = b_req[idx]
+                c = r.computed = r.computed + b_k[idx]
+                if c < r.prompt + r.generated:
+                    continue  # still prefilling
+                r.generated += 1
+                if r.first_t < 0:
+                    r.first_t = t1
+                    ttft.append(t1 - r.arrival)
+                elif r.last_t >= t0 and b_k[idx] == 1:
+                    decoders += 1
+                else:
+                    self.tbt.append((t1 - r.last_t, 1))
+                r.last_t = t1
+                if r.generated >= r.output:
+                    done += 1
+            self.generated_total += sum(1 for r in b_req if r.last_t == t1)
+            if decoders:
+                self.tbt.append((t1 - t0, decoders))
+            if done:
+                freed = 0
+                keep = []
+                for r in running:
+                    if r.generated >= r.output:
+                        freed += r.blocks
+                        r.blocks = 0
+                        self.completed += 1
+                    else:
+                        keep.append(r)
+                running = keep
+                self.free_blocks += freed
+                self._kv_bytes(freed, 0)
+            cached = sum(r.computed for r in running)
+        self._kv_advance(self.total_blocks - self.free_blocks, cached)
+
+    def _kv_bytes(self, given: int, taken: int) -> None:
+        """Pool bytes for blocks given back, then taken (same instant: the peak is not inflated)."""
+        for tier, frac in self.kv_frac.items():
+            pool = self.clock.pools[tier]
+            if given:
+                pool.free("kv", int(given * self.block_bytes * frac))
+            if taken:
+                pool.alloc("kv", int(taken * self.block_bytes * frac), "kv blocks")
+
+    def _preempt(self, r: Req, waiting: list[Req], swapped: list[Req], head: int) -> int:
+        """Swap ``r`` out (returns blocks to copy) or drop its cache for recompute (returns 0).
+        Its blocks return to the free list; the caller gives the pool bytes back."""
+        self.preemptions += 1
+        pol = self.policy
+        blocks = r.blocks
+        self.free_blocks += blocks
+        r.blocks = 0
+        if (pol.preempt == "swap" and self.swap_tier is not None
+                and (self.swap_used + blocks) * self.block_bytes <= pol.swap_bytes):
+            r.swapped = blocks
+            self.swap_used += blocks
+            swapped.append(r)
+            return blocks
+        r.computed = 0  # prompt and generated tokens are prefilled again
+        waiting.insert(head, r)
+        return 0
+
+    def _iteration(self, new: int, ctx: int, kv_read: int, redo: int, decode: bool,
+                   swap_out: int, swap_in: int):
+        """One forward pass over the batch: swaps first, then compute overlapped with streaming."""
+        env, copier, fast = self.env, self.clock.copier, self.fast
+        t0 = env.now
+        if swap_out or swap_in:
+            evs = []
+            if swap_out:
+                evs.append(copier.copy(fast, self.swap_tier, swap_out * self.block_bytes,
+                                       "kv swap", "swap out"))
+            if swap_in:
+                evs.append(copier.copy(self.swap_tier, fast, swap_in * self.block_bytes,
+                                       "kv swap in", "swap in", alloc=0))
+            yield env.all_of(evs)
+            if swap_in:
+                self.clock.pools[self.swap_tier].free("kv swap", swap_in * self.block_bytes)
+        t_swap = env.now
+        compute = self._compute_time(new, ctx, kv_read, decode)
+        streams = [copier.copy(tier, fast, nbytes, "weights (streamed)", "iteration", alloc=0)
+                   for tier, nbytes in self.streamed_w.items()]
+        kv_bytes = kv_read * self.tc.kv_bytes_per_token
+        streams += [copier.copy(tier, fast, int(kv_bytes * frac), "kv (streamed)", "iteration",
+                                alloc=0)
+                    for tier, frac in self.kv_frac.items() if tier != fast and frac > 0]
+        done = env.timeout(compute)
+        yield env.all_of([done, *streams]) if streams else done
+        share = redo / new if new else 0.0
+        self.acct["compute"] += compute * (1 - share)
+        self.acct["recompute"] += compute * share
+        self.acct["exposed_transfer"] += (t_swap - t0) + max(0.0, env.now - t_swap - compute)
+
+    def _compute_time(self, new: int, ctx: int, kv_read: int, decode: bool) -> float:
+        """Roofline of one iteration: dense part, attention part, a launch per layer and part."""
+        tc, unit = self.tc, self.unit
+        phase = "decode" if decode else "prefill"
+        dense = unit.op_time(new * tc.flops_per_token,
+                             tc.weight_bytes + new * tc.activation_bytes_per_token,
+                             self.dtype, "matmul", phase)
+        attn = unit.op_time(ctx * tc.attn_flops_per_token_ctx,
+                            (kv_read + new) * tc.kv_bytes_per_token, self.dtype, "attention", phase)
+        return dense + attn + unit.launch_overhead * max(0, 2 * self.layers - 2)
+
+    # -- result ---------------------------------------------------------------------------------
+
+    def _result(self, wall_s: float) -> Result:
+        clock = self.clock
+        makespan = self.env.now
+        n = len(self.trace.requests)
+        gen = self.generated_total
+        meta = self.trace.meta
+        flops = float(meta.get("flops_per_step") or 0.0)
+        peak = peak_flops(self.unit, self.dtype)
+        stats = ServingStats(
+            requests=n, completed=self.completed,
+            ttft_s=_quantiles([(v, 1) for v in self.ttft]), tbt_s=_quantiles(self.tbt),
+            throughput_tokens_per_s=gen / makespan if makespan > 0 else 0.0,
+            kv_utilization=(self.kv_area / (self.total_blocks * makespan)
+                            if makespan > 0 and self.total_blocks else 0.0),
+            kv_fragmentation=(1 - self.kv_tokens_area / self.kv_slots_area
+                              if self.kv_slots_area > 0 else 0.0),
+            preemptions=self.preemptions)
+        return Result(
+            feasible=clock.oom is None and self.dropped == 0,
+            step_time_s=makespan,
+            tokens_per_s=stats.throughput_tokens_per_s,
+            tokens_per_step=gen,
+            mfu=flops / (makespan * peak) if makespan > 0 and peak > 0 else 0.0,
+            breakdown={k: self.acct[k] for k in sorted(self.acct)},
+            oom=clock.oom, serving=stats, events=clock.events, wall_s=wall_s,
+            notes=sorted(set(self.notes + clock.notes)),
+            timeline=clock.recorder.finish() if clock.recorder is not None else None,
+            **common_fields(clock, self.sys, makespan),
+        )
+
+
+def _quantiles(samples: list[tuple[float, int]]) -> dict[str, float]:
+    """p50/p90/p99 (nearest rank) and mean of weighted samples ``(value, count)``."""
+    if not samples:
+        return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "mean": 0.0}
+    ordered = sorted(samples)
+    total = sum(c for _, c in ordered)
+    out = {}
+    for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99)):
+        rank = max(1, math.ceil(q * total))
+        seen = 0
+        for v, c in ordered:
+            seen += c
+            if seen >= rank:
+                out[name] = v
+                break
+    out["mean"] = math.fsum(v * c for v, c in ordered) / total
+    return out
+
+
+def simulate_serving(system: System, trace: Trace, plan: Plan, *, timeline: bool = False) -> Result:
+    if trace.requests is None or len(trace.requests) == 0:
+        raise ValueError(f"serving trace {trace.name!r} has no requests")
+    return ServingEngine(system, trace, plan, timeline).run()
