@@ -230,6 +230,61 @@ def calibrate_cmd(
     out.print(f"wrote {path}")
 
 
+@app.command("validate")
+@handle_errors
+def validate_cmd(
+    hardware: Annotated[str, typer.Option(help="System YAML (from `memsim calibrate`) or catalog name")],
+    workload: Annotated[str | None, typer.Option(help="one workload (YAML path or catalog name)")] = None,
+    plan: Annotated[str | None, typer.Option(help="plan file for --workload (default: all resident)")] = None,
+    suite: Annotated[str | None, typer.Option(help="suite YAML, e.g. validation/cpu-disk.yaml")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    repeats: Annotated[int | None, typer.Option(min=1, help="timed steps per case (median)")] = None,
+    plot: Annotated[str | None, typer.Option(help="write predicted-vs-measured PNG here")] = None,
+    record: Annotated[str | None, typer.Option(help="also write the JSON report to this file")] = None,
+    scratch: Annotated[str | None, typer.Option(help="folder for the disk tier's files")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay plans on this machine with torch and compare with the simulator's predictions."""
+    from memsim.validation.compare import validate
+    from memsim.validation.suite import load_suite
+
+    if (workload is None) == (suite is None):
+        raise SpecError("give either --workload (with an optional --plan) or --suite", key="--suite")
+    if plan is not None and workload is None:
+        raise SpecError("--plan goes with --workload (a suite names its own plans)", key="--plan")
+    loaded = load_suite(suite) if suite else None
+    total = sum(1 for _ in loaded.cases) * (repeats or loaded.repeats) if loaded else (repeats or 3)
+    bar, task = _progress(total, "replaying", as_json)
+    with bar:
+        report = validate(hardware, workload=workload, plan=plan, suite=loaded, device=device,
+                          repeats=repeats, scratch=scratch, plot=plot,
+                          progress=lambda name: bar.update(task, advance=1, description=name))
+    doc = report.to_dict()
+    if record:
+        from pathlib import Path
+
+        try:
+            Path(record).write_text(json.dumps(doc, indent=2, sort_keys=True, default=_jsonable) + "\n")
+        except OSError as exc:
+            raise SpecError(f"cannot write: {exc.strerror}", file=record, key="--record") from None
+    if as_json:
+        emit_json(doc)
+        return
+    table = Table("case", "simulated", "measured", "error", *(f"peak {t} err" for t in
+                  (report.cases[0].peak_bytes if report.cases else {})),
+                  title=f"{report.suite or 'validate'} on {report.system} ({report.device})")
+    for c in report.cases:
+        table.add_row(c.name, units.fmt_time(c.predicted_s), units.fmt_time(c.measured_s),
+                      f"{c.error:+.1%}", *(f"{p['error']:+.1%}" for p in c.peak_bytes.values()))
+    out.print(table)
+    out.print(f"step time |error|: median {report.median_abs_error:.1%}, worst {report.max_abs_error:.1%}; "
+              f"peak bytes worst {report.max_peak_error:.1%} (simulated vs measured)")
+    for note in report.notes:
+        out.print(f"note: {note}")
+    if report.plot:
+        out.print(f"plot: {report.plot}")
+
+
 # -- studies --------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,161 @@
+"""``memsim validate``: the simulator's prediction beside what the machine measured, case by case.
+
+For each case the same System (the calibrated one), Trace and Plan go to ``memsim.sim.simulate``
+(predicted) and to ``replay`` (measured). Error is signed, relative to the measurement:
+``(predicted − measured) / measured`` — positive when the simulator is pessimistic. The report
+gives the median and worst absolute error of step time, the same for peak bytes per tier, and a
+plot of predicted against measured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from memsim.errors import SpecError
+from memsim.hardware.spec import System
+from memsim.planners.plan import Plan
+from memsim.validation.suite import Suite, SuiteCase, load_suite
+
+
+@dataclass
+class CaseResult:
+    name: str
+    predicted_s: float
+    measured_s: float
+    error: float  # (predicted - measured) / measured
+    feasible: bool
+    steps_s: list[float]
+    peak_bytes: dict[str, dict[str, float]]  # tier → {predicted, measured, error}
+    predicted_breakdown: dict[str, float]
+    measured_breakdown: dict[str, float]  # compute, recompute, wait (exposed transfer)
+    copy_bytes: dict[str, int]
+    disk_mode: str | None = None  # how the page cache was bypassed (O_DIRECT or fadvise)
+
+
+@dataclass
+class Report:
+    system: str
+    device: str
+    suite: str | None
+    cases: list[CaseResult]
+    measured_at: str
+    calibration: dict | None = None
+    disk_mode: str | None = None
+    plot: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def median_abs_error(self) -> float:
+        return statistics.median(abs(c.error) for c in self.cases) if self.cases else 0.0
+
+    @property
+    def max_abs_error(self) -> float:
+        return max((abs(c.error) for c in self.cases), default=0.0)
+
+    @property
+    def max_peak_error(self) -> float:
+        return max((abs(p["error"]) for c in self.cases for p in c.peak_bytes.values()), default=0.0)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(median_abs_error=self.median_abs_error, max_abs_error=self.max_abs_error,
+                   max_peak_error=self.max_peak_error,
+                   peak_bytes={c.name: c.peak_bytes for c in self.cases})
+        return out
+
+
+def validate(system: System | str, *, workload: str | None = None, plan: Plan | str | None = None,
+             suite: Suite | str | None = None, device: str = "cpu", repeats: int | None = None,
+             scratch: str | Path | None = None, plot: str | Path | None = None,
+             progress: Callable[[str], None] | None = None) -> Report:
+    """Run one workload (with a plan, or all-resident) or a whole suite; predict and measure each."""
+    from memsim.hardware import load_system
+
+    system = load_system(system)
+    if (workload is None) == (suite is None):
+        raise SpecError("give either a workload (with an optional plan) or a suite", key="--suite")
+    if suite is not None:
+        suite = suite if isinstance(suite, Suite) else load_suite(suite)
+        cases, reps, name = suite.cases, repeats or suite.repeats, suite.name
+    else:
+        plan_obj, plan_file = _plan(plan)
+        cases, reps, name = [SuiteCase(Path(str(workload)).stem, str(workload), plan_obj, plan_file)], \
+            repeats or 3, None
+    results = [run_case(system, case, device, reps, scratch, progress) for case in cases]
+    report = Report(system.name, device, name, results,
+                    dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), system.calibration,
+                    disk_mode=next((r.disk_mode for r in results if r.disk_mode), None))
+    if system.calibration is None:
+        report.notes.append("the System was not measured by `memsim calibrate`: expect large errors")
+    if plot is not None:
+        report.plot = str(plot_report(report, plot))
+    return report
+
+
+def _plan(plan: Plan | str | None) -> tuple[Plan, str]:
+    if plan is None:
+        return Plan(), "all-resident (no plan)"
+    if isinstance(plan, Plan):
+        return plan, "plan"
+    return Plan.load(plan), str(plan)
+
+
+def run_case(system: System, case: SuiteCase, device: str, repeats: int,
+             scratch: str | Path | None, progress: Callable[[str], None] | None) -> CaseResult:
+    from memsim.sim import simulate
+    from memsim.validation.replay import check_plan, replay
+    from memsim.workloads import build_trace, load_workload
+
+    trace = build_trace(load_workload(case.workload))
+    check_plan(trace, case.plan, system, case.plan_file)
+    predicted = simulate(system, trace, case.plan)
+    step = (lambda: progress(case.name)) if progress else None
+    measured = replay(system, trace, case.plan, device, repeats, scratch, case.plan_file, step)
+    peaks = {}
+    for tier in sorted(set(predicted.peak_bytes) | set(measured.peak_bytes)):
+        p, m = predicted.peak_bytes.get(tier, 0), measured.peak_bytes.get(tier, 0)
+        peaks[tier] = {"predicted": p, "measured": m, "error": (p - m) / m if m else float(p != 0)}
+    return CaseResult(
+        name=case.name, predicted_s=predicted.step_time_s, measured_s=measured.step_s,
+        error=(predicted.step_time_s - measured.step_s) / measured.step_s,
+        feasible=predicted.feasible, steps_s=measured.steps_s, peak_bytes=peaks,
+        predicted_breakdown=predicted.breakdown,
+        measured_breakdown={"compute": measured.compute_s - measured.recompute_s,
+                            "recompute": measured.recompute_s, "exposed_transfer": measured.wait_s},
+        copy_bytes=measured.copy_bytes, disk_mode=measured.disk_mode if measured.copy_bytes else None)
+
+
+def plot_report(report: Report, path: str | Path) -> Path:
+    """Predicted vs measured step time, one point per case, with the y = x line and ±10%."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=120)
+    meas = [c.measured_s for c in report.cases]
+    pred = [c.predicted_s for c in report.cases]
+    hi = max([*meas, *pred, 1e-3]) * 1.15
+    ax.plot([0, hi], [0, hi], color="black", lw=1, label="predicted = measured")
+    ax.fill_between([0, hi], [0, 0.9 * hi], [0, 1.1 * hi], color="tab:green", alpha=0.15, label="±10%")
+    ax.scatter(meas, pred, color="tab:blue", zorder=3)
+    for c in report.cases:
+        ax.annotate(c.name, (c.measured_s, c.predicted_s), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set(xlim=(0, hi), ylim=(0, hi), xlabel="measured step time (s)", ylabel="simulated step time (s)",
+           title=f"{report.suite or 'validate'} on {report.system}: median |error| "
+                 f"{report.median_abs_error:.1%}")
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except OSError as exc:
+        raise SpecError(f"cannot write: {exc.strerror}", file=str(path), key="--plot") from None
+    finally:
+        plt.close(fig)
+    return path
