@@ -165,3 +165,12 @@ def test_show_renders_ports_curves_and_asymmetric_links():
     assert "5.18GB/s → / 13.8GB/s ←" in t4          # FlexGen's 4.82 / 12.89 GiB/s, shown in GB/s
     laptop = runner.invoke(app, ["hardware", "show", "laptop-flash"]).stdout
     assert "read size → throughput" in laptop and "shared ports" not in laptop
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_links_behind_a_port_list_the_host_end_first(name):
+    # the simulator tells a port's two directions apart by the order of each link's ends
+    system = load_system(name)
+    for link in system.links:
+        if link.port:
+            assert system.tiers[link.ends[0]].kind in ("hbm", "dram"), link.name
