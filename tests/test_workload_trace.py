@@ -140,3 +140,71 @@ def test_trace_json_round_trip(tmp_path):
     again = Trace.load(path)
     assert again.to_dict() == trace.to_dict()
     assert again.flops == trace.flops and again.num_ops == trace.num_ops
+
+
+@pytest.mark.parametrize("precision,optimizer,per_param", [
+    ("fp32", "adamw", (4, 4, 8)), ("bf16", "sgd", (2, 2, 8)), ("fp32", "sgd", (4, 4, 4)),
+    ("bf16", "adam8bit", (2, 2, 6)),
+])
+def test_precision_and_optimizer_bytes(precision, optimizer, per_param):
+    meta = _trace("zero-table1", "training.data_parallel=1", f"training.precision={precision}",
+                  f"training.optimizer={optimizer}").meta
+    psi = 7_500_000_000
+    pdb = meta["per_device_bytes"]
+    assert pdb["weights"] == per_param[0] * psi and pdb["gradients"] == per_param[1] * psi
+    stats = pdb["optimizer"] - per_param[2] * psi
+    if optimizer == "adam8bit":  # block-wise absmax: 2 states × 4 B per 2048 values, per tensor
+        assert 0 < stats < psi * 8 / 2048 * 1.01
+    else:
+        assert stats == 0
+
+
+def test_moe_counts_active_expert_flops_and_all_expert_bytes():
+    trace = _trace("mixtral-8x7b-infer")
+    arch = load_model("mixtral-8x7b")
+    prefill = next(b for b in trace.blocks if b.name == "prefill")
+    up = next(op for op in prefill.ops if op.name == "L{layer}.mlp_up")
+    tokens = 16 * 2048
+    assert up.flops == 2 * tokens * 2 * arch.hidden * 2 * arch.intermediate  # k=2 experts per token
+    assert up.shape == (tokens * 2, arch.hidden, 2 * arch.intermediate)
+    assert up.bytes_read >= 8 * arch.hidden * 2 * arch.intermediate * 2  # every expert's gate+up
+    assert trace.tensors["L{layer}.weight"].bytes == arch.layer_params * 2
+
+
+def test_grad_accum_repeats_microbatches_and_keeps_zero3_buffers_short():
+    one = _trace("zero-table1", "training.zero_stage=3")
+    three = _trace("zero-table1", "training.zero_stage=3", "training.grad_accum=3")
+    assert [b.name for b in three.blocks].count("forward") == 3
+    assert three.meta["tokens_per_step"] == 3 * one.meta["tokens_per_step"]
+    assert three.meta["flops_per_step"] == pytest.approx(3 * one.meta["flops_per_step"])
+    assert three.meta["per_device_bytes"] == one.meta["per_device_bytes"]
+    lifetimes = three.lifetimes()
+    for name in ("L5.gathered", "L5.gathered.mb1", "L5.gathered_bwd.mb2"):
+        start, end = lifetimes[name]
+        assert end - start < 20
+    reduce_ops = [op for b in three.blocks for op in b.ops if op.name.endswith("allreduce")]
+    assert not reduce_ops  # stage 3 reduce-scatters instead
+
+
+def test_stage0_allreduce_only_on_the_last_microbatch():
+    trace = _trace("zero-table1", "training.grad_accum=2")
+    backward = [b for b in trace.blocks if b.name == "backward"]
+    assert [any(op.name == "L{layer}.allreduce" for op in b.ops) for b in backward] == [False, True]
+    allreduce = next(op for op in backward[1].ops if op.name == "L{layer}.allreduce")
+    layer_grad = trace.tensors["L{layer}.grad"].bytes
+    assert allreduce.bytes_read == int(2 * 2 * 63 / 64 * layer_grad)
+
+
+def test_chunked_prefill_sizes_activations_by_the_chunk():
+    whole = _trace("llama3-8b-1m", "inference.prefill_chunk=null").meta
+    chunked = _trace("llama3-8b-1m").meta
+    assert chunked["per_device_bytes"]["kv_cache"] == whole["per_device_bytes"]["kv_cache"]
+    ratio = whole["per_device_bytes"]["activations"] / chunked["per_device_bytes"]["activations"]
+    assert ratio > 300
+    assert chunked["prefill_chunks"] == 341
+
+
+def test_training_and_inference_traces_are_deterministic():
+    for name in ("llama2-70b-lora", "opt-175b-flexgen"):
+        a, b = _trace(name).to_dict(), _trace(name).to_dict()
+        assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

@@ -7,7 +7,8 @@ the reused activation buffers ``hidden`` (the residual stream), ``act`` (the lar
 layer's intermediates alive at once) and ``logits`` (fp32, last position only, as vLLM and
 FlexGen compute them), all sized for the prefill, which decode reuses.
 
-Blocks: ``embed``, ``prefill`` (templated), ``head`` (the first generated token), ``decode``
+Blocks: ``embed``, ``prefill`` (templated; with ``prefill_chunk`` both run once per chunk, at
+the mean context of the chunks, chunk·(chunks+1)/2), ``head`` (the first generated token), ``decode``
 (templated, ``iterations = gen_len - 1``) and ``decode_head`` (embedding and LM head of those
 same iterations; the simulator sums per-iteration time, so running them after the layers changes
 no total). Decode costs are those of a step at the **mean** context length of the decode steps,
@@ -18,6 +19,7 @@ Attention is fused (FlashAttention / FlashDecoding): no score matrix goes throug
 
 from __future__ import annotations
 
+from memsim.errors import SpecError
 from memsim.workloads import accounting as acc
 from memsim.workloads.builder import L, TraceBuilder, op
 from memsim.workloads.kernels import Kernel, head_kernels, layer_kernels
@@ -108,14 +110,20 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
     declare_model(tb, arch, dt, e)
     per_layer_kv = acc.kv_bytes(arch, b * (p + g), inf.kv_bits, layers=1)
     tb.tensor(L + "kv", per_layer_kv, "kv", KV_DTYPE[inf.kv_bits])
-    tb.tensor("hidden", b * p * arch.hidden * e, "activation", dt)
-    tb.tensor("act", act_bytes(arch, b * p, e), "activation", dt)
+    chunk = inf.prefill_chunk or p
+    if p % chunk:
+        raise SpecError(f"prefill_chunk {chunk} does not divide prompt_len {p}", file=w._source,
+                        key="inference.prefill_chunk")
+    chunks = p // chunk
+    tb.tensor("hidden", b * chunk * arch.hidden * e, "activation", dt)
+    tb.tensor("act", act_bytes(arch, b * chunk, e), "activation", dt)
     tb.tensor("logits", b * arch.vocab * 4, "activation", "fp32")
 
-    prefill = layer_kernels(arch, b, p, p, e, e, kv_e=kv_e)
-    tb.block("embed", [embed_op(arch, b * p, e, "prefill", dt)])
-    kv_prompt = int(b * p * 2 * arch.kv_dim * kv_e)
-    tb.block("prefill", layer_ops(prefill, "prefill", kv_prompt, dt), templated=True)
+    # chunk i (0-based) attends over (i+1)·chunk tokens: the mean is chunk·(chunks+1)/2
+    prefill = layer_kernels(arch, b, chunk, chunk * (chunks + 1) / 2, e, e, kv_e=kv_e)
+    kv_chunk = int(b * chunk * 2 * arch.kv_dim * kv_e)
+    tb.block("embed", [embed_op(arch, b * chunk, e, "prefill", dt)], iterations=chunks)
+    tb.block("prefill", layer_ops(prefill, "prefill", kv_chunk, dt), templated=True, iterations=chunks)
     tb.block("head", head_ops(arch, b, e, "prefill", dt))
     steps = g - 1
     mean_ctx = p + 1 + g / 2
@@ -130,7 +138,8 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
         "kind": "inference", "model": arch.name, "params": arch.params, "active_params": arch.active_params,
         "layers": arch.layers, "dtype": dt, "tokens_per_step": b * g, "flops_per_step": trace.flops,
         "per_device_bytes": tb.per_device_bytes(), "data_parallel": 1, "batch_size": b, "prompt_len": p,
-        "gen_len": g, "kv_bits": inf.kv_bits, "decode_mean_context": mean_ctx,
+        "gen_len": g, "kv_bits": inf.kv_bits, "decode_mean_context": mean_ctx, "prefill_chunk": chunk,
+        "prefill_chunks": chunks,
         "token_costs": asdict(token_costs(arch, e, inf.kv_bits)),
     })
     return trace

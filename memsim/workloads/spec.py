@@ -62,6 +62,9 @@ class Inference(Spec):
     kv_bits: Literal[16, 8, 4, 2] = Field(16, description=(
         "bits per KV-cache element (KIVI-style quantisation)"))
     dtype: Precision = Field("fp16", description="weights and activations dtype")
+    prefill_chunk: int | None = Field(None, ge=1, description=(
+        "prefill the prompt in chunks of this many tokens (must divide prompt_len); activations "
+        "are sized by the chunk"))
 
 
 class Arrival(Spec):
