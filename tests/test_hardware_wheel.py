@@ -19,6 +19,7 @@ from memsim.specio import catalog_names
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("setuptools")
+pytestmark = pytest.mark.slow   # ~10 s together: one build and one install
 
 
 @pytest.fixture(scope="module")
