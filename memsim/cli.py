@@ -578,8 +578,8 @@ def _render_simulation(doc: dict) -> None:
     figures.add_row("tokens/s", f"{doc['tokens_per_s']:.4g}")
     figures.add_row("MFU", f"{doc['mfu']:.1%}")
     for key, secs in doc["breakdown"].items():
-        if secs > 0:
-            share = secs / doc["step_time_s"] if doc["step_time_s"] else 0.0
+        share = secs / doc["step_time_s"] if doc["step_time_s"] else 0.0
+        if share > 1e-6:
             figures.add_row(f"  {key.replace('_', ' ')}", f"{units.fmt_time(secs)} ({share:.0%})")
     serving = doc.get("serving")
     if serving:

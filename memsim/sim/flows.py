@@ -7,8 +7,8 @@ change whenever another transfer starts or ends.
   sharing: each active flow gets ``port_bw / n``). Direction is whether the copy leaves the link
   from ``ends[0]`` or ``ends[1]``, so links on a port should list their ends in the same order.
 * Tiers share their read (and write) bandwidth among the flows reading (writing) them; a tier with
-  a ``concurrency_curve`` (CXL) gives every flow touching it ``curve(n) / n``; SSD/flash reads run at
-  ``read_size_curve(request size)``.
+  a ``concurrency_curve`` (CXL) also caps every flow touching it (reading, writing or bouncing)
+  at ``curve(n) / n``; SSD/flash reads run at ``read_size_curve(request size)``.
 * An op flow (compute with ``copy_slowdown`` > 0) runs at ``1 / (1 + slowdown)`` while any copy
   touches its unit's memory tier, at full speed otherwise.
 
@@ -124,18 +124,16 @@ class FlowManager:
             r = min(r, self.port_bw[p.split("|", 1)[0]] / c[p])
         if f.rd is not None:
             t = self.tiers[f.rd]
+            r = min(r, t.read_bandwidth(f.req) / c["rd:" + f.rd])
             if t.concurrency_curve is not None:
                 n = self.touching[f.rd]
-                r = min(r, t.read_bandwidth(f.req, n) / n)
-            else:
-                r = min(r, t.read_bandwidth(f.req) / c["rd:" + f.rd])
+                r = min(r, t.concurrency_curve.at(n) / n)
         if f.wr is not None:
             t = self.tiers[f.wr]
+            r = min(r, t.write_bw / c["wr:" + f.wr])
             if t.concurrency_curve is not None:
                 n = self.touching[f.wr]
-                r = min(r, t.write_bandwidth(n) / n)
-            else:
-                r = min(r, t.write_bw / c["wr:" + f.wr])
+                r = min(r, t.concurrency_curve.at(n) / n)
         return r
 
     def _reschedule(self) -> None:

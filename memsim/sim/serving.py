@@ -383,7 +383,8 @@ class ServingEngine:
         share = redo / new if new else 0.0
         self.acct["compute"] += compute * (1 - share)
         self.acct["recompute"] += compute * share
-        self.acct["exposed_transfer"] += (t_swap - t0) + max(0.0, env.now - t_swap - compute)
+        extra = env.now - t_swap - compute  # streaming that compute did not hide
+        self.acct["exposed_transfer"] += (t_swap - t0) + (extra if extra > 1e-9 * compute else 0.0)
 
     def _compute_time(self, new: int, ctx: int, kv_read: int, decode: bool) -> float:
         """Roofline of one iteration: dense part, attention part, a launch per layer and part."""
