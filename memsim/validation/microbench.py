@@ -151,6 +151,8 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str
     b = torch.ones(m, m, dtype=torch_dtype(dtype), device=backend.device)
     fn = lambda: torch.matmul(a, b)  # noqa: E731
     alone = backend.median_time(fn, repeats)
+    if backend.is_cuda:
+        return (alone, *_gemm_under_pinned_copy(backend, fn, repeats))
     volume = min(os.path.getsize(path), 256 << 20)
     read_alone = disk_read(path, mode, REQUEST, volume, max(1, repeats // 2))
     stop, moved, elapsed = threading.Event(), [0], [0.0]
@@ -173,6 +175,28 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str
         stop.set()
         thread.join()
     return alone, loaded, read_alone, moved[0] / max(elapsed[0], 1e-9)
+
+
+def _gemm_under_pinned_copy(backend: Backend, fn, repeats: int) -> tuple[float, float, float]:
+    """CUDA: (GEMM s while host→device copies stream on a side stream, copy B/s alone, copy B/s
+    under the GEMM): the copy engines share HBM bandwidth with the SMs."""
+    torch = backend.torch
+    nbytes = 64 << 20
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    side = torch.cuda.Stream()
+    copy_alone = nbytes / backend.median_time(lambda: dev.copy_(host, non_blocking=True), repeats)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    with torch.cuda.stream(side):
+        start.record(side)
+        for _ in range(4 * repeats):
+            dev.copy_(host, non_blocking=True)
+        end.record(side)
+    loaded = backend.median_time(fn, repeats, warmup=0)
+    end.synchronize()
+    copy_loaded = 4 * repeats * nbytes / (start.elapsed_time(end) / 1e3)
+    return loaded, copy_alone, copy_loaded
 
 
 def pinned_copy(backend: Backend, nbytes: int, repeats: int) -> tuple[float, float]:

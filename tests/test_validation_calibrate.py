@@ -1,0 +1,91 @@
+"""calibrate --quick gives a System that loads, with positive finite figures; disk I/O helpers
+bypass the cache and clean up after themselves, even on SIGTERM."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from memsim.cli import app
+from memsim.errors import SpecError
+from memsim.hardware import load_system
+from memsim.validation.backend import make_backend
+from memsim.validation.diskio import DirectFile, Scratch, aligned_buffer, probe_mode
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "me.yaml"
+    result = CliRunner().invoke(app, ["calibrate", "--quick", "-o", str(out), "--scratch",
+                                      str(out.parent), "--json"])
+    assert result.exit_code == 0, result.output
+    return out, yaml.safe_load(result.stdout)
+
+
+def test_quick_calibration_loads_as_a_system(machine):
+    path, doc = machine
+    assert doc["path"] == str(path)
+    system = load_system(path)
+    cpu = system.cpu
+    figures = [*cpu.peak_flops.values(), *cpu.achieved_flops.values(), cpu.mem_bw, cpu.launch_overhead,
+               system.tiers["disk"].read_bw, system.tiers["disk"].write_bw, system.tiers["disk"].latency]
+    assert all(v > 0 and math.isfinite(v) for v in figures)
+    assert 0 < cpu.matmul_efficiency <= 1 and 0 <= cpu.copy_slowdown <= 1
+    assert set(cpu.achieved_flops) == {"matmul", "attention"}
+    with open("/proc/meminfo") as f:
+        total = int(next(line for line in f if line.startswith("MemTotal")).split()[1]) * 1024
+    assert system.tiers["dram"].capacity == total
+    cal = system.calibration
+    assert cal["quick"] and cal["disk_mode"] in ("O_DIRECT", "fadvise")
+    assert cal["torch"] and cal["cpu_model"] and cal["compute_threads"] >= 1
+    assert sorted(p[0] for p in system.tiers["disk"].read_size_curve.points) == \
+        [4096, 65536, 262144, 1 << 20, 8 << 20]
+    assert not any(path.parent.glob("memsim-*")), "scratch directory must be removed"
+
+
+def test_unwritable_output_is_bad_input(tmp_path):
+    result = CliRunner().invoke(app, ["calibrate", "--quick", "-o", str(tmp_path / "no" / "x.yaml")])
+    assert result.exit_code == 2 and "-o" in result.output
+    result = CliRunner().invoke(app, ["calibrate", "--quick", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "directory" in result.output
+
+
+def test_cuda_without_a_gpu_is_bad_input(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SpecError, match="no CUDA GPU"):
+        make_backend("cuda")
+    result = CliRunner().invoke(app, ["calibrate", "--device", "cuda", "-o", str(tmp_path / "x.yaml")])
+    assert result.exit_code == 2 and "cuda" in result.output
+
+
+def test_direct_io_round_trip(tmp_path):
+    mode = probe_mode(tmp_path)
+    data = aligned_buffer(3 * 4096)
+    data.write(bytes(range(256)) * 48)
+    back = aligned_buffer(3 * 4096)
+    with DirectFile(tmp_path / "f.bin", mode) as f:
+        f.write_from(data, 0, 3 * 4096, request=4096)
+        f.read_into(back, 0, 3 * 4096, request=8192)
+    assert bytes(back) == bytes(data)
+
+
+def test_scratch_is_removed_on_error_and_on_sigterm(tmp_path):
+    with pytest.raises(RuntimeError), Scratch(tmp_path) as folder:
+        (folder / "x").write_bytes(b"1")
+        raise RuntimeError
+    assert not folder.exists()
+    with pytest.raises(KeyboardInterrupt), Scratch(tmp_path) as folder:
+        (folder / "y").write_bytes(b"1")
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert not folder.exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))

@@ -1,0 +1,138 @@
+"""Replay and compare on a micro model: the numbers are sane and the accounting is exact.
+
+Never a timing-accuracy assertion (shared machines are noisy): times are only checked to be
+positive and finite; bytes moved and peak bytes are deterministic and are checked exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from memsim.cli import app
+from memsim.errors import SpecError
+from memsim.hardware import load_system
+from memsim.planners.plan import Plan
+from memsim.validation.calibrate import calibrate, write_system
+from memsim.validation.compare import validate
+from memsim.validation.replay import replay
+from memsim.validation.suite import load_suite
+from memsim.workloads import build_trace, load_workload
+
+MICRO = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128,
+         "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 4,
+         "num_hidden_layers": 2, "vocab_size": 256, "max_position_embeddings": 256,
+         "hidden_act": "silu", "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("micro")
+    (root / "micro.json").write_text(json.dumps(MICRO))
+    (root / "micro-train.yaml").write_text(yaml.safe_dump({
+        "name": "micro-train", "model": "micro.json",
+        "training": {"micro_batch": 1, "seq_len": 32, "precision": "fp32", "optimizer": "adamw"}}))
+    system = calibrate("cpu", quick=True, scratch=root)
+    write_system(system, root / "machine.yaml")
+    return {"root": root, "workload": root / "micro-train.yaml", "system": root / "machine.yaml"}
+
+
+@pytest.fixture(scope="module")
+def trace(files):
+    return build_trace(load_workload(files["workload"]))
+
+
+PLANS = {
+    "resident": Plan(),
+    "weights-disk-recompute": Plan(placement={"weight": {"disk": 1.0}}, activations="recompute"),
+    "activations-offload": Plan(activations="offload", activation_tier="disk"),
+    "optimizer-half-disk": Plan(placement={"optimizer": {"dram": 0.5, "disk": 0.5}}),
+}
+
+
+@pytest.mark.parametrize("plan_name", sorted(PLANS))
+def test_replay_numbers_are_sane_and_bytes_match_the_simulator(files, trace, plan_name):
+    from memsim.sim import simulate
+
+    system = load_system(files["system"])
+    plan = PLANS[plan_name]
+    m = replay(system, trace, plan, repeats=1, scratch=files["root"])
+    assert m.step_s > 0 and math.isfinite(m.step_s)
+    assert m.compute_s > 0 and all(t >= 0 and math.isfinite(t) for _, t in m.ops)
+    assert len(m.ops) >= trace.num_ops  # recompute adds ops, never drops any
+    predicted = simulate(system, trace, plan)
+    for tier, peak in predicted.peak_bytes.items():  # same program, same accounting
+        assert m.peak_bytes[tier] == pytest.approx(peak, rel=0.05), tier
+    off_disk = [n for n, t in m.copy_bytes.items() if n.startswith("disk->")]
+    if plan_name == "resident":
+        assert m.copy_bytes == {}
+    else:
+        assert off_disk and m.copy_bytes[off_disk[0]] > 0
+    assert not any(files["root"].glob("memsim-*")), "scratch files must be removed"
+
+
+def test_weights_on_disk_are_read_for_forward_and_backward(files, trace):
+    system = load_system(files["system"])
+    layer_weights = sum(t.bytes for n, t in trace.tensors.items() if n.startswith("L{layer}") and
+                        t.cls == "weight") * trace.meta["layers"]
+    other = sum(t.bytes for n, t in trace.tensors.items() if "{layer}" not in n and t.cls == "weight")
+    m = replay(system, trace, Plan(placement={"weight": {"disk": 1.0}}), repeats=1)
+    # every layer's weights come in for its forward and again for its backward; the optimizer
+    # overwrites weights whole, so it writes them back without reading them
+    assert m.copy_bytes["dram->disk"] == layer_weights + other
+    assert m.copy_bytes["disk->dram"] >= 2 * layer_weights
+
+
+def test_plan_for_another_workload_is_bad_input(files, trace):
+    system = load_system(files["system"])
+    with pytest.raises(SpecError, match="workload"):
+        replay(system, trace, Plan(workload="something-else"), repeats=1)
+    plan = files["root"] / "other.yaml"
+    plan.write_text(yaml.safe_dump({"workload": "llama2-7b-train", "fingerprint": "0123456789abcdef"}))
+    result = CliRunner().invoke(app, ["validate", "--hardware", str(files["system"]), "--workload",
+                                      str(files["workload"]), "--plan", str(plan)])
+    assert result.exit_code == 2
+    assert "workload" in result.output and "Traceback" not in result.output
+
+
+def test_suite_and_validate_json(files, tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "micro", "repeats": 1, "workloads": {"w": str(files["workload"])},
+        "plans": {"resident": {}, "wdisk": {"placement": {"weight": {"disk": 1.0}}}}}))
+    assert [c.name for c in load_suite(suite).cases] == ["w/resident", "w/wdisk"]
+    png = tmp_path / "plot.png"
+    result = CliRunner().invoke(app, ["validate", "--hardware", str(files["system"]), "--suite",
+                                      str(suite), "--plot", str(png), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [c["name"] for c in doc["cases"]] == ["w/resident", "w/wdisk"]
+    for case in doc["cases"]:
+        assert case["predicted_s"] > 0 and case["measured_s"] > 0
+        assert case["error"] == pytest.approx((case["predicted_s"] - case["measured_s"]) / case["measured_s"])
+    assert doc["median_abs_error"] >= 0 and set(doc["peak_bytes"]) == {"w/resident", "w/wdisk"}
+    assert png.stat().st_size > 1000
+
+
+def test_suite_errors_name_the_key(tmp_path, files):
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(yaml.safe_dump({"name": "bad", "workloads": {"w": str(files["workload"])},
+                                     "plans": {"resident": {}}, "cases": ["w/residnt"]}))
+    with pytest.raises(SpecError, match=r"cases\.0.*did you mean 'resident'"):
+        load_suite(suite)
+    suite.write_text(yaml.safe_dump({"name": "bad", "workloads": {"w": str(files["workload"])},
+                                     "plans": {"p": {"placement": {"weight": {"nvme": 1.0}}}}}))
+    with pytest.raises(SpecError, match="nvme"):
+        validate(files["system"], suite=suite, repeats=1)
+
+
+def test_validate_needs_exactly_one_of_workload_and_suite(files):
+    result = CliRunner().invoke(app, ["validate", "--hardware", str(files["system"])])
+    assert result.exit_code == 2 and "--workload" in result.output
