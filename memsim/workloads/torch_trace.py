@@ -488,7 +488,8 @@ def _named_unique(named) -> list[tuple[str, torch.Tensor]]:
 def to_trace(rec: _Recording, module: nn.Module, inputs: Sequence[InputSpec], outputs: Any,
              train: bool, name: str, dtype: torch.dtype, attention: str = "math") -> Trace:
     """Name every storage and op, classify tensors, and assemble the Trace with its meta."""
-    op_names = [f"{op.scope}:{op.aten}#{i}" for i, op in enumerate(rec.ops)]
+    # scope:aten:index — no "#" or "@", which the simulator uses to suffix tensor instances
+    op_names = [f"{op.scope}:{op.aten}:{i}" for i, op in enumerate(rec.ops)]
     _name_storages(rec, module, op_names)
     classes = _classify(rec, {_key(t) for t in _tensors(outputs)})
     tensors = {s.name: Tensor(s.name, s.nbytes, classes[k], dtype_name(s.dtype))
