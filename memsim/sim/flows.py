@@ -205,6 +205,7 @@ class Copier:
         self.recorder = recorder
         self.log: list[tuple[str, str, int, float, float]] = []  # (src, dst, bytes, start, end)
         self._plans: dict[tuple[str, str], tuple] = {}
+        self.started = 0
 
     def _plan(self, src: str, dst: str) -> tuple:
         key = (src, dst)
@@ -229,6 +230,7 @@ class Copier:
         arrived. ``alloc`` bytes (default: the copy's) are allocated on ``dst`` under ``key`` when
         the copy starts, as a real buffer must be (0 when updating bytes already there); the caller
         frees the source when it wants the bytes to *move* rather than be duplicated."""
+        self.started += 1
         done = self.env.event()
         self.env.process(self._run(src, dst, nbytes, key, op, done,
                                    nbytes if alloc is None else alloc, after))
