@@ -39,17 +39,47 @@ def gemm(backend: Backend, m: int, k: int, n: int, dtype: str, repeats: int) -> 
     return Gemm(m, k, n, dtype, backend.median_time(lambda: torch.matmul(a, b, out=out), repeats))
 
 
+def linear_backward(backend: Backend, m: int, k: int, n: int, dtype: str, repeats: int) -> Gemm:
+    """A linear layer's backward, dX = dY·Wᵀ and dW = Xᵀ·dY: two GEMMs (4·m·k·n FLOPs) whose
+    operand layouts run at other rates than the forward's X·W. ``seconds`` is per GEMM."""
+    torch = backend.torch
+    gen = torch.Generator(device="cpu").manual_seed(2)
+    dt = torch_dtype(dtype)
+    x, w = (torch.randn(*s, generator=gen).to(backend.device, dt) for s in ((m, k), (k, n)))
+    dy = torch.randn(m, n, generator=gen).to(backend.device, dt)
+    dx, dw = torch.empty(m, k, dtype=dt, device=backend.device), torch.empty(k, n, dtype=dt,
+                                                                             device=backend.device)
+
+    def run():
+        torch.matmul(dy, w.t(), out=dx)
+        torch.matmul(x.t(), dy, out=dw)
+
+    return Gemm(m, k, n, dtype, backend.median_time(run, repeats) / 2)
+
+
 def attention(backend: Backend, b: int, h: int, q: int, kv: int, d: int, dtype: str,
-              repeats: int) -> float:
-    """Achieved FLOP/s of scaled_dot_product_attention (4·b·h·q·kv·d FLOPs, causal when q == kv)."""
+              repeats: int, backward: bool = False) -> float:
+    """Achieved FLOP/s of scaled_dot_product_attention (causal when q == kv), forward or backward."""
     torch = backend.torch
     gen = torch.Generator(device="cpu").manual_seed(1)
     qt = torch.randn(b, h, q, d, generator=gen).to(backend.device, torch_dtype(dtype))
     kt = torch.randn(b, h, kv, d, generator=gen).to(backend.device, torch_dtype(dtype))
     vt = torch.randn(b, h, kv, d, generator=gen).to(backend.device, torch_dtype(dtype))
     fn = torch.nn.functional.scaled_dot_product_attention
-    seconds = backend.median_time(lambda: fn(qt, kt, vt, is_causal=q == kv), repeats)
-    return 4 * b * h * q * kv * d / seconds
+    causal = q == kv
+    # FLOPs as traces count them (memsim.workloads.kernels): the full q×kv rectangle, causal or
+    # not, so the rate is the one the simulator divides a trace op's FLOPs by
+    flops = 4 * b * h * q * kv * d
+    if not backward:
+        return flops / backend.median_time(lambda: fn(qt, kt, vt, is_causal=causal), repeats)
+    grad = torch.randn(b, h, q, d, generator=gen).to(backend.device, torch_dtype(dtype))
+    qt.requires_grad_(), kt.requires_grad_(), vt.requires_grad_()
+
+    def run():  # the backward kernel recomputes the scores (FlashAttention): 2.5x the forward
+        with torch.enable_grad():
+            torch.autograd.grad(fn(qt, kt, vt, is_causal=causal), (qt, kt, vt), grad)
+
+    return 2.5 * flops / backend.median_time(run, repeats)  # the trace's backward: 2.5x forward
 
 
 def memory_kernels(backend: Backend, nbytes: int, repeats: int) -> dict[str, float]:

@@ -1,0 +1,75 @@
+"""Calibrate this machine, run a validation suite on it, print the accuracy figures.
+
+    python bench/bench_validation.py                       # calibrate + validation/cpu-disk.yaml
+    python bench/bench_validation.py --record              # also write validation/results/<host>-<date>.*
+    python bench/bench_validation.py --hardware m.yaml     # reuse a calibration
+
+Timing on a shared machine is noisy: the load average before and after is printed and recorded
+beside the figures, so a result can be read in its context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suite", default=str(ROOT / "validation" / "cpu-disk.yaml"))
+    ap.add_argument("--hardware", help="a System YAML from `memsim calibrate` (default: calibrate now)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--quick", action="store_true", help="quick calibration")
+    ap.add_argument("--record", action="store_true", help="write the result under validation/results/")
+    args = ap.parse_args()
+
+    from memsim.hardware import load_system
+    from memsim.validation.calibrate import calibrate, write_system
+    from memsim.validation.compare import validate
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M")
+    host = platform.node() or "machine"
+    out = ROOT / "validation" / "results" if args.record else Path("/tmp")
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    if args.hardware:
+        system = load_system(args.hardware)
+    else:
+        system = calibrate(args.device, quick=args.quick, name=f"{host}-{args.device}")
+        write_system(system, out / f"{host}-{args.device}-{stamp}.machine.yaml")
+    t1 = time.perf_counter()
+    report = validate(system, suite=args.suite, device=args.device, repeats=args.repeats,
+                      plot=out / f"{host}-{args.device}-{stamp}.png",
+                      progress=lambda name: print(f"  measured a step of {name}", file=sys.stderr))
+    t2 = time.perf_counter()
+    load_after = os.getloadavg()
+    cpu = system.cpu or system.gpu
+    print(f"calibration ({t1 - t0:.0f} s): matmul {cpu.achieved_flops.get('matmul', 0) / 1e9:.1f} GFLOP/s, "
+          f"mem {cpu.mem_bw / 1e9:.1f} GB/s, disk read {system.tiers['disk'].read_bw / 1e9:.2f} GB/s, "
+          f"write {system.tiers['disk'].write_bw / 1e9:.2f} GB/s, copy_slowdown {cpu.copy_slowdown:.1%}")
+    print(f"{'case':34s} {'simulated':>10s} {'measured':>10s} {'error':>8s}  peak errors")
+    for c in report.cases:
+        peaks = ", ".join(f"{t} {p['error']:+.1%}" for t, p in c.peak_bytes.items())
+        print(f"{c.name:34s} {c.predicted_s:10.3f} {c.measured_s:10.3f} {c.error:+8.1%}  {peaks}")
+    print(f"suite {report.suite} ({t2 - t1:.0f} s): median |error| {report.median_abs_error:.1%}, "
+          f"worst {report.max_abs_error:.1%}, worst peak-bytes error {report.max_peak_error:.1%}")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
+          f"({os.cpu_count()} cores)")
+    doc = {**report.to_dict(), "load_average": {"before": load_before, "after": load_after}}
+    path = out / f"{host}-{args.device}-{stamp}.json"
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
