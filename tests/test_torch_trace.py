@@ -234,3 +234,13 @@ def test_flash_attention_keeps_no_score_matrix():
     assert math.meta["peak_activation_bytes"] - flash.meta["peak_activation_bytes"] >= 2 * scores
     with pytest.raises(SpecError, match="did you mean 'flash'"):
         tt.trace_factory(ref, ["1x8:int64"], attention="flsh")
+
+
+def test_module_trace_simulates():
+    """The simulator accepts a module trace as it is (no plan: everything on the GPU)."""
+    import memsim
+
+    trace = tt.trace_factory(f"{EX}:mlp", ["64x64"], dtype="bf16", train=True)
+    result = memsim.simulate(memsim.load_system("h100-sxm"), Trace.from_dict(trace.to_dict()))
+    assert result.feasible and result.step_time_s > 0
+    assert result.peak_bytes["hbm"] >= trace.meta["per_device_bytes"]["weights"]
