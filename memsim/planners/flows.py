@@ -54,3 +54,10 @@ class Flows:
 
     def reachable(self, src: str, dst: str) -> bool:
         return any(src in c and dst in c for c in self.topo.components())
+
+
+def slowness(flows: Flows, tier: str, fast: str) -> float:
+    """How much slower than 1 GB/s a round trip between ``tier`` and ``fast`` is: the weight of a
+    byte homed there in tie-breaks, so equal-time plans prefer the faster tier."""
+    rates = [r for _, r in flows.resources(tier, fast) + flows.resources(fast, tier)]
+    return 1e9 / min(rates) if rates else 0.0

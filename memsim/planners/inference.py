@@ -17,9 +17,9 @@ import math
 import pulp
 
 from memsim.hardware.spec import System
-from memsim.planners.flows import Flows
+from memsim.planners.flows import Flows, slowness
 from memsim.planners.plan import Plan
-from memsim.planners.profile import Profile, phase_split_times
+from memsim.planners.profile import Profile, phase_split_times, tie_scale
 from memsim.planners.solver import solve, value
 from memsim.planners.space import Space
 from memsim.planners.training import Candidate, _normalise, _safe, slack_tiers
@@ -64,14 +64,17 @@ def solve_inference(
 
     total, layer, L = prof.total, prof.layer, prof.layers
     depth = space.prefetch_depth + 1
-    kv_stream = 0 if cpu_attention else depth * layer["kv"] / num_batches * (1 - frac("kv", g))
+    # KV of the layers in flight for one GPU batch: written by prefill, streamed in by decode
+    kv_stream = depth * layer["kv"] / num_batches * (1 - frac("kv", g))
+    # per-layer scratch splits over GPU batches; shared non-layer scratch (one buffer reused by every
+    # layer) has an instance per GPU batch alive for the whole step, so it does not shrink
+    scratch = (prof.transient + prof.saved + prof.ckpt) / num_batches + prof.other_total
     gpu_use = (
         total["weight"] * frac("weight", g)
         + total["kv"] * frac("kv", g)
         + depth * layer["weight"] * (1 - frac("weight", g))
         + kv_stream
-        + (prof.transient + prof.saved + prof.ckpt) / num_batches
-        + prof.other_transient
+        + scratch
     )
     _cap(prob, space, g, gpu_use, s)
     for t in system.tiers:
@@ -105,8 +108,8 @@ def solve_inference(
     if slack:
         prob += pulp.lpSum(s.values()) / 2.0**30 + 1e-6 * step
     else:
-        tidy = pulp.lpSum(v for c in x for t, v in x[c].items() if t != g)
-        prob += step + 1e-9 * tidy
+        tidy = pulp.lpSum(slowness(fp, t, g) * v for c in x for t, v in x[c].items() if t != g)
+        prob += step + 1e-5 * tie_scale(prof) * tidy
     info = solve(prob, time_limit, space.gap)
     if not info.ok:
         return Candidate(None, math.inf, info)

@@ -31,6 +31,7 @@ class Profile:
     ckpt: int  # per layer: the input checkpoint (`L{layer}.input`) recompute keeps
     transient: int  # per layer: activations/workspace that die inside the layer's forward
     other_transient: int  # largest non-layer activation/workspace (logits, loss)
+    other_total: int = 0  # all non-layer activations/workspace (shared scratch of inference)
     time: dict[str, float] = field(default_factory=dict)  # seconds by key, see `_times`
     decode_iters: int = 0
     tokens_per_step: int = 0
@@ -90,6 +91,8 @@ def build_profile(system: System, trace: Trace) -> Profile:
         if per_layer:
             layer[t.cls] += t.bytes
     saved, ckpt, transient, other = _activation_split(trace)
+    other_total = sum(t.bytes for n, t in trace.tensors.items()
+                      if t.cls in ("activation", "workspace") and LAYER not in n)
     prof = Profile(
         trace.kind,
         layers,
@@ -100,6 +103,7 @@ def build_profile(system: System, trace: Trace) -> Profile:
         ckpt,
         transient,
         other,
+        other_total=other_total,
         tokens_per_step=int(trace.meta.get("tokens_per_step") or 0),
         batch=int(trace.meta.get("batch_size") or trace.meta.get("micro_batch") or 1),
     )
@@ -177,3 +181,13 @@ def phase_split_times(system: System, trace: Trace, split: int, cpu_attention: b
             key = f"{op.phase}_{side}"
             out[key] = out.get(key, 0.0) + sec
     return out
+
+
+def tie_scale(prof: Profile) -> float:
+    """Seconds of all compute in one step: tie-break terms are weighted against it (×1e-5) so they
+    only choose among plans the solver sees as equally fast."""
+    t = prof.time
+    per_layer = (t.get("forward_layer", 0) + t.get("backward_layer", 0) + t.get("optimizer_layer", 0)
+                 + t.get("prefill_layer", 0) + max(prof.decode_iters, 1) * t.get("decode_layer", 0))
+    other = sum(v for k, v in t.items() if k.endswith("_other") and "cpu" not in k)
+    return max(1e-9, prof.layers * per_layer + other)

@@ -21,7 +21,7 @@ from memsim.planners.registry import Preset, list_presets, load_preset, run_pres
 from memsim.workloads.trace import Trace
 
 Progress = Callable[[str], None]
-REPAIRS = 3  # re-solves of one structure after the simulator finds an overflow
+REPAIRS = 4  # re-solves of one structure after the simulator finds an overflow
 TOP = 3  # MIP structures simulated, best estimates first
 SEARCH_KINDS = ("mip", "flexgen")
 
@@ -188,17 +188,16 @@ def _searched(preset: Preset, system: System, trace: Trace, time_limit: float, s
     options = mip.search_options(preset.kind, preset.options)
     found = mip.search(system, trace, options, time_limit)
     solve_s = found.solve_s
-    ranked = sorted(((lb, c) for lb, c in found.candidates if c.plan is not None),
-                    key=lambda lc: lc[1].estimate_s)
     tried: list[tuple] = []
-    for label, cand in ranked[:top]:
+    for label, cand in _shortlist(found, top):
         say(f"simulating {preset.name}: {label}")
         plan_, result, cut, notes = cand.plan, simulate(system, trace, cand.plan), {}, []
         for _ in range(REPAIRS):
             if result.feasible or result.oom is None:
                 break
             oom = result.oom
-            cut[oom.tier] = cut.get(oom.tier, 0) + int(oom.short_bytes * 1.05) + (16 << 20)
+            # grow the cut faster than the overflow: a re-solved plan moves its peak a little
+            cut[oom.tier] = 2 * cut.get(oom.tier, 0) + int(oom.short_bytes * 1.1) + (64 << 20)
             say(f"re-solving {label}: {oom.tier} overflowed by {oom.short_bytes} bytes")
             again = mip.search(system, trace, {**options, "_cut": dict(cut)}, time_limit, only=label)
             solve_s += again.solve_s
@@ -220,6 +219,26 @@ def _searched(preset: Preset, system: System, trace: Trace, time_limit: float, s
         plan_.notes.append(f"simulated the {len(tried)} structures with the best estimates; kept {label} "
                            f"(estimate {cand.estimate_s:.6g} s, simulated {result.step_time_s:.6g} s)")
     return Evaluated(preset.name, plan_, result)
+
+
+def _shortlist(found: mip.Search, top: int) -> list[tuple[str, object]]:
+    """The ``top`` candidates to simulate: the best estimate of each family first (optimizer
+    device, CPU attention: choices whose cost the simulator may see differently), then by estimate."""
+    ranked = sorted(((lb, c) for lb, c in found.candidates if c.plan is not None),
+                    key=lambda lc: lc[1].estimate_s)
+    chosen: list[tuple[str, object]] = []
+    families: set[tuple] = set()
+    for label, cand in ranked:
+        family = (cand.plan.optimizer_device, cand.plan.cpu_attention)
+        if family not in families and len(chosen) < top:
+            families.add(family)
+            chosen.append((label, cand))
+    for label, cand in ranked:
+        if len(chosen) >= top:
+            break
+        if all(label != lb for lb, _ in chosen):
+            chosen.append((label, cand))
+    return sorted(chosen, key=lambda lc: lc[1].estimate_s)
 
 
 def _baselines(chosen: Preset, trace: Trace) -> list[Preset]:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import pulp
 
 from memsim.hardware.spec import System
-from memsim.planners.flows import Flows
+from memsim.planners.flows import Flows, slowness
 from memsim.planners.plan import Plan
-from memsim.planners.profile import Profile
+from memsim.planners.profile import Profile, tie_scale
 from memsim.planners.solver import SolveInfo, solve, value
 from memsim.planners.space import Space
 
@@ -112,14 +112,14 @@ class _Model:
                     prob += self.x[cls][g] == 0, f"offload_{cls}"
         self._capacity()
         self.step = self._times()
-        tidy = (
-            pulp.lpSum(v for c in STATE for t, v in self.x[c].items() if t != g) + n["recompute"] / p.layers
-        )
+        fl = Flows(self.system)
+        tidy = (pulp.lpSum(slowness(fl, t, g) * v for c in STATE for t, v in self.x[c].items() if t != g)
+                + n["recompute"] / p.layers)
         if self.slack:
             gib = 2.0**30
             prob += pulp.lpSum(self.slack.values()) / gib + 1e-6 * self.step
         else:
-            prob += self.step + 1e-7 * self.step_scale * tidy
+            prob += self.step + 1e-5 * tie_scale(p) * tidy
 
     def _capacity(self) -> None:
         p, g, n, sp = self.prof, self.g, self.n, self.space
@@ -214,7 +214,6 @@ class _Model:
             for name, rate, terms in fl.loads():
                 prob += stages[s] >= pulp.lpSum(terms) * (1.0 / rate), f"load_{s}_{_safe(name)}"
         self.stages = stages
-        self.step_scale = max(1e-9, compute["fwd"] if isinstance(compute["fwd"], float) else 1.0)
         return pulp.lpSum(stages.values())
 
     def _optimizer_flows(self, fl: Flows) -> float:
