@@ -77,3 +77,8 @@ def test_missing_key_and_unknown_family(tmp_path):
 def test_unknown_model_did_you_mean():
     with pytest.raises(SpecError, match="did you mean 'llama-2-7b'"):
         load_model("llama-2-7")
+
+
+def test_hub_ids_of_catalog_models_resolve_locally():
+    assert load_model("meta-llama/Llama-2-7b-hf").name == "llama-2-7b"
+    assert load_model("mistralai/mixtral-8x7b-v0.1").name == "mixtral-8x7b"

@@ -139,7 +139,8 @@ def list_models() -> list[str]:
 
 
 def model_path(name_or_path: str | Path, *, file: str | None = None, key: str = "model") -> Path:
-    """A catalog model name (``llama-2-7b``) or a path to a config.json."""
+    """A catalog model name (``llama-2-7b``), the HF hub id of a catalog model
+    (``meta-llama/Llama-2-7b-hf``; nothing is downloaded) or a path to a config.json."""
     candidate = Path(name_or_path)
     if candidate.suffix == ".json" or candidate.exists():
         if not candidate.is_file():
@@ -148,8 +149,22 @@ def model_path(name_or_path: str | Path, *, file: str | None = None, key: str = 
     hit = catalog_dir("workloads") / "models" / f"{name_or_path}.json"
     if hit.is_file():
         return hit
+    by_hub_id = _hub_ids().get(str(name_or_path).lower())
+    if by_hub_id:
+        return catalog_dir("workloads") / "models" / f"{by_hub_id}.json"
     raise SpecError(f"unknown model {str(name_or_path)!r}{did_you_mean(str(name_or_path), list_models())}; "
                     f"known: {', '.join(list_models())}", file=file, key=key)
+
+
+@cache
+def _hub_ids() -> dict[str, str]:
+    """HF hub ids of the catalog configs (``meta-llama/Llama-2-7b-hf`` → ``llama-2-7b``)."""
+    out = {}
+    for name in list_models():
+        config = json.loads((catalog_dir("workloads") / "models" / f"{name}.json").read_text())
+        if isinstance(config.get("_name_or_path"), str):
+            out[config["_name_or_path"].lower()] = name
+    return out
 
 
 def load_model(name_or_path: str | Path, *, file: str | None = None, key: str = "model") -> Architecture:
