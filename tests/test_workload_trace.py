@@ -208,3 +208,26 @@ def test_training_and_inference_traces_are_deterministic():
     for name in ("llama2-70b-lora", "opt-175b-flexgen"):
         a, b = _trace(name).to_dict(), _trace(name).to_dict()
         assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_tied_embeddings_under_zero3(tmp_path):
+    path = tmp_path / "gpt3.yaml"
+    path.write_text("name: gpt3\nmodel: gpt3-175b\ntraining: {seq_len: 2048, zero_stage: 3, data_parallel: 8}\n")
+    trace = build_trace(load_workload(str(path)))
+    arch = load_model("gpt3-175b")
+    assert trace.tensors["head.gathered"].bytes == 2 * (arch.head_params + arch.embed_params)
+    head = next(b for b in trace.blocks if b.name == "head")
+    lm_bwd = next(op for op in head.ops if op.name == "lm_head_bwd")
+    assert "embed.grad_full" in lm_bwd.outputs  # the tied weight's gradient
+    pdb = trace.meta["per_device_bytes"]
+    assert pdb["weights"] + pdb["gradients"] + pdb["optimizer"] == pytest.approx(16 * arch.params / 8, rel=1e-6)
+
+
+def test_bad_lora_target_names_the_key(tmp_path):
+    from memsim.errors import SpecError
+
+    path = tmp_path / "w.yaml"
+    path.write_text("name: w\nmodel: opt-30b\ntraining: {seq_len: 128, lora: {targets: [q_proj, gate_proj]}}\n")
+    with pytest.raises(SpecError, match="unknown LoRA target 'gate_proj'") as info:
+        load_workload(str(path))
+    assert info.value.key == "training.lora.targets.1"

@@ -31,7 +31,11 @@ def load_workload(name_or_path: str | Path | Workload, overrides: Iterable[str] 
     data = apply_vllm(apply_deepspeed(data, path), path)
     workload = validate(Workload, data, str(path))
     workload._source = str(path)
-    workload_architecture(workload)
+    arch = workload_architecture(workload)
+    if workload.training is not None and workload.training.lora is not None:
+        from memsim.workloads.training import lora_targets
+
+        lora_targets(arch, workload.training, str(path))
     return workload
 
 
