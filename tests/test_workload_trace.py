@@ -212,7 +212,8 @@ def test_training_and_inference_traces_are_deterministic():
 
 def test_tied_embeddings_under_zero3(tmp_path):
     path = tmp_path / "gpt3.yaml"
-    path.write_text("name: gpt3\nmodel: gpt3-175b\ntraining: {seq_len: 2048, zero_stage: 3, data_parallel: 8}\n")
+    path.write_text("name: gpt3\nmodel: gpt3-175b\n"
+                    "training: {seq_len: 2048, zero_stage: 3, data_parallel: 8}\n")
     trace = build_trace(load_workload(str(path)))
     arch = load_model("gpt3-175b")
     assert trace.tensors["head.gathered"].bytes == 2 * (arch.head_params + arch.embed_params)
@@ -220,14 +221,16 @@ def test_tied_embeddings_under_zero3(tmp_path):
     lm_bwd = next(op for op in head.ops if op.name == "lm_head_bwd")
     assert "embed.grad_full" in lm_bwd.outputs  # the tied weight's gradient
     pdb = trace.meta["per_device_bytes"]
-    assert pdb["weights"] + pdb["gradients"] + pdb["optimizer"] == pytest.approx(16 * arch.params / 8, rel=1e-6)
+    states = pdb["weights"] + pdb["gradients"] + pdb["optimizer"]
+    assert states == pytest.approx(16 * arch.params / 8, rel=1e-6)
 
 
 def test_bad_lora_target_names_the_key(tmp_path):
     from memsim.errors import SpecError
 
     path = tmp_path / "w.yaml"
-    path.write_text("name: w\nmodel: opt-30b\ntraining: {seq_len: 128, lora: {targets: [q_proj, gate_proj]}}\n")
+    path.write_text("name: w\nmodel: opt-30b\n"
+                    "training: {seq_len: 128, lora: {targets: [q_proj, gate_proj]}}\n")
     with pytest.raises(SpecError, match="unknown LoRA target 'gate_proj'") as info:
         load_workload(str(path))
     assert info.value.key == "training.lora.targets.1"
