@@ -18,6 +18,7 @@ from memsim.planners import mip
 from memsim.planners.diagnose import diagnose
 from memsim.planners.plan import Plan, trace_fingerprint
 from memsim.planners.registry import Preset, list_presets, load_preset, run_preset
+from memsim.units import fmt_bytes
 from memsim.workloads.trace import Trace
 
 Progress = Callable[[str], None]
@@ -171,7 +172,7 @@ def simulate(system: System, trace: Trace, plan_: Plan):
 def _planned(preset: Preset, system: System, trace: Trace, time_limit: float, say: Progress) -> Evaluated:
     """The preset's plan, simulated. Search kinds (mip, flexgen) go through ``_searched``."""
     if preset.kind in SEARCH_KINDS and trace.kind in preset.applies_to:
-        return _searched(preset, system, trace, time_limit, say, TOP if preset.kind == "mip" else 1)
+        return _searched(preset, system, trace, time_limit, say, TOP)
     plan_ = run_preset(preset, system, trace, time_limit)
     say(f"simulating {preset.name}")
     return Evaluated(preset.name, plan_, simulate(system, trace, plan_))
@@ -281,7 +282,7 @@ def _fall_back(chosen: Evaluated, best: Evaluated) -> Evaluated:
 
 def _oom_note(result) -> str:
     oom = getattr(result, "oom", None)
-    return f"{oom.tier} short by {oom.short_bytes} bytes" if oom else "does not fit"
+    return f"{oom.tier} short by {fmt_bytes(oom.short_bytes)}" if oom else "does not fit"
 
 
 def _sim_shortfalls(result):
