@@ -380,6 +380,8 @@ def trace_cmd(
         help="MODULE:FACTORY or path/to/file.py:FACTORY, a callable returning an nn.Module")],
     inputs: Annotated[list[str] | None, typer.Option(
         "--input", help="shape of a forward input, BxS or BxS:dtype (8x512:int64); repeat per input")] = None,
+    args: Annotated[list[str] | None, typer.Option(
+        "--arg", help="keyword argument for the factory, KEY=VALUE (model=llama-3-8b); repeatable")] = None,
     dtype: Annotated[str | None, typer.Option(help="cast the module to fp32 | bf16 | fp16")] = None,
     train: Annotated[bool, typer.Option("--train", help="also run backward of the output's sum")] = False,
     attention: Annotated[str, typer.Option(
@@ -401,7 +403,7 @@ def trace_cmd(
     task = bar.add_task(factory, total=None)
     with bar:
         trace = trace_factory(factory, inputs or [], dtype=dtype, train=train, attention=attention,
-                              progress=lambda n: bar.update(task, completed=n))
+                              args=args or [], progress=lambda n: bar.update(task, completed=n))
     trace.save(output)
     info = {**summary(trace), "path": output}
     if as_json:

@@ -126,7 +126,7 @@ def test_structure_phases_lifetimes_and_kinds():
     life = trace.lifetimes()
     n_fwd = len(trace.blocks[0].ops)
     # the embedding output is read again in backward (saved for RMSNorm): an activation
-    embed = next(n for n in trace.tensors if n.startswith("GPT.embed:embedding"))
+    embed = next(n for n in trace.tensors if n.startswith("Decoder.embed:embedding"))
     assert trace.tensors[embed].cls == "activation" and life[embed][1] >= n_fwd
     for name, (born, dies) in life.items():
         cls = trace.tensors[name].cls
@@ -244,3 +244,60 @@ def test_module_trace_simulates():
     result = memsim.simulate(memsim.load_system("h100-sxm"), Trace.from_dict(trace.to_dict()))
     assert result.feasible and result.step_time_s > 0
     assert result.peak_bytes["hbm"] >= trace.meta["per_device_bytes"]["weights"]
+
+
+@pytest.mark.parametrize("model", ["llama-2-7b", "llama-3-70b", "mixtral-8x7b", "opt-30b", "gpt3-175b",
+                                   "qwen2.5-7b"])
+def test_decoder_from_hf_config_has_the_published_parameter_count(model: str):
+    from dataclasses import replace
+
+    from memsim.workloads.models import load_model
+
+    arch = load_model(model)
+    module = tt.build_module(ex.decoder, model, None, {"model": model, "layers": 2})
+    assert sum(p.numel() for p in module.parameters()) == replace(arch, layers=2).params
+    # the full depth adds exactly layers × the per-layer count (Llama-2-7B: 6,738,415,616)
+    assert replace(arch, layers=2).params + (arch.layers - 2) * arch.layer_params == arch.params
+
+
+@pytest.mark.parametrize("attention", ["math", "flash"])
+def test_moe_decoder_flops_match_and_follow_top_k(attention: str):
+    from memsim.workloads.models import load_model
+
+    ref, args = f"{EX}:decoder", ["model=mixtral-8x7b", "layers=1"]
+    trace = tt.trace_factory(ref, ["1x64:int64"], train=True, attention=attention, args=args)
+    module = tt.build_module(ex.decoder, "mixtral", None, tt.parse_args(args))
+    with FlopCounterMode(display=False) as counter:
+        tt.run_module(module, tt.make_inputs([tt.parse_input("1x64:int64")], torch.float32), True,
+                      attention=attention)
+    assert trace.flops == counter.get_total_flops()
+    arch = load_model("mixtral-8x7b")
+    # forward matmuls of the experts: tokens × k of them, 3 matrices of hidden × intermediate
+    expert_fwd = sum(op.flops for op in trace.blocks[0].ops if ".experts." in op.name)
+    assert expert_fwd == 2 * 64 * arch.experts_per_token * 3 * arch.hidden * arch.intermediate
+
+
+def test_factory_arguments_are_checked():
+    with pytest.raises(SpecError, match="did you mean 'model'"):
+        tt.trace_factory(f"{EX}:decoder", ["1x8:int64"], args=["modl=llama-2-7b"])
+    with pytest.raises(SpecError, match="KEY=VALUE"):
+        tt.parse_args(["layers"])
+    assert tt.parse_args(["layers=2", "model=opt-30b", "p=0.5", "x=true"]) == {
+        "layers": 2, "model": "opt-30b", "p": 0.5, "x": True}
+
+
+def test_example_decoders_run_on_real_tensors():
+    """The examples are real modules: they run on CPU data, not only on meta."""
+    from dataclasses import replace
+
+    from memsim.workloads.models import load_model
+
+    torch.manual_seed(0)
+    tiny_moe = replace(load_model("mixtral-8x7b"), hidden=64, heads=4, kv_heads=2, head_dim=16,
+                       intermediate=96, vocab=100, layers=1)
+    for module in (ex.gpt(vocab=100), ex.Decoder(tiny_moe)):
+        ids = torch.randint(0, 100, (2, 12))
+        logits = module(ids)
+        assert logits.shape == (2, 12, 100) and torch.isfinite(logits).all()
+        logits.sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.parameters())

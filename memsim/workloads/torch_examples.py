@@ -2,15 +2,21 @@
 
 Each factory takes only keyword arguments with defaults, so ``memsim trace
 memsim.workloads.torch_examples:tiny_gpt --input 2x128:int64`` works as is. The GPT block uses
-``scaled_dot_product_attention``, as modern decoder implementations do; ``gpt`` with Llama-2-70B's
-shape (``gpt_70b``) shows a 70B model tracing without real memory.
+``scaled_dot_product_attention``, as modern decoder implementations do. ``decoder`` builds any
+catalog model from its HF config.json (``gpt_70b``: Llama-2-70B) — a 70B model traces without
+real memory.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from memsim.workloads.models import Architecture, load_model
 
 
 def mlp(d_in: int = 64, hidden: int = 256, d_out: int = 10, depth: int = 3) -> nn.Module:
@@ -49,57 +55,146 @@ class RMSNorm(nn.Module):
         return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
 
 
-class DecoderBlock(nn.Module):
-    """Pre-norm decoder layer: causal SDPA attention with grouped KV heads, SwiGLU MLP."""
+def _norm(arch: Architecture) -> nn.Module:
+    return RMSNorm(arch.hidden) if arch.norm == "rms" else nn.LayerNorm(arch.hidden)
 
-    def __init__(self, d_model: int, heads: int, kv_heads: int, ffn: int):
+
+def _act(name: str):
+    if name in ("relu",):
+        return F.relu
+    if name.startswith("gelu"):
+        return partial(F.gelu, approximate="tanh" if name in ("gelu_new", "gelu_pytorch_tanh") else "none")
+    return F.silu
+
+
+def _rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021), half-split layout as in HF Llama."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+    angles = torch.outer(positions.float(), inv_freq)
+    angles = torch.cat((angles, angles), -1)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return x * cos + torch.cat((-x2, x1), -1) * sin
+
+
+class MLP(nn.Module):
+    """SwiGLU (gate and up in one matrix, then down) or two matrices with an activation."""
+
+    def __init__(self, arch: Architecture):
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, d_model // heads
-        self.attn_norm, self.mlp_norm = RMSNorm(d_model), RMSNorm(d_model)
-        self.wq = nn.Linear(d_model, d_model, bias=False)
-        self.wkv = nn.Linear(d_model, 2 * kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(d_model, d_model, bias=False)
-        self.w_gate_up = nn.Linear(d_model, 2 * ffn, bias=False)
-        self.w_down = nn.Linear(ffn, d_model, bias=False)
+        h, f, bias = arch.hidden, arch.intermediate, arch.linear_bias
+        self.gated, self.act = arch.gated_mlp, _act(arch.activation)
+        self.up = nn.Linear(h, 2 * f if self.gated else f, bias=bias)
+        self.down = nn.Linear(f, h, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, s, _ = x.shape
-        h = self.attn_norm(x)
-        q = self.wq(h).view(b, s, self.heads, self.head_dim).transpose(1, 2)
-        k, v = self.wkv(h).view(b, s, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.kv_heads != self.heads:
-            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
-            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.wo(a.transpose(1, 2).reshape(b, s, -1))
-        gate, up = self.w_gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
-        return x + self.w_down(F.silu(gate) * up)
+        if self.gated:
+            gate, up = self.up(x).chunk(2, dim=-1)
+            return self.down(self.act(gate) * up)
+        return self.down(self.act(self.up(x)))
 
 
-class GPT(nn.Module):
-    """Token embedding, ``layers`` decoder blocks, final norm, untied LM head. Input ``BxS:int64``."""
+class MoE(nn.Module):
+    """Top-k mixture of experts with tokens split evenly over experts.
 
-    def __init__(self, vocab: int, d_model: int, layers: int, heads: int, kv_heads: int, ffn: int):
+    Which token goes to which expert is data the meta device does not have, so dispatch assumes
+    the balanced routing MoE training aims for: each expert runs ``tokens × k / experts`` rows.
+    FLOPs are then the expected ones; parameters are exactly the real model's.
+    """
+
+    def __init__(self, arch: Architecture):
         super().__init__()
-        self.embed = nn.Embedding(vocab, d_model)
-        self.blocks = nn.ModuleList(DecoderBlock(d_model, heads, kv_heads, ffn) for _ in range(layers))
-        self.norm = RMSNorm(d_model)
-        self.head = nn.Linear(d_model, vocab, bias=False)
+        self.k = arch.experts_per_token
+        self.router = nn.Linear(arch.hidden, arch.experts, bias=False)
+        self.experts = nn.ModuleList(MLP(arch) for _ in range(arch.experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        weights, chosen = self.router(flat).softmax(-1).topk(self.k, dim=-1)
+        order = chosen.reshape(-1).argsort()  # (token, slot) pairs grouped by expert
+        token = order // self.k
+        rows = flat.index_select(0, token)
+        n, e = rows.shape[0], len(self.experts)
+        sizes = [n // e + (1 if i < n % e else 0) for i in range(e)]  # balanced routing
+        out = torch.cat([expert(part) for expert, part in zip(self.experts, rows.split(sizes), strict=True)])
+        out = out * weights.reshape(-1)[order].unsqueeze(-1)
+        return torch.zeros_like(flat).index_add(0, token, out).view_as(x)
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm decoder layer: causal SDPA attention (grouped KV heads, rotary or learned
+    positions), then the MLP or MoE; dropout where the architecture trains with it."""
+
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.arch = arch
+        self.attn_norm, self.mlp_norm = _norm(arch), _norm(arch)
+        self.wq = nn.Linear(arch.hidden, arch.q_dim, bias=arch.qkv_bias)
+        self.wkv = nn.Linear(arch.hidden, 2 * arch.kv_dim, bias=arch.qkv_bias)
+        self.wo = nn.Linear(arch.q_dim, arch.hidden, bias=arch.linear_bias)
+        self.mlp = MoE(arch) if arch.is_moe else MLP(arch)
+        self.p = 0.1 if arch.dropout else 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, (b, s, _) = self.arch, x.shape
+        h = self.attn_norm(x)
+        q = self.wq(h).view(b, s, a.heads, a.head_dim).transpose(1, 2)
+        k, v = self.wkv(h).view(b, s, 2, a.kv_heads, a.head_dim).permute(2, 0, 3, 1, 4)
+        if not a.learned_positions:
+            positions = torch.arange(s, device=x.device)
+            q, k = _rotate(q, positions), _rotate(k, positions)
+        if a.kv_heads != a.heads:
+            k = k.repeat_interleave(a.heads // a.kv_heads, dim=1)
+            v = v.repeat_interleave(a.heads // a.kv_heads, dim=1)
+        p = self.p if self.training else 0.0
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        x = x + F.dropout(self.wo(o.transpose(1, 2).reshape(b, s, -1)), p, self.training)
+        return x + F.dropout(self.mlp(self.mlp_norm(x)), p, self.training)
+
+
+class Decoder(nn.Module):
+    """Token (and learned position) embedding, decoder blocks, final norm, LM head (tied or not).
+    Input ``BxS:int64`` token ids. Its parameters are exactly ``Architecture.params``."""
+
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        self.arch = arch
+        self.embed = nn.Embedding(arch.vocab, arch.hidden)
+        self.positions = nn.Embedding(arch.learned_positions, arch.hidden) if arch.learned_positions else None
+        self.blocks = nn.ModuleList(DecoderBlock(arch) for _ in range(arch.layers))
+        self.norm = _norm(arch)
+        self.head = None if arch.tied_embeddings else nn.Linear(arch.hidden, arch.vocab, bias=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids)
+        if self.positions is not None:
+            offset = self.arch.learned_positions - self.arch.max_positions  # OPT's 2 extra rows
+            x = x + self.positions(torch.arange(ids.shape[1], device=ids.device) + offset)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x))
+        x = self.norm(x)
+        return self.head(x) if self.head is not None else F.linear(x, self.embed.weight)
+
+
+def decoder(model: str = "llama-2-7b", layers: int | None = None) -> nn.Module:
+    """A catalog model (``workloads/models/*.json``) or a HF config.json path, as a torch module;
+    ``layers`` overrides the depth (a 2-layer Llama-3-70B traces in a second)."""
+    arch = load_model(model)
+    return Decoder(replace(arch, layers=layers) if layers else arch)
 
 
 def gpt(vocab: int = 512, d_model: int = 128, layers: int = 2, heads: int = 4, kv_heads: int = 4,
         ffn: int = 344) -> nn.Module:
-    """A GPT-style decoder of any size (defaults: a tiny one)."""
+    """A Llama-style decoder of any size (defaults: a tiny one)."""
     if d_model % heads or heads % kv_heads:
         raise ValueError(f"heads ({heads}) must divide d_model ({d_model}) and kv_heads ({kv_heads}) "
                          f"must divide heads")
-    return GPT(vocab, d_model, layers, heads, kv_heads, ffn)
+    return Decoder(Architecture(
+        name="gpt", family="llama", hidden=d_model, layers=layers, heads=heads, kv_heads=kv_heads,
+        head_dim=d_model // heads, intermediate=ffn, vocab=vocab, max_positions=4096, gated_mlp=True,
+        norm="rms", qkv_bias=False, linear_bias=False, tied_embeddings=False, learned_positions=0,
+        dropout=False))
 
 
 def tiny_gpt() -> nn.Module:
@@ -108,9 +203,8 @@ def tiny_gpt() -> nn.Module:
 
 
 def gpt_70b() -> nn.Module:
-    """Llama-2-70B's shape (vocab 32000, d_model 8192, 80 layers, 64 heads, 8 KV heads, FFN 28672;
-    Touvron et al. 2023, Table 1 and the HF config): 69.0e9 parameters, only on the meta device."""
-    return gpt(vocab=32000, d_model=8192, layers=80, heads=64, kv_heads=8, ffn=28672)
+    """Llama-2-70B from its HF config (68,976,648,192 parameters), only ever on the meta device."""
+    return decoder("llama-2-70b")
 
 
 def linear_stack(layers: int = 32, d_in: int = 4096, d_out: int = 4096 * 14) -> nn.Module:

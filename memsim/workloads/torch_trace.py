@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +42,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -156,11 +158,37 @@ def _import_target(target: str) -> Any:
                         key="factory") from None
 
 
-def build_module(factory: Callable[[], Any], name: str, dtype: torch.dtype | None) -> nn.Module:
+def parse_args(items: Sequence[str]) -> dict[str, Any]:
+    """``["model=llama-3-8b", "layers=2"]`` → keyword arguments, values read as YAML scalars."""
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise SpecError(f"expected KEY=VALUE with KEY a Python identifier, got {item!r}", key="--arg")
+        kwargs[key] = yaml.safe_load(value) if value else ""
+    return kwargs
+
+
+def _check_kwargs(factory: Callable[..., Any], name: str, kwargs: dict[str, Any]) -> None:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in kwargs:
+        if key not in params:
+            raise SpecError(f"factory {name!r} takes no argument {key!r}{did_you_mean(key, list(params))}"
+                            f"; it takes: {', '.join(params) or 'none'}", key="--arg")
+
+
+def build_module(factory: Callable[..., Any], name: str, dtype: torch.dtype | None,
+                 kwargs: dict[str, Any] | None = None) -> nn.Module:
     """Call the factory with the meta device as default, so no parameter gets real memory."""
+    _check_kwargs(factory, name, kwargs or {})
     try:
         with torch.device("meta"):
-            module = factory()
+            module = factory(**(kwargs or {}))
     except Exception as exc:
         raise SpecError(f"factory {name!r} raised {type(exc).__name__}: {exc}", key="factory") from None
     if not isinstance(module, nn.Module):
@@ -603,13 +631,15 @@ def trace_module(module: nn.Module, inputs: Sequence[InputSpec], *, train: bool 
 
 
 def trace_factory(ref: str, inputs: Sequence[str], *, dtype: str | None = None, train: bool = False,
-                  attention: str = "math", progress: Callable[[int], None] | None = None) -> Trace:
-    """``memsim trace``'s API: import ``ref``, build on meta, trace forward (and backward)."""
+                  attention: str = "math", args: Sequence[str] = (),
+                  progress: Callable[[int], None] | None = None) -> Trace:
+    """``memsim trace``'s API: import ``ref``, call it with ``args`` (``KEY=VALUE``) on meta, trace
+    forward (and backward)."""
     if not inputs:
         raise SpecError("give at least one --input shape such as 8x512 or 8x512:int64", key="--input")
     specs = [parse_input(text) for text in inputs]
     torch_dtype = parse_dtype(dtype)
-    module = build_module(load_factory(ref), ref, torch_dtype)
+    module = build_module(load_factory(ref), ref, torch_dtype, parse_args(args))
     return trace_module(module, specs, train=train, name=ref, dtype=torch_dtype, attention=attention,
                         progress=progress)
 
