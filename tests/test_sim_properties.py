@@ -90,7 +90,7 @@ def test_bytes_are_conserved_and_every_copy_arrives(c):
     assert all(start <= end and src != dst for src, dst, _, start, end in clock.copier.log)
     assert not clock.flows.flows
     assert all(not e.busy and not e.queue for e in clock.copier.engines.values())
-    assert all(ev.processed for ev in engine.op_done)
+    assert all(engine.done) and not engine.done_ev
 
 
 @SETTINGS

@@ -9,6 +9,8 @@ byte stays on the compute tier (the GPU's HBM; a CPU-only system's DRAM). See do
 
 from __future__ import annotations
 
+import time
+
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan, trace_fingerprint
@@ -33,15 +35,19 @@ def check_plan(system: System, trace: Trace, plan: Plan, file: str = "plan") -> 
 def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
              timeline: bool = False) -> Result:
     """Run one step (training, inference) or the whole request trace (serving) event by event."""
+    wall = time.perf_counter()
     plan = plan if plan is not None else Plan()
     view = system.rank_view(int(trace.meta.get("data_parallel", 1) or 1))
     check_plan(view, trace, plan)
     if trace.kind == "serving":
         from memsim.sim.serving import simulate_serving
 
-        return simulate_serving(view, trace, plan, timeline=timeline)
-    from memsim.sim.engine import StepEngine
-    from memsim.sim.program import build_program
+        result = simulate_serving(view, trace, plan, timeline=timeline)
+    else:
+        from memsim.sim.engine import StepEngine
+        from memsim.sim.program import build_program
 
-    program = build_program(trace, view, plan)
-    return StepEngine(view, program, plan.prefetch_depth, timeline, trace.meta).run()
+        program = build_program(trace, view, plan)
+        result = StepEngine(view, program, plan.prefetch_depth, timeline, trace.meta).run()
+    result.wall_s = time.perf_counter() - wall  # the whole simulation, program building included
+    return result

@@ -47,7 +47,6 @@ class Clock:
         self.recorder = Recorder() if timeline else None
         self.oom: OOM | None = None
         self.notes: list[str] = []
-        self.current_op = "start"
         env = self.env
         on_change = self._counter if self.recorder is not None else None
         self.pools = {name: Pool(name, tier.capacity, lambda: env.now, self._on_oom, on_change)
@@ -95,8 +94,9 @@ class StepEngine:
         self.env = self.clock.env
         self.pools = self.clock.pools
         self.depth = max(0, depth)
-        ops = prog.ops
-        self.op_done = [self.env.event() for _ in ops]
+        n = len(prog.ops)
+        self.done = bytearray(n)
+        self.done_ev: dict[int, simpy.Event] = {}  # only for ops someone waits on
         self.avail: dict[tuple, simpy.Event] = {}
         self.stages: dict[tuple, Stage] = {}
         self.seg_stage: dict[tuple, Stage] = {}
@@ -110,10 +110,12 @@ class StepEngine:
         self.main = "gpu" if "gpu" in prog.units else "cpu"
         self.acct = dict.fromkeys(CATEGORIES, 0.0)
         self.main_end = 0.0
-        self.last_kind = "compute"
         self.comm = self._comm_link()
         self.busy: dict[str, float] = {}
         self.unit_end: dict[str, float] = {}
+        self.cpu_spans: list[tuple[float, float]] = []  # CPU ops, when the GPU is the main unit
+        self.dur = self._durations()
+        self._plan_dependencies()
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -125,6 +127,73 @@ class StepEngine:
         if any(op.unit == "comm" for op in self.prog.ops):
             self.clock.notes.append("no nvlink/network link: collective (comm) ops take no time")
         return None
+
+    def _durations(self) -> list[float]:
+        """Each op's time alone (roofline, or a collective over the network link), memoised:
+        repeated layers and decode iterations share a handful of distinct op costs."""
+        cache: dict[tuple, float] = {}
+        specs = {u: unit_spec(self.sys, u) for u in self.prog.units if u != "comm"}
+        out = []
+        for op in self.prog.ops:
+            key = (op.unit, op.flops, op.nbytes, op.dtype, op.kind, op.phase)
+            d = cache.get(key)
+            if d is None:
+                if op.unit == "comm":
+                    d = 0.0 if self.comm is None else \
+                        self.comm.latency + op.nbytes / self.comm.rate(self.comm.ends[0])
+                else:
+                    d = specs[op.unit].op_time(op.flops, op.nbytes, op.dtype, op.kind, op.phase)
+                cache[key] = d
+            out.append(d)
+        return out
+
+    def _cat(self, unit: str) -> str:
+        """What the main stream is waiting for when it waits on an op of ``unit``."""
+        if unit == self.main:
+            return "compute"
+        return "cpu" if unit == "cpu" else "exposed_transfer"
+
+    def _plan_dependencies(self) -> None:
+        """Per op, what it waits for and which inputs its segment must fetch — all static.
+
+        deps: (0, writer) its op; (1, tensor, writer) that version on the op's home tier (a
+        write-back, or the writer itself); (2, tensor) the copy staged for the segment.
+        fetch: (tensor, writer, fraction, {source tier: bytes}, writer in this segment).
+        produce: outputs that are born here or have bytes homed off the op's tier.
+        """
+        ops, tensors = self.prog.ops, self.prog.tensors
+        only_home = {t: next(iter(info.home)) if len(info.home) == 1 else None
+                     for t, info in tensors.items()}
+        self.deps: list[tuple] = []
+        self.fetch: list[tuple] = []
+        self.produce: list[tuple] = []
+        for op in ops:
+            deps, fetch = [], []
+            for k, t in enumerate(op.inputs):
+                if t in op.no_fetch:
+                    continue
+                w = op.writers[k]
+                info = tensors[t]
+                frac = op.in_frac[k]
+                if w is not None and ops[w].seg == op.seg:
+                    if ops[w].mem == op.mem:
+                        deps.append((0, w, None, self._cat(ops[w].unit)))
+                    else:
+                        deps.append((2, t, None, "exposed_transfer"))
+                        fetch.append((t, w, frac, {ops[w].mem: int(info.bytes * frac)}, True))
+                    continue
+                if op.mem in info.home and w is not None:
+                    same = ops[w].mem == op.mem
+                    deps.append((1, t, w, self._cat(ops[w].unit) if same else "exposed_transfer"))
+                sources = {h: int(b * frac) for h, b in info.home.items() if h != op.mem}
+                if sources:
+                    deps.append((2, t, None, "exposed_transfer"))
+                    fetch.append((t, w, frac, sources, False))
+            self.deps.append(tuple(deps))
+            self.fetch.append(tuple(fetch))
+            self.produce.append(tuple(
+                (k, t) for k, t in enumerate(op.outputs)
+                if only_home[t] != op.mem or tensors[t].birth == op.index))
 
     def run(self) -> Result:
         wall = time.perf_counter()
@@ -139,67 +208,72 @@ class StepEngine:
         for unit in sorted(streams):
             self.env.process(self._stream(unit, streams[unit]))
         self.clock.run()
-        unfinished = [op.name for op, ev in zip(self.prog.ops, self.op_done, strict=True) if not ev.processed]
-        if unfinished:  # pragma: no cover - a scheduling bug, never a user error
-            raise RuntimeError(f"simulation stalled before {unfinished[0]!r} ({len(unfinished)} ops left)")
+        if not all(self.done):  # pragma: no cover - a scheduling bug, never a user error
+            left = [op.name for op in self.prog.ops if not self.done[op.index]]
+            raise RuntimeError(f"simulation stalled before {left[0]!r} ({len(left)} ops left)")
         return self._result(time.perf_counter() - wall)
 
     # -- streams --------------------------------------------------------------------------------
 
     def _stream(self, unit: str, indices: list[int]):
         env = self.env
-        ops = self.prog.ops
+        ops, dur, deps, produce = self.prog.ops, self.dur, self.deps, self.produce
         spec = unit_spec(self.sys, unit) if unit != "comm" else None
+        slow = spec.copy_slowdown if spec is not None else 0.0
         main = unit == self.main
         acct = self.acct
         rec = self.clock.recorder
+        started, seg_stage = self.seg_started, self.seg_stage
+        timeout = env.timeout
+        busy = 0.0
+        t0 = 0.0
         for i in indices:
             op = ops[i]
             s = op.seg
-            if not self.seg_started[s]:
-                if s > 0 and not self.seg_started[s - 1]:
+            if not started[s]:
+                if s > 0 and not started[s - 1]:
                     t0 = env.now
                     yield self._started(s - 1)
                     if main:
                         acct[self._seg_cat(s - 1)] += env.now - t0
                 self._start_segment(s)
-            for ev, cat in self._deps(op):
-                if ev.callbacks is not None:
+            for kind, a, b, cat in deps[i]:
+                if kind == 0:
+                    ev = self._done_event(a)
+                elif kind == 1:
+                    ev = self._avail(a, b, op.mem)
+                else:
+                    ev = seg_stage[(s, a, op.mem)].event
+                if ev is not None and ev.callbacks is not None:
                     t0 = env.now
                     yield ev
                     if main:
                         acct[cat] += env.now - t0
-            self.clock.current_op = op.name
-            self._produce(op)
+            if produce[i]:
+                self._produce(op, produce[i])
             t0 = env.now
-            if spec is None:
-                yield env.timeout(self._comm_time(op.nbytes))
+            if slow > 0:
+                flow = Flow(dur[i], 1.0, env.event())
+                flow.tier, flow.slow = op.mem, slow
+                yield self.clock.flows.start(flow)
             else:
-                dur = spec.op_time(op.flops, op.nbytes, op.dtype, op.kind, op.phase)
-                if spec.copy_slowdown > 0:
-                    flow = Flow(dur, 1.0, env.event())
-                    flow.tier, flow.slow = op.mem, spec.copy_slowdown
-                    yield self.clock.flows.start(flow)
-                else:
-                    yield env.timeout(dur)
+                yield timeout(dur[i])
             t1 = env.now
-            self.busy[unit] = self.busy.get(unit, 0.0) + (t1 - t0)
-            self.unit_end[unit] = t1
+            busy += t1 - t0
             if main:
                 acct["recompute" if op.recompute else "compute"] += t1 - t0
                 self.main_end = t1
+            elif unit == "cpu":
+                self.cpu_spans.append((t0, t1))
             if rec is not None:
                 rec.span(unit, op.name, t0, t1, {"flops": op.flops, "bytes": op.nbytes})
             self._finish(op)
+        self.busy[unit] = busy
+        self.unit_end[unit] = env.now
 
     def _seg_cat(self, s: int) -> str:
         units = {self.prog.ops[i].unit for i in self.prog.segments[s].ops}
         return "cpu" if "cpu" in units and self.main != "cpu" else "exposed_transfer"
-
-    def _comm_time(self, nbytes: float) -> float:
-        if self.comm is None:
-            return 0.0
-        return self.comm.latency + nbytes / self.comm.rate(self.comm.ends[0])
 
     def _started(self, s: int) -> simpy.Event:
         if s not in self.seg_start_ev:
@@ -217,87 +291,58 @@ class StepEngine:
 
     # -- data dependencies and fetches ---------------------------------------------------------
 
+    def _done_event(self, w: int) -> simpy.Event | None:
+        """An event for op ``w``'s completion, or None if it has completed."""
+        if self.done[w]:
+            return None
+        ev = self.done_ev.get(w)
+        if ev is None:
+            ev = self.done_ev[w] = self.env.event()
+        return ev
+
     def _avail(self, t: str, w: int | None, tier: str) -> simpy.Event | None:
         """When version ``w`` (the writer's op index) of ``t`` is present on its home ``tier``."""
         if w is None:
             return None
         if self.prog.ops[w].mem == tier:
-            return self.op_done[w]
+            return self._done_event(w)
         key = (t, w, tier)
         ev = self.avail.get(key)
         if ev is None:
             ev = self.avail[key] = self.env.event()
         return ev
 
-    def _sources(self, op, k: int) -> dict[str, int]:
-        """Where input ``k`` of ``op`` must be fetched from (tier → bytes), if anywhere."""
-        t = op.inputs[k]
-        w = op.writers[k]
-        info = self.prog.tensors[t]
-        frac = op.in_frac[k]
-        if w is not None and self.prog.ops[w].seg == op.seg:
-            wmem = self.prog.ops[w].mem
-            return {} if wmem == op.mem else {wmem: int(info.bytes * frac)}
-        return {h: int(b * frac) for h, b in info.home.items() if h != op.mem}
-
     def _issue(self, s: int) -> None:
         """Stage every input of segment ``s`` that lives off its op's memory tier."""
         ops = self.prog.ops
         for i in self.prog.segments[s].ops:
+            if not self.fetch[i]:
+                continue
             op = ops[i]
-            for k, t in enumerate(op.inputs):
-                if t in op.no_fetch or (s, t, op.mem) in self.seg_stage:
+            for t, w, frac, sources, same_seg in self.fetch[i]:
+                if (s, t, op.mem) in self.seg_stage:
                     continue
-                sources = self._sources(op, k)
-                if not sources:
-                    continue
-                w = op.writers[k]
-                key = (t, op.mem, w, op.in_frac[k])
+                key = (t, op.mem, w, frac)
                 st = self.stages.get(key)
                 if st is None:
-                    st = self.stages[key] = self._fetch(t, op, w, sources)
+                    st = self.stages[key] = self._fetch(t, op, w, sources, same_seg)
                     st.skey = key
                 st.refs += 1
                 self.seg_stage[(s, t, op.mem)] = st
                 self.seg_held[s].append(st)
 
-    def _fetch(self, t: str, op, w: int | None, sources: dict[str, int]) -> Stage:
-        same_seg = w is not None and self.prog.ops[w].seg == op.seg
+    def _fetch(self, t: str, op, w: int | None, sources: dict[str, int], same_seg: bool) -> Stage:
         events = []
         for src, nbytes in sources.items():
-            after = self.op_done[w] if same_seg else self._avail(t, w, src)
+            after = self._done_event(w) if same_seg else self._avail(t, w, src)
             events.append(self.clock.copier.copy(src, op.mem, nbytes, t, op.name, after=after))
         ev = events[0] if len(events) == 1 else self.env.all_of(events)
         return Stage(op.mem, t, sum(sources.values()), ev)
 
-    def _deps(self, op):
-        ops = self.prog.ops
-        for k, t in enumerate(op.inputs):
-            if t in op.no_fetch:
-                continue
-            w = op.writers[k]
-            if w is not None and ops[w].seg == op.seg:
-                if ops[w].mem == op.mem:
-                    yield self.op_done[w], self._cat(ops[w].unit)
-                else:
-                    yield self.seg_stage[(op.seg, t, op.mem)].event, "exposed_transfer"
-                continue
-            info = self.prog.tensors[t]
-            if op.mem in info.home and w is not None:
-                ev = self._avail(t, w, op.mem)
-                yield ev, (self._cat(ops[w].unit) if ops[w].mem == op.mem else "exposed_transfer")
-            st = self.seg_stage.get((op.seg, t, op.mem))
-            if st is not None:
-                yield st.event, "exposed_transfer"
-
-    def _cat(self, unit: str) -> str:
-        return {"cpu": "cpu", "comm": "exposed_transfer"}.get(unit, "compute") \
-            if unit != self.main else "compute"
-
     # -- outputs, write-backs, deaths ----------------------------------------------------------
 
-    def _produce(self, op) -> None:
-        for k, t in enumerate(op.outputs):
+    def _produce(self, op, outputs: tuple) -> None:
+        for k, t in outputs:
             info = self.prog.tensors[t]
             m = op.mem
             if m in info.home and (t, m) not in self.home_alloc:
@@ -315,7 +360,10 @@ class StepEngine:
             self.work[(t, op.seg)] = st
 
     def _finish(self, op) -> None:
-        self.op_done[op.index].succeed()
+        self.done[op.index] = 1
+        ev = self.done_ev.pop(op.index, None)
+        if ev is not None:
+            ev.succeed()
         for t in op.writeback:
             self._writeback(op, t)
         for t in op.dies:

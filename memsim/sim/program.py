@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan
-from memsim.workloads.trace import PERSISTENT, Trace
+from memsim.workloads.trace import LAYER, PERSISTENT, Trace
 
 FETCH_CLASSES = ("weight", "optimizer", "grad", "kv", "activation", "workspace")
 
@@ -107,7 +107,9 @@ def build_program(trace: Trace, system: System, plan: Plan) -> Program:
         raw = _split_batches(raw, trace, n, notes)
     if trace.kind == "training" and _any_recompute(trace, plan):
         raw = _insert_recompute(raw, trace, plan)
-    ops = [POp(index=i, **r) for i, r in enumerate(raw)]
+    ops = [POp(i, r["name"], r["kind"], r["phase"], r["dtype"], r["flops"], r["nbytes"], r["unit"],
+               r["mem"], r["inputs"], r["outputs"], r["layer"], r["iteration"], r["group"],
+               r.get("recompute", False)) for i, r in enumerate(raw)]
     segments = _segments(ops)
     tensors = _tensors(ops, trace, system, plan, fast, n if trace.kind == "inference" else 1)
     _annotate(ops, segments, tensors, trace)
@@ -118,27 +120,43 @@ def build_program(trace: Trace, system: System, plan: Plan) -> Program:
 
 
 def _expand(trace: Trace, system: System, plan: Plan, units: dict, notes: list) -> list[dict]:
+    """Every op instance in order (as ``Trace.expand``), with its unit; names are filled once per
+    (template op, layer) and shared by every iteration, so long decode runs stay cheap."""
     has_gpu, has_cpu = "gpu" in units, "cpu" in units
     out = []
-    for x in trace.expand():
-        op = x.op
-        unit = "gpu" if op.device == "gpu" else "cpu"
-        if op.kind == "comm":
-            unit = "comm"
-        elif _on_cpu(op, plan):
-            unit = "cpu"
-        if unit == "gpu" and not has_gpu:
-            unit = "cpu"
-        if unit == "cpu" and not has_cpu:
-            unit = "gpu"
-            if "no CPU compute unit: CPU ops run on the GPU" not in notes:
-                notes.append("no CPU compute unit: CPU ops run on the GPU")
-        out.append({"name": x.name, "kind": op.kind, "phase": op.phase, "dtype": op.dtype,
-                    "flops": op.flops, "nbytes": float(op.bytes_read + op.bytes_written),
-                    "unit": unit, "mem": units[unit], "inputs": x.inputs, "outputs": x.outputs,
-                    "layer": x.layer, "iteration": x.iteration,
-                    "group": (x.block, x.iteration, x.layer, 0)})
+    for block in trace.blocks:
+        layers = list(block.layers()) if block.templated else [None]
+        static = []
+        for op in block.ops:
+            unit = "gpu" if op.device == "gpu" else "cpu"
+            if op.kind == "comm":
+                unit = "comm"
+            elif _on_cpu(op, plan):
+                unit = "cpu"
+            if unit == "gpu" and not has_gpu:
+                unit = "cpu"
+            if unit == "cpu" and not has_cpu:
+                unit = "gpu"
+                if "no CPU compute unit: CPU ops run on the GPU" not in notes:
+                    notes.append("no CPU compute unit: CPU ops run on the GPU")
+            static.append((op, unit, units[unit], float(op.bytes_read + op.bytes_written)))
+        names = {(j, layer): (_fill(op.name, layer), tuple(_fill(n, layer) for n in op.inputs),
+                              tuple(_fill(n, layer) for n in op.outputs))
+                 for layer in layers for j, op in enumerate(block.ops)}
+        for it in range(block.iterations):
+            for layer in layers:
+                group = (block.name, it, layer, 0)
+                for j, (op, unit, mem, nbytes) in enumerate(static):
+                    name, inputs, outputs = names[(j, layer)]
+                    out.append({"name": name, "kind": op.kind, "phase": op.phase,
+                                "dtype": op.dtype, "flops": op.flops, "nbytes": nbytes,
+                                "unit": unit, "mem": mem, "inputs": inputs, "outputs": outputs,
+                                "layer": layer, "iteration": it, "group": group})
     return out
+
+
+def _fill(name: str, layer: int | None) -> str:
+    return name if layer is None or LAYER not in name else name.replace(LAYER, str(layer))
 
 
 def _on_cpu(op, plan: Plan) -> bool:
@@ -362,19 +380,20 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     total_ctx = (prompt + gen) if (trace.kind == "inference" and prompt and gen) else None
     last_writer: dict[str, int] = {}
     seg_last_write: dict[tuple[int, str], int] = {}
+    kv = {t for t, info in tensors.items() if info.cls == "kv"} if total_ctx else set()
     for op in ops:
         op.writers = tuple(last_writer.get(t) for t in op.inputs)
         if op.kind == "optimizer" or op.phase == "optimizer":
             op.no_fetch = frozenset(t for t in op.inputs
                                     if t in op.outputs and tensors[t].cls == "weight")
-        in_frac, out_frac = [], []
-        for t in op.inputs:
-            in_frac.append(_ctx_frac(tensors[t].cls, op, total_ctx, prompt, reading=True))
+        if kv and (kv.intersection(op.inputs) or kv.intersection(op.outputs)):
+            op.in_frac = tuple(_ctx_frac(t in kv, op, total_ctx, prompt, True) for t in op.inputs)
+            op.out_frac = tuple(_ctx_frac(t in kv, op, total_ctx, prompt, False) for t in op.outputs)
+        else:
+            op.in_frac, op.out_frac = (1.0,) * len(op.inputs), (1.0,) * len(op.outputs)
         for t in op.outputs:
-            out_frac.append(_ctx_frac(tensors[t].cls, op, total_ctx, prompt, reading=False))
             last_writer[t] = op.index
             seg_last_write[(op.seg, t)] = op.index
-        op.in_frac, op.out_frac = tuple(in_frac), tuple(out_frac)
     wb: dict[int, list[str]] = {}
     for (seg, t), i in seg_last_write.items():
         info = tensors[t]
@@ -386,14 +405,16 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     for t, info in tensors.items():
         if info.death is not None:
             dies.setdefault(info.death, []).append(t)
-    for op in ops:
-        op.writeback = tuple(sorted(wb.get(op.index, ())))
-        op.dies = tuple(sorted(dies.get(op.index, ())))
+    for i, names in wb.items():
+        ops[i].writeback = tuple(sorted(names))
+    for i, names in dies.items():
+        ops[i].dies = tuple(sorted(names))
 
 
-def _ctx_frac(cls: str, op: POp, total_ctx: int | None, prompt: int | None, reading: bool) -> float:
+def _ctx_frac(is_kv: bool, op: POp, total_ctx: int | None, prompt: int | None,
+              reading: bool) -> float:
     """KV bytes an inference op touches: the context so far, not the cache's final size."""
-    if cls != "kv" or total_ctx is None:
+    if not is_kv or total_ctx is None:
         return 1.0
     if op.phase == "prefill":
         return prompt / total_ctx

@@ -38,9 +38,10 @@ def step_result(engine, wall_s: float) -> Result:
     makespan = clock.env.now
     acct = dict(engine.acct)
     tail = makespan - engine.main_end
-    if tail > EPS:
-        cpu_end = engine.unit_end.get("cpu", 0.0) if engine.main != "cpu" else 0.0
-        acct["cpu" if cpu_end >= makespan - EPS else "exposed_transfer"] += tail
+    if tail > EPS:  # after the main stream's last op: the CPU's work, else copies still running
+        cpu = sum(max(0.0, e - max(s, engine.main_end)) for s, e in engine.cpu_spans)
+        acct["cpu"] += cpu
+        acct["exposed_transfer"] += tail - cpu
     meta = engine.trace_meta
     tokens = int(meta.get("tokens_per_step") or 0)
     flops = float(meta.get("flops_per_step") or sum(op.flops for op in prog.ops if not op.recompute))

@@ -51,7 +51,7 @@ class Result:
     breakdown: dict[str, float]  # seconds: compute, recompute, exposed_transfer, memory_wait, cpu
     oom: OOM | None = None
     serving: ServingStats | None = None
-    events: int = 0  # simulator events processed
+    events: int = 0  # simpy events processed
     wall_s: float = 0.0  # how long the simulation itself took
     source: str = "simulated"
     notes: list[str] = field(default_factory=list)  # what the simulator assumed or left out
