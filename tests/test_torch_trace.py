@@ -301,3 +301,21 @@ def test_example_decoders_run_on_real_tensors():
         assert logits.shape == (2, 12, 100) and torch.isfinite(logits).all()
         logits.sum().backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in module.parameters())
+
+
+def test_plain_tensor_attributes_are_weights_and_views_are_their_base(tmp_path):
+    path = tmp_path / "held.py"
+    path.write_text(
+        "import torch\n\n"
+        "class Held(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.lin = torch.nn.Linear(8, 8)\n"
+        "        self.proj = torch.ones(16, 8)  # neither parameter nor buffer\n\n"
+        "    def forward(self, x):\n"
+        "        return self.lin(x) @ self.proj.t()\n")
+    trace = tt.trace_factory(f"{path}:Held", ["4x8"])
+    assert trace.tensors["const0"].cls == "weight" and trace.tensors["const0"].bytes == 16 * 8 * 4
+    mm = [op for op in trace.blocks[0].ops if op.name.split(":")[1] == "mm"]
+    assert len(mm) == 1 and "const0" in mm[0].inputs and mm[0].shape == (4, 8, 16)
+    assert len(trace.tensors) == 2 + 1 + 1 + 2  # lin.weight, lin.bias, const0, input0, 2 outputs

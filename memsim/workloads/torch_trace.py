@@ -277,10 +277,10 @@ class _Recorder(TorchDispatchMode):
         ins = _tensors((args, kwargs))
         outs = _tensors(out)
         known = self.rec.storages
+        in_keys = _unique(self._see(t) for t in ins)  # before the view test: a view of a const
         if not flops and not func._schema.is_mutable and all(_key(t) in known for t in outs):
             return  # a view or alias: no bytes move, no new tensor
         index = len(self.rec.ops)
-        in_keys = _unique(self._see(t) for t in ins)
         out_keys = []
         for t in outs:
             k = _key(t)
