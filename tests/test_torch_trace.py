@@ -319,3 +319,25 @@ def test_plain_tensor_attributes_are_weights_and_views_are_their_base(tmp_path):
     mm = [op for op in trace.blocks[0].ops if op.name.split(":")[1] == "mm"]
     assert len(mm) == 1 and "const0" in mm[0].inputs and mm[0].shape == (4, 8, 16)
     assert len(trace.tensors) == 2 + 1 + 1 + 2  # lin.weight, lin.bias, const0, input0, 2 outputs
+
+
+def test_cli_without_torch_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # `import torch` now fails
+    result = CliRunner().invoke(app, ["trace", f"{EX}:mlp", "--input", "4x64", "-o", str(tmp_path / "t")])
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "memsim trace needs torch: pip install torch==2.13.0 (CPU build)" in message
+
+
+@pytest.mark.cuda
+def test_flash_trace_flops_equal_flop_counter_on_cuda():
+    """On a GPU, sdpa runs a fused kernel: the flash trace counts what FlopCounterMode counts there."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    module = ex.gpt().to("cuda", torch.bfloat16)
+    ids = torch.randint(0, 512, (2, 128), device="cuda")
+    with FlopCounterMode(display=False) as counter:
+        module(ids).sum().backward()
+    trace = tt.trace_factory(f"{EX}:tiny_gpt", ["2x128:int64"], dtype="bf16", train=True, attention="flash")
+    assert trace.flops == counter.get_total_flops()
