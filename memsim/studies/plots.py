@@ -31,7 +31,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
-def _series_label(row: dict, keys: list[str]) -> str:
+def _series_label(row: dict, keys: list[str], series: str | None) -> str:
+    if keys == [series]:
+        return str(row[series])  # the legend's title names the key
     return ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in keys) or "all points"
 
 
@@ -70,12 +72,13 @@ def plot_one(spec: PlotSpec, study: Study, rows: list[dict], path: Path) -> str 
 
     if not rows:
         return None
-    others = [k for k in study.axis_keys() if k not in (spec.x, spec.series)
-              and len({r[k] for r in rows}) > 1]
+    tied = {k for axis in study.axes for k in (a.key for a in axis.members())
+            if {spec.x, spec.series} & {a.key for a in axis.members()}}  # zipped with x or series
+    others = [k for k in study.axis_keys() if k not in tied and len({r[k] for r in rows}) > 1]
     keys = ([spec.series] if spec.series else []) + others
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        groups.setdefault(_series_label(row, keys), []).append(row)
+        groups.setdefault(_series_label(row, keys, spec.series), []).append(row)
     pos, ticks, is_numeric = _positions(rows, spec.x)
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     _shade_infeasible(ax, rows, pos, spec.x)

@@ -142,7 +142,7 @@ def human(column: str, value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, int | float) and ("bytes" in column):
         return units.fmt_bytes(value)
-    if isinstance(value, int | float) and column.endswith("_s"):
+    if isinstance(value, int | float) and column.endswith("_s") and not column.endswith("per_s"):
         return units.fmt_time(value)
     if isinstance(value, float):
         return f"{value:.4g}"

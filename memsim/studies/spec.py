@@ -234,6 +234,14 @@ class Study(StudySpec):
     def axis_keys(self) -> list[str]:
         return [a.key for axis in self.axes for a in axis.members()]
 
+    def shown_keys(self) -> list[str]:
+        """Axis keys worth a column in a terminal: a zip with a label is shown by its labels."""
+        keys: list[str] = []
+        for axis in self.axes:
+            labels = [a.key for a in axis.members() if a.label]
+            keys.extend(labels or [a.key for a in axis.members()])
+        return keys
+
     def label_keys(self) -> set[str]:
         return {a.key for axis in self.axes for a in axis.members() if a.label}
 
