@@ -345,7 +345,8 @@ def _study_dry_run(spec, output: str | None, as_json: bool) -> None:
 def _render_study(run) -> None:
     from memsim.studies.report import columns, human
 
-    cols = [c for c in columns(run.study, run.rows) if c not in ("hash", "reason")]
+    hidden = set(run.study.axis_keys()) - set(run.study.shown_keys())
+    cols = [c for c in columns(run.study, run.rows) if c not in ("hash", "reason", *hidden)]
     table = Table(*(_short(c) for c in cols), title=f"{run.study.name}: {len(run.rows)} points (simulated)")
     for row in run.rows:
         table.add_row(*(human(c, row.get(c)) for c in cols))
