@@ -11,6 +11,7 @@ from memsim.cli import app
 from memsim.planners.plan import Plan
 
 runner = CliRunner()
+SMALL = ("--set", "inference.gen_len=8")  # fewer decode iterations: the same code paths, faster
 KEYS = {"feasible", "step_time_s", "tokens_per_s", "peak_bytes", "capacity_bytes", "planner",
         "baselines", "mfu", "breakdown", "link_busy", "serving", "oom", "source"}
 
@@ -20,7 +21,7 @@ def run(*args: str):
 
 
 def test_inference_json_has_the_design_keys():
-    r = run("--hardware", "h100-sxm", "--workload", "llama3-8b-infer", "--json")
+    r = run("--hardware", "h100-sxm", "--workload", "llama3-8b-infer", *SMALL, "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert set(doc) >= KEYS
@@ -73,7 +74,7 @@ def test_plan_with_an_unknown_tier_exits_2(tmp_path):
 def test_plan_file_offloading_weights_and_timeline(tmp_path):
     plan, timeline = tmp_path / "plan.yaml", tmp_path / "t.json"
     Plan(placement={"weight": {"hbm": 0.5, "dram": 0.5}}).save(plan)
-    r = run("--hardware", "h100-sxm", "--workload", "llama3-8b-infer", "--plan", str(plan),
+    r = run("--hardware", "h100-sxm", "--workload", "llama3-8b-infer", *SMALL, "--plan", str(plan),
             "--timeline", str(timeline), "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
@@ -84,6 +85,6 @@ def test_plan_file_offloading_weights_and_timeline(tmp_path):
 
 
 def test_human_output_has_summary_and_tier_tables():
-    r = run("--hardware", "h100-sxm", "--workload", "llama3-8b-infer")
+    r = run("--hardware", "h100-sxm", "--workload", "llama3-8b-infer", *SMALL)
     assert r.exit_code == 0, r.output
     assert "step time" in r.output and "hbm" in r.output and "peak/capacity" in r.output

@@ -31,11 +31,13 @@ CATEGORIES = ("compute", "recompute", "exposed_transfer", "memory_wait", "cpu")
 class Stage:
     """Bytes of one tensor version staged on a tier (fetched, or a working copy of an output)."""
 
-    __slots__ = ("bytes", "event", "key", "refs", "skey", "tier")
+    __slots__ = ("bytes", "event", "key", "refs", "skey", "src_cat", "src_t", "tier")
 
     def __init__(self, tier: str, key: str, nbytes: int, event: simpy.Event | None):
         self.tier, self.key, self.bytes, self.event, self.refs = tier, key, nbytes, event, 0
         self.skey: tuple | None = None  # its key in StepEngine.stages, if shared there
+        self.src_t = 0.0  # when its source version became available (the copy could start)
+        self.src_cat = "exposed_transfer"  # what a wait before src_t is waiting for
 
 
 class Clock:
@@ -107,6 +109,7 @@ class StepEngine:
         self.issued = -1
         self.home_alloc: set[tuple[str, str]] = set()
         self.work: dict[tuple[str, int], Stage] = {}
+        self.seg_work: dict[int, list[str]] = {}
         self.main = "gpu" if "gpu" in prog.units else "cpu"
         self.acct = dict.fromkeys(CATEGORIES, 0.0)
         self.main_end = 0.0
@@ -178,10 +181,11 @@ class StepEngine:
                 if w is not None and ops[w].seg == op.seg:
                     if ops[w].mem == op.mem:
                         deps.append((0, w, None, self._cat(ops[w].unit)))
-                    else:
+                        continue
+                    if t not in ops[w].writeback:  # the version lives only where it was written
                         deps.append((2, t, None, "exposed_transfer"))
                         fetch.append((t, w, frac, {ops[w].mem: int(info.bytes * frac)}, True))
-                    continue
+                        continue
                 if op.mem in info.home and w is not None:
                     same = ops[w].mem == op.mem
                     deps.append((1, t, w, self._cat(ops[w].unit) if same else "exposed_transfer"))
@@ -243,7 +247,16 @@ class StepEngine:
                 elif kind == 1:
                     ev = self._avail(a, b, op.mem)
                 else:
-                    ev = seg_stage[(s, a, op.mem)].event
+                    st = seg_stage[(s, a, op.mem)]
+                    ev = st.event
+                    if ev.callbacks is not None:
+                        t0 = env.now
+                        yield ev
+                        if main:  # waiting for the producer, then for the copy itself
+                            t_src = min(max(st.src_t, t0), env.now)
+                            acct[st.src_cat] += t_src - t0
+                            acct["exposed_transfer"] += env.now - t_src
+                    continue
                 if ev is not None and ev.callbacks is not None:
                     t0 = env.now
                     yield ev
@@ -332,12 +345,25 @@ class StepEngine:
                 self.seg_held[s].append(st)
 
     def _fetch(self, t: str, op, w: int | None, sources: dict[str, int], same_seg: bool) -> Stage:
-        events = []
+        events, afters = [], []
         for src, nbytes in sources.items():
             after = self._done_event(w) if same_seg else self._avail(t, w, src)
+            if after is not None and after.callbacks is not None:
+                afters.append(after)
             events.append(self.clock.copier.copy(src, op.mem, nbytes, t, op.name, after=after))
         ev = events[0] if len(events) == 1 else self.env.all_of(events)
-        return Stage(op.mem, t, sum(sources.values()), ev)
+        st = Stage(op.mem, t, sum(sources.values()), ev)
+        st.src_t = self.env.now
+        if afters:
+            wop = self.prog.ops[w]
+            if same_seg or self.prog.ops[w].mem in sources:
+                st.src_cat = self._cat(wop.unit)
+
+            def ready(_e, st=st):
+                st.src_t = max(st.src_t, self.env.now)
+            for a in afters:
+                a.callbacks.append(ready)
+        return st
 
     # -- outputs, write-backs, deaths ----------------------------------------------------------
 
@@ -358,6 +384,7 @@ class StepEngine:
                 self.pools[m].alloc(t, nbytes, op.name)
             st.refs += 1
             self.work[(t, op.seg)] = st
+            self.seg_work.setdefault(op.seg, []).append(t)
 
     def _finish(self, op) -> None:
         self.done[op.index] = 1
@@ -380,6 +407,10 @@ class StepEngine:
             for st in self.seg_held[op.seg]:
                 self._release(st)
             self.seg_held[op.seg] = []
+            for t in self.seg_work.pop(op.seg, ()):  # working copies no one needs any more
+                st = self.work.pop((t, op.seg), None)
+                if st is not None:
+                    self._release(st)
 
     def _writeback(self, op, t: str) -> None:
         info = self.prog.tensors[t]

@@ -50,6 +50,7 @@ class POp:
     iteration: int
     group: tuple  # (block, iteration, layer, sub-batch): consecutive equal groups form a segment
     recompute: bool = False
+    written: float = 0.0  # bytes the op writes (its outputs' new data)
     seg: int = 0
     writers: tuple[int | None, ...] = ()  # last writer (op index) of each input before this op
     in_frac: tuple[float, ...] = ()  # fraction of each input's bytes the op needs (KV context)
@@ -109,7 +110,7 @@ def build_program(trace: Trace, system: System, plan: Plan) -> Program:
         raw = _insert_recompute(raw, trace, plan)
     ops = [POp(i, r["name"], r["kind"], r["phase"], r["dtype"], r["flops"], r["nbytes"], r["unit"],
                r["mem"], r["inputs"], r["outputs"], r["layer"], r["iteration"], r["group"],
-               r.get("recompute", False)) for i, r in enumerate(raw)]
+               r.get("recompute", False), r["written"]) for i, r in enumerate(raw)]
     segments = _segments(ops)
     tensors = _tensors(ops, trace, system, plan, fast, n if trace.kind == "inference" else 1)
     _annotate(ops, segments, tensors, trace)
@@ -151,7 +152,8 @@ def _expand(trace: Trace, system: System, plan: Plan, units: dict, notes: list) 
                     out.append({"name": name, "kind": op.kind, "phase": op.phase,
                                 "dtype": op.dtype, "flops": op.flops, "nbytes": nbytes,
                                 "unit": unit, "mem": mem, "inputs": inputs, "outputs": outputs,
-                                "layer": layer, "iteration": it, "group": group})
+                                "layer": layer, "iteration": it, "group": group,
+                                "written": float(op.bytes_written)})
     return out
 
 
@@ -184,6 +186,7 @@ def _split_batches(raw: list[dict], trace: Trace, n: int, notes: list) -> list[d
                 wbytes = min(wbytes, r["nbytes"])
                 out.append({**r, "flops": r["flops"] / n,
                             "nbytes": wbytes + (r["nbytes"] - wbytes) / n,
+                            "written": r["written"] / n,
                             "inputs": tuple(_sub(t, trace, b) for t in r["inputs"]),
                             "outputs": tuple(_sub(t, trace, b) for t in r["outputs"]),
                             "group": (*r["group"][:3], b)})
@@ -374,21 +377,41 @@ def _activation_tier(plan: Plan, system: System, fast: str) -> dict[str, float] 
 
 def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo],
               trace: Trace) -> None:
-    """Last writers of inputs, KV context fractions, write-backs and deaths per op."""
+    """Last writers of inputs, the bytes each access moves, write-backs and deaths per op.
+
+    Bytes per access: KV in inference moves the context so far (reads) or the new tokens
+    (writes), not the cache's final size. Inference activation buffers are reused by every
+    layer and phase under one name, so a version's bytes are what its writer wrote, capped at
+    the buffer. Everything else moves whole.
+    A write-back happens after the last op of a segment that writes a tensor homed off that
+    op's tier, when the version it leaves is still needed: persistent state, gradients and KV
+    while they live; activations only when a later segment reads that version.
+    """
     meta = trace.meta
     prompt, gen = meta.get("prompt_len"), meta.get("gen_len")
-    total_ctx = (prompt + gen) if (trace.kind == "inference" and prompt and gen) else None
+    inference = trace.kind == "inference"
+    total_ctx = (prompt + gen) if (inference and prompt and gen) else None
+    kv = {t for t, info in tensors.items() if info.cls == "kv"} if total_ctx else set()
+    sized = ({t for t, info in tensors.items() if info.cls in ("activation", "workspace")}
+             if inference else set())
     last_writer: dict[str, int] = {}
     seg_last_write: dict[tuple[int, str], int] = {}
-    kv = {t for t, info in tensors.items() if info.cls == "kv"} if total_ctx else set()
+    escaped: set[tuple[int, str]] = set()
     for op in ops:
-        op.writers = tuple(last_writer.get(t) for t in op.inputs)
+        writers = tuple(last_writer.get(t) for t in op.inputs)
+        op.writers = writers
         if op.kind == "optimizer" or op.phase == "optimizer":
             op.no_fetch = frozenset(t for t in op.inputs
                                     if t in op.outputs and tensors[t].cls == "weight")
-        if kv and (kv.intersection(op.inputs) or kv.intersection(op.outputs)):
-            op.in_frac = tuple(_ctx_frac(t in kv, op, total_ctx, prompt, True) for t in op.inputs)
-            op.out_frac = tuple(_ctx_frac(t in kv, op, total_ctx, prompt, False) for t in op.outputs)
+        for t, w in zip(op.inputs, writers, strict=True):
+            if w is not None and ops[w].seg != op.seg:
+                escaped.add((w, t))
+        touched = set(op.inputs).union(op.outputs)
+        if (kv and not kv.isdisjoint(touched)) or (sized and not sized.isdisjoint(touched)):
+            op.in_frac = tuple(_frac(t, w, op, ops, tensors, kv, sized, total_ctx, prompt, True)
+                               for t, w in zip(op.inputs, writers, strict=True))
+            op.out_frac = tuple(_frac(t, op.index, op, ops, tensors, kv, sized, total_ctx, prompt,
+                                      False) for t in op.outputs)
         else:
             op.in_frac, op.out_frac = (1.0,) * len(op.inputs), (1.0,) * len(op.outputs)
         for t in op.outputs:
@@ -397,9 +420,11 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     wb: dict[int, list[str]] = {}
     for (seg, t), i in seg_last_write.items():
         info = tensors[t]
-        seg_end = segments[seg].ops[-1]
-        alive_after = info.death is None or info.death > seg_end
-        if alive_after and any(tier != ops[i].mem for tier in info.home):
+        if info.cls in ("activation", "workspace"):
+            needed = (i, t) in escaped
+        else:
+            needed = info.death is None or info.death > segments[seg].ops[-1]
+        if needed and any(tier != ops[i].mem for tier in info.home):
             wb.setdefault(i, []).append(t)
     dies: dict[int, list[str]] = {}
     for t, info in tensors.items():
@@ -409,6 +434,15 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
         ops[i].writeback = tuple(sorted(names))
     for i, names in dies.items():
         ops[i].dies = tuple(sorted(names))
+
+
+def _frac(t: str, w: int | None, op: POp, ops: list[POp], tensors: dict, kv: set, sized: set,
+          total_ctx: int | None, prompt: int | None, reading: bool) -> float:
+    if t in kv:
+        return _ctx_frac(True, op, total_ctx, prompt, reading)
+    if t in sized and w is not None:
+        return min(1.0, ops[w].written / tensors[t].bytes) if tensors[t].bytes else 1.0
+    return 1.0
 
 
 def _ctx_frac(is_kv: bool, op: POp, total_ctx: int | None, prompt: int | None,

@@ -1,0 +1,56 @@
+"""Simulator speed: events/s and wall time on the cases the issue names (prints; never asserts).
+
+    python bench/bench_sim.py
+
+Targets (issue 4): ≥ 200,000 simulated events/s on one core; a Llama-2-70B training step with
+offload < 1 s; a 10,000-request serving trace on a 70B model < 30 s. ``events`` counts the
+simpy events processed; ``wall`` is the whole simulate() call (program building included).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import memsim
+from memsim.planners.plan import Plan
+from memsim.sim import simulate
+
+CASES = [
+    # (label, hardware, workload, overrides, plan)
+    ("llama2-70b train step, ZeRO-Infinity-style offload + recompute", "h100-sxm", "llama2-70b-train", [],
+     Plan(placement={"weight": {"dram": 1.0}, "grad": {"dram": 1.0},
+                     "optimizer": {"dram": 0.5, "nvme": 0.5}},
+          optimizer_device="cpu", activations="recompute", prefetch_depth=2)),
+    ("llama2-7b train step, ZeRO-Offload", "h100-sxm", "llama2-7b-train", [],
+     Plan(placement={"grad": {"dram": 1.0}, "optimizer": {"dram": 1.0}}, optimizer_device="cpu")),
+    ("llama3-8b inference (255 decode steps), half the weights in DRAM", "h100-sxm", "llama3-8b-infer", [],
+     Plan(placement={"weight": {"hbm": 0.5, "dram": 0.5}})),
+    ("opt-30b FlexGen-style on t4-gcp (48 x 3 GPU batches, KV on CPU)", "t4-gcp", "opt-30b-flexgen", [],
+     Plan(placement={"weight": {"hbm": 0.2, "dram": 0.8}, "kv": {"dram": 1.0},
+                     "activation": {"dram": 1.0}},
+          gpu_batch_size=48, num_gpu_batches=3, cpu_attention=True)),
+    ("llama2-70b serving, 10,000 requests, 55% of weights streamed from DRAM", "h100-sxm",
+     "llama2-70b-serve", [], Plan(placement={"weight": {"hbm": 0.45, "dram": 0.55}})),
+]
+
+
+def main() -> None:
+    only = sys.argv[1:]
+    print(f"{'case':<72} {'events':>9} {'wall s':>8} {'events/s':>10} {'simulated':>12}")
+    for label, hw, wl, overrides, plan in CASES:
+        if only and not any(o in label for o in only):
+            continue
+        system = memsim.load_system(hw, overrides)
+        trace = memsim.build_trace(memsim.load_workload(wl, overrides))
+        t0 = time.perf_counter()
+        r = simulate(system, trace, plan)
+        wall = time.perf_counter() - t0
+        what = "makespan" if trace.kind == "serving" else "step"
+        fit = "" if r.feasible else f" (does not fit: {r.oom.tier if r.oom else '?'})"
+        print(f"{label:<72} {r.events:>9,} {wall:>8.3f} {r.events / wall:>10,.0f} "
+              f"{what} {r.step_time_s:.4g} s{fit}")
+
+
+if __name__ == "__main__":
+    main()
