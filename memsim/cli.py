@@ -667,6 +667,42 @@ def workload_show(name: Annotated[str, typer.Argument(help="catalog name or path
     out.print(mem)
 
 
+# -- reproduce the literature ---------------------------------------------------------------------
+
+
+@app.command("reproduce")
+@handle_errors
+def reproduce_cmd(
+    output: Annotated[str, typer.Option("-o", "--output",
+                                        help="document to write")] = "docs/reproductions.md",
+    cases: Annotated[list[str] | None, typer.Option("--case", help="run only this case (repeatable); "
+                                                    "names: studies/reproductions/*.yaml")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="only the cases marked quick (seconds)")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set up published results with memsim's own parts and write them side by side (a Markdown doc)."""
+    from memsim.studies.reproduce import reproduce
+
+    bar, task = _progress(None, "reproducing", as_json)
+    with bar:
+        results, _ = reproduce(cases or [], quick, output, progress=lambda msg, done, total: bar.update(
+            task, completed=done, total=total, description=msg))
+    if as_json:
+        emit_json({"path": output, "cases": [r.to_dict() for r in results]})
+        return
+    from memsim.studies.reproduce_doc import fmt_diff, fmt_value
+
+    table = Table("case", "figure", "published", "memsim", "diff", "source",
+                  title="memsim beside the literature")
+    for r in results:
+        for f in r.figures:
+            if f.published is not None:
+                table.add_row(r.name, f.label, fmt_value(f.published, f.unit), fmt_value(f.memsim, f.unit),
+                              fmt_diff(f), f.source)
+    out.print(table)
+    out.print(f"wrote {output}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,173 @@
+"""Reproduce the literature: published figures beside memsim's, written to docs/reproductions.md.
+
+Each case is a YAML file in ``studies/reproductions/`` (shipped in the wheel): the published
+figures with their source, and the memsim setup that should reproduce them (hardware, workload,
+plans). ``reproduce_cases.py`` turns one case into ``Figure`` rows by running memsim's own parts
+(accounting formulas, the simulator, the MIP planner); nothing here knows a memsim figure in
+advance. The document is regenerated from scratch and is byte-identical on a re-run: no times,
+no dates, fixed number formats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from memsim.catalog import catalog_dir
+from memsim.errors import SpecError, did_you_mean
+from memsim.hardware.spec import Spec
+from memsim.specio import read_yaml, validate
+
+GAP = 0.10  # a relative difference above this needs a note saying why
+Progress = Callable[[str], None]
+
+
+class CaseSpec(Spec):
+    """One reproduction: the published figures, their source and memsim's setup."""
+
+    name: str = Field(description="case name (the --case argument)")
+    title: str = Field(description="one line heading the case in the document")
+    kind: str = Field(description="how the case is evaluated: zero, flexgen, paged, checkpoint, kivi, "
+                                  "flash, headinfer")
+    quick: bool = Field(False, description="part of the reduced set that --quick runs")
+    source: str = Field(description="the publication the figures come from")
+    setup: dict[str, Any] = Field(default_factory=dict, description="memsim setup of the case")
+    published: dict[str, Any] = Field(default_factory=dict, description="published figures")
+    columns: list[dict[str, Any]] | None = Field(None, description="per-column setups (ZeRO)")
+    runs: list[dict[str, Any]] | None = Field(None, description="per-run setups (FlexGen)")
+    notes: dict[str, str] = Field(default_factory=dict, description="figure key -> why memsim's figure "
+                                                                    "may differ from the published one")
+
+
+@dataclass
+class Figure:
+    """One row: a published figure beside memsim's, where memsim's came from, and why they differ."""
+
+    key: str
+    label: str
+    unit: str  # GB, GiB, tokens/s, x (ratio), % (stored as a fraction)
+    published: float | tuple[float, float] | None
+    memsim: float | None
+    source: str  # accounting formula | simulated | MIP plan simulated | ...
+    note: str = ""
+
+    @property
+    def diff(self) -> float | None:
+        """memsim / published − 1; inside a published range counts as 0, outside as the nearest end."""
+        if self.memsim is None or self.published is None:
+            return None
+        if isinstance(self.published, tuple):
+            lo, hi = self.published
+            if lo <= self.memsim <= hi:
+                return 0.0
+            ref = lo if self.memsim < lo else hi
+        else:
+            ref = self.published
+        return self.memsim / ref - 1 if ref else None
+
+    @property
+    def gap(self) -> bool:
+        d = self.diff
+        return d is not None and abs(d) > GAP
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["published"] = list(self.published) if isinstance(self.published, tuple) else self.published
+        out["diff"] = self.diff
+        return out
+
+
+@dataclass
+class CaseResult:
+    name: str
+    title: str
+    source: str
+    setup: list[str]  # how memsim was set up, one line each
+    figures: list[Figure]
+    notes: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)  # memsim commands that show the same figures
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in asdict(self).items() if k != "figures"},
+                "figures": [f.to_dict() for f in self.figures]}
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def cases_dir() -> Path:
+    return catalog_dir("studies") / "reproductions"
+
+
+def case_names() -> list[str]:
+    return sorted(p.stem for p in cases_dir().glob("*.yaml"))
+
+
+def load_case(name: str) -> tuple[CaseSpec, Path]:
+    path = cases_dir() / f"{name}.yaml"
+    if not path.exists():
+        names = case_names()
+        raise SpecError(f"no reproduction named {name!r}{did_you_mean(name, names)}; "
+                        f"known: {', '.join(names)}", key="--case")
+    spec = validate(CaseSpec, read_yaml(path), str(path))
+    from memsim.studies.reproduce_cases import KINDS
+
+    if spec.kind not in KINDS:
+        raise SpecError(f"unknown kind {spec.kind!r}{did_you_mean(spec.kind, KINDS)}", file=str(path),
+                        key="kind")
+    return spec, path
+
+
+def select(names: Iterable[str] = (), quick: bool = False) -> list[str]:
+    """The cases to run: those named, else the quick set with ``quick``, else all."""
+    names = list(dict.fromkeys(names))
+    if names:
+        for n in names:
+            load_case(n)  # unknown names fail before anything runs
+        return names
+    every = case_names()
+    return [n for n in every if load_case(n)[0].quick] if quick else every
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def run_case(name: str, progress: Progress | None = None) -> CaseResult:
+    from memsim.studies.reproduce_cases import KINDS
+
+    spec, path = load_case(name)
+    say = progress or (lambda _msg: None)
+    result = KINDS[spec.kind](spec, path, say)
+    for f in result.figures:  # the YAML's explanation of a figure's gap, when it has one
+        extra = spec.notes.get(f.key)
+        if extra:
+            f.note = f"{f.note} {extra}".strip() if f.note else extra
+    return result
+
+
+def reproduce(names: Iterable[str] = (), quick: bool = False, output: str | Path | None = None,
+              progress: Callable[[str, int, int], None] | None = None) -> tuple[list[CaseResult], str]:
+    """Run the selected cases and render the document; write it to ``output`` when given."""
+    chosen = select(names, quick)
+    results = []
+    for i, name in enumerate(chosen):
+        if progress:
+            progress(name, i, len(chosen))
+        say = (lambda msg, i=i, name=name: progress(f"{name}: {msg}", i, len(chosen))) if progress else None
+        results.append(run_case(name, say))
+    if progress:
+        progress("done", len(chosen), len(chosen))
+    from memsim.studies.reproduce_doc import render
+
+    text = render(results, full=not names and not quick)
+    if output is not None:
+        try:
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+            Path(output).write_text(text)
+        except OSError as exc:
+            raise SpecError(f"cannot write: {exc.strerror}", file=str(output), key="--output") from None
+    return results, text

@@ -1,0 +1,453 @@
+"""How each kind of reproduction is evaluated with memsim's own parts.
+
+Every function takes the case's YAML (``CaseSpec``), its path and a progress callback and returns a
+``CaseResult``. memsim's figures come from the workload accounting (``trace.meta``), the simulator
+(``memsim.sim.simulate``) or the MIP planner (``memsim.planners.plan``), labelled as such; the
+published figures and every parameter of a transformation come from the YAML.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from memsim.errors import Infeasible, SpecError
+from memsim.hardware import load_system
+from memsim.hardware.spec import System
+from memsim.planners import Plan, PlannerInfo, load_preset, run_preset
+from memsim.planners import plan as plan_with
+from memsim.sim import simulate
+from memsim.specio import apply_overrides, validate
+from memsim.studies.reproduce import CaseResult, CaseSpec, Figure
+from memsim.units import fmt_bytes
+from memsim.workloads import build_trace, load_workload
+from memsim.workloads.spec import Workload
+from memsim.workloads.trace import Trace
+
+Say = Callable[[str], None]
+SIM = "simulated"
+FORMULA = "accounting formula"
+
+
+# -- shared helpers -----------------------------------------------------------------------------
+
+
+def _need(setup: dict, key: str, path: Path):
+    if key not in setup:
+        raise SpecError("required key is missing", file=str(path), key=f"setup.{key}")
+    return setup[key]
+
+
+def workload_of(given, path: Path, overrides: list[str] = ()) -> Workload:
+    """A catalog workload by name, or one written inline in the case file (paths relative to it)."""
+    if isinstance(given, str):
+        return load_workload(given, list(overrides))
+    data = apply_overrides(copy.deepcopy(given), [o for o in overrides if not o.startswith("hardware.")],
+                           str(path))
+    workload = validate(Workload, data, f"{path} (setup.workload)")
+    workload._source = str(path)
+    from memsim.workloads import workload_architecture
+
+    workload_architecture(workload)  # resolves the model now, so a bad name fails here
+    return workload
+
+
+def trace_of(setup: dict, path: Path, extra: list[str] = ()) -> Trace:
+    overrides = [*setup.get("overrides", []), *extra]
+    return build_trace(workload_of(_need(setup, "workload", path), path, overrides))
+
+
+def system_of(setup: dict, path: Path, extra: list[str] = ()) -> System:
+    return load_system(_need(setup, "hardware", path), [*setup.get("overrides", []), *extra])
+
+
+def fixed_plan(data: dict, name: str, path: Path) -> Plan:
+    plan = Plan.from_dict(copy.deepcopy(data), file=str(path))
+    plan.planner = PlannerInfo(name=name, status="given")
+    return plan
+
+
+def oom_text(result) -> str:
+    oom = result.oom
+    held = ", ".join(f"{n} {fmt_bytes(b)}" for n, b in oom.largest[:3])
+    return (f"does not fit in memsim: {oom.tier} needs {fmt_bytes(oom.needed_bytes)} of "
+            f"{fmt_bytes(oom.capacity_bytes)} at {oom.op} (largest: {held})")
+
+
+def gb(nbytes: float) -> float:
+    return nbytes / 1e9
+
+
+def gib(nbytes: float) -> float:
+    return nbytes / 2**30
+
+
+def _decimals(value: float) -> int:
+    text = repr(float(value))
+    return 0 if text.endswith(".0") else len(text.split(".")[1])
+
+
+# -- ZeRO Table 1 -------------------------------------------------------------------------------
+
+
+def zero(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
+    workload = _need(spec.setup, "workload", path)
+    figures, setup = [], []
+    for i, col in enumerate(spec.columns or []):
+        stage = int(col["zero_stage"])
+        say(f"stage {stage}")
+        trace = build_trace(load_workload(workload, [f"training.zero_stage={stage}"]))
+        pdb = trace.meta["per_device_bytes"]
+        states = pdb["weights"] + pdb["gradients"] + pdb["optimizer"]
+        published = float(col["published_gb"])
+        shown = round(gb(states), _decimals(published))
+        exact = "matches" if shown == published else "DIFFERS"
+        figures.append(Figure(f"stage{stage}", f"{col['label']}: model states per device", "GB", published,
+                              gb(states), FORMULA,
+                              f"{states:,} B = {col.get('formula', '')}; {exact} at the published precision"))
+        if i == 0:
+            setup.append(f"workload `{workload}`: {trace.meta['params']:,} parameters, Nd = "
+                         f"{trace.meta['data_parallel']}, {trace.meta['optimizer']}, {trace.meta['dtype']}")
+    return CaseResult(spec.name, spec.title, spec.source, setup, figures,
+                      commands=[f"memsim workload show {workload} --set training.zero_stage=3"])
+
+
+# -- FlexGen ------------------------------------------------------------------------------------
+
+
+def flexgen(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
+    hardware = _need(spec.setup, "hardware", path)
+    system = system_of(spec.setup, path)
+    limit = float(spec.setup.get("time_limit_s", 10))
+    figures, setup, notes, commands = [], [f"hardware `{hardware}` ({system.description})"], [], []
+    traces: dict[str, Trace] = {}
+    for i, run in enumerate(spec.runs or []):
+        name = run["workload"]
+        say(run["label"])
+        trace = traces.get(name) or traces.setdefault(name, build_trace(load_workload(name)))
+        key = f"run{i}"
+        published = float(run["published_tokens_per_s"])
+        pub_note = run.get("published_note", "")
+        if "plan" in run:
+            plan = fixed_plan(run["plan"], "flexgen-policy", path)
+            result = simulate(system, trace, plan)
+            if result.feasible:
+                figures.append(Figure(key, f"{run['label']}: tokens/s", "tokens/s", published,
+                                      result.tokens_per_s, SIM, pub_note))
+            else:
+                figures.append(Figure(key, f"{run['label']}: tokens/s", "tokens/s", published, None, SIM,
+                                      f"{oom_text(result)}. {pub_note}"))
+                figures.append(_what_if_fits(system, trace, plan, run, key, published, say))
+            setup.append(f"{run['label']}: workload `{name}`, plan {_plan_text(plan)}")
+        else:
+            planner = run.get("planner", "mip")
+            try:
+                report = plan_with(system, trace, planner, time_limit=limit, baselines=False)
+            except Infeasible as exc:
+                figures.append(Figure(key, f"{run['label']}: tokens/s", "tokens/s", published, None,
+                                      "MIP plan simulated", f"the planner finds no plan that fits: "
+                                      f"{exc.diagnosis.summary}. {pub_note}"))
+                setup.append(f"{run['label']}: workload `{name}`, planner `{planner}`: no plan fits")
+                continue
+            figures.append(Figure(key, f"{run['label']}: tokens/s", "tokens/s", published,
+                                  report.result.tokens_per_s, "MIP plan simulated", pub_note))
+            setup.append(f"{run['label']}: workload `{name}`, planner `{planner}` chose "
+                         f"{_plan_text(report.plan)}")
+            commands.append(f"memsim plan --hardware {hardware} --workload {name} --planner {planner}")
+    return CaseResult(spec.name, spec.title, spec.source, setup, figures, notes, commands)
+
+
+def _what_if_fits(system: System, trace: Trace, plan: Plan, run: dict, key: str, published: float,
+                  say: Say) -> Figure:
+    """The same policy with the overflowing tier grown to what the simulator says it needs: shows
+    the throughput the policy would reach, labelled as a what-if (the figure above stays None)."""
+    grown, result = system, None
+    for _ in range(3):
+        result = simulate(grown, trace, plan)
+        if result.feasible or result.oom is None:
+            break
+        oom = result.oom
+        need = math.ceil(oom.needed_bytes / 2**30 + 0.5) * 2**30
+        say(f"what-if: {oom.tier} at {fmt_bytes(need)}")
+        grown = grown.model_copy(deep=True)
+        grown.tiers[oom.tier].capacity = max(need, grown.tiers[oom.tier].capacity + 2**30)
+    label = f"{run['label']}, what-if: " + ", ".join(
+        f"{t} {fmt_bytes(grown.tiers[t].capacity)}" for t in grown.tiers
+        if grown.tiers[t].capacity != system.tiers[t].capacity)
+    if result is None or not result.feasible:
+        return Figure(key + "-whatif", label, "tokens/s", published, None, "simulated (what-if)",
+                      "still does not fit after growing the tier three times")
+    return Figure(key + "-whatif", label, "tokens/s", published, result.tokens_per_s, "simulated (what-if)",
+                  "memsim's capacity need, not the T4's: shows the throughput of the policy itself")
+
+
+def _split_text(split: dict[str, float]) -> str:
+    return "/".join(f"{f:.0%} {t}" for t, f in sorted(split.items(), key=lambda i: -i[1]))
+
+
+def _plan_text(plan: Plan) -> str:
+    where = "; ".join(f"{cls} " + _split_text(split)
+                      for cls, split in sorted(plan.placement.items()))
+    batches = (f", GPU batch {plan.gpu_batch_size} × {plan.num_gpu_batches}"
+               if plan.num_gpu_batches else "")
+    return f"{where or 'all on the GPU'}{batches}{', attention on the CPU' if plan.cpu_attention else ''}"
+
+
+# -- PagedAttention ----------------------------------------------------------------------------
+
+
+def paged(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
+    s = spec.setup
+    system = system_of(s, path)
+    contiguous = int(_need(s, "contiguous_block_tokens", path))
+    paged_ = int(_need(s, "paged_block_tokens", path))
+    results = {}
+    for label, block in (("contiguous", contiguous), ("paged", paged_)):
+        say(f"{label} ({block}-token blocks)")
+        trace = trace_of(s, path, [f"serving.scheduler.block_size={block}"])
+        results[label] = simulate(system, trace, None)
+    for label, r in results.items():
+        if not r.feasible:
+            raise Infeasible(_diag(r, f"pagedattention {label}"))
+    c, p = results["contiguous"].serving, results["paged"].serving
+    pub = spec.published
+    figures = [
+        Figure("contiguous_share", f"contiguous reservation ({contiguous} tokens): KV memory holding tokens",
+               "%", _range(pub.get("contiguous_token_share")), 1 - c.kv_fragmentation, SIM),
+        Figure("paged_share", f"paged ({paged_}-token blocks): KV memory holding tokens", "%",
+               _range(pub.get("paged_token_share")), 1 - p.kv_fragmentation, SIM),
+        Figure("throughput_gain", "throughput, paged / contiguous", "x", _range(pub.get("throughput_gain")),
+               p.throughput_tokens_per_s / c.throughput_tokens_per_s, SIM),
+        Figure("contiguous_tps", "contiguous reservation: throughput", "tokens/s", None,
+               c.throughput_tokens_per_s, SIM, f"p50 TTFT {c.ttft_s['p50']:.3g} s"),
+        Figure("paged_tps", "paged: throughput", "tokens/s", None, p.throughput_tokens_per_s, SIM,
+               f"p50 TTFT {p.ttft_s['p50']:.3g} s; {p.preemptions} preemptions"),
+    ]
+    trace = trace_of(s, path)
+    setup = [f"hardware `{s['hardware']}` with {', '.join(s.get('overrides', [])) or 'no overrides'}",
+             f"serving workload `{trace.name}` ({trace.meta.get('model')}): {len(trace.requests)} requests, "
+             f"mean prompt {_mean(trace.requests.prompt_len):.0f}, mean output "
+             f"{_mean(trace.requests.output_len):.0f} tokens",
+             f"block_size {contiguous} (one block per request: a max-length reservation) vs {paged_}"]
+    return CaseResult(spec.name, spec.title, spec.source, setup, figures)
+
+
+def _range(value):
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        return (float(value[0]), float(value[1]))
+    return float(value)
+
+
+def _mean(values) -> float:
+    return sum(values) / max(1, len(values))
+
+
+def _diag(result, what: str):
+    from memsim.sim import diagnose
+
+    diagnosis = diagnose(result)
+    diagnosis.summary = f"{what}: {diagnosis.summary}"
+    return diagnosis
+
+
+# -- Chen et al. sqrt(n) checkpointing --------------------------------------------------------
+
+
+def checkpoint(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
+    s = spec.setup
+    system = system_of(s, path)
+    trace = trace_of(s, path)
+    out = {}
+    for role in ("baseline", "planner"):
+        name = _need(s, role, path)
+        say(name)
+        plan = run_preset(load_preset(name), system, trace)
+        out[role] = simulate(system, trace, plan)
+        if not out[role].feasible:
+            raise Infeasible(_diag(out[role], f"{spec.name} {name}"))
+    fast = system.fast_tier
+    none_, sqrt_ = out["baseline"], out["planner"]
+    pdb = trace.meta["per_device_bytes"]
+    states = pdb["weights"] + pdb["gradients"] + pdb["optimizer"]
+    pub = spec.published
+    figures = [
+        Figure("peak_none", f"peak {fast}, no checkpointing", "GB", pub.get("peak_none_gb"),
+               gb(none_.peak_bytes[fast]), SIM),
+        Figure("peak_sqrt", f"peak {fast}, √n checkpointing", "GB", pub.get("peak_sqrt_gb"),
+               gb(sqrt_.peak_bytes[fast]), SIM),
+        Figure("reduction", "memory reduction (no checkpointing / √n)", "x",
+               pub["peak_none_gb"] / pub["peak_sqrt_gb"] if "peak_sqrt_gb" in pub else None,
+               none_.peak_bytes[fast] / sqrt_.peak_bytes[fast], SIM),
+        Figure("extra_time", "extra step time of √n checkpointing", "%", pub.get("extra_time"),
+               sqrt_.step_time_s / none_.step_time_s - 1, SIM,
+               f"recompute {sqrt_.breakdown.get('recompute', 0.0):.3g} s of {sqrt_.step_time_s:.3g} s"),
+    ]
+    setup = [f"hardware `{s['hardware']}`; workload `{trace.name}`: {trace.meta['layers']} layers, "
+             f"{trace.meta['params']:,} parameters, micro-batch {trace.meta['micro_batch']} × "
+             f"{trace.meta['seq_len']} tokens",
+             f"model states {gb(states):.3g} GB and activations {gb(pdb['activations']):.3g} GB (accounting)",
+             f"planners `{s['baseline']}` vs `{s['planner']}` ({'; '.join(sqrt_.notes) or 'as planned'})"]
+    return CaseResult(spec.name, spec.title, spec.source, setup, figures)
+
+
+# -- KIVI ---------------------------------------------------------------------------------------
+
+
+def kivi(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
+    s = spec.setup
+    system = system_of(s, path)
+    fast = system.fast_tier
+    cap = system.tiers[fast].capacity
+    low = int(_need(s, "low_bits", path))
+    hi_bits = 16
+    hi_max = _largest_batch(s, path, cap, hi_bits, None, int(s.get("max_batch_search", 4096)))
+    lo_max = _largest_batch(s, path, cap, low, None, int(s.get("max_batch_search", 4096)))
+    kivi_kv = _kivi_kv(s, path)
+    lo_kivi = _largest_batch(s, path, cap, low, kivi_kv, int(s.get("max_batch_search", 4096)))
+    peaks = {}
+    for bits in (hi_bits, low):
+        say(f"simulating {bits}-bit KV at batch {hi_max}")
+        trace = trace_of(s, path, [f"inference.kv_bits={bits}", f"inference.batch_size={hi_max}"])
+        r = simulate(system, trace, None)
+        if not r.feasible:
+            raise Infeasible(_diag(r, f"kivi {bits}-bit at batch {hi_max}"))
+        peaks[bits] = r.peak_bytes[fast]
+        if bits == low:
+            peak_kivi = r.peak_bytes[fast] - trace.meta["per_device_bytes"]["kv_cache"] + hi_max * kivi_kv
+    pub = spec.published
+    figures = [
+        Figure("peak_ratio", f"peak {fast}, 16-bit / {low}-bit KV at batch {hi_max}", "x",
+               pub.get("peak_ratio"),
+               peaks[hi_bits] / peaks[low], SIM,
+               f"{gb(peaks[hi_bits]):.3g} GB vs {gb(peaks[low]):.3g} GB, weights included"),
+        Figure("batch_ratio", f"largest batch, {low}-bit / 16-bit KV", "x", pub.get("batch_ratio"),
+               lo_max / hi_max, f"{FORMULA}; simulated at the 16-bit maximum",
+               f"{lo_max} vs {hi_max} sequences in {fmt_bytes(cap)}"),
+        Figure("peak_ratio_kivi", "peak ratio with KIVI's scales, zero points and residual", "x",
+               pub.get("peak_ratio"), peaks[hi_bits] / peak_kivi, FORMULA,
+               f"{gb(peak_kivi):.3g} GB with KIVI's per-sequence KV of {fmt_bytes(kivi_kv)}"),
+        Figure("batch_ratio_kivi", "largest batch ratio with KIVI's scales, zero points and residual", "x",
+               pub.get("batch_ratio"), lo_kivi / hi_max, FORMULA, f"{lo_kivi} vs {hi_max} sequences"),
+    ]
+    trace = trace_of(s, path)
+    setup = [f"hardware `{s['hardware']}` ({fmt_bytes(cap)} {fast}); workload `{trace.name}` "
+             f"({trace.meta['model']}, prompt {trace.meta['prompt_len']}, "
+             f"{trace.meta['gen_len']} new tokens)",
+             f"memsim's `kv_bits: {low}` counts the packed {low}-bit values only; the KIVI rows add, per "
+             f"sequence, {s.get('scale_bits', 16)}-bit scale and zero point per group of "
+             f"{s.get('group_size', 32)} and the last {s.get('residual_tokens', 128)} tokens in 16 bits",
+             "largest batch: bisection on the workload's per-device bytes (weights + activations + KV) "
+             f"against {fmt_bytes(cap)}; the simulator confirms the 16-bit maximum fits"]
+    return CaseResult(spec.name, spec.title, spec.source, setup, figures)
+
+
+def _kivi_kv(s: dict, path: Path) -> int:
+    """KV bytes of one sequence under KIVI: quantised values plus a scale and a zero point per group,
+    and the most recent ``residual_tokens`` kept in 16 bits (KIVI sect. 3.3-3.4)."""
+    from memsim.workloads import workload_architecture
+    from memsim.workloads.accounting import kv_bytes
+
+    w = workload_of(_need(s, "workload", path), path, s.get("overrides", []))
+    arch = workload_architecture(w)
+    tokens = w.inference.prompt_len + w.inference.gen_len
+    residual = min(tokens, int(s.get("residual_tokens", 128)))
+    bits, group, scale = int(s["low_bits"]), int(s.get("group_size", 32)), int(s.get("scale_bits", 16))
+    quantised = tokens - residual
+    effective = bits + 2 * scale / group  # value bits plus the amortised scale and zero point
+    return kv_bytes(arch, residual, 16) + math.ceil(kv_bytes(arch, quantised, 16) * effective / 16)
+
+
+def _largest_batch(s: dict, path: Path, cap: int, bits: int, kv_per_seq: int | None, upper: int) -> int:
+    """The largest batch whose per-device bytes fit ``cap`` (bisection on the workload accounting)."""
+
+    def need(batch: int) -> int:
+        pdb = trace_of(s, path, [f"inference.kv_bits={bits}", f"inference.batch_size={batch}"]).meta[
+            "per_device_bytes"]
+        if kv_per_seq is None:
+            return pdb["total"]
+        return pdb["total"] - pdb["kv_cache"] + batch * kv_per_seq
+
+    lo, hi = 0, upper
+    if need(1) > cap:
+        return 0
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if need(mid) <= cap else (lo, mid - 1)
+    return lo
+
+
+# -- LLM in a flash -----------------------------------------------------------------------------
+
+
+def flash(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
+    from memsim.studies.reproduce_flash import flash_case
+
+    return flash_case(spec, path, say)
+
+
+# -- HeadInfer ----------------------------------------------------------------------------------
+
+
+def headinfer(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
+    s = spec.setup
+    system = system_of(s, path)
+    trace = trace_of(s, path)
+    fast, meta = system.fast_tier, trace.meta
+    kv = meta["per_device_bytes"]["kv_cache"]
+    say("all on the GPU")
+    resident = simulate(system, trace, None)
+    say("KV offloaded to DRAM")
+    offload = simulate(system, trace, fixed_plan(_need(s, "offload_plan", path), "kv-offload", path))
+    from memsim.workloads import workload_architecture
+
+    arch = workload_architecture(workload_of(s["workload"], path, s.get("overrides", [])))
+    buffers = int(s.get("buffers", 2))
+    head_kv = kv // (arch.layers * arch.kv_heads) * buffers
+    layer_kv = kv // arch.layers
+    gpu_kv_offload = offload.peak_bytes[fast] - _non_kv_peak(resident, trace, fast)
+    pub = spec.published
+    figures = [
+        Figure("kv", "KV cache at 2^20 tokens", "GiB", pub.get("kv_cache_gib"), gib(kv), FORMULA,
+               f"{kv:,} B"),
+        Figure("gpu_total_resident", f"peak {fast}, everything on the GPU", "GB",
+               pub.get("gpu_total_resident_gb"), gb(resident.peak_bytes[fast]), SIM,
+               "more than the GPU has: the simulator reports the need" if not resident.feasible else ""),
+        Figure("gpu_total_offload", f"peak {fast}, KV homed in DRAM (layer-wise streaming)", "GB",
+               pub.get("gpu_total_offload_gb"), gb(offload.peak_bytes[fast]), SIM,
+               "" if offload.feasible else oom_text(offload)),
+        Figure("gpu_kv_offload", f"KV on the {fast}, layer-wise streaming", "GB",
+               pub.get("gpu_kv_offload_gb"),
+               gb(gpu_kv_offload), SIM, f"one layer's KV is {fmt_bytes(layer_kv)}"),
+        Figure("gpu_kv_headwise", f"KV on the {fast}, head-wise ({buffers} head buffers)", "GB",
+               pub.get("gpu_kv_offload_gb"), gb(head_kv), FORMULA,
+               f"{buffers} × KV / (layers × KV heads) = {buffers} × {fmt_bytes(head_kv // buffers)}"),
+    ]
+    offload_text = _plan_text(fixed_plan(s["offload_plan"], "kv-offload", path))
+    setup = [f"hardware `{s['hardware']}`; workload `{s['workload']}` "
+             f"{'with ' + ', '.join(s['overrides']) + ' ' if s.get('overrides') else ''}"
+             f"({meta['prompt_len'] + meta['gen_len']:,} tokens, batch {meta['batch_size']}, prefill in "
+             f"chunks of {meta.get('prefill_chunk')})",
+             f"offload plan: {offload_text} — memsim streams a whole layer's KV at a time; a head-wise "
+             "prefetch granularity is not a plan knob yet"]
+    return CaseResult(spec.name, spec.title, spec.source, setup, figures)
+
+
+def _non_kv_peak(resident, trace: Trace, fast: str) -> int:
+    """Peak bytes on the GPU that are not KV: the resident peak minus the whole KV cache."""
+    return resident.peak_bytes[fast] - trace.meta["per_device_bytes"]["kv_cache"]
+
+
+KINDS: dict[str, Callable[[CaseSpec, Path, Say], CaseResult]] = {
+    "zero": zero,
+    "flexgen": flexgen,
+    "paged": paged,
+    "checkpoint": checkpoint,
+    "kivi": kivi,
+    "flash": flash,
+    "headinfer": headinfer,
+}
