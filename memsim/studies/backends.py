@@ -41,8 +41,12 @@ def run_local(tasks: Sequence[Task], on_done: OnDone, jobs: int | None = None) -
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in sorted(done, key=lambda f: futures[f]):
                 on_done(futures[future], _outcome(future, futures[future], tasks))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        # Interrupted: drop queued points and do not wait for running ones (Ctrl-C reaches the
+        # workers too); every point finished so far is already stored.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _outcome(future: Future, key: str, tasks: Sequence[Task]) -> dict:

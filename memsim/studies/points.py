@@ -40,16 +40,9 @@ def _plan_point(inputs: dict) -> dict:
 
 
 def _simulate_point(inputs: dict) -> dict:
-    from memsim.hardware import load_system
-    from memsim.planners.plan import Plan
-    from memsim.sim import simulate
-    from memsim.workloads import build_trace, load_workload
+    from memsim.sim.case import simulate_case
 
-    overrides = list(inputs["overrides"])
-    system = load_system(inputs["hardware"], overrides)
-    workload = load_workload(inputs["workload"], overrides)
-    trace = build_trace(workload)
-    return simulate(system, trace, Plan()).to_dict()
+    return simulate_case(inputs["hardware"], inputs["workload"], overrides=list(inputs["overrides"]))[1]
 
 
 POINT_FUNCTIONS: dict[str, PointFn] = {"plan": _plan_point, "simulate": _simulate_point}
@@ -168,6 +161,16 @@ def _where(exc: BaseException) -> str:
     return f" (at {Path(last.filename).name}:{last.lineno} in {last.name})"
 
 
+def _reason(diagnosis) -> str:
+    """The summary, plus which tiers are short by how much when the summary does not say."""
+    from memsim.units import fmt_bytes
+
+    short = [f"{s.tier} short by {fmt_bytes(s.short_bytes)}" for s in diagnosis.shortfalls if s.short_bytes]
+    if short and not any(s.tier in diagnosis.summary for s in diagnosis.shortfalls):
+        return f"{diagnosis.summary}: {', '.join(short)}"
+    return diagnosis.summary
+
+
 def run_point(inputs: dict, function: str | None = None) -> dict:
     """Run one point and return its record; never raises for a failing point.
 
@@ -187,7 +190,12 @@ def run_point(inputs: dict, function: str | None = None) -> dict:
             record["reason"] = (f"out of memory on {oom['tier']}: short by {oom.get('short_bytes', 0)} bytes"
                                 if oom.get("tier") else "no feasible plan")
     except Infeasible as exc:
-        record.update(status="infeasible", reason=exc.diagnosis.summary, diagnosis=exc.diagnosis.to_dict())
+        record.update(status="infeasible", reason=_reason(exc.diagnosis), diagnosis=exc.diagnosis.to_dict())
+        payload = getattr(exc, "payload", None)  # what the failed case needed (peak bytes per tier)
+        if isinstance(payload, dict):
+            timing = {}
+            record["result"] = _split_volatile({**payload, "feasible": False}, "", timing)
+            record["timing"] = timing
     except SpecError as exc:
         record.update(status="bad_input", reason=str(exc))
     except Exception as exc:  # a bug or a missing piece must not stop the study: record it

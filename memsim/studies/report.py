@@ -55,7 +55,9 @@ def build_rows(study: Study, hashed: list[tuple[Point, str]], records: dict[str,
         row: dict[str, Any] = {"point": point.index, **point.coords,
                                "status": record["status"], "reason": record.get("reason")}
         for name in study.metrics:
-            row[name] = metric(result, name)
+            # a failed point keeps only what it needed (bytes); its times are not results
+            keep = record["status"] == "ok" or "bytes" in name
+            row[name] = metric(result, name) if keep else None
         if "feasible" in row and record["status"] != "ok":
             row["feasible"] = False
         cost = hourly_cost(record.get("system"), study.costs)
@@ -119,15 +121,20 @@ def to_csv(study: Study, rows: list[dict]) -> str:
 
 
 def _write_parquet(study: Study, rows: list[dict], path: Path) -> bool:
+    """The table as Parquet when pyarrow imports; a column of mixed types is written as text."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         return False
-    cols = columns(study, rows)
-    table = pa.table({c: [_cell(r.get(c)) if isinstance(r.get(c), str) or c in study.axis_keys()
-                          else r.get(c) for r in rows] for c in cols})
-    pq.write_table(table, path)
+    arrays = {}
+    for c in columns(study, rows):
+        values = [r.get(c) for r in rows]
+        try:
+            arrays[c] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            arrays[c] = pa.array([None if v is None else _cell(v) for v in values])
+    pq.write_table(pa.table(arrays), path)
     return True
 
 
