@@ -359,7 +359,7 @@ def _render_study(run) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in run.counts().items())
     out.print(f"{counts}; computed {run.computed}, reused {run.cached} cached")
     if run.best:
-        coords = ", ".join(f"{k}={run.best[k]}" for k in run.study.axis_keys())
+        coords = ", ".join(f"{k}={run.best[k]}" for k in run.study.shown_keys())
         out.print(f"[bold green]best:[/] point {run.best['point']} ({coords})")
     else:
         out.print("[yellow]no point meets the study's criterion[/]")
