@@ -195,7 +195,9 @@ class _Runner:
             self.op_times.append((op.name, op.kind, op.recompute, *t))
             self._finish(op)
             self._reap(block=False)
-        self._reap(block=True)
+        t0 = time.perf_counter_ns()
+        self._reap(block=True)  # the step ends when the last write-back has landed
+        self.wait_s += (time.perf_counter_ns() - t0) / 1e9
         end = self._mark()
         return self._summary(self._elapsed(start, end))
 
@@ -431,6 +433,7 @@ class _Runner:
             engine.close()
         for tier in self.slow.values():
             tier.close()
+        self.compute.close()
 
 
 def _home(t: str) -> str:

@@ -52,6 +52,10 @@ class ComputeTier:
         self.name, self.backend = name, backend
         self.buffers: dict[str, Any] = {}
         self.ledger = Ledger()
+        # Freed host buffers are kept for reuse by size, as DeepSpeed and FlexGen keep their
+        # pinned swap buffers: a fresh mmap per fetch would page-fault and zero every page on
+        # the copy thread, a cost no real offload engine pays per transfer.
+        self.pool: dict[int, list[mmap.mmap]] = {}
 
     def alloc(self, key: str, nbytes: int, account: bool = True) -> Any:
         """A buffer of ``nbytes`` under ``key``; ``account=False`` defers the ledger entry to
@@ -61,7 +65,8 @@ class ComputeTier:
         if self.backend.is_cuda:
             buf = self.backend.torch.empty(max(1, nbytes), dtype=self.backend.torch.uint8, device="cuda")
         else:
-            buf = aligned_buffer(nbytes)
+            free = self.pool.get(align_up(max(1, nbytes)))
+            buf = free.pop() if free else aligned_buffer(nbytes)
         self.buffers[key] = buf
         if account:
             self.ledger.add(key, nbytes)
@@ -73,9 +78,17 @@ class ComputeTier:
     def free(self, tensor: str) -> None:
         buf = self.buffers.pop(tensor, None)
         if isinstance(buf, mmap.mmap):
-            with contextlib.suppress(BufferError):
-                buf.close()
+            self.pool.setdefault(len(buf), []).append(buf)
         self.ledger.remove(tensor)
+
+    def close(self) -> None:
+        """Unmap every buffer (held and pooled)."""
+        for buf in [*self.buffers.values(), *(b for bufs in self.pool.values() for b in bufs)]:
+            if isinstance(buf, mmap.mmap):
+                with contextlib.suppress(BufferError):
+                    buf.close()
+        self.buffers.clear()
+        self.pool.clear()
 
     def __contains__(self, tensor: str) -> bool:
         return tensor in self.buffers
