@@ -16,7 +16,7 @@ from pydantic import Field
 from memsim.errors import SpecError, did_you_mean
 from memsim.hardware.spec import Spec
 from memsim.planners.plan import Plan
-from memsim.specio import load_mapping, resolve, validate
+from memsim.specio import catalog_names, load_mapping, resolve, validate
 
 
 class SuiteSpec(Spec):
@@ -52,7 +52,12 @@ class Suite:
 
 def load_suite(name_or_path: str | Path) -> Suite:
     """A Suite from ``validation/<name>.yaml`` or a path; every reference is checked here."""
-    path = resolve(name_or_path, "validation")
+    try:
+        path = resolve(name_or_path, "validation")
+    except SpecError:
+        names = catalog_names("validation")
+        raise SpecError(f"no suite named {str(name_or_path)!r}{did_you_mean(str(name_or_path), names)}; "
+                        f"suites in the catalog: {', '.join(names) or 'none'}", key="--suite") from None
     spec = validate(SuiteSpec, load_mapping(path, "validation"), str(path))
     workloads = {alias: _workload_ref(path, alias, ref) for alias, ref in spec.workloads.items()}
     plans = {alias: _plan(path, alias, ref) for alias, ref in spec.plans.items()}
