@@ -113,6 +113,11 @@ def run_case(system: System, case: SuiteCase, device: str, repeats: int,
     trace = build_trace(load_workload(case.workload))
     check_plan(trace, case.plan, system, case.plan_file)
     predicted = simulate(system, trace, case.plan)
+    if not predicted.feasible:  # the replay would run this machine out of memory for real
+        from memsim.errors import Infeasible
+        from memsim.sim import diagnose
+
+        raise Infeasible(diagnose(predicted))
     step = (lambda: progress(case.name)) if progress else None
     measured = replay(system, trace, case.plan, device, repeats, scratch, case.plan_file, step)
     peaks = {}
