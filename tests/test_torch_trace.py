@@ -341,3 +341,18 @@ def test_flash_trace_flops_equal_flop_counter_on_cuda():
         module(ids).sum().backward()
     trace = tt.trace_factory(f"{EX}:tiny_gpt", ["2x128:int64"], dtype="bf16", train=True, attention="flash")
     assert trace.flops == counter.get_total_flops()
+
+
+def test_activation_checkpointing_trades_flops_for_memory():
+    plain = tt.trace_factory(f"{EX}:gpt", ["2x64:int64"], train=True, args=["layers=3"])
+    ckpt = tt.trace_factory(f"{EX}:gpt", ["2x64:int64"], train=True, args=["layers=3", "checkpoint=true"])
+    module = tt.build_module(ex.gpt, "gpt", None, {"layers": 3, "checkpoint": True})
+    with FlopCounterMode(display=False) as counter:
+        tt.run_module(module, tt.make_inputs([tt.parse_input("2x64:int64")], torch.float32), True)
+    assert ckpt.flops == counter.get_total_flops()
+    # every block's forward runs again inside backward, up to the last tensor backward needs
+    # (torch's early stop): all its matmuls but the MLP's down projection, whose output is not saved
+    block_fwd = sum(op.flops for op in plain.blocks[0].ops if ".blocks." in op.name)
+    down = sum(op.flops for op in plain.blocks[0].ops if ".mlp.down:" in op.name)
+    assert ckpt.flops - plain.flops == block_fwd - down > 0
+    assert ckpt.meta["peak_activation_bytes"] < plain.meta["peak_activation_bytes"] / 2

@@ -15,6 +15,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
 from memsim.workloads.models import Architecture, load_model
 
@@ -155,11 +156,12 @@ class DecoderBlock(nn.Module):
 
 class Decoder(nn.Module):
     """Token (and learned position) embedding, decoder blocks, final norm, LM head (tied or not).
-    Input ``BxS:int64`` token ids. Its parameters are exactly ``Architecture.params``."""
+    Input ``BxS:int64`` token ids. Its parameters are exactly ``Architecture.params``.
+    ``checkpoint=True`` recomputes every block in backward (torch.utils.checkpoint)."""
 
-    def __init__(self, arch: Architecture):
+    def __init__(self, arch: Architecture, checkpoint: bool = False):
         super().__init__()
-        self.arch = arch
+        self.arch, self.checkpoint = arch, checkpoint
         self.embed = nn.Embedding(arch.vocab, arch.hidden)
         self.positions = nn.Embedding(arch.learned_positions, arch.hidden) if arch.learned_positions else None
         self.blocks = nn.ModuleList(DecoderBlock(arch) for _ in range(arch.layers))
@@ -171,21 +173,24 @@ class Decoder(nn.Module):
         if self.positions is not None:
             offset = self.arch.learned_positions - self.arch.max_positions  # OPT's 2 extra rows
             x = x + self.positions(torch.arange(ids.shape[1], device=ids.device) + offset)
+        recompute = self.checkpoint and self.training
         for block in self.blocks:
-            x = block(x)
+            # activation checkpointing: keep each block's input, recompute the block in backward
+            x = recompute_in_backward(block, x, use_reentrant=False) if recompute else block(x)
         x = self.norm(x)
         return self.head(x) if self.head is not None else F.linear(x, self.embed.weight)
 
 
-def decoder(model: str = "llama-2-7b", layers: int | None = None) -> nn.Module:
+def decoder(model: str = "llama-2-7b", layers: int | None = None, checkpoint: bool = False) -> nn.Module:
     """A catalog model (``workloads/models/*.json``) or a HF config.json path, as a torch module;
-    ``layers`` overrides the depth (a 2-layer Llama-3-70B traces in a second)."""
+    ``layers`` overrides the depth (a 2-layer Llama-3-70B traces in a second), ``checkpoint``
+    turns on per-block activation checkpointing."""
     arch = load_model(model)
-    return Decoder(replace(arch, layers=layers) if layers else arch)
+    return Decoder(replace(arch, layers=layers) if layers else arch, checkpoint)
 
 
 def gpt(vocab: int = 512, d_model: int = 128, layers: int = 2, heads: int = 4, kv_heads: int = 4,
-        ffn: int = 344) -> nn.Module:
+        ffn: int = 344, checkpoint: bool = False) -> nn.Module:
     """A Llama-style decoder of any size (defaults: a tiny one)."""
     if d_model % heads or heads % kv_heads:
         raise ValueError(f"heads ({heads}) must divide d_model ({d_model}) and kv_heads ({kv_heads}) "
@@ -194,7 +199,7 @@ def gpt(vocab: int = 512, d_model: int = 128, layers: int = 2, heads: int = 4, k
         name="gpt", family="llama", hidden=d_model, layers=layers, heads=heads, kv_heads=kv_heads,
         head_dim=d_model // heads, intermediate=ffn, vocab=vocab, max_positions=4096, gated_mlp=True,
         norm="rms", qkv_bias=False, linear_bias=False, tied_embeddings=False, learned_positions=0,
-        dropout=False))
+        dropout=False), checkpoint)
 
 
 def tiny_gpt() -> nn.Module:
