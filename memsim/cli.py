@@ -358,6 +358,8 @@ def _render_study(run) -> None:
             err.print(f"  point {row['point']} {row['status']}: {reason}", highlight=False, markup=False)
     counts = ", ".join(f"{n} {s}" for s, n in run.counts().items())
     out.print(f"{counts}; computed {run.computed}, reused {run.cached} cached")
+    for warning in run.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if run.best:
         coords = ", ".join(f"{k}={run.best[k]}" for k in run.study.shown_keys())
         out.print(f"[bold green]best:[/] point {run.best['point']} ({coords})")

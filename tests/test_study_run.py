@@ -120,3 +120,11 @@ def test_cli_json_is_one_document(tmp_path: Path):
     assert doc["points"] == 4 and doc["statuses"] == {"ok": 4}
     assert doc["best"]["usd_per_hour"] == pytest.approx(8 * 2.5 + 0)  # the node's 8 GPUs, no memory prices
     assert all(r["usd_per_mtoken"] > 0 for r in doc["rows"])
+
+
+def test_a_metric_no_result_has_is_reported_with_a_did_you_mean(tmp_path: Path):
+    path = study_file(tmp_path, "  - {key: inference.batch_size, values: [1]}\n")
+    path.write_text(path.read_text().replace("peak_bytes.hbm]", "peak_bytes.hbm, tokens_per_sec]"))
+    run = run_study(path, tmp_path / "out", jobs=1)
+    assert run.rows[0]["status"] == "ok" and run.rows[0]["tokens_per_sec"] is None
+    assert run.warnings == ["metric 'tokens_per_sec' is in no result (did you mean 'tokens_per_s'?)"]

@@ -71,6 +71,26 @@ def build_rows(study: Study, hashed: list[tuple[Point, str]], records: dict[str,
     return rows
 
 
+def _paths(value: Any, prefix: str = "") -> list[str]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _paths(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if prefix else []
+
+
+def metric_warnings(study: Study, rows: list[dict], records: dict[str, dict]) -> list[str]:
+    """Metrics no feasible point has: most likely a typo, so say which key was meant."""
+    from memsim.errors import did_you_mean
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    results = [records[r["hash"]].get("result") for r in ok]
+    known = sorted({p for res in results if isinstance(res, dict) for p in _paths(res)})
+    out = []
+    for name in study.metrics:
+        if ok and all(r.get(name) is None for r in ok) and name not in known:
+            out.append(f"metric {name!r} is in no result{did_you_mean(name, known)}")
+    return out
+
+
 def _value(row: dict, column: str) -> float | None:
     value = row.get(column)
     return None if value is None else numeric(value)

@@ -21,7 +21,7 @@ import memsim
 from memsim.studies.backends import run_tasks
 from memsim.studies.grid import Point, expand
 from memsim.studies.points import point_hash
-from memsim.studies.report import best_row, build_rows, write_outputs
+from memsim.studies.report import best_row, build_rows, metric_warnings, write_outputs
 from memsim.studies.spec import Study, load_study
 
 Progress = Callable[[int, int], None]  # (finished, to compute)
@@ -38,6 +38,7 @@ class StudyRun:
     computed: int
     cached: int
     files: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -48,7 +49,7 @@ class StudyRun:
     def to_dict(self) -> dict:
         return {"name": self.study.name, "dir": str(self.out_dir), "points": len(self.rows),
                 "computed": self.computed, "cached": self.cached, "statuses": self.counts(),
-                "best": self.best, "files": self.files, "rows": self.rows}
+                "best": self.best, "files": self.files, "warnings": self.warnings, "rows": self.rows}
 
 
 def _write_json(path: Path, doc: dict) -> None:
@@ -116,4 +117,4 @@ def run_study(study: Study | str | Path, out_dir: str | Path | None = None, *, b
         "wall_s": round(time.time() - started, 3), "points": len(rows), "computed": len(tasks),
         "cached": cached, "computed_hashes": sorted(k for k, _ in tasks), "timing": timing})
     files["run"] = str(out / "run.json")
-    return StudyRun(study, out, rows, best, len(tasks), cached, files)
+    return StudyRun(study, out, rows, best, len(tasks), cached, files, metric_warnings(study, rows, records))
