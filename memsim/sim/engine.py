@@ -180,15 +180,18 @@ class StepEngine:
                 frac = op.in_frac[k]
                 if w is not None and ops[w].seg == op.seg:
                     if ops[w].mem == op.mem:
-                        deps.append((0, w, None, self._cat(ops[w].unit)))
+                        if ops[w].unit != op.unit:  # same stream: done already, in order
+                            deps.append((0, w, None, self._cat(ops[w].unit)))
                         continue
                     if t not in ops[w].writeback:  # the version lives only where it was written
                         deps.append((2, t, None, "exposed_transfer"))
                         fetch.append((t, w, frac, {ops[w].mem: int(info.bytes * frac)}, True))
                         continue
-                if op.mem in info.home and w is not None:
+                if op.mem in info.home and w is not None and ops[w].unit != op.unit:
                     same = ops[w].mem == op.mem
                     deps.append((1, t, w, self._cat(ops[w].unit) if same else "exposed_transfer"))
+                elif op.mem in info.home and w is not None and ops[w].mem != op.mem:
+                    deps.append((1, t, w, "exposed_transfer"))
                 sources = {h: int(b * frac) for h, b in info.home.items() if h != op.mem}
                 if sources:
                     deps.append((2, t, None, "exposed_transfer"))

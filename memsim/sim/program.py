@@ -21,7 +21,7 @@ simulated time passes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
@@ -108,9 +108,9 @@ def build_program(trace: Trace, system: System, plan: Plan) -> Program:
         raw = _split_batches(raw, trace, n, notes)
     if trace.kind == "training" and _any_recompute(trace, plan):
         raw = _insert_recompute(raw, trace, plan)
-    ops = [POp(i, r["name"], r["kind"], r["phase"], r["dtype"], r["flops"], r["nbytes"], r["unit"],
-               r["mem"], r["inputs"], r["outputs"], r["layer"], r["iteration"], r["group"],
-               r.get("recompute", False), r["written"]) for i, r in enumerate(raw)]
+    ops = raw
+    for i, op in enumerate(ops):
+        op.index = i
     segments = _segments(ops)
     tensors = _tensors(ops, trace, system, plan, fast, n if trace.kind == "inference" else 1)
     _annotate(ops, segments, tensors, trace)
@@ -120,7 +120,7 @@ def build_program(trace: Trace, system: System, plan: Plan) -> Program:
 # -- expansion ------------------------------------------------------------------------------------
 
 
-def _expand(trace: Trace, system: System, plan: Plan, units: dict, notes: list) -> list[dict]:
+def _expand(trace: Trace, system: System, plan: Plan, units: dict, notes: list) -> list[POp]:
     """Every op instance in order (as ``Trace.expand``), with its unit; names are filled once per
     (template op, layer) and shared by every iteration, so long decode runs stay cheap."""
     has_gpu, has_cpu = "gpu" in units, "cpu" in units
@@ -149,11 +149,9 @@ def _expand(trace: Trace, system: System, plan: Plan, units: dict, notes: list) 
                 group = (block.name, it, layer, 0)
                 for j, (op, unit, mem, nbytes) in enumerate(static):
                     name, inputs, outputs = names[(j, layer)]
-                    out.append({"name": name, "kind": op.kind, "phase": op.phase,
-                                "dtype": op.dtype, "flops": op.flops, "nbytes": nbytes,
-                                "unit": unit, "mem": mem, "inputs": inputs, "outputs": outputs,
-                                "layer": layer, "iteration": it, "group": group,
-                                "written": float(op.bytes_written)})
+                    out.append(POp(0, name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit,
+                                   mem, inputs, outputs, layer, it, group, False,
+                                   float(op.bytes_written)))
     return out
 
 
@@ -168,28 +166,27 @@ def _on_cpu(op, plan: Plan) -> bool:
     return plan.cpu_attention and op.kind == "attention" and op.phase == "decode"
 
 
-def _split_batches(raw: list[dict], trace: Trace, n: int, notes: list) -> list[dict]:
+def _split_batches(raw: list[POp], trace: Trace, n: int, notes: list) -> list[POp]:
     """FlexGen's zig-zag: each group runs once per GPU batch on 1/n of the non-weight data."""
     batch = trace.meta.get("batch_size")
     if batch and batch % n:
         notes.append(f"batch {batch} is not a multiple of num_gpu_batches {n}: GPU batches rounded")
-    out: list[dict] = []
+    out: list[POp] = []
     i = 0
     while i < len(raw):
         j = i
-        while j < len(raw) and raw[j]["group"] == raw[i]["group"]:
+        while j < len(raw) and raw[j].group == raw[i].group:
             j += 1
         for b in range(n):
             for r in raw[i:j]:
-                wbytes = sum(trace.tensor(t).bytes for t in r["inputs"]
+                wbytes = sum(trace.tensor(t).bytes for t in r.inputs
                              if trace.tensor(t).cls in PERSISTENT)
-                wbytes = min(wbytes, r["nbytes"])
-                out.append({**r, "flops": r["flops"] / n,
-                            "nbytes": wbytes + (r["nbytes"] - wbytes) / n,
-                            "written": r["written"] / n,
-                            "inputs": tuple(_sub(t, trace, b) for t in r["inputs"]),
-                            "outputs": tuple(_sub(t, trace, b) for t in r["outputs"]),
-                            "group": (*r["group"][:3], b)})
+                wbytes = min(wbytes, r.nbytes)
+                out.append(replace(r, flops=r.flops / n, nbytes=wbytes + (r.nbytes - wbytes) / n,
+                                   written=r.written / n,
+                                   inputs=tuple(_sub(t, trace, b) for t in r.inputs),
+                                   outputs=tuple(_sub(t, trace, b) for t in r.outputs),
+                                   group=(*r.group[:3], b)))
         i = j
     return out
 
@@ -202,7 +199,7 @@ def _any_recompute(trace: Trace, plan: Plan) -> bool:
     return plan.activations == "recompute" or "recompute" in plan.layer_policy.values()
 
 
-def _insert_recompute(raw: list[dict], trace: Trace, plan: Plan) -> list[dict]:
+def _insert_recompute(raw: list[POp], trace: Trace, plan: Plan) -> list[POp]:
     """Before a recompute layer's first backward op, run its forward ops again.
 
     The recomputed forward starts from the layer's checkpoint ``L{i}.input`` (it replaces any
@@ -210,27 +207,27 @@ def _insert_recompute(raw: list[dict], trace: Trace, plan: Plan) -> list[dict]:
     Its other layer tensors become new instances ``name@r`` that the backward then reads; the
     non-layer activations it writes are local to it (``name@r{i}``) and die at once.
     """
-    forward: dict[int, list[dict]] = {}
+    forward: dict[int, list[POp]] = {}
     for r in raw:
-        if r["phase"] == "forward" and r["layer"] is not None:
-            forward.setdefault(r["layer"], []).append(r)
+        if r.phase == "forward" and r.layer is not None:
+            forward.setdefault(r.layer, []).append(r)
     rename: dict[str, str] = {}
     done: set[int] = set()
-    out: list[dict] = []
+    out: list[POp] = []
     for r in raw:
-        layer = r["layer"]
-        if (r["phase"] == "backward" and layer is not None and layer not in done
+        layer = r.layer
+        if (r.phase == "backward" and layer is not None and layer not in done
                 and plan.policy(layer) == "recompute" and layer in forward):
             done.add(layer)
             out.extend(_recompute_layer(forward[layer], layer, trace, rename))
         if rename:
-            r = {**r, "inputs": tuple(rename.get(t, t) for t in r["inputs"]),
-                 "outputs": tuple(rename.get(t, t) for t in r["outputs"])}
+            r = replace(r, inputs=tuple(rename.get(t, t) for t in r.inputs),
+                        outputs=tuple(rename.get(t, t) for t in r.outputs))
         out.append(r)
     return out
 
 
-def _recompute_layer(forward: list[dict], layer: int, trace: Trace, rename: dict) -> list[dict]:
+def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict) -> list[POp]:
     prefix = f"L{layer}."
     ckpt = prefix + "input"
     has_ckpt = _exists(trace, ckpt)
@@ -238,7 +235,7 @@ def _recompute_layer(forward: list[dict], layer: int, trace: Trace, rename: dict
     out = []
     for f in forward:
         inputs = []
-        for t in f["inputs"]:
+        for t in f.inputs:
             if t in local:
                 inputs.append(local[t])
             elif (has_ckpt and not t.startswith(prefix)
@@ -247,7 +244,7 @@ def _recompute_layer(forward: list[dict], layer: int, trace: Trace, rename: dict
             else:
                 inputs.append(t)
         outputs = []
-        for t in f["outputs"]:
+        for t in f.outputs:
             if t == ckpt:
                 continue
             if _cls(trace, t) in ("activation", "workspace"):
@@ -258,9 +255,9 @@ def _recompute_layer(forward: list[dict], layer: int, trace: Trace, rename: dict
                 outputs.append(local[t])
             else:
                 outputs.append(t)
-        out.append({**f, "name": f["name"] + "@r", "inputs": tuple(dict.fromkeys(inputs)),
-                    "outputs": tuple(outputs), "recompute": True,
-                    "group": ("recompute", *f["group"][1:])})
+        out.append(replace(f, name=f.name + "@r", inputs=tuple(dict.fromkeys(inputs)),
+                           outputs=tuple(outputs), recompute=True,
+                           group=("recompute", *f.group[1:])))
     return out
 
 
@@ -397,26 +394,43 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     last_writer: dict[str, int] = {}
     seg_last_write: dict[tuple[int, str], int] = {}
     escaped: set[tuple[int, str]] = set()
+    seg_of = [op.seg for op in ops]
+    written = [op.written for op in ops]
+    size = {t: info.bytes for t, info in tensors.items()}
+    special = kv | sized
+    get = last_writer.get
     for op in ops:
-        writers = tuple(last_writer.get(t) for t in op.inputs)
+        ins, outs, seg, idx = op.inputs, op.outputs, op.seg, op.index
+        writers = tuple(map(get, ins))
         op.writers = writers
         if op.kind == "optimizer" or op.phase == "optimizer":
-            op.no_fetch = frozenset(t for t in op.inputs
-                                    if t in op.outputs and tensors[t].cls == "weight")
-        for t, w in zip(op.inputs, writers, strict=True):
-            if w is not None and ops[w].seg != op.seg:
+            op.no_fetch = frozenset(t for t in ins if t in outs and tensors[t].cls == "weight")
+        for t, w in zip(ins, writers, strict=True):
+            if w is not None and seg_of[w] != seg:
                 escaped.add((w, t))
-        touched = set(op.inputs).union(op.outputs)
-        if (kv and not kv.isdisjoint(touched)) or (sized and not sized.isdisjoint(touched)):
-            op.in_frac = tuple(_frac(t, w, op, ops, tensors, kv, sized, total_ctx, prompt, True)
-                               for t, w in zip(op.inputs, writers, strict=True))
-            op.out_frac = tuple(_frac(t, op.index, op, ops, tensors, kv, sized, total_ctx, prompt,
-                                      False) for t in op.outputs)
+        if special and not (special.isdisjoint(ins) and special.isdisjoint(outs)):
+            fin = []
+            for t, w in zip(ins, writers, strict=True):
+                if t in kv:
+                    fin.append(_ctx_frac(True, op, total_ctx, prompt, True))
+                elif t in sized and w is not None and size[t]:
+                    fin.append(min(1.0, written[w] / size[t]))
+                else:
+                    fin.append(1.0)
+            fout = []
+            for t in outs:
+                if t in kv:
+                    fout.append(_ctx_frac(True, op, total_ctx, prompt, False))
+                elif t in sized and size[t]:
+                    fout.append(min(1.0, op.written / size[t]))
+                else:
+                    fout.append(1.0)
+            op.in_frac, op.out_frac = tuple(fin), tuple(fout)
         else:
-            op.in_frac, op.out_frac = (1.0,) * len(op.inputs), (1.0,) * len(op.outputs)
-        for t in op.outputs:
-            last_writer[t] = op.index
-            seg_last_write[(op.seg, t)] = op.index
+            op.in_frac, op.out_frac = (1.0,) * len(ins), (1.0,) * len(outs)
+        for t in outs:
+            last_writer[t] = idx
+            seg_last_write[(seg, t)] = idx
     wb: dict[int, list[str]] = {}
     for (seg, t), i in seg_last_write.items():
         info = tensors[t]
@@ -434,15 +448,6 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
         ops[i].writeback = tuple(sorted(names))
     for i, names in dies.items():
         ops[i].dies = tuple(sorted(names))
-
-
-def _frac(t: str, w: int | None, op: POp, ops: list[POp], tensors: dict, kv: set, sized: set,
-          total_ctx: int | None, prompt: int | None, reading: bool) -> float:
-    if t in kv:
-        return _ctx_frac(True, op, total_ctx, prompt, reading)
-    if t in sized and w is not None:
-        return min(1.0, ops[w].written / tensors[t].bytes) if tensors[t].bytes else 1.0
-    return 1.0
 
 
 def _ctx_frac(is_kv: bool, op: POp, total_ctx: int | None, prompt: int | None,
