@@ -118,3 +118,18 @@ def test_dry_run_lists_points_as_one_json_document(folder: Path):
     assert [p["training.micro_batch"] for p in doc["points"]] == [1, 2, 4]
     assert not any(p["cached"] for p in doc["points"])
     assert len({p["hash"] for p in doc["points"]}) == 3
+
+
+def test_unknown_study_name_lists_the_built_in_ones():
+    with pytest.raises(SpecError) as info:
+        load_study("llm-in-a-flas")
+    assert "did you mean 'llm-in-a-flash'" in str(info.value) and "memory-wall-trend" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["cxl-llama70b-finetune", "kv-offload-128k", "flexgen-t4-opt30b",
+                                  "llm-in-a-flash", "memory-wall-trend"])
+def test_every_example_study_loads_and_expands(name: str):
+    study = load_study(name)
+    points = expand(study)
+    assert len(points) >= 4 and study.description
+    assert len({p.inputs for p in points}) == len(points)  # no two points run the same case

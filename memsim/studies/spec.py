@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from memsim.errors import SpecError
-from memsim.specio import load_spec, resolve
+from memsim.errors import SpecError, did_you_mean
+from memsim.specio import catalog_names, load_spec, resolve
 
 Scalar = str | int | float | bool
 RUN_KINDS = ("plan", "simulate")
@@ -271,7 +271,14 @@ def resolve_near(name: str, family: str, folder: Path) -> str:
 
 def load_study(name_or_path: str | Path) -> Study:
     """Read and check a study; base names and axis values naming files are resolved up front."""
-    path = resolve(name_or_path, "studies")
+    try:
+        path = resolve(name_or_path, "studies")
+    except SpecError as exc:
+        if exc.file:  # a path that does not exist
+            raise
+        names = catalog_names("studies")
+        raise SpecError(f"no study named {str(name_or_path)!r}{did_you_mean(str(name_or_path), names)}; "
+                        f"built-in studies: {', '.join(names)}") from None
     study = load_spec(Study, path, "studies")
     folder = path.parent
     for key, family in (("hardware", "hardware"), ("workload", "workloads"), ("planner", "planners")):
