@@ -356,3 +356,18 @@ def test_activation_checkpointing_trades_flops_for_memory():
     down = sum(op.flops for op in plain.blocks[0].ops if ".mlp.down:" in op.name)
     assert ckpt.flops - plain.flops == block_fwd - down > 0
     assert ckpt.meta["peak_activation_bytes"] < plain.meta["peak_activation_bytes"] / 2
+
+
+def test_mapping_outputs_are_summed_for_backward(tmp_path):
+    path = tmp_path / "dict_out.py"
+    path.write_text(
+        "import torch\n\n"
+        "class TwoHeads(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a, self.b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 2)\n\n"
+        "    def forward(self, x):\n"
+        "        return {'logits': self.a(x), 'aux': [self.b(x)], 'note': 'not a tensor'}\n")
+    trace = tt.trace_factory(f"{path}:TwoHeads", ["3x8"], train=True)
+    grads = {n for n, t in trace.tensors.items() if t.cls == "grad"}
+    assert grads == {"a.weight.grad", "a.bias.grad", "b.weight.grad", "b.bias.grad"}

@@ -22,9 +22,11 @@ Tensor classes (lifetimes then follow from op order, by the rules in ``trace.py`
 * ``workspace``: temporaries — a forward tensor read by nothing after the op right after its
   producer, and every tensor backward produces other than a parameter gradient.
 
+Attention: on meta, ``scaled_dot_product_attention`` runs its math path (two ``bmm`` and a
+softmax), recorded as such; ``attention="flash"`` runs the fused kernel a GPU would instead.
+
 Limits: meta tensors have no values, so data-dependent control flow (``.item()``, boolean
-masks, ``nonzero``) cannot be traced; on meta, ``scaled_dot_product_attention`` runs its math
-path (two ``bmm`` and a softmax), which the trace records as such.
+masks, ``nonzero``) cannot be traced; the error names the op that failed.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,7 +332,7 @@ def op_kind(aten: str) -> str:
     """Map an aten op name to a Trace op kind."""
     if aten.startswith(_ATTENTION):
         return "attention"
-    if aten.startswith(_MATMUL) or aten.startswith(("convolution", "_convolution")):
+    if aten.startswith(_MATMUL):
         return "matmul"
     if aten.startswith(_NORM):
         return "norm"
@@ -356,20 +359,10 @@ def kernel_shape(aten: str, ins: Sequence[torch.Tensor], outs: Sequence[torch.Te
     if aten in ("convolution", "_convolution") and len(dims) >= 2 and outs:
         w, o = dims[1], tuple(outs[0].shape)
         if len(o) >= 3:
-            spatial = 1
-            for d in o[2:]:
-                spatial *= d
-            return (o[0] * spatial, _prod(w[1:]), w[0])
+            return (o[0] * math.prod(o[2:]), math.prod(w[1:]), w[0])
     if outs:
         return (max(t.numel() for t in outs),)
     return None
-
-
-def _prod(dims: Sequence[int]) -> int:
-    out = 1
-    for d in dims:
-        out *= d
-    return out
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -379,9 +372,21 @@ def make_inputs(specs: Sequence[InputSpec], dtype: torch.dtype) -> list[torch.Te
     return [torch.empty(s.shape, dtype=s.dtype or dtype, device="meta") for s in specs]
 
 
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors in forward's result: a tensor, or tuples, lists and mappings of them (a HF
+    ``ModelOutput`` is a mapping)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for value in out.values() for t in output_tensors(value)]
+    if isinstance(out, list | tuple):
+        return [t for value in out for t in output_tensors(value)]
+    return []
+
+
 def _scalar_loss(out: Any) -> torch.Tensor:
     """Sum of every floating output that requires grad: the scalar backward starts from."""
-    leaves = [t for t in _tensors(out) if t.is_floating_point() and t.requires_grad]
+    leaves = [t for t in output_tensors(out) if t.is_floating_point() and t.requires_grad]
     if not leaves:
         raise SpecError("--train: forward returned no floating tensor that requires grad",
                         key="--train")
@@ -519,7 +524,7 @@ def to_trace(rec: _Recording, module: nn.Module, inputs: Sequence[InputSpec], ou
     # scope:aten:index — no "#" or "@", which the simulator uses to suffix tensor instances
     op_names = [f"{op.scope}:{op.aten}:{i}" for i, op in enumerate(rec.ops)]
     _name_storages(rec, module, op_names)
-    classes = _classify(rec, {_key(t) for t in _tensors(outputs)})
+    classes = _classify(rec, {_key(t) for t in output_tensors(outputs)})
     tensors = {s.name: Tensor(s.name, s.nbytes, classes[k], dtype_name(s.dtype))
                for k, s in rec.storages.items()}
     ops = [Op(op_names[i], _kind(rec, i), op.phase, float(op.flops), op.bytes_read, op.bytes_written,
