@@ -45,8 +45,9 @@ def flexgen_case() -> None:
     trace = memsim.build_trace(memsim.load_workload("opt-30b-flexgen"))
     search_s, found = _search_time(system, trace, {})
     best = found.best
+    tps = trace.meta.get("tokens_per_step", 0) / best.estimate_s
     print(f"  MIP search: {search_s:.3f} s for {len(found.candidates)} structures (best of 3 runs), "
-          f"status {found.status}, MIP estimate {trace.meta.get('tokens_per_step', 0) / best.estimate_s:.3f} tokens/s")
+          f"status {found.status}, MIP estimate {tps:.3f} tokens/s")
     report = plan(system, trace, "mip", time_limit=10.0)
     p = report.plan
     print(f"  MIP plan: weights {p.placement.get('weight')}, kv {p.placement.get('kv')}, "
@@ -72,7 +73,8 @@ def llama70b_training_case() -> None:
           f"estimate {found.best.estimate_s:.3f} s" if found.best else "  MIP: nothing fits")
     report = plan(system, trace, "mip", time_limit=10.0)
     info = report.plan.planner
-    _row("mip (simulated)", report.result, f"   MIP estimate {info.estimate_s:.3f} s, solve {info.solve_s:.3f} s")
+    _row("mip (simulated)", report.result,
+         f"   MIP estimate {info.estimate_s:.3f} s, solve {info.solve_s:.3f} s, status {info.status}")
     for b in report.baselines:
         _row(b.name, b.result)
     for note in report.plan.notes:

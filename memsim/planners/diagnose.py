@@ -14,6 +14,7 @@ import math
 from memsim.errors import Diagnosis, Shortfall
 from memsim.hardware.spec import Link, System, Tier
 from memsim.planners import mip
+from memsim.planners.training import SLACK_PRICE
 from memsim.units import fmt_bytes
 from memsim.workloads.trace import Trace
 
@@ -39,7 +40,9 @@ def diagnose(
         )
     caps = found.space.caps
     shortfalls = [
-        Shortfall(t, int(caps[t] + s), caps[t]) for t, s in sorted(found.best.slack.items()) if s > 1.0
+        Shortfall(t, int(caps[t] + s), view.tiers[t].capacity)
+        for t, s in sorted(found.best.slack.items())
+        if s > 1.0
     ]
     suggestions = _single_changes(system, view, trace, options, time_limit)
     if not shortfalls:  # the planner model fits; the simulator said otherwise (fragmentation, order)
@@ -58,19 +61,20 @@ def _single_changes(
         need = _slack_on(system, trace, options, time_limit, {tier})
         if need is not None:
             kind = view.tiers[tier].kind
-            what = "HBM (a larger GPU)" if kind == "hbm" else f"{tier} ({kind})"
-            ranked.append((need, f"add {fmt_bytes(_round_up(need))} of {what}"))
+            what = "HBM (a larger GPU)" if kind == "hbm" else (tier if tier == kind else f"{tier} ({kind})")
+            ranked.append((need * SLACK_PRICE.get(kind, 1.0), f"add {fmt_bytes(_round_up(need))} of {what}"))
     host = view.cpu.memory if view.cpu else None
     if host and host != view.fast_tier:
         for label, spec in (("a CXL memory card", CXL_CARD), ("an NVMe drive", NVME_DRIVE)):
             extended = _with_tier(system, host, spec, label)
             need = _slack_on(extended, trace, options, time_limit, {"added"})
             if need is not None:
-                ranked.append((need, f"add {label} of {fmt_bytes(_round_up(need))}"))
+                price = SLACK_PRICE[spec["kind"]]
+                ranked.append((need * price, f"add {label} of {fmt_bytes(_round_up(need))}"))
     smaller = _smaller_batch(system, trace, options, time_limit)
-    if smaller:
-        ranked.append((0.0, smaller))
-    ranked.sort(key=lambda r: r[0])
+    if smaller:  # changes the job rather than the machine: listed after the hardware changes
+        ranked.append((math.inf, smaller))
+    ranked.sort(key=lambda r: r[0])  # cheapest first (SLACK_PRICE per GB of each kind)
     return [text for _, text in ranked]
 
 

@@ -22,7 +22,15 @@ from memsim.planners.plan import Plan
 from memsim.planners.profile import Profile, phase_split_times, tie_scale
 from memsim.planners.solver import solve, value
 from memsim.planners.space import Space
-from memsim.planners.training import Candidate, _normalise, _safe, slack_tiers
+from memsim.planners.training import (
+    GIB,
+    Candidate,
+    _normalise,
+    _safe,
+    cap_constraint,
+    slack_price,
+    slack_tiers,
+)
 from memsim.workloads.trace import Trace
 
 
@@ -106,7 +114,7 @@ def solve_inference(
     other = prof.time.get("prefill_other", 0) + prof.time.get("decode_other", 0)
     step = L * tp + L * max(prof.decode_iters, 0) * td + other
     if slack:
-        prob += pulp.lpSum(s.values()) / 2.0**30 + 1e-6 * step
+        prob += pulp.lpSum(slack_price(system, t) * v for t, v in s.items()) + 1e-6 * step
     else:
         tidy = pulp.lpSum(slowness(fp, t, g) * v for c in x for t, v in x[c].items() if t != g)
         prob += step + 1e-5 * tie_scale(prof) * tidy
@@ -125,9 +133,8 @@ def solve_inference(
         cpu_attention=cpu_attention,
     )
     est = L * value(tp) + L * max(prof.decode_iters, 0) * value(td) + other
-    return Candidate(plan, est, info, {t: value(v) for t, v in s.items()} if slack else None)
+    return Candidate(plan, est, info, {t: value(v) * GIB for t, v in s.items()} if slack else None)
 
 
 def _cap(prob, space: Space, tier: str, expr, slack: dict) -> None:
-    cap = space.caps[tier]
-    prob += (expr <= cap + slack[tier]) if tier in slack else (expr <= cap), f"cap_{tier}"
+    cap_constraint(prob, space.caps[tier], expr, slack.get(tier), f"cap_{tier}")

@@ -63,7 +63,7 @@ def search(
     solve_s = time.perf_counter() - start
     solved = [(lb, c) for lb, c in results if c.plan is not None]
     key = (
-        (lambda lc: (sum(lc[1].slack.values()), lc[1].estimate_s)) if slack else (lambda lc: lc[1].estimate_s)
+        (lambda lc: (lc[1].info.objective, lc[1].estimate_s)) if slack else (lambda lc: lc[1].estimate_s)
     )
     best = min(solved, key=key)[1] if solved else None
     statuses = {c.info.status for _, c in results}

@@ -9,6 +9,7 @@ faster, that baseline's plan is returned and the notes and ``planner.status`` sa
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -111,7 +112,15 @@ def plan(
 ) -> PlanReport:
     """Run ``planner`` (a preset name, a preset file or a registry kind), simulate its plan and the
     baselines; raise ``Infeasible`` with a diagnosis when no plan fits."""
-    say = progress or (lambda _msg: None)
+    _RESULTS.clear()
+    try:
+        return _plan(system, trace, planner, time_limit, baselines, progress or (lambda _msg: None))
+    finally:
+        _RESULTS.clear()
+
+
+def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselines: bool,
+          say: Progress) -> PlanReport:
     preset = load_preset(planner)
     say(f"solving {preset.name}")
     try:
@@ -163,10 +172,21 @@ def plan_case(
     return plan(system, trace, planner, time_limit=time_limit, progress=progress)
 
 
+_RESULTS: dict[tuple, object] = {}  # plan → Result within one plan() call (baselines often coincide)
+
+
 def simulate(system: System, trace: Trace, plan_: Plan):
+    """The simulator's Result; a plan already simulated in this ``plan()`` call is not run again
+    (the simulator is deterministic, so this changes no figure)."""
     from memsim.sim import simulate as sim
 
-    return sim(system, trace, plan_)
+    body = plan_.to_dict()
+    for key in ("planner", "notes", "workload", "fingerprint"):
+        body.pop(key, None)
+    key = (id(system), id(trace), json.dumps(body, sort_keys=True))
+    if key not in _RESULTS:
+        _RESULTS[key] = sim(system, trace, plan_)
+    return _RESULTS[key]
 
 
 def _planned(preset: Preset, system: System, trace: Trace, time_limit: float, say: Progress) -> Evaluated:

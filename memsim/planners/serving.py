@@ -20,7 +20,15 @@ from memsim.planners.plan import Plan, ServingPolicy
 from memsim.planners.profile import Profile
 from memsim.planners.solver import solve, value
 from memsim.planners.space import Space
-from memsim.planners.training import Candidate, _normalise, _safe, slack_tiers
+from memsim.planners.training import (
+    GIB,
+    Candidate,
+    _normalise,
+    _safe,
+    cap_constraint,
+    slack_price,
+    slack_tiers,
+)
 from memsim.workloads.trace import TokenCosts, Trace
 
 
@@ -85,7 +93,7 @@ def solve_serving(
     for name, rate, terms in fl.loads():
         prob += it >= pulp.lpSum(terms) * (1.0 / rate), f"load_{_safe(name)}"
     if slack:
-        prob += pulp.lpSum(s.values()) / 2.0**30 + 1e-6 * it
+        prob += pulp.lpSum(slack_price(system, t) * v for t, v in s.items()) + 1e-6 * it
     else:
         prob += it - (1e-15 * swap if swap is not None else 0)
     info = solve(prob, time_limit, space.gap)
@@ -107,9 +115,8 @@ def solve_serving(
     est = tokens * value(it) / max_num_seqs
     if req and len(req):
         est = max(est, req.arrival_s[-1])
-    return Candidate(plan, est, info, {t: value(v) for t, v in s.items()} if slack else None)
+    return Candidate(plan, est, info, {t: value(v) * GIB for t, v in s.items()} if slack else None)
 
 
 def _cap(prob, space: Space, tier: str, expr, slack: dict) -> None:
-    cap = space.caps[tier]
-    prob += (expr <= cap + slack[tier]) if tier in slack else (expr <= cap), f"cap_{tier}"
+    cap_constraint(prob, space.caps[tier], expr, slack.get(tier), f"cap_{tier}")

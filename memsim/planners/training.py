@@ -65,7 +65,7 @@ def solve_training(
     if not info.ok:
         return Candidate(None, math.inf, info)
     plan = m.decode()
-    short = {t: value(s) for t, s in m.slack.items()} if slack else None
+    short = {t: value(s) * GIB for t, s in m.slack.items()} if slack else None
     return Candidate(plan, value(m.step), info, short)
 
 
@@ -116,8 +116,8 @@ class _Model:
         tidy = (pulp.lpSum(slowness(fl, t, g) * v for c in STATE for t, v in self.x[c].items() if t != g)
                 + n["recompute"] / p.layers)
         if self.slack:
-            gib = 2.0**30
-            prob += pulp.lpSum(self.slack.values()) / gib + 1e-6 * self.step
+            cost = pulp.lpSum(slack_price(self.system, t) * v for t, v in self.slack.items())
+            prob += cost + 1e-6 * self.step
         else:
             prob += self.step + 1e-5 * tie_scale(p) * tidy
 
@@ -173,11 +173,7 @@ class _Model:
             self._cap(t, use, "home")
 
     def _cap(self, tier: str, expr, label: str) -> None:
-        cap = self.space.caps[tier]
-        if tier in self.slack:
-            self.prob += expr <= cap + self.slack[tier], f"cap_{tier}_{label}"
-        else:
-            self.prob += expr <= cap, f"cap_{tier}_{label}"
+        cap_constraint(self.prob, self.space.caps[tier], expr, self.slack.get(tier), f"cap_{tier}_{label}")
 
     def _times(self):
         p, g, n, prob, t = self.prof, self.g, self.n, self.prob, self.prof.time
@@ -271,6 +267,26 @@ def assign_layers(layers: int, counts: dict[str, int]) -> tuple[str, dict[int, s
     order = (order + ["keep"] * layers)[:layers]
     default = max(("keep", "recompute", "offload"), key=lambda k: (order.count(k), k == "keep"))
     return default, {i: pol for i, pol in enumerate(order) if pol != default}
+
+
+GIB = 2.0**30
+
+
+def cap_constraint(prob: pulp.LpProblem, cap: float, expr, slack=None, name: str = "") -> None:
+    """``expr ≤ cap`` (+ ``slack`` GiB in a diagnosis run), written in GiB so the solver sees
+    coefficients near 1 rather than 1e11 (HiGHS loses precision on badly scaled rows)."""
+    lhs = expr * (1.0 / GIB)
+    prob += (lhs <= cap / GIB + slack) if slack is not None else (lhs <= cap / GIB), name
+
+
+# Relative price of a GB added to a tier of each kind, so a diagnosis grows the cheapest tiers
+# first: HBM only comes with a bigger GPU; DDR5 RDIMMs ~ $3-5/GB; CXL expanders a little more;
+# datacenter NVMe ~ $0.08-0.15/GB (2024 street prices, rounded; only the order matters).
+SLACK_PRICE = {"hbm": 100.0, "dram": 4.0, "cxl": 5.0, "ssd": 0.1, "flash": 0.2}
+
+
+def slack_price(system: System, tier: str) -> float:
+    return SLACK_PRICE.get(system.tiers[tier].kind, 1.0)
 
 
 def slack_tiers(system: System, slack: bool | set[str]) -> list[str]:
