@@ -167,47 +167,62 @@ class StepEngine:
         ops, tensors = self.prog.ops, self.prog.tensors
         only_home = {t: next(iter(info.home)) if len(info.home) == 1 else None
                      for t, info in tensors.items()}
+        cat = {u: self._cat(u) for u in ("gpu", "cpu", "comm")}
         self.deps: list[tuple] = []
         self.fetch: list[tuple] = []
         self.produce: list[tuple] = []
+        deps_append, fetch_append, produce_append = (self.deps.append, self.fetch.append,
+                                                     self.produce.append)
+        empty = ()
         for op in ops:
             deps, fetch = [], []
-            for k, t in enumerate(op.inputs):
-                if t in op.no_fetch:
+            mem, seg, unit, no_fetch = op.mem, op.seg, op.unit, op.no_fetch
+            for t, w, frac in zip(op.inputs, op.writers, op.in_frac, strict=True):
+                if no_fetch and t in no_fetch:
                     continue
-                w = op.writers[k]
-                info = tensors[t]
-                frac = op.in_frac[k]
-                if w is not None and ops[w].seg == op.seg:
-                    if ops[w].mem == op.mem:
-                        if ops[w].unit != op.unit:  # same stream: done already, in order
-                            deps.append((0, w, None, self._cat(ops[w].unit)))
+                home1 = only_home[t]
+                if w is not None:
+                    wop = ops[w]
+                    if wop.seg == seg:
+                        if wop.mem == mem:
+                            if wop.unit != unit:  # same stream: done already, in order
+                                deps.append((0, w, None, cat[wop.unit]))
+                            continue
+                        if t not in wop.writeback:  # the version lives only where written
+                            deps.append((2, t, None, "exposed_transfer"))
+                            fetch.append((t, w, frac, {wop.mem: int(tensors[t].bytes * frac)},
+                                          True))
+                            continue
+                    if home1 == mem:
+                        if wop.unit != unit:
+                            deps.append((1, t, w, cat[wop.unit] if wop.mem == mem
+                                         else "exposed_transfer"))
                         continue
-                    if t not in ops[w].writeback:  # the version lives only where it was written
-                        deps.append((2, t, None, "exposed_transfer"))
-                        fetch.append((t, w, frac, {ops[w].mem: int(info.bytes * frac)}, True))
-                        continue
-                if op.mem in info.home and w is not None and ops[w].unit != op.unit:
-                    same = ops[w].mem == op.mem
-                    deps.append((1, t, w, self._cat(ops[w].unit) if same else "exposed_transfer"))
-                elif op.mem in info.home and w is not None and ops[w].mem != op.mem:
-                    deps.append((1, t, w, "exposed_transfer"))
-                sources = {h: int(b * frac) for h, b in info.home.items() if h != op.mem}
+                    home = tensors[t].home
+                    if mem in home and wop.unit != unit:
+                        deps.append((1, t, w, cat[wop.unit] if wop.mem == mem
+                                     else "exposed_transfer"))
+                elif home1 == mem:
+                    continue
+                else:
+                    home = tensors[t].home
+                sources = {h: int(b * frac) for h, b in home.items() if h != mem}
                 if sources:
                     deps.append((2, t, None, "exposed_transfer"))
                     fetch.append((t, w, frac, sources, False))
-            self.deps.append(tuple(deps))
-            self.fetch.append(tuple(fetch))
-            self.produce.append(tuple(
-                (k, t) for k, t in enumerate(op.outputs)
-                if only_home[t] != op.mem or tensors[t].birth == op.index))
+            deps_append(tuple(deps) if deps else empty)
+            fetch_append(tuple(fetch) if fetch else empty)
+            idx = op.index
+            produce_append(tuple((k, t) for k, t in enumerate(op.outputs)
+                                 if only_home[t] != mem or tensors[t].birth == idx)
+                           if op.outputs else empty)
 
     def run(self) -> Result:
         wall = time.perf_counter()
         for name, info in self.prog.tensors.items():
             if info.birth is None:
                 for tier, nbytes in info.home.items():
-                    self.pools[tier].alloc(name, nbytes, "initial")
+                    self.pools[tier].alloc(name, nbytes, "step start (resident state)")
                     self.home_alloc.add((name, tier))
         streams: dict[str, list[int]] = {}
         for op in self.prog.ops:
