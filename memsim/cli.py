@@ -526,6 +526,11 @@ def _render_plan(doc: dict) -> None:
             tps = f"{b['tokens_per_s']:.4g}" if ok else "—"
             base.add_row(b["name"], "yes" if ok else "no", step, tps, ratio)
         out.print(base)
+    if doc.get("upgrade"):
+        up = doc["upgrade"]
+        adds = ", ".join(f"{t} +{units.fmt_bytes(b)}" for t, b in up["add_bytes"].items()) or "nothing"
+        out.print(f"cheapest upgrade for {up['target_tokens_per_s']:g} tokens/s: {adds} "
+                  f"(~${up['cost_usd']:,.0f} at list $/GB; MIP estimate)", highlight=False)
     for note in doc["notes"]:
         out.print(f"note: {note}", highlight=False)
 

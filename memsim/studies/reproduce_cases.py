@@ -123,19 +123,22 @@ def flexgen(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
     limit = float(spec.setup.get("time_limit_s", 10))
     figures, setup, notes, commands = [], [f"hardware `{hardware}` ({system.description})"], [], []
     traces: dict[str, Trace] = {}
+    policy_tps: dict[str, float] = {}
     for i, run in enumerate(spec.runs or []):
         name = run["workload"]
         say(run["label"])
         trace = traces.get(name) or traces.setdefault(name, build_trace(load_workload(name)))
         key = f"run{i}"
-        published = float(run["published_tokens_per_s"])
+        published = run.get("published_tokens_per_s")
+        published = float(published) if published is not None else None
         pub_note = run.get("published_note", "")
         if "plan" in run:
             plan = fixed_plan(run["plan"], "flexgen-policy", path)
             result = simulate(system, trace, plan)
             if result.feasible:
+                policy_tps[name] = result.tokens_per_s
                 figures.append(Figure(key, f"{run['label']}: tokens/s", "tokens/s", published,
-                                      result.tokens_per_s, SIM, pub_note))
+                                      result.tokens_per_s, SIM, _join(pub_note, _busiest(result))))
             else:
                 figures.append(Figure(key, f"{run['label']}: tokens/s", "tokens/s", published, None, SIM,
                                       f"{oom_text(result)}. {pub_note}"))
@@ -152,7 +155,12 @@ def flexgen(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
                 setup.append(f"{run['label']}: workload `{name}`, planner `{planner}`: no plan fits")
                 continue
             figures.append(Figure(key, f"{run['label']}: tokens/s", "tokens/s", published,
-                                  report.result.tokens_per_s, "MIP plan simulated", pub_note))
+                                  report.result.tokens_per_s, "MIP plan simulated",
+                                  _join(pub_note, _busiest(report.result))))
+            if name in policy_tps:
+                ratio = report.result.tokens_per_s / policy_tps[name]
+                figures.append(Figure(f"{key}-ratio", f"{run['label']} / FlexGen's policy, both simulated",
+                                      "x", None, ratio, "MIP plan simulated"))
             setup.append(f"{run['label']}: workload `{name}`, planner `{planner}` chose "
                          f"{_plan_text(report.plan)}")
             commands.append(f"memsim plan --hardware {hardware} --workload {name} --planner {planner}")
@@ -181,6 +189,18 @@ def _what_if_fits(system: System, trace: Trace, plan: Plan, run: dict, key: str,
                       "still does not fit after growing the tier three times")
     return Figure(key + "-whatif", label, "tokens/s", published, result.tokens_per_s, "simulated (what-if)",
                   "memsim's capacity need, not the T4's: shows the throughput of the policy itself")
+
+
+def _busiest(result) -> str:
+    """The copy engine busy the largest share of the step: where a slow step spends its time."""
+    if not result.link_busy:
+        return ""
+    name, busy = max(sorted(result.link_busy.items()), key=lambda i: i[1])
+    return f"busiest copy engine {name}: {busy:.0%} of the step"
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 def _split_text(split: dict[str, float]) -> str:
@@ -426,6 +446,9 @@ def headinfer(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
         Figure("gpu_kv_headwise", f"KV on the {fast}, head-wise ({buffers} head buffers)", "GB",
                pub.get("gpu_kv_offload_gb"), gb(head_kv), FORMULA,
                f"{buffers} × KV / (layers × KV heads) = {buffers} × {fmt_bytes(head_kv // buffers)}"),
+        Figure("gpu_total_headwise", f"peak {fast}, head-wise offload", "GB", pub.get("gpu_total_offload_gb"),
+               gb(_non_kv_peak(resident, trace, fast) + head_kv), f"{SIM} + {FORMULA}",
+               "the simulated peak without KV plus the head-wise KV buffers above"),
     ]
     offload_text = _plan_text(fixed_plan(s["offload_plan"], "kv-offload", path))
     setup = [f"hardware `{s['hardware']}`; workload `{s['workload']}` "

@@ -54,8 +54,6 @@ def summary(results: list[CaseResult]) -> list[str]:
              "|---|---|---|---|---|---|"]
     for r in results:
         for f in r.figures:
-            if f.published is None:
-                continue
             lines.append(f"| {r.name} | {_cell(f.label)} | {fmt_value(f.published, f.unit)} | "
                          f"{fmt_value(f.memsim, f.unit)} | {fmt_diff(f)} | {f.source} |")
     gaps = [(r.name, f) for r in results for f in r.figures if f.gap or (f.memsim is None and f.published)]
