@@ -159,3 +159,23 @@ def test_catalog_system_plans_on_rank_view():
     view = mip.planning_view(system, trace)
     assert view.tiers["dram"].capacity == system.tiers["dram"].capacity // 8
     assert mip.mip(system, trace, {}, 5).planner.status == "optimal"
+
+
+def test_cheapest_upgrade_meets_the_target_at_least_cost():
+    from memsim.planners.upgrade import cheapest_upgrade
+
+    system = small_system(hbm="8GiB", dram="64GiB")
+    trace = training_trace(24, 2048, 2048)
+    base = mip.search(system, trace, {}, 5).best.estimate_s
+    tokens = trace.meta["tokens_per_step"]
+    up = cheapest_upgrade(system, trace, 2 * tokens / base)  # twice today's throughput
+    assert up.add_bytes and up.cost_usd > 0
+    assert up.estimate_s <= base / 2 * (1 + 1e-6)
+    faster = mip.search(up.system, trace, {}, 5).best
+    assert faster.estimate_s <= base / 2 * (1 + 1e-3)
+    none = cheapest_upgrade(system, trace, 0.5 * tokens / base)  # already met: buys nothing
+    assert none.add_bytes == {} and none.cost_usd == 0
+    from memsim.errors import Infeasible
+
+    with pytest.raises(Infeasible, match="unlimited"):
+        cheapest_upgrade(system, trace, 1e3 * tokens / base)

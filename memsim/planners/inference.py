@@ -113,6 +113,8 @@ def solve_inference(
             prob += stage >= pulp.lpSum(terms) * (1.0 / rate), f"load_{stage.name}_{_safe(name)}"
     other = prof.time.get("prefill_other", 0) + prof.time.get("decode_other", 0)
     step = L * tp + L * max(prof.decode_iters, 0) * td + other
+    if space.max_step is not None:
+        prob += step <= space.max_step, "target"
     if slack:
         prob += pulp.lpSum(slack_price(system, t) * v for t, v in s.items()) + 1e-6 * step
     else:

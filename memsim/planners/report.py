@@ -19,6 +19,7 @@ from memsim.planners import mip
 from memsim.planners.diagnose import diagnose
 from memsim.planners.plan import Plan, trace_fingerprint
 from memsim.planners.registry import Preset, list_presets, load_preset, run_preset
+from memsim.planners.upgrade import Upgrade, cheapest_upgrade
 from memsim.units import fmt_bytes
 from memsim.workloads.trace import Trace
 
@@ -63,6 +64,7 @@ class PlanReport:
     plan: Plan
     result: object  # Result
     baselines: list[Evaluated] = field(default_factory=list)
+    upgrade: Upgrade | None = None  # when the preset asked for the cheapest hardware for a target
 
     @property
     def feasible(self) -> bool:
@@ -96,6 +98,7 @@ class PlanReport:
                 "estimate_s": info.estimate_s,
             },
             "baselines": [b.to_dict() for b in self.baselines],
+            "upgrade": self.upgrade.to_dict() if self.upgrade else None,
             "plan": self.plan.to_dict(),
             "notes": list(self.plan.notes),
         }
@@ -122,6 +125,13 @@ def plan(
 def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselines: bool,
           say: Progress) -> PlanReport:
     preset = load_preset(planner)
+    upgrade = None
+    if "target_tokens_per_s" in preset.options:  # min hardware cost subject to a throughput target
+        options = {k: v for k, v in preset.options.items() if k != "target_tokens_per_s"}
+        say("pricing the cheapest upgrade")
+        upgrade = cheapest_upgrade(system, trace, float(preset.options["target_tokens_per_s"]), options,
+                                   time_limit)
+        system, preset = upgrade.system, preset.model_copy(update={"options": options})
     say(f"solving {preset.name}")
     try:
         chosen = _planned(preset, system, trace, time_limit, say)
@@ -151,7 +161,10 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
         }
         raise exc
     chosen.plan.workload, chosen.plan.fingerprint = trace.name, trace_fingerprint(trace)
-    return PlanReport(system, trace, chosen.plan, chosen.result, others)
+    if upgrade is not None:
+        chosen.plan.notes.append(f"planned on {system.name} upgraded for "
+                                 f"{upgrade.target_tokens_per_s:g} tokens/s: {'; '.join(upgrade.notes)}")
+    return PlanReport(system, trace, chosen.plan, chosen.result, others, upgrade)
 
 
 def plan_case(

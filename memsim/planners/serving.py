@@ -86,6 +86,9 @@ def solve_serving(
     prob += it >= (tc.weight_bytes * w.get(g, 0) + max_num_seqs * ctx * tc.kv_bytes_per_token) / hbm_bw
     flops = max_num_seqs * (tc.flops_per_token + tc.attn_flops_per_token_ctx * ctx)
     prob += it >= flops / gpu.rate("matmul", "decode", str(trace.meta.get("dtype", "bf16")))
+    if space.max_step is not None:  # the estimate below is tokens × iteration / max_num_seqs
+        tokens = sum(req.output_len) if req else max_num_seqs * output
+        prob += it <= space.max_step * max_num_seqs / max(tokens, 1), "target"
     fl = Flows(system)
     for t in system.tiers:
         if t != g:

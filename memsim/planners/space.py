@@ -39,6 +39,7 @@ class Space:
     max_num_seqs: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512)
     capacity_margin: float = 0.002  # fraction of every tier held back (rounding, allocator slack)
     caps: dict[str, int] = field(default_factory=dict)
+    max_step: float | None = None  # a throughput target as a step-time bound (cheapest_upgrade)
 
 
 def build_space(system: System, options: dict, file: str = "planner options") -> Space:

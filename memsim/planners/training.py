@@ -112,6 +112,8 @@ class _Model:
                     prob += self.x[cls][g] == 0, f"offload_{cls}"
         self._capacity()
         self.step = self._times()
+        if self.space.max_step is not None:
+            prob += self.step <= self.space.max_step, "target"
         fl = Flows(self.system)
         tidy = (pulp.lpSum(slowness(fl, t, g) * v for c in STATE for t, v in self.x[c].items() if t != g)
                 + n["recompute"] / p.layers)
