@@ -68,15 +68,20 @@ def _act(name: str):
     return F.silu
 
 
-def _rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding (Su et al. 2021), half-split layout as in HF Llama."""
-    d = x.shape[-1]
-    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
-    angles = torch.outer(positions.float(), inv_freq)
+def rotary_tables(seq: int, head_dim: int, dtype: torch.dtype, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of rotary position embedding (Su et al. 2021), built once per forward as HF
+    Llama does, half-split layout."""
+    even = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
+    inv_freq = 1.0 / (10000.0 ** (even / head_dim))
+    angles = torch.outer(torch.arange(seq, dtype=torch.float32, device=device), inv_freq)
     angles = torch.cat((angles, angles), -1)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
-    return x * cos + torch.cat((-x2, x1), -1) * sin
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    d = x.shape[-1]
+    return x * cos + torch.cat((-x[..., d // 2:], x[..., : d // 2]), -1) * sin
 
 
 class MLP(nn.Module):
@@ -137,14 +142,14 @@ class DecoderBlock(nn.Module):
         self.mlp = MoE(arch) if arch.is_moe else MLP(arch)
         self.p = 0.1 if arch.dropout else 0.0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
         a, (b, s, _) = self.arch, x.shape
         h = self.attn_norm(x)
         q = self.wq(h).view(b, s, a.heads, a.head_dim).transpose(1, 2)
         k, v = self.wkv(h).view(b, s, 2, a.kv_heads, a.head_dim).permute(2, 0, 3, 1, 4)
-        if not a.learned_positions:
-            positions = torch.arange(s, device=x.device)
-            q, k = _rotate(q, positions), _rotate(k, positions)
+        if rope is not None:
+            q, k = _rotate(q, *rope), _rotate(k, *rope)
         if a.kv_heads != a.heads:
             k = k.repeat_interleave(a.heads // a.kv_heads, dim=1)
             v = v.repeat_interleave(a.heads // a.kv_heads, dim=1)
@@ -173,10 +178,12 @@ class Decoder(nn.Module):
         if self.positions is not None:
             offset = self.arch.learned_positions - self.arch.max_positions  # OPT's 2 extra rows
             x = x + self.positions(torch.arange(ids.shape[1], device=ids.device) + offset)
+        rope = None if self.positions is not None else rotary_tables(
+            ids.shape[1], self.arch.head_dim, x.dtype, ids.device)
         recompute = self.checkpoint and self.training
         for block in self.blocks:
             # activation checkpointing: keep each block's input, recompute the block in backward
-            x = recompute_in_backward(block, x, use_reentrant=False) if recompute else block(x)
+            x = recompute_in_backward(block, x, rope, use_reentrant=False) if recompute else block(x, rope)
         x = self.norm(x)
         return self.head(x) if self.head is not None else F.linear(x, self.embed.weight)
 
