@@ -106,7 +106,7 @@ def build_program(trace: Trace, system: System, plan: Plan) -> Program:
     n = plan.num_gpu_batches or 1
     if n > 1 and trace.kind == "inference":
         raw = _split_batches(raw, trace, n, notes)
-    if trace.kind == "training" and _any_recompute(trace, plan):
+    if trace.kind in ("training", "module") and _any_recompute(trace, plan):
         raw = _insert_recompute(raw, trace, plan)
     ops = raw
     for i, op in enumerate(ops):
