@@ -54,9 +54,12 @@ def flexgen_case() -> None:
           f"{p.gpu_batch_size} x {p.num_gpu_batches}, cpu_attention {p.cpu_attention} ({p.planner.status})")
     r = report.result
     err = (r.tokens_per_s - FLEXGEN_MEASURED) / FLEXGEN_MEASURED
-    _row("mip (simulated)", r, f"   vs measured {FLEXGEN_MEASURED}: {err:+.1%}")
+    _row("mip (simulated)", r, f"   vs measured {FLEXGEN_MEASURED}: {err:+.1%}; "
+         f"this plan's MIP estimate {trace.meta['tokens_per_step'] / p.planner.estimate_s:.3f} tokens/s")
     for b in report.baselines:
         _row(b.name, b.result)
+    for note in p.notes:
+        print(f"  note: {note}")
     paper = run_preset(load_preset("flexgen-opt30b-paper"), system, trace)
     sim = memsim.simulate(system, trace, paper)
     err = (sim.tokens_per_s - FLEXGEN_MEASURED) / FLEXGEN_MEASURED if sim.feasible else float("nan")

@@ -161,6 +161,7 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
         }
         raise exc
     chosen.plan.workload, chosen.plan.fingerprint = trace.name, trace_fingerprint(trace)
+    _flag_disagreement(chosen)
     if upgrade is not None:
         chosen.plan.notes.append(f"planned on {system.name} upgraded for "
                                  f"{upgrade.target_tokens_per_s:g} tokens/s: {'; '.join(upgrade.notes)}")
@@ -311,6 +312,20 @@ def _fall_back(chosen: Evaluated, best: Evaluated) -> Evaluated:
         plan_.planner = copy.deepcopy(mine)
         plan_.planner.status = f"baseline:{best.name}"
     return Evaluated(chosen.name, plan_, best.result)
+
+
+DISAGREE = 0.25  # relative difference between the MIP's estimate and the simulation worth a note
+
+
+def _flag_disagreement(chosen: Evaluated) -> None:
+    """Say so when the search model and the simulator disagree by more than ``DISAGREE``: the
+    plan may be good for the wrong reason (a cost one of them does not see)."""
+    est = chosen.plan.planner.estimate_s
+    sim = chosen.result.step_time_s if chosen.feasible else None
+    if est and sim and abs(sim - est) > DISAGREE * sim:
+        chosen.plan.notes.append(
+            f"MIP estimate {est:.6g} s and simulation {sim:.6g} s differ by {(sim - est) / sim:+.0%}: "
+            f"compare the simulator's breakdown and link_busy with the MIP's stage model (docs/planner.md)")
 
 
 def _oom_note(result) -> str:
