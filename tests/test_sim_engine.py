@@ -314,3 +314,12 @@ def test_plan_for_another_workload_or_unknown_tier_is_a_spec_error():
         simulate(make_system(), trace, Plan(fingerprint="0123456789abcdef", workload="other"))
     with pytest.raises(SpecError, match="unknown tier"):
         simulate(make_system(), trace, Plan(placement={"weight": {"cxl": 1.0}}))
+
+
+def test_copy_slowdown_stretches_an_op_only_while_the_copy_runs():
+    """Layer 1's 0.4 s prefetch runs during layer 0's 0.5 s op; with copy_slowdown 0.5 the op
+    progresses at 1/1.5 for those 0.4 s: it ends 0.4 − 0.4/1.5 = 0.1333 s later."""
+    sys_ = make_system(compute__gpu__copy_slowdown=0.5)
+    fetch, op = 5e-6 + 0.4, 25e12 / 50e12 + 10e-6
+    r = simulate(sys_, two_layer_trace(25e12, 4 * GB), Plan(placement={"weight": {"dram": 1.0}}))
+    assert r.step_time_s == pytest.approx(fetch + 2 * op + 0.4 - 0.4 / 1.5)
