@@ -142,7 +142,7 @@ def _expand(trace: Trace, system: System, plan: Plan, units: dict, notes: list) 
                     notes.append("no CPU compute unit: CPU ops run on the GPU")
             static.append((op, unit, units[unit], float(op.bytes_read + op.bytes_written)))
         names = {(j, layer): (_fill(op.name, layer), tuple(_fill(n, layer) for n in op.inputs),
-                              tuple(_fill(n, layer) for n in op.outputs))
+                              tuple(_fill(n, layer) for n in _outputs(op, trace)))
                  for layer in layers for j, op in enumerate(block.ops)}
         for it in range(block.iterations):
             for layer in layers:
@@ -153,6 +153,15 @@ def _expand(trace: Trace, system: System, plan: Plan, units: dict, notes: list) 
                                    mem, inputs, outputs, layer, it, group, False,
                                    float(op.bytes_written)))
     return out
+
+
+def _outputs(op, trace: Trace) -> tuple[str, ...]:
+    """An optimizer step updates the optimizer states it reads, whether or not the trace lists
+    them as outputs: they must go back to their home when homed off the stepping device."""
+    if op.kind != "optimizer" and op.phase != "optimizer":
+        return op.outputs
+    states = tuple(t for t in op.inputs if t not in op.outputs and _cls(trace, t) == "optimizer")
+    return op.outputs + states
 
 
 def _fill(name: str, layer: int | None) -> str:
