@@ -174,6 +174,7 @@ class StepEngine:
         deps_append, fetch_append, produce_append = (self.deps.append, self.fetch.append,
                                                      self.produce.append)
         empty = ()
+        src_cache: dict[tuple, dict[str, int]] = {}
         for op in ops:
             deps, fetch = [], []
             mem, seg, unit, no_fetch = op.mem, op.seg, op.unit, op.no_fetch
@@ -206,7 +207,10 @@ class StepEngine:
                     continue
                 else:
                     home = tensors[t].home
-                sources = {h: int(b * frac) for h, b in home.items() if h != mem}
+                key = (t, mem, frac)
+                sources = src_cache.get(key)
+                if sources is None:  # shared by every op reading t on mem (read-only)
+                    sources = src_cache[key] = {h: int(b * frac) for h, b in home.items() if h != mem}
                 if sources:
                     deps.append((2, t, None, "exposed_transfer"))
                     fetch.append((t, w, frac, sources, False))
