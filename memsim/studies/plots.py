@@ -64,6 +64,17 @@ def _shade_infeasible(ax, rows: list[dict], pos: dict, x: str) -> None:
         labelled = True
 
 
+def _mark_boundary(ax, members: list[dict], pos: dict, x: str, color: str) -> None:
+    """A dashed line where a series turns from infeasible to feasible (or back) along x."""
+    for a, b in itertools.pairwise(members):
+        if (a["status"] == "ok") != (b["status"] == "ok") and pos[a[x]] != pos[b[x]]:
+            ax.axvline((pos[a[x]] + pos[b[x]]) / 2, color=color, linestyle="--", linewidth=1, alpha=0.6)
+
+
+def _short(key: str) -> str:
+    return ".".join(key.split(".")[-2:])
+
+
 def plot_one(spec: PlotSpec, study: Study, rows: list[dict], path: Path) -> str | None:
     import matplotlib
 
@@ -89,6 +100,7 @@ def plot_one(spec: PlotSpec, study: Study, rows: list[dict], path: Path) -> str 
         good = [(a, b) for a, b in good if b is not None]
         if good:
             ax.plot(*zip(*good, strict=True), marker="o", color=color, label=label)
+        _mark_boundary(ax, members, pos, spec.x, color)
         bad = [pos[r[spec.x]] for r in members if r["status"] != "ok"]
         if bad:
             ax.plot(bad, [0.02] * len(bad), linestyle="none", marker="x", markersize=9, color=color,
@@ -103,9 +115,10 @@ def plot_one(spec: PlotSpec, study: Study, rows: list[dict], path: Path) -> str 
     ax.set_xlabel(spec.x)
     ax.set_ylabel(f"{spec.y} (simulated)")
     ax.set_ylim(bottom=0 if not spec.logy else None)
-    ax.set_title(spec.title or f"{study.name}: {spec.y} vs {spec.x}  (× = infeasible / failed)", fontsize=10)
+    ax.set_title(spec.title or f"{study.name}: {spec.y} vs {spec.x}\n× infeasible or failed · dashed: "
+                 "feasibility boundary · shaded: nothing fits", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title=spec.series.split(".")[-1] if spec.series else None)
+    ax.legend(fontsize=8, title=_short(spec.series) if spec.series else None)
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
