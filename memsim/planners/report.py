@@ -25,7 +25,7 @@ from memsim.workloads.trace import Trace
 
 Progress = Callable[[str], None]
 REPAIRS = 4  # re-solves of one structure after the simulator finds an overflow
-TOP = 3  # MIP structures simulated, best estimates first
+TOP = 4  # MIP structures simulated, best estimates first
 SEARCH_KINDS = ("mip", "flexgen")
 
 
@@ -258,13 +258,14 @@ def _searched(preset: Preset, system: System, trace: Trace, time_limit: float, s
 
 def _shortlist(found: mip.Search, top: int) -> list[tuple[str, object]]:
     """The ``top`` candidates to simulate: the best estimate of each family first (optimizer
-    device, CPU attention: choices whose cost the simulator may see differently), then by estimate."""
+    device, CPU attention, offloaded activations or not: choices whose cost the simulator may see
+    differently, through copy-queue backlogs the stage model averages away), then by estimate."""
     ranked = sorted(((lb, c) for lb, c in found.candidates if c.plan is not None),
                     key=lambda lc: lc[1].estimate_s)
     chosen: list[tuple[str, object]] = []
     families: set[tuple] = set()
     for label, cand in ranked:
-        family = (cand.plan.optimizer_device, cand.plan.cpu_attention)
+        family = (cand.plan.optimizer_device, cand.plan.cpu_attention, cand.plan.activation_tier is None)
         if family not in families and len(chosen) < top:
             families.add(family)
             chosen.append((label, cand))
@@ -329,6 +330,12 @@ def _flag_disagreement(chosen: Evaluated) -> None:
 
 
 def _oom_note(result) -> str:
+    """Each overflowing tier's full demand (the simulator keeps running past the first OOM)."""
+    over = [f"{t} needs {fmt_bytes(p)} of {fmt_bytes(result.capacity_bytes[t])}"
+            for t, p in sorted(result.peak_bytes.items())
+            if t in result.capacity_bytes and p > result.capacity_bytes[t]]
+    if over:
+        return "; ".join(over)
     oom = getattr(result, "oom", None)
     return f"{oom.tier} short by {fmt_bytes(oom.short_bytes)}" if oom else "does not fit"
 
