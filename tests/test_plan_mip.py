@@ -179,3 +179,22 @@ def test_cheapest_upgrade_meets_the_target_at_least_cost():
 
     with pytest.raises(Infeasible, match="unlimited"):
         cheapest_upgrade(system, trace, 1e3 * tokens / base)
+
+
+def test_serving_model_sizes_the_kv_pool_and_swap_budget():
+    from memsim.planners.synthetic import serving_trace
+
+    system = small_system(hbm="4GiB", dram="64GiB")
+    trace = serving_trace(8, 2048, requests=40)
+    found = mip.search(system, trace, {}, 5)
+    plan = found.best.plan
+    assert plan.serving is not None and plan.serving.max_num_seqs in build_space(system, {}).max_num_seqs
+    assert 0 < plan.serving.swap_bytes <= system.tiers["dram"].capacity
+    assert plan.serving.preempt == "swap" and plan.serving.swap_tier == "dram"
+    # a pool for max_num_seqs sequences of prompt + output tokens fits beside the resident weights
+    tc = trace.meta["token_costs"]
+    pool = plan.serving.max_num_seqs * (256 + 64) * tc["kv_bytes_per_token"]
+    gpu_weights = tc["weight_bytes"] * plan.home("weight", "hbm").get("hbm", 0.0)
+    assert gpu_weights + pool <= system.tiers["hbm"].capacity
+    tiny = small_system(hbm="1GiB")  # weights (~805 MB) barely fit: some stream from DRAM
+    assert mip.search(tiny, trace, {}, 5).best.plan.home("weight", "hbm").get("hbm", 0.0) < 1.0

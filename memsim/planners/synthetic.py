@@ -248,3 +248,31 @@ def inference_trace(
         "data_parallel": 1,
     }
     return Trace(name, "inference", t, blocks, meta)
+
+
+def serving_trace(layers: int = 4, hidden: int = 1024, requests: int = 50, rate: float = 20.0,
+                  prompt: int = 256, output: int = 64, seed: int = 0, name: str = "synthetic-serve") -> Trace:
+    """A serving trace: Poisson arrivals (seeded) of fixed-length requests, with TokenCosts."""
+    import random
+    from dataclasses import asdict
+
+    from memsim.workloads.trace import Requests, TokenCosts
+
+    rng = random.Random(seed)
+    arrivals, now = [], 0.0
+    for _ in range(requests):
+        now += rng.expovariate(rate)
+        arrivals.append(round(now, 9))
+    p_layer = 12 * hidden * hidden
+    costs = TokenCosts(weight_bytes=2 * p_layer * layers, flops_per_token=2.0 * p_layer * layers,
+                       attn_flops_per_token_ctx=4.0 * hidden * layers, kv_bytes_per_token=4 * hidden * layers,
+                       activation_bytes_per_token=16 * hidden, layers=layers)
+    t = {"L{layer}.weight": Tensor("L{layer}.weight", 2 * p_layer, "weight")}
+    decode = [Op("L{layer}.decode", "matmul", "decode", 2 * p_layer, 2 * p_layer, 2 * hidden,
+                 ("L{layer}.weight",), (), shape=(1, hidden, 12 * hidden))]
+    meta = {"kind": "serving", "model": name, "params": p_layer * layers, "active_params": p_layer * layers,
+            "layers": layers, "dtype": "bf16", "tokens_per_step": requests * output,
+            "flops_per_step": 2.0 * p_layer * layers * requests * (prompt + output), "data_parallel": 1,
+            "token_costs": asdict(costs)}
+    reqs = Requests(arrivals, [prompt] * requests, [output] * requests)
+    return Trace(name, "serving", t, [Block("decode", decode, repeat=layers)], meta, reqs)
