@@ -110,6 +110,7 @@ class StepEngine:
         self.home_alloc: set[tuple[str, str]] = set()
         self.work: dict[tuple[str, int], Stage] = {}
         self.seg_work: dict[int, list[str]] = {}
+        self.seg_wb: dict[int, list[simpy.Event]] = {}  # write-backs issued per segment
         self.main = "gpu" if "gpu" in prog.units else "cpu"
         self.acct = dict.fromkeys(CATEGORIES, 0.0)
         self.main_end = 0.0
@@ -262,7 +263,17 @@ class StepEngine:
                     yield self._started(s - 1)
                     if main:
                         acct[self._seg_cat(s - 1)] += env.now - t0
-                self._start_segment(s)
+                # bounded staging buffers: write-backs of the segment that left the prefetch
+                # window must drain before this one starts (DeepSpeed's and FlexGen's swappers)
+                drain = s - self.depth - 1
+                pending = [ev for ev in self.seg_wb.get(drain, ()) if ev.callbacks is not None]
+                if pending:
+                    t0 = env.now
+                    yield env.all_of(pending)
+                    if main:
+                        acct["memory_wait"] += env.now - t0
+                if not started[s]:  # (another stream may have started it meanwhile)
+                    self._start_segment(s)
             for kind, a, b, cat in deps[i]:
                 if kind == 0:
                     ev = self._done_event(a)
@@ -449,6 +460,8 @@ class StepEngine:
             target = self._avail(t, op.index, tier)
             ev.callbacks.append(lambda _e, target=target: target.succeed())
             events.append(ev)
+        if events:
+            self.seg_wb.setdefault(op.seg, []).extend(events)
         if st is not None:
             done = events[0] if len(events) == 1 else self.env.all_of(events)
             done.callbacks.append(lambda _e, st=st: self._release(st))
