@@ -11,7 +11,6 @@ registry entries.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass
 
@@ -158,7 +157,3 @@ def flexgen(system: System, trace: Trace, options: dict, time_limit: float = 10.
 
 class NotApplicable(Exception):
     """A baseline that does not apply to this workload kind (it is skipped, not infeasible)."""
-
-
-def estimate_is_finite(c: Candidate | None) -> bool:
-    return c is not None and math.isfinite(c.estimate_s)
