@@ -323,3 +323,20 @@ def test_copy_slowdown_stretches_an_op_only_while_the_copy_runs():
     fetch, op = 5e-6 + 0.4, 25e12 / 50e12 + 10e-6
     r = simulate(sys_, two_layer_trace(25e12, 4 * GB), Plan(placement={"weight": {"dram": 1.0}}))
     assert r.step_time_s == pytest.approx(fetch + 2 * op + 0.4 - 0.4 / 1.5)
+
+
+def test_slow_write_backs_hold_the_next_segment_back():
+    """Each layer writes 4 GB homed in DRAM (0.4 s over the link) after a 0.2 s op. Depth 0: a
+    layer starts only when the previous one's write-back is done; depth 1: one may be pending."""
+    tensors = {"L{layer}.kv": Tensor("L{layer}.kv", 4 * GB, "kv")}
+    ops = [Op("L{layer}.write", "matmul", "prefill", 1e13, 0, 0, (), ("L{layer}.kv",))]
+    trace = Trace("wb", "inference", tensors, [Block("layers", ops, repeat=3)], {"data_parallel": 1})
+    d, c = 1e13 / 50e12 + 10e-6, 5e-6 + 0.4
+    plan = Plan(placement={"kv": {"dram": 1.0}}, prefetch_depth=0)
+    r = simulate(make_system(), trace, plan)
+    assert r.step_time_s == pytest.approx(3 * (d + c))
+    assert r.breakdown["memory_wait"] == pytest.approx(2 * c)
+    assert r.peak_bytes["hbm"] == 4 * GB  # one layer's working copy at a time
+    r1 = simulate(make_system(), trace, Plan(placement={"kv": {"dram": 1.0}}, prefetch_depth=1))
+    assert r1.step_time_s == pytest.approx(d + 3 * c)
+    assert r1.breakdown["memory_wait"] == pytest.approx(c - d)
