@@ -34,6 +34,7 @@ class CaseSpec(Spec):
     kind: str = Field(description="how the case is evaluated: zero, flexgen, paged, checkpoint, kivi, "
                                   "flash, headinfer")
     quick: bool = Field(False, description="part of the reduced set that --quick runs")
+    order: int = Field(100, description="position in the document (then by name)")
     source: str = Field(description="the publication the figures come from")
     setup: dict[str, Any] = Field(default_factory=dict, description="memsim setup of the case")
     published: dict[str, Any] = Field(default_factory=dict, description="published figures")
@@ -129,8 +130,8 @@ def select(names: Iterable[str] = (), quick: bool = False) -> list[str]:
         for n in names:
             load_case(n)  # unknown names fail before anything runs
         return names
-    every = case_names()
-    return [n for n in every if load_case(n)[0].quick] if quick else every
+    specs = sorted((load_case(n)[0] for n in case_names()), key=lambda c: (c.order, c.name))
+    return [c.name for c in specs if c.quick or not quick]
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def run_case(name: str, progress: Progress | None = None) -> CaseResult:
     for f in result.figures:  # the YAML's explanation of a figure's gap, when it has one
         extra = spec.notes.get(f.key)
         if extra:
-            f.note = f"{f.note} {extra}".strip() if f.note else extra
+            f.note = f"{f.note.rstrip('.')}. {extra}" if f.note else extra
     return result
 
 

@@ -281,12 +281,12 @@ def checkpoint(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
     s = spec.setup
     system = system_of(s, path)
     trace = trace_of(s, path)
-    out = {}
+    out, plans = {}, {}
     for role in ("baseline", "planner"):
         name = _need(s, role, path)
         say(name)
-        plan = run_preset(load_preset(name), system, trace)
-        out[role] = simulate(system, trace, plan)
+        plans[role] = run_preset(load_preset(name), system, trace)
+        out[role] = simulate(system, trace, plans[role])
         if not out[role].feasible:
             raise Infeasible(_diag(out[role], f"{spec.name} {name}"))
     fast = system.fast_tier
@@ -310,7 +310,8 @@ def checkpoint(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
              f"{trace.meta['params']:,} parameters, micro-batch {trace.meta['micro_batch']} × "
              f"{trace.meta['seq_len']} tokens",
              f"model states {gb(states):.3g} GB and activations {gb(pdb['activations']):.3g} GB (accounting)",
-             f"planners `{s['baseline']}` vs `{s['planner']}` ({'; '.join(sqrt_.notes) or 'as planned'})"]
+             f"planners `{s['baseline']}` vs `{s['planner']}` "
+             f"({'; '.join(plans['planner'].notes) or 'as planned'})"]
     return CaseResult(spec.name, spec.title, spec.source, setup, figures)
 
 

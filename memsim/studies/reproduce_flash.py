@@ -117,6 +117,12 @@ def flash_case(spec: CaseSpec, path: Path, say) -> CaseResult:
                               "simulated (transformed trace)",
                               f"per step {n.step_time_s:.3g} s naive, {w.step_time_s:.3g} s windowing, "
                               f"{b.step_time_s:.3g} s with bundling" + _fits(n, b)))
+    bundled = times[("gpu", "windowing + bundling")]
+    io = sum(v for k, v in bundled.link_busy.items() if f"{flash_tier}->" in k) * bundled.step_time_s
+    figures.append(Figure("io_per_token", "flash loading per token, windowing + bundling", "ms",
+                          spec.published.get("io_ms_per_token"), 1e3 * io / trace.meta["gen_len"],
+                          "simulated",
+                          f"busy time of the {flash_tier} read engine / {trace.meta['gen_len']} tokens"))
     model = trace.meta["per_device_bytes"]["weights"]
     setup = [f"hardware `{s['hardware']}` with DRAM cut to {fmt_bytes(dram)}: the {fmt_bytes(model)} "
              f"model is {model / dram:.2f}× the DRAM",
