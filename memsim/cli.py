@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from memsim import units
@@ -66,7 +67,7 @@ def handle_errors(fn: Callable) -> Callable:
                 render_diagnosis(exc.diagnosis)
             raise typer.Exit(3) from None
         except SpecError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
             raise typer.Exit(2) from None
         except MemsimError as exc:
             err.print(f"[bold red]error:[/] {exc}", highlight=False)

@@ -133,3 +133,17 @@ def test_every_example_study_loads_and_expands(name: str):
     points = expand(study)
     assert len(points) >= 4 and study.description
     assert len({p.inputs for p in points}) == len(points)  # no two points run the same case
+
+
+def test_ray_backend_without_ray_exits_2_with_the_install_hint(folder: Path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # `import ray` raises ImportError
+    path = write(folder, "name: noray\n" + BASE + "axes: [{key: training.micro_batch, values: [1]}]\n")
+    result = CliRunner().invoke(app, ["study", str(path), "--backend", "ray", "-o", str(folder / "out")])
+    assert result.exit_code == 2
+    assert "pip install 'memsim[ray]'" in result.output
+
+
+def test_unknown_backend_exits_2(folder: Path):
+    path = write(folder, "name: nob\n" + BASE + "axes: [{key: training.micro_batch, values: [1]}]\n")
+    result = CliRunner().invoke(app, ["study", str(path), "--backend", "dask", "-o", str(folder / "out")])
+    assert result.exit_code == 2 and "local, ray" in result.output
