@@ -203,6 +203,24 @@ def _best_section(study: Study, rows: list[dict], best: dict | None) -> list[str
     return [*lines, ""]
 
 
+def _axes_section(study: Study) -> list[str]:
+    """What varies, once: a zip is one line per label value with the keys it sets."""
+    lines = ["## Axes", ""]
+    for axis in study.axes:
+        members = axis.members()
+        if len(members) == 1:
+            values = ", ".join(str(v) for v in members[0].resolved())
+            lines.append(f"- `{members[0].key}`: {values}")
+            continue
+        names = [f"`{a.key}`" + (" (label)" if a.label else "") for a in members]
+        lines.append("- zipped: " + ", ".join(names))
+        for i in range(len(members[0].resolved())):
+            lines.append("  - " + " · ".join(str(a.resolved()[i]) for a in members))
+    if study.filters:
+        lines.append("- filters: " + ", ".join(f"`{f}`" for f in study.filters))
+    return [*lines, ""] if study.axes else []
+
+
 def to_markdown(study: Study, rows: list[dict], best: dict | None, plots: list[str]) -> str:
     counts: dict[str, int] = {}
     for row in rows:
@@ -221,7 +239,9 @@ def to_markdown(study: Study, rows: list[dict], best: dict | None, plots: list[s
     lines += _best_section(study, rows, best)
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
-    cols = [c for c in columns(study, rows) if c not in ("hash", "reason")]
+    lines += _axes_section(study)
+    hidden = set(study.axis_keys()) - set(study.shown_keys())  # zipped keys: shown by their label
+    cols = [c for c in columns(study, rows) if c not in ("hash", "reason", *hidden)]
     lines += ["## Results", "", *_md_table(cols, rows), ""]
     failed = [r for r in rows if r["status"] != "ok" and r.get("reason")]
     if failed:
