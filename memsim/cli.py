@@ -297,7 +297,7 @@ def study_cmd(
     jobs: Annotated[int | None, typer.Option("-j", "--jobs", min=1,
                                              help="parallel points (default: CPUs)")] = None,
     output: Annotated[str | None, typer.Option("-o", "--output", help="results folder (default: "
-                                               "studies-out/NAME); cached points there are reused")] = None,
+                                               "out/studies/NAME); cached points there are reused")] = None,
     ray_address: Annotated[str | None, typer.Option(
         help="Ray cluster address (default: start a local one)")] = None,
     dry_run: Annotated[bool, typer.Option(
@@ -328,9 +328,9 @@ def study_cmd(
 def _study_dry_run(spec, output: str | None, as_json: bool) -> None:
     from pathlib import Path
 
-    from memsim.studies.runner import cached_record, plan_points
+    from memsim.studies.runner import cached_record, default_out, plan_points
 
-    folder = Path(output or Path("studies-out") / spec.name) / "points"
+    folder = Path(output or default_out(spec)) / "points"
     points = [{"point": p.index, **p.coords, "hash": key,
                "cached": cached_record(folder / f"{key}.json") is not None} for p, key in plan_points(spec)]
     if as_json:

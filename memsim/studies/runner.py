@@ -67,6 +67,11 @@ def cached_record(path: Path) -> dict | None:
     return record if record.get("status") in ("ok", "infeasible", "bad_input") else None
 
 
+def default_out(study: Study) -> Path:
+    """``out/studies/NAME`` under the working directory (``/out/`` is git-ignored in a checkout)."""
+    return Path("out") / "studies" / study.name
+
+
 def plan_points(study: Study) -> list[tuple[Point, str]]:
     """Every point with its content hash (files are read once per distinct name)."""
     return [(p, point_hash(p.inputs.to_dict(), memsim.__version__)) for p in expand(study)]
@@ -78,7 +83,7 @@ def run_study(study: Study | str | Path, out_dir: str | Path | None = None, *, b
     """Run every point not yet cached under ``out_dir`` and write results.csv, plots, report.md."""
     if not isinstance(study, Study):
         study = load_study(study)
-    out = Path(out_dir or Path("studies-out") / study.name)
+    out = Path(out_dir or default_out(study))
     (out / "points").mkdir(parents=True, exist_ok=True)
     hashed = plan_points(study)
     records: dict[str, dict] = {}
