@@ -17,6 +17,7 @@ import time
 import memsim
 from memsim.planners import mip, plan
 from memsim.planners.registry import load_preset, run_preset
+from memsim.planners.report import infeasible_note
 
 FLEXGEN_MEASURED = 7.32  # tokens/s, OPT-30B on one T4 (FlexGen README; shared/reference/published.yaml)
 
@@ -32,9 +33,7 @@ def _search_time(system, trace, options: dict, repeats: int = 3) -> tuple[float,
 
 def _row(name: str, result, extra: str = "") -> None:
     if result is None or not result.feasible:
-        oom = getattr(result, "oom", None)
-        why = f"{oom.tier} short by {oom.short_bytes / 2**30:.2f} GiB" if oom else "no plan"
-        print(f"  {name:<24} infeasible ({why})")
+        print(f"  {name:<24} infeasible ({infeasible_note(result) if result is not None else 'no plan'})")
         return
     print(f"  {name:<24} step {result.step_time_s:10.3f} s   {result.tokens_per_s:10.3f} tokens/s{extra}")
 

@@ -51,7 +51,7 @@ class Evaluated:
             "feasible": self.feasible,
             "step_time_s": self.step_time_s,
             "tokens_per_s": r.tokens_per_s if self.feasible else None,
-            "note": self.note or (_oom_note(r) if r is not None and not self.feasible else ""),
+            "note": self.note or (infeasible_note(r) if r is not None and not self.feasible else ""),
         }
 
 
@@ -329,7 +329,7 @@ def _flag_disagreement(chosen: Evaluated) -> None:
             f"compare the simulator's breakdown and link_busy with the MIP's stage model (docs/planner.md)")
 
 
-def _oom_note(result) -> str:
+def infeasible_note(result) -> str:
     """Each overflowing tier's full demand (the simulator keeps running past the first OOM)."""
     over = [f"{t} needs {fmt_bytes(p)} of {fmt_bytes(result.capacity_bytes[t])}"
             for t, p in sorted(result.peak_bytes.items())
