@@ -309,10 +309,20 @@ def checkpoint(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
     setup = [f"hardware `{s['hardware']}`; workload `{trace.name}`: {trace.meta['layers']} layers, "
              f"{trace.meta['params']:,} parameters, micro-batch {trace.meta['micro_batch']} × "
              f"{trace.meta['seq_len']} tokens",
-             f"model states {gb(states):.3g} GB and activations {gb(pdb['activations']):.3g} GB (accounting)",
+             f"model states {gb(states):.3g} GB and activations {gb(pdb['activations']):.3g} GB "
+             f"(accounting); a layer saves {_layer_saving(trace)}",
              f"planners `{s['baseline']}` vs `{s['planner']}` "
              f"({'; '.join(plans['planner'].notes) or 'as planned'})"]
     return CaseResult(spec.name, spec.title, spec.source, setup, figures)
+
+
+def _layer_saving(trace: Trace) -> str:
+    """What one layer saves for its backward vs its input (all a recomputed layer keeps)."""
+    per = trace.meta.get("activation_bytes_per_layer") or {}
+    if not per.get("input"):
+        return "(no per-layer figures in the trace)"
+    return (f"{fmt_bytes(per['total'])}, {per['total'] / per['input']:.0f}× its {fmt_bytes(per['input'])} "
+            "input, which is all a recomputed layer keeps")
 
 
 # -- KIVI ---------------------------------------------------------------------------------------
