@@ -345,8 +345,8 @@ def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str
         nbytes = tensor.bytes // n if "#" in name else tensor.bytes
         cls = tensor.cls
         born = birth.get(name)
-        if born is not None and first_read.get(name, born) < born:
-            born = None  # read before written: an input that exists from the start
+        if born is not None and first_read.get(name, born + 1) <= born:
+            born = None  # read before (or by) its first writer: it exists from the start
         if cls in PERSISTENT or cls in ("grad", "kv"):
             death = None
             home = split_bytes(nbytes, plan.home(cls, fast))
