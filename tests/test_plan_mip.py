@@ -198,3 +198,16 @@ def test_serving_model_sizes_the_kv_pool_and_swap_budget():
     assert gpu_weights + pool <= system.tiers["hbm"].capacity
     tiny = small_system(hbm="1GiB")  # weights (~805 MB) barely fit: some stream from DRAM
     assert mip.search(tiny, trace, {}, 5).best.plan.home("weight", "hbm").get("hbm", 0.0) < 1.0
+
+
+def test_diagnosis_suggests_a_smaller_micro_batch_when_activations_overflow():
+    # 8 sequences of 4096 tokens: the logits and one layer in flight overflow a 4 GiB GPU even with
+    # every layer recomputed; the model states (≈1.9 GiB with embeddings) fit in DRAM
+    system = small_system(hbm="4GiB", dram="16GiB", ssd=None)
+    trace = training_trace(8, 1024, 4096, batch=8)
+    d = diagnose(system, trace, {}, 5)
+    assert [s.tier for s in d.shortfalls] == ["hbm"]
+    assert any("micro-batch of 4 (now 8)" in s for s in d.suggestions)
+    trace.meta["micro_batch"] = 4
+    half = training_trace(8, 1024, 4096, batch=4)
+    assert mip.search(system, half, {}, 5).best is not None  # the suggestion really fits

@@ -251,7 +251,8 @@ def _searched(preset: Preset, system: System, trace: Trace, time_limit: float, s
     plan_ = mip.finish(preset.name, found, cand, solve_s)
     plan_.notes.extend(notes)
     if top > 1:
-        plan_.notes.append(f"simulated the {len(tried)} structures with the best estimates; kept {label} "
+        what = "structure" if len(tried) == 1 else "structures"
+        plan_.notes.append(f"simulated the {len(tried)} {what} with the best estimates; kept {label} "
                            f"(estimate {cand.estimate_s:.6g} s, simulated {result.step_time_s:.6g} s)")
     return Evaluated(preset.name, plan_, result)
 

@@ -96,6 +96,7 @@ class _Model:
         self.slack = {t: self.prob.add_variable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
         self.act = (prof.saved + prof.ckpt) * act_scale
         self.ckpt = prof.ckpt * act_scale
+        self.act_scale = act_scale
         self._constrain()
 
     def _frac(self, cls: str, tier: str):
@@ -130,7 +131,8 @@ class _Model:
         resident = {c: total[c] * self._frac(c, g) for c in STATE}
         buf_w = depth * layer["weight"] * (1 - self._frac("weight", g))
         buf_g = 2 * layer["grad"] * (1 - self._frac("grad", g))
-        in_flight = p.saved + p.transient + p.other_transient  # the largest layer being worked on
+        # the largest layer being worked on (activations scale with the micro-batch, as act_scale)
+        in_flight = (p.saved + p.transient + p.other_transient) * self.act_scale
         act_buf = 2 * self.act if self.act_tier else 0
         turn = (
             resident["weight"]
