@@ -347,7 +347,8 @@ def _render_study(run) -> None:
     from memsim.studies.report import columns, human
 
     hidden = set(run.study.axis_keys()) - set(run.study.shown_keys())
-    cols = [c for c in columns(run.study, run.rows) if c not in ("hash", "reason", *hidden)]
+    hidden |= {"feasible", *[m for m in run.study.metrics if m != "feasible"][4:]}  # all are in report.md
+    cols = [c for c in columns(run.study, run.rows) if c not in ("hash", "reason", "usd_per_mtoken", *hidden)]
     table = Table(*(_short(c) for c in cols), title=f"{run.study.name}: {len(run.rows)} points (simulated)")
     for row in run.rows:
         table.add_row(*(human(c, row.get(c)) for c in cols))
