@@ -143,9 +143,9 @@ def run_case(name: str, progress: Progress | None = None) -> CaseResult:
     spec, path = load_case(name)
     say = progress or (lambda _msg: None)
     result = KINDS[spec.kind](spec, path, say)
-    for f in result.figures:  # the YAML's explanation of a figure's gap, when it has one
+    for f in result.figures:  # the YAML's explanation of a gap, shown only where there is one
         extra = spec.notes.get(f.key)
-        if extra:
+        if extra and (f.gap or f.memsim is None):
             f.note = f"{f.note.rstrip('.')}. {extra}" if f.note else extra
     return result
 
