@@ -248,8 +248,9 @@ class ServingEngine:
                 ctx += k * c + k * (k + 1) // 2
                 kv_read += c + k
                 decode = decode and k == 1 and c >= r.prompt
-            # 3. waiting requests, first come first served
-            while head < len(waiting) and not swapped and len(running) < max_seqs and budget > 0:
+            # 3. waiting requests, first come first served (none after a preemption, as vLLM)
+            while (head < len(waiting) and not swapped and not preempted
+                   and len(running) < max_seqs and budget > 0):
                 r = waiting[head]
                 c = r.computed
                 k = min(r.prompt + r.generated - c, budget)
