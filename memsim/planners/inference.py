@@ -98,13 +98,18 @@ def solve_inference(
     prompt_len, gen_len = int(trace.meta.get("prompt_len") or 0), int(trace.meta.get("gen_len") or 0)
     prompt_share = prompt_len / ctx if ctx else 1.0
     decode_share = (prompt_len + gen_len / 2) / ctx if ctx else 1.0
+    chunks = max(prof.prefill_iters, 1)
     fp, fd = Flows(system), Flows(system)
     for t in system.tiers:
         if t == g:
             continue
         fp.add(t, g, layer["weight"] * frac("weight", t))
         fd.add(t, g, layer["weight"] * frac("weight", t))
-        fp.add(g, t, layer["kv"] * prompt_share * frac("kv", t))
+        # each prompt chunk writes its share of the prompt's KV and, after the first, reads the
+        # context so far (half the prompt on average) back for its attention
+        fp.add(g, t, layer["kv"] * prompt_share / chunks * frac("kv", t))
+        if chunks > 1:
+            fp.add(t, g, layer["kv"] * prompt_share / 2 * frac("kv", t))
         if not cpu_attention:  # a decode step reads the context so far: prompt + gen/2 on average
             fd.add(t, g, layer["kv"] * decode_share * frac("kv", t))
         fd.add(g, t, (layer["kv"] / ctx if ctx else 0) * frac("kv", t))
@@ -112,7 +117,7 @@ def solve_inference(
         for name, rate, terms in fl.loads():
             prob += stage >= pulp.lpSum(terms) * (1.0 / rate), f"load_{stage.name}_{_safe(name)}"
     other = prof.time.get("prefill_other", 0) + prof.time.get("decode_other", 0)
-    step = L * tp + L * max(prof.decode_iters, 0) * td + other
+    step = L * chunks * tp + L * max(prof.decode_iters, 0) * td + other
     if space.max_step is not None:
         prob += step <= space.max_step, "target"
     if slack:
@@ -134,7 +139,7 @@ def solve_inference(
         num_gpu_batches=num_batches,
         cpu_attention=cpu_attention,
     )
-    est = L * value(tp) + L * max(prof.decode_iters, 0) * value(td) + other
+    est = L * chunks * value(tp) + L * max(prof.decode_iters, 0) * value(td) + other
     return Candidate(plan, est, info, {t: value(v) * GIB for t, v in s.items()} if slack else None)
 
 

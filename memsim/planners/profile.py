@@ -34,6 +34,7 @@ class Profile:
     other_total: int = 0  # all non-layer activations/workspace (shared scratch of inference)
     time: dict[str, float] = field(default_factory=dict)  # seconds by key, see `_times`
     decode_iters: int = 0
+    prefill_iters: int = 1  # prompt chunks (chunked prefill runs the prefill block once per chunk)
     tokens_per_step: int = 0
     batch: int = 1
     attn_flops_decode: float = 0.0  # per layer per decode iteration
@@ -143,6 +144,8 @@ def _times(system: System, trace: Trace, prof: Profile) -> None:
         per_layer = block.templated
         if per_layer and block.ops and block.ops[0].phase == "decode":
             prof.decode_iters = max(prof.decode_iters, block.iterations)
+        if per_layer and block.ops and block.ops[0].phase == "prefill":  # chunked prefill
+            prof.prefill_iters = max(prof.prefill_iters, block.iterations)
         for op in block.ops:
             sec = op_seconds(system, op)
             reps = 1 if per_layer else block.iterations
@@ -188,6 +191,7 @@ def tie_scale(prof: Profile) -> float:
     only choose among plans the solver sees as equally fast."""
     t = prof.time
     per_layer = (t.get("forward_layer", 0) + t.get("backward_layer", 0) + t.get("optimizer_layer", 0)
-                 + t.get("prefill_layer", 0) + max(prof.decode_iters, 1) * t.get("decode_layer", 0))
+                 + prof.prefill_iters * t.get("prefill_layer", 0)
+                 + max(prof.decode_iters, 1) * t.get("decode_layer", 0))
     other = sum(v for k, v in t.items() if k.endswith("_other") and "cpu" not in k)
     return max(1e-9, prof.layers * per_layer + other)

@@ -44,6 +44,10 @@ class Evaluated:
     def step_time_s(self) -> float | None:
         return self.result.step_time_s if self.feasible else None
 
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.result.tokens_per_s if self.feasible else None
+
     def to_dict(self) -> dict:
         r = self.result
         return {
