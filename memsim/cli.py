@@ -684,8 +684,8 @@ def workload_show(name: Annotated[str, typer.Argument(help="catalog name or path
 def reproduce_cmd(
     output: Annotated[str, typer.Option("-o", "--output",
                                         help="document to write")] = "docs/reproductions.md",
-    cases: Annotated[list[str] | None, typer.Option("--case", help="run only this case (repeatable); "
-                                                    "names: studies/reproductions/*.yaml")] = None,
+    cases: Annotated[list[str] | None, typer.Option("--case", help="run only this case (repeatable): a name "
+                                                    "in studies/reproductions/ or a case YAML")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="only the cases marked quick (seconds)")] = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from memsim.cli import app
@@ -96,3 +97,20 @@ def test_document_marks_unexplained_gaps():
     text = render([r])
     assert "+100.0% ⚠" in text and "gap not explained yet" in text
     assert re.search(r"^## T$", text, re.M)
+
+
+def test_a_users_case_file_runs_and_a_bad_key_names_file_and_key(tmp_path):
+    from memsim.specio import read_yaml
+    from memsim.studies.reproduce import cases_dir
+
+    mine = read_yaml(cases_dir() / "zero-table1.yaml")
+    mine["columns"] = mine["columns"][-1:]
+    good = tmp_path / "mine.yaml"
+    good.write_text(yaml.safe_dump(mine))
+    results, _ = reproduce([str(good)])
+    assert [f.key for f in results[0].figures] == ["stage3"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**mine, "publishd": {}}))
+    res = runner.invoke(app, ["reproduce", "--case", str(bad), "-o", str(tmp_path / "x.md")])
+    assert res.exit_code == 2
+    assert "bad.yaml" in res.output and "publishd" in res.output and "published" in res.output

@@ -109,7 +109,10 @@ def case_names() -> list[str]:
 
 
 def load_case(name: str) -> tuple[CaseSpec, Path]:
-    path = cases_dir() / f"{name}.yaml"
+    """A case by name (studies/reproductions/NAME.yaml) or a path to a user's own case file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else cases_dir() / f"{name}.yaml"
+    if name.endswith((".yaml", ".yml")) and not path.exists():
+        raise SpecError("file not found", file=name, key="--case")
     if not path.exists():
         names = case_names()
         raise SpecError(f"no reproduction named {name!r}{did_you_mean(name, names)}; "
