@@ -56,9 +56,8 @@ class Clock:
         self.flows = FlowManager(env, system)
         self.copier = Copier(env, system, self.flows, self.pools, self.recorder)
         self.events = 0
-        self.last_t = 0.0
 
-    def _on_oom(self, pool: Pool, op: str, nbytes: int) -> None:
+    def _on_oom(self, pool: Pool, op: str, _nbytes: int) -> None:
         if self.oom is None:
             self.oom = pool.oom_record(self.env.now, op)
 

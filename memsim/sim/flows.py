@@ -43,7 +43,6 @@ class Flow:
     __slots__ = (
         "cap",
         "done",
-        "last",
         "ports",
         "rate",
         "rd",

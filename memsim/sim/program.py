@@ -102,11 +102,11 @@ def build_program(trace: Trace, system: System, plan: Plan) -> Program:
     fast = system.fast_tier
     units = units_of(system)
     notes: list[str] = []
-    raw = _expand(trace, system, plan, units, notes)
+    raw = _expand(trace, plan, units, notes)
     n = plan.num_gpu_batches or 1
     if n > 1 and trace.kind == "inference":
         raw = _split_batches(raw, trace, n, notes)
-    if trace.kind in ("training", "module") and _any_recompute(trace, plan):
+    if trace.kind in ("training", "module") and _any_recompute(plan):
         raw = _insert_recompute(raw, trace, plan)
     ops = raw
     for i, op in enumerate(ops):
@@ -120,7 +120,7 @@ def build_program(trace: Trace, system: System, plan: Plan) -> Program:
 # -- expansion ------------------------------------------------------------------------------------
 
 
-def _expand(trace: Trace, system: System, plan: Plan, units: dict, notes: list) -> list[POp]:
+def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
     """Every op instance in order (as ``Trace.expand``), with its unit; names are filled once per
     (template op, layer) and shared by every iteration, so long decode runs stay cheap."""
     has_gpu, has_cpu = "gpu" in units, "cpu" in units
@@ -204,7 +204,7 @@ def _sub(name: str, trace: Trace, b: int) -> str:
     return name if trace.tensor(name).cls in PERSISTENT else f"{name}#{b}"
 
 
-def _any_recompute(trace: Trace, plan: Plan) -> bool:
+def _any_recompute(plan: Plan) -> bool:
     return plan.activations == "recompute" or "recompute" in plan.layer_policy.values()
 
 

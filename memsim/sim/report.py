@@ -21,7 +21,7 @@ def main_unit(system: System) -> Compute:
     return system.gpu or system.cpu
 
 
-def common_fields(clock, system: System, makespan: float) -> dict:
+def common_fields(clock, makespan: float) -> dict:
     """Per-tier peak/mean/capacity and per-engine busy fractions."""
     pools = clock.pools
     return {
@@ -58,7 +58,7 @@ def step_result(engine, wall_s: float) -> Result:
         wall_s=wall_s,
         notes=sorted(set(prog.notes + clock.notes)),
         timeline=clock.recorder.finish() if clock.recorder is not None else None,
-        **common_fields(clock, system, makespan),
+        **common_fields(clock, makespan),
     )
 
 

@@ -427,7 +427,7 @@ class ServingEngine:
             oom=clock.oom, serving=stats, events=clock.events, wall_s=wall_s,
             notes=sorted(set(self.notes + clock.notes)),
             timeline=clock.recorder.finish() if clock.recorder is not None else None,
-            **common_fields(clock, self.sys, makespan),
+            **common_fields(clock, makespan),
         )
 
 
