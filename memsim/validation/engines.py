@@ -29,6 +29,10 @@ class Job:
     start_ns: int = 0
     end_ns: int = 0
     error: BaseException | None = None
+    then: list[tuple[Engine, Job]] = field(default_factory=list)  # queued when this one is done
+
+
+_DEPENDENTS = threading.Lock()
 
 
 class Engine:
@@ -43,7 +47,14 @@ class Engine:
         self.thread = threading.Thread(target=self._loop, name=f"memsim-copy-{name}", daemon=True)
         self.thread.start()
 
-    def submit(self, job: Job) -> Job:
+    def submit(self, job: Job, after: Job | None = None) -> Job:
+        """Queue ``job``; with ``after``, queue it only once ``after`` is done, so a copy waiting
+        for its data never holds the engine (the simulator's copies wait before acquiring it)."""
+        if after is not None:
+            with _DEPENDENTS:
+                if not after.done.is_set():
+                    after.then.append((self, job))
+                    return job
         self.history.append(job)
         self.jobs.put(job)
         return job
@@ -65,7 +76,11 @@ class Engine:
             except BaseException as exc:  # surfaced to the compute thread by wait()
                 job.error = exc
             job.end_ns = time.perf_counter_ns()
-            job.done.set()
+            with _DEPENDENTS:
+                job.done.set()
+                waiting, job.then = job.then, []
+            for engine, dependent in waiting:
+                engine.submit(dependent)
 
     def close(self) -> None:
         self.jobs.put(None)

@@ -56,9 +56,11 @@ class Measurement:
     disk_mode: str | None
     source: str = "measured"
     ops: list[tuple[str, float]] = field(default_factory=list, repr=False)
+    # per engine (src->dst), the copies in the order they were issued: (tensor, bytes)
+    copy_log: dict[str, list[tuple[str, int]]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "ops"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("ops", "copy_log")}
 
 
 def check_plan(trace: Trace, plan: Plan, system: System, file: str = "plan") -> None:
@@ -100,7 +102,7 @@ def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeat
         wait_s=median["wait_s"], recompute_s=median["recompute_s"], op_s=median["op_s"],
         peak_bytes=median["peak_bytes"], copy_bytes=median["copy_bytes"],
         workspace_bytes=runner.kernels.workspace_bytes, device=device, disk_mode=runner.disk_mode,
-        ops=median["ops"])
+        ops=median["ops"], copy_log=median["copy_log"])
 
 
 class _Stage:
@@ -267,14 +269,13 @@ class _Runner:
             tier = self._slow(src, t)
             after = self.avail.get((t, w, src)) if w is not None else None
 
-            def run(stream, tier=tier, buf=buf, part=part, after=after, first=not jobs):
-                if after is not None:
-                    after.done.wait()
+            def run(stream, tier=tier, buf=buf, part=part, first=not jobs):
                 if first:
                     self.compute.account(key, nbytes)
                 tier.read(t, buf, part, stream)
 
-            jobs.append(self._engine(src, self.fast).submit(Job(f"{t}:{src}->{self.fast}", part, run)))
+            job = Job(f"{t}:{src}->{self.fast}", part, run)
+            jobs.append(self._engine(src, self.fast).submit(job, after=after))
         return _Stage(key, nbytes, jobs)
 
     def _await(self, op) -> None:
@@ -417,13 +418,15 @@ class _Runner:
             compute_s += seconds
             recompute_s += seconds if recompute else 0.0
         copy_bytes: dict[str, int] = {}
+        copy_log: dict[str, list[tuple[str, int]]] = {}
         for engine in self.engines.values():
             copy_bytes[engine.name] = sum(j.nbytes for j in engine.history)
+            copy_log[engine.name] = [(j.name.split(":", 1)[0], j.nbytes) for j in engine.history]
             engine.history.clear()
         peaks = {name: ledger.peak for name, ledger in self._ledgers().items()}
         return {"step_s": step_s, "compute_s": compute_s, "wait_s": self.wait_s,
                 "recompute_s": recompute_s, "op_s": by_kind, "ops": ops, "copy_bytes": copy_bytes,
-                "peak_bytes": peaks}
+                "copy_log": copy_log, "peak_bytes": peaks}
 
     def _ledgers(self) -> dict:
         return {self.compute.name: self.compute.ledger, **{n: t.ledger for n, t in self.slow.items()}}
