@@ -75,3 +75,12 @@ def test_weights_off_the_gpu_are_streamed_every_iteration():
     assert half.peak_bytes["dram"] == 10**9  # half of 2 GB of weights
     assert half.serving.tbt_s["p50"] >= 1e9 / 10e9  # 1 GB over the 10 GB/s link per iteration
     assert half.breakdown["exposed_transfer"] > 0
+
+
+def test_kv_split_over_tiers_puts_blocks_in_both_and_streams_the_far_part():
+    system = make_system()
+    trace = serving_trace(n=30, rate_per_s=20.0, layers=4, params=1e9)
+    r = simulate(system, trace, Plan(placement={"kv": {"hbm": 0.5, "dram": 0.5}}))
+    assert r.serving.completed == 30
+    assert r.peak_bytes["dram"] > 0  # half of every block lives in DRAM
+    assert r.link_busy["pcie:dram->hbm"] > 0  # and is read over the link each iteration
