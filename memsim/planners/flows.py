@@ -1,10 +1,11 @@
 """Copies as load on shared resources: what overlap costs when several streams share a link.
 
 A copy from tier ``src`` to ``dst`` crosses the hops of ``Topology.route`` (one copy engine per
-link direction), the shared ports of those links, the source tier's read side and the
-destination's write side. Each resource has a rate; bytes of every copy that crosses it in a
-stage add up, and the stage lasts at least ``sum(bytes) / rate`` on every resource. That is
-FlexGen's overlap model (a stage is as long as its slowest stream), over any tiers and links.
+link direction, all held at the slowest hop's rate while a multi-hop copy is in flight), the
+shared ports of those links, the source tier's read side and the destination's write side. Each
+resource has a rate; bytes of every copy that crosses it in a stage add up, and the stage lasts
+at least ``sum(bytes) / rate`` on every resource. That is FlexGen's overlap model (a stage is as
+long as its slowest stream), over any tiers and links.
 """
 
 from __future__ import annotations
@@ -28,15 +29,30 @@ class Flows:
         """(resource name, bytes/s) of every resource a ``src → dst`` copy loads."""
         if src == dst:
             return []
-        tiers = self.system.tiers
-        out = [(f"read:{src}", tiers[src].read_bw), (f"write:{dst}", tiers[dst].write_bw)]
-        for hop in self.topo.route(src, dst).hops:
-            out.append((hop.engine, hop.rate))
+        out = [self._tier_side(src, read=True), self._tier_side(dst, read=False)]
+        hops = self.topo.route(src, dst).hops
+        # a multi-hop copy holds every copy engine of its route at once and moves at the slowest
+        # hop's rate (pipelined through a bounce buffer, as the simulator does): each engine is
+        # busy for bytes / bottleneck, not bytes / its own rate
+        cap = min(hop.rate for hop in hops)
+        for hop in hops:
+            out.append((hop.engine, cap))
             if hop.link.port:
                 port = self.system.ports[hop.link.port]
                 # a port's bandwidth is per direction: key it by the direction of travel
                 out.append((f"port:{hop.link.port}:{hop.src}->{hop.dst}", port.bandwidth))
         return out
+
+    def _tier_side(self, tier: str, read: bool) -> tuple[str, float]:
+        """The tier-side resource of a copy: its read or write bandwidth; for a tier whose
+        bandwidth depends on concurrency (CXL), one resource for reads and writes together (the
+        curve is the device's aggregate), at half the streams its links can carry at once (one
+        FIFO copy engine per link direction): a linear model cannot know the concurrency."""
+        t = self.system.tiers[tier]
+        if t.concurrency_curve is None:
+            return (f"read:{tier}", t.read_bw) if read else (f"write:{tier}", t.write_bw)
+        streams = max(1, sum(tier in link.ends for link in self.system.links))
+        return f"rw:{tier}", min(t.read_bandwidth(streams=streams), t.write_bandwidth(streams=streams))
 
     def add(self, src: str, dst: str, nbytes) -> None:
         """Add a copy of ``nbytes`` (a number or a pulp expression) from ``src`` to ``dst``."""
