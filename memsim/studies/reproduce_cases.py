@@ -120,51 +120,70 @@ def zero(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
 def flexgen(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
     hardware = _need(spec.setup, "hardware", path)
     system = system_of(spec.setup, path)
-    limit = float(spec.setup.get("time_limit_s", 10))
-    figures, setup, notes, commands = [], [f"hardware `{hardware}` ({system.description})"], [], []
+    setup = [f"hardware `{hardware}` ({system.description})"]
+    out = CaseResult(spec.name, spec.title, spec.source, setup, [])
     traces: dict[str, Trace] = {}
-    policy_tps: dict[str, float] = {}
+    policy_tps: dict[str, float] = {}  # workload -> FlexGen's policy, simulated
     for i, run in enumerate(spec.runs or []):
         name = run["workload"]
         say(run["label"])
         trace = traces.get(name) or traces.setdefault(name, build_trace(load_workload(name)))
-        key = f"run{i}"
-        published = run.get("published_tokens_per_s")
-        published = float(published) if published is not None else None
-        pub_note = run.get("published_note", "")
         if "plan" in run:
-            plan = fixed_plan(run["plan"], "flexgen-policy", path)
-            result = simulate(system, trace, plan)
-            if result.feasible:
-                policy_tps[name] = result.tokens_per_s
-                figures.append(Figure(key, f"{run['label']}: tokens/s", "tokens/s", published,
-                                      result.tokens_per_s, SIM, _join(pub_note, _busiest(result))))
-            else:
-                figures.append(Figure(key, f"{run['label']}: tokens/s", "tokens/s", published, None, SIM,
-                                      f"{oom_text(result)}. {pub_note}"))
-                figures.append(_what_if_fits(system, trace, plan, run, key, published, say))
-            setup.append(f"{run['label']}: workload `{name}`, plan {_plan_text(plan)}")
+            _policy_run(system, trace, run, f"run{i}", path, out, policy_tps, say)
         else:
-            planner = run.get("planner", "mip")
-            try:
-                report = plan_with(system, trace, planner, time_limit=limit, baselines=False)
-            except Infeasible as exc:
-                figures.append(Figure(key, f"{run['label']}: tokens/s", "tokens/s", published, None,
-                                      "MIP plan simulated", f"the planner finds no plan that fits: "
-                                      f"{exc.diagnosis.summary}. {pub_note}"))
-                setup.append(f"{run['label']}: workload `{name}`, planner `{planner}`: no plan fits")
-                continue
-            figures.append(Figure(key, f"{run['label']}: tokens/s", "tokens/s", published,
-                                  report.result.tokens_per_s, "MIP plan simulated",
-                                  _join(pub_note, _busiest(report.result))))
-            if name in policy_tps:
-                ratio = report.result.tokens_per_s / policy_tps[name]
-                figures.append(Figure(f"{key}-ratio", f"{run['label']} / FlexGen's policy, both simulated",
-                                      "x", None, ratio, "MIP plan simulated"))
-            setup.append(f"{run['label']}: workload `{name}`, planner `{planner}` chose "
-                         f"{_plan_text(report.plan)}")
-            commands.append(f"memsim plan --hardware {hardware} --workload {name} --planner {planner}")
-    return CaseResult(spec.name, spec.title, spec.source, setup, figures, notes, commands)
+            limit = float(spec.setup.get("time_limit_s", 10))
+            _planner_run(system, trace, run, f"run{i}", limit, out, policy_tps.get(trace.name))
+            out.commands.append(f"memsim plan --hardware {hardware} --workload {name} "
+                                f"--planner {run.get('planner', 'mip')}")
+    return out
+
+
+def _published(run: dict) -> float | None:
+    value = run.get("published_tokens_per_s")
+    return float(value) if value is not None else None
+
+
+def _policy_run(system: System, trace: Trace, run: dict, key: str, path: Path, out: CaseResult,
+                policy_tps: dict[str, float], say: Say) -> None:
+    """A published policy (a fixed Plan from the YAML), simulated."""
+    label, note = f"{run['label']}: tokens/s", run.get("published_note", "")
+    plan = fixed_plan(run["plan"], "flexgen-policy", path)
+    result = simulate(system, trace, plan)
+    out.setup.append(f"{run['label']}: workload `{trace.name}`, plan {_plan_text(plan)}")
+    if not result.feasible:
+        out.figures.append(Figure(key, label, "tokens/s", _published(run), None, SIM,
+                                  f"{oom_text(result)}. {note}"))
+        out.figures.append(_what_if_fits(system, trace, plan, run, key, _published(run), say))
+        return
+    policy_tps[trace.name] = result.tokens_per_s
+    out.figures.append(Figure(key, label, "tokens/s", _published(run), result.tokens_per_s, SIM,
+                              _join(note, _busiest(result))))
+    if run.get("cost_model_tokens_per_s") is not None:
+        out.figures.append(Figure(f"{key}-model", f"{run['label']}: tokens/s vs FlexGen's cost model",
+                                  "tokens/s", float(run["cost_model_tokens_per_s"]), result.tokens_per_s, SIM,
+                                  "FlexGen's own prediction (experimental/cost_model.py)"))
+
+
+def _planner_run(system: System, trace: Trace, run: dict, key: str, limit: float, out: CaseResult,
+                 policy: float | None) -> None:
+    """The plan memsim's planner picks (MIP by default), simulated; beside the policy's figure."""
+    planner, label = run.get("planner", "mip"), f"{run['label']}: tokens/s"
+    note = run.get("published_note", "")
+    try:
+        report = plan_with(system, trace, planner, time_limit=limit, baselines=False)
+    except Infeasible as exc:
+        out.figures.append(Figure(key, label, "tokens/s", _published(run), None, "MIP plan simulated",
+                                  f"the planner finds no plan that fits: {exc.diagnosis.summary}. {note}"))
+        out.setup.append(f"{run['label']}: workload `{trace.name}`, planner `{planner}`: no plan fits")
+        return
+    tps = report.result.tokens_per_s
+    out.figures.append(Figure(key, label, "tokens/s", _published(run), tps, "MIP plan simulated",
+                              _join(note, _busiest(report.result))))
+    if policy:
+        out.figures.append(Figure(f"{key}-ratio", f"{run['label']} / FlexGen's policy, both simulated", "x",
+                                  None, tps / policy, "MIP plan simulated"))
+    out.setup.append(f"{run['label']}: workload `{trace.name}`, planner `{planner}` chose "
+                     f"{_plan_text(report.plan)}")
 
 
 def _what_if_fits(system: System, trace: Trace, plan: Plan, run: dict, key: str, published: float,
@@ -250,7 +269,9 @@ def paged(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
              f"serving workload `{trace.name}` ({trace.meta.get('model')}): {len(trace.requests)} requests, "
              f"mean prompt {_mean(trace.requests.prompt_len):.0f}, mean output "
              f"{_mean(trace.requests.output_len):.0f} tokens",
-             f"block_size {contiguous} (one block per request: a max-length reservation) vs {paged_}"]
+             f"block_size {contiguous} (one block per request: a max-length reservation) vs {paged_}",
+             "throughput at saturation (requests arrive faster than either setup serves them); the paper "
+             "compares request rates at equal latency"]
     return CaseResult(spec.name, spec.title, spec.source, setup, figures)
 
 

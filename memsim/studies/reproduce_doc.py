@@ -15,7 +15,11 @@ For every figure: the published value, memsim's, the relative difference (memsim
 a value inside a published range counts as 0) and where memsim's figure comes from:
 *accounting formula* (the workload's exact byte counts), *simulated* (memsim's event simulator on
 the case's plan), *MIP plan simulated* (the plan memsim's planner picks, then simulated). A gap
-above {gap:.0%} is a finding: the note says what explains it.
+above {gap:.0%} is a finding: the note says what explains it (a different hardware constant,
+something memsim does not model yet); it is never tuned away.
+
+To add a case, write a YAML next to the others (`kind` picks how it is evaluated; see
+`memsim/studies/reproduce_cases.py`) and run `memsim reproduce --case path/to/case.yaml`.
 """
 
 
