@@ -77,9 +77,12 @@ def diagnose(result: Result) -> Diagnosis:
         return Diagnosis("fits: no tier exceeds its capacity")
     if oom is not None:
         holders = ", ".join(f"{n} {units.fmt_bytes(b)}" for n, b in oom.largest[:3])
-        summary = (f"{oom.tier} runs out at t={units.fmt_time(oom.time_s)} during {oom.op}: needs "
-                   f"{units.fmt_bytes(oom.needed_bytes)} of {units.fmt_bytes(oom.capacity_bytes)}"
-                   + (f" (largest: {holders})" if holders else ""))
+        peak = result.peak_bytes.get(oom.tier, oom.needed_bytes)
+        summary = (f"{oom.tier} overflows at t={units.fmt_time(oom.time_s)} during {oom.op} "
+                   f"({units.fmt_bytes(oom.needed_bytes)} in use of "
+                   f"{units.fmt_bytes(oom.capacity_bytes)}"
+                   + (f"; largest: {holders}" if holders else "") + ")"
+                   + f"; over the whole run it needs {units.fmt_bytes(peak)}")
     else:
         summary = "; ".join(f"{s.tier} needs {units.fmt_bytes(s.needed_bytes)}" for s in short)
     suggestions = [f"{s.tier} with at least {units.fmt_bytes(s.needed_bytes)} "
