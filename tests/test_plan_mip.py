@@ -211,3 +211,16 @@ def test_diagnosis_suggests_a_smaller_micro_batch_when_activations_overflow():
     trace.meta["micro_batch"] = 4
     half = training_trace(8, 1024, 4096, batch=4)
     assert mip.search(system, half, {}, 5).best is not None  # the suggestion really fits
+
+
+def test_flows_charge_each_copy_at_its_own_rate():
+    from memsim.planners.flows import Flows
+
+    system = small_system()  # pcie 25 GB/s hbm↔dram, nvme 8 GB/s dram↔nvme (7 GB/s read)
+    fl = Flows(system)
+    fl.add("dram", "hbm", 25e9)  # 1 s on the PCIe engine
+    fl.add("nvme", "hbm", 7e9)  # multi-hop: holds the PCIe engine at the route's 8 GB/s: 0.875 s
+    loads = {name: sum(terms) for name, _, terms in fl.loads()}
+    assert loads["pcie:dram->hbm"] == pytest.approx(1.0 + 7 / 8)
+    assert loads["nvme:nvme->dram"] == pytest.approx(7 / 8)
+    assert loads["read:nvme"] == pytest.approx(1.0)  # 7 GB at the drive's 7 GB/s

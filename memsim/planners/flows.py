@@ -17,13 +17,12 @@ from memsim.hardware.topology import Topology
 
 
 class Flows:
-    """Accumulates linear byte expressions per resource; ``loads()`` gives (rate, expr) pairs."""
+    """Accumulates the seconds each copy keeps each resource busy, as linear expressions."""
 
     def __init__(self, system: System):
         self.system = system
         self.topo = Topology(system)
-        self._bytes: dict[str, list] = defaultdict(list)
-        self._rate: dict[str, float] = {}
+        self._seconds: dict[str, list] = defaultdict(list)
 
     def resources(self, src: str, dst: str) -> list[tuple[str, float]]:
         """(resource name, bytes/s) of every resource a ``src → dst`` copy loads."""
@@ -55,18 +54,19 @@ class Flows:
         return f"rw:{tier}", min(t.read_bandwidth(streams=streams), t.write_bandwidth(streams=streams))
 
     def add(self, src: str, dst: str, nbytes) -> None:
-        """Add a copy of ``nbytes`` (a number or a pulp expression) from ``src`` to ``dst``."""
+        """Add a copy of ``nbytes`` (a number or a pulp expression) from ``src`` to ``dst``: each
+        resource it crosses is busy ``nbytes / rate`` seconds, at that copy's rate there (an engine
+        runs slower for a multi-hop copy than for a direct one)."""
         for name, rate in self.resources(src, dst):
-            self._bytes[name].append(nbytes)
-            self._rate[name] = rate
+            self._seconds[name].append(nbytes * (1.0 / rate))
 
     def add_busy(self, name: str, seconds) -> None:
         """Add seconds of work on a non-copy resource (the CPU, a comm stream)."""
-        self._bytes[name].append(seconds)
-        self._rate[name] = 1.0
+        self._seconds[name].append(seconds)
 
     def loads(self) -> list[tuple[str, float, list]]:
-        return [(name, self._rate[name], self._bytes[name]) for name in sorted(self._bytes)]
+        """(resource, 1.0, [seconds terms]) per resource; the stage lasts at least their sum."""
+        return [(name, 1.0, self._seconds[name]) for name in sorted(self._seconds)]
 
     def reachable(self, src: str, dst: str) -> bool:
         return any(src in c and dst in c for c in self.topo.components())
