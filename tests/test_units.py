@@ -121,7 +121,8 @@ def test_fmt_bytes_is_within_a_twentieth_of_a_unit(n):
     number, unit = float(text.rstrip("BKMGTPi")), text.lstrip("0123456789.")
     assert 1 <= number < 1024
     # One decimal rounds by at most half a tenth; the float printed for it may sit a hair beyond.
-    assert abs(number * units.parse_bytes(f"1{unit}") - n) <= 0.05 * units.parse_bytes(f"1{unit}") * (1 + 1e-9)
+    one = units.parse_bytes(f"1{unit}")
+    assert abs(number * one - n) <= 0.05 * one * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("value", [3.35e12, 64e9, 1.5e6, 450e9, 12.5e3])
