@@ -73,7 +73,7 @@ class Flows:
 
 
 def slowness(flows: Flows, tier: str, fast: str) -> float:
-    """How much slower than 1 GB/s a round trip between ``tier`` and ``fast`` is: the weight of a
-    byte homed there in tie-breaks, so equal-time plans prefer the faster tier."""
+    """How much slower than 100 GB/s a round trip between ``tier`` and ``fast`` is: the weight of
+    a byte homed there in tie-breaks, so equal-time plans prefer the faster tier."""
     rates = [r for _, r in flows.resources(tier, fast) + flows.resources(fast, tier)]
-    return 1e9 / min(rates) if rates else 0.0
+    return 1e11 / min(rates) if rates else 0.0

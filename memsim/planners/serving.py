@@ -15,7 +15,7 @@ import statistics
 import pulp
 
 from memsim.hardware.spec import System
-from memsim.planners.flows import Flows
+from memsim.planners.flows import Flows, slowness
 from memsim.planners.plan import Plan, ServingPolicy
 from memsim.planners.profile import Profile
 from memsim.planners.solver import solve, value
@@ -37,6 +37,14 @@ def token_costs(trace: Trace) -> TokenCosts:
     if raw is None:
         raise ValueError(f"serving trace {trace.name!r} has no meta.token_costs")
     return raw if isinstance(raw, TokenCosts) else TokenCosts(**raw)
+
+
+def _iterations(req, max_num_seqs: int, batched: int, output: float) -> float:
+    """Scheduler iterations to serve every request: decode steps of ``max_num_seqs`` sequences at
+    a time plus prefill chunks of ``max_num_batched_tokens``; each streams the weights once."""
+    out_tokens = sum(req.output_len) if req else max_num_seqs * output
+    prompt_tokens = sum(req.prompt_len) if req else 0
+    return out_tokens / max_num_seqs + prompt_tokens / max(batched, 1)
 
 
 def scheduler_defaults(trace: Trace) -> dict:
@@ -86,9 +94,12 @@ def solve_serving(
     prob += it >= (tc.weight_bytes * w.get(g, 0) + max_num_seqs * ctx * tc.kv_bytes_per_token) / hbm_bw
     flops = max_num_seqs * (tc.flops_per_token + tc.attn_flops_per_token_ctx * ctx)
     prob += it >= flops / gpu.rate("matmul", "decode", str(trace.meta.get("dtype", "bf16")))
-    if space.max_step is not None:  # the estimate below is tokens × iteration / max_num_seqs
-        tokens = sum(req.output_len) if req else max_num_seqs * output
-        prob += it <= space.max_step * max_num_seqs / max(tokens, 1), "target"
+    iterations = _iterations(req, max_num_seqs, batched, output)
+    if space.max_step is not None:  # the estimate below: iterations × iteration time, and tails
+        prob += it * iterations <= space.max_step, "target"
+        if req and len(req):
+            prob += it <= min((space.max_step - a) / max(o, 1) for a, o in zip(req.arrival_s, req.output_len,
+                                                                             strict=True)), "target_tail"
     fl = Flows(system)
     for t in system.tiers:
         if t != g:
@@ -98,7 +109,9 @@ def solve_serving(
     if slack:
         prob += pulp.lpSum(slack_price(system, t) * v for t, v in s.items()) + 1e-6 * it
     else:
-        prob += it - (1e-15 * swap if swap is not None else 0)
+        # tie-breaks, far below the solver's tolerance on ``it``: slower tiers last, a larger swap budget
+        tidy = pulp.lpSum(slowness(fl, t, g) * v for t, v in w.items() if t != g)
+        prob += it + 1e-4 * (tc.weight_bytes / hbm_bw) * tidy - (1e-15 * swap if swap is not None else 0)
     info = solve(prob, time_limit, space.gap)
     if not info.ok:
         return Candidate(None, math.inf, info)
@@ -114,10 +127,9 @@ def solve_serving(
         swap_bytes=swap_bytes,
     )
     plan = Plan(placement=placement, serving=policy, prefetch_depth=space.prefetch_depth)
-    tokens = sum(req.output_len) if req else max_num_seqs * output
-    est = tokens * value(it) / max_num_seqs
-    if req and len(req):
-        est = max(est, req.arrival_s[-1])
+    est = iterations * value(it)
+    if req and len(req):  # no request finishes before its output_len iterations after it arrives
+        est = max(est, max(a + o * value(it) for a, o in zip(req.arrival_s, req.output_len, strict=True)))
     return Candidate(plan, est, info, {t: value(v) * GIB for t, v in s.items()} if slack else None)
 
 
