@@ -182,8 +182,10 @@ def _planner_run(system: System, trace: Trace, run: dict, key: str, limit: float
     if policy:
         out.figures.append(Figure(f"{key}-ratio", f"{run['label']} / FlexGen's policy, both simulated", "x",
                                   None, tps / policy, "MIP plan simulated"))
-    out.setup.append(f"{run['label']}: workload `{trace.name}`, planner `{planner}` chose "
-                     f"{_plan_text(report.plan)}")
+    info = report.plan.planner
+    gap = f", gap {info.gap:.2%}" if info.gap is not None else ""
+    out.setup.append(f"{run['label']}: workload `{trace.name}`, planner `{planner}` ({info.status}{gap}) "
+                     f"chose {_plan_text(report.plan)}")
 
 
 def _what_if_fits(system: System, trace: Trace, plan: Plan, run: dict, key: str, published: float,
