@@ -125,3 +125,22 @@ def test_planner_not_for_this_kind_is_a_spec_error():
 def test_unknown_planner_did_you_mean():
     with pytest.raises(SpecError, match="zero-offload"):
         plan(small_system(), training_trace(2, 512), "zero-ofload", time_limit=1)
+
+
+def test_cpu_only_system_plans_and_simulates():
+    """The validation replay's machine: the CPU computes from DRAM, a disk is the slow tier."""
+    from memsim.hardware.spec import System
+
+    system = System.model_validate({
+        "name": "cpu-box",
+        "tiers": {"dram": {"kind": "dram", "capacity": "2GiB", "read_bw": "20GB/s", "write_bw": "20GB/s"},
+                  "disk": {"kind": "ssd", "capacity": "64GiB", "read_bw": "2GB/s", "write_bw": "1GB/s"}},
+        "links": [{"name": "nvme", "kind": "nvme", "ends": ["dram", "disk"], "bandwidth": "3GB/s"}],
+        "compute": {"cpu": {"kind": "cpu", "memory": "dram", "peak_flops": {"fp32": "1TFLOP/s"},
+                            "mem_bw": "20GB/s"}}})
+    trace = training_trace(8, 1024, 512)  # ≈1.6 GB of model states: some must go to disk
+    report = plan(system, trace, time_limit=5)
+    assert report.feasible and _within_capacity(report.result)
+    assert report.plan.optimizer_device == "gpu"  # the one compute unit
+    assert report.plan.placement  # states partly on the disk
+    assert all(t in ("dram", "disk") for split in report.plan.placement.values() for t in split)

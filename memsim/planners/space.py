@@ -74,8 +74,10 @@ def build_space(system: System, options: dict, file: str = "planner options") ->
     for key in ("gap", "capacity_margin"):
         if key in options:
             setattr(space, key, float(options[key]))
-    if system.cpu is None:
-        space.optimizer_devices = tuple(d for d in space.optimizer_devices if d == "gpu") or ("gpu",)
+    if system.cpu is None or system.gpu is None or system.cpu.memory == fast:
+        # one compute unit (or the CPU computes from the compute tier): "gpu" means that unit, and
+        # moving the step or attention to "the CPU" changes nothing but the plan's wording
+        space.optimizer_devices = ("gpu",)
         space.cpu_attention = (False,)
     cut = options.get("_cut") or {}  # bytes the simulator showed the model under-counts (report.py)
     space.caps = {
