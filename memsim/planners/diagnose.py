@@ -59,7 +59,7 @@ def _single_changes(
     ranked: list[tuple[float, str]] = []
     for tier in view.tiers:
         need = _slack_on(system, trace, options, time_limit, {tier})
-        if need is not None:
+        if need is not None and need > 1.0:
             kind = view.tiers[tier].kind
             what = "HBM (a larger GPU)" if kind == "hbm" else (tier if tier == kind else f"{tier} ({kind})")
             ranked.append((need * SLACK_PRICE.get(kind, 1.0), f"add {fmt_bytes(_round_up(need))} of {what}"))
@@ -68,7 +68,7 @@ def _single_changes(
         for label, spec in (("a CXL memory card", CXL_CARD), ("an NVMe drive", NVME_DRIVE)):
             extended = _with_tier(system, host, spec, label)
             need = _slack_on(extended, trace, options, time_limit, {"added"})
-            if need is not None:
+            if need is not None and need > 1.0:
                 price = SLACK_PRICE[spec["kind"]]
                 ranked.append((need * price, f"add {label} of {fmt_bytes(_round_up(need))}"))
     smaller = _smaller_batch(system, trace, options, time_limit)

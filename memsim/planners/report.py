@@ -157,7 +157,11 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
             system, trace, preset.options if preset.kind == "mip" else {}, min(time_limit, 5.0)
         )
         if chosen.result is not None and chosen.result.oom and not diagnosis.shortfalls:
+            # the planner's model fits; the simulator saw a peak it does not: report the simulator's
             diagnosis.shortfalls = _sim_shortfalls(chosen.result)
+            s = diagnosis.shortfalls[0]
+            diagnosis.suggestions.insert(0, f"add {fmt_bytes(_gib_up(s.short_bytes))} of {s.tier} "
+                                            f"(the simulator's overflow)")
         exc = Infeasible(diagnosis)
         exc.payload = {
             "planner": {"name": preset.name, "status": "infeasible"},
@@ -345,11 +349,18 @@ def infeasible_note(result) -> str:
     return f"{oom.tier} short by {fmt_bytes(oom.short_bytes)}" if oom else "does not fit"
 
 
+def _gib_up(nbytes: float) -> int:
+    return max(1, -(-int(nbytes) // 2**30)) * 2**30
+
+
 def _sim_shortfalls(result):
+    """Every tier whose simulated demand (peak, counted past the first OOM) exceeds it."""
     from memsim.errors import Shortfall
 
+    over = [Shortfall(t, int(p), int(result.capacity_bytes[t])) for t, p in sorted(result.peak_bytes.items())
+            if t in result.capacity_bytes and p > result.capacity_bytes[t]]
     oom = result.oom
-    return [Shortfall(oom.tier, oom.needed_bytes, oom.capacity_bytes)]
+    return over or [Shortfall(oom.tier, oom.needed_bytes, oom.capacity_bytes)]
 
 
 def _serving(result) -> dict | None:
