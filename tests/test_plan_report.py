@@ -144,3 +144,12 @@ def test_cpu_only_system_plans_and_simulates():
     assert report.plan.optimizer_device == "gpu"  # the one compute unit
     assert report.plan.placement  # states partly on the disk
     assert all(t in ("dram", "disk") for split in report.plan.placement.values() for t in split)
+
+
+def test_a_named_baseline_is_not_replaced():
+    system = small_system(hbm="8GiB")
+    trace = training_trace(24, 2048, 2048)
+    r = plan(system, trace, "zero-offload", time_limit=5)  # fits, though the MIP would be faster
+    assert r.plan.planner.name == "zero-offload" and r.plan.optimizer_device == "cpu"
+    with pytest.raises(Infeasible):
+        plan(system, trace, "resident", time_limit=5)  # does not fit: said, not swapped for another
