@@ -30,6 +30,7 @@ class Job:
     end_ns: int = 0
     error: BaseException | None = None
     then: list[tuple[Engine, Job]] = field(default_factory=list)  # queued when this one is done
+    ready: Any = None  # CUDA: an event on the compute stream the copy must wait for (its source)
 
 
 _DEPENDENTS = threading.Lock()
@@ -68,6 +69,8 @@ class Engine:
             try:
                 if self.stream is not None:
                     with self.torch.cuda.stream(self.stream):
+                        if job.ready is not None:
+                            self.stream.wait_event(job.ready)
                         job.run(self.stream)
                         job.cuda_event = self.torch.cuda.Event()
                         job.cuda_event.record(self.stream)

@@ -342,7 +342,11 @@ class _Runner:
             def run(stream, dst=dst, staging=staging, size=size):
                 dst.write(t, staging, size, stream)
 
-            job = self._engine(self.fast, tier).submit(Job(f"{t}:{self.fast}->{tier}", size, run))
+            job = Job(f"{t}:{self.fast}->{tier}", size, run)
+            if self.backend.is_cuda:  # the copy reads what the compute stream just wrote
+                job.ready = self.torch.cuda.Event()
+                job.ready.record()
+            job = self._engine(self.fast, tier).submit(job)
             self.avail[(t, op.index, tier)] = job
             self.writes.append((job, st))
             st = None  # released once, after the first write lands

@@ -119,19 +119,21 @@ class DiskTier:
         if not self.backend.is_cuda:
             self._file(tensor).read_into(buf, 0, nbytes, REQUEST)
             return
-        staging = aligned_buffer(nbytes)
+        staging = aligned_buffer(nbytes)  # disk → host (O_DIRECT) → pinned → device
         self._file(tensor).read_into(staging, 0, nbytes, REQUEST)
         torch = self.backend.torch
-        src = torch.frombuffer(staging, dtype=torch.uint8)[:nbytes]
-        buf[:nbytes].copy_(src.pin_memory(), non_blocking=True)
+        pinned = torch.frombuffer(staging, dtype=torch.uint8)[:nbytes].pin_memory()
+        buf.record_stream(stream)
+        buf[:nbytes].copy_(pinned, non_blocking=True)
         stream.synchronize()
-        staging.close()
 
     def _to_host(self, buf: Any, nbytes: int, stream) -> mmap.mmap:
         if isinstance(buf, mmap.mmap):
             return buf
         staging = aligned_buffer(nbytes)  # device → host, then host → disk
         torch = self.backend.torch
+        if stream is not None:
+            buf.record_stream(stream)
         torch.frombuffer(staging, dtype=torch.uint8)[:nbytes].copy_(buf[:nbytes])
         return staging
 
@@ -160,10 +162,14 @@ class HostTier:
         torch = self.backend.torch
         if tensor not in self.tensors:
             self.tensors[tensor] = torch.empty(max(1, nbytes), dtype=torch.uint8, pin_memory=True)
+        if stream is not None:
+            buf.record_stream(stream)
         self.tensors[tensor][:nbytes].copy_(buf[:nbytes], non_blocking=True)
         self.ledger.add(tensor, nbytes)
 
     def read(self, tensor: str, buf: Any, nbytes: int, stream=None) -> None:
+        if stream is not None:
+            buf.record_stream(stream)
         buf[:nbytes].copy_(self.tensors[tensor][:nbytes], non_blocking=True)
 
     def delete(self, tensor: str) -> None:
