@@ -298,9 +298,7 @@ class StepEngine:
                 self._produce(op, produce[i])
             t0 = env.now
             if slow > 0:
-                flow = Flow(dur[i], 1.0, env.event())
-                flow.tier, flow.slow = op.mem, slow
-                yield self.clock.flows.start(flow)
+                yield self.clock.flows.start(Flow.op(dur[i], env.event(), op.mem, slow))
             else:
                 yield timeout(dur[i])
             t1 = env.now

@@ -38,32 +38,31 @@ BOUNCE_CHUNKS = 2
 
 
 class Flow:
-    """Work (bytes, or seconds for an op) in progress at a rate set by the manager."""
+    """Work (bytes, or seconds for an op) in progress at a rate set by the manager.
 
-    __slots__ = (
-        "cap",
-        "done",
-        "ports",
-        "rate",
-        "rd",
-        "remaining",
-        "req",
-        "slow",
-        "tier",
-        "touch",
-        "wr",
-    )
+    ``shares``: (resource, bandwidth) pairs the flow divides with the other flows on that
+    resource (a port direction, a tier's reads or writes); ``curves``: (tier, concurrency curve)
+    pairs that cap it at ``curve(n) / n`` for the n copies touching the tier; ``touch``: tiers it
+    counts as a copy touching; an op flow has ``tier`` and runs at ``slowed`` while a copy touches
+    it. Built once per route and request size by ``Copier`` (``FlowManager.copy_flow``)."""
 
-    def __init__(self, work: float, cap: float, done: simpy.Event):
+    __slots__ = ("cap", "curves", "done", "rate", "remaining", "shares", "slowed", "tier", "touch")
+
+    def __init__(self, work: float, cap: float, done: simpy.Event, shares: tuple = (),
+                 curves: tuple = (), touch: tuple[str, ...] = ()):
         self.remaining, self.cap, self.done = work, cap, done
         self.rate = cap
-        self.ports: tuple[str, ...] = ()
-        self.rd: str | None = None
-        self.wr: str | None = None
-        self.touch: tuple[str, ...] = ()
-        self.req = 0.0
-        self.slow = 0.0  # op flows: slowdown while a copy touches `tier`
+        self.shares, self.curves, self.touch = shares, curves, touch
         self.tier: str | None = None
+        self.slowed = cap
+
+    @classmethod
+    def op(cls, seconds: float, done: simpy.Event, tier: str, slow: float) -> Flow:
+        """An op of ``seconds`` alone, slowed by ``1 + slow`` while a copy touches ``tier``."""
+        f = cls(seconds, 1.0, done)
+        f.tier = tier
+        f.slowed = f.cap / (1.0 + slow)
+        return f
 
 
 class FlowManager:
@@ -79,6 +78,8 @@ class FlowManager:
         self.gen = 0
         self.count: dict[str, int] = {}  # resource → active flows on it
         self.touching: dict[str, int] = {}  # tier → active copies touching it
+        self._curve_at: dict[tuple[str, int], float] = {}  # (tier, n) → concurrency_curve(n)
+        self._shapes: dict[tuple, tuple] = {}
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -86,78 +87,91 @@ class FlowManager:
         self._advance()
         self.flows[self.next_id] = flow
         self.next_id += 1
-        self._count(flow, +1)
+        c = self.count
+        for key, _bw in flow.shares:
+            c[key] = c.get(key, 0) + 1
+        touching = self.touching
+        for t in flow.touch:
+            touching[t] = touching.get(t, 0) + 1
         self._reschedule()
         return flow.done
 
     def copies_touching(self, tier: str) -> int:
         return self.touching.get(tier, 0)
 
+    def shape(self, ports: tuple[str, ...], src: str, dst: str, req: float) -> tuple[tuple, tuple]:
+        """(shares, curves) of a copy ``src`` → ``dst`` over ``ports`` in requests of ``req``
+        bytes: each port direction at its bandwidth, the source's read bandwidth for that
+        request size, the destination's write bandwidth, and the tiers' concurrency curves."""
+        key = (ports, src, dst, req)
+        out = self._shapes.get(key)
+        if out is None:
+            shares = [(p, self.port_bw[p.split("|", 1)[0]]) for p in ports]
+            rd, wr = self.tiers[src], self.tiers[dst]
+            shares.append(("rd:" + src, rd.read_bandwidth(req)))
+            shares.append(("wr:" + dst, wr.write_bw))
+            curves = tuple((name, t.concurrency_curve) for name, t in ((src, rd), (dst, wr))
+                           if t.concurrency_curve is not None)
+            out = self._shapes[key] = (tuple(shares), curves)
+        return out
+
     # -- internals ------------------------------------------------------------------------------
 
-    def _count(self, flow: Flow, d: int) -> None:
-        c = self.count
-        for p in flow.ports:
-            c[p] = c.get(p, 0) + d
-        if flow.rd is not None:
-            c["rd:" + flow.rd] = c.get("rd:" + flow.rd, 0) + d
-        if flow.wr is not None:
-            c["wr:" + flow.wr] = c.get("wr:" + flow.wr, 0) + d
-        for t in flow.touch:
-            self.touching[t] = self.touching.get(t, 0) + d
-
     def _advance(self) -> None:
-        now = self.env.now
+        now = self.env._now
         dt = now - self.last
         if dt > 0:
             for f in self.flows.values():
                 f.remaining -= f.rate * dt
         self.last = now
 
-    def _rate(self, f: Flow) -> float:
-        if f.tier is not None:  # an op slowed while copies touch its memory
-            return f.cap / (1.0 + f.slow) if self.touching.get(f.tier, 0) else f.cap
-        r = f.cap
-        c = self.count
-        for p in f.ports:
-            r = min(r, self.port_bw[p.split("|", 1)[0]] / c[p])
-        if f.rd is not None:
-            t = self.tiers[f.rd]
-            r = min(r, t.read_bandwidth(f.req) / c["rd:" + f.rd])
-            if t.concurrency_curve is not None:
-                n = self.touching[f.rd]
-                r = min(r, t.concurrency_curve.at(n) / n)
-        if f.wr is not None:
-            t = self.tiers[f.wr]
-            r = min(r, t.write_bw / c["wr:" + f.wr])
-            if t.concurrency_curve is not None:
-                n = self.touching[f.wr]
-                r = min(r, t.concurrency_curve.at(n) / n)
-        return r
-
     def _reschedule(self) -> None:
+        """Every flow's rate: the least of its cap and its share of each resource it crosses."""
         self.gen += 1
         if not self.flows:
             return
         soonest = float("inf")
+        c, touching = self.count, self.touching
         for f in self.flows.values():
-            f.rate = self._rate(f)
-            t = f.remaining / f.rate
+            if f.tier is not None:  # an op slowed while copies touch its memory
+                r = f.slowed if touching.get(f.tier, 0) else f.cap
+            else:
+                r = f.cap
+                for key, bw in f.shares:
+                    v = bw / c[key]
+                    if v < r:
+                        r = v
+                for tier, curve in f.curves:
+                    n = touching[tier]
+                    at = self._curve_at.get((tier, n))
+                    if at is None:
+                        at = self._curve_at[(tier, n)] = curve.at(n)
+                    v = at / n
+                    if v < r:
+                        r = v
+            f.rate = r
+            t = f.remaining / r
             if t < soonest:
                 soonest = t
         gen = self.gen
-        self.env.timeout(max(0.0, soonest)).callbacks.append(lambda _e: self._wake(gen))
+        self.env.timeout(soonest if soonest > 0.0 else 0.0).callbacks.append(
+            lambda _e: self._wake(gen))
 
     def _wake(self, gen: int) -> None:
         if gen != self.gen:
             return  # the flow set changed since this wake-up was scheduled
         self._advance()
-        done = [k for k, f in self.flows.items() if f.remaining <= f.rate * FINISH_EPS_S]
+        flows = self.flows
+        done = [k for k, f in flows.items() if f.remaining <= f.rate * FINISH_EPS_S]
         if not done:  # rounding left a sliver everywhere: finish the closest one
-            done = [min(self.flows, key=lambda k: (self.flows[k].remaining / self.flows[k].rate, k))]
+            done = [min(flows, key=lambda k: (flows[k].remaining / flows[k].rate, k))]
+        c, touching = self.count, self.touching
         for k in done:
-            f = self.flows.pop(k)
-            self._count(f, -1)
+            f = flows.pop(k)
+            for key, _bw in f.shares:
+                c[key] -= 1
+            for t in f.touch:
+                touching[t] -= 1
             f.done.succeed()
         self._reschedule()
 
@@ -220,7 +234,7 @@ class Copier:
             cap = min(hop.rate for hop in route.hops)
             latency = route.latency + self.system.tiers[src].latency
             self._plans[key] = (sorted(engines, key=lambda e: e.name), ports, cap, latency,
-                                tuple(route.via))
+                                tuple(route.via), (src, *route.via, dst))
         return self._plans[key]
 
     def copy(self, src: str, dst: str, nbytes: int, key: str, op: str, *,
@@ -230,35 +244,40 @@ class Copier:
         the copy starts, as a real buffer must be (0 when updating bytes already there); the caller
         frees the source when it wants the bytes to *move* rather than be duplicated."""
         self.started += 1
-        done = self.env.event()
-        self.env.process(self._run(src, dst, nbytes, key, op, done,
-                                   nbytes if alloc is None else alloc, after))
+        env = self.env
+        done = env.event()
+        env.process(self._run(src, dst, nbytes, key, op, done,
+                              nbytes if alloc is None else alloc, after))
         return done
 
     def _run(self, src, dst, nbytes, key, op, done, alloc, after):
         if after is not None and after.callbacks is not None:
             yield after
-        engines, ports, cap, latency, via = self._plan(src, dst)
+        plan = self._plans.get((src, dst)) or self._plan(src, dst)
+        engines, ports, cap, latency, via, touch = plan
         for engine in engines:  # global name order: no deadlock between multi-hop copies
             yield engine.acquire()
-        start = self.env.now
-        self.pools[dst].alloc(key, alloc, op)
-        bounce = min(nbytes, BOUNCE_CHUNK_BYTES * BOUNCE_CHUNKS)
-        for tier in via:
-            self.pools[tier].alloc("bounce:" + key, bounce, op)
+        env = self.env
+        start = env._now
+        pools = self.pools
+        if alloc > 0:
+            pools[dst].alloc(key, alloc, op)
+        if via:
+            bounce = min(nbytes, BOUNCE_CHUNK_BYTES * BOUNCE_CHUNKS)
+            for tier in via:
+                pools[tier].alloc("bounce:" + key, bounce, op)
         if latency > 0:
-            yield self.env.timeout(latency)
+            yield env.timeout(latency)
         if nbytes > 0:
-            flow = Flow(float(nbytes), cap, self.env.event())
-            flow.ports, flow.rd, flow.wr = ports, src, dst
-            flow.touch = (src, *via, dst)
-            flow.req = float(min(nbytes, IO_REQUEST_BYTES))
-            yield self.flows.start(flow)
-        for tier in via:
-            self.pools[tier].free("bounce:" + key, bounce)
+            flows = self.flows
+            shares, curves = flows.shape(ports, src, dst, float(min(nbytes, IO_REQUEST_BYTES)))
+            yield flows.start(Flow(float(nbytes), cap, env.event(), shares, curves, touch))
+        if via:
+            for tier in via:
+                pools[tier].free("bounce:" + key, bounce)
         for engine in engines:
             engine.release()
-        end = self.env.now
+        end = env._now
         self.log.append((src, dst, nbytes, start, end))
         if self.recorder is not None:
             for engine in engines:

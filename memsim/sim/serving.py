@@ -132,17 +132,15 @@ class ServingEngine:
             blocks = demand
         self.total_blocks = blocks
         self.free_blocks = blocks
-
-    # -- KV block accounting -------------------------------------------------------------------
-
-    def _kv_advance(self, used_blocks: int, cached: int) -> None:
-        now = self.env.now
-        dt = now - self.kv_last_t
-        if dt > 0:
-            self.kv_area += used_blocks * dt
-            self.kv_slots_area += used_blocks * self.policy.block_size * dt
-            self.kv_tokens_area += cached * dt
-        self.kv_last_t = now
+        # what every iteration reuses: the streamed copies and the unit's roofline rates
+        self.streamed_w_items = list(self.streamed_w.items())
+        self.kv_streamed = [(t, f) for t, f in self.kv_frac.items() if t != self.fast and f > 0]
+        unit = self.unit
+        bw = unit.mem_bw * unit.memory_efficiency
+        self._rates = {d: (unit.rate("matmul", p, self.dtype), unit.rate("attention", p, self.dtype),
+                           bw, unit.launch_overhead)
+                       for d, p in ((True, "decode"), (False, "prefill"))}
+        self.launches = unit.launch_overhead * max(0, 2 * self.layers - 2)
 
     # -- the server loop -----------------------------------------------------------------------
 
@@ -154,10 +152,13 @@ class ServingEngine:
         return self._result(time.perf_counter() - wall)
 
     def _serve(self):
+        """The scheduler loop. Hot: one pass per iteration over the running requests, so the
+        per-request work is kept to local variables; the KV integrals and the cached-token sum
+        are kept incrementally (``live``) and read at the same points as a full recount."""
         env, pol = self.env, self.policy
         reqs = self.trace.requests
-        todo = [Req(i, reqs.arrival_s[i], reqs.prompt_len[i], reqs.output_len[i])
-                for i in range(len(reqs))]
+        todo = [Req(i, a, p, o) for i, (a, p, o) in
+                enumerate(zip(reqs.arrival_s, reqs.prompt_len, reqs.output_len, strict=True))]
         bs = pol.block_size
         too_big = [r for r in todo if -(-(r.prompt + r.output) // bs) > self.total_blocks]
         if too_big:
@@ -170,19 +171,35 @@ class ServingEngine:
         waiting: list[Req] = []  # FIFO from index `head`
         running: list[Req] = []  # in admission order: preemption takes from the end
         swapped: list[Req] = []
-        nxt = head = cached = 0
+        nxt = head = cached = live = 0  # live: Σ computed over running, kept incrementally
+        n_todo = len(todo)
         rec = self.clock.recorder
         track = "gpu" if self.sys.gpu else "cpu"
         max_seqs, max_tokens = pol.max_num_seqs, pol.max_num_batched_tokens
-        while nxt < len(todo) or head < len(waiting) or running or swapped:
-            now = env.now
-            while nxt < len(todo) and todo[nxt].arrival <= now:
+        total_blocks = self.total_blocks
+        free = self.free_blocks
+        ttft, tbt, acct = self.ttft, self.tbt, self.acct
+        kv_area = kv_slots_area = kv_tokens_area = 0.0
+        kv_last_t = self.kv_last_t
+        generated_total = 0
+        preempt = self._preempt
+        iteration = self._iteration
+        timeout = env.timeout
+        while nxt < n_todo or head < len(waiting) or running or swapped:
+            now = env._now
+            while nxt < n_todo and todo[nxt].arrival <= now:
                 waiting.append(todo[nxt])
                 nxt += 1
-            self._kv_advance(self.total_blocks - self.free_blocks, cached)
+            dt = now - kv_last_t  # KV integrals (time-weighted blocks, slots, cached tokens)
+            if dt > 0:
+                used = total_blocks - free
+                kv_area += used * dt
+                kv_slots_area += used * bs * dt
+                kv_tokens_area += cached * dt
+            kv_last_t = now
             if head >= len(waiting) and not running and not swapped:
-                yield env.timeout(todo[nxt].arrival - now)
-                self.acct["idle"] += env.now - now
+                yield timeout(todo[nxt].arrival - now)
+                acct["idle"] += env._now - now
                 continue
             budget = max_tokens
             b_req: list[Req] = []
@@ -196,23 +213,29 @@ class ServingEngine:
             while i < len(running) and budget > 0:
                 r = running[i]
                 c = r.computed
-                rem = r.prompt + r.generated - c
+                pg = r.prompt + r.generated
+                rem = pg - c
                 k = rem if rem < budget else budget
                 need = -(-(c + k) // bs) - r.blocks
-                if need > self.free_blocks:
+                if need > free:
+                    self.free_blocks = free
                     while need > self.free_blocks and len(running) - 1 > i:
                         victim = running.pop()
                         given += victim.blocks
-                        swap_out += self._preempt(victim, waiting, swapped, head)
+                        live -= victim.computed
+                        swap_out += preempt(victim, waiting, swapped, head)
                         preempted = True
                     if need > self.free_blocks:  # r itself must go
                         running.pop(i)
                         given += r.blocks
-                        swap_out += self._preempt(r, waiting, swapped, head)
+                        live -= c
+                        swap_out += preempt(r, waiting, swapped, head)
                         preempted = True
+                        free = self.free_blocks
                         continue
+                    free = self.free_blocks
                 if need > 0:
-                    self.free_blocks -= need
+                    free -= need
                     taken += need
                     r.blocks += need
                 b_req.append(r)
@@ -223,8 +246,8 @@ class ServingEngine:
                 kv_read += c + k
                 if k != 1 or c < r.prompt:
                     decode = False
-                if r.generated and c < r.prompt + r.generated - 1:
-                    redo += min(k, r.prompt + r.generated - 1 - c)
+                if r.generated and c < pg - 1:
+                    redo += min(k, pg - 1 - c)
                 i += 1
             # 2. swapped-out requests come back first (none preempted this iteration)
             while swapped and not preempted and len(running) < max_seqs and budget > 0:
@@ -232,15 +255,16 @@ class ServingEngine:
                 c = r.computed
                 k = min(r.prompt + r.generated - c, budget)
                 need = max(r.swapped, -(-(c + k) // bs))
-                if need > self.free_blocks:
+                if need > free:
                     break
                 swapped.pop(0)
-                self.free_blocks -= need
+                free -= need
                 taken += need
                 swap_in += r.swapped
                 self.swap_used -= r.swapped
                 r.blocks, r.swapped = need, 0
                 running.append(r)
+                live += c
                 b_req.append(r)
                 b_k.append(k)
                 budget -= k
@@ -255,13 +279,14 @@ class ServingEngine:
                 c = r.computed
                 k = min(r.prompt + r.generated - c, budget)
                 need = -(-(c + k) // bs) - r.blocks
-                if need > self.free_blocks:
+                if need > free:
                     break
                 head += 1
-                self.free_blocks -= need
+                free -= need
                 taken += need
                 r.blocks += need
                 running.append(r)
+                live += c
                 b_req.append(r)
                 b_k.append(k)
                 budget -= k
@@ -274,59 +299,81 @@ class ServingEngine:
             if head > 4096:  # drop the consumed prefix now and then (amortised O(1))
                 del waiting[:head]
                 head = 0
-            self._kv_bytes(given, taken)
+            if given or taken:
+                self._kv_bytes(given, taken)
             if not b_req:  # only possible when one request alone cannot get its blocks
                 stuck = swapped.pop(0) if swapped else waiting.pop(head)
                 self.dropped += 1
                 self.notes.append(f"request {stuck.id} could not get its KV blocks: dropped")
                 continue
-            cached = sum(r.computed for r in running)
-            t0 = env.now
-            yield from self._iteration(new, ctx, kv_read, redo, decode, swap_out, swap_in)
-            t1 = env.now
-            self._kv_advance(self.total_blocks - self.free_blocks, cached)
+            cached = live
+            t0 = env._now
+            self.free_blocks = free
+            yield from iteration(new, ctx, kv_read, redo, decode, swap_out, swap_in)
+            t1 = env._now
+            dt = t1 - kv_last_t
+            if dt > 0:
+                used = total_blocks - free
+                kv_area += used * dt
+                kv_slots_area += used * bs * dt
+                kv_tokens_area += cached * dt
+            kv_last_t = t1
             if rec is not None:
                 rec.span(track, f"iteration ({len(b_req)} seqs)", t0, t1,
                          {"tokens": new, "running": len(running), "waiting": len(waiting) - head,
                           "swapped": len(swapped)})
             # 4. tokens out, completions
-            decoders = 0
-            done = 0
-            ttft = self.ttft
-            for idx in range(len(b_req)):
-                r = b_req[idx]
-                c = r.computed = r.computed + b_k[idx]
-                if c < r.prompt + r.generated:
-                    continue  # still prefilling
-                r.generated += 1
+            decoders = done = out = 0
+            for r, k in zip(b_req, b_k, strict=True):
+                c = r.computed = r.computed + k
+                if c < r.prompt + r.generated:  # still prefilling
+                    if r.last_t == t1:
+                        out += 1
+                    continue
+                g = r.generated = r.generated + 1
+                last = r.last_t
                 if r.first_t < 0:
                     r.first_t = t1
                     ttft.append(t1 - r.arrival)
-                elif r.last_t >= t0 and b_k[idx] == 1:
+                elif last >= t0 and k == 1:
                     decoders += 1
                 else:
-                    self.tbt.append((t1 - r.last_t, 1))
+                    tbt.append((t1 - last, 1))
                 r.last_t = t1
-                if r.generated >= r.output:
+                out += 1
+                if g >= r.output:
                     done += 1
-            self.generated_total += sum(1 for r in b_req if r.last_t == t1)
+            generated_total += out
+            live += new
             if decoders:
-                self.tbt.append((t1 - t0, decoders))
+                tbt.append((t1 - t0, decoders))
             if done:
                 freed = 0
                 keep = []
                 for r in running:
                     if r.generated >= r.output:
                         freed += r.blocks
+                        live -= r.computed
                         r.blocks = 0
                         self.completed += 1
                     else:
                         keep.append(r)
                 running = keep
-                self.free_blocks += freed
+                free += freed
+                self.free_blocks = free
                 self._kv_bytes(freed, 0)
-            cached = sum(r.computed for r in running)
-        self._kv_advance(self.total_blocks - self.free_blocks, cached)
+            cached = live
+        now = env._now
+        dt = now - kv_last_t
+        if dt > 0:
+            used = total_blocks - free
+            kv_area += used * dt
+            kv_slots_area += used * bs * dt
+            kv_tokens_area += cached * dt
+        self.kv_last_t = now
+        self.kv_area, self.kv_slots_area, self.kv_tokens_area = kv_area, kv_slots_area, kv_tokens_area
+        self.free_blocks = free
+        self.generated_total = generated_total
 
     def _kv_bytes(self, given: int, taken: int) -> None:
         """Pool bytes for blocks given back, then taken (same instant: the peak is not inflated)."""
@@ -359,7 +406,7 @@ class ServingEngine:
                    swap_out: int, swap_in: int):
         """One forward pass over the batch: swaps first, then compute overlapped with streaming."""
         env, copier, fast = self.env, self.clock.copier, self.fast
-        t0 = env.now
+        t0 = env._now
         if swap_out or swap_in:
             evs = []
             if swap_out:
@@ -371,32 +418,35 @@ class ServingEngine:
             yield env.all_of(evs)
             if swap_in:
                 self.clock.pools[self.swap_tier].free("kv swap", swap_in * self.block_bytes)
-        t_swap = env.now
+        t_swap = env._now
         compute = self._compute_time(new, ctx, kv_read, decode)
-        streams = [copier.copy(tier, fast, nbytes, "weights (streamed)", "iteration", alloc=0)
-                   for tier, nbytes in self.streamed_w.items()]
-        kv_bytes = kv_read * self.tc.kv_bytes_per_token
-        streams += [copier.copy(tier, fast, int(kv_bytes * frac), "kv (streamed)", "iteration",
-                                alloc=0)
-                    for tier, frac in self.kv_frac.items() if tier != fast and frac > 0]
+        copy = copier.copy
+        streams = [copy(tier, fast, nbytes, "weights (streamed)", "iteration", alloc=0)
+                   for tier, nbytes in self.streamed_w_items]
+        if self.kv_streamed:
+            kv_bytes = kv_read * self.tc.kv_bytes_per_token
+            streams += [copy(tier, fast, int(kv_bytes * frac), "kv (streamed)", "iteration",
+                             alloc=0)
+                        for tier, frac in self.kv_streamed]
         done = env.timeout(compute)
         yield env.all_of([done, *streams]) if streams else done
         share = redo / new if new else 0.0
-        self.acct["compute"] += compute * (1 - share)
-        self.acct["recompute"] += compute * share
-        extra = env.now - t_swap - compute  # streaming that compute did not hide
-        self.acct["exposed_transfer"] += (t_swap - t0) + (extra if extra > 1e-9 * compute else 0.0)
+        acct = self.acct
+        acct["compute"] += compute * (1 - share)
+        acct["recompute"] += compute * share
+        extra = env._now - t_swap - compute  # streaming that compute did not hide
+        acct["exposed_transfer"] += (t_swap - t0) + (extra if extra > 1e-9 * compute else 0.0)
 
     def _compute_time(self, new: int, ctx: int, kv_read: int, decode: bool) -> float:
-        """Roofline of one iteration: dense part, attention part, a launch per layer and part."""
-        tc, unit = self.tc, self.unit
-        phase = "decode" if decode else "prefill"
-        dense = unit.op_time(new * tc.flops_per_token,
-                             tc.weight_bytes + new * tc.activation_bytes_per_token,
-                             self.dtype, "matmul", phase)
-        attn = unit.op_time(ctx * tc.attn_flops_per_token_ctx,
-                            (kv_read + new) * tc.kv_bytes_per_token, self.dtype, "attention", phase)
-        return dense + attn + unit.launch_overhead * max(0, 2 * self.layers - 2)
+        """Roofline of one iteration: dense part, attention part, a launch per layer and part
+        (``Compute.op_time`` with the unit's rates looked up once per phase)."""
+        tc = self.tc
+        dense_rate, attn_rate, bw, launch = self._rates[decode]
+        dense = max(new * tc.flops_per_token / dense_rate,
+                    (tc.weight_bytes + new * tc.activation_bytes_per_token) / bw) + launch
+        attn = max(ctx * tc.attn_flops_per_token_ctx / attn_rate,
+                   (kv_read + new) * tc.kv_bytes_per_token / bw) + launch
+        return dense + attn + self.launches
 
     # -- result ---------------------------------------------------------------------------------
 
