@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from memsim.cli import app
@@ -147,3 +149,23 @@ def test_unknown_backend_exits_2(folder: Path):
     path = write(folder, "name: nob\n" + BASE + "axes: [{key: training.micro_batch, values: [1]}]\n")
     result = CliRunner().invoke(app, ["study", str(path), "--backend", "dask", "-o", str(folder / "out")])
     assert result.exit_code == 2 and "local, ray" in result.output
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 4), min_size=1, max_size=3), zipped=st.integers(1, 3))
+def test_points_are_the_product_of_the_axes(lengths: list[int], zipped: int):
+    from memsim.studies.spec import Axis, Base, Study
+
+    axes = [Axis(key=f"training.k{i}", values=list(range(n))) for i, n in enumerate(lengths)]
+    axes.append(Axis(zip=[Axis(key="label", label=True, values=[f"v{j}" for j in range(zipped)]),
+                          Axis(key="training.z", values=list(range(zipped)))]))
+    study = Study(name="p", base=Base(hardware="h100-sxm", workload="llama2-7b-train"), axes=axes)
+    points = expand(study)
+    expected = zipped
+    for n in lengths:
+        expected *= n
+    assert len(points) == expected
+    assert len({p.inputs.overrides for p in points}) == expected  # every case distinct
+    for p in points:  # a zip moves in lockstep; its label is not applied
+        assert p.coords["label"] == f"v{p.coords['training.z']}"
+        assert not any(o.startswith("label=") for o in p.inputs.overrides)
