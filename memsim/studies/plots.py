@@ -9,6 +9,7 @@ labelled as written; values that are not numbers (tier names, planners) become c
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from memsim.studies.grid import numeric
 from memsim.studies.spec import PlotSpec, Study
 
 MAX_SERIES = 12
+MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def default_plots(study: Study) -> list[PlotSpec]:
@@ -48,27 +50,35 @@ def _positions(rows: list[dict], x: str) -> tuple[dict, list[tuple[float, str]],
     return pos, [(p, str(v)) for v, p in pos.items()], False
 
 
-def _shade_infeasible(ax, rows: list[dict], pos: dict, x: str) -> None:
+def _mid(a: float, b: float, log: bool) -> float:
+    """Halfway between two x positions as the eye sees it: geometric on a log axis."""
+    return math.sqrt(a * b) if log and a > 0 and b > 0 else (a + b) / 2
+
+
+def _shade_infeasible(ax, rows: list[dict], pos: dict, x: str, log: bool) -> None:
     """Shade each x at which no point is feasible, halfway to its neighbours."""
     xs = sorted(set(pos.values()))
     ok = {pos[r[x]] for r in rows if r["status"] == "ok"}
     labelled = False
-    gap = min((b - a for a, b in itertools.pairwise(xs)), default=1.0)
     for i, value in enumerate(xs):
         if value in ok:
             continue
-        left = (xs[i - 1] + value) / 2 if i > 0 else value - gap / 2
-        right = (xs[i + 1] + value) / 2 if i + 1 < len(xs) else value + gap / 2
+        # at the ends, mirror the distance to the one neighbour (or half a unit when alone)
+        before = xs[i - 1] if i > 0 else (value * value / xs[1] if log and len(xs) > 1 and value > 0
+                                           else 2 * value - xs[1] if len(xs) > 1 else value - 1)
+        after = xs[i + 1] if i + 1 < len(xs) else (value * value / before if log and before > 0
+                                                   else 2 * value - before)
+        left, right = _mid(before, value, log), _mid(value, after, log)
         ax.axvspan(left, right, color="tab:red", alpha=0.08, lw=0,
                    label=None if labelled else "no feasible point")
         labelled = True
 
 
-def _mark_boundary(ax, members: list[dict], pos: dict, x: str, color: str) -> None:
+def _mark_boundary(ax, members: list[dict], pos: dict, x: str, color: str, log: bool) -> None:
     """A dashed line where a series turns from infeasible to feasible (or back) along x."""
     for a, b in itertools.pairwise(members):
         if (a["status"] == "ok") != (b["status"] == "ok") and pos[a[x]] != pos[b[x]]:
-            ax.axvline((pos[a[x]] + pos[b[x]]) / 2, color=color, linestyle="--", linewidth=1, alpha=0.6)
+            ax.axvline(_mid(pos[a[x]], pos[b[x]], log), color=color, linestyle="--", linewidth=1, alpha=0.6)
 
 
 def _short(key: str) -> str:
@@ -92,29 +102,36 @@ def plot_one(spec: PlotSpec, study: Study, rows: list[dict], path: Path) -> str 
         groups.setdefault(_series_label(row, keys, spec.series), []).append(row)
     pos, ticks, is_numeric = _positions(rows, spec.x)
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
-    _shade_infeasible(ax, rows, pos, spec.x)
+    log = spec.logx and is_numeric
+    _shade_infeasible(ax, rows, pos, spec.x, log)
     for i, (label, members) in enumerate(list(groups.items())[:MAX_SERIES]):
         color = f"C{i % 10}"
         members = sorted(members, key=lambda r: pos[r[spec.x]])
         good = [(pos[r[spec.x]], numeric(r.get(spec.y))) for r in members if r["status"] == "ok"]
         good = [(a, b) for a, b in good if b is not None]
         if good:
-            ax.plot(*zip(*good, strict=True), marker="o", color=color, label=label)
-        _mark_boundary(ax, members, pos, spec.x, color)
+            # distinct markers, shrinking: series with equal values stay visible on top of each other
+            ax.plot(*zip(*good, strict=True), marker=MARKERS[i % len(MARKERS)], color=color, label=label,
+                    markersize=max(3.0, 9.0 - 1.5 * (i % 4)), linewidth=max(0.8, 2.2 - 0.35 * (i % 4)))
+        _mark_boundary(ax, members, pos, spec.x, color, log)
         bad = [pos[r[spec.x]] for r in members if r["status"] != "ok"]
         if bad:
             ax.plot(bad, [0.02] * len(bad), linestyle="none", marker="x", markersize=9, color=color,
                     transform=ax.get_xaxis_transform(), clip_on=False,
                     label=None if good else f"{label} (none feasible)")
-    if spec.logx and is_numeric:
+    if log:
         ax.set_xscale("log")
+        ax.minorticks_off()  # the ticks are the axis values, labelled as written
     if spec.logy:
         ax.set_yscale("log")
     if len(ticks) <= 16:
         ax.set_xticks([p for p, _ in ticks], [t for _, t in ticks], rotation=30 if len(ticks) > 6 else 0)
     ax.set_xlabel(spec.x)
     ax.set_ylabel(f"{spec.y} (simulated)")
-    ax.set_ylim(bottom=0 if not spec.logy else None)
+    ax.margins(y=0.08)
+    ax.autoscale_view()
+    if not spec.logy:
+        ax.set_ylim(bottom=0)
     ax.set_title(spec.title or f"{study.name}: {spec.y} vs {spec.x}\n× infeasible or failed · dashed: "
                  "feasibility boundary · shaded: nothing fits", fontsize=9)
     ax.grid(alpha=0.3)
