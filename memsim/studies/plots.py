@@ -104,11 +104,13 @@ def plot_one(spec: PlotSpec, study: Study, rows: list[dict], path: Path) -> str 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     log = spec.logx and is_numeric
     _shade_infeasible(ax, rows, pos, spec.x, log)
+    top = 0.0
     for i, (label, members) in enumerate(list(groups.items())[:MAX_SERIES]):
         color = f"C{i % 10}"
         members = sorted(members, key=lambda r: pos[r[spec.x]])
         good = [(pos[r[spec.x]], numeric(r.get(spec.y))) for r in members if r["status"] == "ok"]
         good = [(a, b) for a, b in good if b is not None]
+        top = max([top, *(b for _, b in good)])
         if good:
             # distinct markers, shrinking: series with equal values stay visible on top of each other
             ax.plot(*zip(*good, strict=True), marker=MARKERS[i % len(MARKERS)], color=color, label=label,
@@ -128,10 +130,8 @@ def plot_one(spec: PlotSpec, study: Study, rows: list[dict], path: Path) -> str 
         ax.set_xticks([p for p, _ in ticks], [t for _, t in ticks], rotation=30 if len(ticks) > 6 else 0)
     ax.set_xlabel(spec.x)
     ax.set_ylabel(f"{spec.y} (simulated)")
-    ax.margins(y=0.08)
-    ax.autoscale_view()
-    if not spec.logy:
-        ax.set_ylim(bottom=0)
+    if not spec.logy and top > 0:  # explicit: the shading's sticky edges defeat autoscale margins
+        ax.set_ylim(0, top * 1.08)
     ax.set_title(spec.title or f"{study.name}: {spec.y} vs {spec.x}\n× infeasible or failed · dashed: "
                  "feasibility boundary · shaded: nothing fits", fontsize=9)
     ax.grid(alpha=0.3)
