@@ -169,3 +169,12 @@ def test_points_are_the_product_of_the_axes(lengths: list[int], zipped: int):
     for p in points:  # a zip moves in lockstep; its label is not applied
         assert p.coords["label"] == f"v{p.coords['training.z']}"
         assert not any(o.startswith("label=") for o in p.inputs.overrides)
+
+
+def test_frontier_keeps_points_no_other_beats_on_cost_and_throughput():
+    from memsim.studies.report import frontier
+
+    rows = [{"point": i, "status": s, "usd_per_hour": c, "tokens_per_s": t}
+            for i, (s, c, t) in enumerate([("ok", 5.0, 100.0), ("ok", 6.0, 90.0), ("ok", 7.0, 150.0),
+                                           ("infeasible", 1.0, None), ("ok", 5.0, 80.0), ("ok", 9.0, 150.0)])]
+    assert [r["point"] for r in frontier(rows)] == [0, 2]

@@ -115,6 +115,18 @@ def best_row(study: Study, rows: list[dict]) -> dict | None:
     return min(candidates, key=lambda r: (-_value(r, column) if larger else _value(r, column), r["point"]))
 
 
+def frontier(rows: list[dict]) -> list[dict]:
+    """Feasible rows no other row beats on both cost and throughput (cheapest first): the only
+    systems worth buying at some budget."""
+    ok = [r for r in rows if r["status"] == "ok" and isinstance(r.get("usd_per_hour"), int | float)
+          and isinstance(r.get("tokens_per_s"), int | float)]
+    best: list[dict] = []
+    for row in sorted(ok, key=lambda r: (r["usd_per_hour"], -r["tokens_per_s"], r["point"])):
+        if not best or row["tokens_per_s"] > best[-1]["tokens_per_s"]:
+            best.append(row)
+    return best
+
+
 def columns(study: Study, rows: list[dict]) -> list[str]:
     cols = ["point", *study.axis_keys(), "status", *study.metrics]
     if any(r["usd_per_hour"] is not None for r in rows):
@@ -238,6 +250,12 @@ def to_markdown(study: Study, rows: list[dict], best: dict | None, plots: list[s
               "Every time and throughput figure is simulated by memsim; costs are hourly prices from the "
               "study's cost table (or the catalog's node price).", ""]
     lines += _best_section(study, rows, best)
+    front = frontier(rows)
+    if len(front) > 1:
+        keys = study.shown_keys()
+        lines += ["## Cost and throughput frontier", "", "Feasible points no other point beats on both "
+                  "price and tokens per second, cheapest first:", ""]
+        lines += [*_md_table(["point", *keys, "usd_per_hour", "tokens_per_s", "usd_per_mtoken"], front), ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     lines += _axes_section(study)
