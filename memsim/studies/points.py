@@ -25,6 +25,7 @@ from typing import Any
 
 from memsim.errors import Infeasible, SpecError
 from memsim.specio import catalog_dir, load_mapping, resolve
+from memsim.units import fmt_bytes
 
 STATUSES = ("ok", "infeasible", "bad_input", "error")
 VOLATILE = ("solve_s", "wall_s")  # run times: kept in run.json, never in a point's result
@@ -163,8 +164,6 @@ def _where(exc: BaseException) -> str:
 
 def _reason(diagnosis) -> str:
     """The summary, plus which tiers are short by how much when the summary does not say."""
-    from memsim.units import fmt_bytes
-
     short = [f"{s.tier} short by {fmt_bytes(s.short_bytes)}" for s in diagnosis.shortfalls if s.short_bytes]
     if short and not any(s.tier in diagnosis.summary for s in diagnosis.shortfalls):
         return f"{diagnosis.summary}: {', '.join(short)}"
@@ -187,7 +186,7 @@ def run_point(inputs: dict, function: str | None = None) -> dict:
         if result.get("feasible") is False:
             record["status"] = "infeasible"
             oom = result.get("oom") or {}
-            record["reason"] = (f"out of memory on {oom['tier']}: short by {oom.get('short_bytes', 0)} bytes"
+            record["reason"] = (f"out of memory on {oom['tier']}: short by {fmt_bytes(oom.get('short_bytes', 0))}"
                                 if oom.get("tier") else "no feasible plan")
     except Infeasible as exc:
         record.update(status="infeasible", reason=_reason(exc.diagnosis), diagnosis=exc.diagnosis.to_dict())
