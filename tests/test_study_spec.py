@@ -178,3 +178,21 @@ def test_frontier_keeps_points_no_other_beats_on_cost_and_throughput():
             for i, (s, c, t) in enumerate([("ok", 5.0, 100.0), ("ok", 6.0, 90.0), ("ok", 7.0, 150.0),
                                            ("infeasible", 1.0, None), ("ok", 5.0, 80.0), ("ok", 9.0, 150.0)])]
     assert [r["point"] for r in frontier(rows)] == [0, 2]
+
+
+def test_an_unexpected_failure_is_an_error_record_and_is_retried(tmp_path: Path):
+    import json
+
+    from memsim.studies.points import run_point
+    from memsim.studies.runner import cached_record
+
+    inputs = {"run": "plan", "hardware": "h100-sxm", "workload": "llama2-7b-train", "planner": "mip",
+              "time_limit": 1.0, "overrides": []}
+    record = run_point(inputs, function="no-such-point-function")
+    assert record["status"] == "error" and record["reason"].startswith("KeyError")
+    assert record["system"]["gpus"] == 8  # what was learned before the failure is kept
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(record))
+    assert cached_record(path) is None  # errors are computed again on the next run
+    path.write_text(json.dumps({**record, "status": "infeasible"}))
+    assert cached_record(path)["status"] == "infeasible"  # answers stay cached

@@ -186,8 +186,9 @@ def run_point(inputs: dict, function: str | None = None) -> dict:
         if result.get("feasible") is False:
             record["status"] = "infeasible"
             oom = result.get("oom") or {}
-            record["reason"] = (f"out of memory on {oom['tier']}: short by {fmt_bytes(oom.get('short_bytes', 0))}"
-                                if oom.get("tier") else "no feasible plan")
+            short = fmt_bytes(oom.get("short_bytes", 0))
+            record["reason"] = f"out of memory on {oom['tier']}: short by {short}" if oom.get("tier") \
+                else "no feasible plan"
     except Infeasible as exc:
         record.update(status="infeasible", reason=_reason(exc.diagnosis), diagnosis=exc.diagnosis.to_dict())
         payload = getattr(exc, "payload", None)  # what the failed case needed (peak bytes per tier)
