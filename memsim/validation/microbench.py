@@ -173,9 +173,11 @@ def disk_latency(path: Path, mode: Mode, repeats: int) -> float:
 
 
 def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str,
-                    repeats: int) -> tuple[float, float, float, float]:
-    """(GEMM s alone, GEMM s while a thread streams disk reads, read B/s alone, read B/s while
-    the GEMM runs): what overlapping a copy with compute costs each of them on this machine."""
+                    repeats: int, direction: str = "read") -> tuple[float, float, float, float]:
+    """(GEMM s alone, GEMM s while a thread streams disk reads or writes, copy B/s alone, copy B/s
+    while the GEMM runs): what overlapping a copy with compute costs each side on this machine.
+    Both copy rates come from the same loop over the same time, so their ratio is a like-for-like
+    measure of the interference, whatever the disk's absolute speed that minute."""
     torch = backend.torch
     a = torch.ones(m, m, dtype=torch_dtype(dtype), device=backend.device)
     b = torch.ones(m, m, dtype=torch_dtype(dtype), device=backend.device)
@@ -184,27 +186,55 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str
     if backend.is_cuda:
         return (alone, *_gemm_under_pinned_copy(backend, fn, repeats))
     volume = min(os.path.getsize(path), 256 << 20)
-    read_alone = disk_read(path, mode, REQUEST, volume, max(1, repeats // 2))
-    stop, moved, elapsed = threading.Event(), [0], [0.0]
+    span = max(alone * repeats, 0.25)
+    copy_alone = _copy_rate(path, mode, volume, direction, lambda: _sleep(span))
+    times: list[float] = []
 
-    def reader():
+    def gemms():  # as many GEMMs as fill the span, so the copy loop runs as long as when alone
+        t0 = _now()
+        while _now() - t0 < span or len(times) < repeats:
+            times.append(backend.time(fn))
+
+    copy_loaded = _copy_rate(path, mode, volume, direction, gemms)
+    return alone, sorted(times)[len(times) // 2], copy_alone, copy_loaded
+
+
+def _copy_rate(path: Path, mode: Mode, volume: int, direction: str, during) -> float:
+    """B/s a thread streams (1 MiB direct reads of ``path``, or writes to a scratch file beside
+    it) while ``during()`` runs on this thread."""
+    stop, moved, elapsed = threading.Event(), [0], [0.0]
+    target = path if direction == "read" else path.with_suffix(".w")
+
+    def stream():
         buf = aligned_buffer(REQUEST)
-        with DirectFile(path, mode, create=False) as f:
+        with DirectFile(target, mode, create=direction != "read") as f:
             t0 = _now()
             while not stop.is_set():
-                f.read_into(buf, moved[0] % (volume - REQUEST + 1) // 4096 * 4096, REQUEST, REQUEST)
+                off = moved[0] % (volume - REQUEST + 1) // 4096 * 4096
+                if direction == "read":
+                    f.read_into(buf, off, REQUEST, REQUEST)
+                else:
+                    f.write_from(buf, off, REQUEST, REQUEST)
                 moved[0] += REQUEST
             elapsed[0] = _now() - t0
         buf.close()
 
-    thread = threading.Thread(target=reader, daemon=True)
+    thread = threading.Thread(target=stream, daemon=True)
     thread.start()
     try:
-        loaded = backend.median_time(fn, repeats)
+        during()
     finally:
         stop.set()
         thread.join()
-    return alone, loaded, read_alone, moved[0] / max(elapsed[0], 1e-9)
+    if direction != "read":
+        target.unlink(missing_ok=True)
+    return moved[0] / max(elapsed[0], 1e-9)
+
+
+def _sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
 
 
 def _gemm_under_pinned_copy(backend: Backend, fn, repeats: int) -> tuple[float, float, float]:
