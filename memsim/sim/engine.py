@@ -21,7 +21,7 @@ import simpy
 from memsim.hardware.spec import Compute, System
 from memsim.sim.flows import Copier, Flow, FlowManager
 from memsim.sim.memory import Pool
-from memsim.sim.program import Program
+from memsim.sim.program import Program, paused_gc
 from memsim.sim.result import OOM, Result
 from memsim.sim.timeline import Recorder
 
@@ -117,8 +117,9 @@ class StepEngine:
         self.busy: dict[str, float] = {}
         self.unit_end: dict[str, float] = {}
         self.cpu_spans: list[tuple[float, float]] = []  # CPU ops, when the GPU is the main unit
-        self.dur = self._durations()
-        self._plan_dependencies()
+        with paused_gc():
+            self.dur = self._durations()
+            self._plan_dependencies()
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -222,6 +223,10 @@ class StepEngine:
                            if op.outputs else empty)
 
     def run(self) -> Result:
+        with paused_gc():
+            return self._run()
+
+    def _run(self) -> Result:
         wall = time.perf_counter()
         for name, info in self.prog.tensors.items():
             if info.birth is None:

@@ -21,7 +21,10 @@ simulated time passes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
@@ -98,7 +101,29 @@ def units_of(system: System) -> dict[str, str]:
     return out
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a program is built or simulated.
+
+    Why: a run allocates hundreds of thousands of long-lived objects (ops, tuples, events) and
+    almost no reference cycles; the collector would rescan all of them again and again (a third
+    of the time of a long decode run). Reference counting still frees everything at once; the
+    collector's previous state is restored afterwards, so nesting is harmless."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def build_program(trace: Trace, system: System, plan: Plan) -> Program:
+    with paused_gc():
+        return _build_program(trace, system, plan)
+
+
+def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
     fast = system.fast_tier
     units = units_of(system)
     notes: list[str] = []
@@ -141,17 +166,20 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                 if "no CPU compute unit: CPU ops run on the GPU" not in notes:
                     notes.append("no CPU compute unit: CPU ops run on the GPU")
             static.append((op, unit, units[unit], float(op.bytes_read + op.bytes_written)))
-        names = {(j, layer): (_fill(op.name, layer), tuple(_fill(n, layer) for n in op.inputs),
-                              tuple(_fill(n, layer) for n in _outputs(op, trace)))
-                 for layer in layers for j, op in enumerate(block.ops)}
+        rows = {layer: [(_fill(op.name, layer), op.kind, op.phase, op.dtype, op.flops, nbytes, unit, mem,
+                         tuple(_fill(n, layer) for n in op.inputs),
+                         tuple(_fill(n, layer) for n in _outputs(op, trace)), layer,
+                         float(op.bytes_written))
+                        for op, unit, mem, nbytes in static]
+                for layer in layers}
+        append = out.append
         for it in range(block.iterations):
             for layer in layers:
                 group = (block.name, it, layer, 0)
-                for j, (op, unit, mem, nbytes) in enumerate(static):
-                    name, inputs, outputs = names[(j, layer)]
-                    out.append(POp(0, name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit,
-                                   mem, inputs, outputs, layer, it, group, False,
-                                   float(op.bytes_written)))
+                for (name, kind, phase, dtype, flops, nbytes, unit, mem, inputs, outputs, lay,
+                     written) in rows[layer]:
+                    append(POp(0, name, kind, phase, dtype, flops, nbytes, unit, mem, inputs,
+                               outputs, lay, it, group, False, written))
     return out
 
 
@@ -181,21 +209,29 @@ def _split_batches(raw: list[POp], trace: Trace, n: int, notes: list) -> list[PO
     if batch and batch % n:
         notes.append(f"batch {batch} is not a multiple of num_gpu_batches {n}: GPU batches rounded")
     out: list[POp] = []
+    append = out.append
+    cache: dict[tuple, tuple] = {}  # (inputs, outputs) → (weight bytes, names per GPU batch)
     i = 0
     while i < len(raw):
         j = i
-        while j < len(raw) and raw[j].group == raw[i].group:
+        group = raw[i].group
+        while j < len(raw) and raw[j].group == group:
             j += 1
         for b in range(n):
+            sub_group = (*group[:3], b)
             for r in raw[i:j]:
-                wbytes = sum(trace.tensor(t).bytes for t in r.inputs
-                             if trace.tensor(t).cls in PERSISTENT)
-                wbytes = min(wbytes, r.nbytes)
-                out.append(replace(r, flops=r.flops / n, nbytes=wbytes + (r.nbytes - wbytes) / n,
-                                   written=r.written / n,
-                                   inputs=tuple(_sub(t, trace, b) for t in r.inputs),
-                                   outputs=tuple(_sub(t, trace, b) for t in r.outputs),
-                                   group=(*r.group[:3], b)))
+                key = (r.inputs, r.outputs)
+                hit = cache.get(key)
+                if hit is None:
+                    hit = cache[key] = (
+                        sum(trace.tensor(t).bytes for t in r.inputs
+                            if trace.tensor(t).cls in PERSISTENT),
+                        [tuple(_sub(t, trace, bb) for t in r.inputs) for bb in range(n)],
+                        [tuple(_sub(t, trace, bb) for t in r.outputs) for bb in range(n)])
+                wbytes = min(hit[0], r.nbytes)
+                append(POp(r.index, r.name, r.kind, r.phase, r.dtype, r.flops / n,
+                           wbytes + (r.nbytes - wbytes) / n, r.unit, r.mem, hit[1][b], hit[2][b],
+                           r.layer, r.iteration, sub_group, r.recompute, r.written / n))
         i = j
     return out
 
@@ -230,8 +266,11 @@ def _insert_recompute(raw: list[POp], trace: Trace, plan: Plan) -> list[POp]:
             done.add(layer)
             out.extend(_recompute_layer(forward[layer], layer, trace, rename))
         if rename:
-            r = replace(r, inputs=tuple(rename.get(t, t) for t in r.inputs),
-                        outputs=tuple(rename.get(t, t) for t in r.outputs))
+            get = rename.get
+            inputs = tuple([get(t, t) for t in r.inputs])
+            outputs = tuple([get(t, t) for t in r.outputs])
+            if inputs != r.inputs or outputs != r.outputs:
+                r = _renamed(r, r.name, inputs, outputs, r.recompute, r.group)
         out.append(r)
     return out
 
@@ -264,10 +303,16 @@ def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict)
                 outputs.append(local[t])
             else:
                 outputs.append(t)
-        out.append(replace(f, name=f.name + "@r", inputs=tuple(dict.fromkeys(inputs)),
-                           outputs=tuple(outputs), recompute=True,
-                           group=("recompute", *f.group[1:])))
+        out.append(_renamed(f, f.name + "@r", tuple(dict.fromkeys(inputs)), tuple(outputs), True,
+                            ("recompute", *f.group[1:])))
     return out
+
+
+def _renamed(r: POp, name: str, inputs: tuple, outputs: tuple, recompute: bool,
+             group: tuple) -> POp:
+    """``dataclasses.replace`` of an op before annotation, without its per-call overhead."""
+    return POp(r.index, name, r.kind, r.phase, r.dtype, r.flops, r.nbytes, r.unit, r.mem, inputs,
+               outputs, r.layer, r.iteration, group, recompute, r.written)
 
 
 def _exists(trace: Trace, name: str) -> bool:
@@ -324,17 +369,21 @@ def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str
     last: dict[str, int] = {}
     first_read: dict[str, int] = {}
     producer_mem: dict[str, str] = {}
-    read_phases: dict[str, set[str]] = {}
+    read_backward: set[str] = set()  # read by a backward op (a saved activation, if forward-born)
     written_phase: dict[str, str] = {}
     for op in ops:
-        for t in op.inputs:
-            last[t] = op.index
-            first_read.setdefault(t, op.index)
-            read_phases.setdefault(t, set()).add(op.phase)
+        idx = op.index
+        ins = op.inputs
+        for t in ins:
+            last[t] = idx
+            if t not in first_read:
+                first_read[t] = idx
+        if op.phase == "backward":
+            read_backward.update(ins)
         for t in op.outputs:
-            last[t] = op.index
+            last[t] = idx
             if t not in birth:
-                birth[t] = op.index
+                birth[t] = idx
                 producer_mem[t] = op.mem
                 written_phase[t] = op.phase
     act_tier = _activation_tier(plan, system, fast)
@@ -355,12 +404,12 @@ def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str
             mem = producer_mem.get(name, fast) if born is not None else fast
             home = {mem: nbytes}
             layer = _layer_of(base)
-            saved = (written_phase.get(name) == "forward" and "backward" in read_phases.get(name, ()))
+            saved = written_phase.get(name) == "forward" and name in read_backward
             if (cls == "activation" and saved and layer is not None and "@" not in name
                     and plan.policy(layer) == "offload" and act_tier is not None):
                 home = split_bytes(nbytes, act_tier)
             elif (cls == "activation" and trace.kind == "inference" and "activation" in plan.placement
-                  and born is not None and len(read_phases.get(name, ())) > 0):
+                  and born is not None and name in first_read):
                 home = split_bytes(nbytes, plan.placement["activation"])
         out[name] = TInfo(name, cls, nbytes, dict(sorted(home.items())), born, death)
     return out
@@ -408,35 +457,64 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     size = {t: info.bytes for t, info in tensors.items()}
     special = kv | sized
     get = last_writer.get
+    # per name tuple (shared by every iteration of a template op): what each position is
+    # (0: moves whole, 1: KV, 2: a sized buffer); None when every position moves whole
+    kinds_of: dict[tuple, tuple | None] = {}
+    kinds_get = kinds_of.get
+    ctx_cache: dict[tuple, float] = {}
+    ones = {n: (1.0,) * n for n in range(8)}
+    missing = ()
+
+    def kinds(names: tuple[str, ...]) -> tuple | None:
+        k = tuple(1 if t in kv else 2 if t in sized and size[t] else 0 for t in names)
+        kinds_of[names] = k = k if any(k) else None
+        return k
+
+    def ctx(op: POp, reading: bool) -> float:
+        key = (op.phase, op.iteration, reading)
+        f = ctx_cache.get(key)
+        if f is None:
+            f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, prompt, reading)
+        return f
+
     for op in ops:
         ins, outs, seg, idx = op.inputs, op.outputs, op.seg, op.index
-        writers = tuple(map(get, ins))
-        op.writers = writers
+        op.writers = writers = tuple(map(get, ins))
         if op.kind == "optimizer" or op.phase == "optimizer":
             op.no_fetch = frozenset(t for t in ins if t in outs and tensors[t].cls == "weight")
-        for t, w in zip(ins, writers, strict=True):
-            if w is not None and seg_of[w] != seg:
-                escaped.add((w, t))
-        if special and not (special.isdisjoint(ins) and special.isdisjoint(outs)):
-            fin = []
+        if special:
+            kin = kinds_get(ins, missing)
+            if kin is missing:
+                kin = kinds(ins)
+            kout = kinds_get(outs, missing)
+            if kout is missing:
+                kout = kinds(outs)
+        else:
+            kin = kout = None
+        if kin is None:
             for t, w in zip(ins, writers, strict=True):
-                if t in kv:
-                    fin.append(_ctx_frac(True, op, total_ctx, prompt, True))
-                elif t in sized and w is not None and size[t]:
+                if w is not None and seg_of[w] != seg:
+                    escaped.add((w, t))
+            fin = ones.get(len(ins)) or (1.0,) * len(ins)
+        else:
+            fin = []
+            for t, w, k in zip(ins, writers, kin, strict=True):
+                if w is not None and seg_of[w] != seg:
+                    escaped.add((w, t))
+                if k == 1:
+                    fin.append(ctx(op, True))
+                elif k == 2 and w is not None:
                     fin.append(min(1.0, written[w] / size[t]))
                 else:
                     fin.append(1.0)
-            fout = []
-            for t in outs:
-                if t in kv:
-                    fout.append(_ctx_frac(True, op, total_ctx, prompt, False))
-                elif t in sized and size[t]:
-                    fout.append(min(1.0, op.written / size[t]))
-                else:
-                    fout.append(1.0)
-            op.in_frac, op.out_frac = tuple(fin), tuple(fout)
+            fin = tuple(fin)
+        if kout is None:
+            fout = ones.get(len(outs)) or (1.0,) * len(outs)
         else:
-            op.in_frac, op.out_frac = (1.0,) * len(ins), (1.0,) * len(outs)
+            fout = tuple(ctx(op, False) if k == 1 else
+                         min(1.0, op.written / size[t]) if k == 2 else 1.0
+                         for t, k in zip(outs, kout, strict=True))
+        op.in_frac, op.out_frac = fin, fout
         for t in outs:
             last_writer[t] = idx
             seg_last_write[(seg, t)] = idx

@@ -31,7 +31,7 @@ import time
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan, ServingPolicy
 from memsim.sim.engine import Clock
-from memsim.sim.program import split_bytes
+from memsim.sim.program import paused_gc, split_bytes
 from memsim.sim.report import common_fields, main_unit, peak_flops
 from memsim.sim.result import Result, ServingStats
 from memsim.workloads.trace import TokenCosts, Trace
@@ -146,9 +146,10 @@ class ServingEngine:
 
     def run(self) -> Result:
         wall = time.perf_counter()
-        self._setup()
-        self.env.process(self._serve())
-        self.clock.run()
+        with paused_gc():
+            self._setup()
+            self.env.process(self._serve())
+            self.clock.run()
         return self._result(time.perf_counter() - wall)
 
     def _serve(self):
