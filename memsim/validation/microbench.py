@@ -7,6 +7,7 @@ is short enough to read and can be called alone from a notebook.
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +188,6 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str
         return (alone, *_gemm_under_pinned_copy(backend, fn, repeats))
     volume = min(os.path.getsize(path), 256 << 20)
     span = max(alone * repeats, 0.25)
-    copy_alone = _copy_rate(path, mode, volume, direction, lambda: _sleep(span))
     times: list[float] = []
 
     def gemms():  # as many GEMMs as fill the span, so the copy loop runs as long as when alone
@@ -195,8 +195,12 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str
         while _now() - t0 < span or len(times) < repeats:
             times.append(backend.time(fn))
 
-    copy_loaded = _copy_rate(path, mode, volume, direction, gemms)
-    return alone, sorted(times)[len(times) // 2], copy_alone, copy_loaded
+    alone_rates, loaded_rates = [], []
+    for _ in range(max(1, repeats // 2)):  # alternate, so a neighbour's burst hits both sides
+        alone_rates.append(_copy_rate(path, mode, volume, direction, lambda: _sleep(span)))
+        loaded_rates.append(_copy_rate(path, mode, volume, direction, gemms))
+    return (alone, sorted(times)[len(times) // 2], statistics.median(alone_rates),
+            statistics.median(loaded_rates))
 
 
 def _copy_rate(path: Path, mode: Mode, volume: int, direction: str, during) -> float:
