@@ -168,7 +168,14 @@ class StepEngine:
         ops, tensors = self.prog.ops, self.prog.tensors
         only_home = {t: next(iter(info.home)) if len(info.home) == 1 else None
                      for t, info in tensors.items()}
+        home_of = {t: info.home for t, info in tensors.items()}
+        birth_of = {t: info.birth for t, info in tensors.items()}
+        size_of = {t: info.bytes for t, info in tensors.items()}
         cat = {u: self._cat(u) for u in ("gpu", "cpu", "comm")}
+        seg_of = [op.seg for op in ops]
+        mem_of = [op.mem for op in ops]
+        unit_of = [op.unit for op in ops]
+        wb_of = [op.writeback for op in ops]
         self.deps: list[tuple] = []
         self.fetch: list[tuple] = []
         self.produce: list[tuple] = []
@@ -176,6 +183,8 @@ class StepEngine:
                                                      self.produce.append)
         empty = ()
         src_cache: dict[tuple, dict[str, int]] = {}
+        produce_cache: dict[tuple, tuple] = {}
+        xfer = "exposed_transfer"
         for op in ops:
             deps, fetch = [], []
             mem, seg, unit, no_fetch = op.mem, op.seg, op.unit, op.no_fetch
@@ -184,43 +193,51 @@ class StepEngine:
                     continue
                 home1 = only_home[t]
                 if w is not None:
-                    wop = ops[w]
-                    if wop.seg == seg:
-                        if wop.mem == mem:
-                            if wop.unit != unit:  # same stream: done already, in order
-                                deps.append((0, w, None, cat[wop.unit]))
+                    wmem, wunit = mem_of[w], unit_of[w]
+                    if seg_of[w] == seg:
+                        if wmem == mem:
+                            if wunit != unit:  # same stream: done already, in order
+                                deps.append((0, w, None, cat[wunit]))
                             continue
-                        if t not in wop.writeback:  # the version lives only where written
-                            deps.append((2, t, None, "exposed_transfer"))
-                            fetch.append((t, w, frac, {wop.mem: int(tensors[t].bytes * frac)},
-                                          True))
+                        if t not in wb_of[w]:  # the version lives only where written
+                            deps.append((2, t, None, xfer))
+                            fetch.append((t, w, frac, {wmem: int(size_of[t] * frac)}, True))
                             continue
                     if home1 == mem:
-                        if wop.unit != unit:
-                            deps.append((1, t, w, cat[wop.unit] if wop.mem == mem
-                                         else "exposed_transfer"))
+                        if wunit != unit:
+                            deps.append((1, t, w, cat[wunit] if wmem == mem else xfer))
                         continue
-                    home = tensors[t].home
-                    if mem in home and wop.unit != unit:
-                        deps.append((1, t, w, cat[wop.unit] if wop.mem == mem
-                                     else "exposed_transfer"))
+                    home = home_of[t]
+                    if mem in home and wunit != unit:
+                        deps.append((1, t, w, cat[wunit] if wmem == mem else xfer))
                 elif home1 == mem:
                     continue
                 else:
-                    home = tensors[t].home
+                    home = home_of[t]
                 key = (t, mem, frac)
                 sources = src_cache.get(key)
                 if sources is None:  # shared by every op reading t on mem (read-only)
                     sources = src_cache[key] = {h: int(b * frac) for h, b in home.items() if h != mem}
                 if sources:
-                    deps.append((2, t, None, "exposed_transfer"))
+                    deps.append((2, t, None, xfer))
                     fetch.append((t, w, frac, sources, False))
             deps_append(tuple(deps) if deps else empty)
             fetch_append(tuple(fetch) if fetch else empty)
+            outs = op.outputs
+            if not outs:
+                produce_append(empty)
+                continue
             idx = op.index
-            produce_append(tuple((k, t) for k, t in enumerate(op.outputs)
-                                 if only_home[t] != mem or tensors[t].birth == idx)
-                           if op.outputs else empty)
+            if any(birth_of[t] == idx for t in outs):
+                produce_append(tuple((k, t) for k, t in enumerate(outs)
+                                     if only_home[t] != mem or birth_of[t] == idx))
+                continue
+            key = (outs, mem)  # no output born here: the same for every op with these outputs
+            hit = produce_cache.get(key)
+            if hit is None:
+                hit = produce_cache[key] = tuple((k, t) for k, t in enumerate(outs)
+                                                 if only_home[t] != mem)
+            produce_append(hit)
 
     def run(self) -> Result:
         with paused_gc():

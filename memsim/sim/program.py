@@ -165,13 +165,21 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                 unit = "gpu"
                 if "no CPU compute unit: CPU ops run on the GPU" not in notes:
                     notes.append("no CPU compute unit: CPU ops run on the GPU")
-            static.append((op, unit, units[unit], float(op.bytes_read + op.bytes_written)))
-        rows = {layer: [(_fill(op.name, layer), op.kind, op.phase, op.dtype, op.flops, nbytes, unit, mem,
-                         tuple(_fill(n, layer) for n in op.inputs),
-                         tuple(_fill(n, layer) for n in _outputs(op, trace)), layer,
-                         float(op.bytes_written))
-                        for op, unit, mem, nbytes in static]
-                for layer in layers}
+            static.append((op, unit, units[unit], float(op.bytes_read + op.bytes_written),
+                           _outputs(op, trace)))
+        rows = {}
+        for layer in layers:
+            if layer is None:
+                rows[layer] = [(op.name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit, mem,
+                                op.inputs, outs, layer, float(op.bytes_written))
+                               for op, unit, mem, nbytes, outs in static]
+                continue
+            sl = str(layer)  # str.replace returns the name itself when it holds no {layer}
+            rows[layer] = [(op.name.replace(LAYER, sl), op.kind, op.phase, op.dtype, op.flops,
+                            nbytes, unit, mem, tuple([n.replace(LAYER, sl) for n in op.inputs]),
+                            tuple([n.replace(LAYER, sl) for n in outs]), layer,
+                            float(op.bytes_written))
+                           for op, unit, mem, nbytes, outs in static]
         append = out.append
         for it in range(block.iterations):
             for layer in layers:
@@ -190,10 +198,6 @@ def _outputs(op, trace: Trace) -> tuple[str, ...]:
         return op.outputs
     states = tuple(t for t in op.inputs if t not in op.outputs and _cls(trace, t) == "optimizer")
     return op.outputs + states
-
-
-def _fill(name: str, layer: int | None) -> str:
-    return name if layer is None or LAYER not in name else name.replace(LAYER, str(layer))
 
 
 def _on_cpu(op, plan: Plan) -> bool:
