@@ -1,10 +1,10 @@
 """Running a study: expand, skip what is cached, run the rest, write table, plots and report.
 
-Every point is stored as ``DIR/points/<hash>.json`` the moment it finishes (written to a temporary
-file and renamed, so an interruption never leaves half a file). A re-run computes only points
-whose hash has no stored result — new axis values, changed files, or points that failed with an
-unexpected ``error`` (retried, since such failures may be transient); ``infeasible`` and
-``bad_input`` are answers and stay cached.
+Every answered point is stored as ``DIR/points/<hash>.json`` the moment it finishes (written to a
+temporary file and renamed, so an interruption never leaves half a file). A re-run computes only
+points whose hash has no stored result — new axis values, changed files, or points that failed
+with an unexpected ``error`` (not stored, so retried: such failures may be transient, e.g. a worker
+killed by Ctrl-C); ``ok``, ``infeasible`` and ``bad_input`` are answers and stay cached.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def run_study(study: Study | str | Path, out_dir: str | Path | None = None, *, b
     def on_done(key: str, record: dict) -> None:
         timing[key] = record.pop("timing", {})
         record["hash"] = key
-        _write_json(out / "points" / f"{key}.json", record)
+        if record["status"] != "error":  # errors are retried, so only answers are stored
+            _write_json(out / "points" / f"{key}.json", record)
         records[key] = record
         if progress:
             progress(len(records) - cached, len(tasks))
