@@ -57,7 +57,8 @@ def test_failing_points_are_recorded_and_the_study_completes(tmp_path: Path):
     assert any(p.suffix == ".png" for p in (tmp_path / "out").iterdir())
 
 
-def test_interrupted_study_resumes_without_recomputing(tmp_path: Path):
+@pytest.mark.parametrize("jobs", [1, 2])  # in-process, and the process pool
+def test_interrupted_study_resumes_without_recomputing(tmp_path: Path, jobs: int):
     path, out = study_file(tmp_path, BATCH_AXIS), tmp_path / "out"
     seen: list[int] = []
 
@@ -67,7 +68,7 @@ def test_interrupted_study_resumes_without_recomputing(tmp_path: Path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_study(path, out, jobs=1, progress=stop_after_two)
+        run_study(path, out, jobs=jobs, progress=stop_after_two)
     finished = mtimes(out)
     assert len(finished) == 2 and not (out / "results.csv").exists()
 
