@@ -117,6 +117,7 @@ class StepEngine:
         self.busy: dict[str, float] = {}
         self.unit_end: dict[str, float] = {}
         self.cpu_spans: list[tuple[float, float]] = []  # CPU ops, when the GPU is the main unit
+        self._off: dict[tuple[str, str], int] = {}  # (tensor, tier) → its bytes homed elsewhere
         with paused_gc():
             self.dur = self._durations()
             self._plan_dependencies()
@@ -273,6 +274,7 @@ class StepEngine:
         rec = self.clock.recorder
         started, seg_stage = self.seg_started, self.seg_stage
         timeout = env.timeout
+        finish = self._finish
         busy = 0.0
         t0 = 0.0
         for i in indices:
@@ -280,19 +282,19 @@ class StepEngine:
             s = op.seg
             if not started[s]:
                 if s > 0 and not started[s - 1]:
-                    t0 = env.now
+                    t0 = env._now
                     yield self._started(s - 1)
                     if main:
-                        acct[self._seg_cat(s - 1)] += env.now - t0
+                        acct[self._seg_cat(s - 1)] += env._now - t0
                 # bounded staging buffers: write-backs of the segment that left the prefetch
                 # window must drain before this one starts (DeepSpeed's and FlexGen's swappers)
                 drain = s - self.depth - 1
                 pending = [ev for ev in self.seg_wb.get(drain, ()) if ev.callbacks is not None]
                 if pending:
-                    t0 = env.now
+                    t0 = env._now
                     yield env.all_of(pending)
                     if main:
-                        acct["memory_wait"] += env.now - t0
+                        acct["memory_wait"] += env._now - t0
                 if not started[s]:  # (another stream may have started it meanwhile)
                     self._start_segment(s)
             for kind, a, b, cat in deps[i]:
@@ -304,26 +306,26 @@ class StepEngine:
                     st = seg_stage[(s, a, op.mem)]
                     ev = st.event
                     if ev.callbacks is not None:
-                        t0 = env.now
+                        t0 = env._now
                         yield ev
                         if main:  # waiting for the producer, then for the copy itself
-                            t_src = min(max(st.src_t, t0), env.now)
+                            t_src = min(max(st.src_t, t0), env._now)
                             acct[st.src_cat] += t_src - t0
-                            acct["exposed_transfer"] += env.now - t_src
+                            acct["exposed_transfer"] += env._now - t_src
                     continue
                 if ev is not None and ev.callbacks is not None:
-                    t0 = env.now
+                    t0 = env._now
                     yield ev
                     if main:
-                        acct[cat] += env.now - t0
+                        acct[cat] += env._now - t0
             if produce[i]:
                 self._produce(op, produce[i])
-            t0 = env.now
+            t0 = env._now
             if slow > 0:
                 yield self.clock.flows.start(Flow.op(dur[i], env.event(), op.mem, slow))
             else:
                 yield timeout(dur[i])
-            t1 = env.now
+            t1 = env._now
             busy += t1 - t0
             if main:
                 acct["recompute" if op.recompute else "compute"] += t1 - t0
@@ -332,9 +334,9 @@ class StepEngine:
                 self.cpu_spans.append((t0, t1))
             if rec is not None:
                 rec.span(unit, op.name, t0, t1, {"flops": op.flops, "bytes": op.nbytes})
-            self._finish(op)
+            finish(op)
         self.busy[unit] = busy
-        self.unit_end[unit] = env.now
+        self.unit_end[unit] = env._now
 
     def _seg_cat(self, s: int) -> str:
         units = {self.prog.ops[i].unit for i in self.prog.segments[s].ops}
@@ -420,47 +422,55 @@ class StepEngine:
     # -- outputs, write-backs, deaths ----------------------------------------------------------
 
     def _produce(self, op, outputs: tuple) -> None:
+        tensors, home_alloc, pools, work = self.prog.tensors, self.home_alloc, self.pools, self.work
+        m, seg = op.mem, op.seg
         for k, t in outputs:
-            info = self.prog.tensors[t]
-            m = op.mem
-            if m in info.home and (t, m) not in self.home_alloc:
-                self.pools[m].alloc(t, info.home[m], op.name)
-                self.home_alloc.add((t, m))
-            off = sum(b for h, b in info.home.items() if h != m)
-            if off <= 0 or (t, op.seg) in self.work:
+            home = tensors[t].home
+            if m in home and (t, m) not in home_alloc:
+                pools[m].alloc(t, home[m], op.name)
+                home_alloc.add((t, m))
+            off = self._off.get((t, m))
+            if off is None:  # bytes homed off the op's tier (static per tensor and tier)
+                off = self._off[(t, m)] = sum(b for h, b in home.items() if h != m)
+            if off <= 0 or (t, seg) in work:
                 continue
-            st = self.seg_stage.get((op.seg, t, m))
+            st = self.seg_stage.get((seg, t, m))
             if st is None:
                 nbytes = int(off * op.out_frac[k])
                 st = Stage(m, t, nbytes, None)
-                self.pools[m].alloc(t, nbytes, op.name)
+                pools[m].alloc(t, nbytes, op.name)
             st.refs += 1
-            self.work[(t, op.seg)] = st
-            self.seg_work.setdefault(op.seg, []).append(t)
+            work[(t, seg)] = st
+            self.seg_work.setdefault(seg, []).append(t)
 
     def _finish(self, op) -> None:
-        self.done[op.index] = 1
-        ev = self.done_ev.pop(op.index, None)
-        if ev is not None:
-            ev.succeed()
+        idx, seg = op.index, op.seg
+        self.done[idx] = 1
+        if self.done_ev:
+            ev = self.done_ev.pop(idx, None)
+            if ev is not None:
+                ev.succeed()
         for t in op.writeback:
             self._writeback(op, t)
-        for t in op.dies:
-            info = self.prog.tensors[t]
-            for tier, nbytes in info.home.items():
-                if (t, tier) in self.home_alloc:
-                    self.home_alloc.discard((t, tier))
-                    self.pools[tier].free(t, nbytes)
-            st = self.work.pop((t, op.seg), None)
-            if st is not None:
+        if op.dies:
+            tensors, home_alloc, pools, work = (self.prog.tensors, self.home_alloc, self.pools,
+                                                self.work)
+            for t in op.dies:
+                for tier, nbytes in tensors[t].home.items():
+                    if (t, tier) in home_alloc:
+                        home_alloc.discard((t, tier))
+                        pools[tier].free(t, nbytes)
+                st = work.pop((t, seg), None)
+                if st is not None:
+                    self._release(st)
+        left = self.seg_left
+        left[seg] -= 1
+        if left[seg] == 0:
+            for st in self.seg_held[seg]:
                 self._release(st)
-        self.seg_left[op.seg] -= 1
-        if self.seg_left[op.seg] == 0:
-            for st in self.seg_held[op.seg]:
-                self._release(st)
-            self.seg_held[op.seg] = []
-            for t in self.seg_work.pop(op.seg, ()):  # working copies no one needs any more
-                st = self.work.pop((t, op.seg), None)
+            self.seg_held[seg] = []
+            for t in self.seg_work.pop(seg, ()):  # working copies no one needs any more
+                st = self.work.pop((t, seg), None)
                 if st is not None:
                     self._release(st)
 

@@ -106,15 +106,20 @@ def paused_gc() -> Iterator[None]:
     """Pause Python's cyclic garbage collector while a program is built or simulated.
 
     Why: a run allocates hundreds of thousands of long-lived objects (ops, tuples, events) and
-    almost no reference cycles; the collector would rescan all of them again and again (a third
-    of the time of a long decode run). Reference counting still frees everything at once; the
-    collector's previous state is restored afterwards, so nesting is harmless."""
+    almost no reference cycles (a hundred objects per run); the collector would rescan all of
+    them again and again (a third of the time of a long decode run). Reference counting still
+    frees everything at once. On the way out, what was allocated meanwhile joins the oldest
+    generation (``freeze`` + ``unfreeze``) instead of being scanned at once by the first
+    collection after ``enable``; the next full collection sees it as usual. The collector's
+    previous state is restored, so nesting is harmless."""
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if was:
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 
@@ -481,6 +486,11 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
             f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, prompt, reading)
         return f
 
+    # activations whose versions may need a write-back (read in a later segment): only those
+    # homed somewhere other than the single tier every op computes from, if there is one
+    mems = {op.mem for op in ops}
+    may_escape = {t for t, info in tensors.items() if info.cls in ("activation", "workspace")
+                  and not (len(mems) == 1 and set(info.home) <= mems)}
     for op in ops:
         ins, outs, seg, idx = op.inputs, op.outputs, op.seg, op.index
         op.writers = writers = tuple(map(get, ins))
@@ -495,16 +505,15 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
                 kout = kinds(outs)
         else:
             kin = kout = None
-        if kin is None:
+        if may_escape:
             for t, w in zip(ins, writers, strict=True):
-                if w is not None and seg_of[w] != seg:
+                if w is not None and seg_of[w] != seg and t in may_escape:
                     escaped.add((w, t))
+        if kin is None:
             fin = ones.get(len(ins)) or (1.0,) * len(ins)
         else:
             fin = []
             for t, w, k in zip(ins, writers, kin, strict=True):
-                if w is not None and seg_of[w] != seg:
-                    escaped.add((w, t))
                 if k == 1:
                     fin.append(ctx(op, True))
                 elif k == 2 and w is not None:

@@ -203,7 +203,6 @@ class ServingEngine:
                 acct["idle"] += env._now - now
                 continue
             budget = max_tokens
-            b_req: list[Req] = []
             b_k: list[int] = []
             new = ctx = kv_read = redo = 0
             decode = True
@@ -216,6 +215,22 @@ class ServingEngine:
                 c = r.computed
                 pg = r.prompt + r.generated
                 rem = pg - c
+                if rem == 1:  # decoding (or a prompt's last token): the common case, same sums
+                    need = -(-pg // bs) - r.blocks
+                    if need <= 0 or need <= free:
+                        if need > 0:
+                            free -= need
+                            taken += need
+                            r.blocks += need
+                        b_k.append(1)
+                        budget -= 1
+                        new += 1
+                        ctx += pg  # k·c + k(k+1)/2 with k = 1
+                        kv_read += pg
+                        if c < r.prompt:
+                            decode = False
+                        i += 1
+                        continue
                 k = rem if rem < budget else budget
                 need = -(-(c + k) // bs) - r.blocks
                 if need > free:
@@ -239,7 +254,6 @@ class ServingEngine:
                     free -= need
                     taken += need
                     r.blocks += need
-                b_req.append(r)
                 b_k.append(k)
                 budget -= k
                 new += k
@@ -250,6 +264,9 @@ class ServingEngine:
                 if r.generated and c < pg - 1:
                     redo += min(k, pg - 1 - c)
                 i += 1
+            # the batch so far is running[:i] (preemption only takes requests after i); what
+            # phases 2 and 3 admit is appended to running after n1
+            n1 = len(running)
             # 2. swapped-out requests come back first (none preempted this iteration)
             while swapped and not preempted and len(running) < max_seqs and budget > 0:
                 r = swapped[0]
@@ -266,7 +283,6 @@ class ServingEngine:
                 r.blocks, r.swapped = need, 0
                 running.append(r)
                 live += c
-                b_req.append(r)
                 b_k.append(k)
                 budget -= k
                 new += k
@@ -288,7 +304,6 @@ class ServingEngine:
                 r.blocks += need
                 running.append(r)
                 live += c
-                b_req.append(r)
                 b_k.append(k)
                 budget -= k
                 new += k
@@ -302,6 +317,7 @@ class ServingEngine:
                 head = 0
             if given or taken:
                 self._kv_bytes(given, taken)
+            b_req = running[:i] + running[n1:] if n1 < len(running) else running[:i]
             if not b_req:  # only possible when one request alone cannot get its blocks
                 stuck = swapped.pop(0) if swapped else waiting.pop(head)
                 self.dropped += 1
