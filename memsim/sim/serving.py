@@ -210,7 +210,8 @@ class ServingEngine:
             preempted = False
             # 1. running requests, oldest first; preempt the newest when blocks run out
             i = 0
-            while i < len(running) and budget > 0:
+            n_run = len(running)  # refreshed whenever a preemption shortens running
+            while i < n_run and budget > 0:
                 r = running[i]
                 c = r.computed
                 pg = r.prompt + r.generated
@@ -248,8 +249,10 @@ class ServingEngine:
                         swap_out += preempt(r, waiting, swapped, head)
                         preempted = True
                         free = self.free_blocks
+                        n_run = len(running)
                         continue
                     free = self.free_blocks
+                    n_run = len(running)
                 if need > 0:
                     free -= need
                     taken += need
