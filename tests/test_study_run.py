@@ -129,3 +129,17 @@ def test_a_metric_no_result_has_is_reported_with_a_did_you_mean(tmp_path: Path):
     run = run_study(path, tmp_path / "out", jobs=1)
     assert run.rows[0]["status"] == "ok" and run.rows[0]["tokens_per_sec"] is None
     assert run.warnings == ["metric 'tokens_per_sec' is in no result (did you mean 'tokens_per_s'?)"]
+
+
+@pytest.mark.slow
+def test_an_example_study_runs_with_one_command(tmp_path: Path):
+    out = tmp_path / "wall"
+    result = CliRunner().invoke(app, ["study", "memory-wall-trend", "-o", str(out), "-j", "2"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
+    years = {r["year"] for r in rows}
+    assert years == {"2024", "2026", "2028", "2030"}
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["plot0-mfu-vs-year.png", "plot1-tokens-per-s-vs-year.png"]
+    assert "## Best point" in (out / "report.md").read_text()
