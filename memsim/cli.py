@@ -302,12 +302,13 @@ def study_cmd(
         help="Ray cluster address (default: start a local one)")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="list the points and which are cached; run none")] = False,
+    overrides: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a what-if study: every point of its axes, then results.csv, plots and report.md."""
     from memsim.studies import load_study, run_study
 
-    spec = load_study(study)
+    spec = load_study(study, overrides or ())
     if dry_run:
         _study_dry_run(spec, output, as_json)
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -196,3 +197,14 @@ def test_an_unexpected_failure_is_an_error_record_and_is_retried(tmp_path: Path)
     assert cached_record(path) is None  # errors are computed again on the next run
     path.write_text(json.dumps({**record, "status": "infeasible"}))
     assert cached_record(path)["status"] == "infeasible"  # answers stay cached
+
+
+def test_cli_set_applies_to_every_point(folder: Path):
+    path = write(folder, "name: s\n" + BASE + "axes: [{key: training.micro_batch, values: [1, 2]}]\n")
+    study = load_study(path, ["training.seq_len=1024"])
+    assert all(p.inputs.overrides[0] == "training.seq_len=1024" for p in expand(study))
+    runner = CliRunner()
+    plain = json.loads(runner.invoke(app, ["study", str(path), "--dry-run", "--json"]).stdout)
+    changed = json.loads(runner.invoke(app, ["study", str(path), "--dry-run", "--json",
+                                             "--set", "training.seq_len=1024"]).stdout)
+    assert {p["hash"] for p in plain["points"]}.isdisjoint(p["hash"] for p in changed["points"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -269,8 +270,10 @@ def resolve_near(name: str, family: str, folder: Path) -> str:
     return name
 
 
-def load_study(name_or_path: str | Path) -> Study:
-    """Read and check a study; base names and axis values naming files are resolved up front."""
+def load_study(name_or_path: str | Path, extra_set: Iterable[str] = ()) -> Study:
+    """Read and check a study; base names and axis values naming files are resolved up front.
+
+    ``extra_set`` are ``--set`` overrides added to the base case's ``set`` (every point)."""
     try:
         path = resolve(name_or_path, "studies")
     except SpecError as exc:
@@ -280,6 +283,10 @@ def load_study(name_or_path: str | Path) -> Study:
         raise SpecError(f"no study named {str(name_or_path)!r}{did_you_mean(str(name_or_path), names)}; "
                         f"built-in studies: {', '.join(names)}") from None
     study = load_spec(Study, path, "studies")
+    for text in extra_set:
+        if "=" not in text or not text.split("=", 1)[0].strip():
+            raise SpecError(f"--set expects key.path=value, got {text!r}")
+        study.base.set.append(text)
     folder = path.parent
     for key, family in (("hardware", "hardware"), ("workload", "workloads"), ("planner", "planners")):
         if key == "planner" and not study.base.planner.endswith((".yaml", ".yml", ".json")):
