@@ -96,3 +96,22 @@ def test_plan_check_names_the_key(plan, key):
 def test_plan_from_dict_rejects_unknown_keys_with_hint():
     with pytest.raises(SpecError, match="did you mean 'activations'"):
         Plan.from_dict({"activation": "keep"}, file="p.yaml")
+
+
+def test_a_saved_trace_runs_wherever_a_workload_does(tmp_path):
+    """`memsim simulate --workload trace.json` (e.g. a module from `memsim trace`)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from memsim.cli import app
+
+    path = tmp_path / "tiny.json"
+    _tiny().save(path)
+    run = CliRunner().invoke(app, ["simulate", "--hardware", "h100-sxm", "--workload", str(path), "--json"])
+    assert run.exit_code == 0, run.output
+    doc = json.loads(run.stdout)
+    assert doc["feasible"] and doc["workload"] == "tiny" and doc["step_time_s"] > 0
+    bad = CliRunner().invoke(app, ["simulate", "--hardware", "h100-sxm", "--workload", str(path),
+                                   "--set", "inference.batch_size=2"])
+    assert bad.exit_code == 2 and "cannot change a saved trace" in bad.output

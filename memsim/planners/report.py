@@ -187,11 +187,11 @@ def plan_case(
 ) -> PlanReport:
     """Load by name or path (``--set`` strings; ``hardware.`` ones go to the system) and plan."""
     from memsim.hardware import load_system
-    from memsim.workloads import build_trace, load_workload
+    from memsim.workloads import load_trace
 
     overrides = list(overrides)
     system = load_system(hardware, overrides)
-    trace = workload if isinstance(workload, Trace) else build_trace(load_workload(workload, overrides))
+    trace = load_trace(workload, overrides)
     return plan(system, trace, planner, time_limit=time_limit, progress=progress)
 
 

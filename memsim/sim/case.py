@@ -19,15 +19,15 @@ def simulate_case(hardware: str, workload: str, *, plan_path: str | None = None,
     ``Infeasible`` (carrying the document as ``payload``) when a tier overflows.
     """
     from memsim.hardware import load_system
-    from memsim.workloads import build_trace, load_workload
+    from memsim.workloads import load_trace
 
     overrides = list(overrides)
     system = load_system(hardware, overrides)
-    trace = build_trace(load_workload(workload, overrides))
+    trace = load_trace(workload, overrides)
     if planner is not None:
         from memsim.planners import plan_case
 
-        plan = plan_case(hardware, workload, planner, overrides).plan
+        plan = plan_case(hardware, trace, planner, overrides).plan
     elif plan_path is not None:
         plan = Plan.load(plan_path)
         check_plan(system, trace, plan, file=plan_path)

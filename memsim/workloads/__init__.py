@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from memsim.errors import SpecError
 from memsim.specio import apply_overrides, catalog_names, load_mapping, resolve, validate
 from memsim.workloads.imports import apply_deepspeed, apply_vllm, relative
 from memsim.workloads.models import Architecture, list_models, load_model
@@ -16,7 +17,7 @@ from memsim.workloads.spec import Workload
 from memsim.workloads.trace import Trace
 
 __all__ = ["Architecture", "Trace", "Workload", "build_trace", "list_models", "list_workloads",
-           "load_model", "load_workload", "workload_architecture"]
+           "load_model", "load_trace", "load_workload", "workload_architecture"]
 
 
 def load_workload(name_or_path: str | Path | Workload, overrides: Iterable[str] = ()) -> Workload:
@@ -57,6 +58,24 @@ def build_trace(workload: Workload) -> Trace:
     arch = workload_architecture(workload)
     builder = {"training": build_training, "inference": build_inference, "serving": build_serving}
     return builder[workload.kind](workload, arch)
+
+
+def load_trace(name_or_path: str | Path | Trace, overrides: Iterable[str] = ()) -> Trace:
+    """The Trace every command runs on: a workload (catalog name or YAML, built with its
+    ``--set`` overrides) or a saved Trace JSON, e.g. a real module from ``memsim trace``."""
+    if isinstance(name_or_path, Trace):
+        return name_or_path
+    if str(name_or_path).endswith(".json"):
+        path = resolve(name_or_path, "workloads")
+        mine = [o for o in overrides if not o.startswith("hardware.")]
+        if mine:
+            raise SpecError(f"--set {mine[0]} cannot change a saved trace; trace the module again "
+                            "with other inputs instead", file=str(path))
+        try:
+            return Trace.load(path)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpecError(f"not a memsim trace: {exc}", file=str(path)) from None
+    return build_trace(load_workload(name_or_path, overrides))
 
 
 def list_workloads() -> list[Workload]:
