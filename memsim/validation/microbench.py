@@ -235,6 +235,24 @@ def _copy_rate(path: Path, mode: Mode, volume: int, direction: str, during) -> f
     return moved[0] / max(elapsed[0], 1e-9)
 
 
+def disk_mixed(path: Path, mode: Mode, seconds: float) -> dict[str, float]:
+    """B/s of a reader and a writer streaming at the same time (1 MiB requests): how the disk
+    splits one device between the two directions (the simulator gives each its full rate)."""
+    volume = min(os.path.getsize(path), 256 << 20)
+    rates: dict[str, float] = {}
+
+    def writer():
+        rates["write"] = _copy_rate(path, mode, volume, "write", lambda: _sleep(seconds))
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        rates["read"] = _copy_rate(path, mode, volume, "read", lambda: _sleep(seconds))
+    finally:
+        thread.join()
+    return rates
+
+
 def _sleep(seconds: float) -> None:
     import time
 
