@@ -184,6 +184,8 @@ class StepEngine:
                                                      self.produce.append)
         empty = ()
         src_cache: dict[tuple, dict[str, int]] = {}
+        unwritten: dict[tuple, tuple | None] = {}
+        births = {b for b in birth_of.values() if b is not None}
         produce_cache: dict[tuple, tuple] = {}
         xfer = "exposed_transfer"
         for op in ops:
@@ -213,8 +215,18 @@ class StepEngine:
                         deps.append((1, t, w, cat[wunit] if wmem == mem else xfer))
                 elif home1 == mem:
                     continue
-                else:
-                    home = home_of[t]
+                else:  # no writer: the same entries for every op reading t on mem
+                    hit = unwritten.get((t, mem, frac))
+                    if hit is None:
+                        home = home_of[t]
+                        sources = {h: int(b * frac) for h, b in home.items() if h != mem}
+                        hit = unwritten[(t, mem, frac)] = (
+                            ((2, t, None, xfer), (t, None, frac, sources, False)) if sources
+                            else None)
+                    if hit is not None:
+                        deps.append(hit[0])
+                        fetch.append(hit[1])
+                    continue
                 key = (t, mem, frac)
                 sources = src_cache.get(key)
                 if sources is None:  # shared by every op reading t on mem (read-only)
@@ -229,7 +241,7 @@ class StepEngine:
                 produce_append(empty)
                 continue
             idx = op.index
-            if any(birth_of[t] == idx for t in outs):
+            if idx in births:
                 produce_append(tuple((k, t) for k, t in enumerate(outs)
                                      if only_home[t] != mem or birth_of[t] == idx))
                 continue
@@ -381,22 +393,26 @@ class StepEngine:
 
     def _issue(self, s: int) -> None:
         """Stage every input of segment ``s`` that lives off its op's memory tier."""
-        ops = self.prog.ops
+        ops, fetch = self.prog.ops, self.fetch
+        seg_stage, stages, held = self.seg_stage, self.stages, self.seg_held[s]
         for i in self.prog.segments[s].ops:
-            if not self.fetch[i]:
+            wanted = fetch[i]
+            if not wanted:
                 continue
             op = ops[i]
-            for t, w, frac, sources, same_seg in self.fetch[i]:
-                if (s, t, op.mem) in self.seg_stage:
+            mem = op.mem
+            for t, w, frac, sources, same_seg in wanted:
+                skey = (s, t, mem)
+                if skey in seg_stage:
                     continue
-                key = (t, op.mem, w, frac)
-                st = self.stages.get(key)
+                key = (t, mem, w, frac)
+                st = stages.get(key)
                 if st is None:
-                    st = self.stages[key] = self._fetch(t, op, w, sources, same_seg)
+                    st = stages[key] = self._fetch(t, op, w, sources, same_seg)
                     st.skey = key
                 st.refs += 1
-                self.seg_stage[(s, t, op.mem)] = st
-                self.seg_held[s].append(st)
+                seg_stage[skey] = st
+                held.append(st)
 
     def _fetch(self, t: str, op, w: int | None, sources: dict[str, int], same_seg: bool) -> Stage:
         events, afters = [], []

@@ -511,22 +511,30 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
                     escaped.add((w, t))
         if kin is None:
             fin = ones.get(len(ins)) or (1.0,) * len(ins)
-        else:
+        else:  # (x if x < 1.0 else 1.0 is min(1.0, x))
             fin = []
             for t, w, k in zip(ins, writers, kin, strict=True):
-                if k == 1:
+                if k == 2 and w is not None:
+                    x = written[w] / size[t]
+                    fin.append(x if x < 1.0 else 1.0)
+                elif k == 1:
                     fin.append(ctx(op, True))
-                elif k == 2 and w is not None:
-                    fin.append(min(1.0, written[w] / size[t]))
                 else:
                     fin.append(1.0)
             fin = tuple(fin)
         if kout is None:
             fout = ones.get(len(outs)) or (1.0,) * len(outs)
         else:
-            fout = tuple(ctx(op, False) if k == 1 else
-                         min(1.0, op.written / size[t]) if k == 2 else 1.0
-                         for t, k in zip(outs, kout, strict=True))
+            fout = []
+            for t, k in zip(outs, kout, strict=True):
+                if k == 2:
+                    x = op.written / size[t]
+                    fout.append(x if x < 1.0 else 1.0)
+                elif k == 1:
+                    fout.append(ctx(op, False))
+                else:
+                    fout.append(1.0)
+            fout = tuple(fout)
         op.in_frac, op.out_frac = fin, fout
         for t in outs:
             last_writer[t] = idx
