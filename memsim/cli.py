@@ -253,6 +253,11 @@ def validate_cmd(
         raise SpecError("give either --workload (with an optional --plan) or --suite", key="--suite")
     if plan is not None and workload is None:
         raise SpecError("--plan goes with --workload (a suite names its own plans)", key="--plan")
+    from memsim.validation.calibrate import check_writable
+
+    for out_path, key in ((plot, "--plot"), (record, "--record")):
+        if out_path:  # fail before minutes of measuring, not after
+            check_writable(out_path, key)
     loaded = load_suite(suite) if suite else None
     total = sum(1 for _ in loaded.cases) * (repeats or loaded.repeats) if loaded else (repeats or 3)
     bar, task = _progress(total, "replaying", as_json)

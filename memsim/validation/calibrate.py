@@ -272,14 +272,14 @@ def write_system(system: System, path: str | Path) -> Path:
     return path
 
 
-def check_writable(path: str | Path) -> None:
-    """Fail before minutes of measuring if ``-o`` cannot be written."""
+def check_writable(path: str | Path, key: str = "-o") -> None:
+    """Fail before minutes of measuring if an output path cannot be written."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise SpecError("is a directory; expected a file name such as my-machine.yaml",
-                        file=str(path), key="-o")
+                        file=str(path), key=key)
     blocked = path.exists() and not os.access(path, os.W_OK)
     if not folder.is_dir() or not os.access(folder, os.W_OK) or blocked:
         raise SpecError(f"cannot write here (folder {str(folder)!r} missing or not writable)",
-                        file=str(path), key="-o")
+                        file=str(path), key=key)
