@@ -96,11 +96,14 @@ def parse_count(text: str | int | float) -> float:
 
 
 def _scaled(value: float, steps: list[tuple[float, str]], fmt: str) -> str:
-    for scale, name in steps:
-        if abs(value) >= scale:
-            return f"{value / scale:{fmt}}{name}"
-    scale, name = steps[-1]
-    return f"{value / scale:{fmt}}{name}"
+    """The largest unit the value reaches; moves up one unit when rounding would print a full
+    one of the next (1023.95 KiB prints as 1.0MiB, not 1024.0KiB)."""
+    i = next((k for k, (scale, _) in enumerate(steps) if abs(value) >= scale), len(steps) - 1)
+    text = f"{value / steps[i][0]:{fmt}}"
+    if i > 0 and abs(float(text)) >= steps[i - 1][0] / steps[i][0]:
+        i -= 1
+        text = f"{value / steps[i][0]:{fmt}}"
+    return text + steps[i][1]
 
 
 def fmt_bytes(n: float, binary: bool = True) -> str:
