@@ -397,6 +397,7 @@ def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str
                 written_phase[t] = op.phase
     act_tier = _activation_tier(plan, system, fast)
     out: dict[str, TInfo] = {}
+    placed: dict[tuple[int, str], dict[str, int]] = {}
     for name in sorted(set(last)):
         base = _base(name)
         tensor = trace.tensor(base)
@@ -407,7 +408,12 @@ def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str
             born = None  # read before (or by) its first writer: it exists from the start
         if cls in PERSISTENT or cls in ("grad", "kv"):
             death = None
-            home = split_bytes(nbytes, plan.home(cls, fast))
+            hit = placed.get((nbytes, cls))  # every layer's copy of a tensor splits the same way
+            if hit is None:
+                hit = placed[(nbytes, cls)] = dict(sorted(
+                    split_bytes(nbytes, plan.home(cls, fast)).items()))
+            out[name] = TInfo(name, cls, nbytes, dict(hit), born, death)
+            continue
         else:
             death = last[name]
             mem = producer_mem.get(name, fast) if born is not None else fast

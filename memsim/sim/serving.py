@@ -42,12 +42,13 @@ DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
 class Req:
     """One request's progress: tokens whose KV is cached, tokens generated, blocks held."""
 
-    __slots__ = ("arrival", "blocks", "computed", "first_t", "generated", "id", "last_t",
+    __slots__ = ("arrival", "blocks", "computed", "first_t", "generated", "id", "k", "last_t",
                  "output", "prompt", "swapped")
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
         self.computed = self.generated = self.blocks = self.swapped = 0
+        self.k = 0  # tokens scheduled in the current iteration
         self.first_t = self.last_t = -1.0
 
 
@@ -203,7 +204,6 @@ class ServingEngine:
                 acct["idle"] += env._now - now
                 continue
             budget = max_tokens
-            b_k: list[int] = []
             new = ctx = kv_read = redo = 0
             decode = True
             given = taken = swap_out = swap_in = 0
@@ -223,7 +223,7 @@ class ServingEngine:
                             free -= need
                             taken += need
                             r.blocks += need
-                        b_k.append(1)
+                        r.k = 1
                         budget -= 1
                         new += 1
                         ctx += pg  # k·c + k(k+1)/2 with k = 1
@@ -257,7 +257,7 @@ class ServingEngine:
                     free -= need
                     taken += need
                     r.blocks += need
-                b_k.append(k)
+                r.k = k
                 budget -= k
                 new += k
                 ctx += k * c + k * (k + 1) // 2
@@ -286,7 +286,7 @@ class ServingEngine:
                 r.blocks, r.swapped = need, 0
                 running.append(r)
                 live += c
-                b_k.append(k)
+                r.k = k
                 budget -= k
                 new += k
                 ctx += k * c + k * (k + 1) // 2
@@ -307,7 +307,7 @@ class ServingEngine:
                 r.blocks += need
                 running.append(r)
                 live += c
-                b_k.append(k)
+                r.k = k
                 budget -= k
                 new += k
                 ctx += k * c + k * (k + 1) // 2
@@ -344,7 +344,8 @@ class ServingEngine:
                           "swapped": len(swapped)})
             # 4. tokens out, completions
             decoders = done = out = 0
-            for r, k in zip(b_req, b_k, strict=True):
+            for r in b_req:
+                k = r.k
                 c = r.computed = r.computed + k
                 if c < r.prompt + r.generated:  # still prefilling
                     if r.last_t == t1:
