@@ -118,8 +118,9 @@ def paused_gc() -> Iterator[None]:
         yield
     finally:
         if was:
-            gc.freeze()
-            gc.unfreeze()
+            if gc.get_freeze_count() == 0:  # (leave alone a caller's own frozen objects)
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
@@ -414,18 +415,17 @@ def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str
                     split_bytes(nbytes, plan.home(cls, fast)).items()))
             out[name] = TInfo(name, cls, nbytes, dict(hit), born, death)
             continue
-        else:
-            death = last[name]
-            mem = producer_mem.get(name, fast) if born is not None else fast
-            home = {mem: nbytes}
-            layer = _layer_of(base)
-            saved = written_phase.get(name) == "forward" and name in read_backward
-            if (cls == "activation" and saved and layer is not None and "@" not in name
-                    and plan.policy(layer) == "offload" and act_tier is not None):
-                home = split_bytes(nbytes, act_tier)
-            elif (cls == "activation" and trace.kind == "inference" and "activation" in plan.placement
-                  and born is not None and name in first_read):
-                home = split_bytes(nbytes, plan.placement["activation"])
+        death = last[name]
+        mem = producer_mem.get(name, fast) if born is not None else fast
+        home = {mem: nbytes}
+        layer = _layer_of(base)
+        saved = written_phase.get(name) == "forward" and name in read_backward
+        if (cls == "activation" and saved and layer is not None and "@" not in name
+                and plan.policy(layer) == "offload" and act_tier is not None):
+            home = split_bytes(nbytes, act_tier)
+        elif (cls == "activation" and trace.kind == "inference" and "activation" in plan.placement
+              and born is not None and name in first_read):
+            home = split_bytes(nbytes, plan.placement["activation"])
         out[name] = TInfo(name, cls, nbytes, dict(sorted(home.items())), born, death)
     return out
 
