@@ -180,205 +180,59 @@ def hardware_show(name: Annotated[str, typer.Argument(help="catalog name or path
     out.print(comp)
 
 
-# -- validation -----------------------------------------------------------------------------------
+# -- workloads ------------------------------------------------------------------------------------
 
 
-def _progress(total: int | None, description: str, quiet: bool):
-    """A rich progress bar on stderr (never on stdout, which --json keeps for its one document)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                   "{task.total}"), TimeElapsedColumn(), console=err, transient=True, disable=quiet)
-    return bar, bar.add_task(description, total=total)
-
-
-@app.command("calibrate")
+@workload_app.command("list")
 @handle_errors
-def calibrate_cmd(
-    output: Annotated[str, typer.Option("-o", "--output", help="System YAML to write")] = "my-machine.yaml",
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
-    quick: Annotated[bool, typer.Option("--quick", help="small sizes, few repeats (tests)")] = False,
-    scratch: Annotated[str | None, typer.Option(help="folder for temporary disk files")] = None,
-    name: Annotated[str | None, typer.Option(help="system name (default: host-device)")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Measure this machine (GEMM, memory, disk, copies, overlap) and write it as a System YAML."""
-    from memsim.validation.calibrate import STEPS, calibrate, check_writable, write_system
+def workload_list(as_json: JsonOpt = False) -> None:
+    """List the workloads in the catalog."""
+    from memsim.specio import catalog_names
+    from memsim.workloads import load_workload
+    from memsim.workloads.models import list_models
+    from memsim.workloads.summary import list_entry
 
-    check_writable(output)
-    bar, task = _progress(STEPS[(device, quick)], "calibrating", as_json)
-    with bar:
-        system = calibrate(device, quick, scratch, name,
-                           progress=lambda msg: bar.update(task, advance=1, description=msg))
-    path = write_system(system, output)
+    rows = [list_entry(load_workload(name)) for name in catalog_names("workloads")]
     if as_json:
-        emit_json({"path": str(path), "system": system.model_dump(mode="json", exclude_none=True)})
+        emit_json({"workloads": rows, "models": list_models()})
         return
-    cpu = system.gpu or system.cpu
-    table = Table("figure", "value", title=f"{system.name} (measured, median of repeats)")
-    for dtype, rate in cpu.peak_flops.items():
-        table.add_row(f"best GEMM {dtype}", units.fmt_flops(rate))
-    for kind, rate in cpu.achieved_flops.items():
-        table.add_row(f"achieved {kind}", units.fmt_flops(rate))
-    table.add_row("memory bandwidth", units.fmt_bandwidth(cpu.mem_bw))
-    table.add_row("launch overhead", units.fmt_time(cpu.launch_overhead))
-    table.add_row("copy slowdown", f"{cpu.copy_slowdown:.1%}")
-    disk = system.tiers["disk"]
-    table.add_row(f"disk read / write ({system.calibration['disk_mode']})",
-                  f"{units.fmt_bandwidth(disk.read_bw)} / {units.fmt_bandwidth(disk.write_bw)}")
-    table.add_row("disk latency (4 KiB)", units.fmt_time(disk.latency))
+    table = Table("name", "kind", "model", "params", "description", title="workload catalog")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], r["model"], f"{r['params'] / 1e9:.2f}B", r["description"])
     out.print(table)
-    out.print(f"wrote {path}")
+    out.print(f"models: {', '.join(list_models())}", highlight=False)
 
 
-@app.command("validate")
+@workload_app.command("show")
 @handle_errors
-def validate_cmd(
-    hardware: Annotated[str, typer.Option(help="System YAML (from `memsim calibrate`) or catalog name")],
-    workload: Annotated[str | None, typer.Option(help="one workload (YAML path or catalog name)")] = None,
-    plan: Annotated[str | None, typer.Option(help="plan file for --workload (default: all resident)")] = None,
-    suite: Annotated[str | None, typer.Option(help="suite YAML, e.g. validation/cpu-disk.yaml")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
-    repeats: Annotated[int | None, typer.Option(min=1, help="timed steps per case (median)")] = None,
-    plot: Annotated[str | None, typer.Option(help="write predicted-vs-measured PNG here")] = None,
-    record: Annotated[str | None, typer.Option(help="also write the JSON report to this file")] = None,
-    scratch: Annotated[str | None, typer.Option(help="folder for the disk tier's files")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Replay plans on this machine with torch and compare with the simulator's predictions."""
-    from memsim.validation.compare import validate
-    from memsim.validation.suite import load_suite
+def workload_show(name: Annotated[str, typer.Argument(help="catalog name or path to a workload YAML")],
+                  overrides: SetOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one workload: parameters, per-device bytes by class, FLOPs and tokens per step."""
+    from memsim.workloads import build_trace, load_workload
+    from memsim.workloads.summary import workload_summary
 
-    if (workload is None) == (suite is None):
-        raise SpecError("give either --workload (with an optional --plan) or --suite", key="--suite")
-    if plan is not None and workload is None:
-        raise SpecError("--plan goes with --workload (a suite names its own plans)", key="--plan")
-    from memsim.validation.calibrate import check_writable
-
-    for out_path, key in ((plot, "--plot"), (record, "--record")):
-        if out_path:  # fail before minutes of measuring, not after
-            check_writable(out_path, key)
-    loaded = load_suite(suite) if suite else None
-    total = sum(1 for _ in loaded.cases) * (repeats or loaded.repeats) if loaded else (repeats or 3)
-    bar, task = _progress(total, "replaying", as_json)
-    with bar:
-        report = validate(hardware, workload=workload, plan=plan, suite=loaded, device=device,
-                          repeats=repeats, scratch=scratch, plot=plot,
-                          progress=lambda name: bar.update(task, advance=1, description=name))
-    doc = report.to_dict()
-    if record:
-        from pathlib import Path
-
-        try:
-            Path(record).write_text(json.dumps(doc, indent=2, sort_keys=True, default=_jsonable) + "\n")
-        except OSError as exc:
-            raise SpecError(f"cannot write: {exc.strerror}", file=record, key="--record") from None
+    workload = load_workload(name, overrides or [])
+    doc = workload_summary(workload, build_trace(workload))
     if as_json:
         emit_json(doc)
         return
-    table = Table("case", "simulated", "measured", "error", *(f"peak {t} err" for t in
-                  (report.cases[0].peak_bytes if report.cases else {})),
-                  title=f"{report.suite or 'validate'} on {report.system} ({report.device})")
-    for c in report.cases:
-        table.add_row(c.name, units.fmt_time(c.predicted_s), units.fmt_time(c.measured_s),
-                      f"{c.error:+.1%}", *(f"{p['error']:+.1%}" for p in c.peak_bytes.values()))
-    out.print(table)
-    out.print(f"step time |error|: median {report.median_abs_error:.1%}, worst {report.max_abs_error:.1%}; "
-              f"peak bytes worst {report.max_peak_error:.1%} (simulated vs measured)")
-    for note in report.notes:
-        out.print(f"note: {note}")
-    if report.plot:
-        out.print(f"plot: {report.plot}")
-
-
-# -- studies --------------------------------------------------------------------------------------
-
-
-@app.command("study")
-@handle_errors
-def study_cmd(
-    study: Annotated[str, typer.Argument(help="study YAML (or the name of one in studies/)")],
-    backend: Annotated[str, typer.Option(help="local (process pool) | ray")] = "local",
-    jobs: Annotated[int | None, typer.Option("-j", "--jobs", min=1,
-                                             help="parallel points (default: CPUs)")] = None,
-    output: Annotated[str | None, typer.Option("-o", "--output", help="results folder (default: "
-                                               "out/studies/NAME); cached points there are reused")] = None,
-    ray_address: Annotated[str | None, typer.Option(
-        help="Ray cluster address (default: start a local one)")] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="list the points and which are cached; run none")] = False,
-    overrides: SetOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Run a what-if study: every point of its axes, then results.csv, plots and report.md."""
-    from memsim.studies import load_study, run_study
-
-    spec = load_study(study, overrides or ())
-    if dry_run:
-        _study_dry_run(spec, output, as_json)
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("left"), TimeRemainingColumn(), console=err, transient=True, disable=as_json)
-    task = bar.add_task(f"study {spec.name}", total=None)
-    with bar:
-        run = run_study(spec, output, backend=backend, jobs=jobs, ray_address=ray_address,
-                        progress=lambda done, total: bar.update(task, completed=done, total=total))
-    if as_json:
-        emit_json(run.to_dict())
-        return
-    _render_study(run)
-
-
-def _study_dry_run(spec, output: str | None, as_json: bool) -> None:
-    from pathlib import Path
-
-    from memsim.studies.runner import cached_record, default_out, plan_points
-
-    folder = Path(output or default_out(spec)) / "points"
-    points = [{"point": p.index, **p.coords, "hash": key,
-               "cached": cached_record(folder / f"{key}.json") is not None} for p, key in plan_points(spec)]
-    if as_json:
-        emit_json({"name": spec.name, "points": points})
-        return
-    table = Table("point", *(_short(k) for k in spec.axis_keys()), "cached",
-                  title=f"{spec.name}: {len(points)} points")
-    for p in points:
-        table.add_row(str(p["point"]), *(str(p[k]) for k in spec.axis_keys()), "yes" if p["cached"] else "no")
-    out.print(table)
-
-
-def _render_study(run) -> None:
-    from memsim.studies.report import columns, human
-
-    hidden = set(run.study.axis_keys()) - set(run.study.shown_keys())
-    hidden |= {"feasible", *[m for m in run.study.metrics if m != "feasible"][4:]}  # all are in report.md
-    cols = [c for c in columns(run.study, run.rows) if c not in ("hash", "reason", "usd_per_mtoken", *hidden)]
-    table = Table(*(_short(c) for c in cols), title=f"{run.study.name}: {len(run.rows)} points (simulated)")
-    for row in run.rows:
-        table.add_row(*(human(c, row.get(c)) for c in cols))
-    out.print(table)
-    for row in run.rows:
-        if row["status"] != "ok" and row.get("reason"):
-            reason = str(row["reason"])
-            reason = reason if len(reason) <= 150 else reason[:149] + "…"
-            err.print(f"  point {row['point']} {row['status']}: {reason}", highlight=False, markup=False)
-    counts = ", ".join(f"{n} {s}" for s, n in run.counts().items())
-    out.print(f"{counts}; computed {run.computed}, reused {run.cached} cached")
-    for warning in run.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    if run.best:
-        coords = ", ".join(f"{k}={run.best[k]}" for k in run.study.shown_keys())
-        out.print(f"[bold green]best:[/] point {run.best['point']} ({coords})")
-    else:
-        out.print("[yellow]no point meets the study's criterion[/]")
-    out.print(f"wrote {run.files['report']}, {run.files['csv']}")
-
-
-def _short(key: str) -> str:
-    """hardware.tiers.cxl.capacity → cxl.capacity: table headers people can read."""
-    return ".".join(key.split(".")[-2:])
+    out.print(f"[bold]{doc['name']}[/] ({doc['kind']}, {doc['model']}) — {doc['description']}")
+    info = Table("", "", title="workload", show_header=False)
+    info.add_row("parameters", f"{doc['params']:,} ({doc['params'] / 1e9:.2f}B; "
+                               f"active {doc['active_params'] / 1e9:.2f}B)")
+    info.add_row("layers", str(doc["layers"]))
+    info.add_row("job", ", ".join(f"{k}={v}" for k, v in doc["job"].items() if v is not None and k != "vllm"))
+    info.add_row("tokens / step", f"{doc['tokens_per_step']:,}")
+    info.add_row("model FLOPs / step", f"{doc['flops_per_step']:.4g}")
+    t = doc["trace"]
+    info.add_row("trace", f"{t['blocks']} blocks, {t['op_templates']} op templates → {t['ops']:,} ops, "
+                          f"{t['tensors']:,} tensors, {units.fmt_bytes(t['json_bytes'])} JSON"
+                 + (f", {t['requests']:,} requests" if t["requests"] else ""))
+    out.print(info)
+    mem = Table("class", "bytes", "GiB", "GB", title="per-device bytes")
+    for key, value in doc["per_device_bytes"].items():
+        mem.add_row(key, f"{value:,}", f"{value / 2**30:.2f}", f"{value / 1e9:.2f}")
+    out.print(mem)
 
 
 # -- torch tracer ---------------------------------------------------------------------------------
@@ -627,59 +481,205 @@ def _render_simulation(doc: dict) -> None:
         out.print(f"timeline: {doc['timeline']} (open in https://ui.perfetto.dev)", highlight=False)
 
 
-# -- workloads ------------------------------------------------------------------------------------
+# -- validation -----------------------------------------------------------------------------------
 
 
-@workload_app.command("list")
+def _progress(total: int | None, description: str, quiet: bool):
+    """A rich progress bar on stderr (never on stdout, which --json keeps for its one document)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                   "{task.total}"), TimeElapsedColumn(), console=err, transient=True, disable=quiet)
+    return bar, bar.add_task(description, total=total)
+
+
+@app.command("calibrate")
 @handle_errors
-def workload_list(as_json: JsonOpt = False) -> None:
-    """List the workloads in the catalog."""
-    from memsim.specio import catalog_names
-    from memsim.workloads import load_workload
-    from memsim.workloads.models import list_models
-    from memsim.workloads.summary import list_entry
+def calibrate_cmd(
+    output: Annotated[str, typer.Option("-o", "--output", help="System YAML to write")] = "my-machine.yaml",
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    quick: Annotated[bool, typer.Option("--quick", help="small sizes, few repeats (tests)")] = False,
+    scratch: Annotated[str | None, typer.Option(help="folder for temporary disk files")] = None,
+    name: Annotated[str | None, typer.Option(help="system name (default: host-device)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure this machine (GEMM, memory, disk, copies, overlap) and write it as a System YAML."""
+    from memsim.validation.calibrate import STEPS, calibrate, check_writable, write_system
 
-    rows = [list_entry(load_workload(name)) for name in catalog_names("workloads")]
+    check_writable(output)
+    bar, task = _progress(STEPS[(device, quick)], "calibrating", as_json)
+    with bar:
+        system = calibrate(device, quick, scratch, name,
+                           progress=lambda msg: bar.update(task, advance=1, description=msg))
+    path = write_system(system, output)
     if as_json:
-        emit_json({"workloads": rows, "models": list_models()})
+        emit_json({"path": str(path), "system": system.model_dump(mode="json", exclude_none=True)})
         return
-    table = Table("name", "kind", "model", "params", "description", title="workload catalog")
-    for r in rows:
-        table.add_row(r["name"], r["kind"], r["model"], f"{r['params'] / 1e9:.2f}B", r["description"])
+    cpu = system.gpu or system.cpu
+    table = Table("figure", "value", title=f"{system.name} (measured, median of repeats)")
+    for dtype, rate in cpu.peak_flops.items():
+        table.add_row(f"best GEMM {dtype}", units.fmt_flops(rate))
+    for kind, rate in cpu.achieved_flops.items():
+        table.add_row(f"achieved {kind}", units.fmt_flops(rate))
+    table.add_row("memory bandwidth", units.fmt_bandwidth(cpu.mem_bw))
+    table.add_row("launch overhead", units.fmt_time(cpu.launch_overhead))
+    table.add_row("copy slowdown", f"{cpu.copy_slowdown:.1%}")
+    disk = system.tiers["disk"]
+    table.add_row(f"disk read / write ({system.calibration['disk_mode']})",
+                  f"{units.fmt_bandwidth(disk.read_bw)} / {units.fmt_bandwidth(disk.write_bw)}")
+    table.add_row("disk latency (4 KiB)", units.fmt_time(disk.latency))
     out.print(table)
-    out.print(f"models: {', '.join(list_models())}", highlight=False)
+    out.print(f"wrote {path}")
 
 
-@workload_app.command("show")
+@app.command("validate")
 @handle_errors
-def workload_show(name: Annotated[str, typer.Argument(help="catalog name or path to a workload YAML")],
-                  overrides: SetOpt = None, as_json: JsonOpt = False) -> None:
-    """Show one workload: parameters, per-device bytes by class, FLOPs and tokens per step."""
-    from memsim.workloads import build_trace, load_workload
-    from memsim.workloads.summary import workload_summary
+def validate_cmd(
+    hardware: Annotated[str, typer.Option(help="System YAML (from `memsim calibrate`) or catalog name")],
+    workload: Annotated[str | None, typer.Option(help="one workload (YAML path or catalog name)")] = None,
+    plan: Annotated[str | None, typer.Option(help="plan file for --workload (default: all resident)")] = None,
+    suite: Annotated[str | None, typer.Option(help="suite YAML, e.g. validation/cpu-disk.yaml")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    repeats: Annotated[int | None, typer.Option(min=1, help="timed steps per case (median)")] = None,
+    plot: Annotated[str | None, typer.Option(help="write predicted-vs-measured PNG here")] = None,
+    record: Annotated[str | None, typer.Option(help="also write the JSON report to this file")] = None,
+    scratch: Annotated[str | None, typer.Option(help="folder for the disk tier's files")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay plans on this machine with torch and compare with the simulator's predictions."""
+    from memsim.validation.compare import validate
+    from memsim.validation.suite import load_suite
 
-    workload = load_workload(name, overrides or [])
-    doc = workload_summary(workload, build_trace(workload))
+    if (workload is None) == (suite is None):
+        raise SpecError("give either --workload (with an optional --plan) or --suite", key="--suite")
+    if plan is not None and workload is None:
+        raise SpecError("--plan goes with --workload (a suite names its own plans)", key="--plan")
+    from memsim.validation.calibrate import check_writable
+
+    for out_path, key in ((plot, "--plot"), (record, "--record")):
+        if out_path:  # fail before minutes of measuring, not after
+            check_writable(out_path, key)
+    loaded = load_suite(suite) if suite else None
+    total = sum(1 for _ in loaded.cases) * (repeats or loaded.repeats) if loaded else (repeats or 3)
+    bar, task = _progress(total, "replaying", as_json)
+    with bar:
+        report = validate(hardware, workload=workload, plan=plan, suite=loaded, device=device,
+                          repeats=repeats, scratch=scratch, plot=plot,
+                          progress=lambda name: bar.update(task, advance=1, description=name))
+    doc = report.to_dict()
+    if record:
+        from pathlib import Path
+
+        try:
+            Path(record).write_text(json.dumps(doc, indent=2, sort_keys=True, default=_jsonable) + "\n")
+        except OSError as exc:
+            raise SpecError(f"cannot write: {exc.strerror}", file=record, key="--record") from None
     if as_json:
         emit_json(doc)
         return
-    out.print(f"[bold]{doc['name']}[/] ({doc['kind']}, {doc['model']}) — {doc['description']}")
-    info = Table("", "", title="workload", show_header=False)
-    info.add_row("parameters", f"{doc['params']:,} ({doc['params'] / 1e9:.2f}B; "
-                               f"active {doc['active_params'] / 1e9:.2f}B)")
-    info.add_row("layers", str(doc["layers"]))
-    info.add_row("job", ", ".join(f"{k}={v}" for k, v in doc["job"].items() if v is not None and k != "vllm"))
-    info.add_row("tokens / step", f"{doc['tokens_per_step']:,}")
-    info.add_row("model FLOPs / step", f"{doc['flops_per_step']:.4g}")
-    t = doc["trace"]
-    info.add_row("trace", f"{t['blocks']} blocks, {t['op_templates']} op templates → {t['ops']:,} ops, "
-                          f"{t['tensors']:,} tensors, {units.fmt_bytes(t['json_bytes'])} JSON"
-                 + (f", {t['requests']:,} requests" if t["requests"] else ""))
-    out.print(info)
-    mem = Table("class", "bytes", "GiB", "GB", title="per-device bytes")
-    for key, value in doc["per_device_bytes"].items():
-        mem.add_row(key, f"{value:,}", f"{value / 2**30:.2f}", f"{value / 1e9:.2f}")
-    out.print(mem)
+    table = Table("case", "simulated", "measured", "error", *(f"peak {t} err" for t in
+                  (report.cases[0].peak_bytes if report.cases else {})),
+                  title=f"{report.suite or 'validate'} on {report.system} ({report.device})")
+    for c in report.cases:
+        table.add_row(c.name, units.fmt_time(c.predicted_s), units.fmt_time(c.measured_s),
+                      f"{c.error:+.1%}", *(f"{p['error']:+.1%}" for p in c.peak_bytes.values()))
+    out.print(table)
+    out.print(f"step time |error|: median {report.median_abs_error:.1%}, worst {report.max_abs_error:.1%}; "
+              f"peak bytes worst {report.max_peak_error:.1%} (simulated vs measured)")
+    for note in report.notes:
+        out.print(f"note: {note}")
+    if report.plot:
+        out.print(f"plot: {report.plot}")
+
+
+# -- studies --------------------------------------------------------------------------------------
+
+
+@app.command("study")
+@handle_errors
+def study_cmd(
+    study: Annotated[str, typer.Argument(help="study YAML (or the name of one in studies/)")],
+    backend: Annotated[str, typer.Option(help="local (process pool) | ray")] = "local",
+    jobs: Annotated[int | None, typer.Option("-j", "--jobs", min=1,
+                                             help="parallel points (default: CPUs)")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="results folder (default: "
+                                               "out/studies/NAME); cached points there are reused")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Ray cluster address (default: start a local one)")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="list the points and which are cached; run none")] = False,
+    overrides: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a what-if study: every point of its axes, then results.csv, plots and report.md."""
+    from memsim.studies import load_study, run_study
+
+    spec = load_study(study, overrides or ())
+    if dry_run:
+        _study_dry_run(spec, output, as_json)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("left"), TimeRemainingColumn(), console=err, transient=True, disable=as_json)
+    task = bar.add_task(f"study {spec.name}", total=None)
+    with bar:
+        run = run_study(spec, output, backend=backend, jobs=jobs, ray_address=ray_address,
+                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        emit_json(run.to_dict())
+        return
+    _render_study(run)
+
+
+def _study_dry_run(spec, output: str | None, as_json: bool) -> None:
+    from pathlib import Path
+
+    from memsim.studies.runner import cached_record, default_out, plan_points
+
+    folder = Path(output or default_out(spec)) / "points"
+    points = [{"point": p.index, **p.coords, "hash": key,
+               "cached": cached_record(folder / f"{key}.json") is not None} for p, key in plan_points(spec)]
+    if as_json:
+        emit_json({"name": spec.name, "points": points})
+        return
+    table = Table("point", *(_short(k) for k in spec.axis_keys()), "cached",
+                  title=f"{spec.name}: {len(points)} points")
+    for p in points:
+        table.add_row(str(p["point"]), *(str(p[k]) for k in spec.axis_keys()), "yes" if p["cached"] else "no")
+    out.print(table)
+
+
+def _render_study(run) -> None:
+    from memsim.studies.report import columns, human
+
+    hidden = set(run.study.axis_keys()) - set(run.study.shown_keys())
+    hidden |= {"feasible", *[m for m in run.study.metrics if m != "feasible"][4:]}  # all are in report.md
+    cols = [c for c in columns(run.study, run.rows) if c not in ("hash", "reason", "usd_per_mtoken", *hidden)]
+    table = Table(*(_short(c) for c in cols), title=f"{run.study.name}: {len(run.rows)} points (simulated)")
+    for row in run.rows:
+        table.add_row(*(human(c, row.get(c)) for c in cols))
+    out.print(table)
+    for row in run.rows:
+        if row["status"] != "ok" and row.get("reason"):
+            reason = str(row["reason"])
+            reason = reason if len(reason) <= 150 else reason[:149] + "…"
+            err.print(f"  point {row['point']} {row['status']}: {reason}", highlight=False, markup=False)
+    counts = ", ".join(f"{n} {s}" for s, n in run.counts().items())
+    out.print(f"{counts}; computed {run.computed}, reused {run.cached} cached")
+    for warning in run.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if run.best:
+        coords = ", ".join(f"{k}={run.best[k]}" for k in run.study.shown_keys())
+        out.print(f"[bold green]best:[/] point {run.best['point']} ({coords})")
+    else:
+        out.print("[yellow]no point meets the study's criterion[/]")
+    out.print(f"wrote {run.files['report']}, {run.files['csv']}")
+
+
+def _short(key: str) -> str:
+    """hardware.tiers.cxl.capacity → cxl.capacity: table headers people can read."""
+    return ".".join(key.split(".")[-2:])
 
 
 # -- reproduce the literature ---------------------------------------------------------------------
