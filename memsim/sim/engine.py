@@ -51,7 +51,7 @@ class Clock:
         self.notes: list[str] = []
         env = self.env
         on_change = self._counter if self.recorder is not None else None
-        self.pools = {name: Pool(name, tier.capacity, lambda: env.now, self._on_oom, on_change)
+        self.pools = {name: Pool(name, tier.capacity, env, self._on_oom, on_change)
                       for name, tier in system.tiers.items()}
         self.flows = FlowManager(env, system)
         self.copier = Copier(env, system, self.flows, self.pools, self.recorder)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import simpy
+
 from memsim.sim.result import OOM
 
 OOM_LARGEST = 5  # live tensors named in an OOM report
@@ -32,9 +34,9 @@ class Pool:
         "used",
     )
 
-    def __init__(self, name: str, capacity: int, clock: Callable[[], float],
+    def __init__(self, name: str, capacity: int, clock: simpy.Environment,
                  on_oom: Callable[[Pool, str, int], None], on_change: Callable | None = None):
-        self.name, self.capacity, self.clock = name, capacity, clock
+        self.name, self.capacity, self.clock = name, capacity, clock  # simulated time: clock.now
         self.on_oom, self.on_change = on_oom, on_change
         self.used = self.peak = 0
         self.area = 0.0  # ∫ used dt
@@ -43,7 +45,7 @@ class Pool:
         self.allocated = self.freed = 0  # totals, for conservation checks
 
     def _advance(self) -> None:
-        now = self.clock()
+        now = self.clock._now  # (simpy's ``now`` without the property call: hot)
         self.area += self.used * (now - self.last_t)
         self.last_t = now
 
