@@ -223,4 +223,4 @@ def test_flows_charge_each_copy_at_its_own_rate():
     loads = {name: sum(terms) for name, _, terms in fl.loads()}
     assert loads["pcie:dram->hbm"] == pytest.approx(1.0 + 7 / 8)
     assert loads["nvme:nvme->dram"] == pytest.approx(7 / 8)
-    assert loads["read:nvme"] == pytest.approx(1.0)  # 7 GB at the drive's 7 GB/s
+    assert loads["io:nvme"] == pytest.approx(1.0)  # 7 GB at the drive's 7 GB/s (one half-duplex device)

@@ -43,12 +43,15 @@ class Flows:
         return out
 
     def _tier_side(self, tier: str, read: bool) -> tuple[str, float]:
-        """The tier-side resource of a copy: its read or write bandwidth; for a tier whose
+        """The tier-side resource of a copy: its read or write bandwidth (one resource for both
+        on a half-duplex tier, as the simulator shares it); for a tier whose
         bandwidth depends on concurrency (CXL), one resource for reads and writes together (the
         curve is the device's aggregate), at half the streams its links can carry at once (one
         FIFO copy engine per link direction): a linear model cannot know the concurrency."""
         t = self.system.tiers[tier]
         if t.concurrency_curve is None:
+            if not t.is_duplex:  # reads and writes take turns on one device (SSD, flash)
+                return f"io:{tier}", t.read_bw if read else t.write_bw
             return (f"read:{tier}", t.read_bw) if read else (f"write:{tier}", t.write_bw)
         streams = max(1, sum(tier in link.ends for link in self.system.links))
         return f"rw:{tier}", min(t.read_bandwidth(streams=streams), t.write_bandwidth(streams=streams))

@@ -6,7 +6,9 @@ change whenever another transfer starts or ends.
 * Links behind one ``port`` share its bandwidth per direction while several are busy (processor
   sharing: each active flow gets ``port_bw / n``). Direction is whether the copy leaves the link
   from ``ends[0]`` or ``ends[1]``, so links on a port should list their ends in the same order.
-* Tiers share their read (and write) bandwidth among the flows reading (writing) them; a tier with
+* Tiers share their read (and write) bandwidth among the flows reading (writing) them; a
+  half-duplex tier (SSD and flash by default, ``Tier.duplex``) shares one device among readers
+  and writers together, each at its direction's bandwidth divided by their number; a tier with
   a ``concurrency_curve`` (CXL) also caps every flow touching it (reading, writing or bouncing)
   at ``curve(n) / n``; SSD/flash reads run at ``read_size_curve(request size)``.
 * An op flow (compute with ``copy_slowdown`` > 0) runs at ``1 / (1 + slowdown)`` while any copy
@@ -108,8 +110,10 @@ class FlowManager:
         if out is None:
             shares = [(p, self.port_bw[p.split("|", 1)[0]]) for p in ports]
             rd, wr = self.tiers[src], self.tiers[dst]
-            shares.append(("rd:" + src, rd.read_bandwidth(req)))
-            shares.append(("wr:" + dst, wr.write_bw))
+            # a half-duplex tier (SSD, flash) serves its readers and writers in turns: one
+            # resource, each flow at its direction's bandwidth over the flows sharing it
+            shares.append(("rd:" + src if rd.is_duplex else "io:" + src, rd.read_bandwidth(req)))
+            shares.append(("wr:" + dst if wr.is_duplex else "io:" + dst, wr.write_bw))
             curves = tuple((name, t.concurrency_curve) for name, t in ((src, rd), (dst, wr))
                            if t.concurrency_curve is not None)
             out = self._shapes[key] = (tuple(shares), curves)
