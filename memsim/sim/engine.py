@@ -3,8 +3,9 @@
 Processes: one stream per compute unit (GPU, CPU, comm) executing its ops in program order, copy
 processes on FIFO engines (``flows.Copier``), and the flow manager sharing bandwidth. An op waits
 for its inputs: the op that last wrote each (on another stream) and, for bytes homed off its
-unit's memory, the staged copy fetched for its segment. Fetches for segment k are issued when
-segment k − ``prefetch_depth`` starts (segments start in program order). Outputs homed off the
+unit's memory, the staged copy fetched for its segment. Fetches for the segments of layer
+j + ``prefetch_depth`` are issued when a segment of layer j starts (segments start in program
+order; FlexGen's GPU batches of one layer count once). Outputs homed off the
 unit's memory are written back after the last op of the segment that writes them; tensors are
 freed after their last use; staged copies when no issued segment holds them any more.
 
@@ -106,6 +107,7 @@ class StepEngine:
         self.seg_started = [False] * len(prog.segments)
         self.seg_start_ev: dict[int, simpy.Event] = {}
         self.issued = -1
+        self._layer_window(prog)
         self.home_alloc: set[tuple[str, str]] = set()
         self.work: dict[tuple[str, int], Stage] = {}
         self.seg_work: dict[int, list[str]] = {}
@@ -132,6 +134,26 @@ class StepEngine:
         if any(op.unit == "comm" for op in self.prog.ops):
             self.clock.notes.append("no nvlink/network link: collective (comm) ops take no time")
         return None
+
+    def _layer_window(self, prog: Program) -> None:
+        """Prefetch depth counts layers, not FlexGen's GPU batches: segments of one (block,
+        iteration, layer) form a slot; segment s issues the fetches of every segment up to the
+        end of slot(s) + depth (layer j+1's weights load while all GPU batches of layer j run)
+        and waits for the write-backs of slot(s) − depth − 1. One GPU batch: slot = segment."""
+        ops = prog.ops
+        slot, first = [], []  # slot of each segment; first segment of each slot
+        prev = None
+        for seg in prog.segments:
+            key = ops[seg.ops[0]].group[:3]
+            if key != prev:
+                first.append(seg.index)
+                prev = key
+            slot.append(len(first) - 1)
+        ends = [*first[1:], len(prog.segments)]
+        d = self.depth
+        self.ahead = [ends[min(k + d, len(first) - 1)] - 1 for k in slot]
+        self.drain = [range(first[k - d - 1], ends[k - d - 1]) if k - d - 1 >= 0 else range(0)
+                      for k in slot]
 
     def _durations(self) -> list[float]:
         """Each op's time alone (roofline, or a collective over the network link), memoised:
@@ -188,6 +210,12 @@ class StepEngine:
         births = {b for b in birth_of.values() if b is not None}
         produce_cache: dict[tuple, tuple] = {}
         xfer = "exposed_transfer"
+        # KV homed off the compute tier: per tensor the segment that last wrote it, the writer
+        # before that segment and the fraction the segment wrote (what a read there has already)
+        kv_off = {t for t, info in tensors.items()
+                  if info.cls == "kv" and any(h != self.prog.fast for h in info.home)}
+        kv_seg: dict[str, list] = {}
+        kv_last: dict[str, int] = {}
         for op in ops:
             deps, fetch = [], []
             mem, seg, unit, no_fetch = op.mem, op.seg, op.unit, op.no_fetch
@@ -195,6 +223,14 @@ class StepEngine:
                 if no_fetch and t in no_fetch:
                     continue
                 home1 = only_home[t]
+                if w is not None and t in kv_off and seg_of[w] == seg and mem_of[w] == mem:
+                    before = kv_seg[t]
+                    if frac - before[2] > 1e-9:
+                        # decode attention reads the context so far: what this segment appended
+                        # is here; the rest (the writer before it) is fetched from the KV's home
+                        if unit_of[w] != unit:
+                            deps.append((0, w, None, cat[unit_of[w]]))
+                        w, frac = before[1], frac - before[2]
                 if w is not None:
                     wmem, wunit = mem_of[w], unit_of[w]
                     if seg_of[w] == seg:
@@ -237,6 +273,14 @@ class StepEngine:
             deps_append(tuple(deps) if deps else empty)
             fetch_append(tuple(fetch) if fetch else empty)
             outs = op.outputs
+            if kv_off:
+                for k, t in enumerate(outs):
+                    if t in kv_off:
+                        before = kv_seg.get(t)
+                        if before is None or before[0] != seg:
+                            before = kv_seg[t] = [seg, kv_last.get(t), 0.0]
+                        before[2] += op.out_frac[k]
+                        kv_last[t] = op.index
             if not outs:
                 produce_append(empty)
                 continue
@@ -300,8 +344,8 @@ class StepEngine:
                         acct[self._seg_cat(s - 1)] += env._now - t0
                 # bounded staging buffers: write-backs of the segment that left the prefetch
                 # window must drain before this one starts (DeepSpeed's and FlexGen's swappers)
-                drain = s - self.depth - 1
-                pending = [ev for ev in self.seg_wb.get(drain, ()) if ev.callbacks is not None]
+                pending = [ev for drain in self.drain[s] for ev in self.seg_wb.get(drain, ())
+                           if ev.callbacks is not None]
                 if pending:
                     t0 = env._now
                     yield env.all_of(pending)
@@ -363,7 +407,7 @@ class StepEngine:
         self.seg_started[s] = True
         if s in self.seg_start_ev:
             self.seg_start_ev[s].succeed()
-        last = min(s + self.depth, len(self.prog.segments) - 1)
+        last = self.ahead[s]
         while self.issued < last:
             self.issued += 1
             self._issue(self.issued)

@@ -10,10 +10,12 @@ simulated time passes:
   tensors it produces are new instances (``name@r``), so the forward's saved activations die after
   the forward (only the layer input, the checkpoint, survives);
 * FlexGen's block schedule (``num_gpu_batches`` = n > 1, inference) runs each segment n times over
-  1/n of the batch: non-weight tensors become n instances (``name#j``) of 1/n the bytes, each
-  sub-op re-reads the layer's weights from HBM, and weights are fetched once per layer per block;
+  1/n of the batch: non-weight tensors become n instances (``name#j``) of 1/n the bytes (a scratch
+  buffer no layer carries to the next, one shared ``name#shared``), each sub-op re-reads the
+  layer's weights from HBM, and weights are fetched once per layer per block;
 * a *segment* is the unit of prefetching: consecutive ops of one (block, iteration, layer, GPU
-  batch); segment k's fetches are issued when segment k − ``prefetch_depth`` starts;
+  batch); the fetches of layer j + ``prefetch_depth``'s segments are issued when a segment of
+  layer j starts;
 * each tensor gets a *home*: bytes per tier (placement fractions for weights, grads, optimizer
   states, KV; ``activation_tier`` for offloaded activations; the producing unit's memory for the
   rest), its birth and death op, and for each op which inputs' last writer it is.
@@ -221,6 +223,7 @@ def _split_batches(raw: list[POp], trace: Trace, n: int, notes: list) -> list[PO
     out: list[POp] = []
     append = out.append
     cache: dict[tuple, tuple] = {}  # (inputs, outputs) → (weight bytes, names per GPU batch)
+    scratch = _scratch(raw, trace)
     i = 0
     while i < len(raw):
         j = i
@@ -236,8 +239,8 @@ def _split_batches(raw: list[POp], trace: Trace, n: int, notes: list) -> list[PO
                     hit = cache[key] = (
                         sum(trace.tensor(t).bytes for t in r.inputs
                             if trace.tensor(t).cls in PERSISTENT),
-                        [tuple(_sub(t, trace, bb) for t in r.inputs) for bb in range(n)],
-                        [tuple(_sub(t, trace, bb) for t in r.outputs) for bb in range(n)])
+                        [tuple(_sub(t, trace, bb, scratch) for t in r.inputs) for bb in range(n)],
+                        [tuple(_sub(t, trace, bb, scratch) for t in r.outputs) for bb in range(n)])
                 wbytes = min(hit[0], r.nbytes)
                 append(POp(r.index, r.name, r.kind, r.phase, r.dtype, r.flops / n,
                            wbytes + (r.nbytes - wbytes) / n, r.unit, r.mem, hit[1][b], hit[2][b],
@@ -246,8 +249,27 @@ def _split_batches(raw: list[POp], trace: Trace, n: int, notes: list) -> list[PO
     return out
 
 
-def _sub(name: str, trace: Trace, b: int) -> str:
+def _sub(name: str, trace: Trace, b: int, scratch: frozenset[str] = frozenset()) -> str:
+    if name in scratch:  # one 1/n buffer that every GPU batch reuses in turn
+        return f"{name}#shared"
     return name if trace.tensor(name).cls in PERSISTENT else f"{name}#{b}"
+
+
+def _scratch(raw: list[POp], trace: Trace) -> frozenset[str]:
+    """Activations every read of which sees a version written in the same group: scratch
+    buffers (``act``, ``logits``) reused by every layer. GPU batches run one at a time, so they
+    share one buffer of 1/n the bytes, as FlexGen's; state carried from group to group (the
+    residual stream ``hidden``) stays one instance per GPU batch."""
+    group_of: dict[str, tuple] = {}  # tensor → group of its last writer
+    carried: set[str] = set()
+    for r in raw:
+        for t in r.inputs:
+            if group_of.get(t) != r.group:
+                carried.add(t)
+        for t in r.outputs:
+            group_of[t] = r.group
+    return frozenset(t for t in group_of if t not in carried
+                     and trace.tensor(t).cls in ("activation", "workspace"))
 
 
 def _any_recompute(plan: Plan) -> bool:
@@ -461,6 +483,7 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     prompt, gen = meta.get("prompt_len"), meta.get("gen_len")
     inference = trace.kind == "inference"
     total_ctx = (prompt + gen) if (inference and prompt and gen) else None
+    chunk = meta.get("prefill_chunk") or prompt  # chunked prefill: one chunk per iteration
     kv = {t for t, info in tensors.items() if info.cls == "kv"} if total_ctx else set()
     sized = ({t for t, info in tensors.items() if info.cls in ("activation", "workspace")}
              if inference else set())
@@ -489,7 +512,7 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
         key = (op.phase, op.iteration, reading)
         f = ctx_cache.get(key)
         if f is None:
-            f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, prompt, reading)
+            f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, prompt, reading, chunk)
         return f
 
     # activations whose versions may need a write-back (read in a later segment): only those
@@ -565,12 +588,14 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
 
 
 def _ctx_frac(is_kv: bool, op: POp, total_ctx: int | None, prompt: int | None,
-              reading: bool) -> float:
-    """KV bytes an inference op touches: the context so far, not the cache's final size."""
+              reading: bool, chunk: int | None = None) -> float:
+    """KV bytes an inference op touches: the context so far, not the cache's final size.
+    Prefill chunk i (its block's iteration) reads the (i+1) chunks so far and writes its own."""
     if not is_kv or total_ctx is None:
         return 1.0
     if op.phase == "prefill":
-        return prompt / total_ctx
+        chunk = chunk or prompt
+        return min(1.0, (op.iteration + 1) * chunk / total_ctx) if reading else chunk / total_ctx
     if op.phase == "decode":
         ctx = prompt + op.iteration + 1
         return min(1.0, ctx / total_ctx) if reading else 1.0 / total_ctx
