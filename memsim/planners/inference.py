@@ -74,9 +74,11 @@ def solve_inference(
     depth = space.prefetch_depth + 1
     # KV of the layers in flight for one GPU batch: written by prefill, streamed in by decode
     kv_stream = depth * layer["kv"] / num_batches * (1 - frac("kv", g))
-    # per-layer scratch splits over GPU batches; shared non-layer scratch (one buffer reused by every
-    # layer) has an instance per GPU batch alive for the whole step, so it does not shrink
-    scratch = (prof.transient + prof.saved + prof.ckpt) / num_batches + prof.other_total
+    # per-layer scratch splits over GPU batches; non-layer scratch reused by every layer (act,
+    # logits) is one buffer the GPU batches share at 1/n; state carried between layers (hidden)
+    # has an instance of 1/n per GPU batch, the full bytes in all
+    shared = prof.other_shared
+    scratch = (prof.transient + prof.saved + prof.ckpt + shared) / num_batches + prof.other_total - shared
     gpu_use = (
         total["weight"] * frac("weight", g)
         + total["kv"] * frac("kv", g)

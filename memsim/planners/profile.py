@@ -31,7 +31,8 @@ class Profile:
     ckpt: int  # per layer: the input checkpoint (`L{layer}.input`) recompute keeps
     transient: int  # per layer: activations/workspace that die inside the layer's forward
     other_transient: int  # largest non-layer activation/workspace (logits, loss)
-    other_total: int = 0  # all non-layer activations/workspace (shared scratch of inference)
+    other_total: int = 0  # all non-layer activations/workspace
+    other_shared: int = 0  # of those, scratch every reader sees written in its own block pass
     time: dict[str, float] = field(default_factory=dict)  # seconds by key, see `_times`
     decode_iters: int = 0
     prefill_iters: int = 1  # prompt chunks (chunked prefill runs the prefill block once per chunk)
@@ -92,8 +93,8 @@ def build_profile(system: System, trace: Trace) -> Profile:
         if per_layer:
             layer[t.cls] += t.bytes
     saved, ckpt, transient, other = _activation_split(trace)
-    other_total = sum(t.bytes for n, t in trace.tensors.items()
-                      if t.cls in ("activation", "workspace") and LAYER not in n)
+    other = {n: t.bytes for n, t in trace.tensors.items()
+             if t.cls in ("activation", "workspace") and LAYER not in n}
     prof = Profile(
         trace.kind,
         layers,
@@ -104,12 +105,26 @@ def build_profile(system: System, trace: Trace) -> Profile:
         ckpt,
         transient,
         other,
-        other_total=other_total,
+        other_total=sum(other.values()),
+        other_shared=sum(b for n, b in other.items() if n not in _carried(trace)),
         tokens_per_step=int(trace.meta.get("tokens_per_step") or 0),
         batch=int(trace.meta.get("batch_size") or trace.meta.get("micro_batch") or 1),
     )
     _times(system, trace, prof)
     return prof
+
+
+def _carried(trace: Trace) -> set[str]:
+    """Non-layer tensors some op reads before its own block pass wrote them: state carried from
+    layer to layer (the residual stream). The rest are scratch buffers every layer reuses, which
+    GPU batches share at 1/n of the bytes (as the simulator's ``program._scratch`` decides)."""
+    carried: set[str] = set()
+    for block in trace.blocks:
+        written: set[str] = set()
+        for op in block.ops:
+            carried.update(t for t in op.inputs if LAYER not in t and t not in written)
+            written.update(op.outputs)
+    return carried
 
 
 def _activation_split(trace: Trace) -> tuple[int, int, int, int]:
