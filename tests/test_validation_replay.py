@@ -39,9 +39,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (root / "micro-train.yaml").write_text(yaml.safe_dump({
         "name": "micro-train", "model": "micro.json",
         "training": {"micro_batch": 1, "seq_len": 32, "precision": "fp32", "optimizer": "adamw"}}))
+    (root / "micro-infer.yaml").write_text(yaml.safe_dump({
+        "name": "micro-infer", "model": "micro.json",
+        "inference": {"batch_size": 4, "prompt_len": 32, "gen_len": 4, "dtype": "fp32"}}))
     system = calibrate("cpu", quick=True, scratch=root)
     write_system(system, root / "machine.yaml")
-    return {"root": root, "workload": root / "micro-train.yaml", "system": root / "machine.yaml"}
+    return {"root": root, "workload": root / "micro-train.yaml", "system": root / "machine.yaml",
+            "infer": root / "micro-infer.yaml"}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +58,13 @@ PLANS = {
     "weights-disk-recompute": Plan(placement={"weight": {"disk": 1.0}}, activations="recompute"),
     "activations-offload": Plan(activations="offload", activation_tier="disk"),
     "optimizer-half-disk": Plan(placement={"optimizer": {"dram": 0.5, "disk": 0.5}}),
+}
+# inference: the KV cache homed off the compute tier (decode appends, then attends over it), and
+# FlexGen's block schedule (2 GPU batches of 2: prefetch and drain count layers, not sub-batches)
+INFER_PLANS = {
+    "infer-kv-disk": Plan(placement={"kv": {"disk": 1.0}}),
+    "infer-flexgen": Plan(placement={"weight": {"disk": 1.0}, "kv": {"disk": 1.0}},
+                          gpu_batch_size=2, num_gpu_batches=2),
 }
 
 
@@ -139,16 +150,21 @@ def test_validate_needs_exactly_one_of_workload_and_suite(files):
 
 
 @pytest.mark.parametrize("plan_name", ["weights-disk-recompute", "activations-offload",
-                                       "optimizer-half-disk"])
+                                       "optimizer-half-disk", *INFER_PLANS])
 def test_replay_copies_what_the_simulator_copies_in_the_same_order(files, trace, plan_name):
     """Per copy direction, the replay makes the simulator's copies, same bytes, in the same order
-    (both execute one Program). A fetch of an offloaded activation queues when its write-back
-    lands, which depends on timing in both, so there only the copies themselves must agree."""
+    (both execute one Program and one fetch schedule). A fetch of an offloaded activation queues
+    when its write-back lands, which depends on timing in both, so there only the copies
+    themselves must agree. Inference: decode attention fetches the context its segment did not
+    append (one read per decode layer and GPU batch), as the simulator does since its KV fix."""
     from memsim.sim.engine import StepEngine
     from memsim.sim.program import build_program
 
     system = load_system(files["system"])
-    plan = PLANS[plan_name]
+    if plan_name in INFER_PLANS:
+        plan, trace = INFER_PLANS[plan_name], build_trace(load_workload(files["infer"]))
+    else:
+        plan = PLANS[plan_name]
     engine = StepEngine(system, build_program(trace, system, plan), plan.prefetch_depth, False,
                         trace.meta)
     engine.run()
@@ -161,3 +177,10 @@ def test_replay_copies_what_the_simulator_copies_in_the_same_order(files, trace,
         replayed = {k: sorted(v) for k, v in replayed.items()}
         simulated = {k: sorted(v) for k, v in simulated.items()}
     assert replayed == simulated
+    if plan_name in INFER_PLANS:
+        kv_reads = [b for t, b in m.copy_log["disk->dram"] if t.endswith(".kv") or ".kv#" in t]
+        groups = plan.num_gpu_batches or 1
+        decode_layers = (trace.meta["gen_len"] - 1) * trace.meta["layers"] * groups
+        assert len(kv_reads) == decode_layers  # the context, fetched once per decode segment
+        predicted = engine._result(0.0).peak_bytes
+        assert m.peak_bytes["disk"] == predicted["disk"]  # the KV cache counts whole, as allocated

@@ -189,10 +189,13 @@ def _compute_unit(backend: Backend, figures: dict, kind: str, memory: str, model
 
 def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_free: int,
                 quick: bool, name: str | None, scratch: str | Path | None) -> dict:
-    # The disk as the replay sees it: copies run while the compute thread runs (that is what a
-    # prefetch is for), and on this kind of machine that slows them (the simulator has no
-    # compute-slows-copies term), so the rates by request size are scaled by the measured
-    # with-compute / alone ratio; the unscaled rates stay in calibration.disk_*_Bps.
+    # Each disk figure measures one direction on its own: reads alone, writes alone (never a
+    # mix: that reads and writes share the device is the simulator's half-duplex model,
+    # Tier.duplex, so a mixed rate here would count the sharing twice). The disk as the replay
+    # sees it: copies run while the compute thread runs (that is what a prefetch is for), and on
+    # this kind of machine that slows them (the simulator has no compute-slows-copies term), so
+    # each direction's rates are scaled by that direction's measured with-compute / alone ratio;
+    # the unscaled rates stay in calibration.disk_*_Bps.
     under = {d: 1.0 if backend.is_cuda else _under_compute(figures["overlap"], d)
              for d in ("read", "write")}
     read = {k: v * under["read"] for k, v in figures["disk_read"].items()}
@@ -206,7 +209,9 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
         "disk": {"kind": "ssd", "capacity": disk_free, "read_bw": read[mb.REQUEST],
                  "write_bw": write[mb.REQUEST], "latency": figures["disk_latency"],
                  "read_size_curve": [[s, bw] for s, bw in sorted(read.items())],
-                 "source": f"free bytes of the scratch file system; {mode} reads and writes"},
+                 "duplex": False,  # one device: reads and writes take turns (the simulator shares it)
+                 "source": f"free bytes of the scratch file system; {mode} reads alone and writes "
+                           "alone"},
     }
     links = [{"name": "disk-io", "kind": "nvme", "ends": ["dram", "disk"],
               "bandwidth": write[mb.REQUEST], "bandwidth_reverse": read[mb.REQUEST],
@@ -238,8 +243,11 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
         "disk_read_Bps": {str(k): v for k, v in figures["disk_read"].items()},
         "disk_write_Bps": {str(k): v for k, v in figures["disk_write"].items()},
         "disk_rate_under_compute": under,
-        # recorded, not applied: the simulator has no shared read+write budget per tier yet
+        # recorded, not applied: a check of the half-duplex model (one reader and one writer
+        # each get half their direction's alone rate), which the next entry states
         "disk_mixed_Bps": figures["disk_mixed"],
+        "disk_mixed_half_duplex_Bps": {"read": figures["disk_read"][mb.REQUEST] / 2,
+                                       "write": figures["disk_write"][mb.REQUEST] / 2},
         "overlap": figures["overlap"],
     }
     if "pinned" in figures:

@@ -5,9 +5,17 @@ the same ``memsim.sim.program.Program`` (ops with recompute inserted, segments, 
 write-backs, deaths) that the simpy engine executes, so a difference between prediction and
 measurement is a difference in *time*, never in what was done. Like the engine:
 
-* fetches for segment k are issued when segment k − ``prefetch_depth`` starts, FIFO per copy
-  direction (one engine thread — and CUDA stream — each, ``engines.py``); a fetch of a version
-  that a write-back produces starts after that write-back has landed;
+* which inputs each segment fetches, from where, as which version, and the prefetch and drain
+  windows are the engine's own (``StepEngine`` builds them without running: its ``fetch``,
+  ``ahead`` and ``drain``), not a copy of its rules. So a KV input the segment itself appended
+  to (decode ``qkv`` then ``attention``) fetches the context before the segment from the KV's
+  home when that is off the compute tier, and prefetch and drain count layers ((block,
+  iteration, layer) slots: FlexGen's GPU batches of one layer count once);
+* fetches are FIFO per copy direction (one engine thread — and CUDA stream — each,
+  ``engines.py``); a fetch of a version that a write-back produces starts after that write-back
+  has landed; before a segment starts, the write-backs of the layer that left the prefetch
+  window must have landed (bounded staging, as DeepSpeed's and FlexGen's swappers);
+* appends (a KV write-back of part of the cache) land at the end of what is there already;
 * an op waits for the staged copies of its inputs; outputs homed off the compute tier are
   written back after the segment's last write of them; tensors are freed after their last use,
   staged copies when no issued segment holds them;
@@ -77,6 +85,7 @@ def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeat
            scratch: str | Path | None = None, plan_file: str = "plan",
            progress: Callable[[], None] | None = None) -> Measurement:
     """Set up the tiers, run the step ``repeats`` times and report the median step."""
+    from memsim.sim.engine import StepEngine
     from memsim.sim.program import build_program
 
     check_plan(trace, plan, system, plan_file)
@@ -84,8 +93,10 @@ def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeat
     set_compute_threads(backend)
     view = system.rank_view(int(trace.meta.get("data_parallel", 1) or 1))
     prog = build_program(trace, view, plan)
+    # the engine's static schedule (what each op fetches, prefetch and drain windows); not run
+    schedule = StepEngine(view, prog, max(0, plan.prefetch_depth), False, trace.meta)
     with Scratch(scratch) as folder:
-        runner = _Runner(view, trace, prog, max(0, plan.prefetch_depth), backend, folder)
+        runner = _Runner(view, trace, prog, schedule, backend, folder)
         try:
             runner.setup()
             results = []
@@ -118,9 +129,11 @@ class _Stage:
 class _Runner:
     """State of one replay: tiers, engines, kernels; ``step()`` runs the program once."""
 
-    def __init__(self, system: System, trace: Trace, prog, depth: int, backend: Backend,
+    def __init__(self, system: System, trace: Trace, prog, schedule, backend: Backend,
                  folder: Path):
-        self.system, self.prog, self.depth = system, prog, depth
+        self.system, self.prog = system, prog
+        # per op: (tensor, writer, fraction, {source tier: bytes}, writer in this segment)
+        self.fetch, self.ahead, self.drain = schedule.fetch, schedule.ahead, schedule.drain
         self.backend, self.torch = backend, backend.torch
         self.fast = prog.fast
         units = {op.unit for op in prog.ops}
@@ -189,6 +202,7 @@ class _Runner:
         start = self._mark()
         for op in prog.ops:
             if not self.seg_started[op.seg]:
+                self._drain(op.seg)
                 self._start_segment(op.seg)
             self._await(op)
             self._produce(op)
@@ -224,34 +238,37 @@ class _Runner:
         self.home_alloc = {(name, tier) for name, info in self.prog.tensors.items()
                            if info.birth is None for tier in info.home}
         self.writes: list[tuple[Job, _Stage | None]] = []
+        self.seg_wb: dict[int, list[Job]] = {}  # write-backs issued per segment
+        self.extent: dict[tuple[str, str], int] = {}  # (kv tensor, tier) → bytes appended so far
         self.issued = -1
         self.op_times: list[tuple] = []
         self.wait_s = 0.0
         self.next_id = 0
 
+    def _drain(self, s: int) -> None:
+        """Wait for the write-backs of the layer that left the prefetch window (engine.drain)."""
+        t0 = time.perf_counter_ns()
+        for d in self.drain[s]:
+            for job in self.seg_wb.get(d, ()):
+                wait(job, self.torch if self.backend.is_cuda else None)
+        self.wait_s += (time.perf_counter_ns() - t0) / 1e9
+
     def _start_segment(self, s: int) -> None:
         self.seg_started[s] = True
-        last = min(s + self.depth, len(self.prog.segments) - 1)
+        last = self.ahead[s]
         while self.issued < last:
             self.issued += 1
             self._issue(self.issued)
 
     def _issue(self, s: int) -> None:
-        """Stage every input of segment ``s`` that lives off the compute tier."""
-        ops = self.prog.ops
+        """Stage what the engine's schedule fetches for segment ``s``."""
         for i in self.prog.segments[s].ops:
-            op = ops[i]
-            for k, t in enumerate(op.inputs):
-                if t in op.no_fetch or (s, t) in self.seg_stage:
+            for t, w, frac, sources, same_seg in self.fetch[i]:
+                if (s, t) in self.seg_stage:
                     continue
-                w = op.writers[k]
-                if w is not None and ops[w].seg == op.seg:
-                    continue  # produced in this segment, on this tier
-                info = self.prog.tensors[t]
-                sources = {h: int(b * op.in_frac[k]) for h, b in info.home.items() if h != op.mem}
-                if not sources:
-                    continue
-                key = (t, w, op.in_frac[k])
+                if same_seg:  # pragma: no cover - every replayed op computes from one tier
+                    raise RuntimeError(f"{t} is fetched from another tier of its own segment")
+                key = (t, w, frac)
                 st = self.stages.get(key)
                 if st is None:
                     st = self.stages[key] = self._fetch(t, w, sources)
@@ -310,6 +327,7 @@ class _Runner:
             self._writeback(op, t)
         for t in op.dies:
             for tier in self.prog.tensors[t].home:
+                self.extent.pop((t, tier), None)
                 if (t, tier) in self.home_alloc:
                     self.home_alloc.discard((t, tier))
                     if tier == self.fast:
@@ -337,10 +355,14 @@ class _Runner:
             dst = self._slow(tier, t)
             self.home_alloc.add((t, tier))
             size = int(nbytes * frac)
+            offset = 0
+            if info.cls == "kv" and frac < 1.0:  # an append lands after what is there
+                offset = min(self.extent.get((t, tier), 0), nbytes - size)
+                self.extent[(t, tier)] = offset + size
             staging = buf if buf is not None else self.compute.alloc(self._key("wb", t), size)
 
-            def run(stream, dst=dst, staging=staging, size=size):
-                dst.write(t, staging, size, stream)
+            def run(stream, dst=dst, staging=staging, size=size, offset=offset, nbytes=nbytes):
+                dst.write(t, staging, size, stream, offset=offset, reserve=nbytes)
 
             job = Job(f"{t}:{self.fast}->{tier}", size, run)
             if self.backend.is_cuda:  # the copy reads what the compute stream just wrote
@@ -348,6 +370,7 @@ class _Runner:
                 job.ready.record()
             job = self._engine(self.fast, tier).submit(job)
             self.avail[(t, op.index, tier)] = job
+            self.seg_wb.setdefault(op.seg, []).append(job)
             self.writes.append((job, st))
             st = None  # released once, after the first write lands
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from memsim.validation.backend import Backend
-from memsim.validation.diskio import DirectFile, Mode, align_up, aligned_buffer
+from memsim.validation.diskio import ALIGN, DirectFile, Mode, align_up, aligned_buffer
 
 # Bytes per disk request: the simulator's SSD request size (memsim.sim.flows.IO_REQUEST_BYTES,
 # DeepSpeed's aio block size), which calibration measures the read_size_curve at.
@@ -110,10 +110,19 @@ class DiskTier:
             self.files[tensor] = DirectFile(self.folder / f"{self.name}.{safe}.bin", self.mode)
         return self.files[tensor]
 
-    def write(self, tensor: str, buf: Any, nbytes: int, stream=None) -> None:
-        self.ledger.add(tensor, nbytes)  # the extent counts from when its write starts
+    def write(self, tensor: str, buf: Any, nbytes: int, stream=None, offset: int = 0,
+              reserve: int = 0) -> None:
+        """Write ``nbytes`` at ``offset`` (an append: rounded down to the O_DIRECT alignment).
+        ``reserve`` is the tensor's whole extent on this tier: a KV cache written a token at a
+        time is allocated whole at its first write (FlexGen preallocates it; so does the
+        simulator), so the file is extended to it and the ledger counts it."""
+        extent = max(nbytes, reserve)
+        self.ledger.add(tensor, max(extent, self.ledger.held.get(tensor, 0)))  # from the write's start
         host = self._to_host(buf, nbytes, stream)
-        self._file(tensor).write_from(host, 0, nbytes, REQUEST)
+        f = self._file(tensor)
+        if extent > nbytes and os.fstat(f.fd).st_size < align_up(extent):
+            os.ftruncate(f.fd, align_up(extent))
+        f.write_from(host, offset - offset % ALIGN, nbytes, REQUEST)
 
     def read(self, tensor: str, buf: Any, nbytes: int, stream=None) -> None:
         if not self.backend.is_cuda:
@@ -158,14 +167,17 @@ class HostTier:
         self.tensors: dict[str, Any] = {}
         self.ledger = Ledger()
 
-    def write(self, tensor: str, buf: Any, nbytes: int, stream=None) -> None:
+    def write(self, tensor: str, buf: Any, nbytes: int, stream=None, offset: int = 0,
+              reserve: int = 0) -> None:
+        """Write ``nbytes`` at ``offset``; ``reserve``: the tensor's whole extent (see DiskTier)."""
         torch = self.backend.torch
+        extent = max(nbytes, reserve, offset + nbytes)
         if tensor not in self.tensors:
-            self.tensors[tensor] = torch.empty(max(1, nbytes), dtype=torch.uint8, pin_memory=True)
+            self.tensors[tensor] = torch.empty(max(1, extent), dtype=torch.uint8, pin_memory=True)
         if stream is not None:
             buf.record_stream(stream)
-        self.tensors[tensor][:nbytes].copy_(buf[:nbytes], non_blocking=True)
-        self.ledger.add(tensor, nbytes)
+        self.tensors[tensor][offset:offset + nbytes].copy_(buf[:nbytes], non_blocking=True)
+        self.ledger.add(tensor, max(extent, self.ledger.held.get(tensor, 0)))
 
     def read(self, tensor: str, buf: Any, nbytes: int, stream=None) -> None:
         if stream is not None:
