@@ -93,8 +93,8 @@ def build_profile(system: System, trace: Trace) -> Profile:
         if per_layer:
             layer[t.cls] += t.bytes
     saved, ckpt, transient, other = _activation_split(trace)
-    other = {n: t.bytes for n, t in trace.tensors.items()
-             if t.cls in ("activation", "workspace") and LAYER not in n}
+    non_layer = {n: t.bytes for n, t in trace.tensors.items()
+                 if t.cls in ("activation", "workspace") and LAYER not in n}
     prof = Profile(
         trace.kind,
         layers,
@@ -105,8 +105,8 @@ def build_profile(system: System, trace: Trace) -> Profile:
         ckpt,
         transient,
         other,
-        other_total=sum(other.values()),
-        other_shared=sum(b for n, b in other.items() if n not in _carried(trace)),
+        other_total=sum(non_layer.values()),
+        other_shared=sum(b for n, b in non_layer.items() if n not in _carried(trace)),
         tokens_per_step=int(trace.meta.get("tokens_per_step") or 0),
         batch=int(trace.meta.get("batch_size") or trace.meta.get("micro_batch") or 1),
     )
