@@ -66,9 +66,13 @@ class Measurement:
     ops: list[tuple[str, float]] = field(default_factory=list, repr=False)
     # per engine (src->dst), the copies in the order they were issued: (tensor, bytes)
     copy_log: dict[str, list[tuple[str, int]]] = field(default_factory=dict, repr=False)
+    # per engine, each copy's (bytes, start s, end s) from the step's start (host clock): the
+    # achieved disk rates, alone and while the other direction runs, for diagnosing a case
+    copy_spans: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("ops", "copy_log")}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("ops", "copy_log", "copy_spans")}
 
 
 def check_plan(trace: Trace, plan: Plan, system: System, file: str = "plan") -> None:
@@ -113,7 +117,7 @@ def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeat
         wait_s=median["wait_s"], recompute_s=median["recompute_s"], op_s=median["op_s"],
         peak_bytes=median["peak_bytes"], copy_bytes=median["copy_bytes"],
         workspace_bytes=runner.kernels.workspace_bytes, device=device, disk_mode=runner.disk_mode,
-        ops=median["ops"], copy_log=median["copy_log"])
+        ops=median["ops"], copy_log=median["copy_log"], copy_spans=median["copy_spans"])
 
 
 class _Stage:
@@ -200,6 +204,7 @@ class _Runner:
         prog = self.prog
         self.backend.sync()
         start = self._mark()
+        self.t0_ns = time.perf_counter_ns()
         for op in prog.ops:
             if not self.seg_started[op.seg]:
                 self._drain(op.seg)
@@ -446,14 +451,17 @@ class _Runner:
             recompute_s += seconds if recompute else 0.0
         copy_bytes: dict[str, int] = {}
         copy_log: dict[str, list[tuple[str, int]]] = {}
+        spans: dict[str, list[tuple[int, float, float]]] = {}
         for engine in self.engines.values():
             copy_bytes[engine.name] = sum(j.nbytes for j in engine.history)
             copy_log[engine.name] = [(j.name.split(":", 1)[0], j.nbytes) for j in engine.history]
+            spans[engine.name] = [(j.nbytes, (j.start_ns - self.t0_ns) / 1e9,
+                                   (j.end_ns - self.t0_ns) / 1e9) for j in engine.history]
             engine.history.clear()
         peaks = {name: ledger.peak for name, ledger in self._ledgers().items()}
         return {"step_s": step_s, "compute_s": compute_s, "wait_s": self.wait_s,
                 "recompute_s": recompute_s, "op_s": by_kind, "ops": ops, "copy_bytes": copy_bytes,
-                "copy_log": copy_log, "peak_bytes": peaks}
+                "copy_log": copy_log, "copy_spans": spans, "peak_bytes": peaks}
 
     def _ledgers(self) -> dict:
         return {self.compute.name: self.compute.ledger, **{n: t.ledger for n, t in self.slow.items()}}
