@@ -14,7 +14,7 @@ import math
 from memsim.errors import Diagnosis, Shortfall
 from memsim.hardware.spec import Link, System, Tier
 from memsim.planners import mip
-from memsim.planners.training import SLACK_PRICE
+from memsim.planners.lp import SLACK_PRICE
 from memsim.units import fmt_bytes
 from memsim.workloads.trace import Trace
 

@@ -18,19 +18,19 @@ import pulp
 
 from memsim.hardware.spec import System
 from memsim.planners.flows import Flows, slowness
+from memsim.planners.lp import (
+    GIB,
+    Candidate,
+    cap_constraint,
+    normalise,
+    safe_name,
+    slack_price,
+    slack_tiers,
+)
 from memsim.planners.plan import Plan
 from memsim.planners.profile import Profile, phase_split_times, tie_scale
 from memsim.planners.solver import solve, value
 from memsim.planners.space import Space
-from memsim.planners.training import (
-    GIB,
-    Candidate,
-    _normalise,
-    _safe,
-    cap_constraint,
-    slack_price,
-    slack_tiers,
-)
 from memsim.workloads.trace import Trace
 
 
@@ -117,7 +117,7 @@ def solve_inference(
         fd.add(g, t, (layer["kv"] / ctx if ctx else 0) * frac("kv", t))
     for stage, fl in ((tp, fp), (td, fd)):
         for name, rate, terms in fl.loads():
-            prob += stage >= pulp.lpSum(terms) * (1.0 / rate), f"load_{stage.name}_{_safe(name)}"
+            prob += stage >= pulp.lpSum(terms) * (1.0 / rate), f"load_{stage.name}_{safe_name(name)}"
     other = prof.time.get("prefill_other", 0) + prof.time.get("decode_other", 0)
     step = L * chunks * tp + L * max(prof.decode_iters, 0) * td + other
     if space.max_step is not None:
@@ -131,7 +131,7 @@ def solve_inference(
     if not info.ok:
         return Candidate(None, math.inf, info)
     placement = {
-        c: _normalise({t: value(v) for t, v in split.items() if value(v) > 1e-6}) for c, split in x.items()
+        c: normalise({t: value(v) for t, v in split.items() if value(v) > 1e-6}) for c, split in x.items()
     }
     placement = {c: sp for c, sp in placement.items() if sp != {g: 1.0}}
     plan = Plan(

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from memsim.hardware.spec import System
 from memsim.planners import inference, serving, training
+from memsim.planners.lp import Candidate
 from memsim.planners.plan import Plan, PlannerInfo
 from memsim.planners.profile import Profile, build_profile
 from memsim.planners.space import Space, build_space
-from memsim.planners.training import Candidate
 from memsim.workloads.trace import Trace
 
 

@@ -16,19 +16,19 @@ import pulp
 
 from memsim.hardware.spec import System
 from memsim.planners.flows import Flows, slowness
+from memsim.planners.lp import (
+    GIB,
+    Candidate,
+    cap_constraint,
+    normalise,
+    safe_name,
+    slack_price,
+    slack_tiers,
+)
 from memsim.planners.plan import Plan, ServingPolicy
 from memsim.planners.profile import Profile
 from memsim.planners.solver import solve, value
 from memsim.planners.space import Space
-from memsim.planners.training import (
-    GIB,
-    Candidate,
-    _normalise,
-    _safe,
-    cap_constraint,
-    slack_price,
-    slack_tiers,
-)
 from memsim.workloads.trace import TokenCosts, Trace
 
 
@@ -105,7 +105,7 @@ def solve_serving(
         if t != g:
             fl.add(t, g, tc.weight_bytes * w.get(t, 0))
     for name, rate, terms in fl.loads():
-        prob += it >= pulp.lpSum(terms) * (1.0 / rate), f"load_{_safe(name)}"
+        prob += it >= pulp.lpSum(terms) * (1.0 / rate), f"load_{safe_name(name)}"
     if slack:
         prob += pulp.lpSum(slack_price(system, t) * v for t, v in s.items()) + 1e-6 * it
     else:
@@ -115,7 +115,7 @@ def solve_serving(
     info = solve(prob, time_limit, space.gap)
     if not info.ok:
         return Candidate(None, math.inf, info)
-    placement = {"weight": _normalise({t: value(v) for t, v in w.items() if value(v) > 1e-6})}
+    placement = {"weight": normalise({t: value(v) for t, v in w.items() if value(v) > 1e-6})}
     placement = {c: sp for c, sp in placement.items() if sp != {g: 1.0}}
     swap_bytes = int(value(swap)) if swap is not None else 0
     policy = ServingPolicy(

@@ -17,28 +17,26 @@ hold their share of every class plus offloaded activations. Objective: TF + TB +
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pulp
 
 from memsim.hardware.spec import System
 from memsim.planners.flows import Flows, slowness
+from memsim.planners.lp import (
+    GIB,
+    Candidate,
+    cap_constraint,
+    normalise,
+    safe_name,
+    slack_price,
+    slack_tiers,
+)
 from memsim.planners.plan import Plan
 from memsim.planners.profile import Profile, tie_scale
-from memsim.planners.solver import SolveInfo, solve, value
+from memsim.planners.solver import solve, value
 from memsim.planners.space import Space
 
 STATE = ("weight", "grad", "optimizer")
-
-
-@dataclass
-class Candidate:
-    """One solved structure: the plan it decodes to, its estimate and the solver's report."""
-
-    plan: Plan | None
-    estimate_s: float
-    info: SolveInfo
-    slack: dict[str, float] | None = None  # bytes each tier fell short by (diagnosis runs)
 
 
 def structures(system: System, space: Space) -> list[tuple[str, str | None]]:
@@ -212,7 +210,7 @@ class _Model:
         prob += stages["opt"] >= opt_compute, "compute_opt"
         for s, fl in flows.items():
             for name, rate, terms in fl.loads():
-                prob += stages[s] >= pulp.lpSum(terms) * (1.0 / rate), f"load_{s}_{_safe(name)}"
+                prob += stages[s] >= pulp.lpSum(terms) * (1.0 / rate), f"load_{s}_{safe_name(name)}"
         self.stages = stages
         return pulp.lpSum(stages.values())
 
@@ -242,7 +240,7 @@ class _Model:
         placement = {}
         for cls in STATE:
             split = {t: round(value(v), 6) for t, v in self.x[cls].items() if value(v) > 1e-6}
-            placement[cls] = _normalise(split)
+            placement[cls] = normalise(split)
         counts = {k: round(value(v)) for k, v in self.n.items()}
         counts["keep"] = L - counts["offload"] - counts["recompute"]
         default, layer_policy = assign_layers(L, counts)
@@ -271,44 +269,3 @@ def assign_layers(layers: int, counts: dict[str, int]) -> tuple[str, dict[int, s
     order = (order + ["keep"] * layers)[:layers]
     default = max(("keep", "recompute", "offload"), key=lambda k: (order.count(k), k == "keep"))
     return default, {i: pol for i, pol in enumerate(order) if pol != default}
-
-
-GIB = 2.0**30
-
-
-def cap_constraint(prob: pulp.LpProblem, cap: float, expr, slack=None, name: str = "") -> None:
-    """``expr ≤ cap`` (+ ``slack`` GiB in a diagnosis run), written in GiB so the solver sees
-    coefficients near 1 rather than 1e11 (HiGHS loses precision on badly scaled rows)."""
-    lhs = expr * (1.0 / GIB)
-    prob += (lhs <= cap / GIB + slack) if slack is not None else (lhs <= cap / GIB), name
-
-
-# Relative price of a GB added to a tier of each kind, so a diagnosis grows the cheapest tiers
-# first: HBM only comes with a bigger GPU; DDR5 RDIMMs ~ $3-5/GB; CXL expanders a little more;
-# datacenter NVMe ~ $0.08-0.15/GB (2024 street prices, rounded; only the order matters).
-SLACK_PRICE = {"hbm": 100.0, "dram": 4.0, "cxl": 5.0, "ssd": 0.1, "flash": 0.2}
-
-
-def slack_price(system: System, tier: str) -> float:
-    return SLACK_PRICE.get(system.tiers[tier].kind, 1.0)
-
-
-def slack_tiers(system: System, slack: bool | set[str]) -> list[str]:
-    """Tiers whose capacity may be exceeded (at a cost) in a diagnosis run."""
-    if slack is True:
-        return list(system.tiers)
-    return [t for t in system.tiers if t in (slack or ())]
-
-
-def _normalise(split: dict[str, float]) -> dict[str, float]:
-    """Fractions rounded to 1e-6 that sum to exactly 1 (the largest absorbs the rounding)."""
-    total = sum(split.values())
-    out = {t: round(v / total, 6) for t, v in split.items()}
-    out = {t: v for t, v in out.items() if v > 0}
-    last = max(out, key=lambda t: (out[t], t))
-    out[last] = round(1.0 - sum(v for t, v in out.items() if t != last), 6)
-    return dict(sorted(out.items()))
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in name)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from memsim.errors import Diagnosis, Infeasible
 from memsim.hardware.spec import System
 from memsim.planners import mip
+from memsim.planners.lp import SLACK_PRICE
 from memsim.planners.space import build_space
-from memsim.planners.training import SLACK_PRICE
 from memsim.units import fmt_bytes
 from memsim.workloads.trace import Trace
 
