@@ -115,3 +115,12 @@ def test_a_saved_trace_runs_wherever_a_workload_does(tmp_path):
     bad = CliRunner().invoke(app, ["simulate", "--hardware", "h100-sxm", "--workload", str(path),
                                    "--set", "inference.batch_size=2"])
     assert bad.exit_code == 2 and "cannot change a saved trace" in bad.output
+
+
+def test_scratch_is_what_each_pass_writes_before_reading():
+    tensors = {n: Tensor(n, 8, "activation") for n in ("hidden", "act")}
+    tensors["L{layer}.weight"] = Tensor("L{layer}.weight", 8, "weight")
+    layer = [Op("L{layer}.up", "matmul", "prefill", 1.0, 8, 8, ("hidden", "L{layer}.weight"), ("act",)),
+             Op("L{layer}.down", "matmul", "prefill", 1.0, 8, 8, ("act", "L{layer}.weight"), ("hidden",))]
+    trace = Trace("s", "inference", tensors, [Block("prefill", layer, repeat=3)], {"layers": 3})
+    assert trace.scratch() == {"act"}  # hidden is read before its pass writes it: carried state

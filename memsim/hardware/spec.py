@@ -109,7 +109,9 @@ class Tier(Spec):
         None, description="read throughput by request size [[size, bandwidth], ...] (flash, SSD)")
     concurrency_curve: ConcurrencyCurve | None = Field(
         None, description="aggregate bandwidth by concurrent streams [[streams, bandwidth], ...] (CXL)")
-    queue_depth: int = Field(1, ge=1, description="requests the device serves at once (SSD queues)")
+    queue_depth: int = Field(
+        1, ge=1, description="queue depth the read_size_curve was measured at (records how the "
+                             "curve was taken; the curve itself is what the simulator uses)")
     duplex: bool | None = Field(
         None, description="reads and writes run at once, each at its full rate (default: false for "
                           "ssd and flash, whose reads and writes take turns on one device; true "

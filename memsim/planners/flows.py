@@ -63,10 +63,6 @@ class Flows:
         for name, rate in self.resources(src, dst):
             self._seconds[name].append(nbytes * (1.0 / rate))
 
-    def add_busy(self, name: str, seconds) -> None:
-        """Add seconds of work on a non-copy resource (the CPU, a comm stream)."""
-        self._seconds[name].append(seconds)
-
     def loads(self) -> list[tuple[str, float, list]]:
         """(resource, 1.0, [seconds terms]) per resource; the stage lasts at least their sum."""
         return [(name, 1.0, self._seconds[name]) for name in sorted(self._seconds)]

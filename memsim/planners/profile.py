@@ -15,7 +15,6 @@ from memsim.hardware.spec import Compute, System
 from memsim.workloads.trace import LAYER, PERSISTENT, Op, Trace
 
 CLASSES = ("weight", "grad", "optimizer", "kv", "activation", "workspace")
-FORWARD_PHASES = ("forward", "prefill")
 
 
 @dataclass
@@ -32,14 +31,12 @@ class Profile:
     transient: int  # per layer: activations/workspace that die inside the layer's forward
     other_transient: int  # largest non-layer activation/workspace (logits, loss)
     other_total: int = 0  # all non-layer activations/workspace
-    other_shared: int = 0  # of those, scratch every reader sees written in its own block pass
+    other_shared: int = 0  # of those, scratch GPU batches share (`Trace.scratch`)
     time: dict[str, float] = field(default_factory=dict)  # seconds by key, see `_times`
     decode_iters: int = 0
     prefill_iters: int = 1  # prompt chunks (chunked prefill runs the prefill block once per chunk)
     tokens_per_step: int = 0
     batch: int = 1
-    attn_flops_decode: float = 0.0  # per layer per decode iteration
-    attn_bytes_decode: float = 0.0
 
     @property
     def layer_state(self) -> int:
@@ -106,25 +103,12 @@ def build_profile(system: System, trace: Trace) -> Profile:
         transient,
         other,
         other_total=sum(non_layer.values()),
-        other_shared=sum(b for n, b in non_layer.items() if n not in _carried(trace)),
+        other_shared=sum(b for n, b in non_layer.items() if n in trace.scratch()),
         tokens_per_step=int(trace.meta.get("tokens_per_step") or 0),
         batch=int(trace.meta.get("batch_size") or trace.meta.get("micro_batch") or 1),
     )
     _times(system, trace, prof)
     return prof
-
-
-def _carried(trace: Trace) -> set[str]:
-    """Non-layer tensors some op reads before its own block pass wrote them: state carried from
-    layer to layer (the residual stream). The rest are scratch buffers every layer reuses, which
-    GPU batches share at 1/n of the bytes (as the simulator's ``program._scratch`` decides)."""
-    carried: set[str] = set()
-    for block in trace.blocks:
-        written: set[str] = set()
-        for op in block.ops:
-            carried.update(t for t in op.inputs if LAYER not in t and t not in written)
-            written.update(op.outputs)
-    return carried
 
 
 def _activation_split(trace: Trace) -> tuple[int, int, int, int]:
@@ -174,8 +158,6 @@ def _times(system: System, trace: Trace, prof: Profile) -> None:
                     * reps
                 )
             if per_layer and op.phase == "decode" and op.kind == "attention":
-                prof.attn_flops_decode += op.flops
-                prof.attn_bytes_decode += op.bytes_read + op.bytes_written
                 t["decode_attn_gpu_layer"] = t.get("decode_attn_gpu_layer", 0.0) + sec
                 if cpu is not None:
                     t["decode_attn_cpu_layer"] = t.get("decode_attn_cpu_layer", 0.0) + cpu.op_time(

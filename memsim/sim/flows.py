@@ -98,9 +98,6 @@ class FlowManager:
         self._reschedule()
         return flow.done
 
-    def copies_touching(self, tier: str) -> int:
-        return self.touching.get(tier, 0)
-
     def shape(self, ports: tuple[str, ...], src: str, dst: str, req: float) -> tuple[tuple, tuple]:
         """(shares, curves) of a copy ``src`` → ``dst`` over ``ports`` in requests of ``req``
         bytes: each port direction at its bandwidth, the source's read bandwidth for that

@@ -33,8 +33,6 @@ from memsim.hardware.spec import System
 from memsim.planners.plan import Plan
 from memsim.workloads.trace import LAYER, PERSISTENT, Trace
 
-FETCH_CLASSES = ("weight", "optimizer", "grad", "kv", "activation", "workspace")
-
 
 @dataclass(slots=True)
 class POp:
@@ -223,7 +221,7 @@ def _split_batches(raw: list[POp], trace: Trace, n: int, notes: list) -> list[PO
     out: list[POp] = []
     append = out.append
     cache: dict[tuple, tuple] = {}  # (inputs, outputs) → (weight bytes, names per GPU batch)
-    scratch = _scratch(raw, trace)
+    scratch = trace.scratch()
     i = 0
     while i < len(raw):
         j = i
@@ -250,26 +248,11 @@ def _split_batches(raw: list[POp], trace: Trace, n: int, notes: list) -> list[PO
 
 
 def _sub(name: str, trace: Trace, b: int, scratch: frozenset[str] = frozenset()) -> str:
-    if name in scratch:  # one 1/n buffer that every GPU batch reuses in turn
+    """The GPU batch ``b`` instance of ``name``; ``scratch`` holds ``Trace.scratch()``'s names."""
+    t = trace.tensor(name)
+    if t.name in scratch:  # one 1/n buffer that every GPU batch reuses in turn
         return f"{name}#shared"
-    return name if trace.tensor(name).cls in PERSISTENT else f"{name}#{b}"
-
-
-def _scratch(raw: list[POp], trace: Trace) -> frozenset[str]:
-    """Activations every read of which sees a version written in the same group: scratch
-    buffers (``act``, ``logits``) reused by every layer. GPU batches run one at a time, so they
-    share one buffer of 1/n the bytes, as FlexGen's; state carried from group to group (the
-    residual stream ``hidden``) stays one instance per GPU batch."""
-    group_of: dict[str, tuple] = {}  # tensor → group of its last writer
-    carried: set[str] = set()
-    for r in raw:
-        for t in r.inputs:
-            if group_of.get(t) != r.group:
-                carried.add(t)
-        for t in r.outputs:
-            group_of[t] = r.group
-    return frozenset(t for t in group_of if t not in carried
-                     and trace.tensor(t).cls in ("activation", "workspace"))
+    return name if t.cls in PERSISTENT else f"{name}#{b}"
 
 
 def _any_recompute(plan: Plan) -> bool:

@@ -27,7 +27,6 @@ from memsim.errors import Infeasible, SpecError
 from memsim.specio import catalog_dir, load_mapping, resolve
 from memsim.units import fmt_bytes
 
-STATUSES = ("ok", "infeasible", "bad_input", "error")
 VOLATILE = ("solve_s", "wall_s")  # run times: kept in run.json, never in a point's result
 PointFn = Callable[[dict], dict]
 

@@ -16,7 +16,6 @@ from memsim.studies.grid import Point, numeric
 from memsim.studies.spec import Costs, Study
 
 GIB, TB = 2**30, 10**12
-BASE_COLUMNS = ("point", "status", "reason")
 COST_COLUMNS = ("usd_per_hour", "usd_per_mtoken")
 
 

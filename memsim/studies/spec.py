@@ -19,7 +19,6 @@ from memsim.errors import SpecError, did_you_mean
 from memsim.specio import catalog_names, load_spec, resolve
 
 Scalar = str | int | float | bool
-RUN_KINDS = ("plan", "simulate")
 # Axis keys that pick a field of the base case instead of overriding a key inside a spec file.
 BASE_KEYS = ("hardware", "workload", "planner", "time_limit")
 _FILTER = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|==|!=|<|>)\s*(.+?)\s*$")

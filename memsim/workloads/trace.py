@@ -182,6 +182,23 @@ class Trace:
             out[t.cls] += t.bytes * (layers if LAYER in name else 1)
         return out
 
+    def scratch(self) -> frozenset[str]:
+        """Activation/workspace tensors (template names) every read of which follows a write in
+        the same pass of its block: buffers each layer (or step) refills before use, like an
+        inference ``act``. Anything read before its pass writes it is state carried from pass to
+        pass (the residual stream ``hidden``). Planners and the simulator share such a buffer
+        among FlexGen's GPU batches at 1/n of the bytes."""
+        carried: set[str] = set()
+        written_any: set[str] = set()
+        for block in self.blocks:
+            written: set[str] = set()
+            for op in block.ops:
+                carried.update(t for t in op.inputs if t not in written)
+                written.update(op.outputs)
+            written_any |= written
+        return frozenset(t for t in written_any - carried
+                         if self.tensor(t).cls in ("activation", "workspace"))
+
     def lifetimes(self) -> dict[str, tuple[int, int]]:
         """Concrete tensor name → (birth op index, death op index), by the rules in the module
         docstring. Death is the index of the last op during which the tensor is alive."""
