@@ -339,6 +339,8 @@ def plan_cmd(
 
 
 def _render_plan(doc: dict) -> None:
+    from memsim.planners.plan import Plan
+
     plan, info = doc["plan"], doc["planner"]
     out.print(f"[bold]{doc['workload']}[/] on [bold]{doc['hardware']}[/] — planner {info['name']} "
               f"({info['status']})", highlight=False)
@@ -351,7 +353,7 @@ def _render_plan(doc: dict) -> None:
     where.add_row("(others)", "compute tier")
     out.print(where)
     policy = Table("decision", "value", title="policy")
-    counts = _policy_counts(plan, doc["layers"])
+    counts = Plan.from_dict(plan).policy_counts(doc["layers"])
     policy.add_row("activations", ", ".join(f"{k} {n} layers" for k, n in counts.items() if n))
     if plan.get("activation_tier"):
         policy.add_row("activation tier", plan["activation_tier"])
@@ -395,15 +397,6 @@ def _render_plan(doc: dict) -> None:
                   f"(~${up['cost_usd']:,.0f} at list $/GB; MIP estimate)", highlight=False)
     for note in doc["notes"]:
         out.print(f"note: {note}", highlight=False)
-
-
-def _policy_counts(plan: dict, layers: int) -> dict[str, int]:
-    layer_policy = plan.get("layer_policy") or {}
-    counts = dict.fromkeys(("keep", "offload", "recompute"), 0)
-    for pol in layer_policy.values():
-        counts[pol] += 1
-    counts[plan["activations"]] += layers - len(layer_policy)  # the default covers the rest
-    return counts
 
 
 # -- simulator ------------------------------------------------------------------------------------

@@ -124,3 +124,8 @@ def test_scratch_is_what_each_pass_writes_before_reading():
              Op("L{layer}.down", "matmul", "prefill", 1.0, 8, 8, ("act", "L{layer}.weight"), ("hidden",))]
     trace = Trace("s", "inference", tensors, [Block("prefill", layer, repeat=3)], {"layers": 3})
     assert trace.scratch() == {"act"}  # hidden is read before its pass writes it: carried state
+
+
+def test_policy_counts_cover_every_layer():
+    plan = Plan(activations="recompute", layer_policy={0: "keep", 5: "offload"})
+    assert plan.policy_counts(8) == {"keep": 1, "offload": 1, "recompute": 6}

@@ -101,6 +101,13 @@ class Plan:
     def policy(self, layer: int) -> ActivationPolicy:
         return self.layer_policy.get(layer, self.activations)
 
+    def policy_counts(self, layers: int) -> dict[str, int]:
+        """How many of ``layers`` layers keep, offload and recompute their activations."""
+        counts = dict.fromkeys(("keep", "offload", "recompute"), 0)
+        for layer in range(layers):
+            counts[self.policy(layer)] += 1
+        return counts
+
     def check(self, tiers: set[str] | list[str], file: str = "plan") -> None:
         """Refuse a plan that names unknown tiers or whose fractions do not sum to 1."""
         tiers = set(tiers)
