@@ -184,3 +184,23 @@ def test_replay_copies_what_the_simulator_copies_in_the_same_order(files, trace,
         assert len(kv_reads) == decode_layers  # the context, fetched once per decode segment
         predicted = engine._result(0.0).peak_bytes
         assert m.peak_bytes["disk"] == predicted["disk"]  # the KV cache counts whole, as allocated
+
+
+def test_a_copy_engine_runs_landed_before_anyone_sees_the_copy_done():
+    """A written-back buffer goes back the moment its write lands (as in the simulator), not when
+    the compute thread next polls: ``landed`` runs on the engine's thread before ``done`` is set."""
+    from memsim.validation.engines import Engine, Job, wait
+
+    order: list[str] = []
+    engine = Engine("dram->disk")
+    try:
+        job = Job("t:dram->disk", 1, lambda _stream: order.append("copied"))
+        job.landed = lambda: order.append("released")
+        wait(engine.submit(job))
+        assert order == ["copied", "released"]
+        failing = Job("u:dram->disk", 1, lambda _stream: None)
+        failing.landed = lambda: 1 / 0
+        with pytest.raises(ZeroDivisionError):  # a failing callback surfaces in the waiter
+            wait(engine.submit(failing))
+    finally:
+        engine.close()

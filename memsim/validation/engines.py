@@ -31,6 +31,10 @@ class Job:
     error: BaseException | None = None
     then: list[tuple[Engine, Job]] = field(default_factory=list)  # queued when this one is done
     ready: Any = None  # CUDA: an event on the compute stream the copy must wait for (its source)
+    # called on the engine's thread the moment the copy has landed, before anyone waiting sees
+    # it done: a written-back buffer is given back then, as the simulator gives it back, not
+    # whenever the compute thread next looks
+    landed: Callable[[], None] | None = None
 
 
 _DEPENDENTS = threading.Lock()
@@ -79,6 +83,11 @@ class Engine:
             except BaseException as exc:  # surfaced to the compute thread by wait()
                 job.error = exc
             job.end_ns = time.perf_counter_ns()
+            if job.landed is not None and job.error is None:
+                try:
+                    job.landed()
+                except BaseException as exc:  # surfaced to the compute thread by wait()
+                    job.error = exc
             with _DEPENDENTS:
                 job.done.set()
                 waiting, job.then = job.then, []

@@ -30,6 +30,7 @@ disk with the page cache bypassed, or pinned host memory under a GPU (``tiers.py
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -157,6 +158,9 @@ class _Runner:
             elif tier.kind == "dram" and backend.is_cuda:
                 self.slow[name] = HostTier(name, backend)
         self.engines: dict[tuple[str, str], Engine] = {}
+        # staging refcounts and the shared-stage table: written-back buffers are given back on
+        # the copy engines' threads, the rest on the compute thread
+        self.lock = threading.RLock()
         self.kernels = Kernels(backend)
         self.trace_ops = {x.name: x.op for x in trace.expand()}
 
@@ -242,7 +246,7 @@ class _Runner:
         self.avail: dict[tuple[str, int, str], Job] = {}
         self.home_alloc = {(name, tier) for name, info in self.prog.tensors.items()
                            if info.birth is None for tier in info.home}
-        self.writes: list[tuple[Job, _Stage | None]] = []
+        self.writes: list[Job] = []
         self.seg_wb: dict[int, list[Job]] = {}  # write-backs issued per segment
         self.extent: dict[tuple[str, str], int] = {}  # (kv tensor, tier) → bytes appended so far
         self.issued = -1
@@ -274,11 +278,12 @@ class _Runner:
                 if same_seg:  # pragma: no cover - every replayed op computes from one tier
                     raise RuntimeError(f"{t} is fetched from another tier of its own segment")
                 key = (t, w, frac)
-                st = self.stages.get(key)
-                if st is None:
-                    st = self.stages[key] = self._fetch(t, w, sources)
-                    st.skey = key
-                st.refs += 1
+                with self.lock:
+                    st = self.stages.get(key)
+                    if st is None:
+                        st = self.stages[key] = self._fetch(t, w, sources)
+                        st.skey = key
+                    st.refs += 1
                 self.seg_stage[(s, t)] = st
                 self.seg_held[s].append(st)
 
@@ -324,7 +329,8 @@ class _Runner:
                 key = self._key("work", t)
                 self.compute.alloc(key, nbytes)
                 st = _Stage(key, nbytes, [])
-            st.refs += 1
+            with self.lock:
+                st.refs += 1
             self.work[(t, op.seg)] = st
 
     def _finish(self, op) -> None:
@@ -354,6 +360,7 @@ class _Runner:
         st = self.work.pop((t, op.seg), None)
         src_key = st.key if st is not None else _home(t)
         buf = self.compute.buffers.get(src_key)
+        jobs: list[Job] = []
         for tier, nbytes in info.home.items():
             if tier == self.fast:
                 continue
@@ -373,33 +380,44 @@ class _Runner:
             if self.backend.is_cuda:  # the copy reads what the compute stream just wrote
                 job.ready = self.torch.cuda.Event()
                 job.ready.record()
-            job = self._engine(self.fast, tier).submit(job)
+            jobs.append(job)
+        if st is not None:  # the working copy is given back when every write of it has landed
+            left = [len(jobs)]
+
+            def landed(st=st, left=left) -> None:
+                with self.lock:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        self._release(st)
+            for job in jobs:
+                job.landed = landed
+        for job in jobs:
+            tier = job.name.rsplit("->", 1)[1]
+            self._engine(self.fast, tier).submit(job)
             self.avail[(t, op.index, tier)] = job
             self.seg_wb.setdefault(op.seg, []).append(job)
-            self.writes.append((job, st))
-            st = None  # released once, after the first write lands
+            self.writes.append(job)
 
     def _release(self, st: _Stage) -> None:
-        st.refs -= 1
-        if st.refs > 0:
-            return
-        if st.skey is not None:
-            del self.stages[st.skey]
-        self.compute.free(st.key)
+        with self.lock:
+            st.refs -= 1
+            if st.refs > 0:
+                return
+            if st.skey is not None:
+                del self.stages[st.skey]
+            self.compute.free(st.key)
 
     def _reap(self, block: bool) -> None:
-        """Release the compute-tier copies of written-back tensors once their write has landed."""
+        """Surface a failed write-back (its buffer went back on the engine's thread)."""
         keep = []
-        for job, st in self.writes:
+        for job in self.writes:
             if block:
                 wait(job, self.torch if self.backend.is_cuda else None)
             if not job.done.is_set():
-                keep.append((job, st))
+                keep.append(job)
                 continue
             if job.error is not None:
                 raise job.error
-            if st is not None:
-                self._release(st)
         self.writes = keep
         if block:
             self.backend.sync()
