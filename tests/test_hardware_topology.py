@@ -189,6 +189,25 @@ def test_device_view_shares_the_cpus_measured_rates():
     links = [{"name": "l", "kind": "pcie", "ends": ["hbm", "dram"], "bandwidth": "10GB/s"}]
     system = _system(tiers, links)
     system.compute["cpu"].achieved_flops = {"matmul": 1e12}
+    system.compute["cpu"].achieved_flops_by_rows = {"matmul/forward": [[128, "0.8TFLOP/s"],
+                                                                       [512, "1TFLOP/s"]]}
     view = system.rank_view(4)
     assert view.compute["cpu"].rate("matmul", "forward", "fp32") == 0.25e12
+    assert view.compute["cpu"].rate("matmul", "forward", "fp32", rows=128) == 0.2e12
     assert system.compute["cpu"].achieved_flops["matmul"] == 1e12
+    assert system.compute["cpu"].rate("matmul", "forward", "fp32", rows=512) == 1e12
+
+
+def test_gemm_rate_by_rows_interpolates_and_falls_back():
+    """A GEMM over few tokens runs below a big one's rate: the curve by rows is read log-linearly
+    between its points and clamped outside them; ops without a shape (rows 0) or of another kind
+    or phase fall back to achieved_flops."""
+    unit = _system({"hbm": _tier("hbm"), "dram": _tier("dram")}, []).compute["cpu"]
+    unit.achieved_flops = {"matmul": 9e10}
+    unit.achieved_flops_by_rows = {"matmul/forward": [[128, 8e10], [512, 1e11]]}
+    assert unit.rate("matmul", "forward", "fp32", rows=256) == pytest.approx(9e10)
+    assert unit.rate("matmul", "forward", "fp32", rows=64) == 8e10
+    assert unit.rate("matmul", "forward", "fp32", rows=4096) == 1e11
+    assert unit.rate("matmul", "forward", "fp32") == 9e10
+    assert unit.rate("matmul", "backward", "fp32", rows=128) == 9e10
+    assert unit.op_time(8e10, 0, "fp32", "matmul", "forward", rows=128) == pytest.approx(1.0)

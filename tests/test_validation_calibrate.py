@@ -39,6 +39,13 @@ def test_quick_calibration_loads_as_a_system(machine):
     assert all(v > 0 and math.isfinite(v) for v in figures)
     assert 0 < cpu.matmul_efficiency <= 1 and 0 <= cpu.copy_slowdown <= 1
     assert {"matmul", "matmul/forward", "matmul/backward", "attention/backward"} <= set(cpu.achieved_flops)
+    # the GEMMs again by their rows (tokens): one point per measured token count, read back
+    from memsim.validation.calibrate import gemm_shapes
+    rows = [float(m) for m in gemm_shapes("cpu", True)[0]]
+    for key in ("matmul/forward", "matmul/backward"):
+        curve = cpu.achieved_flops_by_rows[key]
+        assert [x for x, _ in curve.points] == rows and all(y > 0 for _, y in curve.points)
+        assert cpu.rate("matmul", key.split("/")[1], "fp32", int(rows[0])) == curve.points[0][1]
     with open("/proc/meminfo") as f:
         total = int(next(line for line in f if line.startswith("MemTotal")).split()[1]) * 1024
     assert system.tiers["dram"].capacity == total

@@ -92,6 +92,7 @@ def _curve(kind_x, kind_y):
 
 
 SizeCurve = Annotated[Curve, _curve(units.parse_bytes, units.parse_bandwidth)]
+RowsCurve = Annotated[Curve, _curve(float, units.parse_flops)]
 ConcurrencyCurve = Annotated[Curve, _curve(float, units.parse_bandwidth)]
 
 
@@ -210,10 +211,23 @@ class Compute(Spec):
         description="measured FLOP/s by op kind or kind/phase (e.g. matmul/decode: 4.3TFLOP/s); "
                     "replaces the compute side of the roofline for those ops (FlexGen's fitted "
                     "constants, or what `memsim calibrate` measured)")
+    achieved_flops_by_rows: dict[str, RowsCurve] = Field(
+        default_factory=dict,
+        description="measured GEMM FLOP/s by the rows of its left operand (the tokens), per op kind "
+                    "or kind/phase, e.g. matmul/forward: [[128, 93GFLOP/s], [512, 100GFLOP/s]]; "
+                    "a GEMM over few tokens runs below a big one's rate. Used before "
+                    "achieved_flops for ops whose trace gives their shape (written by `memsim "
+                    "calibrate`)")
     source: str | None = None
 
-    def rate(self, kind: str, phase: str, dtype: str) -> float:
-        """FLOP/s an op of this kind and phase achieves: measured if known, else peak × efficiency."""
+    def rate(self, kind: str, phase: str, dtype: str, rows: int = 0) -> float:
+        """FLOP/s an op of this kind and phase achieves: measured if known (at its rows, when a
+        curve by rows was measured), else peak × efficiency."""
+        if rows and self.achieved_flops_by_rows:
+            curve = (self.achieved_flops_by_rows.get(f"{kind}/{phase}")
+                     or self.achieved_flops_by_rows.get(kind))
+            if curve is not None:
+                return curve.at(rows)
         measured = self.achieved_flops.get(f"{kind}/{phase}") or self.achieved_flops.get(kind)
         return measured if measured else self.flops(dtype)
 
@@ -229,10 +243,11 @@ class Compute(Spec):
         raise KeyError(dtype)  # unreachable: peak_flops is non-empty
 
     def op_time(self, flops: float, nbytes: float, dtype: str = "bf16", kind: str = "matmul",
-                phase: str = "forward") -> float:
-        """Roofline: the slower of compute and memory traffic, plus launch overhead."""
-        return max(flops / self.rate(kind, phase, dtype), nbytes / (self.mem_bw * self.memory_efficiency)) \
-            + self.launch_overhead
+                phase: str = "forward", rows: int = 0) -> float:
+        """Roofline: the slower of compute and memory traffic, plus launch overhead. ``rows``: a
+        GEMM's left-operand rows (0: unknown)."""
+        return max(flops / self.rate(kind, phase, dtype, rows),
+                   nbytes / (self.mem_bw * self.memory_efficiency)) + self.launch_overhead
 
 
 class System(Spec):
@@ -320,6 +335,8 @@ class System(Spec):
                     unit.peak_flops[dtype] /= ranks
                 for key in unit.achieved_flops:
                     unit.achieved_flops[key] /= ranks
+                for curve in unit.achieved_flops_by_rows.values():
+                    curve.__dict__["points"] = [(x, y / ranks) for x, y in curve.points]
                 unit.__dict__["mem_bw"] = unit.mem_bw / ranks
         view.__dict__["name"] = f"{self.name}/{ranks}"
         return view

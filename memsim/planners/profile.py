@@ -62,9 +62,10 @@ def op_seconds(system: System, op: Op, unit: Compute | None = None, split: int =
         return comm_seconds(system, op)
     nbytes = op.bytes_read + op.bytes_written
     if split <= 1:
-        return unit.op_time(op.flops, nbytes, op.dtype, op.kind, op.phase)
+        return unit.op_time(op.flops, nbytes, op.dtype, op.kind, op.phase, op.rows)
     w = min(weight_bytes, nbytes)
-    return split * unit.op_time(op.flops / split, w + (nbytes - w) / split, op.dtype, op.kind, op.phase)
+    return split * unit.op_time(op.flops / split, w + (nbytes - w) / split, op.dtype, op.kind, op.phase,
+                                op.rows // split)
 
 
 def persistent_input_bytes(trace: Trace, op: Op) -> int:
@@ -154,15 +155,15 @@ def _times(system: System, trace: Trace, prof: Profile) -> None:
                 k = f"optimizer_cpu_{'layer' if per_layer else 'other'}"
                 t[k] = (
                     t.get(k, 0.0)
-                    + cpu.op_time(op.flops, op.bytes_read + op.bytes_written, op.dtype, op.kind, op.phase)
-                    * reps
+                    + cpu.op_time(op.flops, op.bytes_read + op.bytes_written, op.dtype, op.kind,
+                                  op.phase, op.rows) * reps
                 )
             if per_layer and op.phase == "decode" and op.kind == "attention":
                 t["decode_attn_gpu_layer"] = t.get("decode_attn_gpu_layer", 0.0) + sec
                 if cpu is not None:
                     t["decode_attn_cpu_layer"] = t.get("decode_attn_cpu_layer", 0.0) + cpu.op_time(
-                        op.flops, op.bytes_read + op.bytes_written, op.dtype, op.kind, op.phase
-                    )
+                        op.flops, op.bytes_read + op.bytes_written, op.dtype, op.kind, op.phase,
+                        op.rows)
     prof.time = t
 
 

@@ -29,20 +29,36 @@ from memsim.validation import microbench as mb
 from memsim.validation.backend import Backend, make_backend
 from memsim.validation.diskio import Scratch, probe_mode
 
-# Forward GEMMs of transformer linears (tokens × in × out) at the token counts validation runs;
-# each is also measured as a backward (dX and dW), whose operand layouts run at other rates.
-GEMM_SHAPES = [(256, 1024, 1024), (256, 1024, 4096), (256, 4096, 1024), (512, 1024, 1024),
-               (512, 1024, 4096), (512, 4096, 1024), (1024, 1024, 4096), (1024, 2048, 2048)]
-GEMM_SHAPES_QUICK = [(128, 256, 256), (256, 512, 512)]
+# GEMMs of transformer linears, tokens × in × out: every (in, out) at every token count (the rows,
+# which the achieved rate depends on: a GEMM over 128 tokens runs several % below one over 1024
+# on a CPU, and far below on a GPU), forward in the default dtype and as a backward (dX and dW,
+# whose operand layouts run at other rates); the other dtype at the largest rows only, for its
+# peak. Sized per device: a GPU needs far bigger GEMMs to reach its rate.
+GEMM_ROWS = {"cpu": (64, 128, 256, 512, 1024), "cuda": (128, 512, 2048, 8192)}
+GEMM_KN = {"cpu": ((1024, 1024), (1024, 4096), (4096, 1024)),
+           "cuda": ((4096, 4096), (4096, 14336), (14336, 4096))}
+GEMM_ROWS_QUICK, GEMM_KN_QUICK = (64, 256), ((256, 256), (512, 512))
 ATTENTION = [(1, 16, 256, 256, 64), (1, 16, 512, 512, 64), (4, 16, 128, 128, 64)]
 ATTENTION_QUICK = [(1, 4, 128, 128, 64)]
 DISK_SIZES = [4 << 10, 64 << 10, 256 << 10, 1 << 20, 8 << 20]  # includes mb.REQUEST
 
 Progress = Callable[[str], None]
-# progress steps per (device, quick), for the bar: GEMMs x (2 dtypes + backward), attention, memory, launch,
-# scratch file, disk sizes, latency, mixed read+write, overlap, (pinned copies on CUDA)
-STEPS = {(dev, q): 3 * len(GEMM_SHAPES_QUICK if q else GEMM_SHAPES) + 3 + 1 + len(DISK_SIZES) + 3
-         + (dev == "cuda") for dev in ("cpu", "cuda") for q in (False, True)}
+
+
+def gemm_shapes(device: str, quick: bool) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """The rows and the (in, out) sizes calibration measures GEMMs at."""
+    return (GEMM_ROWS_QUICK, GEMM_KN_QUICK) if quick else (GEMM_ROWS[device], GEMM_KN[device])
+
+
+def _steps(device: str, quick: bool) -> int:
+    rows, kn = gemm_shapes(device, quick)
+    # GEMMs: forward + backward per shape, the other dtype per (in, out); attention, memory,
+    # launch, scratch file, disk sizes, latency, mixed read+write, overlap, (pinned on CUDA)
+    return 2 * len(rows) * len(kn) + len(kn) + 3 + 1 + len(DISK_SIZES) + 3 + (device == "cuda")
+
+
+# progress steps per (device, quick), for the bar
+STEPS = {(dev, q): _steps(dev, q) for dev in ("cpu", "cuda") for q in (False, True)}
 
 
 def compute_threads() -> int:
@@ -75,16 +91,19 @@ def calibrate(device: str = "cpu", quick: bool = False, scratch: str | Path | No
 
 
 def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress) -> dict:
-    shapes = GEMM_SHAPES_QUICK if quick else GEMM_SHAPES
+    rows, kn = gemm_shapes("cuda" if backend.is_cuda else "cpu", quick)
     default = default_dtype(backend)
+    other = "fp32" if default == "bf16" else "bf16"
     gemms, backward = [], []
-    for dtype in ("fp32", "bf16"):
-        for m, k, n in shapes:
-            step(f"GEMM {m}x{k}x{n} {dtype}")
-            gemms.append(mb.gemm(backend, m, k, n, dtype, reps))
-    for m, k, n in shapes:
-        step(f"GEMM backward {m}x{k}x{n} {default}")
-        backward.append(mb.linear_backward(backend, m, k, n, default, reps))
+    for m in rows:
+        for k, n in kn:
+            step(f"GEMM {m}x{k}x{n} {default}")
+            gemms.append(mb.gemm(backend, m, k, n, default, reps))
+            step(f"GEMM backward {m}x{k}x{n} {default}")
+            backward.append(mb.linear_backward(backend, m, k, n, default, reps))
+    for k, n in kn:
+        step(f"GEMM {rows[-1]}x{k}x{n} {other}")
+        gemms.append(mb.gemm(backend, rows[-1], k, n, other, reps))
     step("attention forward and backward (scaled_dot_product_attention)")
     shapes_attn = ATTENTION_QUICK if quick else ATTENTION
     attn = {phase: statistics.median(mb.attention(backend, *s, default, reps, phase == "backward")
@@ -164,6 +183,8 @@ def _compute_unit(backend: Backend, figures: dict, kind: str, memory: str, model
     default = default_dtype(backend)
     forward = statistics.median(g.flops_per_s for g in gemms if g.dtype == default)
     backward = statistics.median(g.flops_per_s for g in figures["gemm_backward"])
+    by_rows = {"matmul/forward": _by_rows([g for g in gemms if g.dtype == default]),
+               "matmul/backward": _by_rows(figures["gemm_backward"])}
     mem = figures["memory"]
     streaming = {k: v for k, v in mem.items() if k != "gelu"}  # gelu is compute-bound on CPUs
     mem_bw = max(streaming.values())
@@ -183,8 +204,17 @@ def _compute_unit(backend: Backend, figures: dict, kind: str, memory: str, model
                            "matmul/forward": forward, "matmul/backward": backward,
                            "attention": attn["forward"], "attention/forward": attn["forward"],
                            "attention/backward": attn["backward"]},
+        # the same GEMMs by their rows (the median over (in, out) at each): ops whose trace
+        # gives a shape run at their own token count's rate, the rest at the medians above
+        "achieved_flops_by_rows": by_rows,
         "source": f"memsim calibrate ({backend.device})",
     }
+
+
+def _by_rows(gemms: list[mb.Gemm]) -> list[list[float]]:
+    """[[rows, median FLOP/s over the (in, out) sizes measured at those rows], ...], rows rising."""
+    rows = sorted({g.m for g in gemms})
+    return [[float(m), statistics.median(g.flops_per_s for g in gemms if g.m == m)] for m in rows]
 
 
 def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_free: int,

@@ -65,6 +65,13 @@ class Op:
     # anything else (numel,). Optional: without it a replay sizes a kernel from flops and bytes.
     shape: tuple[int, ...] | None = None
 
+    @property
+    def rows(self) -> int:
+        """A matmul's left-operand rows (its tokens, which its achieved FLOP/s depends on: a GEMM
+        over few rows runs below a big one's rate); 0 when unknown or not a matmul."""
+        shape = self.shape
+        return shape[0] if self.kind == "matmul" and shape and len(shape) == 3 else 0
+
 
 @dataclass(slots=True)
 class Block:
