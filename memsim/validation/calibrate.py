@@ -53,8 +53,8 @@ def gemm_shapes(device: str, quick: bool) -> tuple[tuple[int, ...], tuple[tuple[
 def _steps(device: str, quick: bool) -> int:
     rows, kn = gemm_shapes(device, quick)
     # GEMMs: forward + backward per shape, the other dtype per (in, out); attention, memory,
-    # launch, scratch file, disk sizes, latency, mixed read+write, overlap, (pinned on CUDA)
-    return 2 * len(rows) * len(kn) + len(kn) + 3 + 1 + len(DISK_SIZES) + 3 + (device == "cuda")
+    # launch, scratch file, disk sizes, tensor I/O, latency, mixed read+write, overlap, (pinned)
+    return 2 * len(rows) * len(kn) + len(kn) + 3 + 1 + len(DISK_SIZES) + 4 + (device == "cuda")
 
 
 # progress steps per (device, quick), for the bar
@@ -132,6 +132,9 @@ def _disk_figures(backend: Backend, folder: Path, mode: str, quick: bool, reps: 
         step(f"disk read/write, {request >> 10} KiB requests")
         read[request] = mb.disk_read(path, mode, request, volume, reps)
         write[request] = mb.disk_write(folder, mode, request, min(volume, 64 << 20), reps)
+    step("whole tensors written and read back, as a replay moves them")
+    tensors = mb.tensor_io(folder, mode, (4 << 20) if quick else (32 << 20), 4 if quick else 8,
+                           max(2, reps // 2))
     step("disk latency")
     latency = mb.disk_latency(path, mode, 5 * reps)
     step("disk reads and writes at once")
@@ -146,7 +149,7 @@ def _disk_figures(backend: Backend, folder: Path, mode: str, quick: bool, reps: 
         overlap[direction] = {"gemm_alone_s": alone, "gemm_with_copy_s": loaded,
                               "copy_alone_Bps": c_alone, "copy_with_compute_Bps": c_loaded}
     return {"disk_read": read, "disk_write": write, "disk_latency": latency, "overlap": overlap,
-            "disk_mixed": mixed}
+            "disk_mixed": mixed, "tensor_io": {"read": tensors[0], "write": tensors[1]}}
 
 
 def _pinned_figures(backend: Backend, quick: bool, reps: int, step: Progress) -> dict:
@@ -226,10 +229,14 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
     # this kind of machine that slows them (the simulator has no compute-slows-copies term), so
     # each direction's rates are scaled by that direction's measured with-compute / alone ratio;
     # the unscaled rates stay in calibration.disk_*_Bps.
+    # The level of each direction is whole tensors moved as a replay moves them (``tensor_io``);
+    # the request-size sweep gives the read-size curve its shape, scaled to that level at the
+    # 1 MiB request both use.
     under = {d: 1.0 if backend.is_cuda else _under_compute(figures["overlap"], d)
              for d in ("read", "write")}
-    read = {k: v * under["read"] for k, v in figures["disk_read"].items()}
-    write = {k: v * under["write"] for k, v in figures["disk_write"].items()}
+    level = {d: figures["tensor_io"][d] / figures[f"disk_{d}"][mb.REQUEST] for d in ("read", "write")}
+    read = {k: v * level["read"] * under["read"] for k, v in figures["disk_read"].items()}
+    write = {k: v * level["write"] * under["write"] for k, v in figures["disk_write"].items()}
     torch = backend.torch
     host = platform.node() or "this-machine"
     tiers = {
@@ -272,12 +279,12 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
         "memory_kernels_Bps": figures["memory"],
         "disk_read_Bps": {str(k): v for k, v in figures["disk_read"].items()},
         "disk_write_Bps": {str(k): v for k, v in figures["disk_write"].items()},
+        "disk_tensor_io_Bps": figures["tensor_io"],
         "disk_rate_under_compute": under,
         # recorded, not applied: a check of the half-duplex model (one reader and one writer
         # each get half their direction's alone rate), which the next entry states
         "disk_mixed_Bps": figures["disk_mixed"],
-        "disk_mixed_half_duplex_Bps": {"read": figures["disk_read"][mb.REQUEST] / 2,
-                                       "write": figures["disk_write"][mb.REQUEST] / 2},
+        "disk_mixed_half_duplex_Bps": {d: figures["tensor_io"][d] / 2 for d in ("read", "write")},
         "overlap": figures["overlap"],
     }
     if "pinned" in figures:
