@@ -62,10 +62,14 @@ def main() -> int:
         print(f"disk reads+writes at once: measured read {mixed['read'] / 1e9:.2f}, write "
               f"{mixed['write'] / 1e9:.2f} GB/s; half-duplex model {model['read'] / 1e9:.2f}, "
               f"{model['write'] / 1e9:.2f} GB/s")
-    print(f"{'case':34s} {'simulated':>10s} {'measured':>10s} {'error':>8s}  peak errors")
+    print(f"{'case':34s} {'simulated':>10s} {'measured':>10s} {'error':>8s}  peak errors; copy engines busy "
+          "s simulated/measured (measured GB/s)")
     for c in report.cases:
         peaks = ", ".join(f"{t} {p['error']:+.1%}" for t, p in c.peak_bytes.items())
-        print(f"{c.name:34s} {c.predicted_s:10.3f} {c.measured_s:10.3f} {c.error:+8.1%}  {peaks}")
+        busy = ", ".join(f"{d} {b['predicted_s']:.2f}/{b['measured_s']:.2f} ({b['measured_Bps'] / 1e9:.2f})"
+                         for d, b in c.copy_busy.items())
+        print(f"{c.name:34s} {c.predicted_s:10.3f} {c.measured_s:10.3f} {c.error:+8.1%}  {peaks}"
+              f"{'; ' + busy if busy else ''}")
     print(f"suite {report.suite} ({t2 - t1:.0f} s): median |error| {report.median_abs_error:.1%}, "
           f"worst {report.max_abs_error:.1%}, worst peak-bytes error {report.max_peak_error:.1%}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "

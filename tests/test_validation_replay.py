@@ -129,6 +129,9 @@ def test_suite_and_validate_json(files, tmp_path):
         assert case["predicted_s"] > 0 and case["measured_s"] > 0
         assert case["error"] == pytest.approx((case["predicted_s"] - case["measured_s"]) / case["measured_s"])
     assert doc["median_abs_error"] >= 0 and set(doc["peak_bytes"]) == {"w/resident", "w/wdisk"}
+    assert doc["cases"][0]["copy_busy"] == {}  # resident: nothing moves
+    reads = doc["cases"][1]["copy_busy"]["disk->dram"]  # weights streamed from disk
+    assert reads["predicted_s"] > 0 and reads["measured_s"] > 0 and reads["measured_Bps"] > 0
     assert png.stat().st_size > 1000
 
 

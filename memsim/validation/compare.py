@@ -34,6 +34,9 @@ class CaseResult:
     measured_breakdown: dict[str, float]  # compute, recompute, wait (exposed transfer)
     copy_bytes: dict[str, int]
     disk_mode: str | None = None  # how the page cache was bypassed (O_DIRECT or fadvise)
+    # per copy direction (src->dst): seconds its engine was busy, predicted and measured, and the
+    # rate the measured copies achieved: where a case misses, whether the copies ran slower
+    copy_busy: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,7 +134,24 @@ def run_case(system: System, case: SuiteCase, device: str, repeats: int,
         predicted_breakdown=predicted.breakdown,
         measured_breakdown={"compute": measured.compute_s - measured.recompute_s,
                             "recompute": measured.recompute_s, "exposed_transfer": measured.wait_s},
-        copy_bytes=measured.copy_bytes, disk_mode=measured.disk_mode if measured.copy_bytes else None)
+        copy_bytes=measured.copy_bytes, disk_mode=measured.disk_mode if measured.copy_bytes else None,
+        copy_busy=_copy_busy(predicted, measured))
+
+
+def _copy_busy(predicted, measured) -> dict[str, dict[str, float]]:
+    """Engine busy seconds per direction, the simulator's (``link_busy`` × step, engines named
+    ``link:src->dst``) beside the replay's (its copies' spans), and the measured B/s."""
+    out = {}
+    sim = {}
+    for engine, frac in predicted.link_busy.items():
+        direction = engine.split(":", 1)[-1]
+        sim[direction] = sim.get(direction, 0.0) + frac * predicted.step_time_s
+    for direction, spans in sorted(measured.copy_spans.items()):
+        busy = sum(end - start for _, start, end in spans)
+        moved = sum(nbytes for nbytes, _, _ in spans)
+        out[direction] = {"predicted_s": sim.get(direction, 0.0), "measured_s": busy,
+                          "measured_Bps": moved / busy if busy > 0 else 0.0}
+    return out
 
 
 def plot_report(report: Report, path: str | Path) -> Path:
