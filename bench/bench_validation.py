@@ -30,8 +30,6 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="quick calibration")
     ap.add_argument("--record", action="store_true", help="write the result under validation/results/")
-    ap.add_argument("--track-disk", action="store_true",
-                    help="re-measure the disk's level before each case (see memsim validate --track-disk)")
     args = ap.parse_args()
 
     from memsim.hardware import load_system
@@ -50,7 +48,6 @@ def main() -> int:
         write_system(system, out / f"{host}-{args.device}-{stamp}.machine.yaml")
     t1 = time.perf_counter()
     report = validate(system, suite=args.suite, device=args.device, repeats=args.repeats,
-                      track_disk=args.track_disk,
                       plot=out / f"{host}-{args.device}-{stamp}.png",
                       progress=lambda name: print(f"  measured a step of {name}", file=sys.stderr))
     t2 = time.perf_counter()
@@ -71,10 +68,8 @@ def main() -> int:
         peaks = ", ".join(f"{t} {p['error']:+.1%}" for t, p in c.peak_bytes.items())
         busy = ", ".join(f"{d} {b['predicted_s']:.2f}/{b['measured_s']:.2f} ({b['measured_Bps'] / 1e9:.2f})"
                          for d, b in c.copy_busy.items())
-        level = (f"; disk now read {c.disk_level_Bps['read'] / 1e9:.2f}, write "
-                 f"{c.disk_level_Bps['write'] / 1e9:.2f} GB/s" if c.disk_level_Bps else "")
         print(f"{c.name:34s} {c.predicted_s:10.3f} {c.measured_s:10.3f} {c.error:+8.1%}  {peaks}"
-              f"{'; ' + busy if busy else ''}{level}")
+              f"{'; ' + busy if busy else ''}")
     print(f"suite {report.suite} ({t2 - t1:.0f} s): median |error| {report.median_abs_error:.1%}, "
           f"worst {report.max_abs_error:.1%}, worst peak-bytes error {report.max_peak_error:.1%}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "

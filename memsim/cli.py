@@ -537,9 +537,6 @@ def validate_cmd(
     plot: Annotated[str | None, typer.Option(help="write predicted-vs-measured PNG here")] = None,
     record: Annotated[str | None, typer.Option(help="also write the JSON report to this file")] = None,
     scratch: Annotated[str | None, typer.Option(help="folder for the disk tier's files")] = None,
-    track_disk: Annotated[bool, typer.Option(
-        help="re-measure the disk's rate (~1 s) before each case and predict with it, for disks "
-             "whose speed changes from minute to minute")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Replay plans on this machine with torch and compare with the simulator's predictions."""
@@ -560,7 +557,7 @@ def validate_cmd(
     bar, task = _progress(total, "replaying", as_json)
     with bar:
         report = validate(hardware, workload=workload, plan=plan, suite=loaded, device=device,
-                          repeats=repeats, scratch=scratch, plot=plot, track_disk=track_disk,
+                          repeats=repeats, scratch=scratch, plot=plot,
                           progress=lambda name: bar.update(task, advance=1, description=name))
     doc = report.to_dict()
     if record:

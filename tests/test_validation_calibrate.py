@@ -96,28 +96,3 @@ def test_scratch_is_removed_on_error_and_on_sigterm(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
     assert not folder.exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
-
-
-def test_with_disk_level_scales_each_direction_of_the_disk_only(machine):
-    """A disk re-levelled from a probe: every read figure (tier, curve, link) scales by the new /
-    calibrated whole-tensor read rate, every write figure by the write ratio, nothing else moves."""
-    from memsim.validation.calibrate import disk_probe, with_disk_level
-
-    system = load_system(machine[0])
-    old = system.calibration["disk_tensor_io_Bps"]
-    level = {"read": old["read"] / 2, "write": old["write"] * 3}
-    new = with_disk_level(system, level)
-    disk, before = new.tiers["disk"], system.tiers["disk"]
-    assert disk.read_bw == pytest.approx(before.read_bw / 2)
-    assert disk.write_bw == pytest.approx(before.write_bw * 3)
-    assert [y for _, y in disk.read_size_curve.points] == \
-        pytest.approx([y / 2 for _, y in before.read_size_curve.points])
-    link, link0 = new.links[0], system.links[0]
-    assert link.rate("disk") == pytest.approx(link0.rate("disk") / 2)  # disk → dram: a read
-    assert link.rate("dram") == pytest.approx(link0.rate("dram") * 3)
-    assert new.tiers["dram"] == system.tiers["dram"] and new.cpu == system.cpu
-    assert new.calibration["disk_tensor_io_Bps"] == level
-    uncalibrated = load_system("nvme-gen4")
-    assert with_disk_level(uncalibrated, level) is uncalibrated
-    probe = disk_probe(machine[0].parent)  # a real measurement, in its own scratch folder
-    assert probe["read"] > 0 and probe["write"] > 0

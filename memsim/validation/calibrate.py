@@ -304,49 +304,6 @@ def _under_compute(overlap: dict, direction: str) -> float:
     return round(min(1.0, o["copy_with_compute_Bps"] / o["copy_alone_Bps"]), 4)
 
 
-def disk_probe(scratch: str | Path | None = None) -> dict[str, float]:
-    """The disk's level now, in about a second: whole tensors written and read back as a replay
-    moves them (``tensor_io``, 4 × 32 MiB). Why: this project's VM disks switch between ~1.3 and
-    ~2.4 GB/s reads for minutes at a time (measured: identical reads, steady within a minute,
-    a factor ~2 apart across minutes), so a level measured once can be stale by the next case."""
-    with Scratch(scratch) as folder:
-        read, write = mb.tensor_io(folder, probe_mode(folder), 32 << 20, 4, 1)
-    return {"read": read, "write": write}
-
-
-def with_disk_level(system: System, level: dict[str, float]) -> System:
-    """The calibrated System with its disk re-levelled to ``level`` (from ``disk_probe``): every
-    disk rate of each direction — the tier's, its read-size curve's, the disk links' — scaled by
-    the new / calibrated whole-tensor rate; everything else, the under-compute ratio included, as
-    calibrated. A System without a calibration record is returned unchanged."""
-    calibrated = (system.calibration or {}).get("disk_tensor_io_Bps")
-    if not calibrated:
-        return system
-    scale = {d: level[d] / calibrated[d] for d in ("read", "write")}
-    doc = system.model_dump(mode="json", exclude_none=True)
-    disks = {n for n, t in system.tiers.items() if t.kind in ("ssd", "flash")}
-    for name in disks:
-        tier = doc["tiers"][name]
-        tier["read_bw"] *= scale["read"]
-        tier["write_bw"] *= scale["write"]
-        if "read_size_curve" in tier:
-            tier["read_size_curve"]["points"] = [[x, y * scale["read"]]
-                                                 for x, y in tier["read_size_curve"]["points"]]
-    for link in doc["links"]:
-        a, b = link["ends"]
-        if b in disks:  # bandwidth: a → b (a write to the disk); reverse: b → a (a read)
-            link["bandwidth"] *= scale["write"]
-            if "bandwidth_reverse" in link:
-                link["bandwidth_reverse"] *= scale["read"]
-        elif a in disks:
-            link["bandwidth"] *= scale["read"]
-            if "bandwidth_reverse" in link:
-                link["bandwidth_reverse"] *= scale["write"]
-    doc["calibration"] = {**doc.get("calibration", {}), "disk_tensor_io_Bps": level,
-                          "disk_relevelled_from_Bps": calibrated}
-    return System.model_validate(doc)
-
-
 def write_system(system: System, path: str | Path) -> Path:
     """Write the System as YAML; an unwritable path is bad input (exit 2), not a traceback."""
     path = Path(path)

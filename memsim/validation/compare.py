@@ -37,9 +37,6 @@ class CaseResult:
     # per copy direction (src->dst): seconds its engine was busy, predicted and measured, and the
     # rate the measured copies achieved: where a case misses, whether the copies ran slower
     copy_busy: dict[str, dict[str, float]] = field(default_factory=dict)
-    # with track_disk: the disk's whole-tensor rates measured right before the case, which the
-    # prediction used instead of the calibration's
-    disk_level_Bps: dict[str, float] | None = None
 
 
 @dataclass
@@ -77,12 +74,8 @@ class Report:
 def validate(system: System | str, *, workload: str | None = None, plan: Plan | str | None = None,
              suite: Suite | str | None = None, device: str = "cpu", repeats: int | None = None,
              scratch: str | Path | None = None, plot: str | Path | None = None,
-             progress: Callable[[str], None] | None = None, track_disk: bool = False) -> Report:
-    """Run one workload (with a plan, or all-resident) or a whole suite; predict and measure each.
-
-    ``track_disk``: re-measure the disk's level (``calibrate.disk_probe``, about a second) right
-    before each case and predict that case with it — for machines whose disk changes speed from
-    one minute to the next; the levels used are in each case's ``disk_level_Bps``."""
+             progress: Callable[[str], None] | None = None) -> Report:
+    """Run one workload (with a plan, or all-resident) or a whole suite; predict and measure each."""
     from memsim.hardware import load_system
 
     system = load_system(system)
@@ -95,7 +88,7 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
         plan_obj, plan_file = _plan(plan)
         cases, reps, name = [SuiteCase(Path(str(workload)).stem, str(workload), plan_obj, plan_file)], \
             repeats or 3, None
-    results = [run_case(system, case, device, reps, scratch, progress, track_disk) for case in cases]
+    results = [run_case(system, case, device, reps, scratch, progress) for case in cases]
     report = Report(system.name, device, name, results,
                     dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), system.calibration,
                     disk_mode=next((r.disk_mode for r in results if r.disk_mode), None))
@@ -115,19 +108,13 @@ def _plan(plan: Plan | str | None) -> tuple[Plan, str]:
 
 
 def run_case(system: System, case: SuiteCase, device: str, repeats: int,
-             scratch: str | Path | None, progress: Callable[[str], None] | None,
-             track_disk: bool = False) -> CaseResult:
+             scratch: str | Path | None, progress: Callable[[str], None] | None) -> CaseResult:
     from memsim.sim import simulate
-    from memsim.validation.calibrate import disk_probe, with_disk_level
     from memsim.validation.replay import check_plan, replay
     from memsim.workloads import build_trace, load_workload
 
     trace = build_trace(load_workload(case.workload))
     check_plan(trace, case.plan, system, case.plan_file)
-    level = None
-    if track_disk and (system.calibration or {}).get("disk_tensor_io_Bps"):
-        level = disk_probe(scratch)
-        system = with_disk_level(system, level)
     predicted = simulate(system, trace, case.plan)
     if not predicted.feasible:  # the replay would run this machine out of memory for real
         from memsim.errors import Infeasible
@@ -148,7 +135,7 @@ def run_case(system: System, case: SuiteCase, device: str, repeats: int,
         measured_breakdown={"compute": measured.compute_s - measured.recompute_s,
                             "recompute": measured.recompute_s, "exposed_transfer": measured.wait_s},
         copy_bytes=measured.copy_bytes, disk_mode=measured.disk_mode if measured.copy_bytes else None,
-        copy_busy=_copy_busy(predicted, measured), disk_level_Bps=level)
+        copy_busy=_copy_busy(predicted, measured))
 
 
 def _copy_busy(predicted, measured) -> dict[str, dict[str, float]]:
