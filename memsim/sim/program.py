@@ -272,37 +272,54 @@ def _insert_recompute(raw: list[POp], trace: Trace, plan: Plan) -> list[POp]:
         if r.phase == "forward" and r.layer is not None:
             forward.setdefault(r.layer, []).append(r)
     rename: dict[str, str] = {}
+    names = rename.keys()  # (a live view: isdisjoint runs in C)
     done: set[int] = set()
+    memo: dict[str, str] = {}  # _recompute_layer's tensor classes, shared by every layer
     out: list[POp] = []
     for r in raw:
         layer = r.layer
         if (r.phase == "backward" and layer is not None and layer not in done
                 and plan.policy(layer) == "recompute" and layer in forward):
             done.add(layer)
-            out.extend(_recompute_layer(forward[layer], layer, trace, rename))
-        if rename:
+            out.extend(_recompute_layer(forward[layer], layer, trace, rename, memo))
+        if rename and not (names.isdisjoint(r.inputs) and names.isdisjoint(r.outputs)):
             get = rename.get
             inputs = tuple([get(t, t) for t in r.inputs])
             outputs = tuple([get(t, t) for t in r.outputs])
-            if inputs != r.inputs or outputs != r.outputs:
+            if r.phase == "forward" and r.layer is not None:  # (``forward`` holds it as it was)
                 r = _renamed(r, r.name, inputs, outputs, r.recompute, r.group)
+            else:  # this call's own op, referenced nowhere else: rename it in place
+                r.inputs, r.outputs = inputs, outputs
         out.append(r)
     return out
 
 
-def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict) -> list[POp]:
+def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
+                     memo: dict[str, str]) -> list[POp]:
     prefix = f"L{layer}."
     ckpt = prefix + "input"
     has_ckpt = _exists(trace, ckpt)
     local: dict[str, str] = {}
     out = []
+    concrete = trace.tensors
+    cut = len(prefix)
+
+    def cls(t: str) -> str:
+        """``_cls``, memoised: a per-layer name (not a concrete tensor of the trace) has its
+        template's class, kept under ``L{layer}.`` + the rest, the same for every layer."""
+        key = LAYER + t[cut:] if t.startswith(prefix) and t not in concrete else t
+        c = memo.get(key)
+        if c is None:
+            c = memo[key] = _cls(trace, t)
+        return c
+
     for f in forward:
         inputs = []
         for t in f.inputs:
             if t in local:
                 inputs.append(local[t])
             elif (has_ckpt and not t.startswith(prefix)
-                  and _cls(trace, t) in ("activation", "workspace")):
+                  and cls(t) in ("activation", "workspace")):
                 inputs.append(ckpt)
             else:
                 inputs.append(t)
@@ -310,7 +327,7 @@ def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict)
         for t in f.outputs:
             if t == ckpt:
                 continue
-            if _cls(trace, t) in ("activation", "workspace"):
+            if cls(t) in ("activation", "workspace"):
                 mine = t.startswith(prefix)
                 local[t] = t + "@r" if mine else f"{t}@r{layer}"
                 if mine:
@@ -380,36 +397,32 @@ def split_bytes(total: int, fractions: dict[str, float]) -> dict[str, int]:
 
 def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str,
              n: int) -> dict[str, TInfo]:
-    birth: dict[str, int] = {}
-    last: dict[str, int] = {}
-    first_read: dict[str, int] = {}
-    producer_mem: dict[str, str] = {}
-    read_backward: set[str] = set()  # read by a backward op (a saved activation, if forward-born)
-    written_phase: dict[str, str] = {}
-    for op in ops:
-        idx = op.index
-        ins = op.inputs
-        for t in ins:
-            last[t] = idx
-            if t not in first_read:
-                first_read[t] = idx
-        if op.phase == "backward":
-            read_backward.update(ins)
-        for t in op.outputs:
-            last[t] = idx
-            if t not in birth:
-                birth[t] = idx
-                producer_mem[t] = op.mem
-                written_phase[t] = op.phase
+    # one comprehension per fact (much cheaper than one Python loop doing them all): a name's
+    # first reader/writer comes from a reversed pass (the last assignment wins)
+    last = {t: op.index for op in ops for t in op.inputs}
+    for t, i in {t: op.index for op in ops for t in op.outputs}.items():
+        if last.get(t, -1) < i:
+            last[t] = i
+    first_read = {t: op.index for op in reversed(ops) for t in op.inputs}
+    producer = {t: op for op in reversed(ops) for t in op.outputs}  # first writer of each name
+    # read by a backward op (a saved activation, if forward-born)
+    read_backward = {t for op in ops if op.phase == "backward" for t in op.inputs}
     act_tier = _activation_tier(plan, system, fast)
     out: dict[str, TInfo] = {}
     placed: dict[tuple[int, str], dict[str, int]] = {}
-    for name in sorted(set(last)):
-        base = _base(name)
-        tensor = trace.tensor(base)
+    by_name = trace.tensors
+    for name in sorted(last):
+        base = _base(name) if "#" in name or "@" in name else name
+        head, _, rest = base.partition(".")  # (``_layer_of`` and ``Trace.tensor`` inlined)
+        layer = int(head[1:]) if head[:1] == "L" and head[1:].isdigit() else None
+        tensor = by_name.get(base)
+        if tensor is None:  # a per-layer name: its template's
+            tensor = (by_name.get(f"L{LAYER}.{rest}") if layer is not None else None) \
+                or trace.tensor(base)
         nbytes = tensor.bytes // n if "#" in name else tensor.bytes
         cls = tensor.cls
-        born = birth.get(name)
+        writer = producer.get(name)
+        born = writer.index if writer is not None else None
         if born is not None and first_read.get(name, born + 1) <= born:
             born = None  # read before (or by) its first writer: it exists from the start
         if cls in PERSISTENT or cls in ("grad", "kv"):
@@ -421,10 +434,9 @@ def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str
             out[name] = TInfo(name, cls, nbytes, dict(hit), born, death)
             continue
         death = last[name]
-        mem = producer_mem.get(name, fast) if born is not None else fast
+        mem = writer.mem if born is not None else fast
         home = {mem: nbytes}
-        layer = _layer_of(base)
-        saved = written_phase.get(name) == "forward" and name in read_backward
+        saved = writer is not None and writer.phase == "forward" and name in read_backward
         if (cls == "activation" and saved and layer is not None and "@" not in name
                 and plan.policy(layer) == "offload" and act_tier is not None):
             home = split_bytes(nbytes, act_tier)
@@ -471,15 +483,16 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     sized = ({t for t, info in tensors.items() if info.cls in ("activation", "workspace")}
              if inference else set())
     last_writer: dict[str, int] = {}
-    seg_last_write: dict[tuple[int, str], int] = {}
+    # per segment (segments are contiguous runs of ops): tensor → the op that last wrote it there
+    seg_writes: list[tuple[int, dict[str, int]]] = []
     escaped: set[tuple[int, str]] = set()
     seg_of = [op.seg for op in ops]
     written = [op.written for op in ops]
     size = {t: info.bytes for t, info in tensors.items()}
     special = kv | sized
     get = last_writer.get
-    # per name tuple (shared by every iteration of a template op): what each position is
-    # (0: moves whole, 1: KV, 2: a sized buffer); None when every position moves whole
+    # per name tuple (shared by every iteration of a template op): the positions that do not
+    # move whole, as (position, is KV, size); None when every position moves whole
     kinds_of: dict[tuple, tuple | None] = {}
     kinds_get = kinds_of.get
     ctx_cache: dict[tuple, float] = {}
@@ -487,8 +500,9 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     missing = ()
 
     def kinds(names: tuple[str, ...]) -> tuple | None:
-        k = tuple(1 if t in kv else 2 if t in sized and size[t] else 0 for t in names)
-        kinds_of[names] = k = k if any(k) else None
+        k = tuple((pos, t in kv, size[t]) for pos, t in enumerate(names)
+                  if t in kv or (t in sized and size[t]))
+        kinds_of[names] = k = k or None
         return k
 
     def ctx(op: POp, reading: bool) -> float:
@@ -503,11 +517,16 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     mems = {op.mem for op in ops}
     may_escape = {t for t, info in tensors.items() if info.cls in ("activation", "workspace")
                   and not (len(mems) == 1 and set(info.home) <= mems)}
+    cur_seg, cur = -1, None
     for op in ops:
         ins, outs, seg, idx = op.inputs, op.outputs, op.seg, op.index
         op.writers = writers = tuple(map(get, ins))
         if op.kind == "optimizer" or op.phase == "optimizer":
             op.no_fetch = frozenset(t for t in ins if t in outs and tensors[t].cls == "weight")
+        if may_escape:
+            for t, w in zip(ins, writers, strict=True):
+                if w is not None and seg_of[w] != seg and t in may_escape:
+                    escaped.add((w, t))
         if special:
             kin = kinds_get(ins, missing)
             if kin is missing:
@@ -517,49 +536,57 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
                 kout = kinds(outs)
         else:
             kin = kout = None
-        if may_escape:
-            for t, w in zip(ins, writers, strict=True):
-                if w is not None and seg_of[w] != seg and t in may_escape:
-                    escaped.add((w, t))
         if kin is None:
-            fin = ones.get(len(ins)) or (1.0,) * len(ins)
+            op.in_frac = ones.get(len(ins)) or (1.0,) * len(ins)
         else:  # (x if x < 1.0 else 1.0 is min(1.0, x))
-            fin = []
-            for t, w, k in zip(ins, writers, kin, strict=True):
-                if k == 2 and w is not None:
-                    x = written[w] / size[t]
-                    fin.append(x if x < 1.0 else 1.0)
-                elif k == 1:
-                    fin.append(ctx(op, True))
+            fin = [1.0] * len(ins)
+            for pos, is_kv, nbytes in kin:
+                if is_kv:
+                    fin[pos] = ctx(op, True)
                 else:
-                    fin.append(1.0)
-            fin = tuple(fin)
+                    w = writers[pos]
+                    if w is not None:
+                        x = written[w] / nbytes
+                        fin[pos] = x if x < 1.0 else 1.0
+            op.in_frac = tuple(fin)
         if kout is None:
-            fout = ones.get(len(outs)) or (1.0,) * len(outs)
+            op.out_frac = ones.get(len(outs)) or (1.0,) * len(outs)
         else:
-            fout = []
-            for t, k in zip(outs, kout, strict=True):
-                if k == 2:
-                    x = op.written / size[t]
-                    fout.append(x if x < 1.0 else 1.0)
-                elif k == 1:
-                    fout.append(ctx(op, False))
+            fout = [1.0] * len(outs)
+            for pos, is_kv, nbytes in kout:
+                if is_kv:
+                    fout[pos] = ctx(op, False)
                 else:
-                    fout.append(1.0)
-            fout = tuple(fout)
-        op.in_frac, op.out_frac = fin, fout
-        for t in outs:
-            last_writer[t] = idx
-            seg_last_write[(seg, t)] = idx
+                    x = op.written / nbytes
+                    fout[pos] = x if x < 1.0 else 1.0
+            op.out_frac = tuple(fout)
+        if outs:
+            if seg != cur_seg:
+                cur_seg, cur = seg, {}
+                seg_writes.append((seg, cur))
+            for t in outs:
+                last_writer[t] = idx
+                cur[t] = idx
     wb: dict[int, list[str]] = {}
-    for (seg, t), i in seg_last_write.items():
-        info = tensors[t]
-        if info.cls in ("activation", "workspace"):
-            needed = (i, t) in escaped
-        else:
-            needed = info.death is None or info.death > segments[seg].ops[-1]
-        if needed and any(tier != ops[i].mem for tier in info.home):
-            wb.setdefault(i, []).append(t)
+    # per tensor: activation-like (needed when escaped), its death, its home tiers
+    static = {t: (info.cls in ("activation", "workspace"), info.death, tuple(info.home))
+              for t, info in tensors.items()}
+    off_home: dict[tuple[str, str], bool] = {}  # (tensor, tier): has bytes homed off the tier
+    for seg, writes in seg_writes:
+        seg_end = segments[seg].ops[-1]
+        for t, i in writes.items():
+            act, death, home = static[t]
+            if act:
+                if (i, t) not in escaped:
+                    continue
+            elif death is not None and death <= seg_end:
+                continue
+            mem = ops[i].mem
+            off = off_home.get((t, mem))
+            if off is None:
+                off = off_home[(t, mem)] = any(tier != mem for tier in home)
+            if off:
+                wb.setdefault(i, []).append(t)
     dies: dict[int, list[str]] = {}
     for t, info in tensors.items():
         if info.death is not None:
