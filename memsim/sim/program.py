@@ -172,21 +172,36 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                 if "no CPU compute unit: CPU ops run on the GPU" not in notes:
                     notes.append("no CPU compute unit: CPU ops run on the GPU")
             static.append((op, unit, units[unit], float(op.bytes_read + op.bytes_written),
-                           _outputs(op, trace)))
+                           _outputs(op, trace), float(op.bytes_written)))
+        append = out.append
+        if block.iterations == 1:  # each (op, layer) runs once: no rows to share, make the ops
+            for layer in layers:
+                group = (block.name, 0, layer, 0)
+                if layer is None:
+                    for op, unit, mem, nbytes, outs, written in static:
+                        append(POp(0, op.name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit,
+                                   mem, op.inputs, outs, layer, 0, group, False, written))
+                    continue
+                sl = str(layer)
+                for op, unit, mem, nbytes, outs, written in static:
+                    append(POp(0, op.name.replace(LAYER, sl), op.kind, op.phase, op.dtype,
+                               op.flops, nbytes, unit, mem,
+                               tuple([n.replace(LAYER, sl) for n in op.inputs]),
+                               tuple([n.replace(LAYER, sl) for n in outs]), layer, 0, group,
+                               False, written))
+            continue
         rows = {}
         for layer in layers:
             if layer is None:
                 rows[layer] = [(op.name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit, mem,
-                                op.inputs, outs, layer, float(op.bytes_written))
-                               for op, unit, mem, nbytes, outs in static]
+                                op.inputs, outs, layer, written)
+                               for op, unit, mem, nbytes, outs, written in static]
                 continue
             sl = str(layer)  # str.replace returns the name itself when it holds no {layer}
             rows[layer] = [(op.name.replace(LAYER, sl), op.kind, op.phase, op.dtype, op.flops,
                             nbytes, unit, mem, tuple([n.replace(LAYER, sl) for n in op.inputs]),
-                            tuple([n.replace(LAYER, sl) for n in outs]), layer,
-                            float(op.bytes_written))
-                           for op, unit, mem, nbytes, outs in static]
-        append = out.append
+                            tuple([n.replace(LAYER, sl) for n in outs]), layer, written)
+                           for op, unit, mem, nbytes, outs, written in static]
         for it in range(block.iterations):
             for layer in layers:
                 group = (block.name, it, layer, 0)
@@ -513,10 +528,12 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
         return f
 
     # activations whose versions may need a write-back (read in a later segment): only those
-    # homed somewhere other than the single tier every op computes from, if there is one
-    mems = {op.mem for op in ops}
-    may_escape = {t for t, info in tensors.items() if info.cls in ("activation", "workspace")
-                  and not (len(mems) == 1 and set(info.home) <= mems)}
+    # with bytes homed off the tier of an op that writes them (no other write-back is asked
+    # whether it escaped)
+    written_on = {(t, op.mem) for op in ops for t in op.outputs}
+    may_escape = {t for t, mem in written_on
+                  if tensors[t].cls in ("activation", "workspace")
+                  and any(tier != mem for tier in tensors[t].home)}
     cur_seg, cur = -1, None
     for op in ops:
         ins, outs, seg, idx = op.inputs, op.outputs, op.seg, op.index
