@@ -227,7 +227,7 @@ class StepEngine:
         for op in ops:
             deps, fetch = [], []
             mem, seg, unit, no_fetch = op.mem, op.seg, op.unit, op.no_fetch
-            for t, w, frac in zip(op.inputs, op.writers, op.in_frac):  # (equal lengths)
+            for t, w, frac in zip(op.inputs, op.writers, op.in_frac, strict=True):
                 if w is None:  # no writer: the same entries for every op reading t on mem
                     if only_home[t] == mem or (no_fetch and t in no_fetch):
                         continue

@@ -500,11 +500,9 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     last_writer: dict[str, int] = {}
     # per segment (segments are contiguous runs of ops): tensor → the op that last wrote it there
     seg_writes: list[tuple[int, dict[str, int]]] = []
-    escaped: set[tuple[int, str]] = set()
-    seg_of = [op.seg for op in ops]
-    written = [op.written for op in ops]
-    size = {t: info.bytes for t, info in tensors.items()}
     special = kv | sized
+    written = [op.written for op in ops] if special else []
+    size = {t: info.bytes for t, info in tensors.items()}
     get = last_writer.get
     # per name tuple (shared by every iteration of a template op): the positions that do not
     # move whole, as (position, is KV, size); None when every position moves whole
@@ -527,23 +525,12 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
             f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, prompt, reading, chunk)
         return f
 
-    # activations whose versions may need a write-back (read in a later segment): only those
-    # with bytes homed off the tier of an op that writes them (no other write-back is asked
-    # whether it escaped)
-    written_on = {(t, op.mem) for op in ops for t in op.outputs}
-    may_escape = {t for t, mem in written_on
-                  if tensors[t].cls in ("activation", "workspace")
-                  and any(tier != mem for tier in tensors[t].home)}
     cur_seg, cur = -1, None
     for op in ops:
         ins, outs, seg, idx = op.inputs, op.outputs, op.seg, op.index
         op.writers = writers = tuple(map(get, ins))
         if op.kind == "optimizer" or op.phase == "optimizer":
             op.no_fetch = frozenset(t for t in ins if t in outs and tensors[t].cls == "weight")
-        if may_escape:
-            for t, w in zip(ins, writers, strict=True):
-                if w is not None and seg_of[w] != seg and t in may_escape:
-                    escaped.add((w, t))
         if special:
             kin = kinds_get(ins, missing)
             if kin is missing:
@@ -585,24 +572,31 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
                 last_writer[t] = idx
                 cur[t] = idx
     wb: dict[int, list[str]] = {}
-    # per tensor: activation-like (needed when escaped), its death, its home tiers
-    static = {t: (info.cls in ("activation", "workspace"), info.death, tuple(info.home))
-              for t, info in tensors.items()}
     off_home: dict[tuple[str, str], bool] = {}  # (tensor, tier): has bytes homed off the tier
+    maybe: list[tuple[int, str]] = []  # activation versions with bytes homed off their writer
     for seg, writes in seg_writes:
         seg_end = segments[seg].ops[-1]
         for t, i in writes.items():
-            act, death, home = static[t]
-            if act:
-                if (i, t) not in escaped:
-                    continue
-            elif death is not None and death <= seg_end:
+            info = tensors[t]
+            act = info.cls in ("activation", "workspace")
+            if not act and info.death is not None and info.death <= seg_end:
                 continue
             mem = ops[i].mem
             off = off_home.get((t, mem))
             if off is None:
-                off = off_home[(t, mem)] = any(tier != mem for tier in home)
+                off = off_home[(t, mem)] = any(tier != mem for tier in info.home)
             if off:
+                if act:
+                    maybe.append((i, t))
+                else:
+                    wb.setdefault(i, []).append(t)
+    if maybe:  # such a version is written back only if a later segment reads it
+        names = {t for _, t in maybe}
+        seg_of = [op.seg for op in ops]
+        escaped = {(w, t) for op in ops for t, w in zip(op.inputs, op.writers, strict=True)
+                   if w is not None and t in names and seg_of[w] != op.seg}
+        for i, t in maybe:
+            if (i, t) in escaped:
                 wb.setdefault(i, []).append(t)
     dies: dict[int, list[str]] = {}
     for t, info in tensors.items():
