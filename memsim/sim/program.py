@@ -412,16 +412,23 @@ def split_bytes(total: int, fractions: dict[str, float]) -> dict[str, int]:
 
 def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str,
              n: int) -> dict[str, TInfo]:
-    # one comprehension per fact (much cheaper than one Python loop doing them all): a name's
-    # first reader/writer comes from a reversed pass (the last assignment wins)
-    last = {t: op.index for op in ops for t in op.inputs}
-    for t, i in {t: op.index for op in ops for t in op.outputs}.items():
-        if last.get(t, -1) < i:
-            last[t] = i
-    first_read = {t: op.index for op in reversed(ops) for t in op.inputs}
-    producer = {t: op for op in reversed(ops) for t in op.outputs}  # first writer of each name
-    # read by a backward op (a saved activation, if forward-born)
-    read_backward = {t for op in ops if op.phase == "backward" for t in op.inputs}
+    last: dict[str, int] = {}
+    first_read: dict[str, int] = {}
+    producer: dict[str, POp] = {}  # each name's first writer
+    read_backward: set[str] = set()  # read by a backward op (a saved activation, if forward-born)
+    for op in ops:
+        idx = op.index
+        ins = op.inputs
+        for t in ins:
+            last[t] = idx
+            if t not in first_read:
+                first_read[t] = idx
+        if op.phase == "backward":
+            read_backward.update(ins)
+        for t in op.outputs:
+            last[t] = idx
+            if t not in producer:
+                producer[t] = op
     act_tier = _activation_tier(plan, system, fast)
     out: dict[str, TInfo] = {}
     placed: dict[tuple[int, str], dict[str, int]] = {}
