@@ -600,7 +600,7 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     if maybe:  # such a version is written back only if a later segment reads it
         names = {t for _, t in maybe}
         seg_of = [op.seg for op in ops]
-        escaped = {(w, t) for op in ops for t, w in zip(op.inputs, op.writers, strict=True)
+        escaped = {(w, t) for op in ops for t, w in zip(op.inputs, op.writers)  # noqa: B905
                    if w is not None and t in names and seg_of[w] != op.seg}
         for i, t in maybe:
             if (i, t) in escaped:
