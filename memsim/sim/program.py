@@ -316,6 +316,7 @@ def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
     has_ckpt = _exists(trace, ckpt)
     local: dict[str, str] = {}
     out = []
+    groups: dict[tuple, tuple] = {}  # the forward's group → the recompute's (one per layer)
     concrete = trace.tensors
     cut = len(prefix)
 
@@ -350,8 +351,12 @@ def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
                 outputs.append(local[t])
             else:
                 outputs.append(t)
-        out.append(_renamed(f, f.name + "@r", tuple(dict.fromkeys(inputs)), tuple(outputs), True,
-                            ("recompute", *f.group[1:])))
+        group = groups.get(f.group)
+        if group is None:
+            group = groups[f.group] = ("recompute", *f.group[1:])
+        out.append(POp(f.index, f.name + "@r", f.kind, f.phase, f.dtype, f.flops, f.nbytes, f.unit,
+                       f.mem, tuple(dict.fromkeys(inputs)), tuple(outputs), f.layer, f.iteration,
+                       group, True, f.written))  # (``_renamed`` inlined)
     return out
 
 
@@ -465,7 +470,8 @@ def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str
         elif (cls == "activation" and trace.kind == "inference" and "activation" in plan.placement
               and born is not None and name in first_read):
             home = split_bytes(nbytes, plan.placement["activation"])
-        out[name] = TInfo(name, cls, nbytes, dict(sorted(home.items())), born, death)
+        out[name] = TInfo(name, cls, nbytes, home if len(home) == 1 else dict(sorted(home.items())),
+                          born, death)
     return out
 
 
