@@ -140,8 +140,6 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
     if trace.kind in ("training", "module") and _any_recompute(plan):
         raw = _insert_recompute(raw, trace, plan)
     ops = raw
-    for i, op in enumerate(ops):
-        op.index = i
     segments = _segments(ops)
     tensors = _tensors(ops, trace, system, plan, fast, n if trace.kind == "inference" else 1)
     _annotate(ops, segments, tensors, trace)
@@ -393,14 +391,21 @@ def _layer_of(name: str) -> int | None:
 
 
 def _segments(ops: list[POp]) -> list[Segment]:
+    """Number the ops (their final order) and cut them into segments (runs of equal group)."""
     segs: list[Segment] = []
     prev = None
-    for op in ops:
-        if op.group != prev:
-            segs.append(Segment(len(segs), [], op.layer))
-            prev = op.group
-        op.seg = len(segs) - 1
-        segs[-1].ops.append(op.index)
+    cur: list[int] = []
+    k = -1
+    for i, op in enumerate(ops):
+        op.index = i
+        group = op.group
+        if group is not prev and group != prev:
+            prev = group
+            k += 1
+            cur = []
+            segs.append(Segment(k, cur, op.layer))
+        op.seg = k
+        cur.append(i)
     return segs
 
 
