@@ -544,7 +544,7 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     kinds_of: dict[tuple, tuple | None] = {}
     kinds_get = kinds_of.get
     ctx_cache: dict[tuple, float] = {}
-    ones = {n: (1.0,) * n for n in range(8)}
+    ones = {n: (1.0,) * n for n in range(16)}
     missing = ()
 
     def kinds(names: tuple[str, ...]) -> tuple | None:
@@ -562,47 +562,50 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
 
     cur_seg, cur = -1, None
     for op in ops:
-        ins, outs, seg, idx = op.inputs, op.outputs, op.seg, op.index
+        ins, outs = op.inputs, op.outputs
         op.writers = writers = tuple(map(get, ins))
         if op.kind == "optimizer" or op.phase == "optimizer":
             op.no_fetch = frozenset(t for t in ins if t in outs and tensors[t].cls == "weight")
-        if special:
+        if not special:  # (training: every access moves whole)
+            op.in_frac = ones.get(len(ins)) or (1.0,) * len(ins)
+            op.out_frac = ones.get(len(outs)) or (1.0,) * len(outs)
+        else:
             kin = kinds_get(ins, missing)
             if kin is missing:
                 kin = kinds(ins)
             kout = kinds_get(outs, missing)
             if kout is missing:
                 kout = kinds(outs)
-        else:
-            kin = kout = None
-        if kin is None:
-            op.in_frac = ones.get(len(ins)) or (1.0,) * len(ins)
-        else:  # (x if x < 1.0 else 1.0 is min(1.0, x))
-            fin = [1.0] * len(ins)
-            for pos, is_kv, nbytes in kin:
-                if is_kv:
-                    fin[pos] = ctx(op, True)
-                else:
-                    w = writers[pos]
-                    if w is not None:
-                        x = written[w] / nbytes
-                        fin[pos] = x if x < 1.0 else 1.0
-            op.in_frac = tuple(fin)
-        if kout is None:
-            op.out_frac = ones.get(len(outs)) or (1.0,) * len(outs)
-        else:
-            fout = [1.0] * len(outs)
-            for pos, is_kv, nbytes in kout:
-                if is_kv:
-                    fout[pos] = ctx(op, False)
-                else:
-                    x = op.written / nbytes
-                    fout[pos] = x if x < 1.0 else 1.0
-            op.out_frac = tuple(fout)
+            if kin is None:
+                op.in_frac = ones.get(len(ins)) or (1.0,) * len(ins)
+            else:  # (x if x < 1.0 else 1.0 is min(1.0, x))
+                fin = [1.0] * len(ins)
+                for pos, is_kv, nbytes in kin:
+                    if is_kv:
+                        fin[pos] = ctx(op, True)
+                    else:
+                        w = writers[pos]
+                        if w is not None:
+                            x = written[w] / nbytes
+                            fin[pos] = x if x < 1.0 else 1.0
+                op.in_frac = tuple(fin)
+            if kout is None:
+                op.out_frac = ones.get(len(outs)) or (1.0,) * len(outs)
+            else:
+                fout = [1.0] * len(outs)
+                for pos, is_kv, nbytes in kout:
+                    if is_kv:
+                        fout[pos] = ctx(op, False)
+                    else:
+                        x = op.written / nbytes
+                        fout[pos] = x if x < 1.0 else 1.0
+                op.out_frac = tuple(fout)
         if outs:
-            if seg != cur_seg:
-                cur_seg, cur = seg, {}
-                seg_writes.append((seg, cur))
+            idx = op.index
+            if op.seg != cur_seg:
+                cur_seg = op.seg
+                cur = {}
+                seg_writes.append((cur_seg, cur))
             for t in outs:
                 last_writer[t] = idx
                 cur[t] = idx
