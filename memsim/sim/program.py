@@ -140,10 +140,10 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
     if trace.kind in ("training", "module") and _any_recompute(plan):
         raw = _insert_recompute(raw, trace, plan)
     ops = raw
-    segments = _segments(ops)
-    tensors = _tensors(ops, trace, system, plan, fast, n if trace.kind == "inference" else 1)
-    _annotate(ops, segments, tensors, trace)
-    return Program(ops, tensors, segments, units, fast, notes)
+    scan = _scan(ops, whole=trace.kind != "inference")
+    tensors = _tensors(scan, trace, system, plan, fast, n if trace.kind == "inference" else 1)
+    _annotate(ops, scan, tensors, trace)
+    return Program(ops, tensors, scan.segments, units, fast, notes)
 
 
 # -- expansion ------------------------------------------------------------------------------------
@@ -407,23 +407,78 @@ def _layer_of(name: str) -> int | None:
 # -- segments and tensors -------------------------------------------------------------------------
 
 
-def _segments(ops: list[POp]) -> list[Segment]:
-    """Number the ops (their final order) and cut them into segments (runs of equal group)."""
+@dataclass(slots=True)
+class _Scan:
+    """What one pass over the final op list finds: segments and every name's uses."""
+
+    segments: list[Segment]
+    last: dict[str, int]  # the last op reading or writing each name
+    first_read: dict[str, int]
+    producer: dict[str, POp]  # each name's first writer
+    read_backward: set[str]  # read by a backward op (a saved activation, if forward-born)
+    seg_writes: list[tuple[int, dict[str, int]]]  # per segment: name → its last writer there
+    stepping: list[POp]  # optimizer ops
+
+
+_ONES = {k: (1.0,) * k for k in range(16)}  # the fractions of accesses that all move whole
+
+
+def _scan(ops: list[POp], whole: bool) -> _Scan:
+    """Number the ops (their final order), cut them into segments (runs of equal group), set
+    each op's input writers (and its access fractions, all 1, when ``whole``) and collect each
+    name's uses for ``_tensors`` and ``_annotate``: one pass where there were four, as Python
+    work per op is what building a long program costs."""
     segs: list[Segment] = []
     prev = None
-    cur: list[int] = []
+    seg_ops: list[int] = []
     k = -1
+    last: dict[str, int] = {}
+    first_read: dict[str, int] = {}
+    producer: dict[str, POp] = {}
+    read_backward: set[str] = set()
+    last_writer: dict[str, int] = {}
+    get = last_writer.get
+    seg_writes: list[tuple[int, dict[str, int]]] = []
+    writes: dict[str, int] = {}
+    written_seg = -1
+    stepping: list[POp] = []
+    ones = _ONES
     for i, op in enumerate(ops):
         op.index = i
         group = op.group
         if group is not prev and group != prev:
             prev = group
             k += 1
-            cur = []
-            segs.append(Segment(k, cur, op.layer))
+            seg_ops = []
+            segs.append(Segment(k, seg_ops, op.layer))
         op.seg = k
-        cur.append(i)
-    return segs
+        seg_ops.append(i)
+        ins = op.inputs
+        op.writers = tuple(map(get, ins))
+        for t in ins:
+            last[t] = i
+            if t not in first_read:
+                first_read[t] = i
+        if op.phase == "backward":
+            read_backward.update(ins)
+        if op.kind == "optimizer" or op.phase == "optimizer":
+            stepping.append(op)
+        outs = op.outputs
+        if outs:
+            if k != written_seg:
+                written_seg = k
+                writes = {}
+                seg_writes.append((k, writes))
+            for t in outs:
+                last[t] = i
+                last_writer[t] = i
+                writes[t] = i
+                if t not in producer:
+                    producer[t] = op
+        if whole:
+            op.in_frac = ones.get(len(ins)) or (1.0,) * len(ins)
+            op.out_frac = ones.get(len(outs)) or (1.0,) * len(outs)
+    return _Scan(segs, last, first_read, producer, read_backward, seg_writes, stepping)
 
 
 def split_bytes(total: int, fractions: dict[str, float]) -> dict[str, int]:
@@ -437,25 +492,10 @@ def split_bytes(total: int, fractions: dict[str, float]) -> dict[str, int]:
     return {t: b for t, b in parts.items() if b > 0}
 
 
-def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str,
+def _tensors(scan: _Scan, trace: Trace, system: System, plan: Plan, fast: str,
              n: int) -> dict[str, TInfo]:
-    last: dict[str, int] = {}
-    first_read: dict[str, int] = {}
-    producer: dict[str, POp] = {}  # each name's first writer
-    read_backward: set[str] = set()  # read by a backward op (a saved activation, if forward-born)
-    for op in ops:
-        idx = op.index
-        ins = op.inputs
-        for t in ins:
-            last[t] = idx
-            if t not in first_read:
-                first_read[t] = idx
-        if op.phase == "backward":
-            read_backward.update(ins)
-        for t in op.outputs:
-            last[t] = idx
-            if t not in producer:
-                producer[t] = op
+    last, first_read, producer = scan.last, scan.first_read, scan.producer
+    read_backward = scan.read_backward
     act_tier = _activation_tier(plan, system, fast)
     out: dict[str, TInfo] = {}
     placed: dict[tuple[int, str], dict[str, int]] = {}
@@ -512,9 +552,8 @@ def _activation_tier(plan: Plan, system: System, fast: str) -> dict[str, float] 
     return None
 
 
-def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo],
-              trace: Trace) -> None:
-    """Last writers of inputs, the bytes each access moves, write-backs and deaths per op.
+def _annotate(ops: list[POp], scan: _Scan, tensors: dict[str, TInfo], trace: Trace) -> None:
+    """The bytes each access moves, write-backs and deaths per op (``_scan`` set the writers).
 
     Bytes per access: KV in inference moves the context so far (reads) or the new tokens
     (writes), not the cache's final size. Inference activation buffers are reused by every
@@ -524,95 +563,16 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     op's tier, when the version it leaves is still needed: persistent state, gradients and KV
     while they live; activations only when a later segment reads that version.
     """
-    meta = trace.meta
-    prompt, gen = meta.get("prompt_len"), meta.get("gen_len")
-    inference = trace.kind == "inference"
-    total_ctx = (prompt + gen) if (inference and prompt and gen) else None
-    chunk = meta.get("prefill_chunk") or prompt  # chunked prefill: one chunk per iteration
-    kv = {t for t, info in tensors.items() if info.cls == "kv"} if total_ctx else set()
-    sized = ({t for t, info in tensors.items() if info.cls in ("activation", "workspace")}
-             if inference else set())
-    last_writer: dict[str, int] = {}
-    # per segment (segments are contiguous runs of ops): tensor → the op that last wrote it there
-    seg_writes: list[tuple[int, dict[str, int]]] = []
-    special = kv | sized
-    written = [op.written for op in ops] if special else []
-    size = {t: info.bytes for t, info in tensors.items()}
-    get = last_writer.get
-    # per name tuple (shared by every iteration of a template op): the positions that do not
-    # move whole, as (position, is KV, size); None when every position moves whole
-    kinds_of: dict[tuple, tuple | None] = {}
-    kinds_get = kinds_of.get
-    ctx_cache: dict[tuple, float] = {}
-    ones = {n: (1.0,) * n for n in range(16)}
-    missing = ()
-
-    def kinds(names: tuple[str, ...]) -> tuple | None:
-        k = tuple((pos, t in kv, size[t]) for pos, t in enumerate(names)
-                  if t in kv or (t in sized and size[t]))
-        kinds_of[names] = k = k or None
-        return k
-
-    def ctx(op: POp, reading: bool) -> float:
-        key = (op.phase, op.iteration, reading)
-        f = ctx_cache.get(key)
-        if f is None:
-            f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, prompt, reading, chunk)
-        return f
-
-    cur_seg, cur = -1, None
-    for op in ops:
-        ins, outs = op.inputs, op.outputs
-        op.writers = writers = tuple(map(get, ins))
-        if op.kind == "optimizer" or op.phase == "optimizer":
-            op.no_fetch = frozenset(t for t in ins if t in outs and tensors[t].cls == "weight")
-        if not special:  # (training: every access moves whole)
-            op.in_frac = ones.get(len(ins)) or (1.0,) * len(ins)
-            op.out_frac = ones.get(len(outs)) or (1.0,) * len(outs)
-        else:
-            kin = kinds_get(ins, missing)
-            if kin is missing:
-                kin = kinds(ins)
-            kout = kinds_get(outs, missing)
-            if kout is missing:
-                kout = kinds(outs)
-            if kin is None:
-                op.in_frac = ones.get(len(ins)) or (1.0,) * len(ins)
-            else:  # (x if x < 1.0 else 1.0 is min(1.0, x))
-                fin = [1.0] * len(ins)
-                for pos, is_kv, nbytes in kin:
-                    if is_kv:
-                        fin[pos] = ctx(op, True)
-                    else:
-                        w = writers[pos]
-                        if w is not None:
-                            x = written[w] / nbytes
-                            fin[pos] = x if x < 1.0 else 1.0
-                op.in_frac = tuple(fin)
-            if kout is None:
-                op.out_frac = ones.get(len(outs)) or (1.0,) * len(outs)
-            else:
-                fout = [1.0] * len(outs)
-                for pos, is_kv, nbytes in kout:
-                    if is_kv:
-                        fout[pos] = ctx(op, False)
-                    else:
-                        x = op.written / nbytes
-                        fout[pos] = x if x < 1.0 else 1.0
-                op.out_frac = tuple(fout)
-        if outs:
-            idx = op.index
-            if op.seg != cur_seg:
-                cur_seg = op.seg
-                cur = {}
-                seg_writes.append((cur_seg, cur))
-            for t in outs:
-                last_writer[t] = idx
-                cur[t] = idx
+    for op in scan.stepping:
+        op.no_fetch = frozenset(t for t in op.inputs
+                                if t in op.outputs and tensors[t].cls == "weight")
+    if trace.kind == "inference":  # (elsewhere every access moves whole: ``_scan`` said so)
+        _fractions(ops, tensors, trace)
+    segments = scan.segments
     wb: dict[int, list[str]] = {}
     off_home: dict[tuple[str, str], bool] = {}  # (tensor, tier): has bytes homed off the tier
     maybe: list[tuple[int, str]] = []  # activation versions with bytes homed off their writer
-    for seg, writes in seg_writes:
+    for seg, writes in scan.seg_writes:
         seg_end = segments[seg].ops[-1]
         for t, i in writes.items():
             info = tensors[t]
@@ -644,6 +604,72 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
         ops[i].writeback = tuple(sorted(names))
     for i, names in dies.items():
         ops[i].dies = tuple(sorted(names))
+
+
+def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace) -> None:
+    """Each inference op's ``in_frac`` and ``out_frac`` (see ``_annotate``)."""
+    meta = trace.meta
+    prompt, gen = meta.get("prompt_len"), meta.get("gen_len")
+    total_ctx = (prompt + gen) if (prompt and gen) else None
+    chunk = meta.get("prefill_chunk") or prompt  # chunked prefill: one chunk per iteration
+    kv = {t for t, info in tensors.items() if info.cls == "kv"} if total_ctx else set()
+    sized = {t for t, info in tensors.items() if info.cls in ("activation", "workspace")}
+    written = [op.written for op in ops]
+    size = {t: info.bytes for t, info in tensors.items()}
+    # per name tuple (shared by every iteration of a template op): the positions that do not
+    # move whole, as (position, is KV, size); None when every position moves whole
+    kinds_of: dict[tuple, tuple | None] = {}
+    kinds_get = kinds_of.get
+    ctx_cache: dict[tuple, float] = {}
+    ones = _ONES
+    missing = ()
+
+    def kinds(names: tuple[str, ...]) -> tuple | None:
+        k = tuple((pos, t in kv, size[t]) for pos, t in enumerate(names)
+                  if t in kv or (t in sized and size[t]))
+        kinds_of[names] = k = k or None
+        return k
+
+    def ctx(op: POp, reading: bool) -> float:
+        key = (op.phase, op.iteration, reading)
+        f = ctx_cache.get(key)
+        if f is None:
+            f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, prompt, reading, chunk)
+        return f
+
+    for op in ops:
+        ins, outs = op.inputs, op.outputs
+        kin = kinds_get(ins, missing)
+        if kin is missing:
+            kin = kinds(ins)
+        kout = kinds_get(outs, missing)
+        if kout is missing:
+            kout = kinds(outs)
+        if kin is None:
+            op.in_frac = ones.get(len(ins)) or (1.0,) * len(ins)
+        else:  # (x if x < 1.0 else 1.0 is min(1.0, x))
+            fin = [1.0] * len(ins)
+            writers = op.writers
+            for pos, is_kv, nbytes in kin:
+                if is_kv:
+                    fin[pos] = ctx(op, True)
+                else:
+                    w = writers[pos]
+                    if w is not None:
+                        x = written[w] / nbytes
+                        fin[pos] = x if x < 1.0 else 1.0
+            op.in_frac = tuple(fin)
+        if kout is None:
+            op.out_frac = ones.get(len(outs)) or (1.0,) * len(outs)
+        else:
+            fout = [1.0] * len(outs)
+            for pos, is_kv, nbytes in kout:
+                if is_kv:
+                    fout[pos] = ctx(op, False)
+                else:
+                    x = op.written / nbytes
+                    fout[pos] = x if x < 1.0 else 1.0
+            op.out_frac = tuple(fout)
 
 
 def _ctx_frac(is_kv: bool, op: POp, total_ctx: int | None, prompt: int | None,
