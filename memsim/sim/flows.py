@@ -219,6 +219,7 @@ class Copier:
         self.recorder = recorder
         self.log: list[tuple[str, str, int, float, float]] = []  # (src, dst, bytes, start, end)
         self._plans: dict[tuple[str, str], tuple] = {}
+        self._full: dict[tuple[str, str], tuple] = {}  # (src, dst) → shape of 1 MiB requests
         self.started = 0
 
     def _plan(self, src: str, dst: str) -> tuple:
@@ -271,7 +272,14 @@ class Copier:
             yield env.timeout(latency)
         if nbytes > 0:
             flows = self.flows
-            shares, curves = flows.shape(ports, src, dst, float(min(nbytes, IO_REQUEST_BYTES)))
+            if nbytes >= IO_REQUEST_BYTES:  # full-size requests: one shape per route
+                shape = self._full.get((src, dst))
+                if shape is None:
+                    shape = self._full[(src, dst)] = flows.shape(ports, src, dst,
+                                                                 float(IO_REQUEST_BYTES))
+                shares, curves = shape
+            else:
+                shares, curves = flows.shape(ports, src, dst, float(nbytes))
             yield flows.start(Flow(float(nbytes), cap, env.event(), shares, curves, touch))
         if via:
             for tier in via:
