@@ -298,8 +298,13 @@ class StepEngine:
                 continue
             idx = op.index
             if idx in births:
-                produce_append(tuple([(k, t) for k, t in enumerate(outs)
-                                      if only_home[t] != mem or birth_of[t] == idx]))
+                if len(outs) == 1:  # (the common case, without a comprehension's frame)
+                    t = outs[0]
+                    produce_append(((0, t),) if only_home[t] != mem or birth_of[t] == idx
+                                   else empty)
+                else:
+                    produce_append(tuple([(k, t) for k, t in enumerate(outs)
+                                          if only_home[t] != mem or birth_of[t] == idx]))
                 continue
             key = (outs, mem)  # no output born here: the same for every op with these outputs
             hit = produce_cache.get(key)

@@ -185,7 +185,7 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                 flat.extend(outs)
                 spans.append((a + 1, b, len(flat)))
             joined = _SEP.join(flat)
-            whole = not any(_SEP in n for n in flat)  # (never false for real names)
+            whole = _SEP not in "".join(flat)  # (never false for real names)
             for layer in layers:
                 group = (block.name, 0, layer, 0)
                 if layer is None:
@@ -570,7 +570,6 @@ def _annotate(ops: list[POp], scan: _Scan, tensors: dict[str, TInfo], trace: Tra
         _fractions(ops, tensors, trace)
     segments = scan.segments
     wb: dict[int, list[str]] = {}
-    off_home: dict[tuple[str, str], bool] = {}  # (tensor, tier): has bytes homed off the tier
     maybe: list[tuple[int, str]] = []  # activation versions with bytes homed off their writer
     for seg, writes in scan.seg_writes:
         seg_end = segments[seg].ops[-1]
@@ -579,11 +578,8 @@ def _annotate(ops: list[POp], scan: _Scan, tensors: dict[str, TInfo], trace: Tra
             act = info.cls in ("activation", "workspace")
             if not act and info.death is not None and info.death <= seg_end:
                 continue
-            mem = ops[i].mem
-            off = off_home.get((t, mem))
-            if off is None:
-                off = off_home[(t, mem)] = any(tier != mem for tier in info.home)
-            if off:
+            home = info.home  # bytes homed off the writer's tier? (any(tier != mem), unrolled)
+            if len(home) > 1 or (home and ops[i].mem not in home):
                 if act:
                     maybe.append((i, t))
                 else:
