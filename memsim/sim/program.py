@@ -304,7 +304,7 @@ def _insert_recompute(raw: list[POp], trace: Trace, plan: Plan) -> list[POp]:
     rename: dict[str, str] = {}
     names = rename.keys()  # (a live view: isdisjoint runs in C)
     done: set[int] = set()
-    memo: dict[str, str] = {}  # _recompute_layer's tensor classes, shared by every layer
+    memo: dict[str, bool] = {}  # _recompute_layer's activation-like names, for every layer
     out: list[POp] = []
     for r in raw:
         layer = r.layer
@@ -314,8 +314,8 @@ def _insert_recompute(raw: list[POp], trace: Trace, plan: Plan) -> list[POp]:
             out.extend(_recompute_layer(forward[layer], layer, trace, rename, memo))
         if rename and not (names.isdisjoint(r.inputs) and names.isdisjoint(r.outputs)):
             get = rename.get
-            inputs = tuple([get(t, t) for t in r.inputs])
-            outputs = tuple([get(t, t) for t in r.outputs])
+            inputs = tuple(map(get, r.inputs, r.inputs))  # (get(t, t) for each t, in C)
+            outputs = tuple(map(get, r.outputs, r.outputs))
             if r.phase == "forward" and r.layer is not None:  # (``forward`` holds it as it was)
                 r = _renamed(r, r.name, inputs, outputs, r.recompute, r.group)
             else:  # this call's own op, referenced nowhere else: rename it in place
@@ -325,7 +325,7 @@ def _insert_recompute(raw: list[POp], trace: Trace, plan: Plan) -> list[POp]:
 
 
 def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
-                     memo: dict[str, str]) -> list[POp]:
+                     memo: dict[str, bool]) -> list[POp]:
     prefix = f"L{layer}."
     ckpt = prefix + "input"
     has_ckpt = _exists(trace, ckpt)
@@ -335,31 +335,33 @@ def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
     concrete = trace.tensors
     cut = len(prefix)
 
-    def cls(t: str) -> str:
-        """``_cls``, memoised: a per-layer name (not a concrete tensor of the trace) has its
-        template's class, kept under ``L{layer}.`` + the rest, the same for every layer."""
-        key = LAYER + t[cut:] if t.startswith(prefix) and t not in concrete else t
-        c = memo.get(key)
-        if c is None:
-            c = memo[key] = _cls(trace, t)
-        return c
-
+    # ``_cls(trace, t) in ("activation", "workspace")``, memoised in ``memo``: a per-layer name
+    # (not a concrete tensor of the trace) has its template's class, kept under ``{layer}`` +
+    # the rest of the name, the same for every layer (inlined: this runs per name per layer)
     for f in forward:
         inputs = []
         for t in f.inputs:
             if t in local:
                 inputs.append(local[t])
-            elif (has_ckpt and not t.startswith(prefix)
-                  and cls(t) in ("activation", "workspace")):
-                inputs.append(ckpt)
-            else:
-                inputs.append(t)
+                continue
+            if has_ckpt and not t.startswith(prefix):
+                act = memo.get(t)
+                if act is None:
+                    act = memo[t] = _cls(trace, t) in ("activation", "workspace")
+                if act:
+                    inputs.append(ckpt)
+                    continue
+            inputs.append(t)
         outputs = []
         for t in f.outputs:
             if t == ckpt:
                 continue
-            if cls(t) in ("activation", "workspace"):
-                mine = t.startswith(prefix)
+            mine = t.startswith(prefix)
+            key = LAYER + t[cut:] if mine and t not in concrete else t
+            act = memo.get(key)
+            if act is None:
+                act = memo[key] = _cls(trace, t) in ("activation", "workspace")
+            if act:
                 local[t] = t + "@r" if mine else f"{t}@r{layer}"
                 if mine:
                     rename[t] = local[t]
@@ -501,7 +503,7 @@ def _tensors(scan: _Scan, trace: Trace, system: System, plan: Plan, fast: str,
     placed: dict[tuple[int, str], dict[str, int]] = {}
     by_name = trace.tensors
     for name in sorted(last):
-        base = _base(name) if "#" in name or "@" in name else name
+        base = name.split("#", 1)[0].split("@", 1)[0] if "#" in name or "@" in name else name
         head, _, rest = base.partition(".")  # (``_layer_of`` and ``Trace.tensor`` inlined)
         layer = int(head[1:]) if head[:1] == "L" and head[1:].isdigit() else None
         tensor = by_name.get(base)
