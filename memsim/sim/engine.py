@@ -241,7 +241,7 @@ class StepEngine:
                 if no_fetch and t in no_fetch:
                     continue
                 wseg = seg_of[w]
-                if wseg == seg and t in kv_off and mem_of[w] == mem:
+                if wseg == seg and kv_off and t in kv_off and mem_of[w] == mem:
                     before = kv_seg[t]
                     if frac - before[2] > 1e-9:
                         # decode attention reads the context so far: what this segment appended
