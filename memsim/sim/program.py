@@ -305,13 +305,19 @@ def _insert_recompute(raw: list[POp], trace: Trace, plan: Plan) -> list[POp]:
     names = rename.keys()  # (a live view: isdisjoint runs in C)
     done: set[int] = set()
     memo: dict[str, bool] = {}  # _recompute_layer's activation-like names, for every layer
+    stamps: dict[tuple, tuple | None] = {}  # a block's recompute worked out once (``_stamp``)
+    # (the stamps hold when no concrete tensor of the trace has a per-layer name)
+    stampable = all(_layer_of(name) is None for name in trace.tensors)
     out: list[POp] = []
     for r in raw:
         layer = r.layer
         if (r.phase == "backward" and layer is not None and layer not in done
                 and plan.policy(layer) == "recompute" and layer in forward):
             done.add(layer)
-            out.extend(_recompute_layer(forward[layer], layer, trace, rename, memo))
+            fwd = forward[layer]
+            ops = _stamped_layer(fwd, layer, trace, rename, stamps) if stampable else None
+            out.extend(ops if ops is not None
+                       else _recompute_layer(fwd, layer, trace, rename, memo))
         if rename and not (names.isdisjoint(r.inputs) and names.isdisjoint(r.outputs)):
             get = rename.get
             inputs = tuple(map(get, r.inputs, r.inputs))  # (get(t, t) for each t, in C)
@@ -375,6 +381,98 @@ def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
                        f.mem, tuple(dict.fromkeys(inputs)), tuple(outputs), f.layer, f.iteration,
                        group, True, f.written))  # (``_renamed`` inlined)
     return out
+
+
+def _stamped_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
+                   stamps: dict[tuple, tuple | None]) -> list[POp] | None:
+    """``_recompute_layer`` for a layer whose forward is one templated block's ops, from that
+    block's recompute worked out once with ``{layer}`` in the names (``_stamp``) and filled
+    per layer with one replace and one split; None where that would not be the same (the
+    caller then runs ``_recompute_layer``): another op mix, or a fill that merges two names."""
+    group = forward[0].group
+    for f in forward:
+        if f.group != group:
+            return None
+    key = (group[0], len(forward))
+    if key not in stamps:
+        stamps[key] = _stamp(trace, group[0], len(forward))
+    stamp = stamps[key]
+    if stamp is None:
+        return None
+    joined, distinct, spans, renames = stamp
+    names = joined.replace(LAYER, str(layer)).split(_SEP)
+    if len(set(names)) != distinct:  # two template names fill to one: compare as filled
+        return None
+    rgroup = ("recompute", *group[1:])
+    out = []
+    for f, (a, b, c) in zip(forward, spans, strict=True):
+        out.append(POp(f.index, names[a - 1], f.kind, f.phase, f.dtype, f.flops, f.nbytes, f.unit,
+                       f.mem, tuple(names[a:b]), tuple(names[b:c]), f.layer, f.iteration,
+                       rgroup, True, f.written))
+    r0, r1 = renames
+    rename.update(zip(names[r0:r1:2], names[r0 + 1:r1:2], strict=True))
+    return out
+
+
+def _stamp(trace: Trace, block_name: str, count: int) -> tuple | None:
+    """A templated block's recompute (``_recompute_layer``'s rules) on its template names:
+    (joined strings, how many distinct, per op (name + 1, inputs end, outputs end), the
+    rename pairs' span). None unless the block is the layer's whole forward and every name
+    that holds ``{layer}`` starts with ``L{layer}.`` and no other names a layer."""
+    blocks = [b for b in trace.blocks if b.name == block_name]
+    if len(blocks) != 1:
+        return None
+    block = blocks[0]
+    if (not block.templated or block.iterations != 1 or len(block.ops) != count
+            or any(op.phase != "forward" for op in block.ops)):
+        return None
+    prefix = f"L{LAYER}."
+    ckpt = prefix + "input"
+    seen = [ckpt]
+    for op in block.ops:
+        seen += [op.name, *op.inputs, *_outputs(op, trace)]
+    for n in seen:
+        if (not n.startswith(prefix) if LAYER in n else _layer_of(n) is not None) or _SEP in n:
+            return None
+    try:
+        has_ckpt = _exists(trace, ckpt)
+        local: dict[str, str] = {}
+        flat: list[str] = [ckpt]
+        spans = []
+        pairs: list[str] = []
+        for op in block.ops:
+            inputs = []
+            for t in op.inputs:
+                if t in local:
+                    inputs.append(local[t])
+                elif (has_ckpt and not t.startswith(prefix)
+                      and _cls(trace, t) in ("activation", "workspace")):
+                    inputs.append(ckpt)
+                else:
+                    inputs.append(t)
+            outputs = []
+            for t in _outputs(op, trace):
+                if t == ckpt:
+                    continue
+                if _cls(trace, t) in ("activation", "workspace"):
+                    mine = t.startswith(prefix)
+                    local[t] = t + "@r" if mine else f"{t}@r{LAYER}"
+                    if mine:
+                        pairs += [t, local[t]]
+                    outputs.append(local[t])
+                else:
+                    outputs.append(t)
+            flat.append(op.name + "@r")
+            a = len(flat)
+            flat.extend(dict.fromkeys(inputs))
+            b = len(flat)
+            flat.extend(outputs)
+            spans.append((a, b, len(flat)))
+    except KeyError:  # an unknown tensor: _recompute_layer raises it as it always did
+        return None
+    r0 = len(flat)
+    flat.extend(pairs)
+    return _SEP.join(flat), len(set(flat)), spans, (r0, len(flat))
 
 
 def _renamed(r: POp, name: str, inputs: tuple, outputs: tuple, recompute: bool,
