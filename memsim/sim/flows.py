@@ -219,7 +219,6 @@ class Copier:
         self.recorder = recorder
         self.log: list[tuple[str, str, int, float, float]] = []  # (src, dst, bytes, start, end)
         self._plans: dict[tuple[str, str], tuple] = {}
-        self._full: dict[tuple[str, str], tuple] = {}  # (src, dst) → shape of 1 MiB requests
         self.started = 0
 
     def _plan(self, src: str, dst: str) -> tuple:
@@ -272,14 +271,7 @@ class Copier:
             yield env.timeout(latency)
         if nbytes > 0:
             flows = self.flows
-            if nbytes >= IO_REQUEST_BYTES:  # full-size requests: one shape per route
-                shape = self._full.get((src, dst))
-                if shape is None:
-                    shape = self._full[(src, dst)] = flows.shape(ports, src, dst,
-                                                                 float(IO_REQUEST_BYTES))
-                shares, curves = shape
-            else:
-                shares, curves = flows.shape(ports, src, dst, float(nbytes))
+            shares, curves = flows.shape(ports, src, dst, float(min(nbytes, IO_REQUEST_BYTES)))
             yield flows.start(Flow(float(nbytes), cap, env.event(), shares, curves, touch))
         if via:
             for tier in via:
