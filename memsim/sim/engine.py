@@ -258,7 +258,10 @@ class StepEngine:
                                 fetch.append(hit[1])
                             continue
                         wseg = seg_of[w]
-                wmem, wunit = mem_of[w], unit_of[w]
+                wunit = unit_of[w]
+                if wseg == seg and wunit == unit:  # same stream (so same tier): done, in order
+                    continue
+                wmem = mem_of[w]
                 if wseg == seg:
                     if wmem == mem:
                         if wunit != unit:  # same stream: done already, in order
