@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan
-from memsim.workloads.trace import LAYER, PERSISTENT, Trace
+from memsim.workloads.trace import LAYER, PERSISTENT, Tensor, Trace
 
 
 @dataclass(slots=True)
@@ -592,6 +592,9 @@ def split_bytes(total: int, fractions: dict[str, float]) -> dict[str, int]:
     return {t: b for t, b in parts.items() if b > 0}
 
 
+_STATE = frozenset((*PERSISTENT, "grad", "kv"))  # classes that live the whole step
+
+
 def _tensors(scan: _Scan, trace: Trace, system: System, plan: Plan, fast: str,
              n: int) -> dict[str, TInfo]:
     last, first_read, producer = scan.last, scan.first_read, scan.producer
@@ -600,21 +603,26 @@ def _tensors(scan: _Scan, trace: Trace, system: System, plan: Plan, fast: str,
     out: dict[str, TInfo] = {}
     placed: dict[tuple[int, str], dict[str, int]] = {}
     by_name = trace.tensors
+    templates: dict[str, Tensor] = {}  # "rest" of a per-layer name → its template's tensor
+    placed_act = trace.kind == "inference" and "activation" in plan.placement
     for name in sorted(last):
         base = name.split("#", 1)[0].split("@", 1)[0] if "#" in name or "@" in name else name
         head, _, rest = base.partition(".")  # (``_layer_of`` and ``Trace.tensor`` inlined)
         layer = int(head[1:]) if head[:1] == "L" and head[1:].isdigit() else None
         tensor = by_name.get(base)
         if tensor is None:  # a per-layer name: its template's
-            tensor = (by_name.get(f"L{LAYER}.{rest}") if layer is not None else None) \
-                or trace.tensor(base)
+            tensor = templates.get(rest) if layer is not None else None
+            if tensor is None:
+                tensor = trace.tensor(base)
+                if layer is not None:
+                    templates[rest] = tensor
         nbytes = tensor.bytes // n if "#" in name else tensor.bytes
         cls = tensor.cls
         writer = producer.get(name)
         born = writer.index if writer is not None else None
         if born is not None and first_read.get(name, born + 1) <= born:
             born = None  # read before (or by) its first writer: it exists from the start
-        if cls in PERSISTENT or cls in ("grad", "kv"):
+        if cls in _STATE:
             death = None
             hit = placed.get((nbytes, cls))  # every layer's copy of a tensor splits the same way
             if hit is None:
@@ -629,8 +637,8 @@ def _tensors(scan: _Scan, trace: Trace, system: System, plan: Plan, fast: str,
         if (cls == "activation" and saved and layer is not None and "@" not in name
                 and plan.policy(layer) == "offload" and act_tier is not None):
             home = split_bytes(nbytes, act_tier)
-        elif (cls == "activation" and trace.kind == "inference" and "activation" in plan.placement
-              and born is not None and name in first_read):
+        elif (placed_act and cls == "activation" and born is not None
+              and name in first_read):
             home = split_bytes(nbytes, plan.placement["activation"])
         out[name] = TInfo(name, cls, nbytes, home if len(home) == 1 else dict(sorted(home.items())),
                           born, death)
