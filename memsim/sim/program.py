@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan
-from memsim.workloads.trace import LAYER, PERSISTENT, Trace
+from memsim.workloads.trace import LAYER, PERSISTENT, Tensor, Trace
 
 
 @dataclass(slots=True)
@@ -140,12 +140,10 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
     if trace.kind in ("training", "module") and _any_recompute(plan):
         raw = _insert_recompute(raw, trace, plan)
     ops = raw
-    for i, op in enumerate(ops):
-        op.index = i
-    segments = _segments(ops)
-    tensors = _tensors(ops, trace, system, plan, fast, n if trace.kind == "inference" else 1)
-    _annotate(ops, segments, tensors, trace)
-    return Program(ops, tensors, segments, units, fast, notes)
+    scan = _scan(ops, whole=trace.kind != "inference")
+    tensors = _tensors(scan, trace, system, plan, fast, n if trace.kind == "inference" else 1)
+    _annotate(ops, scan, tensors, trace)
+    return Program(ops, tensors, scan.segments, units, fast, notes)
 
 
 # -- expansion ------------------------------------------------------------------------------------
@@ -172,21 +170,50 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                 if "no CPU compute unit: CPU ops run on the GPU" not in notes:
                     notes.append("no CPU compute unit: CPU ops run on the GPU")
             static.append((op, unit, units[unit], float(op.bytes_read + op.bytes_written),
-                           _outputs(op, trace)))
+                           _outputs(op, trace), float(op.bytes_written)))
+        append = out.append
+        if block.iterations == 1:  # each (op, layer) runs once: no rows to share, make the ops
+            # every name of the block in one string, filled per layer by one replace and one
+            # split (str.replace per name was a third of this function); spans slice it back
+            flat: list[str] = []
+            spans = []
+            for op, _unit, _mem, _nbytes, outs, _written in static:
+                a = len(flat)
+                flat.append(op.name)
+                flat.extend(op.inputs)
+                b = len(flat)
+                flat.extend(outs)
+                spans.append((a + 1, b, len(flat)))
+            joined = _SEP.join(flat)
+            whole = _SEP not in "".join(flat)  # (never false for real names)
+            for layer in layers:
+                group = (block.name, 0, layer, 0)
+                if layer is None:
+                    for op, unit, mem, nbytes, outs, written in static:
+                        append(POp(0, op.name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit,
+                                   mem, op.inputs, outs, layer, 0, group, False, written))
+                    continue
+                sl = str(layer)
+                names = (joined.replace(LAYER, sl).split(_SEP) if whole
+                         else [n.replace(LAYER, sl) for n in flat])
+                for (op, unit, mem, nbytes, _outs, written), (a, b, c) in zip(static, spans,
+                                                                              strict=True):
+                    append(POp(0, names[a - 1], op.kind, op.phase, op.dtype, op.flops, nbytes,
+                               unit, mem, tuple(names[a:b]), tuple(names[b:c]), layer, 0, group,
+                               False, written))
+            continue
         rows = {}
         for layer in layers:
             if layer is None:
                 rows[layer] = [(op.name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit, mem,
-                                op.inputs, outs, layer, float(op.bytes_written))
-                               for op, unit, mem, nbytes, outs in static]
+                                op.inputs, outs, layer, written)
+                               for op, unit, mem, nbytes, outs, written in static]
                 continue
             sl = str(layer)  # str.replace returns the name itself when it holds no {layer}
             rows[layer] = [(op.name.replace(LAYER, sl), op.kind, op.phase, op.dtype, op.flops,
                             nbytes, unit, mem, tuple([n.replace(LAYER, sl) for n in op.inputs]),
-                            tuple([n.replace(LAYER, sl) for n in outs]), layer,
-                            float(op.bytes_written))
-                           for op, unit, mem, nbytes, outs in static]
-        append = out.append
+                            tuple([n.replace(LAYER, sl) for n in outs]), layer, written)
+                           for op, unit, mem, nbytes, outs, written in static]
         for it in range(block.iterations):
             for layer in layers:
                 group = (block.name, it, layer, 0)
@@ -195,6 +222,9 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                     append(POp(0, name, kind, phase, dtype, flops, nbytes, unit, mem, inputs,
                                outputs, lay, it, group, False, written))
     return out
+
+
+_SEP = "\x1f"  # joins a block's names for filling them in one pass (no name holds it)
 
 
 def _outputs(op, trace: Trace) -> tuple[str, ...]:
@@ -272,55 +302,177 @@ def _insert_recompute(raw: list[POp], trace: Trace, plan: Plan) -> list[POp]:
         if r.phase == "forward" and r.layer is not None:
             forward.setdefault(r.layer, []).append(r)
     rename: dict[str, str] = {}
+    names = rename.keys()  # (a live view: isdisjoint runs in C)
     done: set[int] = set()
+    memo: dict[str, bool] = {}  # _recompute_layer's activation-like names, for every layer
+    stamps: dict[tuple, tuple | None] = {}  # a block's recompute worked out once (``_stamp``)
+    # (the stamps hold when no concrete tensor of the trace has a per-layer name)
+    stampable = all(_layer_of(name) is None for name in trace.tensors)
     out: list[POp] = []
     for r in raw:
         layer = r.layer
         if (r.phase == "backward" and layer is not None and layer not in done
                 and plan.policy(layer) == "recompute" and layer in forward):
             done.add(layer)
-            out.extend(_recompute_layer(forward[layer], layer, trace, rename))
-        if rename:
+            fwd = forward[layer]
+            ops = _stamped_layer(fwd, layer, trace, rename, stamps) if stampable else None
+            out.extend(ops if ops is not None
+                       else _recompute_layer(fwd, layer, trace, rename, memo))
+        if rename and not (names.isdisjoint(r.inputs) and names.isdisjoint(r.outputs)):
             get = rename.get
-            inputs = tuple([get(t, t) for t in r.inputs])
-            outputs = tuple([get(t, t) for t in r.outputs])
-            if inputs != r.inputs or outputs != r.outputs:
+            inputs = tuple(map(get, r.inputs, r.inputs))  # (get(t, t) for each t, in C)
+            outputs = tuple(map(get, r.outputs, r.outputs))
+            if r.phase == "forward" and r.layer is not None:  # (``forward`` holds it as it was)
                 r = _renamed(r, r.name, inputs, outputs, r.recompute, r.group)
+            else:  # this call's own op, referenced nowhere else: rename it in place
+                r.inputs, r.outputs = inputs, outputs
         out.append(r)
     return out
 
 
-def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict) -> list[POp]:
+def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
+                     memo: dict[str, bool]) -> list[POp]:
     prefix = f"L{layer}."
     ckpt = prefix + "input"
     has_ckpt = _exists(trace, ckpt)
     local: dict[str, str] = {}
     out = []
+    groups: dict[tuple, tuple] = {}  # the forward's group → the recompute's (one per layer)
+    concrete = trace.tensors
+    cut = len(prefix)
+
+    # ``_cls(trace, t) in ("activation", "workspace")``, memoised in ``memo``: a per-layer name
+    # (not a concrete tensor of the trace) has its template's class, kept under ``{layer}`` +
+    # the rest of the name, the same for every layer (inlined: this runs per name per layer)
     for f in forward:
         inputs = []
         for t in f.inputs:
             if t in local:
                 inputs.append(local[t])
-            elif (has_ckpt and not t.startswith(prefix)
-                  and _cls(trace, t) in ("activation", "workspace")):
-                inputs.append(ckpt)
-            else:
-                inputs.append(t)
+                continue
+            if has_ckpt and not t.startswith(prefix):
+                act = memo.get(t)
+                if act is None:
+                    act = memo[t] = _cls(trace, t) in ("activation", "workspace")
+                if act:
+                    inputs.append(ckpt)
+                    continue
+            inputs.append(t)
         outputs = []
         for t in f.outputs:
             if t == ckpt:
                 continue
-            if _cls(trace, t) in ("activation", "workspace"):
-                mine = t.startswith(prefix)
+            mine = t.startswith(prefix)
+            key = LAYER + t[cut:] if mine and t not in concrete else t
+            act = memo.get(key)
+            if act is None:
+                act = memo[key] = _cls(trace, t) in ("activation", "workspace")
+            if act:
                 local[t] = t + "@r" if mine else f"{t}@r{layer}"
                 if mine:
                     rename[t] = local[t]
                 outputs.append(local[t])
             else:
                 outputs.append(t)
-        out.append(_renamed(f, f.name + "@r", tuple(dict.fromkeys(inputs)), tuple(outputs), True,
-                            ("recompute", *f.group[1:])))
+        group = groups.get(f.group)
+        if group is None:
+            group = groups[f.group] = ("recompute", *f.group[1:])
+        out.append(POp(f.index, f.name + "@r", f.kind, f.phase, f.dtype, f.flops, f.nbytes, f.unit,
+                       f.mem, tuple(dict.fromkeys(inputs)), tuple(outputs), f.layer, f.iteration,
+                       group, True, f.written))  # (``_renamed`` inlined)
     return out
+
+
+def _stamped_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
+                   stamps: dict[tuple, tuple | None]) -> list[POp] | None:
+    """``_recompute_layer`` for a layer whose forward is one templated block's ops, from that
+    block's recompute worked out once with ``{layer}`` in the names (``_stamp``) and filled
+    per layer with one replace and one split; None where that would not be the same (the
+    caller then runs ``_recompute_layer``): another op mix, or a fill that merges two names."""
+    group = forward[0].group
+    for f in forward:
+        if f.group != group:
+            return None
+    key = (group[0], len(forward))
+    if key not in stamps:
+        stamps[key] = _stamp(trace, group[0], len(forward))
+    stamp = stamps[key]
+    if stamp is None:
+        return None
+    joined, distinct, spans, renames = stamp
+    names = joined.replace(LAYER, str(layer)).split(_SEP)
+    if len(set(names)) != distinct:  # two template names fill to one: compare as filled
+        return None
+    rgroup = ("recompute", *group[1:])
+    out = []
+    for f, (a, b, c) in zip(forward, spans, strict=True):
+        out.append(POp(f.index, names[a - 1], f.kind, f.phase, f.dtype, f.flops, f.nbytes, f.unit,
+                       f.mem, tuple(names[a:b]), tuple(names[b:c]), f.layer, f.iteration,
+                       rgroup, True, f.written))
+    r0, r1 = renames
+    rename.update(zip(names[r0:r1:2], names[r0 + 1:r1:2], strict=True))
+    return out
+
+
+def _stamp(trace: Trace, block_name: str, count: int) -> tuple | None:
+    """A templated block's recompute (``_recompute_layer``'s rules) on its template names:
+    (joined strings, how many distinct, per op (name + 1, inputs end, outputs end), the
+    rename pairs' span). None unless the block is the layer's whole forward and every name
+    that holds ``{layer}`` starts with ``L{layer}.`` and no other names a layer."""
+    blocks = [b for b in trace.blocks if b.name == block_name]
+    if len(blocks) != 1:
+        return None
+    block = blocks[0]
+    if (not block.templated or block.iterations != 1 or len(block.ops) != count
+            or any(op.phase != "forward" for op in block.ops)):
+        return None
+    prefix = f"L{LAYER}."
+    ckpt = prefix + "input"
+    seen = [ckpt]
+    for op in block.ops:
+        seen += [op.name, *op.inputs, *_outputs(op, trace)]
+    for n in seen:
+        if (not n.startswith(prefix) if LAYER in n else _layer_of(n) is not None) or _SEP in n:
+            return None
+    try:
+        has_ckpt = _exists(trace, ckpt)
+        local: dict[str, str] = {}
+        flat: list[str] = [ckpt]
+        spans = []
+        pairs: list[str] = []
+        for op in block.ops:
+            inputs = []
+            for t in op.inputs:
+                if t in local:
+                    inputs.append(local[t])
+                elif (has_ckpt and not t.startswith(prefix)
+                      and _cls(trace, t) in ("activation", "workspace")):
+                    inputs.append(ckpt)
+                else:
+                    inputs.append(t)
+            outputs = []
+            for t in _outputs(op, trace):
+                if t == ckpt:
+                    continue
+                if _cls(trace, t) in ("activation", "workspace"):
+                    mine = t.startswith(prefix)
+                    local[t] = t + "@r" if mine else f"{t}@r{LAYER}"
+                    if mine:
+                        pairs += [t, local[t]]
+                    outputs.append(local[t])
+                else:
+                    outputs.append(t)
+            flat.append(op.name + "@r")
+            a = len(flat)
+            flat.extend(dict.fromkeys(inputs))
+            b = len(flat)
+            flat.extend(outputs)
+            spans.append((a, b, len(flat)))
+    except KeyError:  # an unknown tensor: _recompute_layer raises it as it always did
+        return None
+    r0 = len(flat)
+    flat.extend(pairs)
+    return _SEP.join(flat), len(set(flat)), spans, (r0, len(flat))
 
 
 def _renamed(r: POp, name: str, inputs: tuple, outputs: tuple, recompute: bool,
@@ -355,16 +507,78 @@ def _layer_of(name: str) -> int | None:
 # -- segments and tensors -------------------------------------------------------------------------
 
 
-def _segments(ops: list[POp]) -> list[Segment]:
+@dataclass(slots=True)
+class _Scan:
+    """What one pass over the final op list finds: segments and every name's uses."""
+
+    segments: list[Segment]
+    last: dict[str, int]  # the last op reading or writing each name
+    first_read: dict[str, int]
+    producer: dict[str, POp]  # each name's first writer
+    read_backward: set[str]  # read by a backward op (a saved activation, if forward-born)
+    seg_writes: list[tuple[int, dict[str, int]]]  # per segment: name → its last writer there
+    stepping: list[POp]  # optimizer ops
+
+
+_ONES = {k: (1.0,) * k for k in range(16)}  # the fractions of accesses that all move whole
+
+
+def _scan(ops: list[POp], whole: bool) -> _Scan:
+    """Number the ops (their final order), cut them into segments (runs of equal group), set
+    each op's input writers (and its access fractions, all 1, when ``whole``) and collect each
+    name's uses for ``_tensors`` and ``_annotate``: one pass where there were four, as Python
+    work per op is what building a long program costs."""
     segs: list[Segment] = []
     prev = None
-    for op in ops:
-        if op.group != prev:
-            segs.append(Segment(len(segs), [], op.layer))
-            prev = op.group
-        op.seg = len(segs) - 1
-        segs[-1].ops.append(op.index)
-    return segs
+    seg_ops: list[int] = []
+    k = -1
+    last: dict[str, int] = {}
+    first_read: dict[str, int] = {}
+    producer: dict[str, POp] = {}
+    read_backward: set[str] = set()
+    last_writer: dict[str, int] = {}
+    get = last_writer.get
+    seg_writes: list[tuple[int, dict[str, int]]] = []
+    writes: dict[str, int] = {}
+    written_seg = -1
+    stepping: list[POp] = []
+    ones = _ONES
+    for i, op in enumerate(ops):
+        op.index = i
+        group = op.group
+        if group is not prev and group != prev:
+            prev = group
+            k += 1
+            seg_ops = []
+            segs.append(Segment(k, seg_ops, op.layer))
+        op.seg = k
+        seg_ops.append(i)
+        ins = op.inputs
+        op.writers = tuple(map(get, ins))
+        for t in ins:
+            last[t] = i
+            if t not in first_read:
+                first_read[t] = i
+        if op.phase == "backward":
+            read_backward.update(ins)
+        if op.kind == "optimizer" or op.phase == "optimizer":
+            stepping.append(op)
+        outs = op.outputs
+        if outs:
+            if k != written_seg:
+                written_seg = k
+                writes = {}
+                seg_writes.append((k, writes))
+            for t in outs:
+                last[t] = i
+                last_writer[t] = i
+                writes[t] = i
+                if t not in producer:
+                    producer[t] = op
+        if whole:
+            op.in_frac = ones.get(len(ins)) or (1.0,) * len(ins)
+            op.out_frac = ones.get(len(outs)) or (1.0,) * len(outs)
+    return _Scan(segs, last, first_read, producer, read_backward, seg_writes, stepping)
 
 
 def split_bytes(total: int, fractions: dict[str, float]) -> dict[str, int]:
@@ -378,41 +592,37 @@ def split_bytes(total: int, fractions: dict[str, float]) -> dict[str, int]:
     return {t: b for t, b in parts.items() if b > 0}
 
 
-def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str,
+_STATE = frozenset((*PERSISTENT, "grad", "kv"))  # classes that live the whole step
+
+
+def _tensors(scan: _Scan, trace: Trace, system: System, plan: Plan, fast: str,
              n: int) -> dict[str, TInfo]:
-    birth: dict[str, int] = {}
-    last: dict[str, int] = {}
-    first_read: dict[str, int] = {}
-    producer_mem: dict[str, str] = {}
-    read_backward: set[str] = set()  # read by a backward op (a saved activation, if forward-born)
-    written_phase: dict[str, str] = {}
-    for op in ops:
-        idx = op.index
-        ins = op.inputs
-        for t in ins:
-            last[t] = idx
-            if t not in first_read:
-                first_read[t] = idx
-        if op.phase == "backward":
-            read_backward.update(ins)
-        for t in op.outputs:
-            last[t] = idx
-            if t not in birth:
-                birth[t] = idx
-                producer_mem[t] = op.mem
-                written_phase[t] = op.phase
+    last, first_read, producer = scan.last, scan.first_read, scan.producer
+    read_backward = scan.read_backward
     act_tier = _activation_tier(plan, system, fast)
     out: dict[str, TInfo] = {}
     placed: dict[tuple[int, str], dict[str, int]] = {}
-    for name in sorted(set(last)):
-        base = _base(name)
-        tensor = trace.tensor(base)
+    by_name = trace.tensors
+    templates: dict[str, Tensor] = {}  # "rest" of a per-layer name → its template's tensor
+    placed_act = trace.kind == "inference" and "activation" in plan.placement
+    for name in sorted(last):
+        base = name.split("#", 1)[0].split("@", 1)[0] if "#" in name or "@" in name else name
+        head, _, rest = base.partition(".")  # (``_layer_of`` and ``Trace.tensor`` inlined)
+        layer = int(head[1:]) if head[:1] == "L" and head[1:].isdigit() else None
+        tensor = by_name.get(base)
+        if tensor is None:  # a per-layer name: its template's
+            tensor = templates.get(rest) if layer is not None else None
+            if tensor is None:
+                tensor = trace.tensor(base)
+                if layer is not None:
+                    templates[rest] = tensor
         nbytes = tensor.bytes // n if "#" in name else tensor.bytes
         cls = tensor.cls
-        born = birth.get(name)
+        writer = producer.get(name)
+        born = writer.index if writer is not None else None
         if born is not None and first_read.get(name, born + 1) <= born:
             born = None  # read before (or by) its first writer: it exists from the start
-        if cls in PERSISTENT or cls in ("grad", "kv"):
+        if cls in _STATE:
             death = None
             hit = placed.get((nbytes, cls))  # every layer's copy of a tensor splits the same way
             if hit is None:
@@ -421,17 +631,17 @@ def _tensors(ops: list[POp], trace: Trace, system: System, plan: Plan, fast: str
             out[name] = TInfo(name, cls, nbytes, dict(hit), born, death)
             continue
         death = last[name]
-        mem = producer_mem.get(name, fast) if born is not None else fast
+        mem = writer.mem if born is not None else fast
         home = {mem: nbytes}
-        layer = _layer_of(base)
-        saved = written_phase.get(name) == "forward" and name in read_backward
+        saved = writer is not None and writer.phase == "forward" and name in read_backward
         if (cls == "activation" and saved and layer is not None and "@" not in name
                 and plan.policy(layer) == "offload" and act_tier is not None):
             home = split_bytes(nbytes, act_tier)
-        elif (cls == "activation" and trace.kind == "inference" and "activation" in plan.placement
-              and born is not None and name in first_read):
+        elif (placed_act and cls == "activation" and born is not None
+              and name in first_read):
             home = split_bytes(nbytes, plan.placement["activation"])
-        out[name] = TInfo(name, cls, nbytes, dict(sorted(home.items())), born, death)
+        out[name] = TInfo(name, cls, nbytes, home if len(home) == 1 else dict(sorted(home.items())),
+                          born, death)
     return out
 
 
@@ -450,9 +660,8 @@ def _activation_tier(plan: Plan, system: System, fast: str) -> dict[str, float] 
     return None
 
 
-def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo],
-              trace: Trace) -> None:
-    """Last writers of inputs, the bytes each access moves, write-backs and deaths per op.
+def _annotate(ops: list[POp], scan: _Scan, tensors: dict[str, TInfo], trace: Trace) -> None:
+    """The bytes each access moves, write-backs and deaths per op (``_scan`` set the writers).
 
     Bytes per access: KV in inference moves the context so far (reads) or the new tokens
     (writes), not the cache's final size. Inference activation buffers are reused by every
@@ -462,33 +671,67 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
     op's tier, when the version it leaves is still needed: persistent state, gradients and KV
     while they live; activations only when a later segment reads that version.
     """
+    for op in scan.stepping:
+        op.no_fetch = frozenset(t for t in op.inputs
+                                if t in op.outputs and tensors[t].cls == "weight")
+    if trace.kind == "inference":  # (elsewhere every access moves whole: ``_scan`` said so)
+        _fractions(ops, tensors, trace)
+    segments = scan.segments
+    wb: dict[int, list[str]] = {}
+    maybe: list[tuple[int, str]] = []  # activation versions with bytes homed off their writer
+    for seg, writes in scan.seg_writes:
+        seg_end = segments[seg].ops[-1]
+        for t, i in writes.items():
+            info = tensors[t]
+            act = info.cls in ("activation", "workspace")
+            if not act and info.death is not None and info.death <= seg_end:
+                continue
+            home = info.home  # bytes homed off the writer's tier? (any(tier != mem), unrolled)
+            if len(home) > 1 or (home and ops[i].mem not in home):
+                if act:
+                    maybe.append((i, t))
+                else:
+                    wb.setdefault(i, []).append(t)
+    if maybe:  # such a version is written back only if a later segment reads it
+        names = {t for _, t in maybe}
+        seg_of = [op.seg for op in ops]
+        escaped = {(w, t) for op in ops for t, w in zip(op.inputs, op.writers)  # noqa: B905
+                   if w is not None and t in names and seg_of[w] != op.seg}
+        for i, t in maybe:
+            if (i, t) in escaped:
+                wb.setdefault(i, []).append(t)
+    dies: dict[int, list[str]] = {}
+    for t, info in tensors.items():
+        if info.death is not None:
+            dies.setdefault(info.death, []).append(t)
+    for i, names in wb.items():
+        ops[i].writeback = tuple(sorted(names))
+    for i, names in dies.items():
+        ops[i].dies = tuple(sorted(names))
+
+
+def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace) -> None:
+    """Each inference op's ``in_frac`` and ``out_frac`` (see ``_annotate``)."""
     meta = trace.meta
     prompt, gen = meta.get("prompt_len"), meta.get("gen_len")
-    inference = trace.kind == "inference"
-    total_ctx = (prompt + gen) if (inference and prompt and gen) else None
+    total_ctx = (prompt + gen) if (prompt and gen) else None
     chunk = meta.get("prefill_chunk") or prompt  # chunked prefill: one chunk per iteration
     kv = {t for t, info in tensors.items() if info.cls == "kv"} if total_ctx else set()
-    sized = ({t for t, info in tensors.items() if info.cls in ("activation", "workspace")}
-             if inference else set())
-    last_writer: dict[str, int] = {}
-    seg_last_write: dict[tuple[int, str], int] = {}
-    escaped: set[tuple[int, str]] = set()
-    seg_of = [op.seg for op in ops]
+    sized = {t for t, info in tensors.items() if info.cls in ("activation", "workspace")}
     written = [op.written for op in ops]
     size = {t: info.bytes for t, info in tensors.items()}
-    special = kv | sized
-    get = last_writer.get
-    # per name tuple (shared by every iteration of a template op): what each position is
-    # (0: moves whole, 1: KV, 2: a sized buffer); None when every position moves whole
+    # per name tuple (shared by every iteration of a template op): the positions that do not
+    # move whole, as (position, is KV, size); None when every position moves whole
     kinds_of: dict[tuple, tuple | None] = {}
     kinds_get = kinds_of.get
     ctx_cache: dict[tuple, float] = {}
-    ones = {n: (1.0,) * n for n in range(8)}
+    ones = _ONES
     missing = ()
 
     def kinds(names: tuple[str, ...]) -> tuple | None:
-        k = tuple(1 if t in kv else 2 if t in sized and size[t] else 0 for t in names)
-        kinds_of[names] = k = k if any(k) else None
+        k = tuple((pos, t in kv, size[t]) for pos, t in enumerate(names)
+                  if t in kv or (t in sized and size[t]))
+        kinds_of[names] = k = k or None
         return k
 
     def ctx(op: POp, reading: bool) -> float:
@@ -498,76 +741,39 @@ def _annotate(ops: list[POp], segments: list[Segment], tensors: dict[str, TInfo]
             f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, prompt, reading, chunk)
         return f
 
-    # activations whose versions may need a write-back (read in a later segment): only those
-    # homed somewhere other than the single tier every op computes from, if there is one
-    mems = {op.mem for op in ops}
-    may_escape = {t for t, info in tensors.items() if info.cls in ("activation", "workspace")
-                  and not (len(mems) == 1 and set(info.home) <= mems)}
     for op in ops:
-        ins, outs, seg, idx = op.inputs, op.outputs, op.seg, op.index
-        op.writers = writers = tuple(map(get, ins))
-        if op.kind == "optimizer" or op.phase == "optimizer":
-            op.no_fetch = frozenset(t for t in ins if t in outs and tensors[t].cls == "weight")
-        if special:
-            kin = kinds_get(ins, missing)
-            if kin is missing:
-                kin = kinds(ins)
-            kout = kinds_get(outs, missing)
-            if kout is missing:
-                kout = kinds(outs)
-        else:
-            kin = kout = None
-        if may_escape:
-            for t, w in zip(ins, writers, strict=True):
-                if w is not None and seg_of[w] != seg and t in may_escape:
-                    escaped.add((w, t))
+        ins, outs = op.inputs, op.outputs
+        kin = kinds_get(ins, missing)
+        if kin is missing:
+            kin = kinds(ins)
+        kout = kinds_get(outs, missing)
+        if kout is missing:
+            kout = kinds(outs)
         if kin is None:
-            fin = ones.get(len(ins)) or (1.0,) * len(ins)
+            op.in_frac = ones.get(len(ins)) or (1.0,) * len(ins)
         else:  # (x if x < 1.0 else 1.0 is min(1.0, x))
-            fin = []
-            for t, w, k in zip(ins, writers, kin, strict=True):
-                if k == 2 and w is not None:
-                    x = written[w] / size[t]
-                    fin.append(x if x < 1.0 else 1.0)
-                elif k == 1:
-                    fin.append(ctx(op, True))
+            fin = [1.0] * len(ins)
+            writers = op.writers
+            for pos, is_kv, nbytes in kin:
+                if is_kv:
+                    fin[pos] = ctx(op, True)
                 else:
-                    fin.append(1.0)
-            fin = tuple(fin)
+                    w = writers[pos]
+                    if w is not None:
+                        x = written[w] / nbytes
+                        fin[pos] = x if x < 1.0 else 1.0
+            op.in_frac = tuple(fin)
         if kout is None:
-            fout = ones.get(len(outs)) or (1.0,) * len(outs)
+            op.out_frac = ones.get(len(outs)) or (1.0,) * len(outs)
         else:
-            fout = []
-            for t, k in zip(outs, kout, strict=True):
-                if k == 2:
-                    x = op.written / size[t]
-                    fout.append(x if x < 1.0 else 1.0)
-                elif k == 1:
-                    fout.append(ctx(op, False))
+            fout = [1.0] * len(outs)
+            for pos, is_kv, nbytes in kout:
+                if is_kv:
+                    fout[pos] = ctx(op, False)
                 else:
-                    fout.append(1.0)
-            fout = tuple(fout)
-        op.in_frac, op.out_frac = fin, fout
-        for t in outs:
-            last_writer[t] = idx
-            seg_last_write[(seg, t)] = idx
-    wb: dict[int, list[str]] = {}
-    for (seg, t), i in seg_last_write.items():
-        info = tensors[t]
-        if info.cls in ("activation", "workspace"):
-            needed = (i, t) in escaped
-        else:
-            needed = info.death is None or info.death > segments[seg].ops[-1]
-        if needed and any(tier != ops[i].mem for tier in info.home):
-            wb.setdefault(i, []).append(t)
-    dies: dict[int, list[str]] = {}
-    for t, info in tensors.items():
-        if info.death is not None:
-            dies.setdefault(info.death, []).append(t)
-    for i, names in wb.items():
-        ops[i].writeback = tuple(sorted(names))
-    for i, names in dies.items():
-        ops[i].dies = tuple(sorted(names))
+                    x = op.written / nbytes
+                    fout[pos] = x if x < 1.0 else 1.0
+            op.out_frac = tuple(fout)
 
 
 def _ctx_frac(is_kv: bool, op: POp, total_ctx: int | None, prompt: int | None,
