@@ -152,6 +152,23 @@ def test_compute_bound_op_takes_flops_over_rate_plus_launch():
     assert r.breakdown["compute"] == pytest.approx(r.step_time_s)
 
 
+def test_a_gemm_runs_at_its_rows_rate_and_flexgen_batches_split_the_rows():
+    """With a rate curve by rows (what calibrate measures), a matmul with a shape runs at its
+    token count's rate; FlexGen's GPU batches each multiply 1/n of the rows."""
+    sys_ = make_system(compute__gpu__achieved_flops_by_rows={
+        "matmul/forward": [[64, "10TFLOP/s"], [256, "40TFLOP/s"]]})
+    mm = Op("mm", "matmul", "forward", 1e12, 0, 0, ("x",), ("y",), shape=(256, 1024, 1024))
+    tensors = {"x": Tensor("x", 10, "activation"), "y": Tensor("y", 10, "activation")}
+    trace = Trace("g", "inference", tensors, [Block("fwd", [mm])], {"data_parallel": 1})
+    assert simulate(sys_, trace).step_time_s == pytest.approx(1e12 / 40e12 + 10e-6)
+    split = Plan(num_gpu_batches=4, gpu_batch_size=64)  # 4 x (1/4 the FLOPs at 64 rows)
+    assert simulate(sys_, trace, split).step_time_s == pytest.approx(4 * (0.25e12 / 10e12 + 10e-6))
+    shapeless = Trace("g", "inference", tensors, [Block("fwd", [Op("mm", "matmul", "forward", 1e12, 0,
+                                                                    0, ("x",), ("y",))])],
+                      {"data_parallel": 1})
+    assert simulate(sys_, shapeless).step_time_s == pytest.approx(1e12 / 50e12 + 10e-6)
+
+
 def test_memory_bound_op_takes_bytes_over_bandwidth_plus_launch():
     r = simulate(make_system(), one_op_trace(1.0, 8 * 10**9))
     assert r.step_time_s == pytest.approx(8e9 / (1e12 * 0.8) + 10e-6)

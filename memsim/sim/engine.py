@@ -162,14 +162,15 @@ class StepEngine:
         specs = {u: unit_spec(self.sys, u) for u in self.prog.units if u != "comm"}
         out = []
         for op in self.prog.ops:
-            key = (op.unit, op.flops, op.nbytes, op.dtype, op.kind, op.phase)
+            key = (op.unit, op.flops, op.nbytes, op.dtype, op.kind, op.phase, op.rows)
             d = cache.get(key)
             if d is None:
                 if op.unit == "comm":
                     d = 0.0 if self.comm is None else \
                         self.comm.latency + op.nbytes / self.comm.rate(self.comm.ends[0])
                 else:
-                    d = specs[op.unit].op_time(op.flops, op.nbytes, op.dtype, op.kind, op.phase)
+                    d = specs[op.unit].op_time(op.flops, op.nbytes, op.dtype, op.kind, op.phase,
+                                               op.rows)
                 cache[key] = d
             out.append(d)
         return out

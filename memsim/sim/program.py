@@ -54,6 +54,7 @@ class POp:
     group: tuple  # (block, iteration, layer, sub-batch): consecutive equal groups form a segment
     recompute: bool = False
     written: float = 0.0  # bytes the op writes (its outputs' new data)
+    rows: int = 0  # a matmul's left-operand rows (its tokens: what its FLOP/s depends on); 0: unknown
     seg: int = 0
     writers: tuple[int | None, ...] = ()  # last writer (op index) of each input before this op
     in_frac: tuple[float, ...] = ()  # fraction of each input's bytes the op needs (KV context)
@@ -191,7 +192,7 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                 if layer is None:
                     for op, unit, mem, nbytes, outs, written in static:
                         append(POp(0, op.name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit,
-                                   mem, op.inputs, outs, layer, 0, group, False, written))
+                                   mem, op.inputs, outs, layer, 0, group, False, written, op.rows))
                     continue
                 sl = str(layer)
                 names = (joined.replace(LAYER, sl).split(_SEP) if whole
@@ -200,27 +201,27 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                                                                               strict=True):
                     append(POp(0, names[a - 1], op.kind, op.phase, op.dtype, op.flops, nbytes,
                                unit, mem, tuple(names[a:b]), tuple(names[b:c]), layer, 0, group,
-                               False, written))
+                               False, written, op.rows))
             continue
         rows = {}
         for layer in layers:
             if layer is None:
                 rows[layer] = [(op.name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit, mem,
-                                op.inputs, outs, layer, written)
+                                op.inputs, outs, layer, written, op.rows)
                                for op, unit, mem, nbytes, outs, written in static]
                 continue
             sl = str(layer)  # str.replace returns the name itself when it holds no {layer}
             rows[layer] = [(op.name.replace(LAYER, sl), op.kind, op.phase, op.dtype, op.flops,
                             nbytes, unit, mem, tuple([n.replace(LAYER, sl) for n in op.inputs]),
-                            tuple([n.replace(LAYER, sl) for n in outs]), layer, written)
+                            tuple([n.replace(LAYER, sl) for n in outs]), layer, written, op.rows)
                            for op, unit, mem, nbytes, outs, written in static]
         for it in range(block.iterations):
             for layer in layers:
                 group = (block.name, it, layer, 0)
                 for (name, kind, phase, dtype, flops, nbytes, unit, mem, inputs, outputs, lay,
-                     written) in rows[layer]:
+                     written, m) in rows[layer]:
                     append(POp(0, name, kind, phase, dtype, flops, nbytes, unit, mem, inputs,
-                               outputs, lay, it, group, False, written))
+                               outputs, lay, it, group, False, written, m))
     return out
 
 
@@ -272,7 +273,8 @@ def _split_batches(raw: list[POp], trace: Trace, n: int, notes: list) -> list[PO
                 wbytes = min(hit[0], r.nbytes)
                 append(POp(r.index, r.name, r.kind, r.phase, r.dtype, r.flops / n,
                            wbytes + (r.nbytes - wbytes) / n, r.unit, r.mem, hit[1][b], hit[2][b],
-                           r.layer, r.iteration, sub_group, r.recompute, r.written / n))
+                           r.layer, r.iteration, sub_group, r.recompute, r.written / n,
+                           r.rows // n))  # each GPU batch multiplies 1/n of the tokens
         i = j
     return out
 
@@ -379,7 +381,7 @@ def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
             group = groups[f.group] = ("recompute", *f.group[1:])
         out.append(POp(f.index, f.name + "@r", f.kind, f.phase, f.dtype, f.flops, f.nbytes, f.unit,
                        f.mem, tuple(dict.fromkeys(inputs)), tuple(outputs), f.layer, f.iteration,
-                       group, True, f.written))  # (``_renamed`` inlined)
+                       group, True, f.written, f.rows))  # (``_renamed`` inlined)
     return out
 
 
@@ -408,7 +410,7 @@ def _stamped_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
     for f, (a, b, c) in zip(forward, spans, strict=True):
         out.append(POp(f.index, names[a - 1], f.kind, f.phase, f.dtype, f.flops, f.nbytes, f.unit,
                        f.mem, tuple(names[a:b]), tuple(names[b:c]), f.layer, f.iteration,
-                       rgroup, True, f.written))
+                       rgroup, True, f.written, f.rows))
     r0, r1 = renames
     rename.update(zip(names[r0:r1:2], names[r0 + 1:r1:2], strict=True))
     return out
@@ -479,7 +481,7 @@ def _renamed(r: POp, name: str, inputs: tuple, outputs: tuple, recompute: bool,
              group: tuple) -> POp:
     """``dataclasses.replace`` of an op before annotation, without its per-call overhead."""
     return POp(r.index, name, r.kind, r.phase, r.dtype, r.flops, r.nbytes, r.unit, r.mem, inputs,
-               outputs, r.layer, r.iteration, group, recompute, r.written)
+               outputs, r.layer, r.iteration, group, recompute, r.written, r.rows)
 
 
 def _exists(trace: Trace, name: str) -> bool:
