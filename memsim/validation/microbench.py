@@ -164,10 +164,10 @@ def tensor_io(folder: Path, mode: Mode, nbytes: int, count: int, repeats: int) -
     replay's own ``DiskTier`` (1 MiB direct requests, one file per tensor). Each repeat moves all
     of them; the rate is the repeat's bytes over its time, median over repeats.
 
-    Why not just the request sweep (``disk_read``): on this project's VMs direct I/O into a fresh
-    1 MiB buffer runs at 1.2 or 2.4 GB/s from one call to the next (which pages the DMA lands in
-    matters), while a replay reuses tensor-sized buffers; the level of the System's disk rates
-    comes from here, the shape of its read-size curve from the sweep."""
+    Why not just the request sweep (``disk_read``): on this project's VMs the same direct reads
+    into a fresh 1 MiB buffer ran at 1.2 or 2.4 GB/s from one call to the next, so the sweep's
+    level is a draw, while a replay reuses tensor-sized buffers; the level of the System's disk
+    rates comes from here, the shape of its read-size curve from the sweep."""
     from memsim.validation.backend import make_backend
     from memsim.validation.tiers import ComputeTier, DiskTier, fill_random
 
