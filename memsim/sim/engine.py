@@ -119,7 +119,6 @@ class StepEngine:
         self.busy: dict[str, float] = {}
         self.unit_end: dict[str, float] = {}
         self.cpu_spans: list[tuple[float, float]] = []  # CPU ops, when the GPU is the main unit
-        self._off: dict[tuple[str, str], int] = {}  # (tensor, tier) → its bytes homed elsewhere
         with paused_gc():
             self.dur = self._durations()
             self._plan_dependencies()
@@ -187,7 +186,9 @@ class StepEngine:
         deps: (0, writer) its op; (1, tensor, writer) that version on the op's home tier (a
         write-back, or the writer itself); (2, tensor) the copy staged for the segment.
         fetch: (tensor, writer, fraction, {source tier: bytes}, writer in this segment).
-        produce: outputs that are born here or have bytes homed off the op's tier.
+        produce: outputs that are born here or have bytes homed off the op's tier, as
+        (output index, tensor, (tensor, tier), its home bytes on the tier or None, its bytes
+        homed elsewhere): the loop's static half of ``_produce``, computed once per tensor/tier.
         """
         ops, tensors = self.prog.ops, self.prog.tensors
         only_home = {t: next(iter(info.home)) if len(info.home) == 1 else None
@@ -210,6 +211,14 @@ class StepEngine:
         unwritten: dict[tuple, tuple | None] = {}
         births = {b for b in birth_of.values() if b is not None}
         produce_cache: dict[tuple, tuple] = {}
+
+        def out_entry(k: int, t: str, mem: str) -> tuple:
+            """(k, t, (t, mem), home bytes on mem or None, bytes homed off mem)."""
+            if only_home[t] == mem:  # (the common case: born where it lives)
+                return (k, t, (t, mem), home_of[t][mem], 0)
+            home = home_of[t]
+            on_m = home.get(mem)
+            return (k, t, (t, mem), on_m, sum(home.values()) - (on_m or 0))
         xfer = "exposed_transfer"
         # KV homed off the compute tier: per tensor the segment that last wrote it, the writer
         # before that segment and the fraction the segment wrote (what a read there has already)
@@ -304,16 +313,16 @@ class StepEngine:
             if idx in births:
                 if len(outs) == 1:  # (the common case, without a comprehension's frame)
                     t = outs[0]
-                    produce_append(((0, t),) if only_home[t] != mem or birth_of[t] == idx
-                                   else empty)
+                    produce_append((out_entry(0, t, mem),)
+                                   if only_home[t] != mem or birth_of[t] == idx else empty)
                 else:
-                    produce_append(tuple([(k, t) for k, t in enumerate(outs)
+                    produce_append(tuple([out_entry(k, t, mem) for k, t in enumerate(outs)
                                           if only_home[t] != mem or birth_of[t] == idx]))
                 continue
             key = (outs, mem)  # no output born here: the same for every op with these outputs
             hit = produce_cache.get(key)
             if hit is None:
-                hit = produce_cache[key] = tuple([(k, t) for k, t in enumerate(outs)
+                hit = produce_cache[key] = tuple([out_entry(k, t, mem) for k, t in enumerate(outs)
                                                   if only_home[t] != mem])
             produce_append(hit)
 
@@ -503,18 +512,15 @@ class StepEngine:
     # -- outputs, write-backs, deaths ----------------------------------------------------------
 
     def _produce(self, op, outputs: tuple) -> None:
-        tensors, home_alloc, pools, work = self.prog.tensors, self.home_alloc, self.pools, self.work
+        home_alloc, work = self.home_alloc, self.work
         m, seg = op.mem, op.seg
-        for k, t in outputs:
-            home = tensors[t].home
-            if m in home and (t, m) not in home_alloc:
-                pools[m].alloc(t, home[m], op.name)
-                home_alloc.add((t, m))
-            off = self._off.get((t, m))
-            if off is None:  # bytes homed off the op's tier (static per tensor and tier)
-                off = self._off[(t, m)] = sum(b for h, b in home.items() if h != m)
+        for k, t, tm, on_m, off in outputs:  # (see _plan_dependencies: all static)
+            if on_m is not None and tm not in home_alloc:
+                self.pools[m].alloc(t, on_m, op.name)
+                home_alloc.add(tm)
             if off <= 0 or (t, seg) in work:
                 continue
+            pools = self.pools
             st = self.seg_stage.get((seg, t, m))
             if st is None:
                 nbytes = int(off * op.out_frac[k])
