@@ -310,14 +310,20 @@ class StepEngine:
                 produce_append(empty)
                 continue
             idx = op.index
-            if idx in births:
-                if len(outs) == 1:  # (the common case, without a comprehension's frame)
-                    t = outs[0]
-                    produce_append((out_entry(0, t, mem),)
-                                   if only_home[t] != mem or birth_of[t] == idx else empty)
+            if len(outs) == 1:  # (the common case, inline: no call, no comprehension's frame)
+                t = outs[0]
+                h = only_home[t]
+                if h == mem:
+                    produce_append(((0, t, (t, mem), home_of[t][mem], 0),)
+                                   if idx in births and birth_of[t] == idx else empty)
+                elif h is not None:  # homed on one other tier
+                    produce_append(((0, t, (t, mem), None, home_of[t][h]),))
                 else:
-                    produce_append(tuple([out_entry(k, t, mem) for k, t in enumerate(outs)
-                                          if only_home[t] != mem or birth_of[t] == idx]))
+                    produce_append((out_entry(0, t, mem),))
+                continue
+            if idx in births:
+                produce_append(tuple([out_entry(k, t, mem) for k, t in enumerate(outs)
+                                      if only_home[t] != mem or birth_of[t] == idx]))
                 continue
             key = (outs, mem)  # no output born here: the same for every op with these outputs
             hit = produce_cache.get(key)
