@@ -194,8 +194,6 @@ class StepEngine:
         only_home = {t: next(iter(info.home)) if len(info.home) == 1 else None
                      for t, info in tensors.items()}
         home_of = {t: info.home for t, info in tensors.items()}
-        birth_of = {t: info.birth for t, info in tensors.items()}
-        size_of = {t: info.bytes for t, info in tensors.items()}
         cat = {u: self._cat(u) for u in ("gpu", "cpu", "comm")}
         seg_of = [op.seg for op in ops]
         mem_of = [op.mem for op in ops]
@@ -204,12 +202,13 @@ class StepEngine:
         self.deps: list[tuple] = []
         self.fetch: list[tuple] = []
         self.produce: list[tuple] = []
+        self.fetching: list[list[int]] = [[] for _ in self.prog.segments]  # ops with fetches
         deps_append, fetch_append, produce_append = (self.deps.append, self.fetch.append,
                                                      self.produce.append)
         empty = ()
         src_cache: dict[tuple, dict[str, int]] = {}
         unwritten: dict[tuple, tuple | None] = {}
-        births = {b for b in birth_of.values() if b is not None}
+        births = {info.birth for info in tensors.values()}  # (None among them: no op index)
         produce_cache: dict[tuple, tuple] = {}
 
         def out_entry(k: int, t: str, mem: str) -> tuple:
@@ -279,7 +278,7 @@ class StepEngine:
                         continue
                     if t not in wb_of[w]:  # the version lives only where written
                         deps.append((2, t, None, xfer))
-                        fetch.append((t, w, frac, {wmem: int(size_of[t] * frac)}, True))
+                        fetch.append((t, w, frac, {wmem: int(tensors[t].bytes * frac)}, True))
                         continue
                 if only_home[t] == mem:
                     if wunit != unit:
@@ -296,7 +295,11 @@ class StepEngine:
                     deps.append((2, t, None, xfer))
                     fetch.append((t, w, frac, sources, False))
             deps_append(tuple(deps) if deps else empty)
-            fetch_append(tuple(fetch) if fetch else empty)
+            if fetch:
+                fetch_append(tuple(fetch))
+                self.fetching[seg].append(op.index)
+            else:
+                fetch_append(empty)
             outs = op.outputs
             if kv_off:
                 for k, t in enumerate(outs):
@@ -315,7 +318,7 @@ class StepEngine:
                 h = only_home[t]
                 if h == mem:
                     produce_append(((0, t, (t, mem), home_of[t][mem], 0),)
-                                   if idx in births and birth_of[t] == idx else empty)
+                                   if idx in births and tensors[t].birth == idx else empty)
                 elif h is not None:  # homed on one other tier
                     produce_append(((0, t, (t, mem), None, home_of[t][h]),))
                 else:
@@ -323,7 +326,7 @@ class StepEngine:
                 continue
             if idx in births:
                 produce_append(tuple([out_entry(k, t, mem) for k, t in enumerate(outs)
-                                      if only_home[t] != mem or birth_of[t] == idx]))
+                                      if only_home[t] != mem or tensors[t].birth == idx]))
                 continue
             key = (outs, mem)  # no output born here: the same for every op with these outputs
             hit = produce_cache.get(key)
@@ -484,13 +487,10 @@ class StepEngine:
         """Stage every input of segment ``s`` that lives off its op's memory tier."""
         ops, fetch = self.prog.ops, self.fetch
         seg_stage, stages, held = self.seg_stage, self.stages, self.seg_held[s]
-        for i in self.prog.segments[s].ops:
-            wanted = fetch[i]
-            if not wanted:
-                continue
+        for i in self.fetching[s]:  # (the segment's ops that fetch anything, in order)
             op = ops[i]
             mem = op.mem
-            for t, w, frac, sources, same_seg in wanted:
+            for t, w, frac, sources, same_seg in fetch[i]:
                 skey = (s, t, mem)
                 if skey in seg_stage:
                     continue
