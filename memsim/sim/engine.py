@@ -16,6 +16,7 @@ write-back starts) and given back at its death; a copy's destination bytes when 
 from __future__ import annotations
 
 import time
+from heapq import heappop
 
 import simpy
 
@@ -66,20 +67,29 @@ class Clock:
         self.recorder.counter(pool.name, self.env.now, pool.used)
 
     def run(self) -> None:
-        """Process every event, counting them; simulated time must never run backward."""
+        """Process every event, counting them; simulated time must never run backward.
+
+        simpy's ``Environment.step`` inlined (pop the earliest event, run its callbacks, crash on
+        an undefused failure): a method call and an exception frame per event were a tenth of
+        the loop. Nothing here stops a simulation early, so ``StopSimulation`` is not handled."""
         env = self.env
-        step = env.step
+        queue = env._queue
+        pop = heappop
         n = 0
         last = 0.0
-        try:
-            while True:
-                step()
-                n += 1
-                if env._now < last:  # pragma: no cover - simpy guarantees it; we check it
-                    raise AssertionError("simulated time ran backward")
-                last = env._now
-        except simpy.core.EmptySchedule:
-            pass
+        while queue:
+            now, _, _, event = pop(queue)
+            if now < last:  # pragma: no cover - simpy guarantees it; we check it
+                raise AssertionError("simulated time ran backward")
+            env._now = last = now
+            callbacks, event.callbacks = event.callbacks, None
+            for callback in callbacks:
+                callback(event)
+            n += 1
+            if not event._ok and not hasattr(event, "_defused"):  # as simpy: crash with a copy
+                exc = type(event._value)(*event._value.args)
+                exc.__cause__ = event._value
+                raise exc
         self.events += n
 
 
@@ -119,7 +129,6 @@ class StepEngine:
         self.busy: dict[str, float] = {}
         self.unit_end: dict[str, float] = {}
         self.cpu_spans: list[tuple[float, float]] = []  # CPU ops, when the GPU is the main unit
-        self._off: dict[tuple[str, str], int] = {}  # (tensor, tier) → its bytes homed elsewhere
         with paused_gc():
             self.dur = self._durations()
             self._plan_dependencies()
@@ -187,14 +196,14 @@ class StepEngine:
         deps: (0, writer) its op; (1, tensor, writer) that version on the op's home tier (a
         write-back, or the writer itself); (2, tensor) the copy staged for the segment.
         fetch: (tensor, writer, fraction, {source tier: bytes}, writer in this segment).
-        produce: outputs that are born here or have bytes homed off the op's tier.
+        produce: outputs that are born here or have bytes homed off the op's tier, as
+        (output index, tensor, (tensor, tier), its home bytes on the tier or None, its bytes
+        homed elsewhere): the loop's static half of ``_produce``, computed once per tensor/tier.
         """
         ops, tensors = self.prog.ops, self.prog.tensors
         only_home = {t: next(iter(info.home)) if len(info.home) == 1 else None
                      for t, info in tensors.items()}
         home_of = {t: info.home for t, info in tensors.items()}
-        birth_of = {t: info.birth for t, info in tensors.items()}
-        size_of = {t: info.bytes for t, info in tensors.items()}
         cat = {u: self._cat(u) for u in ("gpu", "cpu", "comm")}
         seg_of = [op.seg for op in ops]
         mem_of = [op.mem for op in ops]
@@ -203,13 +212,22 @@ class StepEngine:
         self.deps: list[tuple] = []
         self.fetch: list[tuple] = []
         self.produce: list[tuple] = []
+        self.fetching: list[list[int]] = [[] for _ in self.prog.segments]  # ops with fetches
         deps_append, fetch_append, produce_append = (self.deps.append, self.fetch.append,
                                                      self.produce.append)
         empty = ()
         src_cache: dict[tuple, dict[str, int]] = {}
         unwritten: dict[tuple, tuple | None] = {}
-        births = {b for b in birth_of.values() if b is not None}
+        births = {info.birth for info in tensors.values()}  # (None among them: no op index)
         produce_cache: dict[tuple, tuple] = {}
+
+        def out_entry(k: int, t: str, mem: str) -> tuple:
+            """(k, t, (t, mem), home bytes on mem or None, bytes homed off mem)."""
+            if only_home[t] == mem:  # (the common case: born where it lives)
+                return (k, t, (t, mem), home_of[t][mem], 0)
+            home = home_of[t]
+            on_m = home.get(mem)
+            return (k, t, (t, mem), on_m, sum(home.values()) - (on_m or 0))
         xfer = "exposed_transfer"
         # KV homed off the compute tier: per tensor the segment that last wrote it, the writer
         # before that segment and the fraction the segment wrote (what a read there has already)
@@ -270,7 +288,7 @@ class StepEngine:
                         continue
                     if t not in wb_of[w]:  # the version lives only where written
                         deps.append((2, t, None, xfer))
-                        fetch.append((t, w, frac, {wmem: int(size_of[t] * frac)}, True))
+                        fetch.append((t, w, frac, {wmem: int(tensors[t].bytes * frac)}, True))
                         continue
                 if only_home[t] == mem:
                     if wunit != unit:
@@ -287,7 +305,11 @@ class StepEngine:
                     deps.append((2, t, None, xfer))
                     fetch.append((t, w, frac, sources, False))
             deps_append(tuple(deps) if deps else empty)
-            fetch_append(tuple(fetch) if fetch else empty)
+            if fetch:
+                fetch_append(tuple(fetch))
+                self.fetching[seg].append(op.index)
+            else:
+                fetch_append(empty)
             outs = op.outputs
             if kv_off:
                 for k, t in enumerate(outs):
@@ -301,19 +323,25 @@ class StepEngine:
                 produce_append(empty)
                 continue
             idx = op.index
-            if idx in births:
-                if len(outs) == 1:  # (the common case, without a comprehension's frame)
-                    t = outs[0]
-                    produce_append(((0, t),) if only_home[t] != mem or birth_of[t] == idx
-                                   else empty)
+            if len(outs) == 1:  # (the common case, inline: no call, no comprehension's frame)
+                t = outs[0]
+                h = only_home[t]
+                if h == mem:
+                    produce_append(((0, t, (t, mem), home_of[t][mem], 0),)
+                                   if idx in births and tensors[t].birth == idx else empty)
+                elif h is not None:  # homed on one other tier
+                    produce_append(((0, t, (t, mem), None, home_of[t][h]),))
                 else:
-                    produce_append(tuple([(k, t) for k, t in enumerate(outs)
-                                          if only_home[t] != mem or birth_of[t] == idx]))
+                    produce_append((out_entry(0, t, mem),))
+                continue
+            if idx in births:
+                produce_append(tuple([out_entry(k, t, mem) for k, t in enumerate(outs)
+                                      if only_home[t] != mem or tensors[t].birth == idx]))
                 continue
             key = (outs, mem)  # no output born here: the same for every op with these outputs
             hit = produce_cache.get(key)
             if hit is None:
-                hit = produce_cache[key] = tuple([(k, t) for k, t in enumerate(outs)
+                hit = produce_cache[key] = tuple([out_entry(k, t, mem) for k, t in enumerate(outs)
                                                   if only_home[t] != mem])
             produce_append(hit)
 
@@ -352,6 +380,7 @@ class StepEngine:
         started, seg_stage = self.seg_started, self.seg_stage
         timeout = env.timeout
         finish = self._finish
+        done, done_ev, left = self.done, self.done_ev, self.seg_left
         busy = 0.0
         t0 = 0.0
         for i in indices:
@@ -411,7 +440,15 @@ class StepEngine:
                 self.cpu_spans.append((t0, t1))
             if rec is not None:
                 rec.span(unit, op.name, t0, t1, {"flops": op.flops, "bytes": op.nbytes})
-            finish(op)
+            # _finish's every-op half inline (a call per op is a tenth of the loop's own time)
+            done[i] = 1
+            if done_ev:
+                ev = done_ev.pop(i, None)
+                if ev is not None:
+                    ev.succeed()
+            left[s] -= 1
+            if op.writeback or op.dies or not left[s]:
+                finish(op)
         self.busy[unit] = busy
         self.unit_end[unit] = env._now
 
@@ -460,13 +497,10 @@ class StepEngine:
         """Stage every input of segment ``s`` that lives off its op's memory tier."""
         ops, fetch = self.prog.ops, self.fetch
         seg_stage, stages, held = self.seg_stage, self.stages, self.seg_held[s]
-        for i in self.prog.segments[s].ops:
-            wanted = fetch[i]
-            if not wanted:
-                continue
+        for i in self.fetching[s]:  # (the segment's ops that fetch anything, in order)
             op = ops[i]
             mem = op.mem
-            for t, w, frac, sources, same_seg in wanted:
+            for t, w, frac, sources, same_seg in fetch[i]:
                 skey = (s, t, mem)
                 if skey in seg_stage:
                     continue
@@ -503,18 +537,15 @@ class StepEngine:
     # -- outputs, write-backs, deaths ----------------------------------------------------------
 
     def _produce(self, op, outputs: tuple) -> None:
-        tensors, home_alloc, pools, work = self.prog.tensors, self.home_alloc, self.pools, self.work
+        home_alloc, work = self.home_alloc, self.work
         m, seg = op.mem, op.seg
-        for k, t in outputs:
-            home = tensors[t].home
-            if m in home and (t, m) not in home_alloc:
-                pools[m].alloc(t, home[m], op.name)
-                home_alloc.add((t, m))
-            off = self._off.get((t, m))
-            if off is None:  # bytes homed off the op's tier (static per tensor and tier)
-                off = self._off[(t, m)] = sum(b for h, b in home.items() if h != m)
+        for k, t, tm, on_m, off in outputs:  # (see _plan_dependencies: all static)
+            if on_m is not None and tm not in home_alloc:
+                self.pools[m].alloc(t, on_m, op.name)
+                home_alloc.add(tm)
             if off <= 0 or (t, seg) in work:
                 continue
+            pools = self.pools
             st = self.seg_stage.get((seg, t, m))
             if st is None:
                 nbytes = int(off * op.out_frac[k])
@@ -525,12 +556,9 @@ class StepEngine:
             self.seg_work.setdefault(seg, []).append(t)
 
     def _finish(self, op) -> None:
-        idx, seg = op.index, op.seg
-        self.done[idx] = 1
-        if self.done_ev:
-            ev = self.done_ev.pop(idx, None)
-            if ev is not None:
-                ev.succeed()
+        """Write-backs, deaths and the segment's end, after ``_stream`` marked ``op`` done and
+        counted it off its segment."""
+        seg = op.seg
         for t in op.writeback:
             self._writeback(op, t)
         if op.dies:
@@ -544,9 +572,7 @@ class StepEngine:
                 st = work.pop((t, seg), None)
                 if st is not None:
                     self._release(st)
-        left = self.seg_left
-        left[seg] -= 1
-        if left[seg] == 0:
+        if self.seg_left[seg] == 0:
             for st in self.seg_held[seg]:
                 self._release(st)
             self.seg_held[seg] = []
