@@ -54,6 +54,12 @@ def test_quick_calibration_loads_as_a_system(machine):
     assert cal["torch"] and cal["cpu_model"] and cal["compute_threads"] >= 1
     assert sorted(p[0] for p in system.tiers["disk"].read_size_curve.points) == \
         [4096, 65536, 262144, 1 << 20, 8 << 20]
+    # the disk's level is whole tensors moved as a replay moves them, under compute; the request
+    # sweep only shapes the curve, which meets that level at the 1 MiB request
+    disk, under = system.tiers["disk"], cal["disk_rate_under_compute"]
+    assert disk.read_bw == pytest.approx(cal["disk_tensor_io_Bps"]["read"] * under["read"])
+    assert disk.write_bw == pytest.approx(cal["disk_tensor_io_Bps"]["write"] * under["write"])
+    assert disk.read_size_curve.at(1 << 20) == pytest.approx(disk.read_bw)
     assert not any(path.parent.glob("memsim-*")), "scratch directory must be removed"
 
 

@@ -243,40 +243,38 @@ class StepEngine:
                 ((2, t, None, xfer), (t, None, frac, sources, False)) if sources else None)
             return hit
 
+        missing = object()
         for op in ops:
             deps, fetch = [], []
             mem, seg, unit, no_fetch = op.mem, op.seg, op.unit, op.no_fetch
             # (writers and in_frac are per input by construction; zip's strict= keyword alone
             # costs ~0.2 us a call, a tenth of this loop on long decode runs)
             for t, w, frac in zip(op.inputs, op.writers, op.in_frac):  # noqa: B905
+                if no_fetch and t in no_fetch:
+                    continue
+                if w is not None:
+                    wseg = seg_of[w]
+                    if wseg == seg and kv_off and t in kv_off and mem_of[w] == mem:
+                        before = kv_seg[t]
+                        if frac - before[2] > 1e-9:
+                            # decode attention reads the context so far: what this segment
+                            # appended is here; the rest (the writer before it) is fetched from
+                            # the KV's home
+                            if unit_of[w] != unit:
+                                deps.append((0, w, None, cat[unit_of[w]]))
+                            w, frac = before[1], frac - before[2]
+                            if w is not None:
+                                wseg = seg_of[w]
                 if w is None:  # no writer: the same entries for every op reading t on mem
-                    if only_home[t] == mem or (no_fetch and t in no_fetch):
+                    if only_home[t] == mem:
                         continue
-                    hit = unwritten.get((t, mem, frac)) or from_home(t, mem, frac)
+                    hit = unwritten.get((t, mem, frac), missing)
+                    if hit is missing:
+                        hit = from_home(t, mem, frac)
                     if hit is not None:
                         deps.append(hit[0])
                         fetch.append(hit[1])
                     continue
-                if no_fetch and t in no_fetch:
-                    continue
-                wseg = seg_of[w]
-                if wseg == seg and kv_off and t in kv_off and mem_of[w] == mem:
-                    before = kv_seg[t]
-                    if frac - before[2] > 1e-9:
-                        # decode attention reads the context so far: what this segment appended
-                        # is here; the rest (the writer before it) is fetched from the KV's home
-                        if unit_of[w] != unit:
-                            deps.append((0, w, None, cat[unit_of[w]]))
-                        w, frac = before[1], frac - before[2]
-                        if w is None:
-                            if only_home[t] == mem:
-                                continue
-                            hit = unwritten.get((t, mem, frac)) or from_home(t, mem, frac)
-                            if hit is not None:
-                                deps.append(hit[0])
-                                fetch.append(hit[1])
-                            continue
-                        wseg = seg_of[w]
                 wunit = unit_of[w]
                 if wseg == seg and wunit == unit:  # same stream (so same tier): done, in order
                     continue
