@@ -28,6 +28,7 @@ def main() -> int:
     ap.add_argument("--hardware", help="a System YAML from `memsim calibrate` (default: calibrate now)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps per case (default: the suite's)")
     ap.add_argument("--quick", action="store_true", help="quick calibration")
     ap.add_argument("--record", action="store_true", help="write the result under validation/results/")
     args = ap.parse_args()
@@ -47,7 +48,7 @@ def main() -> int:
         system = calibrate(args.device, quick=args.quick, name=f"{host}-{args.device}")
         write_system(system, out / f"{host}-{args.device}-{stamp}.machine.yaml")
     t1 = time.perf_counter()
-    report = validate(system, suite=args.suite, device=args.device, repeats=args.repeats,
+    report = validate(system, suite=args.suite, device=args.device, repeats=args.repeats, warmup=args.warmup,
                       plot=out / f"{host}-{args.device}-{stamp}.png",
                       progress=lambda name: print(f"  measured a step of {name}", file=sys.stderr))
     t2 = time.perf_counter()
@@ -70,6 +71,10 @@ def main() -> int:
                          for d, b in c.copy_busy.items())
         print(f"{c.name:34s} {c.predicted_s:10.3f} {c.measured_s:10.3f} {c.error:+8.1%}  {peaks}"
               f"{'; ' + busy if busy else ''}")
+    print("steps, s (untimed warm-up | timed):")
+    for c in report.cases:
+        print(f"  {c.name:32s} {' '.join(f'{s:.3f}' for s in c.warmup_s)} | "
+              f"{' '.join(f'{s:.3f}' for s in c.steps_s)}")
     print(f"suite {report.suite} ({t2 - t1:.0f} s): median |error| {report.median_abs_error:.1%}, "
           f"worst {report.max_abs_error:.1%}, worst peak-bytes error {report.max_peak_error:.1%}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "

@@ -534,6 +534,8 @@ def validate_cmd(
     suite: Annotated[str | None, typer.Option(help="suite YAML, e.g. validation/cpu-disk.yaml")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
     repeats: Annotated[int | None, typer.Option(min=1, help="timed steps per case (median)")] = None,
+    warmup: Annotated[int | None, typer.Option(min=0, help="untimed steps per case before the timed "
+                                               "ones (default: the suite's, else 2)")] = None,
     plot: Annotated[str | None, typer.Option(help="write predicted-vs-measured PNG here")] = None,
     record: Annotated[str | None, typer.Option(help="also write the JSON report to this file")] = None,
     scratch: Annotated[str | None, typer.Option(help="folder for the disk tier's files")] = None,
@@ -552,12 +554,15 @@ def validate_cmd(
     for out_path, key in ((plot, "--plot"), (record, "--record")):
         if out_path:  # fail before minutes of measuring, not after
             check_writable(out_path, key)
+    from memsim.validation.suite import WARMUP
+
     loaded = load_suite(suite) if suite else None
-    total = sum(1 for _ in loaded.cases) * (repeats or loaded.repeats) if loaded else (repeats or 3)
-    bar, task = _progress(total, "replaying", as_json)
+    steps = (repeats or (loaded.repeats if loaded else 3)) + \
+        (warmup if warmup is not None else loaded.warmup if loaded else WARMUP)
+    bar, task = _progress(len(loaded.cases) * steps if loaded else steps, "replaying", as_json)
     with bar:
         report = validate(hardware, workload=workload, plan=plan, suite=loaded, device=device,
-                          repeats=repeats, scratch=scratch, plot=plot,
+                          repeats=repeats, warmup=warmup, scratch=scratch, plot=plot,
                           progress=lambda name: bar.update(task, advance=1, description=name))
     doc = report.to_dict()
     if record:

@@ -92,6 +92,32 @@ def test_direct_io_round_trip(tmp_path):
     assert bytes(back) == bytes(data)
 
 
+def test_disk_tier_reuses_a_dead_tensors_file_as_swap_space(tmp_path):
+    """Writes after the first step overwrite allocated blocks (as into an offload engine's swap
+    files): a dead tensor's file goes to the next tensor of its size, never to one of another
+    size; the ledger counts live tensors only, and closing removes every file."""
+    from memsim.validation.tiers import ComputeTier, DiskTier, fill_random
+
+    host = ComputeTier("dram", make_backend("cpu"))
+    disk = DiskTier("disk", tmp_path, probe_mode(tmp_path), host.backend)
+    src = host.alloc("src", 3 * 4096)
+    fill_random(src, 3 * 4096, 1)
+    disk.write("a", src, 3 * 4096)
+    first = disk.files["a"].path
+    disk.delete("a")
+    assert disk.ledger.now == 0 and first.exists()
+    disk.write("b", src, 2 * 4096)  # another size: a file of its own
+    disk.write("c", src, 3 * 4096)
+    assert disk.files["c"].path == first and disk.files["b"].path != first
+    back = host.alloc("back", 3 * 4096)
+    disk.read("c", back, 3 * 4096)
+    assert bytes(back[:3 * 4096]) == bytes(src[:3 * 4096])
+    assert disk.ledger.now == 5 * 4096 and disk.ledger.peak == 5 * 4096
+    disk.close()
+    host.close()
+    assert not list(tmp_path.glob("disk.*"))
+
+
 def test_scratch_is_removed_on_error_and_on_sigterm(tmp_path):
     with pytest.raises(RuntimeError), Scratch(tmp_path) as folder:
         (folder / "x").write_bytes(b"1")

@@ -116,7 +116,7 @@ def test_plan_for_another_workload_is_bad_input(files, trace):
 def test_suite_and_validate_json(files, tmp_path):
     suite = tmp_path / "s.yaml"
     suite.write_text(yaml.safe_dump({
-        "name": "micro", "repeats": 1, "workloads": {"w": str(files["workload"])},
+        "name": "micro", "repeats": 1, "warmup": 1, "workloads": {"w": str(files["workload"])},
         "plans": {"resident": {}, "wdisk": {"placement": {"weight": {"disk": 1.0}}}}}))
     assert [c.name for c in load_suite(suite).cases] == ["w/resident", "w/wdisk"]
     png = tmp_path / "plot.png"
@@ -128,6 +128,8 @@ def test_suite_and_validate_json(files, tmp_path):
     for case in doc["cases"]:
         assert case["predicted_s"] > 0 and case["measured_s"] > 0
         assert case["error"] == pytest.approx((case["predicted_s"] - case["measured_s"]) / case["measured_s"])
+        # the suite's one warm-up step ran and is reported, but only the timed step is measured
+        assert len(case["warmup_s"]) == 1 and case["steps_s"] == [case["measured_s"]]
     assert doc["median_abs_error"] >= 0 and set(doc["peak_bytes"]) == {"w/resident", "w/wdisk"}
     assert doc["cases"][0]["copy_busy"] == {}  # resident: nothing moves
     reads = doc["cases"][1]["copy_busy"]["disk->dram"]  # weights streamed from disk
@@ -145,6 +147,10 @@ def test_suite_errors_name_the_key(tmp_path, files):
                                      "plans": {"p": {"placement": {"weight": {"nvme": 1.0}}}}}))
     with pytest.raises(SpecError, match="nvme"):
         validate(files["system"], suite=suite, repeats=1)
+    suite.write_text(yaml.safe_dump({"name": "bad", "warmup": -1, "plans": {"resident": {}},
+                                     "workloads": {"w": str(files["workload"])}}))
+    with pytest.raises(SpecError, match="warmup"):
+        load_suite(suite)
 
 
 def test_validate_needs_exactly_one_of_workload_and_suite(files):

@@ -18,7 +18,7 @@ from pathlib import Path
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan
-from memsim.validation.suite import Suite, SuiteCase, load_suite
+from memsim.validation.suite import WARMUP, Suite, SuiteCase, load_suite
 
 
 @dataclass
@@ -28,7 +28,7 @@ class CaseResult:
     measured_s: float
     error: float  # (predicted - measured) / measured
     feasible: bool
-    steps_s: list[float]
+    steps_s: list[float]  # the timed steps; measured_s is their median
     peak_bytes: dict[str, dict[str, float]]  # tier → {predicted, measured, error}
     predicted_breakdown: dict[str, float]
     measured_breakdown: dict[str, float]  # compute, recompute, wait (exposed transfer)
@@ -37,6 +37,7 @@ class CaseResult:
     # per copy direction (src->dst): seconds its engine was busy, predicted and measured, and the
     # rate the measured copies achieved: where a case misses, whether the copies ran slower
     copy_busy: dict[str, dict[str, float]] = field(default_factory=dict)
+    warmup_s: list[float] = field(default_factory=list)  # the untimed steps before them
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Report:
 
 def validate(system: System | str, *, workload: str | None = None, plan: Plan | str | None = None,
              suite: Suite | str | None = None, device: str = "cpu", repeats: int | None = None,
-             scratch: str | Path | None = None, plot: str | Path | None = None,
+             warmup: int | None = None, scratch: str | Path | None = None, plot: str | Path | None = None,
              progress: Callable[[str], None] | None = None) -> Report:
     """Run one workload (with a plan, or all-resident) or a whole suite; predict and measure each."""
     from memsim.hardware import load_system
@@ -83,12 +84,13 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
         raise SpecError("give either a workload (with an optional plan) or a suite", key="--suite")
     if suite is not None:
         suite = suite if isinstance(suite, Suite) else load_suite(suite)
-        cases, reps, name = suite.cases, repeats or suite.repeats, suite.name
+        cases, name = suite.cases, suite.name
+        reps, warm = repeats or suite.repeats, suite.warmup if warmup is None else warmup
     else:
         plan_obj, plan_file = _plan(plan)
-        cases, reps, name = [SuiteCase(Path(str(workload)).stem, str(workload), plan_obj, plan_file)], \
-            repeats or 3, None
-    results = [run_case(system, case, device, reps, scratch, progress) for case in cases]
+        cases, name = [SuiteCase(Path(str(workload)).stem, str(workload), plan_obj, plan_file)], None
+        reps, warm = repeats or 3, WARMUP if warmup is None else warmup
+    results = [run_case(system, case, device, reps, scratch, progress, warm) for case in cases]
     report = Report(system.name, device, name, results,
                     dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), system.calibration,
                     disk_mode=next((r.disk_mode for r in results if r.disk_mode), None))
@@ -108,7 +110,8 @@ def _plan(plan: Plan | str | None) -> tuple[Plan, str]:
 
 
 def run_case(system: System, case: SuiteCase, device: str, repeats: int,
-             scratch: str | Path | None, progress: Callable[[str], None] | None) -> CaseResult:
+             scratch: str | Path | None, progress: Callable[[str], None] | None,
+             warmup: int = WARMUP) -> CaseResult:
     from memsim.sim import simulate
     from memsim.validation.replay import check_plan, replay
     from memsim.workloads import build_trace, load_workload
@@ -122,7 +125,7 @@ def run_case(system: System, case: SuiteCase, device: str, repeats: int,
 
         raise Infeasible(diagnose(predicted))
     step = (lambda: progress(case.name)) if progress else None
-    measured = replay(system, trace, case.plan, device, repeats, scratch, case.plan_file, step)
+    measured = replay(system, trace, case.plan, device, repeats, scratch, case.plan_file, step, warmup)
     peaks = {}
     for tier in sorted(set(predicted.peak_bytes) | set(measured.peak_bytes)):
         p, m = predicted.peak_bytes.get(tier, 0), measured.peak_bytes.get(tier, 0)
@@ -130,7 +133,8 @@ def run_case(system: System, case: SuiteCase, device: str, repeats: int,
     return CaseResult(
         name=case.name, predicted_s=predicted.step_time_s, measured_s=measured.step_s,
         error=(predicted.step_time_s - measured.step_s) / measured.step_s,
-        feasible=predicted.feasible, steps_s=measured.steps_s, peak_bytes=peaks,
+        feasible=predicted.feasible, steps_s=measured.steps_s, warmup_s=measured.warmup_s,
+        peak_bytes=peaks,
         predicted_breakdown=predicted.breakdown,
         measured_breakdown={"compute": measured.compute_s - measured.recompute_s,
                             "recompute": measured.recompute_s, "exposed_transfer": measured.wait_s},

@@ -44,16 +44,18 @@ from memsim.validation.calibrate import set_compute_threads
 from memsim.validation.diskio import Scratch, probe_mode
 from memsim.validation.engines import Engine, Job, wait
 from memsim.validation.kernels import Kernels
+from memsim.validation.suite import WARMUP
 from memsim.validation.tiers import ComputeTier, DiskTier, HostTier, fill_random
 from memsim.workloads.trace import Trace
 
 
 @dataclass
 class Measurement:
-    """What one replay measured (the median step of ``repeats``)."""
+    """What one replay measured (the median step of ``repeats``, after ``warmup`` untimed steps)."""
 
     step_s: float
     steps_s: list[float]
+    warmup_s: list[float]  # the untimed first steps, reported so their cost stays visible
     compute_s: float  # sum of op times of the median step
     wait_s: float  # compute side blocked on copies (exposed transfer)
     recompute_s: float
@@ -88,8 +90,15 @@ def check_plan(trace: Trace, plan: Plan, system: System, file: str = "plan") -> 
 
 def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeats: int = 3,
            scratch: str | Path | None = None, plan_file: str = "plan",
-           progress: Callable[[], None] | None = None) -> Measurement:
-    """Set up the tiers, run the step ``repeats`` times and report the median step."""
+           progress: Callable[[], None] | None = None, warmup: int = WARMUP) -> Measurement:
+    """Set up the tiers, run ``warmup`` untimed steps, then ``repeats`` timed ones; report the
+    median timed step.
+
+    Why warm up: the simulator predicts a steady-state step (staging buffers allocated once, as
+    DeepSpeed's and FlexGen's swappers allocate theirs at start-up). A replay's first step maps
+    and faults in every staging buffer, and on the project's VMs its second still waits
+    2-3x longer on disk reads than later steps (docs/validation.md).
+    """
     from memsim.sim.engine import StepEngine
     from memsim.sim.program import build_program
 
@@ -105,16 +114,18 @@ def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeat
         try:
             runner.setup()
             results = []
-            for _ in range(max(1, repeats)):
+            for _ in range(max(0, warmup) + max(1, repeats)):
                 results.append(runner.step())
                 if progress:
                     progress()
         finally:
             runner.close()
+    warm, results = results[:max(0, warmup)], results[max(0, warmup):]
     median = sorted(results, key=lambda r: r["step_s"])[len(results) // 2]
     return Measurement(
         step_s=statistics.median(r["step_s"] for r in results),
-        steps_s=[r["step_s"] for r in results], compute_s=median["compute_s"],
+        steps_s=[r["step_s"] for r in results], warmup_s=[r["step_s"] for r in warm],
+        compute_s=median["compute_s"],
         wait_s=median["wait_s"], recompute_s=median["recompute_s"], op_s=median["op_s"],
         peak_bytes=median["peak_bytes"], copy_bytes=median["copy_bytes"],
         workspace_bytes=runner.kernels.workspace_bytes, device=device, disk_mode=runner.disk_mode,

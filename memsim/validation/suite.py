@@ -18,6 +18,10 @@ from memsim.hardware.spec import Spec
 from memsim.planners.plan import Plan
 from memsim.specio import catalog_names, load_mapping, resolve, validate
 
+# Untimed steps a replay runs before the timed ones: the simulator predicts a steady-state step,
+# and a replay's first two are not (memsim.validation.replay.replay says why).
+WARMUP = 2
+
 
 class SuiteSpec(Spec):
     """The YAML schema of a suite."""
@@ -25,6 +29,8 @@ class SuiteSpec(Spec):
     name: str = Field(description="suite name, used in recorded result file names")
     description: str = Field("", description="what the suite exercises")
     repeats: int = Field(3, ge=1, description="timed steps per case; the median is reported")
+    warmup: int = Field(WARMUP, ge=0, description="untimed steps per case before the timed ones: the "
+                        "simulator predicts a steady-state step")
     workloads: dict[str, str] = Field(
         min_length=1, description="alias → workload YAML (relative to the suite) or catalog name")
     plans: dict[str, dict | str] = Field(
@@ -46,6 +52,7 @@ class Suite:
     name: str
     description: str
     repeats: int
+    warmup: int
     cases: list[SuiteCase]
     path: Path
 
@@ -75,7 +82,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
                             key=f"cases.{i}")
         plan, plan_file = plans[p]
         cases.append(SuiteCase(pair, workloads[w], plan, plan_file))
-    return Suite(spec.name, spec.description, spec.repeats, cases, path)
+    return Suite(spec.name, spec.description, spec.repeats, spec.warmup, cases, path)
 
 
 def _workload_ref(suite: Path, alias: str, ref: str) -> str:
