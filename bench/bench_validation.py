@@ -66,7 +66,7 @@ def main() -> int:
     print(f"{'case':34s} {'simulated':>10s} {'measured':>10s} {'error':>8s}  peak errors; copy engines busy "
           "s simulated/measured (measured GB/s)")
     for c in report.cases:
-        peaks = ", ".join(f"{t} {p['error']:+.1%}" for t, p in c.peak_bytes.items())
+        peaks = ", ".join(f"{t} {p['error']:+.1%}" + _spread(p) for t, p in c.peak_bytes.items())
         busy = ", ".join(f"{d} {b['predicted_s']:.2f}/{b['measured_s']:.2f} ({b['measured_Bps'] / 1e9:.2f})"
                          for d, b in c.copy_busy.items())
         print(f"{c.name:34s} {c.predicted_s:10.3f} {c.measured_s:10.3f} {c.error:+8.1%}  {peaks}"
@@ -84,6 +84,14 @@ def main() -> int:
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     print(f"wrote {path}")
     return 0
+
+
+def _spread(peak: dict) -> str:
+    """Where the measured peak moved between timed steps, its range (a race between copies)."""
+    low, high = peak.get("measured_min"), peak.get("measured_max")
+    if low is None or low == high:
+        return ""
+    return f" (steps {low / 1e6:.0f}-{high / 1e6:.0f} MB, predicted {peak['predicted'] / 1e6:.0f})"
 
 
 if __name__ == "__main__":

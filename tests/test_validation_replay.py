@@ -94,7 +94,10 @@ def test_weights_on_disk_are_read_for_forward_and_backward(files, trace):
     layer_weights = sum(t.bytes for n, t in trace.tensors.items() if n.startswith("L{layer}") and
                         t.cls == "weight") * trace.meta["layers"]
     other = sum(t.bytes for n, t in trace.tensors.items() if "{layer}" not in n and t.cls == "weight")
-    m = replay(system, trace, Plan(placement={"weight": {"disk": 1.0}}), repeats=1)
+    m = replay(system, trace, Plan(placement={"weight": {"disk": 1.0}}), repeats=3, warmup=0)
+    assert m.warmup_s == [] and len(m.steps_s) == 3
+    for tier, (low, high) in m.peak_range.items():
+        assert low <= m.peak_bytes[tier] <= high
     # every layer's weights come in for its forward and again for its backward; the optimizer
     # overwrites weights whole, so it writes them back without reading them
     assert m.copy_bytes["dram->disk"] == layer_weights + other
@@ -130,6 +133,8 @@ def test_suite_and_validate_json(files, tmp_path):
         assert case["error"] == pytest.approx((case["predicted_s"] - case["measured_s"]) / case["measured_s"])
         # the suite's one warm-up step ran and is reported, but only the timed step is measured
         assert len(case["warmup_s"]) == 1 and case["steps_s"] == [case["measured_s"]]
+        for peak in case["peak_bytes"].values():  # one timed step: its peak is the whole range
+            assert peak["measured_min"] == peak["measured"] == peak["measured_max"]
     assert doc["median_abs_error"] >= 0 and set(doc["peak_bytes"]) == {"w/resident", "w/wdisk"}
     assert doc["cases"][0]["copy_busy"] == {}  # resident: nothing moves
     reads = doc["cases"][1]["copy_busy"]["disk->dram"]  # weights streamed from disk

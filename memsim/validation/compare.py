@@ -29,7 +29,8 @@ class CaseResult:
     error: float  # (predicted - measured) / measured
     feasible: bool
     steps_s: list[float]  # the timed steps; measured_s is their median
-    peak_bytes: dict[str, dict[str, float]]  # tier → {predicted, measured, error}
+    # tier → {predicted, measured (the median step's), error, measured_min/max over timed steps}
+    peak_bytes: dict[str, dict[str, float]]
     predicted_breakdown: dict[str, float]
     measured_breakdown: dict[str, float]  # compute, recompute, wait (exposed transfer)
     copy_bytes: dict[str, int]
@@ -129,7 +130,9 @@ def run_case(system: System, case: SuiteCase, device: str, repeats: int,
     peaks = {}
     for tier in sorted(set(predicted.peak_bytes) | set(measured.peak_bytes)):
         p, m = predicted.peak_bytes.get(tier, 0), measured.peak_bytes.get(tier, 0)
-        peaks[tier] = {"predicted": p, "measured": m, "error": (p - m) / m if m else float(p != 0)}
+        low, high = measured.peak_range.get(tier, (m, m))
+        peaks[tier] = {"predicted": p, "measured": m, "error": (p - m) / m if m else float(p != 0),
+                       "measured_min": low, "measured_max": high}
     return CaseResult(
         name=case.name, predicted_s=predicted.step_time_s, measured_s=measured.step_s,
         error=(predicted.step_time_s - measured.step_s) / measured.step_s,

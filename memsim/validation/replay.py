@@ -61,6 +61,9 @@ class Measurement:
     recompute_s: float
     op_s: dict[str, float]  # seconds by op kind, median step
     peak_bytes: dict[str, int]
+    # per tier, the lowest and highest peak over the timed steps: where copies race (a write-back
+    # landing before or after the next fetch starts), the peak moves from one step to the next
+    peak_range: dict[str, tuple[int, int]]
     copy_bytes: dict[str, int]  # by engine (src->dst), one step
     workspace_bytes: int  # kernel operands, outside the plan's accounting
     device: str
@@ -96,8 +99,9 @@ def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeat
 
     Why warm up: the simulator predicts a steady-state step (staging buffers allocated once, as
     DeepSpeed's and FlexGen's swappers allocate theirs at start-up). A replay's first step maps
-    and faults in every staging buffer, and on the project's VMs its second still waits
-    2-3x longer on disk reads than later steps (docs/validation.md).
+    and faults in every staging buffer; on the project's VMs the second still ran 8-21% slower
+    than the later ones in the weight-streaming cases, for a cause not identified
+    (docs/validation.md).
     """
     from memsim.sim.engine import StepEngine
     from memsim.sim.program import build_program
@@ -128,6 +132,8 @@ def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeat
         compute_s=median["compute_s"],
         wait_s=median["wait_s"], recompute_s=median["recompute_s"], op_s=median["op_s"],
         peak_bytes=median["peak_bytes"], copy_bytes=median["copy_bytes"],
+        peak_range={t: (min(r["peak_bytes"][t] for r in results), max(r["peak_bytes"][t] for r in results))
+                    for t in median["peak_bytes"]},
         workspace_bytes=runner.kernels.workspace_bytes, device=device, disk_mode=runner.disk_mode,
         ops=median["ops"], copy_log=median["copy_log"], copy_spans=median["copy_spans"])
 
