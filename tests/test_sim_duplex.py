@@ -1,4 +1,5 @@
-"""A half-duplex tier (SSD, flash) serves reads and writes in turns; a duplex one at once."""
+"""A half-duplex tier (SSD, flash) serves the requests of its readers and writers in turn; a
+duplex one serves reads and writes at once."""
 
 from __future__ import annotations
 
@@ -38,9 +39,17 @@ def arrivals(system: System, copies: list[tuple[str, str, int]]) -> list[float]:
 
 
 def test_ssd_reads_and_writes_take_turns_by_default():
-    # read 1 GB (1 s alone) and write 2 GB (1 s alone) at once: each gets half the device
+    # read 1 GB (1 s alone) and write 2 GB (1 s alone) at once: the device serves their requests
+    # in turn, so each moves 1 / (1/1 + 1/2) = 2/3 GB/s; the read is done at 1.5 s, and the write's
+    # last 1 GB runs alone at 2 GB/s. The device is never idle: both together take the 2 s that
+    # their times alone add up to.
     read_s, write_s = arrivals(disk_system(None), [("ssd", "a", GB), ("b", "ssd", 2 * GB)])
-    assert read_s == pytest.approx(2.0, rel=1e-3) and write_s == pytest.approx(2.0, rel=1e-3)
+    assert read_s == pytest.approx(1.5, rel=1e-3) and write_s == pytest.approx(2.0, rel=1e-3)
+
+
+def test_streams_of_one_direction_split_its_bandwidth():
+    a, b = arrivals(disk_system(None), [("ssd", "a", GB), ("ssd", "b", GB)])
+    assert a == pytest.approx(2.0, rel=1e-3) and b == pytest.approx(2.0, rel=1e-3)
 
 
 def test_a_duplex_tier_reads_and_writes_at_once():

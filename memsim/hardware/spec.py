@@ -125,8 +125,9 @@ class Tier(Spec):
 
     @property
     def is_duplex(self) -> bool:
-        """False where reads and writes share the device's time (measured on this project's own
-        VM disk: 0.9 GB/s reads and 1.2 GB/s writes alone, 0.59 GB/s each at once)."""
+        """False where reads and writes share one device, served in turn (measured on this
+        project's own VM disk: 0.9 GB/s reads and 1.2 GB/s writes alone, 0.59 GB/s each at once;
+        memsim.sim.flows gives each 1 / (1/0.9 + 1/1.2) = 0.51)."""
         return self.kind not in ("ssd", "flash") if self.duplex is None else self.duplex
 
     def read_bandwidth(self, request_bytes: float | None = None, streams: int = 1) -> float:

@@ -8,7 +8,12 @@ change whenever another transfer starts or ends.
   from ``ends[0]`` or ``ends[1]``, so links on a port should list their ends in the same order.
 * Tiers share their read (and write) bandwidth among the flows reading (writing) them; a
   half-duplex tier (SSD and flash by default, ``Tier.duplex``) shares one device among readers
-  and writers together, each at its direction's bandwidth divided by their number; a tier with
+  and writers together. The device serves the streams' requests in turn, all of one size
+  (``IO_REQUEST_BYTES``), so every stream moves the same bytes per second: 1 / Σ 1/bandwidth
+  over the streams, each at its direction's bandwidth (n streams of one direction: bandwidth / n).
+  A reader at 2.0 GB/s beside a writer at 3.1 GB/s gets 1.22 GB/s each, not 1.0 and 1.57 (each
+  direction half the device's time): this project's VM disk moved 1.3-1.5 GB/s each way, about
+  equal, in the replays that read and wrote at once. A tier with
   a ``concurrency_curve`` (CXL) also caps every flow touching it (reading, writing or bouncing)
   at ``curve(n) / n``; SSD/flash reads run at ``read_size_curve(request size)``.
 * An op flow (compute with ``copy_slowdown`` > 0) runs at ``1 / (1 + slowdown)`` while any copy
@@ -79,6 +84,10 @@ class FlowManager:
         self.last = 0.0
         self.gen = 0
         self.count: dict[str, int] = {}  # resource → active flows on it
+        # half-duplex devices ("io:" resources): active flows by bandwidth, and while flows of
+        # different bandwidths share one, the rate each gets (see the module docstring)
+        self.mix: dict[str, dict[float, int]] = {}
+        self.fair: dict[str, float] = {}
         self.touching: dict[str, int] = {}  # tier → active copies touching it
         self._curve_at: dict[tuple[str, int], float] = {}  # (tier, n) → concurrency_curve(n)
         self._shapes: dict[tuple, tuple] = {}
@@ -90,8 +99,10 @@ class FlowManager:
         self.flows[self.next_id] = flow
         self.next_id += 1
         c = self.count
-        for key, _bw in flow.shares:
+        for key, bw in flow.shares:
             c[key] = c.get(key, 0) + 1
+            if key[:3] == "io:":
+                self._mix(key, bw, 1)
         touching = self.touching
         for t in flow.touch:
             touching[t] = touching.get(t, 0) + 1
@@ -132,14 +143,14 @@ class FlowManager:
         if not self.flows:
             return
         soonest = float("inf")
-        c, touching = self.count, self.touching
+        c, touching, fair = self.count, self.touching, self.fair
         for f in self.flows.values():
             if f.tier is not None:  # an op slowed while copies touch its memory
                 r = f.slowed if touching.get(f.tier, 0) else f.cap
             else:
                 r = f.cap
                 for key, bw in f.shares:
-                    v = bw / c[key]
+                    v = fair[key] if fair and key in fair else bw / c[key]
                     if v < r:
                         r = v
                 for tier, curve in f.curves:
@@ -158,6 +169,20 @@ class FlowManager:
         self.env.timeout(soonest if soonest > 0.0 else 0.0).callbacks.append(
             lambda _e: self._wake(gen))
 
+    def _mix(self, key: str, bw: float, n: int) -> None:
+        """Count a flow of bandwidth ``bw`` on or off half-duplex device ``key``; while flows of
+        more than one bandwidth share it, ``fair[key]`` is the rate each gets."""
+        mix = self.mix.setdefault(key, {})
+        left = mix.get(bw, 0) + n
+        if left:
+            mix[bw] = left
+        else:
+            del mix[bw]
+        if len(mix) > 1:
+            self.fair[key] = 1.0 / sum(k / b for b, k in mix.items())
+        else:
+            self.fair.pop(key, None)
+
     def _wake(self, gen: int) -> None:
         if gen != self.gen:
             return  # the flow set changed since this wake-up was scheduled
@@ -169,8 +194,10 @@ class FlowManager:
         c, touching = self.count, self.touching
         for k in done:
             f = flows.pop(k)
-            for key, _bw in f.shares:
+            for key, bw in f.shares:
                 c[key] -= 1
+                if key[:3] == "io:":
+                    self._mix(key, bw, -1)
             for t in f.touch:
                 touching[t] -= 1
             f.done.succeed()

@@ -281,10 +281,12 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
         "disk_write_Bps": {str(k): v for k, v in figures["disk_write"].items()},
         "disk_tensor_io_Bps": figures["tensor_io"],
         "disk_rate_under_compute": under,
-        # recorded, not applied: a check of the half-duplex model (one reader and one writer
-        # each get half their direction's alone rate), which the next entry states
+        # recorded, not applied: a check of the half-duplex model (a reader and a writer each
+        # move 1 / (1/read + 1/write) B/s: the device serves their requests in turn,
+        # memsim.sim.flows), which the next entry states
         "disk_mixed_Bps": figures["disk_mixed"],
-        "disk_mixed_half_duplex_Bps": {d: figures["tensor_io"][d] / 2 for d in ("read", "write")},
+        "disk_mixed_half_duplex_Bps": dict.fromkeys(
+            ("read", "write"), 1 / sum(1 / figures["tensor_io"][d] for d in ("read", "write"))),
         "overlap": figures["overlap"],
     }
     if "pinned" in figures:
