@@ -99,9 +99,9 @@ def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeat
 
     Why warm up: the simulator predicts a steady-state step (staging buffers allocated once, as
     DeepSpeed's and FlexGen's swappers allocate theirs at start-up). A replay's first step maps
-    and faults in every staging buffer; on the project's VMs the second still ran 8-21% slower
-    than the later ones in the weight-streaming cases, for a cause not identified
-    (docs/validation.md).
+    and faults in every staging buffer; on the project's VM the second still ran 4-24% slower
+    than the later ones in the cases that stream every weight from disk, for a cause not
+    identified (docs/validation.md).
     """
     from memsim.sim.engine import StepEngine
     from memsim.sim.program import build_program
