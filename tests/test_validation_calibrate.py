@@ -63,6 +63,21 @@ def test_quick_calibration_loads_as_a_system(machine):
     assert not any(path.parent.glob("memsim-*")), "scratch directory must be removed"
 
 
+def test_progress_bar_counts_every_step_and_gemm_rounds_give_every_shape(tmp_path):
+    from memsim.validation.calibrate import GEMM_ROUNDS, STEPS, calibrate, gemm_shapes
+
+    steps: list[str] = []
+    system = calibrate("cpu", quick=True, scratch=tmp_path, progress=steps.append)
+    assert len(steps) == STEPS[("cpu", True)]  # the bar ends full, not short or over
+    rows, kn = gemm_shapes("cpu", quick=True)
+    gemm_steps = [s for s in steps if s.startswith("GEMM")]
+    assert len(gemm_steps) == GEMM_ROUNDS * (2 * len(rows) * len(kn) + len(kn))
+    cal = system.calibration
+    assert {(g["m"], g["k"], g["n"]) for g in cal["gemm_backward"]} == \
+        {(m, k, n) for m in rows for k, n in kn}
+    assert all(g["flops_per_s"] > 0 for g in cal["gemm"] + cal["gemm_backward"])
+
+
 def test_unwritable_output_is_bad_input(tmp_path):
     result = CliRunner().invoke(app, ["calibrate", "--quick", "-o", str(tmp_path / "no" / "x.yaml")])
     assert result.exit_code == 2 and "-o" in result.output

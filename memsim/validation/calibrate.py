@@ -38,6 +38,7 @@ GEMM_ROWS = {"cpu": (64, 128, 256, 512, 1024), "cuda": (128, 512, 2048, 8192)}
 GEMM_KN = {"cpu": ((1024, 1024), (1024, 4096), (4096, 1024)),
            "cuda": ((4096, 4096), (4096, 14336), (14336, 4096))}
 GEMM_ROWS_QUICK, GEMM_KN_QUICK = (64, 256), ((256, 256), (512, 512))
+GEMM_ROUNDS = 3  # every GEMM shape is timed once per round, rounds interleaved (mb.interleaved)
 ATTENTION = [(1, 16, 256, 256, 64), (1, 16, 512, 512, 64), (4, 16, 128, 128, 64)]
 ATTENTION_QUICK = [(1, 4, 128, 128, 64)]
 DISK_SIZES = [4 << 10, 64 << 10, 256 << 10, 1 << 20, 8 << 20]  # includes mb.REQUEST
@@ -52,9 +53,11 @@ def gemm_shapes(device: str, quick: bool) -> tuple[tuple[int, ...], tuple[tuple[
 
 def _steps(device: str, quick: bool) -> int:
     rows, kn = gemm_shapes(device, quick)
-    # GEMMs: forward + backward per shape, the other dtype per (in, out); attention, memory,
-    # launch, scratch file, disk sizes, tensor I/O, latency, mixed read+write, overlap, (pinned)
-    return 2 * len(rows) * len(kn) + len(kn) + 3 + 1 + len(DISK_SIZES) + 4 + (device == "cuda")
+    # GEMMs: forward + backward per shape, the other dtype per (in, out), each once per round;
+    # attention, memory, launch, scratch file, disk sizes, tensor I/O, latency, mixed
+    # read+write, overlap, (pinned)
+    gemms = GEMM_ROUNDS * (2 * len(rows) * len(kn) + len(kn))
+    return gemms + 3 + 1 + len(DISK_SIZES) + 4 + (device == "cuda")
 
 
 # progress steps per (device, quick), for the bar
@@ -94,16 +97,26 @@ def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress) -
     rows, kn = gemm_shapes("cuda" if backend.is_cuda else "cpu", quick)
     default = default_dtype(backend)
     other = "fp32" if default == "bf16" else "bf16"
-    gemms, backward = [], []
-    for m in rows:
-        for k, n in kn:
-            step(f"GEMM {m}x{k}x{n} {default}")
-            gemms.append(mb.gemm(backend, m, k, n, default, reps))
-            step(f"GEMM backward {m}x{k}x{n} {default}")
-            backward.append(mb.linear_backward(backend, m, k, n, default, reps))
-    for k, n in kn:
-        step(f"GEMM {rows[-1]}x{k}x{n} {other}")
-        gemms.append(mb.gemm(backend, rows[-1], k, n, other, reps))
+    shapes = [(m, k, n) for m in rows for k, n in kn]
+    peak_shapes = [(rows[-1], k, n) for k, n in kn]
+    ops = {default: mb.GemmOperands(backend, shapes, default),
+           other: mb.GemmOperands(backend, peak_shapes, other)}
+    fns = {}
+    for shape in shapes:
+        fns[("forward", default, *shape)] = ops[default].forward(*shape)
+        fns[("backward", default, *shape)] = ops[default].backward(*shape)
+    for shape in peak_shapes:
+        fns[("forward", other, *shape)] = ops[other].forward(*shape)
+
+    def progress(key, r: int) -> None:
+        phase, dtype, m, k, n = key
+        step(f"GEMM {phase} {m}x{k}x{n} {dtype} (round {r + 1}/{GEMM_ROUNDS})")
+
+    seconds = mb.interleaved(backend, fns, GEMM_ROUNDS, max(1, reps // 2), progress)
+    gemms = [mb.Gemm(m, k, n, dtype, s) for (phase, dtype, m, k, n), s in seconds.items()
+             if phase == "forward"]
+    backward = [mb.Gemm(m, k, n, dtype, s / 2)  # two GEMMs per call: seconds per GEMM
+                for (phase, dtype, m, k, n), s in seconds.items() if phase == "backward"]
     step("attention forward and backward (scaled_dot_product_attention)")
     shapes_attn = ATTENTION_QUICK if quick else ATTENTION
     attn = {phase: statistics.median(mb.attention(backend, *s, default, reps, phase == "backward")

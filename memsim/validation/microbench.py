@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import statistics
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from memsim.validation.backend import Backend, torch_dtype
 from memsim.validation.diskio import DirectFile, Mode, aligned_buffer
@@ -30,32 +32,57 @@ class Gemm:
         return 2 * self.m * self.k * self.n / self.seconds
 
 
-def gemm(backend: Backend, m: int, k: int, n: int, dtype: str, repeats: int) -> Gemm:
-    """torch.matmul of (m×k)·(k×n) in ``dtype``."""
-    torch = backend.torch
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(m, k, generator=gen).to(backend.device, torch_dtype(dtype))
-    b = torch.randn(k, n, generator=gen).to(backend.device, torch_dtype(dtype))
-    out = torch.empty(m, n, dtype=a.dtype, device=backend.device)
-    return Gemm(m, k, n, dtype, backend.median_time(lambda: torch.matmul(a, b, out=out), repeats))
+class GemmOperands:
+    """Operands for linear-layer GEMMs of many shapes in one dtype: views into one set of buffers,
+    so every shape stays ready to be timed again (calibration times them in interleaved rounds)
+    without holding a set of tensors per shape or allocating between rounds."""
+
+    def __init__(self, backend: Backend, shapes: list[tuple[int, int, int]], dtype: str):
+        torch = backend.torch
+        self.torch, self.dtype = torch, dtype
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        dt = torch_dtype(dtype)
+        mk, kn, mn = (max(a * b for a, b in pairs) for pairs in (
+            [(m, k) for m, k, _ in shapes], [(k, n) for _, k, n in shapes], [(m, n) for m, _, n in shapes]))
+        self.x, self.w, self.dy = (torch.randn(size, generator=gen).to(backend.device, dt)
+                                   for size in (mk, kn, mn))
+        self.out, self.dx, self.dw = (torch.empty(size, dtype=dt, device=backend.device)
+                                      for size in (mn, mk, kn))
+
+    def forward(self, m: int, k: int, n: int) -> Callable[[], Any]:
+        """Y = X·W: one GEMM of 2·m·k·n FLOPs."""
+        x, w, y = self.x[:m * k].view(m, k), self.w[:k * n].view(k, n), self.out[:m * n].view(m, n)
+        return lambda: self.torch.matmul(x, w, out=y)
+
+    def backward(self, m: int, k: int, n: int) -> Callable[[], Any]:
+        """A linear layer's backward, dX = dY·Wᵀ and dW = Xᵀ·dY: two GEMMs (4·m·k·n FLOPs) whose
+        operand layouts run at other rates than the forward's X·W."""
+        torch = self.torch
+        x, w, dy = self.x[:m * k].view(m, k), self.w[:k * n].view(k, n), self.dy[:m * n].view(m, n)
+        dx, dw = self.dx[:m * k].view(m, k), self.dw[:k * n].view(k, n)
+
+        def run():
+            torch.matmul(dy, w.t(), out=dx)
+            torch.matmul(x.t(), dy, out=dw)
+        return run
 
 
-def linear_backward(backend: Backend, m: int, k: int, n: int, dtype: str, repeats: int) -> Gemm:
-    """A linear layer's backward, dX = dY·Wᵀ and dW = Xᵀ·dY: two GEMMs (4·m·k·n FLOPs) whose
-    operand layouts run at other rates than the forward's X·W. ``seconds`` is per GEMM."""
-    torch = backend.torch
-    gen = torch.Generator(device="cpu").manual_seed(2)
-    dt = torch_dtype(dtype)
-    x, w = (torch.randn(*s, generator=gen).to(backend.device, dt) for s in ((m, k), (k, n)))
-    dy = torch.randn(m, n, generator=gen).to(backend.device, dt)
-    dx, dw = torch.empty(m, k, dtype=dt, device=backend.device), torch.empty(k, n, dtype=dt,
-                                                                             device=backend.device)
+def interleaved(backend: Backend, fns: dict[Any, Callable[[], Any]], rounds: int, repeats: int,
+                progress: Callable[[Any, int], None] | None = None) -> dict[Any, float]:
+    """Seconds per call of each function: the median over ``rounds`` rounds, each of which times
+    every function in turn (the median of ``repeats`` runs after one untimed).
 
-    def run():
-        torch.matmul(dy, w.t(), out=dx)
-        torch.matmul(x.t(), dy, out=dw)
-
-    return Gemm(m, k, n, dtype, backend.median_time(run, repeats) / 2)
+    Why rounds: timed back to back, shapes measured in the same few seconds share whatever the
+    shared host was doing then. One calibration drew GEMM rates 5-8% below the next ones for every
+    shape at once, and every compute-bound case of its validation run came out 9-15% slow. Spread
+    over rounds, a slow few seconds costs each figure one sample of ``rounds``."""
+    samples: dict[Any, list[float]] = {key: [] for key in fns}
+    for r in range(rounds):
+        for key, fn in fns.items():
+            if progress is not None:
+                progress(key, r)
+            samples[key].append(backend.median_time(fn, repeats))
+    return {key: statistics.median(v) for key, v in samples.items()}
 
 
 def attention(backend: Backend, b: int, h: int, q: int, kv: int, d: int, dtype: str,
