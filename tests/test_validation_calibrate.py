@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import statistics
 
 import pytest
 import yaml
@@ -76,6 +77,12 @@ def test_progress_bar_counts_every_step_and_gemm_rounds_give_every_shape(tmp_pat
     assert {(g["m"], g["k"], g["n"]) for g in cal["gemm_backward"]} == \
         {(m, k, n) for m in rows for k, n in kn}
     assert all(g["flops_per_s"] > 0 for g in cal["gemm"] + cal["gemm_backward"])
+    # the disk level is the median of whole-tensor samples taken after each GEMM round and in
+    # the disk phase, each direction on its own
+    samples = cal["disk_tensor_io_samples_Bps"]
+    assert len(samples) == GEMM_ROUNDS + 2
+    for i, direction in enumerate(("read", "write")):
+        assert cal["disk_tensor_io_Bps"][direction] == statistics.median(s[i] for s in samples)
 
 
 def test_unwritable_output_is_bad_input(tmp_path):

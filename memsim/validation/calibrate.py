@@ -84,8 +84,11 @@ def calibrate(device: str = "cpu", quick: bool = False, scratch: str | Path | No
     reps = 3 if quick else 7
     with Scratch(scratch) as folder:
         mode = probe_mode(folder)
-        figures = _compute_figures(backend, quick, reps, step)
-        figures.update(_disk_figures(backend, folder, mode, quick, reps, step))
+        # whole-tensor disk samples, one after each GEMM round and more in the disk phase: the
+        # disk's level is the median over the whole calibration, not one moment's (mb.TensorIO)
+        with mb.TensorIO(folder, mode, (4 << 20) if quick else (32 << 20), 4 if quick else 8) as tio:
+            figures = _compute_figures(backend, quick, reps, step, between=tio.sample)
+            figures.update(_disk_figures(backend, folder, mode, quick, reps, step, tio))
         if backend.is_cuda:
             figures.update(_pinned_figures(backend, quick, reps, step))
         capacity_disk = shutil.disk_usage(folder).free
@@ -93,7 +96,8 @@ def calibrate(device: str = "cpu", quick: bool = False, scratch: str | Path | No
     return System.model_validate(doc)
 
 
-def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress) -> dict:
+def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress,
+                     between: Callable[[], None] | None = None) -> dict:
     rows, kn = gemm_shapes("cuda" if backend.is_cuda else "cpu", quick)
     default = default_dtype(backend)
     other = "fp32" if default == "bf16" else "bf16"
@@ -112,7 +116,7 @@ def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress) -
         phase, dtype, m, k, n = key
         step(f"GEMM {phase} {m}x{k}x{n} {dtype} (round {r + 1}/{GEMM_ROUNDS})")
 
-    seconds = mb.interleaved(backend, fns, GEMM_ROUNDS, max(1, reps // 2), progress)
+    seconds = mb.interleaved(backend, fns, GEMM_ROUNDS, max(1, reps // 2), progress, between)
     gemms = [mb.Gemm(m, k, n, dtype, s) for (phase, dtype, m, k, n), s in seconds.items()
              if phase == "forward"]
     backward = [mb.Gemm(m, k, n, dtype, s / 2)  # two GEMMs per call: seconds per GEMM
@@ -135,7 +139,7 @@ def default_dtype(backend: Backend) -> str:
 
 
 def _disk_figures(backend: Backend, folder: Path, mode: str, quick: bool, reps: int,
-                  step: Progress) -> dict:
+                  step: Progress, tio: mb.TensorIO) -> dict:
     size = (32 << 20) if quick else (512 << 20)
     step(f"write a {size >> 20} MiB scratch file ({mode})")
     path = mb.write_file(folder, mode, size)
@@ -146,8 +150,9 @@ def _disk_figures(backend: Backend, folder: Path, mode: str, quick: bool, reps: 
         read[request] = mb.disk_read(path, mode, request, volume, reps)
         write[request] = mb.disk_write(folder, mode, request, min(volume, 64 << 20), reps)
     step("whole tensors written and read back, as a replay moves them")
-    tensors = mb.tensor_io(folder, mode, (4 << 20) if quick else (32 << 20), 4 if quick else 8,
-                           max(2, reps // 2))
+    for _ in range(max(2, reps // 2)):
+        tio.sample()
+    tensors = tio.rates()
     step("disk latency")
     latency = mb.disk_latency(path, mode, 5 * reps)
     step("disk reads and writes at once")
@@ -162,7 +167,8 @@ def _disk_figures(backend: Backend, folder: Path, mode: str, quick: bool, reps: 
         overlap[direction] = {"gemm_alone_s": alone, "gemm_with_copy_s": loaded,
                               "copy_alone_Bps": c_alone, "copy_with_compute_Bps": c_loaded}
     return {"disk_read": read, "disk_write": write, "disk_latency": latency, "overlap": overlap,
-            "disk_mixed": mixed, "tensor_io": {"read": tensors[0], "write": tensors[1]}}
+            "disk_mixed": mixed, "tensor_io": {"read": tensors[0], "write": tensors[1]},
+            "tensor_io_samples": [list(s) for s in tio.samples]}
 
 
 def _pinned_figures(backend: Backend, quick: bool, reps: int, step: Progress) -> dict:
@@ -293,6 +299,8 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
         "disk_read_Bps": {str(k): v for k, v in figures["disk_read"].items()},
         "disk_write_Bps": {str(k): v for k, v in figures["disk_write"].items()},
         "disk_tensor_io_Bps": figures["tensor_io"],
+        # each sample's (read, write) B/s in the order taken, spread over the calibration
+        "disk_tensor_io_samples_Bps": figures["tensor_io_samples"],
         "disk_rate_under_compute": under,
         # recorded, not applied: a check of the half-duplex model (a reader and a writer each
         # move 1 / (1/read + 1/write) B/s: the device serves their requests in turn,

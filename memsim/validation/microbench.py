@@ -68,20 +68,24 @@ class GemmOperands:
 
 
 def interleaved(backend: Backend, fns: dict[Any, Callable[[], Any]], rounds: int, repeats: int,
-                progress: Callable[[Any, int], None] | None = None) -> dict[Any, float]:
+                progress: Callable[[Any, int], None] | None = None,
+                between: Callable[[], None] | None = None) -> dict[Any, float]:
     """Seconds per call of each function: the median over ``rounds`` rounds, each of which times
     every function in turn (the median of ``repeats`` runs after one untimed).
 
     Why rounds: timed back to back, shapes measured in the same few seconds share whatever the
     shared host was doing then. One calibration drew GEMM rates 5-8% below the next ones for every
     shape at once, and every compute-bound case of its validation run came out 9-15% slow. Spread
-    over rounds, a slow few seconds costs each figure one sample of ``rounds``."""
+    over rounds, a slow few seconds costs each figure one sample of ``rounds``. ``between`` runs
+    after each round (calibration samples the disk there, to spread its samples too)."""
     samples: dict[Any, list[float]] = {key: [] for key in fns}
     for r in range(rounds):
         for key, fn in fns.items():
             if progress is not None:
                 progress(key, r)
             samples[key].append(backend.median_time(fn, repeats))
+        if between is not None:
+            between()
     return {key: statistics.median(v) for key, v in samples.items()}
 
 
@@ -185,46 +189,73 @@ def disk_write(folder: Path, mode: Mode, request: int, volume: int, repeats: int
     return volume / sorted(times)[len(times) // 2]
 
 
-def tensor_io(folder: Path, mode: Mode, nbytes: int, count: int, repeats: int) -> tuple[float, float]:
-    """(read B/s, write B/s) of whole tensors moved the way a replay moves them: ``count``
-    tensors of ``nbytes`` written from, then read back into, pooled host buffers through the
-    replay's own ``DiskTier`` (1 MiB direct requests, one file per tensor). Each repeat moves all
-    of them; the rate is the repeat's bytes over its time, median over repeats.
+class TensorIO:
+    """Rates of whole tensors moved the way a replay moves them: ``count`` tensors of ``nbytes``
+    written from, then read back into, pooled host buffers through the replay's own ``DiskTier``
+    (1 MiB direct requests, one file per tensor). Each ``sample()`` moves all of them once and
+    records (read B/s, write B/s); ``rates()`` is the median of the samples.
 
-    The first round is not timed: it maps the buffers and allocates the files, so the timed
+    Opening runs one untimed round: it maps the buffers and allocates the files, so the timed
     writes overwrite allocated blocks, as an offload engine's writes into its swap files do (a
     write that allocates runs about a third slower on ext4).
 
     Why not just the request sweep (``disk_read``): on this project's VMs the same direct reads
     into a fresh 1 MiB buffer ran at 1.2 or 2.4 GB/s from one call to the next, so the sweep's
-    level is a draw, while a replay reuses tensor-sized buffers; the level of the System's disk
-    rates comes from here, the shape of its read-size curve from the sweep."""
-    from memsim.validation.backend import make_backend
-    from memsim.validation.tiers import ComputeTier, DiskTier, fill_random
+    level is a draw, while a replay reuses tensor-sized buffers. And why samples that the caller
+    spreads out (calibration takes one after each GEMM round, then more): the VM's disk also
+    switches between about 1.2 and 2.2 GB/s for seconds to minutes at a time, so a level taken in
+    one go is the state of those few seconds."""
 
-    host = ComputeTier("dram", make_backend("cpu"))
-    disk = DiskTier("disk", folder, mode, host.backend)
-    reads, writes = [], []
-    try:
-        src = host.alloc("src", nbytes)
-        fill_random(src, nbytes, 3)
-        for r in range(repeats + 1):
-            t0 = _now()
-            for i in range(count):
-                disk.write(f"t{i}", src, nbytes)
-            t1 = _now()
-            for i in range(count):
-                buf = host.alloc(f"stage{i}", nbytes)  # pooled by size, as the replay's stages
-                disk.read(f"t{i}", buf, nbytes)
-                host.free(f"stage{i}")
-            t2 = _now()
-            if r:
-                writes.append(count * nbytes / (t1 - t0))
-                reads.append(count * nbytes / (t2 - t1))
-    finally:
-        disk.close()
-        host.close()
-    return statistics.median(reads), statistics.median(writes)
+    def __init__(self, folder: Path, mode: Mode, nbytes: int, count: int):
+        from memsim.validation.backend import make_backend
+        from memsim.validation.tiers import ComputeTier, DiskTier, fill_random
+
+        self.nbytes, self.count = nbytes, count
+        self.host = ComputeTier("dram", make_backend("cpu"))
+        self.disk = DiskTier("disk", folder, mode, self.host.backend)
+        self.src = self.host.alloc("src", nbytes)
+        fill_random(self.src, nbytes, 3)
+        self.samples: list[tuple[float, float]] = []
+        self._round()
+
+    def _round(self) -> tuple[float, float]:
+        t0 = _now()
+        for i in range(self.count):
+            self.disk.write(f"t{i}", self.src, self.nbytes)
+        t1 = _now()
+        for i in range(self.count):
+            buf = self.host.alloc(f"stage{i}", self.nbytes)  # pooled by size, as the replay's stages
+            self.disk.read(f"t{i}", buf, self.nbytes)
+            self.host.free(f"stage{i}")
+        t2 = _now()
+        moved = self.count * self.nbytes
+        return moved / (t2 - t1), moved / (t1 - t0)
+
+    def sample(self) -> None:
+        self.samples.append(self._round())
+
+    def rates(self) -> tuple[float, float]:
+        """(read B/s, write B/s): the median of the samples, each direction on its own."""
+        return (statistics.median(r for r, _ in self.samples),
+                statistics.median(w for _, w in self.samples))
+
+    def close(self) -> None:
+        self.disk.close()
+        self.host.close()
+
+    def __enter__(self) -> TensorIO:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def tensor_io(folder: Path, mode: Mode, nbytes: int, count: int, repeats: int) -> tuple[float, float]:
+    """(read B/s, write B/s) of ``repeats`` back-to-back ``TensorIO`` samples."""
+    with TensorIO(folder, mode, nbytes, count) as tio:
+        for _ in range(repeats):
+            tio.sample()
+        return tio.rates()
 
 
 def disk_latency(path: Path, mode: Mode, repeats: int) -> float:
