@@ -199,12 +199,11 @@ class TensorIO:
     writes overwrite allocated blocks, as an offload engine's writes into its swap files do (a
     write that allocates runs about a third slower on ext4).
 
-    Why not just the request sweep (``disk_read``): on this project's VMs the same direct reads
-    into a fresh 1 MiB buffer ran at 1.2 or 2.4 GB/s from one call to the next, so the sweep's
-    level is a draw, while a replay reuses tensor-sized buffers. And why samples that the caller
-    spreads out (calibration takes one after each GEMM round, then more): the VM's disk also
-    switches between about 1.2 and 2.2 GB/s for seconds to minutes at a time, so a level taken in
-    one go is the state of those few seconds."""
+    Why not just the request sweep (``disk_read``): the sweep reads into one fresh buffer per
+    request size, and on this project's VMs the rate of direct reads depends on the buffer they
+    land in (see ``stages``), so the sweep's level is one buffer's draw. And why samples that the
+    caller spreads out (calibration takes one after each GEMM round, then more): so that a slow
+    few seconds of the shared host is one sample, not the level."""
 
     def __init__(self, folder: Path, mode: Mode, nbytes: int, count: int):
         from memsim.validation.backend import make_backend
@@ -215,6 +214,11 @@ class TensorIO:
         self.disk = DiskTier("disk", folder, mode, self.host.backend)
         self.src = self.host.alloc("src", nbytes)
         fill_random(self.src, nbytes, 3)
+        # a buffer of its own per tensor, kept across samples (as a replay's pool keeps its
+        # staging buffers): on a VM, how fast a direct read lands in a buffer depends on where
+        # its pages are, steadily per buffer, 1.0-2.1 GB/s among twelve buffers measured on
+        # this project's VM; reading into one buffer would make the level that one's draw
+        self.stages = [self.host.alloc(f"stage{i}", nbytes) for i in range(count)]
         self.samples: list[tuple[float, float]] = []
         self._round()
 
@@ -224,9 +228,7 @@ class TensorIO:
             self.disk.write(f"t{i}", self.src, self.nbytes)
         t1 = _now()
         for i in range(self.count):
-            buf = self.host.alloc(f"stage{i}", self.nbytes)  # pooled by size, as the replay's stages
-            self.disk.read(f"t{i}", buf, self.nbytes)
-            self.host.free(f"stage{i}")
+            self.disk.read(f"t{i}", self.stages[i], self.nbytes)
         t2 = _now()
         moved = self.count * self.nbytes
         return moved / (t2 - t1), moved / (t1 - t0)
