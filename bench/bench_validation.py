@@ -29,6 +29,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per case (default: the suite's)")
+    ap.add_argument("--rounds", type=int, default=None, help="replays of every case (default: the suite's)")
     ap.add_argument("--quick", action="store_true", help="quick calibration")
     ap.add_argument("--record", action="store_true", help="write the result under validation/results/")
     args = ap.parse_args()
@@ -49,6 +50,7 @@ def main() -> int:
         write_system(system, out / f"{host}-{args.device}-{stamp}.machine.yaml")
     t1 = time.perf_counter()
     report = validate(system, suite=args.suite, device=args.device, repeats=args.repeats, warmup=args.warmup,
+                      rounds=args.rounds,
                       plot=out / f"{host}-{args.device}-{stamp}.png",
                       progress=lambda name: print(f"  measured a step of {name}", file=sys.stderr))
     t2 = time.perf_counter()
@@ -71,10 +73,13 @@ def main() -> int:
                          for d, b in c.copy_busy.items())
         print(f"{c.name:34s} {c.predicted_s:10.3f} {c.measured_s:10.3f} {c.error:+8.1%}  {peaks}"
               f"{'; ' + busy if busy else ''}")
-    print("steps, s (untimed warm-up | timed):")
+    print("steps, s (untimed warm-up | timed), per round:")
     for c in report.cases:
-        print(f"  {c.name:32s} {' '.join(f'{s:.3f}' for s in c.warmup_s)} | "
-              f"{' '.join(f'{s:.3f}' for s in c.steps_s)}")
+        n, w = len(c.rounds_s), len(c.warmup_s) // max(1, len(c.rounds_s))
+        t = len(c.steps_s) // max(1, n)
+        print(f"  {c.name:32s} " + "   ".join(
+            f"{' '.join(f'{s:.3f}' for s in c.warmup_s[r * w:(r + 1) * w])} | "
+            f"{' '.join(f'{s:.3f}' for s in c.steps_s[r * t:(r + 1) * t])}" for r in range(n)))
     print(f"suite {report.suite} ({t2 - t1:.0f} s): median |error| {report.median_abs_error:.1%}, "
           f"worst {report.max_abs_error:.1%}, worst peak-bytes error {report.max_peak_error:.1%}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "

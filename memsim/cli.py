@@ -536,6 +536,9 @@ def validate_cmd(
     repeats: Annotated[int | None, typer.Option(min=1, help="timed steps per case (median)")] = None,
     warmup: Annotated[int | None, typer.Option(min=0, help="untimed steps per case before the timed "
                                                "ones (default: the suite's, else 2)")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="replay every case this many times, in "
+                                               "turn; each reports its median round (default: "
+                                               "the suite's, else 1)")] = None,
     plot: Annotated[str | None, typer.Option(help="write predicted-vs-measured PNG here")] = None,
     record: Annotated[str | None, typer.Option(help="also write the JSON report to this file")] = None,
     scratch: Annotated[str | None, typer.Option(help="folder for the disk tier's files")] = None,
@@ -559,10 +562,11 @@ def validate_cmd(
     loaded = load_suite(suite) if suite else None
     steps = (repeats or (loaded.repeats if loaded else 3)) + \
         (warmup if warmup is not None else loaded.warmup if loaded else WARMUP)
+    steps *= rounds or (loaded.rounds if loaded else 1)
     bar, task = _progress(len(loaded.cases) * steps if loaded else steps, "replaying", as_json)
     with bar:
         report = validate(hardware, workload=workload, plan=plan, suite=loaded, device=device,
-                          repeats=repeats, warmup=warmup, scratch=scratch, plot=plot,
+                          repeats=repeats, warmup=warmup, rounds=rounds, scratch=scratch, plot=plot,
                           progress=lambda name: bar.update(task, advance=1, description=name))
     doc = report.to_dict()
     if record:

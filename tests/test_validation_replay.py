@@ -119,7 +119,7 @@ def test_plan_for_another_workload_is_bad_input(files, trace):
 def test_suite_and_validate_json(files, tmp_path):
     suite = tmp_path / "s.yaml"
     suite.write_text(yaml.safe_dump({
-        "name": "micro", "repeats": 1, "warmup": 1, "workloads": {"w": str(files["workload"])},
+        "name": "micro", "repeats": 1, "warmup": 1, "rounds": 2, "workloads": {"w": str(files["workload"])},
         "plans": {"resident": {}, "wdisk": {"placement": {"weight": {"disk": 1.0}}}}}))
     assert [c.name for c in load_suite(suite).cases] == ["w/resident", "w/wdisk"]
     png = tmp_path / "plot.png"
@@ -131,10 +131,12 @@ def test_suite_and_validate_json(files, tmp_path):
     for case in doc["cases"]:
         assert case["predicted_s"] > 0 and case["measured_s"] > 0
         assert case["error"] == pytest.approx((case["predicted_s"] - case["measured_s"]) / case["measured_s"])
-        # the suite's one warm-up step ran and is reported, but only the timed step is measured
-        assert len(case["warmup_s"]) == 1 and case["steps_s"] == [case["measured_s"]]
-        for peak in case["peak_bytes"].values():  # one timed step: its peak is the whole range
-            assert peak["measured_min"] == peak["measured"] == peak["measured_max"]
+        # two rounds, each of one warm-up step (reported, not measured) and one timed step; the
+        # case reports its median round (the upper of two), and the peak range covers both
+        assert len(case["warmup_s"]) == 2 and case["steps_s"] == case["rounds_s"]
+        assert case["measured_s"] == max(case["rounds_s"])
+        for peak in case["peak_bytes"].values():
+            assert peak["measured_min"] <= peak["measured"] <= peak["measured_max"]
     assert doc["median_abs_error"] >= 0 and set(doc["peak_bytes"]) == {"w/resident", "w/wdisk"}
     assert doc["cases"][0]["copy_busy"] == {}  # resident: nothing moves
     reads = doc["cases"][1]["copy_busy"]["disk->dram"]  # weights streamed from disk

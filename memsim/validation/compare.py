@@ -28,7 +28,7 @@ class CaseResult:
     measured_s: float
     error: float  # (predicted - measured) / measured
     feasible: bool
-    steps_s: list[float]  # the timed steps; measured_s is their median
+    steps_s: list[float]  # the timed steps of every round; measured_s is the median round's
     # tier → {predicted, measured (the median step's), error, measured_min/max over timed steps}
     peak_bytes: dict[str, dict[str, float]]
     predicted_breakdown: dict[str, float]
@@ -39,6 +39,7 @@ class CaseResult:
     # rate the measured copies achieved: where a case misses, whether the copies ran slower
     copy_busy: dict[str, dict[str, float]] = field(default_factory=dict)
     warmup_s: list[float] = field(default_factory=list)  # the untimed steps before them
+    rounds_s: list[float] = field(default_factory=list)  # each round's median step, in order
 
 
 @dataclass
@@ -75,10 +76,19 @@ class Report:
 
 def validate(system: System | str, *, workload: str | None = None, plan: Plan | str | None = None,
              suite: Suite | str | None = None, device: str = "cpu", repeats: int | None = None,
-             warmup: int | None = None, scratch: str | Path | None = None, plot: str | Path | None = None,
+             warmup: int | None = None, rounds: int | None = None,
+             scratch: str | Path | None = None, plot: str | Path | None = None,
              progress: Callable[[str], None] | None = None) -> Report:
-    """Run one workload (with a plan, or all-resident) or a whole suite; predict and measure each."""
+    """Run one workload (with a plan, or all-resident) or a whole suite; predict and measure each.
+
+    Every case is predicted (and checked) before anything is measured, so bad input fails in
+    seconds. Then each of ``rounds`` rounds replays every case in turn, from its own setup (fresh
+    buffers and files); a case's measurement is its median round (``merge``). Why rounds: a case
+    measured in one go shares whatever the shared host was doing in those seconds (one run's
+    compute-only case ran 8% slow for all five of its steps), and on a VM a replay's disk rate
+    depends on the buffers it happened to get; rounds spread both over the whole run."""
     from memsim.hardware import load_system
+    from memsim.validation.replay import merge, replay
 
     system = load_system(system)
     if (workload is None) == (suite is None):
@@ -87,11 +97,20 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
         suite = suite if isinstance(suite, Suite) else load_suite(suite)
         cases, name = suite.cases, suite.name
         reps, warm = repeats or suite.repeats, suite.warmup if warmup is None else warmup
+        rounds = rounds or suite.rounds
     else:
         plan_obj, plan_file = _plan(plan)
         cases, name = [SuiteCase(Path(str(workload)).stem, str(workload), plan_obj, plan_file)], None
-        reps, warm = repeats or 3, WARMUP if warmup is None else warmup
-    results = [run_case(system, case, device, reps, scratch, progress, warm) for case in cases]
+        reps, warm, rounds = repeats or 3, WARMUP if warmup is None else warmup, rounds or 1
+    prepared = [(case, *_predict(system, case)) for case in cases]
+    measured: dict[str, list] = {case.name: [] for case in cases}
+    for _ in range(rounds):
+        for case, trace, _predicted in prepared:
+            step = (lambda case=case: progress(case.name)) if progress else None
+            measured[case.name].append(replay(system, trace, case.plan, device, reps, scratch,
+                                              case.plan_file, step, warm))
+    results = [_result(case, predicted, merge(measured[case.name]))
+               for case, _trace, predicted in prepared]
     report = Report(system.name, device, name, results,
                     dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), system.calibration,
                     disk_mode=next((r.disk_mode for r in results if r.disk_mode), None))
@@ -110,11 +129,10 @@ def _plan(plan: Plan | str | None) -> tuple[Plan, str]:
     return Plan.load(plan), str(plan)
 
 
-def run_case(system: System, case: SuiteCase, device: str, repeats: int,
-             scratch: str | Path | None, progress: Callable[[str], None] | None,
-             warmup: int = WARMUP) -> CaseResult:
+def _predict(system: System, case: SuiteCase):
+    """(trace, simulated Result) of one case; a plan that does not fit is a diagnosis (exit 3)."""
     from memsim.sim import simulate
-    from memsim.validation.replay import check_plan, replay
+    from memsim.validation.replay import check_plan
     from memsim.workloads import build_trace, load_workload
 
     trace = build_trace(load_workload(case.workload))
@@ -125,8 +143,10 @@ def run_case(system: System, case: SuiteCase, device: str, repeats: int,
         from memsim.sim import diagnose
 
         raise Infeasible(diagnose(predicted))
-    step = (lambda: progress(case.name)) if progress else None
-    measured = replay(system, trace, case.plan, device, repeats, scratch, case.plan_file, step, warmup)
+    return trace, predicted
+
+
+def _result(case: SuiteCase, predicted, measured) -> CaseResult:
     peaks = {}
     for tier in sorted(set(predicted.peak_bytes) | set(measured.peak_bytes)):
         p, m = predicted.peak_bytes.get(tier, 0), measured.peak_bytes.get(tier, 0)
@@ -142,7 +162,7 @@ def run_case(system: System, case: SuiteCase, device: str, repeats: int,
         measured_breakdown={"compute": measured.compute_s - measured.recompute_s,
                             "recompute": measured.recompute_s, "exposed_transfer": measured.wait_s},
         copy_bytes=measured.copy_bytes, disk_mode=measured.disk_mode if measured.copy_bytes else None,
-        copy_busy=_copy_busy(predicted, measured))
+        copy_busy=_copy_busy(predicted, measured), rounds_s=measured.rounds_s)
 
 
 def _copy_busy(predicted, measured) -> dict[str, dict[str, float]]:

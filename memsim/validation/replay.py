@@ -76,9 +76,29 @@ class Measurement:
     # achieved disk rates, alone and while the other direction runs, for diagnosing a case
     copy_spans: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict, repr=False)
 
+    # each round's median step (one round unless ``merge``d)
+    rounds_s: list[float] = field(default_factory=list)
+
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()
                 if k not in ("ops", "copy_log", "copy_spans")}
+
+
+def merge(rounds: list[Measurement]) -> Measurement:
+    """One case replayed in several rounds, as one Measurement: the median round (by its median
+    step; the upper one of an even count) with its ops, copies and peaks, and every round's steps
+    and peak range."""
+    from dataclasses import replace
+
+    median = sorted(rounds, key=lambda m: m.step_s)[len(rounds) // 2]
+    tiers = {t for m in rounds for t in m.peak_range}
+    return replace(
+        median, steps_s=[s for m in rounds for s in m.steps_s],
+        warmup_s=[s for m in rounds for s in m.warmup_s],
+        rounds_s=[m.step_s for m in rounds],
+        peak_range={t: (min(m.peak_range[t][0] for m in rounds if t in m.peak_range),
+                        max(m.peak_range[t][1] for m in rounds if t in m.peak_range))
+                    for t in sorted(tiers)})
 
 
 def check_plan(trace: Trace, plan: Plan, system: System, file: str = "plan") -> None:
@@ -126,8 +146,9 @@ def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeat
             runner.close()
     warm, results = results[:max(0, warmup)], results[max(0, warmup):]
     median = sorted(results, key=lambda r: r["step_s"])[len(results) // 2]
+    step_s = statistics.median(r["step_s"] for r in results)
     return Measurement(
-        step_s=statistics.median(r["step_s"] for r in results),
+        step_s=step_s,
         steps_s=[r["step_s"] for r in results], warmup_s=[r["step_s"] for r in warm],
         compute_s=median["compute_s"],
         wait_s=median["wait_s"], recompute_s=median["recompute_s"], op_s=median["op_s"],
@@ -135,7 +156,8 @@ def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeat
         peak_range={t: (min(r["peak_bytes"][t] for r in results), max(r["peak_bytes"][t] for r in results))
                     for t in median["peak_bytes"]},
         workspace_bytes=runner.kernels.workspace_bytes, device=device, disk_mode=runner.disk_mode,
-        ops=median["ops"], copy_log=median["copy_log"], copy_spans=median["copy_spans"])
+        ops=median["ops"], copy_log=median["copy_log"], copy_spans=median["copy_spans"],
+        rounds_s=[step_s])
 
 
 class _Stage:

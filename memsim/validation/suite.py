@@ -29,6 +29,8 @@ class SuiteSpec(Spec):
     name: str = Field(description="suite name, used in recorded result file names")
     description: str = Field("", description="what the suite exercises")
     repeats: int = Field(3, ge=1, description="timed steps per case; the median is reported")
+    rounds: int = Field(1, ge=1, description="times every case is replayed, in turn, each from "
+                        "its own setup; a case reports its median round")
     warmup: int = Field(WARMUP, ge=0, description="untimed steps per case before the timed ones: the "
                         "simulator predicts a steady-state step")
     workloads: dict[str, str] = Field(
@@ -53,6 +55,7 @@ class Suite:
     description: str
     repeats: int
     warmup: int
+    rounds: int
     cases: list[SuiteCase]
     path: Path
 
@@ -82,7 +85,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
                             key=f"cases.{i}")
         plan, plan_file = plans[p]
         cases.append(SuiteCase(pair, workloads[w], plan, plan_file))
-    return Suite(spec.name, spec.description, spec.repeats, spec.warmup, cases, path)
+    return Suite(spec.name, spec.description, spec.repeats, spec.warmup, spec.rounds, cases, path)
 
 
 def _workload_ref(suite: Path, alias: str, ref: str) -> str:
