@@ -201,9 +201,10 @@ class TensorIO:
 
     Why not just the request sweep (``disk_read``): the sweep reads into one fresh buffer per
     request size, and on this project's VMs the rate of direct reads depends on the buffer they
-    land in (see ``stages``), so the sweep's level is one buffer's draw. And why samples that the
+    land in (``_round``), so the sweep's level is one buffer's draw. And why samples that the
     caller spreads out (calibration takes one after each GEMM round, then more): so that a slow
-    few seconds of the shared host is one sample, not the level."""
+    few seconds of the shared host, or one unlucky set of buffers, is one sample, not the
+    level."""
 
     def __init__(self, folder: Path, mode: Mode, nbytes: int, count: int):
         from memsim.validation.backend import make_backend
@@ -214,22 +215,30 @@ class TensorIO:
         self.disk = DiskTier("disk", folder, mode, self.host.backend)
         self.src = self.host.alloc("src", nbytes)
         fill_random(self.src, nbytes, 3)
-        # a buffer of its own per tensor, kept across samples (as a replay's pool keeps its
-        # staging buffers): on a VM, how fast a direct read lands in a buffer depends on where
-        # its pages are, steadily per buffer, 1.0-2.1 GB/s among twelve buffers measured on
-        # this project's VM; reading into one buffer would make the level that one's draw
-        self.stages = [self.host.alloc(f"stage{i}", nbytes) for i in range(count)]
         self.samples: list[tuple[float, float]] = []
         self._round()
 
     def _round(self) -> tuple[float, float]:
+        """Write every tensor, then read each into a staging buffer of its own, mapped and
+        touched for this round (untimed). Fresh buffers each round: on a VM, how fast a direct
+        read lands in a buffer depends on where its pages are, steadily per buffer (1.0-2.1 GB/s
+        among twelve buffers on this project's VM, and buffers mapped together tend to match),
+        as a replay's staging pool is one such draw per replay; a level read into one set of
+        buffers would be that set's draw."""
+        from memsim.validation.tiers import fill_random
+
+        stages = [aligned_buffer(self.nbytes) for _ in range(self.count)]
+        for i, buf in enumerate(stages):
+            fill_random(buf, self.nbytes, i)
         t0 = _now()
         for i in range(self.count):
             self.disk.write(f"t{i}", self.src, self.nbytes)
         t1 = _now()
         for i in range(self.count):
-            self.disk.read(f"t{i}", self.stages[i], self.nbytes)
+            self.disk.read(f"t{i}", stages[i], self.nbytes)
         t2 = _now()
+        for buf in stages:
+            buf.close()
         moved = self.count * self.nbytes
         return moved / (t2 - t1), moved / (t1 - t0)
 
