@@ -59,12 +59,11 @@ def main() -> int:
     print(f"calibration ({t1 - t0:.0f} s): matmul {cpu.achieved_flops.get('matmul', 0) / 1e9:.1f} GFLOP/s, "
           f"mem {cpu.mem_bw / 1e9:.1f} GB/s, disk read {system.tiers['disk'].read_bw / 1e9:.2f} GB/s, "
           f"write {system.tiers['disk'].write_bw / 1e9:.2f} GB/s, copy_slowdown {cpu.copy_slowdown:.1%}")
-    mixed, model = (system.calibration or {}).get("disk_mixed_Bps"), \
-        (system.calibration or {}).get("disk_mixed_half_duplex_Bps")
-    if mixed and model:  # the half-duplex model's check: a reader and a writer at once
-        print(f"disk reads+writes at once: measured read {mixed['read'] / 1e9:.2f}, write "
-              f"{mixed['write'] / 1e9:.2f} GB/s; half-duplex model {model['read'] / 1e9:.2f}, "
-              f"{model['write'] / 1e9:.2f} GB/s")
+    tio = (system.calibration or {}).get("disk_tensor_io_Bps", {})
+    if "mixed_read" in tio:  # a reader and a writer at once: their sum is the 2-stream aggregate
+        print(f"disk reads+writes at once: read {tio['mixed_read'] / 1e9:.2f}, write "
+              f"{tio['mixed_write'] / 1e9:.2f} GB/s (alone: {tio['read'] / 1e9:.2f}, "
+              f"{tio['write'] / 1e9:.2f})")
     print(f"{'case':34s} {'simulated':>10s} {'measured':>10s} {'error':>8s}  peak errors; copy engines busy "
           "s simulated/measured (measured GB/s)")
     for c in report.cases:

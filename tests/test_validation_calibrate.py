@@ -61,6 +61,13 @@ def test_quick_calibration_loads_as_a_system(machine):
     assert disk.read_bw == pytest.approx(cal["disk_tensor_io_Bps"]["read"] * under["read"])
     assert disk.write_bw == pytest.approx(cal["disk_tensor_io_Bps"]["write"] * under["write"])
     assert disk.read_size_curve.at(1 << 20) == pytest.approx(disk.read_bw)
+    # reads and writes at once were measured, not assumed: each stream at its own rate, and the
+    # two together capped at what a reader and a writer moved together
+    tio = cal["disk_tensor_io_Bps"]
+    assert disk.is_duplex
+    assert disk.concurrency_curve.at(2) == pytest.approx(
+        tio["mixed_read"] * under["read"] + tio["mixed_write"] * under["write"])
+    assert disk.concurrency_curve.at(1) == pytest.approx(max(disk.read_bw, disk.write_bw))
     assert not any(path.parent.glob("memsim-*")), "scratch directory must be removed"
 
 

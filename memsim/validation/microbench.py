@@ -206,16 +206,18 @@ class TensorIO:
     few seconds of the shared host, or one unlucky set of buffers, is one sample, not the
     level."""
 
-    def __init__(self, folder: Path, mode: Mode, nbytes: int, count: int):
+    def __init__(self, folder: Path, mode: Mode, nbytes: int, count: int, mixed_s: float = 0.5):
         from memsim.validation.backend import make_backend
         from memsim.validation.tiers import ComputeTier, DiskTier, fill_random
 
-        self.nbytes, self.count = nbytes, count
+        self.nbytes, self.count, self.mixed_s = nbytes, count, mixed_s
         self.host = ComputeTier("dram", make_backend("cpu"))
         self.disk = DiskTier("disk", folder, mode, self.host.backend)
         self.src = self.host.alloc("src", nbytes)
         fill_random(self.src, nbytes, 3)
-        self.samples: list[tuple[float, float]] = []
+        for i in range(count):  # the files the mixed phase's writer overwrites
+            self.disk.write(f"u{i}", self.src, nbytes)
+        self.samples: list[tuple[float, float, float, float]] = []
         self._round()
 
     def _round(self) -> tuple[float, float]:
@@ -237,18 +239,48 @@ class TensorIO:
         for i in range(self.count):
             self.disk.read(f"t{i}", stages[i], self.nbytes)
         t2 = _now()
+        mixed = self._mixed(stages)
         for buf in stages:
             buf.close()
         moved = self.count * self.nbytes
-        return moved / (t2 - t1), moved / (t1 - t0)
+        return moved / (t2 - t1), moved / (t1 - t0), *mixed
+
+    def _mixed(self, stages: list) -> tuple[float, float]:
+        """(read B/s, write B/s) of a reader (this thread, into ``stages``) and a writer (a
+        thread, over the ``u`` files) streaming whole tensors at once for ``mixed_s``, each
+        rate over its own stream's time."""
+        stop, written, span = threading.Event(), [0], [0.0]
+
+        def writer():
+            t0, i = _now(), 0
+            while not stop.is_set():
+                self.disk.write(f"u{i % self.count}", self.src, self.nbytes)
+                written[0] += self.nbytes
+                i += 1
+            span[0] = _now() - t0
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        read, i, t0 = 0, 0, _now()
+        try:
+            while _now() - t0 < self.mixed_s:
+                self.disk.read(f"t{i % self.count}", stages[i % self.count], self.nbytes)
+                read += self.nbytes
+                i += 1
+            elapsed = _now() - t0
+        finally:
+            stop.set()
+            thread.join()
+        return read / elapsed, written[0] / max(span[0], 1e-9)
 
     def sample(self) -> None:
         self.samples.append(self._round())
 
-    def rates(self) -> tuple[float, float]:
-        """(read B/s, write B/s): the median of the samples, each direction on its own."""
-        return (statistics.median(r for r, _ in self.samples),
-                statistics.median(w for _, w in self.samples))
+    def rates(self) -> dict[str, float]:
+        """B/s by stream, the median of the samples for each on its own: ``read`` and ``write``
+        alone, ``mixed_read`` and ``mixed_write`` at once."""
+        keys = ("read", "write", "mixed_read", "mixed_write")
+        return {k: statistics.median(s[i] for s in self.samples) for i, k in enumerate(keys)}
 
     def close(self) -> None:
         self.disk.close()
@@ -259,14 +291,6 @@ class TensorIO:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def tensor_io(folder: Path, mode: Mode, nbytes: int, count: int, repeats: int) -> tuple[float, float]:
-    """(read B/s, write B/s) of ``repeats`` back-to-back ``TensorIO`` samples."""
-    with TensorIO(folder, mode, nbytes, count) as tio:
-        for _ in range(repeats):
-            tio.sample()
-        return tio.rates()
 
 
 def disk_latency(path: Path, mode: Mode, repeats: int) -> float:
@@ -346,28 +370,6 @@ def _copy_rate(path: Path, mode: Mode, volume: int, direction: str, during, buf)
         stop.set()
         thread.join()
     return moved[0] / max(elapsed[0], 1e-9)
-
-
-def disk_mixed(path: Path, mode: Mode, seconds: float) -> dict[str, float]:
-    """B/s of a reader and a writer streaming at the same time (1 MiB requests): how the disk
-    splits one device between the two directions (the simulator gives each its full rate)."""
-    volume = min(os.path.getsize(path), 256 << 20)
-    rates: dict[str, float] = {}
-
-    bufs = _touched(REQUEST), _touched(REQUEST)
-
-    def writer():
-        rates["write"] = _copy_rate(path, mode, volume, "write", lambda: _sleep(seconds), bufs[0])
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    try:
-        rates["read"] = _copy_rate(path, mode, volume, "read", lambda: _sleep(seconds), bufs[1])
-    finally:
-        thread.join()
-        for b in bufs:
-            b.close()
-    return rates
 
 
 def _touched(nbytes: int):
