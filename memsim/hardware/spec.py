@@ -109,7 +109,8 @@ class Tier(Spec):
     read_size_curve: SizeCurve | None = Field(
         None, description="read throughput by request size [[size, bandwidth], ...] (flash, SSD)")
     concurrency_curve: ConcurrencyCurve | None = Field(
-        None, description="aggregate bandwidth by concurrent streams [[streams, bandwidth], ...] (CXL)")
+        None, description="aggregate bandwidth by concurrent streams [[streams, bandwidth], ...] (CXL; a "
+                       "calibrated disk: reads and writes at once)")
     queue_depth: int = Field(
         1, ge=1, description="queue depth the read_size_curve was measured at (records how the "
                              "curve was taken; the curve itself is what the simulator uses)")

@@ -13,9 +13,10 @@ change whenever another transfer starts or ends.
   over the streams, each at its direction's bandwidth (n streams of one direction: bandwidth / n).
   A reader at 2.0 GB/s beside a writer at 3.1 GB/s gets 1.22 GB/s each, not 1.0 and 1.57 (each
   direction half the device's time): this project's VM disk moved 1.3-1.5 GB/s each way, about
-  equal, in the replays that read and wrote at once. A tier with
-  a ``concurrency_curve`` (CXL) also caps every flow touching it (reading, writing or bouncing)
-  at ``curve(n) / n``; SSD/flash reads run at ``read_size_curve(request size)``.
+  equal, in the replays that read and wrote at once. A tier with a ``concurrency_curve`` (CXL;
+  a calibrated disk, for reads and writes at once) also caps every flow touching it (reading,
+  writing or bouncing) at ``curve(n) / n``; SSD/flash reads run at
+  ``read_size_curve(request size)``.
 * An op flow (compute with ``copy_slowdown`` > 0) runs at ``1 / (1 + slowdown)`` while any copy
   touches its unit's memory tier, at full speed otherwise.
 
