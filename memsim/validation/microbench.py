@@ -75,7 +75,7 @@ def interleaved(backend: Backend, fns: dict[Any, Callable[[], Any]], rounds: int
 
     Why rounds: timed back to back, shapes measured in the same few seconds share whatever the
     shared host was doing then. One calibration drew GEMM rates 5-8% below the next ones for every
-    shape at once, and every compute-bound case of its validation run came out 9-15% slow. Spread
+    shape at once, and every compute-bound case of its validation run came out 8-15% slow. Spread
     over rounds, a slow few seconds costs each figure one sample of ``rounds``. ``between`` runs
     after each round (calibration samples the disk there, to spread its samples too)."""
     samples: dict[Any, list[float]] = {key: [] for key in fns}
