@@ -240,10 +240,10 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
     # read_bw and write_bw are each direction alone. Both at once is its own measurement, a
     # reader and a writer streaming whole tensors together: their sum is the device's aggregate
     # at two streams (concurrency_curve; the simulator caps each of n streams at curve(n) / n),
-    # and the tier is duplex (each stream also at its own direction's rate). On this project's
-    # VM the two together moved more than either alone (a single stream of synchronous 1 MiB
-    # requests does not keep a virtual disk busy), which no split of the alone rates can give:
-    # the replays' mixed phases ran 8-10% faster than the half-duplex model. The disk as the replay
+    # and the tier is duplex (each stream also at its own direction's rate). No split of the
+    # alone rates predicted this project's VM: with the half-duplex model the cases that read and
+    # write at once ran 8-10% faster than predicted (a single stream of synchronous 1 MiB
+    # requests does not keep a virtual disk busy), with the measured sum 2-5%. The disk as the replay
     # sees it: copies run while the compute thread runs (that is what a prefetch is for), and on
     # this kind of machine that slows them (the simulator has no compute-slows-copies term), so
     # each direction's rates are scaled by that direction's measured with-compute / alone ratio;

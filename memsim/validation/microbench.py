@@ -191,9 +191,10 @@ def disk_write(folder: Path, mode: Mode, request: int, volume: int, repeats: int
 
 class TensorIO:
     """Rates of whole tensors moved the way a replay moves them: ``count`` tensors of ``nbytes``
-    written from, then read back into, pooled host buffers through the replay's own ``DiskTier``
-    (1 MiB direct requests, one file per tensor). Each ``sample()`` moves all of them once and
-    records (read B/s, write B/s); ``rates()`` is the median of the samples.
+    written from a host buffer, then read back into staging buffers, through the replay's own
+    ``DiskTier`` (1 MiB direct requests, one file per tensor); then a reader and a writer at once.
+    Each ``sample()`` records (read, write, mixed read, mixed write) B/s; ``rates()`` is the
+    median of the samples.
 
     Opening runs one untimed round: it maps the buffers and allocates the files, so the timed
     writes overwrite allocated blocks, as an offload engine's writes into its swap files do (a
@@ -218,9 +219,13 @@ class TensorIO:
         for i in range(count):  # the files the mixed phase's writer overwrites
             self.disk.write(f"u{i}", self.src, nbytes)
         self.samples: list[tuple[float, float, float, float]] = []
-        self._round()
+        try:
+            self._round()
+        except BaseException:
+            self.close()
+            raise
 
-    def _round(self) -> tuple[float, float]:
+    def _round(self) -> tuple[float, float, float, float]:
         """Write every tensor, then read each into a staging buffer of its own, mapped and
         touched for this round (untimed). Fresh buffers each round: on a VM, how fast a direct
         read lands in a buffer depends on where its pages are, steadily per buffer (1.0-2.1 GB/s
@@ -250,13 +255,17 @@ class TensorIO:
         thread, over the ``u`` files) streaming whole tensors at once for ``mixed_s``, each
         rate over its own stream's time."""
         stop, written, span = threading.Event(), [0], [0.0]
+        failed: list[BaseException] = []
 
         def writer():
             t0, i = _now(), 0
-            while not stop.is_set():
-                self.disk.write(f"u{i % self.count}", self.src, self.nbytes)
-                written[0] += self.nbytes
-                i += 1
+            try:
+                while not stop.is_set():
+                    self.disk.write(f"u{i % self.count}", self.src, self.nbytes)
+                    written[0] += self.nbytes
+                    i += 1
+            except BaseException as exc:  # surfaced on the calling thread below
+                failed.append(exc)
             span[0] = _now() - t0
 
         thread = threading.Thread(target=writer, daemon=True)
@@ -271,6 +280,8 @@ class TensorIO:
         finally:
             stop.set()
             thread.join()
+        if failed:
+            raise failed[0]
         return read / elapsed, written[0] / max(span[0], 1e-9)
 
     def sample(self) -> None:
