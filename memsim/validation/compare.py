@@ -29,7 +29,7 @@ class CaseResult:
     error: float  # (predicted - measured) / measured
     feasible: bool
     steps_s: list[float]  # the timed steps of every round; measured_s is the median round's
-    # tier → {predicted, measured (the median step's), error, measured_min/max over timed steps}
+    # tier → {predicted, measured (the median round's), error, measured_min/max over timed steps}
     peak_bytes: dict[str, dict[str, float]]
     predicted_breakdown: dict[str, float]
     measured_breakdown: dict[str, float]  # compute, recompute, wait (exposed transfer)
