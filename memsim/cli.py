@@ -545,7 +545,7 @@ def validate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Replay plans on this machine with torch and compare with the simulator's predictions."""
-    from memsim.validation.compare import validate
+    from memsim.validation.compare import step_counts, validate
     from memsim.validation.suite import load_suite
 
     if (workload is None) == (suite is None):
@@ -557,13 +557,10 @@ def validate_cmd(
     for out_path, key in ((plot, "--plot"), (record, "--record")):
         if out_path:  # fail before minutes of measuring, not after
             check_writable(out_path, key)
-    from memsim.validation.suite import WARMUP
-
     loaded = load_suite(suite) if suite else None
-    steps = (repeats or (loaded.repeats if loaded else 3)) + \
-        (warmup if warmup is not None else loaded.warmup if loaded else WARMUP)
-    steps *= rounds or (loaded.rounds if loaded else 1)
-    bar, task = _progress(len(loaded.cases) * steps if loaded else steps, "replaying", as_json)
+    reps, warm, n = step_counts(loaded, repeats, warmup, rounds)
+    bar, task = _progress((len(loaded.cases) if loaded else 1) * n * (reps + warm), "replaying",
+                          as_json)
     with bar:
         report = validate(hardware, workload=workload, plan=plan, suite=loaded, device=device,
                           repeats=repeats, warmup=warmup, rounds=rounds, scratch=scratch, plot=plot,

@@ -144,6 +144,19 @@ def test_suite_and_validate_json(files, tmp_path):
     assert png.stat().st_size > 1000
 
 
+def test_step_counts_come_from_the_arguments_then_the_suite_then_the_defaults(files, tmp_path):
+    from memsim.validation.compare import step_counts
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({"name": "n", "repeats": 4, "warmup": 0, "rounds": 5,
+                                     "workloads": {"w": str(files["workload"])},
+                                     "plans": {"resident": {}}}))
+    loaded = load_suite(suite)
+    assert step_counts(loaded) == (4, 0, 5)  # warmup 0 is the suite's choice, not "unset"
+    assert step_counts(loaded, repeats=2, warmup=1, rounds=3) == (2, 1, 3)
+    assert step_counts(None) == (3, 2, 1)
+
+
 def test_suite_errors_name_the_key(tmp_path, files):
     suite = tmp_path / "bad.yaml"
     suite.write_text(yaml.safe_dump({"name": "bad", "workloads": {"w": str(files["workload"])},

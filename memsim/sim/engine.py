@@ -279,10 +279,9 @@ class StepEngine:
                 if wseg == seg and wunit == unit:  # same stream (so same tier): done, in order
                     continue
                 wmem = mem_of[w]
-                if wseg == seg:
+                if wseg == seg:  # (by another unit)
                     if wmem == mem:
-                        if wunit != unit:  # same stream: done already, in order
-                            deps.append((0, w, None, cat[wunit]))
+                        deps.append((0, w, None, cat[wunit]))
                         continue
                     if t not in wb_of[w]:  # the version lives only where written
                         deps.append((2, t, None, xfer))
@@ -535,15 +534,14 @@ class StepEngine:
     # -- outputs, write-backs, deaths ----------------------------------------------------------
 
     def _produce(self, op, outputs: tuple) -> None:
-        home_alloc, work = self.home_alloc, self.work
+        home_alloc, work, pools = self.home_alloc, self.work, self.pools
         m, seg = op.mem, op.seg
         for k, t, tm, on_m, off in outputs:  # (see _plan_dependencies: all static)
             if on_m is not None and tm not in home_alloc:
-                self.pools[m].alloc(t, on_m, op.name)
+                pools[m].alloc(t, on_m, op.name)
                 home_alloc.add(tm)
             if off <= 0 or (t, seg) in work:
                 continue
-            pools = self.pools
             st = self.seg_stage.get((seg, t, m))
             if st is None:
                 nbytes = int(off * op.out_frac[k])

@@ -340,49 +340,64 @@ def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
     local: dict[str, str] = {}
     out = []
     groups: dict[tuple, tuple] = {}  # the forward's group → the recompute's (one per layer)
-    concrete = trace.tensors
-    cut = len(prefix)
-
-    # ``_cls(trace, t) in ("activation", "workspace")``, memoised in ``memo``: a per-layer name
-    # (not a concrete tensor of the trace) has its template's class, kept under ``{layer}`` +
-    # the rest of the name, the same for every layer (inlined: this runs per name per layer)
+    suffix = f"@r{layer}"
     for f in forward:
-        inputs = []
-        for t in f.inputs:
-            if t in local:
-                inputs.append(local[t])
-                continue
-            if has_ckpt and not t.startswith(prefix):
-                act = memo.get(t)
-                if act is None:
-                    act = memo[t] = _cls(trace, t) in ("activation", "workspace")
-                if act:
-                    inputs.append(ckpt)
-                    continue
-            inputs.append(t)
-        outputs = []
-        for t in f.outputs:
-            if t == ckpt:
-                continue
-            mine = t.startswith(prefix)
-            key = LAYER + t[cut:] if mine and t not in concrete else t
-            act = memo.get(key)
-            if act is None:
-                act = memo[key] = _cls(trace, t) in ("activation", "workspace")
-            if act:
-                local[t] = t + "@r" if mine else f"{t}@r{layer}"
-                if mine:
-                    rename[t] = local[t]
-                outputs.append(local[t])
-            else:
-                outputs.append(t)
+        inputs, outputs = _recompute_io(f.inputs, f.outputs, prefix, ckpt, has_ckpt, trace, memo,
+                                        local, suffix, rename)
         group = groups.get(f.group)
         if group is None:
             group = groups[f.group] = ("recompute", *f.group[1:])
         out.append(POp(f.index, f.name + "@r", f.kind, f.phase, f.dtype, f.flops, f.nbytes, f.unit,
-                       f.mem, tuple(dict.fromkeys(inputs)), tuple(outputs), f.layer, f.iteration,
+                       f.mem, inputs, outputs, f.layer, f.iteration,
                        group, True, f.written, f.rows))  # (``_renamed`` inlined)
     return out
+
+
+_RECOMPUTED = ("activation", "workspace")  # the classes a recomputed forward makes again
+
+
+def _recompute_io(inputs: tuple[str, ...], outputs: tuple[str, ...], prefix: str, ckpt: str,
+                  has_ckpt: bool, trace: Trace, memo: dict[str, bool], local: dict[str, str],
+                  suffix: str, renamed: dict[str, str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """One forward op's recompute (inputs, outputs), the rules ``_recompute_layer`` and
+    ``_stamp`` share: an input the recompute made already is its copy; an activation from
+    outside the layer is the layer's checkpoint, when it keeps one; an activation the op makes
+    is made again under a new name (``name@r`` for the layer's own, which later reads are
+    ``renamed`` to; ``name`` + ``suffix`` for others), and the checkpoint is not remade.
+
+    Whether a name is an activation is memoised in ``memo`` (inline: this runs per name per
+    layer): a per-layer name that is not a concrete tensor of the trace has its template's
+    class, kept under ``{layer}`` + the rest of the name, the same for every layer."""
+    ins = []
+    for t in inputs:
+        if t in local:
+            ins.append(local[t])
+            continue
+        if has_ckpt and not t.startswith(prefix):
+            act = memo.get(t)
+            if act is None:
+                act = memo[t] = _cls(trace, t) in _RECOMPUTED
+            if act:
+                ins.append(ckpt)
+                continue
+        ins.append(t)
+    outs = []
+    for t in outputs:
+        if t == ckpt:
+            continue
+        mine = t.startswith(prefix)
+        key = LAYER + t[len(prefix):] if mine and t not in trace.tensors else t
+        act = memo.get(key)
+        if act is None:
+            act = memo[key] = _cls(trace, t) in _RECOMPUTED
+        if act:
+            local[t] = t + "@r" if mine else t + suffix
+            if mine:
+                renamed[t] = local[t]
+            outs.append(local[t])
+        else:
+            outs.append(t)
+    return tuple(dict.fromkeys(ins)), tuple(outs)
 
 
 def _stamped_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
@@ -441,39 +456,21 @@ def _stamp(trace: Trace, block_name: str, count: int) -> tuple | None:
         local: dict[str, str] = {}
         flat: list[str] = [ckpt]
         spans = []
-        pairs: list[str] = []
+        pairs: dict[str, str] = {}
         for op in block.ops:
-            inputs = []
-            for t in op.inputs:
-                if t in local:
-                    inputs.append(local[t])
-                elif (has_ckpt and not t.startswith(prefix)
-                      and _cls(trace, t) in ("activation", "workspace")):
-                    inputs.append(ckpt)
-                else:
-                    inputs.append(t)
-            outputs = []
-            for t in _outputs(op, trace):
-                if t == ckpt:
-                    continue
-                if _cls(trace, t) in ("activation", "workspace"):
-                    mine = t.startswith(prefix)
-                    local[t] = t + "@r" if mine else f"{t}@r{LAYER}"
-                    if mine:
-                        pairs += [t, local[t]]
-                    outputs.append(local[t])
-                else:
-                    outputs.append(t)
+            inputs, outputs = _recompute_io(op.inputs, _outputs(op, trace), prefix, ckpt, has_ckpt,
+                                            trace, {}, local, f"@r{LAYER}", pairs)
             flat.append(op.name + "@r")
             a = len(flat)
-            flat.extend(dict.fromkeys(inputs))
+            flat.extend(inputs)
             b = len(flat)
             flat.extend(outputs)
             spans.append((a, b, len(flat)))
     except KeyError:  # an unknown tensor: _recompute_layer raises it as it always did
         return None
     r0 = len(flat)
-    flat.extend(pairs)
+    for t, renamed in pairs.items():
+        flat += [t, renamed]
     return _SEP.join(flat), len(set(flat)), spans, (r0, len(flat))
 
 

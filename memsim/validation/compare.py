@@ -96,12 +96,10 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
     if suite is not None:
         suite = suite if isinstance(suite, Suite) else load_suite(suite)
         cases, name = suite.cases, suite.name
-        reps, warm = repeats or suite.repeats, suite.warmup if warmup is None else warmup
-        rounds = rounds or suite.rounds
     else:
         plan_obj, plan_file = _plan(plan)
         cases, name = [SuiteCase(Path(str(workload)).stem, str(workload), plan_obj, plan_file)], None
-        reps, warm, rounds = repeats or 3, WARMUP if warmup is None else warmup, rounds or 1
+    reps, warm, rounds = step_counts(suite, repeats, warmup, rounds)
     prepared = [(case, *_predict(system, case)) for case in cases]
     measured: dict[str, list] = {case.name: [] for case in cases}
     for _ in range(rounds):
@@ -119,6 +117,15 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
     if plot is not None:
         report.plot = str(plot_report(report, plot))
     return report
+
+
+def step_counts(suite: Suite | None, repeats: int | None = None, warmup: int | None = None,
+                rounds: int | None = None) -> tuple[int, int, int]:
+    """(timed steps, warm-up steps, rounds) per case: as given, else the suite's, else 3, 2, 1."""
+    if suite is not None:
+        return (repeats or suite.repeats, suite.warmup if warmup is None else warmup,
+                rounds or suite.rounds)
+    return repeats or 3, WARMUP if warmup is None else warmup, rounds or 1
 
 
 def _plan(plan: Plan | str | None) -> tuple[Plan, str]:
