@@ -254,9 +254,9 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
     under = {d: 1.0 if backend.is_cuda else _under_compute(figures["overlap"], d)
              for d in ("read", "write")}
     tio = figures["tensor_io"]
-    level = {d: tio[d] / figures[f"disk_{d}"][mb.REQUEST] for d in ("read", "write")}
-    read = {k: v * level["read"] * under["read"] for k, v in figures["disk_read"].items()}
-    write = {k: v * level["write"] * under["write"] for k, v in figures["disk_write"].items()}
+    level = tio["read"] / figures["disk_read"][mb.REQUEST]
+    read = {k: v * level * under["read"] for k, v in figures["disk_read"].items()}
+    write_bw = tio["write"] * under["write"]  # (the write sweep shapes no curve: recorded only)
     torch = backend.torch
     host = platform.node() or "this-machine"
     tiers = {
@@ -264,17 +264,17 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
                  "write_bw": figures["memory"]["copy"], "latency": 1e-7,
                  "source": "MemTotal from /proc/meminfo; bandwidth of a measured streaming copy"},
         "disk": {"kind": "ssd", "capacity": disk_free, "read_bw": read[mb.REQUEST],
-                 "write_bw": write[mb.REQUEST], "latency": figures["disk_latency"],
+                 "write_bw": write_bw, "latency": figures["disk_latency"],
                  "read_size_curve": [[s, bw] for s, bw in sorted(read.items())],
                  "duplex": True,
-                 "concurrency_curve": [[1, max(read[mb.REQUEST], write[mb.REQUEST])],
+                 "concurrency_curve": [[1, max(read[mb.REQUEST], write_bw)],
                                        [2, tio["mixed_read"] * under["read"] +
                                         tio["mixed_write"] * under["write"]]],
                  "source": f"free bytes of the scratch file system; {mode} reads alone, writes "
                            "alone, and both at once (the aggregate at two streams)"},
     }
     links = [{"name": "disk-io", "kind": "nvme", "ends": ["dram", "disk"],
-              "bandwidth": write[mb.REQUEST], "bandwidth_reverse": read[mb.REQUEST],
+              "bandwidth": write_bw, "bandwidth_reverse": read[mb.REQUEST],
               "source": "the disk's measured write (dram→disk) and read (disk→dram) throughput"}]
     compute = {"cpu": _compute_unit(backend, figures, "cpu", "dram", _cpu_model())}
     if backend.is_cuda:
