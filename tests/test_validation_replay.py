@@ -58,6 +58,9 @@ PLANS = {
     "weights-disk-recompute": Plan(placement={"weight": {"disk": 1.0}}, activations="recompute"),
     "activations-offload": Plan(activations="offload", activation_tier="disk"),
     "optimizer-half-disk": Plan(placement={"optimizer": {"dram": 0.5, "disk": 0.5}}),
+    # every state streamed in and written back: write-backs race the next layers' fetches
+    "states-disk": Plan(placement={"weight": {"disk": 1.0}, "grad": {"disk": 1.0},
+                                   "optimizer": {"disk": 1.0}}, activations="recompute"),
 }
 # inference: the KV cache homed off the compute tier (decode appends, then attends over it), and
 # FlexGen's block schedule (2 GPU batches of 2: prefetch and drain count layers, not sub-batches)
@@ -74,13 +77,13 @@ def test_replay_numbers_are_sane_and_bytes_match_the_simulator(files, trace, pla
 
     system = load_system(files["system"])
     plan = PLANS[plan_name]
-    m = replay(system, trace, plan, repeats=1, scratch=files["root"])
+    m = replay(system, trace, plan, repeats=2, warmup=1, scratch=files["root"])
     assert m.step_s > 0 and math.isfinite(m.step_s)
     assert m.compute_s > 0 and all(t >= 0 and math.isfinite(t) for _, t in m.ops)
     assert len(m.ops) >= trace.num_ops  # recompute adds ops, never drops any
     predicted = simulate(system, trace, plan)
-    for tier, peak in predicted.peak_bytes.items():  # same program, same accounting
-        assert m.peak_bytes[tier] == pytest.approx(peak, rel=0.05), tier
+    for tier, peak in predicted.peak_bytes.items():  # same program, same staging ring: exact,
+        assert m.peak_range[tier] == (peak, peak), tier  # in every step, however copies race
     off_disk = [n for n, t in m.copy_bytes.items() if n.startswith("disk->")]
     if plan_name == "resident":
         assert m.copy_bytes == {}

@@ -72,8 +72,11 @@ def solve_inference(
 
     total, layer, L = prof.total, prof.layer, prof.layers
     depth = space.prefetch_depth + 1
-    # KV of the layers in flight for one GPU batch: written by prefill, streamed in by decode
-    kv_stream = depth * layer["kv"] / num_batches * (1 - frac("kv", g))
+    # KV of the layers in flight for one GPU batch: written by prefill, streamed in by decode;
+    # with one GPU batch the staging is a ring (memsim.sim.engine) that also holds the
+    # prefetch_depth layers whose appends are being written behind
+    behind = space.prefetch_depth if num_batches == 1 else 0
+    kv_stream = (depth + behind) * layer["kv"] / num_batches * (1 - frac("kv", g))
     # per-layer scratch splits over GPU batches; non-layer scratch reused by every layer (act,
     # logits) is one buffer the GPU batches share at 1/n; state carried between layers (hidden)
     # has an instance of 1/n per GPU batch, the full bytes in all

@@ -152,13 +152,17 @@ class _Model:
         )
         self._cap(g, turn, "turn")
         self._cap(g, end, "end_backward")
+        # the staging ring (memsim.sim.engine) also holds the prefetch_depth layers whose updated
+        # states are being written behind
+        behind = sp.prefetch_depth
         if self.opt_dev == "gpu":
-            buf_o = depth * layer["optimizer"] * (1 - self._frac("optimizer", g))
+            buf_o = (depth + behind) * layer["optimizer"] * (1 - self._frac("optimizer", g))
             opt = (
                 resident["weight"]
                 + resident["optimizer"]
                 + resident["grad"]
                 + buf_w
+                + behind * layer["weight"] * (1 - self._frac("weight", g))
                 + buf_o
                 + depth * layer["grad"] * (1 - self._frac("grad", g))
             )
@@ -171,7 +175,7 @@ class _Model:
             if t == self.act_tier:
                 use += n["offload"] * self.act
             if t == host and self.opt_dev == "cpu":  # staging buffers for states streamed from below
-                use += depth * layer["optimizer"] * (1 - self._frac("optimizer", t))
+                use += (depth + behind) * layer["optimizer"] * (1 - self._frac("optimizer", t))
             self._cap(t, use, "home")
 
     def _cap(self, tier: str, expr, label: str) -> None:

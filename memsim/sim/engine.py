@@ -163,6 +163,15 @@ class StepEngine:
         self.ahead = [ends[min(k + d, len(first) - 1)] - 1 for k in slot]
         self.drain = [range(first[k - d - 1], ends[k - d - 1]) if k - d - 1 >= 0 else range(0)
                       for k in slot]
+        # One GPU batch: staging is a ring of depth + 2 layer slots (read ahead, compute, write
+        # behind), each held whole from its issue to its drain, so what a tier holds changes
+        # only at program points, never with which of two racing copies lands first.
+        self.ring = len(first) == len(prog.segments)
+        self.drained_by: list[int | None] = [None] * len(prog.segments)
+        for s in range(len(prog.segments) - 1, -1, -1):
+            for x in self.drain[s]:
+                self.drained_by[x] = s
+        self.wb_held: dict[int, list[tuple[Stage, simpy.Event]]] = {}  # -1: the tail
 
     def _durations(self) -> list[float]:
         """Each op's time alone (roofline, or a collective over the network link), memoised:
@@ -398,6 +407,9 @@ class StepEngine:
                     yield env.all_of(pending)
                     if main:
                         acct["memory_wait"] += env._now - t0
+                for drain in self.drain[s]:
+                    for st, _landed in self.wb_held.pop(drain, ()):
+                        self._release(st)
                 if not started[s]:  # (another stream may have started it meanwhile)
                     self._start_segment(s)
             for kind, a, b, cat in deps[i]:
@@ -516,9 +528,12 @@ class StepEngine:
             after = self._done_event(w) if same_seg else self._avail(t, w, src)
             if after is not None and after.callbacks is not None:
                 afters.append(after)
-            events.append(self.clock.copier.copy(src, op.mem, nbytes, t, op.name, after=after))
+            events.append(self.clock.copier.copy(src, op.mem, nbytes, t, op.name,
+                                                 alloc=0 if self.ring else None, after=after))
         ev = events[0] if len(events) == 1 else self.env.all_of(events)
         st = Stage(op.mem, t, sum(sources.values()), ev)
+        if self.ring:  # the ring's buffer is taken when the fetch is issued
+            self.pools[op.mem].alloc(t, st.bytes, op.name)
         st.src_t = self.env.now
         if afters:
             wop = self.prog.ops[w]
@@ -569,6 +584,12 @@ class StepEngine:
                 if st is not None:
                     self._release(st)
         if self.seg_left[seg] == 0:
+            if seg == len(self.seg_left) - 1:  # the step's compute is over: the ring's tail
+                for st, landed in self.wb_held.pop(-1, ()):
+                    if landed.triggered:
+                        self._release(st)
+                    else:
+                        landed.callbacks.append(lambda _e, st=st: self._release(st))
             for st in self.seg_held[seg]:
                 self._release(st)
             self.seg_held[seg] = []
@@ -594,8 +615,15 @@ class StepEngine:
             events.append(ev)
         if events:
             self.seg_wb.setdefault(op.seg, []).extend(events)
-        if st is not None:
-            done = events[0] if len(events) == 1 else self.env.all_of(events)
+        if st is None:
+            return
+        done = events[0] if len(events) == 1 else self.env.all_of(events)
+        by = self.drained_by[op.seg]
+        if self.ring and (by is None or not self.seg_started[by]):
+            # the ring gives the buffer back where a later segment drains it, or, in the last
+            # slots, once the step's compute is over: program points, not a copy's landing
+            self.wb_held.setdefault(op.seg if by is not None else -1, []).append((st, done))
+        else:
             done.callbacks.append(lambda _e, st=st: self._release(st))
 
     def _release(self, st: Stage) -> None:

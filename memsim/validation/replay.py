@@ -194,6 +194,7 @@ class _Runner:
         self.system, self.prog = system, prog
         # per op: (tensor, writer, fraction, {source tier: bytes}, writer in this segment)
         self.fetch, self.ahead, self.drain = schedule.fetch, schedule.ahead, schedule.drain
+        self.ring, self.drained_by = schedule.ring, schedule.drained_by  # (engine._layer_window)
         self.backend, self.torch = backend, backend.torch
         self.fast = prog.fast
         units = {op.unit for op in prog.ops}
@@ -277,6 +278,8 @@ class _Runner:
             self._reap(block=False)
         t0 = time.perf_counter_ns()
         self._reap(block=True)  # the step ends when the last write-back has landed
+        for st, _jobs in self.wb_held.pop(-1, ()):  # the ring's tail: every write has landed
+            self._release(st)
         self.wait_s += (time.perf_counter_ns() - t0) / 1e9
         end = self._mark()
         return self._summary(self._elapsed(start, end))
@@ -303,6 +306,7 @@ class _Runner:
                            if info.birth is None for tier in info.home}
         self.writes: list[Job] = []
         self.seg_wb: dict[int, list[Job]] = {}  # write-backs issued per segment
+        self.wb_held: dict[int, list[tuple[_Stage, list[Job]]]] = {}  # the ring's, by segment
         self.extent: dict[tuple[str, str], int] = {}  # (kv tensor, tier) → bytes appended so far
         self.issued = -1
         self.op_times: list[tuple] = []
@@ -316,6 +320,9 @@ class _Runner:
             for job in self.seg_wb.get(d, ()):
                 wait(job, self.torch if self.backend.is_cuda else None)
         self.wait_s += (time.perf_counter_ns() - t0) / 1e9
+        for d in self.drain[s]:
+            for st, _jobs in self.wb_held.pop(d, ()):
+                self._release(st)
 
     def _start_segment(self, s: int) -> None:
         self.seg_started[s] = True
@@ -345,13 +352,14 @@ class _Runner:
     def _fetch(self, t: str, w: int | None, sources: dict[str, int]) -> _Stage:
         nbytes = sum(sources.values())
         key = self._key("stage", t)
-        buf = self.compute.alloc(key, nbytes, account=False)
+        # the ring's buffer counts from the fetch's issue; otherwise from when its copy starts
+        buf = self.compute.alloc(key, nbytes, account=self.ring)
         jobs: list[Job] = []
         for src, part in sources.items():
             tier = self._slow(src, t)
             after = self.avail.get((t, w, src)) if w is not None else None
 
-            def run(stream, tier=tier, buf=buf, part=part, first=not jobs):
+            def run(stream, tier=tier, buf=buf, part=part, first=not jobs and not self.ring):
                 if first:
                     self.compute.account(key, nbytes)
                 tier.read(t, buf, part, stream)
@@ -436,7 +444,12 @@ class _Runner:
                 job.ready = self.torch.cuda.Event()
                 job.ready.record()
             jobs.append(job)
-        if st is not None:  # the working copy is given back when every write of it has landed
+        by = self.drained_by[op.seg]
+        if st is not None and self.ring and (by is None or not self.seg_started[by]):
+            # the ring's working copy is given back where a later segment drains it (or at the
+            # step's end), as the simulator gives it back (engine._writeback)
+            self.wb_held.setdefault(op.seg if by is not None else -1, []).append((st, jobs))
+        elif st is not None:  # the working copy is given back when every write of it has landed
             left = [len(jobs)]
 
             def landed(st=st, left=left) -> None:
