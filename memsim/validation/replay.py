@@ -19,8 +19,10 @@ measurement is a difference in *time*, never in what was done. Like the engine:
 * an op waits for the staged copies of its inputs; outputs homed off the compute tier are
   written back after the segment's last write of them; tensors are freed after their last use,
   staged copies when no issued segment holds them;
-* bytes are counted when a buffer is taken (a fetch's when its copy starts), which gives the
-  measured peak per tier.
+* bytes are counted when a buffer is taken and until it is given back, which gives the measured
+  peak per tier; with one GPU batch the staging is the engine's ring (a fetch's buffer from its
+  issue, a written-back one until a later segment drains it), so the peak is the same in every
+  step; with FlexGen's GPU batches, from a copy's start to a write-back's landing.
 
 Kernels are real torch ops of the trace's shapes (``kernels.py``); slow tiers are real files on
 disk with the page cache bypassed, or pinned host memory under a GPU (``tiers.py``). Time is
