@@ -47,6 +47,11 @@ def test_quick_calibration_loads_as_a_system(machine):
         curve = cpu.achieved_flops_by_rows[key]
         assert [x for x, _ in curve.points] == rows and all(y > 0 for _, y in curve.points)
         assert cpu.rate("matmul", key.split("/")[1], "fp32", int(rows[0])) == curve.points[0][1]
+    # attention by its sequence length, one point per measured length
+    from memsim.validation.calibrate import ATTENTION_QUICK
+    for key in ("attention/forward", "attention/backward"):
+        curve = cpu.achieved_flops_by_rows[key]
+        assert [x for x, _ in curve.points] == sorted(float(s[2]) for s in ATTENTION_QUICK)
     with open("/proc/meminfo") as f:
         total = int(next(line for line in f if line.startswith("MemTotal")).split()[1]) * 1024
     assert system.tiers["dram"].capacity == total

@@ -121,6 +121,10 @@ def test_inference_decode_uses_mean_context():
     assert attn.bytes_read == 144 * arch.q_dim * 2 + kv_read
     assert "L{layer}.kv" in attn.inputs
     assert trace.meta["tokens_per_step"] == 144 * 32
+    # a decode attention has no calibrated rate by length (1 query over the context): rows 0;
+    # a prefill one runs at its sequence length's rate
+    prefill = next(op for b in trace.blocks if b.name == "prefill" for op in b.ops if op.kind == "attention")
+    assert attn.rows == 0 and prefill.rows == prefill.shape[2] == 512
 
 
 def test_serving_requests_are_seeded_and_deterministic():

@@ -215,7 +215,8 @@ class Compute(Spec):
                     "constants, or what `memsim calibrate` measured)")
     achieved_flops_by_rows: dict[str, RowsCurve] = Field(
         default_factory=dict,
-        description="measured GEMM FLOP/s by the rows of its left operand (the tokens), per op kind "
+        description="measured GEMM FLOP/s by the rows of its left operand (the tokens; a square "
+                    "attention: its sequence length), per op kind "
                     "or kind/phase, e.g. matmul/forward: [[128, 93GFLOP/s], [512, 100GFLOP/s]]; "
                     "a GEMM over few tokens runs below a big one's rate. Used before "
                     "achieved_flops for ops whose trace gives their shape (written by `memsim "

@@ -39,7 +39,9 @@ GEMM_KN = {"cpu": ((1024, 1024), (1024, 4096), (4096, 1024)),
            "cuda": ((4096, 4096), (4096, 14336), (14336, 4096))}
 GEMM_ROWS_QUICK, GEMM_KN_QUICK = (64, 256), ((256, 256), (512, 512))
 GEMM_ROUNDS = 3  # every GEMM shape is timed once per round, rounds interleaved (mb.interleaved)
-ATTENTION = [(1, 16, 256, 256, 64), (1, 16, 512, 512, 64), (4, 16, 128, 128, 64)]
+# (batch, heads, q, kv, head_dim), causal: one per sequence length, so ops run at their own
+# length's rate (an attention over 128 tokens ran ~40% below the median of longer ones)
+ATTENTION = [(1, 16, q, q, 64) for q in (128, 256, 512, 1024)]
 ATTENTION_QUICK = [(1, 4, 128, 128, 64)]
 DISK_SIZES = [4 << 10, 64 << 10, 256 << 10, 1 << 20, 8 << 20]  # includes mb.REQUEST
 
@@ -123,8 +125,8 @@ def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress,
                 for (phase, dtype, m, k, n), s in seconds.items() if phase == "backward"]
     step("attention forward and backward (scaled_dot_product_attention)")
     shapes_attn = ATTENTION_QUICK if quick else ATTENTION
-    attn = {phase: statistics.median(mb.attention(backend, *s, default, reps, phase == "backward")
-                                     for s in shapes_attn) for phase in ("forward", "backward")}
+    attn = {phase: {s[2]: mb.attention(backend, *s, default, reps, phase == "backward")
+                    for s in shapes_attn} for phase in ("forward", "backward")}
     step("memory-bound kernels")
     mem = mb.memory_kernels(backend, (16 << 20) if quick else (256 << 20), reps)
     step("launch overhead")
@@ -208,7 +210,9 @@ def _compute_unit(backend: Backend, figures: dict, kind: str, memory: str, model
     mem_bw = max(streaming.values())
     overlap = [figures["overlap"][d] for d in ("read", "write")]
     slowdown = statistics.mean(max(0.0, o["gemm_with_copy_s"] / o["gemm_alone_s"] - 1) for o in overlap)
-    attn = figures["attention"]
+    attn = {phase: statistics.median(by_q.values()) for phase, by_q in figures["attention"].items()}
+    by_rows.update({f"attention/{phase}": [[float(q), rate] for q, rate in sorted(by_q.items())]
+                    for phase, by_q in figures["attention"].items()})
     return {
         "kind": kind, "model": model, "memory": memory,
         "peak_flops": peak,  # the best GEMM measured per dtype: a measured ceiling, not a datasheet
@@ -222,8 +226,9 @@ def _compute_unit(backend: Backend, figures: dict, kind: str, memory: str, model
                            "matmul/forward": forward, "matmul/backward": backward,
                            "attention": attn["forward"], "attention/forward": attn["forward"],
                            "attention/backward": attn["backward"]},
-        # the same GEMMs by their rows (the median over (in, out) at each): ops whose trace
-        # gives a shape run at their own token count's rate, the rest at the medians above
+        # the same GEMMs by their rows (the median over (in, out) at each), and attention by
+        # its sequence length: ops whose trace gives a shape run at their own token count's
+        # rate, the rest at the medians above
         "achieved_flops_by_rows": by_rows,
         "source": f"memsim calibrate ({backend.device})",
     }
@@ -298,7 +303,8 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
                  for g in figures["gemm"]],
         "gemm_backward": [{"m": g.m, "k": g.k, "n": g.n, "dtype": g.dtype, "flops_per_s": g.flops_per_s}
                           for g in figures["gemm_backward"]],
-        "attention_flops_per_s": figures["attention"],
+        "attention_flops_per_s": {phase: {str(q): r for q, r in by_q.items()}
+                                  for phase, by_q in figures["attention"].items()},
         "memory_kernels_Bps": figures["memory"],
         "disk_read_Bps": {str(k): v for k, v in figures["disk_read"].items()},
         "disk_write_Bps": {str(k): v for k, v in figures["disk_write"].items()},

@@ -67,10 +67,17 @@ class Op:
 
     @property
     def rows(self) -> int:
-        """A matmul's left-operand rows (its tokens, which its achieved FLOP/s depends on: a GEMM
-        over few rows runs below a big one's rate); 0 when unknown or not a matmul."""
+        """The tokens an op's achieved FLOP/s depends on (a GEMM over few rows runs below a big
+        one's rate): a matmul's left-operand rows; a square (prefill, training) attention's
+        sequence length, as calibration measures it; 0 when unknown or anything else."""
         shape = self.shape
-        return shape[0] if self.kind == "matmul" and shape and len(shape) == 3 else 0
+        if not shape:
+            return 0
+        if self.kind == "matmul" and len(shape) == 3:
+            return shape[0]
+        if self.kind == "attention" and len(shape) == 5 and shape[2] == shape[3]:
+            return shape[2]
+        return 0
 
 
 @dataclass(slots=True)
