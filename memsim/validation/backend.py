@@ -60,13 +60,20 @@ class Backend:
         fn()
         return (time.perf_counter_ns() - t0) / 1e9
 
-    def median_time(self, fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    def median_time(self, fn: Callable[[], Any], repeats: int, warmup: int = 1,
+                    before: Callable[[], Any] | None = None) -> float:
         """The median of ``repeats`` timings after ``warmup`` untimed runs (robust to a noisy
-        neighbour on a shared machine)."""
+        neighbour on a shared machine); ``before`` runs, untimed, ahead of each timed run."""
         for _ in range(warmup):
             fn()
         self.sync()
-        times = sorted(self.time(fn) for _ in range(max(1, repeats)))
+        times = []
+        for _ in range(max(1, repeats)):
+            if before is not None:
+                before()
+                self.sync()
+            times.append(self.time(fn))
+        times.sort()
         return times[len(times) // 2]
 
     def empty(self, numel: int, dtype) -> Any:

@@ -67,9 +67,27 @@ class GemmOperands:
         return run
 
 
+class CacheFlush:
+    """Evicts the caches between timed kernel runs by streaming ``nbytes`` (two buffers, copied
+    one into the other), as a training step's other ops do between two uses of one layer's
+    weights. Why: timed back to back a GEMM finds its operands in cache; in a replayed step it
+    does not, and over 128 tokens it then ran 6-25% slower (1.22x median over the tiny-llama and
+    calibration shapes on this project's VM; 1.02-1.12x at 256 tokens, ~1.0 at 1024) — what the
+    replay's GEMMs measured."""
+
+    def __init__(self, backend: Backend, nbytes: int = 256 << 20):
+        n = nbytes // 8  # two fp32 buffers of nbytes / 2 each
+        self.src = backend.torch.ones(n, device=backend.device)
+        self.dst = backend.torch.empty(n, device=backend.device)
+
+    def __call__(self) -> None:
+        self.dst.copy_(self.src)
+
+
 def interleaved(backend: Backend, fns: dict[Any, Callable[[], Any]], rounds: int, repeats: int,
                 progress: Callable[[Any, int], None] | None = None,
-                between: Callable[[], None] | None = None) -> dict[Any, float]:
+                between: Callable[[], None] | None = None,
+                before: Callable[[], Any] | None = None) -> dict[Any, float]:
     """Seconds per call of each function: the median over ``rounds`` rounds, each of which times
     every function in turn (the median of ``repeats`` runs after one untimed).
 
@@ -83,14 +101,14 @@ def interleaved(backend: Backend, fns: dict[Any, Callable[[], Any]], rounds: int
         for key, fn in fns.items():
             if progress is not None:
                 progress(key, r)
-            samples[key].append(backend.median_time(fn, repeats))
+            samples[key].append(backend.median_time(fn, repeats, before=before))
         if between is not None:
             between()
     return {key: statistics.median(v) for key, v in samples.items()}
 
 
 def attention(backend: Backend, b: int, h: int, q: int, kv: int, d: int, dtype: str,
-              repeats: int, backward: bool = False) -> float:
+              repeats: int, backward: bool = False, before: Callable[[], Any] | None = None) -> float:
     """Achieved FLOP/s of scaled_dot_product_attention (causal when q == kv), forward or backward."""
     torch = backend.torch
     gen = torch.Generator(device="cpu").manual_seed(1)
@@ -103,7 +121,8 @@ def attention(backend: Backend, b: int, h: int, q: int, kv: int, d: int, dtype: 
     # not, so the rate is the one the simulator divides a trace op's FLOPs by
     flops = 4 * b * h * q * kv * d
     if not backward:
-        return flops / backend.median_time(lambda: fn(qt, kt, vt, is_causal=causal), repeats)
+        return flops / backend.median_time(lambda: fn(qt, kt, vt, is_causal=causal), repeats,
+                                           before=before)
     grad = torch.randn(b, h, q, d, generator=gen).to(backend.device, torch_dtype(dtype))
     qt.requires_grad_(), kt.requires_grad_(), vt.requires_grad_()
 
@@ -111,7 +130,7 @@ def attention(backend: Backend, b: int, h: int, q: int, kv: int, d: int, dtype: 
         with torch.enable_grad():
             torch.autograd.grad(fn(qt, kt, vt, is_causal=causal), (qt, kt, vt), grad)
 
-    return 2.5 * flops / backend.median_time(run, repeats)  # the trace's backward: 2.5x forward
+    return 2.5 * flops / backend.median_time(run, repeats, before=before)  # trace: 2.5x forward
 
 
 def memory_kernels(backend: Backend, nbytes: int, repeats: int) -> dict[str, float]:
