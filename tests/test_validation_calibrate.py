@@ -58,6 +58,7 @@ def test_quick_calibration_loads_as_a_system(machine):
     cal = system.calibration
     assert cal["quick"] and cal["disk_mode"] in ("O_DIRECT", "fadvise")
     assert cal["torch"] and cal["cpu_model"] and cal["compute_threads"] >= 1
+    assert cal["cache_flush_bytes"] == 16 << 20  # kernels timed cold (quick: a small flush)
     assert sorted(p[0] for p in system.tiers["disk"].read_size_curve.points) == \
         [4096, 65536, 262144, 1 << 20, 8 << 20]
     # the disk's level is whole tensors moved as a replay moves them, under compute; the request
@@ -162,3 +163,14 @@ def test_scratch_is_removed_on_error_and_on_sigterm(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
     assert not folder.exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_the_cache_flush_outsizes_the_last_level_cache():
+    from memsim.validation import microbench as mb
+
+    backend = make_backend("cpu")
+    llc = mb.last_level_cache(backend)
+    assert llc >= 0
+    flush = mb.CacheFlush(backend)
+    assert flush.nbytes >= min(1 << 30, max(256 << 20, int(1.5 * llc)))
+    flush()  # reads the whole buffer

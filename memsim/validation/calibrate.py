@@ -118,7 +118,7 @@ def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress,
         phase, dtype, m, k, n = key
         step(f"GEMM {phase} {m}x{k}x{n} {dtype} (round {r + 1}/{GEMM_ROUNDS})")
 
-    flush = mb.CacheFlush(backend, (16 << 20) if quick else (256 << 20))  # each timed run cold
+    flush = mb.CacheFlush(backend, (16 << 20) if quick else None)  # each timed run cold
     seconds = mb.interleaved(backend, fns, GEMM_ROUNDS, max(1, reps // 2), progress, between, flush)
     gemms = [mb.Gemm(m, k, n, dtype, s) for (phase, dtype, m, k, n), s in seconds.items()
              if phase == "forward"]
@@ -128,13 +128,14 @@ def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress,
     shapes_attn = ATTENTION_QUICK if quick else ATTENTION
     attn = {phase: {s[2]: mb.attention(backend, *s, default, reps, phase == "backward", flush)
                     for s in shapes_attn} for phase in ("forward", "backward")}
+    flush_bytes = flush.nbytes
     del flush
     step("memory-bound kernels")
     mem = mb.memory_kernels(backend, (16 << 20) if quick else (256 << 20), reps)
     step("launch overhead")
     launch = mb.launch_overhead(backend, reps)
     return {"gemm": gemms, "gemm_backward": backward, "attention": attn, "memory": mem,
-            "launch": launch}
+            "launch": launch, "cache_flush_bytes": flush_bytes}
 
 
 def default_dtype(backend: Backend) -> str:
@@ -302,6 +303,7 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
         "quick": quick, "statistic": "median of repeated runs", "disk_mode": mode,
         "disk_request_bytes": mb.REQUEST, "scratch": str(scratch) if scratch else "system temp dir",
         "kernels_timed": "cold: caches flushed (mb.CacheFlush) before each timed GEMM and attention",
+        "cache_flush_bytes": figures["cache_flush_bytes"],
         "gemm": [{"m": g.m, "k": g.k, "n": g.n, "dtype": g.dtype, "flops_per_s": g.flops_per_s}
                  for g in figures["gemm"]],
         "gemm_backward": [{"m": g.m, "k": g.k, "n": g.n, "dtype": g.dtype, "flops_per_s": g.flops_per_s}
