@@ -374,21 +374,28 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str
         return (alone, *_gemm_under_pinned_copy(backend, fn, repeats))
     volume = min(os.path.getsize(path), 256 << 20)
     span = max(alone * repeats, 0.25)
+    alone_times: list[float] = []
     times: list[float] = []
 
-    def gemms():  # as many GEMMs as fill the span, so the copy loop runs as long as when alone
-        t0 = _now()
-        while _now() - t0 < span or len(times) < repeats:
-            times.append(backend.time(fn))
+    def gemms(into: list[float]) -> Callable[[], None]:
+        def run() -> None:  # as many GEMMs as fill the span: the copy loop runs as long as alone
+            t0, n0 = _now(), len(into)
+            while _now() - t0 < span or len(into) - n0 < repeats:
+                into.append(backend.time(fn))
+        return run
 
     alone_rates, loaded_rates = [], []
     buf = _touched(REQUEST)  # one buffer for both sides: a like-for-like ratio
-    for _ in range(max(1, repeats // 2)):  # alternate, so a neighbour's burst hits both sides
+    # GEMMs alone, the copy alone, then both, round after round: a neighbour's burst or a slow
+    # minute hits every side alike. (The GEMM alone timed once up front, before the rounds, put
+    # the slowdown at 0.9-15.6% from one calibration to the next on this project's VM.)
+    for _ in range(max(3, repeats // 2)):
+        gemms(alone_times)()
         alone_rates.append(_copy_rate(path, mode, volume, direction, lambda: _sleep(span), buf))
-        loaded_rates.append(_copy_rate(path, mode, volume, direction, gemms, buf))
+        loaded_rates.append(_copy_rate(path, mode, volume, direction, gemms(times), buf))
     buf.close()
-    return (alone, sorted(times)[len(times) // 2], statistics.median(alone_rates),
-            statistics.median(loaded_rates))
+    return (statistics.median(alone_times), statistics.median(times),
+            statistics.median(alone_rates), statistics.median(loaded_rates))
 
 
 def _copy_rate(path: Path, mode: Mode, volume: int, direction: str, during, buf) -> float:
