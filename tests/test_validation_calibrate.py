@@ -164,13 +164,3 @@ def test_scratch_is_removed_on_error_and_on_sigterm(tmp_path):
     assert not folder.exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
 
-
-def test_the_cache_flush_outsizes_the_last_level_cache():
-    from memsim.validation import microbench as mb
-
-    backend = make_backend("cpu")
-    llc = mb.last_level_cache(backend)
-    assert llc >= 0
-    flush = mb.CacheFlush(backend)
-    assert flush.nbytes >= min(1 << 30, max(256 << 20, int(1.5 * llc)))
-    flush()  # reads the whole buffer

@@ -118,7 +118,7 @@ def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress,
         phase, dtype, m, k, n = key
         step(f"GEMM {phase} {m}x{k}x{n} {dtype} (round {r + 1}/{GEMM_ROUNDS})")
 
-    flush = mb.CacheFlush(backend, (16 << 20) if quick else None)  # each timed run cold
+    flush = mb.CacheFlush(backend, (16 << 20) if quick else (256 << 20))  # each timed run cold
     seconds = mb.interleaved(backend, fns, GEMM_ROUNDS, max(1, reps // 2), progress, between, flush)
     gemms = [mb.Gemm(m, k, n, dtype, s) for (phase, dtype, m, k, n), s in seconds.items()
              if phase == "forward"]

@@ -68,41 +68,24 @@ class GemmOperands:
 
 
 class CacheFlush:
-    """Evicts the caches between timed kernel runs by reading a buffer 1.5x the last-level cache
-    (at least 256 MiB), as a training step's other ops evict one layer's weights before their
-    next use. Why: timed back to back a GEMM finds its operands in cache; in a replayed step it
-    does not, and over 128 tokens it then ran 6-25% slower (1.22x median over the tiny-llama and
-    calibration shapes on this project's VM; 1.02-1.12x at 256 tokens, ~1.0 at 1024), the rates
-    the replay's GEMMs ran at. A flush smaller than the cache evicts by luck: with 256 MiB on this
-    VM's 480 MiB L3 one calibration's 128-token GEMMs came out cold, the next one's nearly hot."""
+    """Evicts the caches between timed kernel runs by reading ``nbytes``, as a training step's
+    other ops evict one layer's weights before their next use. Why: timed back to back a GEMM
+    finds its operands in cache; in a replayed step it does not, and over 128 tokens it then ran
+    6-25% slower (1.22x median over the tiny-llama and calibration shapes on this project's VM;
+    1.02-1.12x at 256 tokens, ~1.0 at 1024), the rates the replay's GEMMs ran at.
 
-    def __init__(self, backend: Backend, nbytes: int | None = None):
-        if nbytes is None:
-            nbytes = min(1 << 30, max(256 << 20, int(1.5 * last_level_cache(backend))))
+    Why 256 MiB, read: reading it gave the cold rates (101-107 GFLOP/s at 128 tokens; 720 MiB:
+    101); copying 2 x 128 MiB (memcpy's streaming stores) left one calibration nearly hot (128).
+    And not more: on this VM, touching 720 MiB more of guest memory slowed the virtual disk's
+    direct writes for the rest of the process (2.1 to 1.2-1.6 GB/s; 256 MiB: no change), and two
+    calibrations drew their write level from that."""
+
+    def __init__(self, backend: Backend, nbytes: int = 256 << 20):
         self.nbytes = nbytes
         self.buf = backend.torch.ones(nbytes // 4, device=backend.device)
 
     def __call__(self) -> None:
         self.buf.sum()  # reads only: every line passes through the cache
-
-
-def last_level_cache(backend: Backend) -> int:
-    """Bytes of the last-level cache: the GPU's L2, or the CPU's highest cache level in sysfs
-    (0 where neither says)."""
-    if backend.is_cuda:
-        return int(getattr(backend.torch.cuda.get_device_properties(0), "L2_cache_size", 0))
-    best = (0, 0)
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            level = int((index / "level").read_text())
-            size = (index / "size").read_text().strip()
-        except (OSError, ValueError):
-            continue
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
-        digits = size.rstrip("KMG")
-        if digits.isdigit():
-            best = max(best, (level, int(digits) * scale))
-    return best[1]
 
 
 def interleaved(backend: Backend, fns: dict[Any, Callable[[], Any]], rounds: int, repeats: int,
