@@ -163,13 +163,11 @@ def _disk_figures(backend: Backend, folder: Path, mode: str, quick: bool, reps: 
     m = 256 if quick else 1024
     dtype = default_dtype(backend)
     overlap: dict = {"gemm": f"{m}x{m}x{m} {dtype}"}
-    flush = mb.CacheFlush(backend, (16 << 20) if quick else (256 << 20))
-    for direction in ("read", "write"):  # the GEMMs cold, as calibration times every GEMM
+    for direction in ("read", "write"):
         alone, loaded, c_alone, c_loaded = mb.gemm_under_copy(backend, path, mode, m, dtype, reps,
-                                                              direction, flush)
+                                                              direction)
         overlap[direction] = {"gemm_alone_s": alone, "gemm_with_copy_s": loaded,
                               "copy_alone_Bps": c_alone, "copy_with_compute_Bps": c_loaded}
-    del flush
     return {"disk_read": read, "disk_write": write, "disk_latency": latency, "overlap": overlap,
             "tensor_io": tio.rates(), "tensor_io_samples": [list(s) for s in tio.samples]}
 

@@ -343,8 +343,7 @@ def disk_latency(path: Path, mode: Mode, repeats: int) -> float:
 
 
 def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str,
-                    repeats: int, direction: str = "read",
-                    before: Callable[[], Any] | None = None) -> tuple[float, float, float, float]:
+                    repeats: int, direction: str = "read") -> tuple[float, float, float, float]:
     """(GEMM s alone, GEMM s while a thread streams disk reads or writes, copy B/s alone, copy B/s
     while the GEMM runs): what overlapping a copy with compute costs each side on this machine.
     Both copy rates come from the same loop over the same time, so their ratio is a like-for-like
@@ -353,7 +352,7 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str
     a = torch.ones(m, m, dtype=torch_dtype(dtype), device=backend.device)
     b = torch.ones(m, m, dtype=torch_dtype(dtype), device=backend.device)
     fn = lambda: torch.matmul(a, b)  # noqa: E731
-    alone = backend.median_time(fn, repeats, before=before)
+    alone = backend.median_time(fn, repeats)
     if backend.is_cuda:
         return (alone, *_gemm_under_pinned_copy(backend, fn, repeats))
     volume = min(os.path.getsize(path), 256 << 20)
@@ -365,8 +364,6 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str
         def run() -> None:  # as many GEMMs as fill the span: the copy loop runs as long as alone
             t0, n0 = _now(), len(into)
             while _now() - t0 < span or len(into) - n0 < repeats:
-                if before is not None:  # cold, as the calibrated GEMMs are timed
-                    before()
                 into.append(backend.time(fn))
         return run
 
