@@ -342,16 +342,18 @@ def disk_latency(path: Path, mode: Mode, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str,
-                    repeats: int, direction: str = "read") -> tuple[float, float, float, float]:
+def gemm_under_copy(backend: Backend, path: Path, mode: Mode, shape: tuple[int, int, int],
+                    dtype: str, repeats: int, direction: str = "read") -> tuple[float, float, float, float]:
     """(GEMM s alone, GEMM s while a thread streams disk reads or writes, copy B/s alone, copy B/s
     while the GEMM runs): what overlapping a copy with compute costs each side on this machine.
     Both copy rates come from the same loop over the same time, so their ratio is a like-for-like
     measure of the interference, whatever the disk's absolute speed that minute."""
     torch = backend.torch
-    a = torch.ones(m, m, dtype=torch_dtype(dtype), device=backend.device)
-    b = torch.ones(m, m, dtype=torch_dtype(dtype), device=backend.device)
-    fn = lambda: torch.matmul(a, b)  # noqa: E731
+    m, k, n = shape
+    a = torch.ones(m, k, dtype=torch_dtype(dtype), device=backend.device)
+    b = torch.ones(k, n, dtype=torch_dtype(dtype), device=backend.device)
+    out = torch.empty(m, n, dtype=torch_dtype(dtype), device=backend.device)
+    fn = lambda: torch.matmul(a, b, out=out)  # noqa: E731
     alone = backend.median_time(fn, repeats)
     if backend.is_cuda:
         return (alone, *_gemm_under_pinned_copy(backend, fn, repeats))
@@ -367,18 +369,25 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, m: int, dtype: str
                 into.append(backend.time(fn))
         return run
 
-    alone_rates, loaded_rates = [], []
+    alone_rates, loaded_rates, slowdowns, copy_ratios = [], [], [], []
     buf = _touched(REQUEST)  # one buffer for both sides: a like-for-like ratio
-    # GEMMs alone, the copy alone, then both, round after round: a neighbour's burst or a slow
-    # minute hits every side alike. (The GEMM alone timed once up front, before the rounds, put
-    # the slowdown at 0.9-15.6% from one calibration to the next on this project's VM.)
-    for _ in range(max(3, repeats // 2)):
+    # GEMMs alone, the copy alone, then both, round after round, and each ratio the median of the
+    # rounds' own: a neighbour's burst or a slow minute hits one round's both sides alike, and
+    # costs one ratio of five. (The GEMM alone timed once up front put the slowdown at 0.9-15.6%
+    # from one calibration to the next on this project's VM.)
+    for _ in range(max(5, repeats // 2)):
+        alone_n, loaded_n = len(alone_times), len(times)
         gemms(alone_times)()
         alone_rates.append(_copy_rate(path, mode, volume, direction, lambda: _sleep(span), buf))
         loaded_rates.append(_copy_rate(path, mode, volume, direction, gemms(times), buf))
+        slowdowns.append(statistics.median(times[loaded_n:]) / statistics.median(alone_times[alone_n:]))
+        copy_ratios.append(loaded_rates[-1] / alone_rates[-1])
     buf.close()
-    return (statistics.median(alone_times), statistics.median(times),
-            statistics.median(alone_rates), statistics.median(loaded_rates))
+    alone, copy_alone = statistics.median(alone_times), statistics.median(alone_rates)
+    # (GEMM s alone, GEMM s alone x the median round's slowdown, copy B/s alone, the same x the
+    # median round's with-compute / alone ratio)
+    return (alone, alone * statistics.median(slowdowns), copy_alone,
+            copy_alone * statistics.median(copy_ratios))
 
 
 def _copy_rate(path: Path, mode: Mode, volume: int, direction: str, during, buf) -> float:
