@@ -343,7 +343,8 @@ def disk_latency(path: Path, mode: Mode, repeats: int) -> float:
 
 
 def gemm_under_copy(backend: Backend, path: Path, mode: Mode, shape: tuple[int, int, int],
-                    dtype: str, repeats: int, direction: str = "read") -> tuple[float, float, float, float]:
+                    dtype: str, repeats: int, direction: str = "read",
+                    rounds: int = 5) -> tuple[float, float, float, float]:
     """(GEMM s alone, GEMM s while a thread streams disk reads or writes, copy B/s alone, copy B/s
     while the GEMM runs): what overlapping a copy with compute costs each side on this machine.
     Both copy rates come from the same loop over the same time, so their ratio is a like-for-like
@@ -375,7 +376,7 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, shape: tuple[int, 
     # rounds' own: a neighbour's burst or a slow minute hits one round's both sides alike, and
     # costs one ratio of five. (The GEMM alone timed once up front put the slowdown at 0.9-15.6%
     # from one calibration to the next on this project's VM.)
-    for _ in range(max(5, repeats // 2)):
+    for _ in range(rounds):
         alone_n, loaded_n = len(alone_times), len(times)
         gemms(alone_times)()
         alone_rates.append(_copy_rate(path, mode, volume, direction, lambda: _sleep(span), buf))
