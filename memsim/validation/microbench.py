@@ -249,20 +249,22 @@ class TensorIO:
             raise
 
     def _round(self) -> tuple[float, float, float, float]:
-        """Write every tensor, then read each into a staging buffer of its own, mapped and
-        touched for this round (untimed). Fresh buffers each round: on a VM, how fast a direct
-        read lands in a buffer depends on where its pages are, steadily per buffer (1.0-2.1 GB/s
-        among twelve buffers on this project's VM, and buffers mapped together tend to match),
-        as a replay's staging pool is one such draw per replay; a level read into one set of
-        buffers would be that set's draw."""
+        """Write every tensor from a staging buffer of its own, mapped and touched for this round
+        (untimed), then read each back into it. Fresh buffers each round: on a VM, how fast a
+        direct read lands in a buffer, or a direct write leaves one, depends on the order of its
+        physical pages (docs/validation.md: 1.33-1.40 GB/s reads into a buffer whose pages run
+        backwards, 1.8-2.1 into one whose run forwards), as a replay's staging pool is one such
+        draw per replay. Writes from one buffer kept for the whole calibration made the write
+        level that buffer's draw: 1.37-2.29 GB/s from one calibration to the next on this
+        project's VM, while the replays wrote at 2.0-2.4."""
         from memsim.validation.tiers import fill_random
 
         stages = [aligned_buffer(self.nbytes) for _ in range(self.count)]
         for i, buf in enumerate(stages):
             fill_random(buf, self.nbytes, i)
         t0 = _now()
-        for i in range(self.count):
-            self.disk.write(f"t{i}", self.src, self.nbytes)
+        for i in range(self.count):  # written from this round's buffers too: a write's rate
+            self.disk.write(f"t{i}", stages[i], self.nbytes)  # depends on its source's pages
         t1 = _now()
         for i in range(self.count):
             self.disk.read(f"t{i}", stages[i], self.nbytes)
@@ -284,7 +286,7 @@ class TensorIO:
             t0, i = _now(), 0
             try:
                 while not stop.is_set():
-                    self.disk.write(f"u{i % self.count}", self.src, self.nbytes)
+                    self.disk.write(f"u{i % self.count}", stages[(i + 1) % self.count], self.nbytes)
                     written[0] += self.nbytes
                     i += 1
             except BaseException as exc:  # surfaced on the calling thread below
