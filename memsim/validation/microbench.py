@@ -378,7 +378,12 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, shape: tuple[int, 
     # rounds' own: a neighbour's burst or a slow minute hits one round's both sides alike, and
     # costs one ratio of five. (The GEMM alone timed once up front put the slowdown at 0.9-15.6%
     # from one calibration to the next on this project's VM.)
-    for _ in range(rounds):
+    for r in range(rounds + 1):
+        if r == 1:  # the first round is a warm-up: beside the copy its GEMMs ran 12-15% slower
+            # than in any later round on this project's VM (1.00-1.03), and a calibration that
+            # sampled first rounds put copy_slowdown at 10-19% where the replays showed ~1%
+            for samples in (alone_times, times, alone_rates, loaded_rates, slowdowns, copy_ratios):
+                samples.clear()
         alone_n, loaded_n = len(alone_times), len(times)
         gemms(alone_times)()
         alone_rates.append(_copy_rate(path, mode, volume, direction, lambda: _sleep(span), buf))
