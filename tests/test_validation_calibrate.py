@@ -163,4 +163,3 @@ def test_scratch_is_removed_on_error_and_on_sigterm(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
     assert not folder.exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
-

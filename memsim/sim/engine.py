@@ -173,6 +173,18 @@ class StepEngine:
                 self.drained_by[x] = s
         self.wb_held: dict[int, list[tuple[Stage, simpy.Event]]] = {}  # -1: the tail
 
+    def ring_hold(self, seg: int, started: list[bool]) -> int | None:
+        """Where the ring holds a working copy segment ``seg`` writes back: until the segment
+        that drains ``seg`` starts (its index as the key), or, in the last slots, until the step's
+        compute is over (-1); None when it is given back on landing (FlexGen's GPU batches, or a
+        draining segment already started by another unit). The replay asks the same question."""
+        if not self.ring:
+            return None
+        by = self.drained_by[seg]
+        if by is None:
+            return -1
+        return None if started[by] else seg
+
     def _durations(self) -> list[float]:
         """Each op's time alone (roofline, or a collective over the network link), memoised:
         repeated layers and decode iterations share a handful of distinct op costs."""
@@ -618,11 +630,9 @@ class StepEngine:
         if st is None:
             return
         done = events[0] if len(events) == 1 else self.env.all_of(events)
-        by = self.drained_by[op.seg]
-        if self.ring and (by is None or not self.seg_started[by]):
-            # the ring gives the buffer back where a later segment drains it, or, in the last
-            # slots, once the step's compute is over: program points, not a copy's landing
-            self.wb_held.setdefault(op.seg if by is not None else -1, []).append((st, done))
+        hold = self.ring_hold(op.seg, self.seg_started)
+        if hold is not None:  # given back at a program point, not on the copy's landing
+            self.wb_held.setdefault(hold, []).append((st, done))
         else:
             done.callbacks.append(lambda _e, st=st: self._release(st))
 

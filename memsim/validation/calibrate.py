@@ -88,9 +88,13 @@ def calibrate(device: str = "cpu", quick: bool = False, scratch: str | Path | No
         mode = probe_mode(folder)
         # whole-tensor disk samples, one after each GEMM round and more in the disk phase: the
         # disk's level is the median over the whole calibration, not one moment's (mb.TensorIO)
-        # and so are copy/compute overlap rounds (Overlap): one calibration's single window drew
-        # a GEMM slowdown anywhere in 0.7-25% on this project's VM, the replays' 0-7%
-        overlap = Overlap(backend, folder, mode, quick, reps)
+        # and so are copy/compute overlap rounds (mb.Overlap)
+        # a step's GEMM, not a big square one: on this project's Intel VM a 1024^3 GEMM ran 0-20%
+        # slower beside a disk stream from one round to the next, a 256x1024x4096 one within 2%
+        # in most rounds
+        shape = (64, 256, 256) if quick else OVERLAP_GEMM["cuda" if backend.is_cuda else "cpu"]
+        overlap = mb.Overlap(backend, folder, mode, shape, default_dtype(backend), reps,
+                             (32 << 20) if quick else (256 << 20))
 
         def between() -> None:
             tio.sample()
@@ -151,41 +155,8 @@ def default_dtype(backend: Backend) -> str:
     return "bf16" if backend.is_cuda else "fp32"
 
 
-class Overlap:
-    """What overlapping a disk copy with a step's GEMM costs each side, sampled a round at a time
-    over the whole calibration (``mb.gemm_under_copy``); ``figures()`` is, per direction, the
-    median alone times and the median of the rounds' own ratios."""
-
-    def __init__(self, backend: Backend, folder: Path, mode: str, quick: bool, reps: int):
-        # a step's GEMM, not a big square one: on this project's Intel VM a 1024^3 GEMM ran 0-20%
-        # slower beside a disk stream from one round to the next, a 256x1024x4096 one within 2%
-        # in most rounds
-        self.shape = (64, 256, 256) if quick else OVERLAP_GEMM["cuda" if backend.is_cuda else "cpu"]
-        self.dtype = default_dtype(backend)
-        self.backend, self.mode, self.reps = backend, mode, reps
-        self.path = mb.write_file(folder, mode, (32 << 20) if quick else (256 << 20), "overlap.bin")
-        self.samples: dict[str, list[tuple[float, float, float, float]]] = {"read": [], "write": []}
-
-    def sample(self) -> None:
-        for direction, out in self.samples.items():
-            out.append(mb.gemm_under_copy(self.backend, self.path, self.mode, self.shape,
-                                          self.dtype, self.reps, direction, rounds=1))
-
-    def figures(self) -> dict:
-        med = statistics.median
-        doc: dict = {"gemm": f"{'x'.join(map(str, self.shape))} {self.dtype}",
-                     "samples": sum(len(s) for s in self.samples.values()) // 2}
-        for direction, s in self.samples.items():
-            alone, copy_alone = med(x[0] for x in s), med(x[2] for x in s)
-            doc[direction] = {"gemm_alone_s": alone,
-                              "gemm_with_copy_s": alone * med(x[1] / x[0] for x in s),
-                              "copy_alone_Bps": copy_alone,
-                              "copy_with_compute_Bps": copy_alone * med(x[3] / x[2] for x in s)}
-        return doc
-
-
 def _disk_figures(backend: Backend, folder: Path, mode: str, quick: bool, reps: int,
-                  step: Progress, tio: mb.TensorIO, overlap: Overlap) -> dict:
+                  step: Progress, tio: mb.TensorIO, overlap: mb.Overlap) -> dict:
     size = (32 << 20) if quick else (512 << 20)
     step(f"write a {size >> 20} MiB scratch file ({mode})")
     path = mb.write_file(folder, mode, size)

@@ -344,13 +344,45 @@ def disk_latency(path: Path, mode: Mode, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+class Overlap:
+    """What overlapping a disk copy with a step's GEMM costs each side, sampled a round at a time
+    (``sample()``, which the caller spreads over a calibration as it does ``TensorIO``'s: one
+    window drew a GEMM slowdown anywhere in 0.7-25% on this project's VM, the replays' 0-7%);
+    ``figures()`` is, per direction, the median alone times and the median of the rounds' own
+    ratios, so a neighbour's burst that hits one round's both sides costs one ratio."""
+
+    def __init__(self, backend: Backend, folder: Path, mode: Mode, shape: tuple[int, int, int],
+                 dtype: str, repeats: int, file_bytes: int):
+        self.backend, self.mode, self.shape, self.dtype, self.repeats = backend, mode, shape, dtype, repeats
+        self.path = write_file(folder, mode, file_bytes, "overlap.bin")
+        self.samples: dict[str, list[tuple[float, float, float, float]]] = {"read": [], "write": []}
+
+    def sample(self) -> None:
+        for direction, out in self.samples.items():
+            out.append(gemm_under_copy(self.backend, self.path, self.mode, self.shape, self.dtype,
+                                       self.repeats, direction))
+
+    def figures(self) -> dict:
+        med = statistics.median
+        doc: dict = {"gemm": f"{'x'.join(map(str, self.shape))} {self.dtype}",
+                     "samples": len(self.samples["read"])}
+        for direction, s in self.samples.items():
+            alone, copy_alone = med(x[0] for x in s), med(x[2] for x in s)
+            doc[direction] = {"gemm_alone_s": alone,
+                              "gemm_with_copy_s": alone * med(x[1] / x[0] for x in s),
+                              "copy_alone_Bps": copy_alone,
+                              "copy_with_compute_Bps": copy_alone * med(x[3] / x[2] for x in s)}
+        return doc
+
+
 def gemm_under_copy(backend: Backend, path: Path, mode: Mode, shape: tuple[int, int, int],
-                    dtype: str, repeats: int, direction: str = "read",
-                    rounds: int = 5) -> tuple[float, float, float, float]:
+                    dtype: str, repeats: int, direction: str = "read") -> tuple[float, float, float, float]:
     """(GEMM s alone, GEMM s while a thread streams disk reads or writes, copy B/s alone, copy B/s
-    while the GEMM runs): what overlapping a copy with compute costs each side on this machine.
-    Both copy rates come from the same loop over the same time, so their ratio is a like-for-like
-    measure of the interference, whatever the disk's absolute speed that minute."""
+    while the GEMM runs), one round of each: what overlapping a copy with compute costs each side
+    on this machine. Both copy rates come from the same loop over the same time, so their ratio
+    is a like-for-like measure of the interference, whatever the disk's absolute speed that
+    minute; so do both GEMM times (timed in the same round, not once up front: that put the
+    slowdown at 0.9-15.6% from one calibration to the next on this project's VM)."""
     torch = backend.torch
     m, k, n = shape
     a = torch.ones(m, k, dtype=torch_dtype(dtype), device=backend.device)
@@ -362,40 +394,31 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, shape: tuple[int, 
         return (alone, *_gemm_under_pinned_copy(backend, fn, repeats))
     volume = min(os.path.getsize(path), 256 << 20)
     span = max(alone * repeats, 0.25)
-    alone_times: list[float] = []
-    times: list[float] = []
 
     def gemms(into: list[float]) -> Callable[[], None]:
         def run() -> None:  # as many GEMMs as fill the span: the copy loop runs as long as alone
-            t0, n0 = _now(), len(into)
-            while _now() - t0 < span or len(into) - n0 < repeats:
+            t0 = _now()
+            while _now() - t0 < span or len(into) < repeats:
                 into.append(backend.time(fn))
         return run
 
-    alone_rates, loaded_rates, slowdowns, copy_ratios = [], [], [], []
-    buf = _touched(REQUEST)  # one buffer for both sides: a like-for-like ratio
-    # GEMMs alone, the copy alone, then both, round after round, and each ratio the median of the
-    # rounds' own: a neighbour's burst or a slow minute hits one round's both sides alike, and
-    # costs one ratio of five. (The GEMM alone timed once up front put the slowdown at 0.9-15.6%
-    # from one calibration to the next on this project's VM.)
-    for r in range(rounds + 1):
-        if r == 1:  # the first round is a warm-up: beside the copy its GEMMs ran 12-15% slower
-            # than in any later round on this project's VM (1.00-1.03), and a calibration that
-            # sampled first rounds put copy_slowdown at 10-19% where the replays showed ~1%
-            for samples in (alone_times, times, alone_rates, loaded_rates, slowdowns, copy_ratios):
-                samples.clear()
-        alone_n, loaded_n = len(alone_times), len(times)
+    def one_round() -> tuple[float, float, float, float]:
+        """GEMMs alone, the copy alone, then both."""
+        alone_times: list[float] = []
+        times: list[float] = []
         gemms(alone_times)()
-        alone_rates.append(_copy_rate(path, mode, volume, direction, lambda: _sleep(span), buf))
-        loaded_rates.append(_copy_rate(path, mode, volume, direction, gemms(times), buf))
-        slowdowns.append(statistics.median(times[loaded_n:]) / statistics.median(alone_times[alone_n:]))
-        copy_ratios.append(loaded_rates[-1] / alone_rates[-1])
+        copy_alone = _copy_rate(path, mode, volume, direction, lambda: _sleep(span), buf)
+        copy_loaded = _copy_rate(path, mode, volume, direction, gemms(times), buf)
+        return statistics.median(alone_times), statistics.median(times), copy_alone, copy_loaded
+
+    buf = _touched(REQUEST)  # one buffer for both sides: a like-for-like ratio
+    # the first round is a warm-up: beside the copy its GEMMs ran 12-15% slower than in any later
+    # round on this project's VM (1.00-1.03), and a calibration that sampled first rounds put
+    # copy_slowdown at 10-19% where the replays showed ~1%
+    one_round()
+    timed = one_round()
     buf.close()
-    alone, copy_alone = statistics.median(alone_times), statistics.median(alone_rates)
-    # (GEMM s alone, GEMM s alone x the median round's slowdown, copy B/s alone, the same x the
-    # median round's with-compute / alone ratio)
-    return (alone, alone * statistics.median(slowdowns), copy_alone,
-            copy_alone * statistics.median(copy_ratios))
+    return timed
 
 
 def _copy_rate(path: Path, mode: Mode, volume: int, direction: str, during, buf) -> float:

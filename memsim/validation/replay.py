@@ -196,7 +196,7 @@ class _Runner:
         self.system, self.prog = system, prog
         # per op: (tensor, writer, fraction, {source tier: bytes}, writer in this segment)
         self.fetch, self.ahead, self.drain = schedule.fetch, schedule.ahead, schedule.drain
-        self.ring, self.drained_by = schedule.ring, schedule.drained_by  # (engine._layer_window)
+        self.ring, self.ring_hold = schedule.ring, schedule.ring_hold  # (engine._layer_window)
         self.backend, self.torch = backend, backend.torch
         self.fast = prog.fast
         units = {op.unit for op in prog.ops}
@@ -280,7 +280,7 @@ class _Runner:
             self._reap(block=False)
         t0 = time.perf_counter_ns()
         self._reap(block=True)  # the step ends when the last write-back has landed
-        for st, _jobs in self.wb_held.pop(-1, ()):  # the ring's tail: every write has landed
+        for st in self.wb_held.pop(-1, ()):  # the ring's tail: every write has landed
             self._release(st)
         self.wait_s += (time.perf_counter_ns() - t0) / 1e9
         end = self._mark()
@@ -308,7 +308,7 @@ class _Runner:
                            if info.birth is None for tier in info.home}
         self.writes: list[Job] = []
         self.seg_wb: dict[int, list[Job]] = {}  # write-backs issued per segment
-        self.wb_held: dict[int, list[tuple[_Stage, list[Job]]]] = {}  # the ring's, by segment
+        self.wb_held: dict[int, list[_Stage]] = {}  # the ring's, by engine.ring_hold key
         self.extent: dict[tuple[str, str], int] = {}  # (kv tensor, tier) → bytes appended so far
         self.issued = -1
         self.op_times: list[tuple] = []
@@ -323,7 +323,7 @@ class _Runner:
                 wait(job, self.torch if self.backend.is_cuda else None)
         self.wait_s += (time.perf_counter_ns() - t0) / 1e9
         for d in self.drain[s]:
-            for st, _jobs in self.wb_held.pop(d, ()):
+            for st in self.wb_held.pop(d, ()):
                 self._release(st)
 
     def _start_segment(self, s: int) -> None:
@@ -446,11 +446,9 @@ class _Runner:
                 job.ready = self.torch.cuda.Event()
                 job.ready.record()
             jobs.append(job)
-        by = self.drained_by[op.seg]
-        if st is not None and self.ring and (by is None or not self.seg_started[by]):
-            # the ring's working copy is given back where a later segment drains it (or at the
-            # step's end), as the simulator gives it back (engine._writeback)
-            self.wb_held.setdefault(op.seg if by is not None else -1, []).append((st, jobs))
+        hold = self.ring_hold(op.seg, self.seg_started) if st is not None else None
+        if hold is not None:  # the ring's working copy, given back as the simulator gives it back
+            self.wb_held.setdefault(hold, []).append(st)
         elif st is not None:  # the working copy is given back when every write of it has landed
             left = [len(jobs)]
 
