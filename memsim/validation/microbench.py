@@ -376,7 +376,8 @@ class Overlap:
 
 
 def gemm_under_copy(backend: Backend, path: Path, mode: Mode, shape: tuple[int, int, int],
-                    dtype: str, repeats: int, direction: str = "read") -> tuple[float, float, float, float]:
+                    dtype: str, repeats: int, direction: str = "read",
+                    warm_up: bool = True) -> tuple[float, float, float, float]:
     """(GEMM s alone, GEMM s while a thread streams disk reads or writes, copy B/s alone, copy B/s
     while the GEMM runs), one round of each: what overlapping a copy with compute costs each side
     on this machine. Both copy rates come from the same loop over the same time, so their ratio
@@ -412,10 +413,11 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, shape: tuple[int, 
         return statistics.median(alone_times), statistics.median(times), copy_alone, copy_loaded
 
     buf = _touched(REQUEST)  # one buffer for both sides: a like-for-like ratio
-    # the first round is a warm-up: beside the copy its GEMMs ran 12-15% slower than in any later
-    # round on this project's VM (1.00-1.03), and a calibration that sampled first rounds put
-    # copy_slowdown at 10-19% where the replays showed ~1%
-    one_round()
+    # the first round is a warm-up: beside the copy its GEMMs ran up to 17% slower than after one
+    # on this project's VM (1.00-1.04; bench/bench_calibration_effects.py), and a calibration
+    # that sampled first rounds put copy_slowdown at 10-19% where the replays showed ~1%
+    if warm_up:
+        one_round()
     timed = one_round()
     buf.close()
     return timed
