@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TextIO
 
 import typer
+import typer.exceptions
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -38,7 +41,43 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 def emit_json(doc: Any) -> None:
     """The one JSON document of a --json run: sorted keys, so output is byte-for-byte stable."""
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    stream = _json_stream or sys.stdout
+    stream.write(json.dumps(doc, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    stream.flush()
+
+
+_json_stream: TextIO | None = None
+
+
+@contextmanager
+def _stdout_reserved_for_json() -> Iterator[None]:
+    """While a --json command runs, file descriptor 1 points at stderr and only ``emit_json``
+    writes to the real stdout: whatever a dependency prints (a C library writes to fd 1, past
+    Python's ``sys.stdout``) lands on stderr instead of corrupting the document."""
+    global _json_stream
+    if not _is_fd1(sys.stdout):  # an in-process runner captured sys.stdout: write the document there
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    _json_stream = open(saved, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 (closed below)
+    try:
+        yield
+    finally:
+        _json_stream.flush()
+        _json_stream.close()
+        _json_stream = None
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _is_fd1(stream: TextIO) -> bool:
+    try:
+        return stream.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # io.StringIO and friends have no descriptor
+        return False
 
 
 def _jsonable(value: Any) -> Any:
@@ -52,19 +91,19 @@ def _jsonable(value: Any) -> Any:
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn memsim's own exceptions into exit codes 2 and 3 with a readable message."""
+    """Turn memsim's own exceptions into exit codes 2 and 3 with a readable message; under
+    --json the message is a JSON document too, so a script always has one to parse."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         as_json = bool(kwargs.get("as_json"))
         try:
-            return fn(*args, **kwargs)
+            if not as_json:
+                return fn(*args, **kwargs)
+            with _stdout_reserved_for_json():
+                return _run_for_json(fn, *args, **kwargs)
         except Infeasible as exc:
-            if as_json:
-                emit_json({"feasible": False, "diagnosis": exc.diagnosis.to_dict(),
-                           **getattr(exc, "payload", {})})
-            else:
-                render_diagnosis(exc.diagnosis)
+            render_diagnosis(exc.diagnosis)
             raise typer.Exit(3) from None
         except SpecError as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
@@ -77,6 +116,31 @@ def handle_errors(fn: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _run_for_json(fn: Callable, *args, **kwargs):
+    """Run a --json command; memsim's errors become the document, then go on to the human
+    handler (the same line on stderr, the same exit code)."""
+    try:
+        return fn(*args, **kwargs)
+    except Infeasible as exc:
+        emit_json({"feasible": False, "exit_code": 3, "error": str(exc),
+                   "diagnosis": exc.diagnosis.to_dict(), **getattr(exc, "payload", {})})
+        raise
+    except SpecError as exc:
+        emit_json(error_document(str(exc), 2, file=exc.file, key=exc.key))
+        raise
+    except MemsimError as exc:
+        emit_json(error_document(str(exc), exc.exit_code))
+        raise
+    except KeyboardInterrupt:
+        emit_json(error_document("interrupted", 130))
+        raise
+
+
+def error_document(message: str, exit_code: int, file: str | None = None, key: str | None = None) -> dict:
+    """What a --json run prints when it fails: the same message as the human line, and where."""
+    return {"error": message, "exit_code": exit_code, "file": file, "key": key}
 
 
 def render_diagnosis(diagnosis) -> None:
@@ -717,8 +781,22 @@ def reproduce_cmd(
     out.print(f"wrote {output}")
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main() -> None:
+    """The console entry point. Under --json a usage error (an unknown option, a missing
+    argument), which click reports before any command runs, is a JSON document too."""
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    try:
+        code = app(standalone_mode=False)
+    except typer.exceptions.TyperException as exc:  # click's usage errors, as typer vendors them
+        emit_json(error_document(exc.format_message(), exc.exit_code))
+        err.print(f"[bold red]error:[/] {escape(exc.format_message())}", highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        emit_json(error_document("interrupted", 130))
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,7 @@
 """Bad hardware input through the CLI: exit code 2, one message naming the file and the key, no traceback."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -125,7 +127,10 @@ def test_bad_set_exits_2(override, needles):
     _assert_bad(result, message, *needles)
 
 
-def test_bad_input_with_json_prints_nothing_on_stdout(tmp_path):
+def test_bad_input_with_json_is_an_error_document(tmp_path):
     path = _write(tmp_path, "bad.yaml", CASES["unknown_key"][0])
     result = runner.invoke(app, ["hardware", "show", path, "--json"])
-    assert result.exit_code == 2 and result.stdout == ""
+    assert result.exit_code == 2
+    assert json.loads(result.stdout) == {
+        "error": f"{path}: tiers.hbm.capacty: unknown key 'capacty' (did you mean 'capacity'?)",
+        "exit_code": 2, "file": path, "key": "tiers.hbm.capacty"}

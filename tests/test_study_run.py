@@ -24,8 +24,9 @@ inference: {batch_size: 1, prompt_len: 128, gen_len: 4, dtype: fp16}
 def study_file(folder: Path, axes: str, run: str = "simulate", extra: str = "") -> Path:
     (folder / "tiny.yaml").write_text(WORKLOAD)
     path = folder / "study.yaml"
+    planner = ", planner: mip, time_limit: 2" if run == "plan" else ""  # simulate: all resident
     path.write_text(f"name: tiny\nrun: {run}\n"
-                    "base: {hardware: h100-sxm, workload: tiny.yaml, planner: mip, time_limit: 2}\n"
+                    f"base: {{hardware: h100-sxm, workload: tiny.yaml{planner}}}\n"
                     f"axes:\n{axes}"
                     "metrics: [feasible, step_time_s, tokens_per_s, peak_bytes.hbm]\n" + extra)
     return path

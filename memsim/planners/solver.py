@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pulp
@@ -21,9 +25,32 @@ class SolveInfo:
         return self.status in ("optimal", "feasible")
 
 
+@contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """Point file descriptor 1 at /dev/null: HiGHS's C++ constructor prints its banner there
+    before any option (``output_flag``) can be set, and ``--json`` owns stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+class _QuietHiGHS(pulp.HiGHS):
+    """pulp's HiGHS interface with the model built silently (``msg=False`` alone is too late)."""
+
+    def createAndConfigureSolver(self, lp):  # pulp's method name
+        with _stdout_silenced():
+            super().createAndConfigureSolver(lp)
+
+
 def _highs(time_limit: float, gap: float) -> pulp.LpSolver | None:
     try:
-        solver = pulp.HiGHS(msg=False, timeLimit=max(time_limit, 0.01), gapRel=gap, threads=1)
+        solver = _QuietHiGHS(msg=False, timeLimit=max(time_limit, 0.01), gapRel=gap, threads=1)
         return solver if solver.available() else None
     except Exception:  # pulp raises a bare error when highspy is missing
         return None

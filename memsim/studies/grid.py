@@ -27,7 +27,7 @@ class PointInputs:
     run: str
     hardware: str
     workload: str
-    planner: str
+    planner: str | None  # None: a ``run: simulate`` point with every byte resident
     time_limit: float
     overrides: tuple[str, ...] = ()
 
@@ -104,6 +104,15 @@ def planner_ref(name: str, folder: Path) -> str:
     return name
 
 
+def _planner(study: Study, base: dict[str, Any], folder: Path) -> str | None:
+    """The planner a point runs: ``run: simulate`` simulates everything resident unless the study
+    names a planner (in ``base`` or as an axis), as ``memsim simulate`` does without ``--planner``."""
+    named = "planner" in study.base.model_fields_set or "planner" in study.axis_keys()
+    if study.run == "simulate" and not named:
+        return None
+    return planner_ref(str(base["planner"]), folder)
+
+
 def _inputs(study: Study, coords: dict[str, Scalar], labels: set[str]) -> PointInputs:
     base: dict[str, Any] = {k: getattr(study.base, k) for k in BASE_KEYS}
     overrides = list(study.base.set)
@@ -118,6 +127,6 @@ def _inputs(study: Study, coords: dict[str, Scalar], labels: set[str]) -> PointI
     return PointInputs(run=study.run,
                        hardware=resolve_near(str(base["hardware"]), "hardware", folder),
                        workload=resolve_near(str(base["workload"]), "workloads", folder),
-                       planner=planner_ref(str(base["planner"]), folder),
+                       planner=_planner(study, base, folder),
                        time_limit=float(base["time_limit"]),
                        overrides=tuple(overrides))

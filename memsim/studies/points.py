@@ -42,7 +42,8 @@ def _plan_point(inputs: dict) -> dict:
 def _simulate_point(inputs: dict) -> dict:
     from memsim.sim.case import simulate_case
 
-    return simulate_case(inputs["hardware"], inputs["workload"], overrides=list(inputs["overrides"]))[1]
+    return simulate_case(inputs["hardware"], inputs["workload"], planner=inputs["planner"],
+                         overrides=list(inputs["overrides"]))[1]
 
 
 POINT_FUNCTIONS: dict[str, PointFn] = {"plan": _plan_point, "simulate": _simulate_point}
@@ -116,7 +117,7 @@ def point_hash(inputs: dict, version: str) -> str:
         "overrides": list(inputs["overrides"]),
         "hardware": _spec_content(inputs["hardware"], "hardware"),
         "workload": _spec_content(inputs["workload"], "workloads"),
-        "planner": _spec_content(inputs["planner"], "planners"),
+        "planner": None if inputs["planner"] is None else _spec_content(inputs["planner"], "planners"),
     }
     return hashlib.sha256(_canonical(payload).encode()).hexdigest()[:20]
 

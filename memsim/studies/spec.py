@@ -183,7 +183,8 @@ class Study(StudySpec):
     description: str = Field("", description="the question the study answers")
     run: Literal["plan", "simulate"] = Field(
         "plan", description="plan: plan_case (planner + simulation); simulate: simulate the workload "
-                            "with every byte resident on the compute tier")
+                            "with every byte resident on the compute tier, or with base.planner's "
+                            "plan when the study names one (as memsim simulate --planner)")
     base: Base = Field(description="the case every point starts from")
     axes: list[Axis] = Field(default_factory=list, description="keys to vary; points are their product")
     filters: list[str] = Field(default_factory=list,
