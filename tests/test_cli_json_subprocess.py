@@ -119,7 +119,8 @@ def test_a_simulate_study_runs_the_planner_it_names(tmp_path: Path):
     assert code == 0, stderr
     resident = memsim("study", str(_tiny_study(tmp_path)), "-o", str(tmp_path / "res"), "-j", "1")[1]
     assert [r["status"] for r in run["rows"]] == ["ok", "ok"]
-    assert all(a["step_time_s"] > b["step_time_s"] for a, b in zip(run["rows"], resident["rows"]))
+    pairs = zip(run["rows"], resident["rows"], strict=True)
+    assert all(offload["step_time_s"] > local["step_time_s"] for offload, local in pairs)
 
 
 def test_bad_input_is_a_document_with_exit_2():
