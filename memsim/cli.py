@@ -325,7 +325,10 @@ def trace_cmd(
         raise SpecError("memsim trace needs torch: pip install torch==2.13.0 (CPU build)") from None
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from memsim.outpaths import check_output_file
     from memsim.workloads.torch_trace import summary, trace_factory
+
+    check_output_file(output, "-o")
 
     bar = Progress(SpinnerColumn(), TextColumn("[bold]tracing {task.description}: {task.completed} ops"),
                    TimeElapsedColumn(), console=err, transient=True, disable=as_json)
@@ -380,8 +383,12 @@ def plan_cmd(
     """Plan where every byte lives (MIP or a named baseline), simulate it and the baselines."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from memsim.outpaths import check_output_file
     from memsim.planners import plan_case
 
+    check_output_file(output, "-o")
+    if not time_limit > 0 or time_limit == float("inf"):
+        raise SpecError(f"expected a positive number of seconds, got {time_limit}", key="--time-limit")
     bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
                    console=err, transient=True, disable=as_json)
     task = bar.add_task("loading", total=None)
@@ -485,6 +492,9 @@ def simulate_cmd(
 
     if plan and planner:
         raise SpecError("give --plan or --planner, not both", key="--plan")
+    from memsim.outpaths import check_output_file
+
+    check_output_file(timeline, "--timeline")
     bar = Progress(SpinnerColumn(), TextColumn("[bold]simulating"), TimeElapsedColumn(),
                    console=err, transient=True, disable=as_json)
     with bar:
@@ -675,8 +685,10 @@ def study_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a what-if study: every point of its axes, then results.csv, plots and report.md."""
+    from memsim.outpaths import check_output_folder
     from memsim.studies import load_study, run_study
 
+    check_output_folder(output, "-o")
     spec = load_study(study, overrides or ())
     if dry_run:
         _study_dry_run(spec, output, as_json)

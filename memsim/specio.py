@@ -106,7 +106,8 @@ def load_mapping(path: Path, family: str, _seen: tuple[Path, ...] = ()) -> dict:
     try:
         parent_path = relative if relative.is_file() else resolve(parent, family)
     except SpecError as exc:
-        raise SpecError(exc.message, file=str(path), key="extends") from None
+        missing = f" ({exc.file})" if exc.file else ""
+        raise SpecError(f"{exc.message}{missing}", file=str(path), key="extends") from None
     if parent_path.resolve() in _seen:
         raise SpecError(f"extends forms a cycle through {parent_path}", file=str(path), key="extends")
     base = load_mapping(parent_path, family, (*_seen, path.resolve()))
@@ -136,22 +137,34 @@ def apply_overrides(data: dict, assignments: Iterable[str], file: str) -> dict:
         parts, value = parse_assignment(text)
         node: Any = out
         for depth, part in enumerate(parts[:-1]):
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            if isinstance(node, list) and part.isdigit():
+                _check_index(text, parts[:depth + 1], node)
                 node = node[int(part)]
                 continue
             if not isinstance(node, dict):
-                raise SpecError(f"--set {text}: {'.'.join(parts[:depth])} is not a mapping", file=file)
+                raise SpecError(f"--set {text}: {'.'.join(parts[:depth])} is not a mapping", file="--set",
+                                key=".".join(parts[:depth]))
             if part not in node:
                 node[part] = {}
             node = node[part]
         leaf = parts[-1]
-        if isinstance(node, list) and leaf.isdigit() and int(leaf) < len(node):
+        if isinstance(node, list) and leaf.isdigit():
+            _check_index(text, parts, node)
             node[int(leaf)] = value
         elif isinstance(node, dict):
             node[leaf] = value
         else:
-            raise SpecError(f"--set {text}: {'.'.join(parts[:-1])} is not a mapping", file=file)
+            raise SpecError(f"--set {text}: {'.'.join(parts[:-1])} is not a mapping", file="--set",
+                            key=".".join(parts[:-1]))
     return out
+
+
+def _check_index(text: str, parts: list[str], node: list) -> None:
+    """A list index past the end is its own mistake (not "is not a mapping")."""
+    if int(parts[-1]) >= len(node):
+        where = ".".join(parts[:-1])
+        raise SpecError(f"index {parts[-1]} is out of range: {where} has {len(node)} entries "
+                        f"(0..{len(node) - 1})", file="--set", key=".".join(parts))
 
 
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -209,5 +222,19 @@ def load_spec(model: type[M], name_or_path: str | Path, family: str,
               overrides: Iterable[str] = ()) -> M:
     """Resolve, read (following extends), override, validate: the one way specs come in."""
     path = resolve(name_or_path, family)
+    overrides = list(overrides)
     data = apply_overrides(load_mapping(path, family), overrides, str(path))
-    return validate(model, data, str(path))
+    return validate_overridden(model, data, str(path), overrides)
+
+
+def validate_overridden(model: type[M], data: Any, file: str, overrides: Iterable[str]) -> M:
+    """:func:`validate`, but a bad value the user gave with ``--set`` is named as the flag's
+    mistake (``--set: training.seq_len: ...``), not the packaged file's."""
+    try:
+        return validate(model, data, file)
+    except SpecError as exc:
+        keys = [".".join(parse_assignment(text)[0]) for text in overrides]
+        if exc.key and any(exc.key == k or exc.key.startswith(k + ".") or k.startswith(exc.key + ".")
+                           for k in keys):
+            raise SpecError(exc.message, file="--set", key=exc.key) from None
+        raise

@@ -116,8 +116,8 @@ def test_missing_file():
 
 
 @pytest.mark.parametrize(("override", "needles"), [
-    ("tiers.hbm.capacty=40GiB", ["h100-sxm.yaml", "tiers.hbm.capacty", "did you mean 'capacity'?"]),
-    ("hardware.tiers.hbm.capacity=lots", ["h100-sxm.yaml", "tiers.hbm.capacity", "'lots'"]),
+    ("tiers.hbm.capacty=40GiB", ["--set", "tiers.hbm.capacty", "did you mean 'capacity'?"]),
+    ("hardware.tiers.hbm.capacity=lots", ["--set", "tiers.hbm.capacity", "'lots'"]),
     ("tiers.hbm.capacity=0", ["tiers.hbm.capacity", "greater than 0"]),
     ("tiers.hbm.capacity", ["--set expects key.path=value"]),
     ("name.first=x", ["--set name.first=x", "name is not a mapping"]),

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from memsim.errors import SpecError
-from memsim.specio import apply_overrides, catalog_names, load_mapping, resolve, validate
+from memsim.specio import apply_overrides, catalog_names, load_mapping, resolve, validate_overridden
 from memsim.workloads.imports import apply_deepspeed, apply_vllm, relative
 from memsim.workloads.models import Architecture, list_models, load_model
 from memsim.workloads.spec import Workload
@@ -30,7 +30,7 @@ def load_workload(name_or_path: str | Path | Workload, overrides: Iterable[str] 
     path = resolve(name_or_path, "workloads")
     data = apply_overrides(load_mapping(path, "workloads"), mine, str(path))
     data = apply_vllm(apply_deepspeed(data, path), path)
-    workload = validate(Workload, data, str(path))
+    workload = validate_overridden(Workload, data, str(path), mine)
     workload._source = str(path)
     arch = workload_architecture(workload)
     if workload.training is not None and workload.training.lora is not None:

@@ -183,6 +183,17 @@ def _load(path: Path) -> Architecture:
     return parse_config(config, name=path.stem, file=str(path))
 
 
+# Sane upper bounds, checked before anything is built: the trace, the simulator and the MIP all
+# grow with the layer count (100,000 layers kept plan busy for minutes; 1e30 never finished). The
+# deepest published decoders have 126 layers (Llama-3.1-405B) and 118 (PaLM-540B); the widest
+# vocabularies ~256k (Gemma) and contexts ~10M tokens (Llama 4 Scout).
+MAX_LAYERS = 4096
+MAX_DIM = 1 << 24
+_BOUND_WHY = {MAX_LAYERS: "the deepest published decoders have ~126 layers; every layer is planned "
+                          "and simulated one by one",
+              MAX_DIM: "2^24; published models stay below ~10M tokens or features"}
+
+
 def parse_config(config: dict, *, name: str, file: str | None = None) -> Architecture:
     """Map one HF config onto an Architecture; a missing or inconsistent key is a SpecError."""
     family = config.get("model_type")
@@ -196,6 +207,10 @@ def parse_config(config: dict, *, name: str, file: str | None = None) -> Archite
             raise SpecError("required key is missing", file=file, key=key)
         if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise SpecError(f"expected a positive integer, got {value!r}", file=file, key=key)
+        bound = MAX_LAYERS if key in ("num_hidden_layers", "n_layer") else MAX_DIM
+        if kind is int and value > bound:
+            raise SpecError(f"{value:,} is above memsim's bound of {bound:,} ({_BOUND_WHY[bound]})",
+                            file=file, key=key)
         return value
 
     if family == "gpt2":

@@ -13,6 +13,11 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from memsim.hardware.spec import Spec
 
+# Upper bound on any token count or batch (2^24 = 16.7M): published context windows stop near 10M
+# tokens (Llama 4 Scout). Beyond it the sizes overflow what the MIP solver can represent (an
+# IndexError inside pulp for seq_len 1e20), so it is an input error, said up front.
+MAX_TOKENS = 1 << 24
+
 Precision = Literal["fp32", "bf16", "fp16"]
 Optimizer = Literal["adam", "adamw", "sgd", "adam8bit"]
 OffloadDevice = Literal["none", "cpu", "nvme"]
@@ -37,15 +42,16 @@ class Offload(Spec):
 class Training(Spec):
     """One training step: grad_accum micro-batches forward and backward, then the optimizer."""
 
-    micro_batch: int = Field(1, ge=1, description="sequences per micro-batch per device")
-    seq_len: int = Field(2048, ge=1, description="tokens per sequence")
+    micro_batch: int = Field(1, ge=1, le=MAX_TOKENS, description="sequences per micro-batch per device")
+    seq_len: int = Field(2048, ge=1, le=MAX_TOKENS, description="tokens per sequence")
     precision: Precision = Field("bf16", description=(
         "fp32, or bf16/fp16 mixed precision with fp32 master weights"))
     optimizer: Optimizer = Field("adamw", description="adam/adamw (fp32 m and v), sgd (momentum), adam8bit")
     zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage: 1 shards optimizer states, 2 also "
                                                        "gradients, 3 also parameters")
-    data_parallel: int = Field(1, ge=1, description="data-parallel degree Nd (ranks sharing the ZeRO shards)")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    data_parallel: int = Field(1, ge=1, le=MAX_TOKENS,
+                               description="data-parallel degree Nd (ranks sharing the ZeRO shards)")
+    grad_accum: int = Field(1, ge=1, le=MAX_TOKENS, description="micro-batches per optimizer step")
     flash_attention: bool = Field(True, description="fused attention: no a·s² score matrices are kept")
     lora: LoRA | None = Field(None, description="LoRA adapters; base weights frozen")
     offload: Offload = Field(default_factory=Offload, description="DeepSpeed offload hints")
@@ -56,9 +62,9 @@ class Training(Spec):
 class Inference(Spec):
     """Offline generation: prefill the prompt, then decode gen_len tokens for a batch."""
 
-    batch_size: int = Field(1, ge=1, description="sequences generated together")
-    prompt_len: int = Field(512, ge=1, description="prompt tokens per sequence")
-    gen_len: int = Field(32, ge=1, description="generated tokens per sequence")
+    batch_size: int = Field(1, ge=1, le=MAX_TOKENS, description="sequences generated together")
+    prompt_len: int = Field(512, ge=1, le=MAX_TOKENS, description="prompt tokens per sequence")
+    gen_len: int = Field(32, ge=1, le=MAX_TOKENS, description="generated tokens per sequence")
     kv_bits: Literal[16, 8, 4, 2] = Field(16, description=(
         "bits per KV-cache element (KIVI-style quantisation)"))
     dtype: Precision = Field("fp16", description="weights and activations dtype")

@@ -1,0 +1,84 @@
+"""A new user's mistakes, run as ``python -m memsim`` subprocesses: each exits 2 with one line
+naming the flag, file or key, never a traceback (issue 19's tracebacks and silent acceptances)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "memsim" / "data" / "workloads" / "models"
+
+
+def memsim(*args: str, cwd: Path | None = None) -> tuple[int, dict]:
+    """Run ``python -m memsim ARGS --json``; the exit code and the one JSON document on stdout."""
+    env = {**os.environ, "COLUMNS": "80"}
+    proc = subprocess.run([sys.executable, "-m", "memsim", *args, "--json"], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return proc.returncode, json.loads(proc.stdout)
+
+
+PLAN = ["plan", "-H", "h100-sxm", "-w", "llama2-7b-train"]
+
+
+def test_output_into_missing_folder(tmp_path: Path) -> None:
+    code, doc = memsim(*PLAN, "-o", str(tmp_path / "missing" / "plan.yaml"))
+    assert code == 2 and doc["key"] == "-o" and "missing" in doc["error"]
+
+
+def test_output_onto_directory(tmp_path: Path) -> None:
+    code, doc = memsim(*PLAN, "-o", str(tmp_path))
+    assert code == 2 and doc["key"] == "-o" and "is a directory" in doc["error"]
+
+
+def test_timeline_below_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    code, doc = memsim("simulate", "-H", "h100-sxm", "-w", "llama2-7b-train",
+                       "--timeline", str(tmp_path / "f" / "t.json"))
+    assert code == 2 and doc["key"] == "--timeline"
+
+
+def test_study_output_onto_existing_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    code, doc = memsim("study", "memory-wall-trend", "--dry-run", "-o", str(tmp_path / "f"))
+    assert code == 2 and doc["key"] == "-o" and "existing file" in doc["error"]
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "nan"])
+def test_time_limit_must_be_positive(limit: str) -> None:
+    code, doc = memsim(*PLAN, "--time-limit", limit)
+    assert code == 2 and doc["key"] == "--time-limit"
+
+
+def test_huge_seq_len_names_the_flag() -> None:
+    code, doc = memsim(*PLAN, "--set", "training.seq_len=99999999999999999999")
+    assert code == 2 and doc["file"] == "--set" and doc["key"] == "training.seq_len"
+    assert "16777216" in doc["error"]
+
+
+@pytest.mark.parametrize("layers", [100_000, 10**30])
+def test_absurd_layer_count_is_refused_up_front(tmp_path: Path, layers: int) -> None:
+    config = json.loads((MODELS / "llama-2-7b.json").read_text())
+    config["num_hidden_layers"] = layers
+    (tmp_path / "deep.json").write_text(json.dumps(config))
+    (tmp_path / "deep.yaml").write_text("extends: llama2-7b-train\nmodel: deep.json\n")
+    code, doc = memsim("workload", "show", str(tmp_path / "deep.yaml"))
+    assert code == 2 and doc["key"] == "num_hidden_layers" and "4,096" in doc["error"]
+
+
+def test_set_index_out_of_range_says_so() -> None:
+    code, doc = memsim("hardware", "show", "h100-sxm", "--set", "links.9.efficiency=0.5")
+    assert code == 2 and doc["file"] == "--set" and "out of range" in doc["error"]
+    assert "not a mapping" not in doc["error"]
+
+
+def test_missing_extends_parent_is_named(tmp_path: Path) -> None:
+    (tmp_path / "w.yaml").write_text("extends: nope/parent.yaml\n")
+    code, doc = memsim("workload", "show", str(tmp_path / "w.yaml"))
+    assert code == 2 and doc["key"] == "extends" and "nope/parent.yaml" in doc["error"]
