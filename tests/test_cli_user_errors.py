@@ -82,3 +82,40 @@ def test_missing_extends_parent_is_named(tmp_path: Path) -> None:
     (tmp_path / "w.yaml").write_text("extends: nope/parent.yaml\n")
     code, doc = memsim("workload", "show", str(tmp_path / "w.yaml"))
     assert code == 2 and doc["key"] == "extends" and "nope/parent.yaml" in doc["error"]
+
+
+@pytest.fixture(scope="module")
+def saved_plan(tmp_path_factory) -> dict:
+    """A real plan for llama2-7b-train, written by ``memsim plan -o``."""
+    import yaml
+
+    path = tmp_path_factory.mktemp("plan") / "plan.yaml"
+    code, _ = memsim(*PLAN, "-o", str(path))
+    assert code == 0
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    ({"layer_policy": {500: "keep"}}, "layer_policy.500"),
+    ({"prefetch_depth": -2}, "prefetch_depth"),
+    ({"version": 7}, "version"),
+])
+def test_bad_plan_file_is_refused(tmp_path: Path, saved_plan: dict, change: dict, key: str) -> None:
+    import yaml
+
+    data = {**saved_plan, **change}
+    if "layer_policy" in change:
+        data["layer_policy"] = {**saved_plan["layer_policy"], **change["layer_policy"]}
+    path = tmp_path / "bad-plan.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, doc = memsim("simulate", "-H", "h100-sxm", "-w", "llama2-7b-train", "--plan", str(path))
+    assert code == 2 and doc["key"] == key and doc["file"] == str(path)
+
+
+@pytest.mark.parametrize("length", ["0", "-5"])
+def test_request_csv_with_non_positive_length(tmp_path: Path, length: str) -> None:
+    (tmp_path / "r.csv").write_text(f"arrival_s,prompt_len,output_len\n0.0,128,16\n0.5,{length},16\n")
+    (tmp_path / "w.yaml").write_text("extends: llama3-8b-serve-csv\nserving:\n  arrival: {csv: r.csv}\n"
+                                     "  num_requests: 2\n")
+    code, doc = memsim("workload", "show", str(tmp_path / "w.yaml"))
+    assert code == 2 and doc["key"] == "prompt_len" and "line 3" in doc["error"]

@@ -108,6 +108,14 @@ class Plan:
             counts[self.policy(layer)] += 1
         return counts
 
+    def check_layers(self, layers: int, file: str = "plan") -> None:
+        """Refuse ``layer_policy`` entries for layers the workload does not have (they would be
+        silently ignored, and the user believe they applied)."""
+        for layer in sorted(self.layer_policy):
+            if not 0 <= layer < layers:
+                raise SpecError(f"layer {layer} does not exist: the workload has layers 0..{layers - 1}",
+                                file=file, key=f"layer_policy.{layer}")
+
     def check(self, tiers: set[str] | list[str], file: str = "plan") -> None:
         """Refuse a plan that names unknown tiers or whose fractions do not sum to 1."""
         tiers = set(tiers)
@@ -153,11 +161,22 @@ class Plan:
             data["planner"] = PlannerInfo(**data.get("planner") or {})
             data["layer_policy"] = {int(k): v for k, v in (data.get("layer_policy") or {}).items()}
             plan = cls(**data)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise SpecError(f"malformed plan: {exc}", file=file) from None
         if plan.activations not in ("keep", "offload", "recompute"):
             raise SpecError(f"expected keep, offload or recompute, got {plan.activations!r}",
                             file=file, key="activations")
+        for layer, policy in plan.layer_policy.items():
+            if policy not in ("keep", "offload", "recompute"):
+                raise SpecError(f"expected keep, offload or recompute, got {policy!r}",
+                                file=file, key=f"layer_policy.{layer}")
+        if plan.version != PLAN_VERSION:
+            raise SpecError(f"unknown plan version {plan.version!r}; this memsim reads version "
+                            f"{PLAN_VERSION} (re-plan with memsim plan -o)", file=file, key="version")
+        if isinstance(plan.prefetch_depth, bool) or not isinstance(plan.prefetch_depth, int) \
+                or plan.prefetch_depth < 0:
+            raise SpecError(f"expected a whole number of layers >= 0, got {plan.prefetch_depth!r}",
+                            file=file, key="prefetch_depth")
         return plan
 
     def save(self, path: str | Path) -> None:

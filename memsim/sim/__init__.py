@@ -30,6 +30,8 @@ def check_plan(system: System, trace: Trace, plan: Plan, file: str = "plan") -> 
                         f"({trace_fingerprint(trace)}); re-plan for this workload",
                         file=file, key="fingerprint")
     plan.check(set(system.tiers), file=file)
+    plan.check_layers(int(trace.meta.get("layers") or max((b.repeat for b in trace.blocks), default=1)),
+                      file=file)
 
 
 def simulate(system: System, trace: Trace, plan: Plan | None = None, *,

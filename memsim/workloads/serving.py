@@ -89,9 +89,14 @@ def csv_requests(path: Path, limit_rows: int, file: str) -> Requests:
         output = [int(float(row[cols["output_len"]])) for row in rows]
     except ValueError as exc:
         raise SpecError(f"non-numeric length: {exc}", file=str(path)) from None
+    for key, lengths in (("prompt_len", prompt), ("output_len", output)):
+        bad = next((i for i, n in enumerate(lengths) if n < 1), None)
+        if bad is not None:  # a zero or negative length is a broken log, not a 1-token request
+            raise SpecError(f"line {bad + 2}: {cols[key]} is {lengths[bad]}; every request needs at "
+                            "least 1 token", file=str(path), key=cols[key])
     order = sorted(range(len(rows)), key=lambda i: (arrival[i], i))
-    return Requests([round(arrival[i] - start, 6) for i in order], [max(1, prompt[i]) for i in order],
-                    [max(1, output[i]) for i in order])
+    return Requests([round(arrival[i] - start, 6) for i in order], [prompt[i] for i in order],
+                    [output[i] for i in order])
 
 
 def _seconds(text: str, path: Path, row: int) -> float:
