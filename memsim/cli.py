@@ -687,9 +687,11 @@ def study_cmd(
     """Run a what-if study: every point of its axes, then results.csv, plots and report.md."""
     from memsim.outpaths import check_output_folder
     from memsim.studies import load_study, run_study
+    from memsim.studies.check import check_points
 
     check_output_folder(output, "-o")
     spec = load_study(study, overrides or ())
+    check_points(spec, spec.source)
     if dry_run:
         _study_dry_run(spec, output, as_json)
         return

@@ -119,3 +119,36 @@ def test_request_csv_with_non_positive_length(tmp_path: Path, length: str) -> No
                                      "  num_requests: 2\n")
     code, doc = memsim("workload", "show", str(tmp_path / "w.yaml"))
     assert code == 2 and doc["key"] == "prompt_len" and "line 3" in doc["error"]
+
+
+def _study(tmp_path: Path, axes: str, extra: str = "") -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nrun: simulate\nbase: {hardware: l4, workload: llama3-8b-infer}\n"
+                    f"axes:\n{axes}{extra}")
+    return path
+
+
+def test_study_axis_key_typo_fails_the_dry_run(tmp_path: Path) -> None:
+    path = _study(tmp_path, "  - {key: inference.batch_sise, values: [1, 2]}\n")
+    code, doc = memsim("study", str(path), "--dry-run")
+    assert code == 2 and doc["key"] == "axes.0" and "did you mean 'batch_size'" in doc["error"]
+
+
+def test_study_bad_set_fails_the_dry_run(tmp_path: Path) -> None:
+    path = _study(tmp_path, "  - {key: inference.batch_size, values: [1, 2]}\n")
+    code, doc = memsim("study", str(path), "--dry-run", "--set", "inference.gen_len=-3")
+    assert code == 2 and doc["key"] == "base.set" and "inference.gen_len" in doc["error"]
+
+
+def test_study_with_one_bad_value_still_runs_the_dry_run(tmp_path: Path) -> None:
+    """A bad value on one axis point is an answer (bad_input), not a mistake in the study."""
+    path = _study(tmp_path, "  - {key: inference.batch_size, values: [1, 0]}\n")
+    code, doc = memsim("study", str(path), "--dry-run", "-o", str(tmp_path / "out"))
+    assert code == 0 and len(doc["points"]) == 2
+
+
+def test_study_filter_with_a_doubled_operator(tmp_path: Path) -> None:
+    path = _study(tmp_path, "  - {key: inference.batch_size, values: [1, 2]}\n",
+                  "filters: ['inference.batch_size <== 1']\n")
+    code, doc = memsim("study", str(path), "--dry-run")
+    assert code == 2 and doc["key"] == "filters"

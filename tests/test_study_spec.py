@@ -32,7 +32,8 @@ BASE = "base: {hardware: h100-sxm, workload: own.yaml, planner: mip}\n"
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    (tmp_path / "own.yaml").write_text("name: own\n")  # a user's workload next to the study
+    # a user's workload next to the study (real: --dry-run loads every case)
+    (tmp_path / "own.yaml").write_text("extends: llama2-7b-train\nname: own\n")
     return tmp_path
 
 

@@ -21,7 +21,7 @@ from memsim.specio import catalog_names, load_spec, resolve
 Scalar = str | int | float | bool
 # Axis keys that pick a field of the base case instead of overriding a key inside a spec file.
 BASE_KEYS = ("hardware", "workload", "planner", "time_limit")
-_FILTER = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|==|!=|<|>)\s*(.+?)\s*$")
+_FILTER = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(<=|>=|==|!=|<|>)\s*([^\s<>=!].*?)\s*$")
 
 
 class StudySpec(BaseModel):
