@@ -152,3 +152,11 @@ def test_study_filter_with_a_doubled_operator(tmp_path: Path) -> None:
                   "filters: ['inference.batch_size <== 1']\n")
     code, doc = memsim("study", str(path), "--dry-run")
     assert code == 2 and doc["key"] == "filters"
+
+
+def test_ray_address_without_a_cluster(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    path = _study(tmp_path, "  - {key: inference.batch_size, values: [1, 2]}\n")
+    code, doc = memsim("study", str(path), "--backend", "ray", "--ray-address", "auto",
+                       "-o", str(tmp_path / "out"))
+    assert code == 2 and doc["key"] == "--ray-address" and "auto" in doc["error"]

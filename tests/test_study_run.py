@@ -144,3 +144,27 @@ def test_an_example_study_runs_with_one_command(tmp_path: Path):
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["plot0-mfu-vs-year.png", "plot1-tokens-per-s-vs-year.png"]
     assert "## Best point" in (out / "report.md").read_text()
+
+
+def test_ctrl_c_stops_running_workers_at_once(tmp_path: Path):
+    """Ctrl-C must not wait for running points (a worker inside HiGHS would only notice the signal
+    when its solve returns): the workers are terminated, finished points are kept, resume works."""
+    import multiprocessing
+    import signal
+
+    path, out = study_file(tmp_path, BATCH_AXIS), tmp_path / "out"
+
+    def stop_after_one(done: int, total: int) -> None:
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(path, out, jobs=2, progress=stop_after_one)
+    children = multiprocessing.active_children()
+    for child in children:
+        child.join(timeout=10)
+    assert not any(child.is_alive() for child in children)
+    assert any(child.exitcode == -signal.SIGTERM for child in children)  # stopped, not drained
+    assert len(mtimes(out)) >= 1
+    run = run_study(path, out, jobs=1)
+    assert run.cached >= 1 and len(run.rows) == 4 and all(r["status"] == "ok" for r in run.rows)

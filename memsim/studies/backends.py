@@ -42,9 +42,14 @@ def run_local(tasks: Sequence[Task], on_done: OnDone, jobs: int | None = None) -
             for future in sorted(done, key=lambda f: futures[f]):
                 on_done(futures[future], _outcome(future, futures[future], tasks))
     except BaseException:
-        # Interrupted: drop queued points and do not wait for running ones (Ctrl-C reaches the
-        # workers too); every point finished so far is already stored.
+        # Interrupted: drop queued points and stop the running ones now. Ctrl-C reaches the
+        # workers too, but a worker inside HiGHS (C code) only sees it when its solve returns,
+        # seconds later, and the interpreter's exit would wait for it: so the workers are
+        # terminated. Every point finished so far is already stored; a re-run resumes from them.
+        running = list((getattr(pool, "_processes", None) or {}).values())  # shutdown clears it
         pool.shutdown(wait=False, cancel_futures=True)
+        for process in running:
+            process.terminate()
         raise
     pool.shutdown(wait=True)
 
@@ -71,7 +76,12 @@ def run_ray(tasks: Sequence[Task], on_done: OnDone, jobs: int | None = None,
     started = not ray.is_initialized()
     if started:
         options = {"address": address} if address else {"num_cpus": jobs or default_jobs()}
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
+        try:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:  # no cluster at that address
+            raise SpecError(f"cannot reach a Ray cluster at {address!r}: {exc}".splitlines()[0]
+                            if address else f"cannot start a local Ray: {exc}".splitlines()[0],
+                            key="--ray-address" if address else "--backend") from None
     remote = ray.remote(num_cpus=1, max_retries=0)(run_point)
     refs = {}
     try:
