@@ -24,7 +24,7 @@ from rich.table import Table
 from memsim import units
 from memsim.errors import Infeasible, MemsimError, SpecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,  # --install-completion
                   help="Plan and simulate where every byte of a large model lives.")
 hardware_app = typer.Typer(no_args_is_help=True, help="Machines in the catalog.")
 workload_app = typer.Typer(no_args_is_help=True, help="Workloads in the catalog.")
@@ -33,6 +33,20 @@ app.add_typer(workload_app, name="workload")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)  # never break a file path or key across lines
+
+def _print_version(value: bool) -> None:
+    if value:
+        from memsim import __version__
+
+        print(f"memsim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print memsim's version and exit.")] = False) -> None:
+    """Plan and simulate where every byte of a large model lives."""
+
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -323,9 +337,10 @@ def trace_cmd(
         import torch  # noqa: F401
     except ImportError:
         raise SpecError("memsim trace needs torch: pip install torch==2.13.0 (CPU build)") from None
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from memsim.outpaths import check_output_file
+    from memsim.progress import Progress
     from memsim.workloads.torch_trace import summary, trace_factory
 
     check_output_file(output, "-o")
@@ -381,10 +396,11 @@ def plan_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Plan where every byte lives (MIP or a named baseline), simulate it and the baselines."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from memsim.outpaths import check_output_file
     from memsim.planners import plan_case
+    from memsim.progress import Progress
 
     check_output_file(output, "-o")
     if not time_limit > 0 or time_limit == float("inf"):
@@ -410,18 +426,22 @@ def plan_cmd(
 
 
 def _render_plan(doc: dict) -> None:
+    from memsim.headline import headline
     from memsim.planners.plan import Plan
 
     plan, info = doc["plan"], doc["planner"]
-    out.print(f"[bold]{doc['workload']}[/] on [bold]{doc['hardware']}[/] — planner {info['name']} "
-              f"({info['status']})", highlight=False)
+    out.print(f"[bold]{escape(headline(doc))}[/]", highlight=False)
+    out.print(f"planner {info['name']} ({info['status']})", highlight=False)
     where = Table("class", "home", title="placement")
     for cls in ("weight", "grad", "optimizer", "kv", "activation"):
         split = plan["placement"].get(cls)
         if split:
             ranked = sorted(split.items(), key=lambda i: -i[1])
             where.add_row(cls, ", ".join(f"{t} {f:.1%}" for t, f in ranked))
-    where.add_row("(others)", "compute tier")
+    compute = (doc.get("job") or {}).get("compute_tier", "the compute tier")
+    others = [c for c in ("weight", "grad", "optimizer", "kv", "activation") if not plan["placement"].get(c)]
+    if others:
+        where.add_row(", ".join(others), f"{compute} 100.0% (compute tier)")
     out.print(where)
     policy = Table("decision", "value", title="policy")
     counts = Plan.from_dict(plan).policy_counts(doc["layers"])
@@ -486,8 +506,9 @@ def simulate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Simulate a case event by event: step time, tokens/s, bytes per tier, where time went."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from memsim.progress import Progress
     from memsim.sim.case import simulate_case
 
     if plan and planner:
@@ -508,9 +529,11 @@ def simulate_cmd(
 
 
 def _render_simulation(doc: dict) -> None:
+    from memsim.headline import headline
+
     info = doc["planner"]
-    out.print(f"[bold]{doc['workload']}[/] on [bold]{doc['hardware']}[/] — plan {info['name']} "
-              f"({info['status']})", highlight=False)
+    out.print(f"[bold]{escape(headline(doc))}[/]", highlight=False)
+    out.print(f"plan {info['name']} ({info['status']})", highlight=False)
     figures = Table("figure", "value", title="simulated")
     label = "makespan" if doc["kind"] == "serving" else "step time"
     figures.add_row(label, units.fmt_time(doc["step_time_s"]))
@@ -553,7 +576,9 @@ def _render_simulation(doc: dict) -> None:
 
 def _progress(total: int | None, description: str, quiet: bool):
     """A rich progress bar on stderr (never on stdout, which --json keeps for its one document)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+
+    from memsim.progress import Progress
 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/"
                    "{task.total}"), TimeElapsedColumn(), console=err, transient=True, disable=quiet)
@@ -695,7 +720,9 @@ def study_cmd(
     if dry_run:
         _study_dry_run(spec, output, as_json)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from memsim.progress import Progress
 
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("left"), TimeRemainingColumn(), console=err, transient=True, disable=as_json)

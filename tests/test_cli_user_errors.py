@@ -160,3 +160,39 @@ def test_ray_address_without_a_cluster(tmp_path: Path) -> None:
     code, doc = memsim("study", str(path), "--backend", "ray", "--ray-address", "auto",
                        "-o", str(tmp_path / "out"))
     assert code == 2 and doc["key"] == "--ray-address" and "auto" in doc["error"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    """``python -m memsim ARGS`` with stdout and stderr captured (so neither is a terminal)."""
+    return subprocess.run([sys.executable, "-m", "memsim", *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "120"}, timeout=300)
+
+
+def test_version() -> None:
+    import memsim as pkg
+
+    proc = _run("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"memsim {pkg.__version__}"
+
+
+def test_shell_completion_is_offered() -> None:
+    proc = _run("--show-completion", "bash")
+    assert proc.returncode == 0 and "complete" in proc.stdout
+
+
+def test_plan_first_line_answers_and_progress_is_logged() -> None:
+    proc = _run(*PLAN)
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("FITS — llama2-7b-train (training, seq 4096, micro-batch 1)")
+    assert "on 1 of 8 GPUs of h100-sxm" in first
+    assert "(others)" not in proc.stdout and "(compute tier)" in proc.stdout
+    assert "solving mip" in proc.stderr  # plain progress lines: stderr is not a terminal here
+    assert " bytes" not in proc.stderr  # sizes in GiB, not raw byte counts
+
+
+def test_job_is_in_the_json_document() -> None:
+    code, doc = memsim("simulate", "-H", "h100-sxm", "-w", "llama3-8b-infer")
+    assert code == 0
+    assert doc["job"]["gpus"] == 1 and doc["job"]["gpus_in_node"] == 8
+    assert doc["job"]["compute_tier"] == "hbm" and doc["job"]["batch_size"] >= 1

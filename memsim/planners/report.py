@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from memsim.errors import Infeasible, SpecError
 from memsim.hardware.spec import System
+from memsim.headline import job
 from memsim.planners import mip
 from memsim.planners.diagnose import diagnose
 from memsim.planners.plan import Plan, trace_fingerprint
@@ -83,6 +84,7 @@ class PlanReport:
             "hardware": self.system.name,
             "workload": self.trace.name,
             "kind": self.trace.kind,
+            "job": job(self.trace, self.system),
             "layers": int(self.trace.meta.get("layers") or max(b.repeat for b in self.trace.blocks)),
             "step_time_s": r.step_time_s,
             "tokens_per_s": r.tokens_per_s,
@@ -242,7 +244,7 @@ def _searched(preset: Preset, system: System, trace: Trace, time_limit: float, s
             oom = result.oom
             # grow the cut faster than the overflow: a re-solved plan moves its peak a little
             cut[oom.tier] = 2 * cut.get(oom.tier, 0) + int(oom.short_bytes * 1.1) + (64 << 20)
-            say(f"re-solving {label}: {oom.tier} overflowed by {oom.short_bytes} bytes")
+            say(f"re-solving {label}: {oom.tier} overflowed by {fmt_bytes(oom.short_bytes)}")
             again = mip.search(system, trace, {**options, "_cut": dict(cut)}, time_limit, only=label)
             solve_s += again.solve_s
             if again.best is None:

@@ -19,6 +19,7 @@ def simulate_case(hardware: str, workload: str, *, plan_path: str | None = None,
     ``Infeasible`` (carrying the document as ``payload``) when a tier overflows.
     """
     from memsim.hardware import load_system
+    from memsim.headline import job
     from memsim.workloads import load_trace
 
     overrides = list(overrides)
@@ -37,7 +38,7 @@ def simulate_case(hardware: str, workload: str, *, plan_path: str | None = None,
     if timeline_path is not None:
         write_timeline(result.timeline or [], timeline_path)
     doc = result_document(result, plan)
-    doc.update(hardware=system.name, workload=trace.name, kind=trace.kind)
+    doc.update(hardware=system.name, workload=trace.name, kind=trace.kind, job=job(trace, system))
     if timeline_path is not None:
         doc["timeline"] = timeline_path
     if not result.feasible:
