@@ -196,3 +196,21 @@ def test_job_is_in_the_json_document() -> None:
     assert code == 0
     assert doc["job"]["gpus"] == 1 and doc["job"]["gpus_in_node"] == 8
     assert doc["job"]["compute_tier"] == "hbm" and doc["job"]["batch_size"] >= 1
+
+
+def test_study_plot_labels_and_mfu_percent(tmp_path: Path) -> None:
+    """Plot axes read as words with units; MFU is a percentage in the report; no infeasible key
+    is printed on a plot where every point is feasible."""
+    from memsim.studies.labels import axis_label, metric_label
+    from memsim.studies.report import human
+
+    assert metric_label("mfu") == ("MFU (%)", 100.0)
+    assert metric_label("peak_bytes.hbm")[0] == "peak hbm (GiB)"
+    assert axis_label("hardware.tiers.dram.capacity") == "dram capacity"
+    assert human("mfu", 0.4123) == "41.2%"
+    path = _study(tmp_path, "  - {key: inference.batch_size, values: [1, 2]}\n",
+                  "metrics: [feasible, tokens_per_s, mfu]\n")
+    code, doc = memsim("study", str(path), "-o", str(tmp_path / "out"), "-j", "1")
+    assert code == 0 and doc["statuses"] == {"ok": 2}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "%" in report

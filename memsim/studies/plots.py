@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from memsim.studies.grid import numeric
+from memsim.studies.labels import axis_label, metric_label
 from memsim.studies.spec import PlotSpec, Study
 
 MAX_SERIES = 12
@@ -104,12 +105,14 @@ def plot_one(spec: PlotSpec, study: Study, rows: list[dict], path: Path) -> str 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     log = spec.logx and is_numeric
     _shade_infeasible(ax, rows, pos, spec.x, log)
+    ylabel, scale = metric_label(spec.y)
+    failed = any(r["status"] != "ok" for r in rows)
     top = 0.0
     for i, (label, members) in enumerate(list(groups.items())[:MAX_SERIES]):
         color = f"C{i % 10}"
         members = sorted(members, key=lambda r: pos[r[spec.x]])
         good = [(pos[r[spec.x]], numeric(r.get(spec.y))) for r in members if r["status"] == "ok"]
-        good = [(a, b) for a, b in good if b is not None]
+        good = [(a, b * scale) for a, b in good if b is not None]
         top = max([top, *(b for _, b in good)])
         if good:
             # distinct markers, shrinking: series with equal values stay visible on top of each other
@@ -128,14 +131,16 @@ def plot_one(spec: PlotSpec, study: Study, rows: list[dict], path: Path) -> str 
         ax.set_yscale("log")
     if len(ticks) <= 16:
         ax.set_xticks([p for p, _ in ticks], [t for _, t in ticks], rotation=30 if len(ticks) > 6 else 0)
-    ax.set_xlabel(spec.x)
-    ax.set_ylabel(f"{spec.y} (simulated)")
+    ax.set_xlabel(axis_label(spec.x))
+    ax.set_ylabel(f"{ylabel}, simulated")
     if not spec.logy and top > 0:  # explicit: the shading's sticky edges defeat autoscale margins
         ax.set_ylim(0, top * 1.08)
-    ax.set_title(spec.title or f"{study.name}: {spec.y} vs {spec.x}\n× infeasible or failed · dashed: "
-                 "feasibility boundary · shaded: nothing fits", fontsize=9)
+    key = "\n× infeasible or failed · dashed: feasibility boundary · shaded: nothing fits" if failed else ""
+    ax.set_title(spec.title or f"{study.name}: {ylabel.split(' (')[0]} vs {axis_label(spec.x)}{key}",
+                 fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title=_short(spec.series) if spec.series else None)
+    if ax.get_legend_handles_labels()[0]:  # no empty legend box (e.g. one series, all feasible)
+        ax.legend(fontsize=8, title=axis_label(spec.series) if spec.series else None)
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)

@@ -180,6 +180,8 @@ def human(column: str, value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, int | float) and ("bytes" in column):
         return units.fmt_bytes(value)
+    if isinstance(value, int | float) and column.split(".")[-1] == "mfu":
+        return f"{value:.1%}"  # MFU is a percentage everywhere (plan, simulate, study)
     if isinstance(value, int | float) and ((column.endswith("_s") and not column.endswith("per_s"))
                                             or column.startswith("breakdown.")):
         return units.fmt_time(value)
