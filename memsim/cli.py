@@ -730,6 +730,9 @@ def study_cmd(
     with bar:
         run = run_study(spec, output, backend=backend, jobs=jobs, ray_address=ray_address,
                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if run.warnings:  # a metric no result has is a typo in the study (results stay cached)
+        raise SpecError(f"{'; '.join(run.warnings)}; the points are stored, so a re-run after the fix "
+                        "reuses them", file=spec.source, key="metrics")
     if as_json:
         emit_json(run.to_dict())
         return

@@ -214,3 +214,10 @@ def test_study_plot_labels_and_mfu_percent(tmp_path: Path) -> None:
     assert code == 0 and doc["statuses"] == {"ok": 2}
     report = (tmp_path / "out" / "report.md").read_text()
     assert "%" in report
+
+
+def test_study_metric_typo_is_exit_2(tmp_path: Path) -> None:
+    path = _study(tmp_path, "  - {key: inference.batch_size, values: [1]}\n",
+                  "metrics: [feasible, tokens_per_sec]\n")
+    code, doc = memsim("study", str(path), "-o", str(tmp_path / "out"), "-j", "1")
+    assert code == 2 and doc["key"] == "metrics" and "did you mean 'tokens_per_s'" in doc["error"]
