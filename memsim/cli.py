@@ -408,6 +408,8 @@ def _render_plan(doc: dict) -> None:
     plan, info = doc["plan"], doc["planner"]
     out.print(f"[bold]{doc['workload']}[/] on [bold]{doc['hardware']}[/] — planner {info['name']} "
               f"({info['status']})", highlight=False)
+    if doc.get("fallback"):
+        out.print(f"[bold]{doc['fallback']['summary']}[/]", highlight=False)
     where = Table("class", "home", title="placement")
     for cls in ("weight", "grad", "optimizer", "kv", "activation"):
         split = plan["placement"].get(cls)
