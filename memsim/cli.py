@@ -432,6 +432,8 @@ def _render_plan(doc: dict) -> None:
     plan, info = doc["plan"], doc["planner"]
     out.print(f"[bold]{escape(headline(doc))}[/]", highlight=False)
     out.print(f"planner {info['name']} ({info['status']})", highlight=False)
+    if doc.get("fallback"):
+        out.print(f"[bold]{escape(doc['fallback']['summary'])}[/]", highlight=False)
     where = Table("class", "home", title="placement")
     for cls in ("weight", "grad", "optimizer", "kv", "activation"):
         split = plan["placement"].get(cls)

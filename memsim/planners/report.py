@@ -9,6 +9,7 @@ faster, that baseline's plan is returned and the notes and ``planner.status`` sa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from memsim.errors import Infeasible, SpecError
 from memsim.hardware.spec import System
 from memsim.headline import job
-from memsim.planners import mip
+from memsim.planners import mip, nearmiss
 from memsim.planners.diagnose import diagnose
 from memsim.planners.plan import Plan, trace_fingerprint
 from memsim.planners.registry import Preset, list_presets, load_preset, run_preset
@@ -36,6 +37,7 @@ class Evaluated:
     plan: Plan | None
     result: object | None  # memsim.sim.result.Result
     note: str = ""
+    label: str = ""  # the search structure the plan came from (search kinds only)
 
     @property
     def feasible(self) -> bool:
@@ -70,6 +72,7 @@ class PlanReport:
     result: object  # Result
     baselines: list[Evaluated] = field(default_factory=list)
     upgrade: Upgrade | None = None  # when the preset asked for the cheapest hardware for a target
+    fallback: dict | None = None  # the planner's own plan, when a baseline is returned instead
 
     @property
     def feasible(self) -> bool:
@@ -105,6 +108,7 @@ class PlanReport:
             },
             "baselines": [b.to_dict() for b in self.baselines],
             "upgrade": self.upgrade.to_dict() if self.upgrade else None,
+            "fallback": self.fallback,
             "plan": self.plan.to_dict(),
             "notes": list(self.plan.notes),
         }
@@ -150,10 +154,12 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
     others = [b for b in others if b is not None]
     best = min((b for b in others if b.feasible), key=lambda b: b.result.step_time_s, default=None)
     # the MIP never returns a plan slower than a baseline; a named baseline is shown as it is
+    fallback = None
     if preset.kind == "mip" and best is not None and (
         not chosen.feasible or best.result.step_time_s < chosen.result.step_time_s * (1 - 1e-9)
     ):
-        chosen = _fall_back(chosen, best)
+        fallback = _fallback_doc(chosen, best)
+        chosen = _fall_back(chosen, best, fallback["summary"])
     if not chosen.feasible:
         say("diagnosing")
         diagnosis = diagnose(
@@ -176,7 +182,7 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
     if upgrade is not None:
         chosen.plan.notes.append(f"planned on {system.name} upgraded for "
                                  f"{upgrade.target_tokens_per_s:g} tokens/s: {'; '.join(upgrade.notes)}")
-    return PlanReport(system, trace, chosen.plan, chosen.result, others, upgrade)
+    return PlanReport(system, trace, chosen.plan, chosen.result, others, upgrade, fallback)
 
 
 def plan_case(
@@ -242,9 +248,10 @@ def _searched(preset: Preset, system: System, trace: Trace, time_limit: float, s
             if result.feasible or result.oom is None:
                 break
             oom = result.oom
+            short = _overflow(result)[1]  # the tier's full demand over capacity, not the first OOM's
             # grow the cut faster than the overflow: a re-solved plan moves its peak a little
-            cut[oom.tier] = 2 * cut.get(oom.tier, 0) + int(oom.short_bytes * 1.1) + (64 << 20)
-            say(f"re-solving {label}: {oom.tier} overflowed by {fmt_bytes(oom.short_bytes)}")
+            cut[oom.tier] = 2 * cut.get(oom.tier, 0) + int(short * 1.1) + (64 << 20)
+            say(f"re-solving {label}: {oom.tier} overflowed by {fmt_bytes(short)}")
             again = mip.search(system, trace, {**options, "_cut": dict(cut)}, time_limit, only=label)
             solve_s += again.solve_s
             if again.best is None:
@@ -253,19 +260,36 @@ def _searched(preset: Preset, system: System, trace: Trace, time_limit: float, s
             notes = [f"re-solved {label} with {oom.tier} cut by {cut[oom.tier]} bytes: the simulator "
                      f"found a peak the model did not count"]
             result = simulate(system, trace, plan_)
+        closed = nearmiss.close(mip.planning_view(system, trace), trace, plan_, result,
+                                lambda p: simulate(system, trace, p))
+        if closed is not None:
+            plan_, result, note = closed
+            cand, notes = dataclasses.replace(cand, plan=plan_), [*notes, note]
         tried.append((cand, plan_, result, label, notes))
     if not tried:
         return Evaluated(preset.name, mip.finish(preset.name, found, None, solve_s), None,
                          "its search found nothing that fits")
     fits = [t for t in tried if t[2].feasible]
-    cand, _, result, label, notes = min(fits, key=lambda t: t[2].step_time_s) if fits else tried[0]
+    if fits:
+        cand, _, result, label, notes = min(fits, key=lambda t: t[2].step_time_s)
+    else:  # none fits: the one that misses by the least
+        cand, _, result, label, notes = min(tried, key=lambda t: _overflow(t[2])[1])
     plan_ = mip.finish(preset.name, found, cand, solve_s)
     plan_.notes.extend(notes)
-    if top > 1:
-        what = "structure" if len(tried) == 1 else "structures"
+    what = "structure" if len(tried) == 1 else "structures"
+    if not fits:
+        tier, short = _overflow(result)
+        plan_.notes.append(f"none of the {len(tried)} {what} simulated fits; the closest, {label}, "
+                           f"overflows {tier} by {fmt_bytes(short)}")
+    elif top > 1:
         plan_.notes.append(f"simulated the {len(tried)} {what} with the best estimates; kept {label} "
                            f"(estimate {cand.estimate_s:.6g} s, simulated {result.step_time_s:.6g} s)")
-    return Evaluated(preset.name, plan_, result)
+    return Evaluated(preset.name, plan_, result, label=label)
+
+
+def _overflow(result) -> tuple[str, float]:
+    """(tier, bytes over capacity) of a simulated Result; ("", inf) when it says nothing."""
+    return nearmiss.overflow(result) or ("", float("inf"))
 
 
 def _shortlist(found: mip.Search, top: int) -> list[tuple[str, object]]:
@@ -308,22 +332,43 @@ def _evaluate(
     return Evaluated(preset.name, plan_, simulate(system, trace, plan_))
 
 
-def _fall_back(chosen: Evaluated, best: Evaluated) -> Evaluated:
+def _fallback_doc(chosen: Evaluated, best: Evaluated) -> dict:
+    """What ``plan --json`` says under ``fallback``: the planner's own best plan and why the
+    baseline ``best`` is shown instead (it overflows a tier, or it simulates slower)."""
+    est = chosen.plan.planner.estimate_s if chosen.plan else None
+    doc = {"planner": chosen.name, "structure": chosen.label or None, "estimate_s": est,
+           "feasible": chosen.feasible, "step_time_s": chosen.step_time_s,
+           "overflow_tier": None, "overflow_bytes": None, "baseline": best.name,
+           "baseline_step_time_s": best.result.step_time_s}
+    where = f" ({chosen.label})" if chosen.label else ""
+    if chosen.feasible:
+        doc["summary"] = (f"best {chosen.name} plan{where} simulates at "
+                          f"{chosen.result.step_time_s:.6g} s; fallback {best.name} at "
+                          f"{best.result.step_time_s:.6g} s is faster and is shown")
+        return doc
+    tier, short = _overflow(chosen.result)
+    then = f"fallback {best.name} (simulated {best.result.step_time_s:.6g} s) is shown"
+    if tier:
+        doc["overflow_tier"], doc["overflow_bytes"] = tier, int(short)
+        at = f", estimate {est:.6g} s," if est else ""
+        doc["summary"] = (f"best {chosen.name} plan{where}{at} overflows {tier} by "
+                          f"{fmt_bytes(short)} in the simulator; {then}")
+    else:
+        doc["summary"] = f"the {chosen.name} search found no plan that fits; {then}"
+    return doc
+
+
+def _fall_back(chosen: Evaluated, best: Evaluated, why: str) -> Evaluated:
+    """The baseline's plan under the planner's name, its notes the baseline's own and ``why``
+    (the planner's notes described a plan that is not shown), no MIP estimate (it was not
+    this plan's)."""
     plan_ = copy.deepcopy(best.plan)
     mine = chosen.plan.planner if chosen.plan else None
-    if chosen.feasible:
-        why = (
-            f"the {chosen.name} plan simulated at {chosen.result.step_time_s:.6g} s; baseline "
-            f"{best.name} at {best.result.step_time_s:.6g} s is faster and is returned instead"
-        )
-    else:
-        why = (
-            f"the {chosen.name} plan does not fit in the simulator; baseline {best.name} does and is returned"
-        )
-    plan_.notes = [*(chosen.plan.notes if chosen.plan else []), why]
+    plan_.notes = [why, *best.plan.notes]
     if mine is not None:
         plan_.planner = copy.deepcopy(mine)
         plan_.planner.status = f"baseline:{best.name}"
+        plan_.planner.objective = plan_.planner.estimate_s = None
     return Evaluated(chosen.name, plan_, best.result)
 
 

@@ -401,9 +401,16 @@ class StepEngine:
         done, done_ev, left = self.done, self.done_ev, self.seg_left
         busy = 0.0
         t0 = 0.0
+        behind = unit == "comm" and not main  # collectives wait for the compute (_comm_window)
+        seg_prev = -1
         for i in indices:
             op = ops[i]
             s = op.seg
+            if behind and s != seg_prev:
+                seg_prev = s
+                window = self._comm_window(s)
+                if window is not None:
+                    yield window
             if not started[s]:
                 if s > 0 and not started[s - 1]:
                     t0 = env._now
@@ -476,6 +483,20 @@ class StepEngine:
     def _seg_cat(self, s: int) -> str:
         units = {self.prog.ops[i].unit for i in self.prog.segments[s].ops}
         return "cpu" if "cpu" in units and self.main != "cpu" else "exposed_transfer"
+
+    def _comm_window(self, s: int) -> simpy.Event | None:
+        """Collectives of segment ``s`` wait until segment ``s - depth - 1`` is done.
+
+        Why: the compute stream issues them. DeepSpeed ZeRO-3 all-gathers the next layers'
+        parameters when a layer starts (its prefetch, bounded by ``stage3_prefetch_bucket_size``
+        and ``stage3_max_live_parameters``) and FSDP rate-limits in-flight all-gathers
+        (``limit_all_gathers``); neither runs the whole model's gathers ahead of the compute,
+        which would hold every layer's gathered weights at once."""
+        k = s - self.depth - 1
+        if k < 0:
+            return None
+        pending = [ev for ev in map(self._done_event, self.prog.segments[k].ops) if ev is not None]
+        return self.env.all_of(pending) if pending else None
 
     def _started(self, s: int) -> simpy.Event:
         if s not in self.seg_start_ev:

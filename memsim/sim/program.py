@@ -140,6 +140,8 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
         raw = _split_batches(raw, trace, n, notes)
     if trace.kind in ("training", "module") and _any_recompute(plan):
         raw = _insert_recompute(raw, trace, plan)
+    if trace.kind in ("training", "module"):
+        _micro_batch_instances(raw, trace)
     ops = raw
     scan = _scan(ops, whole=trace.kind != "inference")
     tensors = _tensors(scan, trace, system, plan, fast, n if trace.kind == "inference" else 1)
@@ -298,11 +300,10 @@ def _insert_recompute(raw: list[POp], trace: Trace, plan: Plan) -> list[POp]:
     non-layer activation the forward read, e.g. the residual stream) and does not re-produce it.
     Its other layer tensors become new instances ``name@r`` that the backward then reads; the
     non-layer activations it writes are local to it (``name@r{i}``) and die at once.
+    With gradient accumulation each micro-batch (a forward after a backward starts one) recomputes
+    its own forward only; ``_micro_batch_instances`` then keeps the micro-batches' copies apart.
     """
-    forward: dict[int, list[POp]] = {}
-    for r in raw:
-        if r.phase == "forward" and r.layer is not None:
-            forward.setdefault(r.layer, []).append(r)
+    forward: dict[int, list[POp]] = {}  # this pass's forward ops per layer, as they were
     rename: dict[str, str] = {}
     names = rename.keys()  # (a live view: isdisjoint runs in C)
     done: set[int] = set()
@@ -311,8 +312,18 @@ def _insert_recompute(raw: list[POp], trace: Trace, plan: Plan) -> list[POp]:
     # (the stamps hold when no concrete tensor of the trace has a per-layer name)
     stampable = all(_layer_of(name) is None for name in trace.tensors)
     out: list[POp] = []
+    in_backward = False
     for r in raw:
         layer = r.layer
+        if r.phase == "forward":
+            if in_backward:  # the next micro-batch: its own forward, recompute and renames
+                in_backward = False
+                forward, rename, done = {}, {}, set()
+                names = rename.keys()
+            if layer is not None:
+                forward.setdefault(layer, []).append(r)
+        elif r.phase == "backward":
+            in_backward = True
         if (r.phase == "backward" and layer is not None and layer not in done
                 and plan.policy(layer) == "recompute" and layer in forward):
             done.add(layer)
@@ -330,6 +341,47 @@ def _insert_recompute(raw: list[POp], trace: Trace, plan: Plan) -> list[POp]:
                 r.inputs, r.outputs = inputs, outputs
         out.append(r)
     return out
+
+
+def _micro_batch_instances(raw: list[POp], trace: Trace) -> None:
+    """Give micro-batch k ≥ 1 its own instances (``name@mb{k}``) of the activations and
+    workspace it writes, in place.
+
+    Why: micro-batches reuse the trace's activation names, and a tensor lives from its first
+    writer to its last use, so without this micro-batch 0's saved activations (and their
+    recomputed copies) would stay allocated until the last micro-batch, and the peak would grow
+    with the accumulation. PyTorch frees a micro-batch's activations in its backward and adds
+    gradients in place (grads keep one name: they accumulate across micro-batches). A
+    micro-batch starts at a forward op (not a recompute) that follows a backward op; a name it
+    reads before writing is state carried over from the previous one, and keeps its instance."""
+    passes: list[tuple[int, int]] = []
+    start, in_backward = 0, False
+    for i, r in enumerate(raw):
+        if r.phase == "forward" and in_backward and not r.recompute:
+            passes.append((start, i))
+            start, in_backward = i, False
+        elif r.phase == "backward":
+            in_backward = True
+    passes.append((start, len(raw)))
+    transient: dict[str, bool] = {}  # name → activation or workspace (memoised per name)
+
+    def is_transient(name: str) -> bool:
+        hit = transient.get(name)
+        if hit is None:
+            hit = transient[name] = _cls(trace, name) in _RECOMPUTED
+        return hit
+
+    for k, (a, b) in enumerate(passes[1:], start=1):
+        suffix = f"@mb{k}"
+        rename: dict[str, str] = {}
+        for r in raw[a:b]:
+            if rename:
+                r.inputs = tuple(rename.get(t, t) for t in r.inputs)
+            for t in r.outputs:
+                if t not in rename and is_transient(t):
+                    rename[t] = t + suffix
+            if rename:
+                r.outputs = tuple(rename.get(t, t) for t in r.outputs)
 
 
 def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
@@ -633,7 +685,7 @@ def _tensors(scan: _Scan, trace: Trace, system: System, plan: Plan, fast: str,
         mem = writer.mem if born is not None else fast
         home = {mem: nbytes}
         saved = writer is not None and writer.phase == "forward" and name in read_backward
-        if (cls == "activation" and saved and layer is not None and "@" not in name
+        if (cls == "activation" and saved and layer is not None and "@r" not in name
                 and plan.policy(layer) == "offload" and act_tier is not None):
             home = split_bytes(nbytes, act_tier)
         elif (placed_act and cls == "activation" and born is not None

@@ -51,12 +51,9 @@ def deepspeed_fields(ds_path: Path) -> dict:
         out["micro_batch"] = ds["train_micro_batch_size_per_gpu"]
     if _set(ds.get("gradient_accumulation_steps")):
         out["grad_accum"] = ds["gradient_accumulation_steps"]
-    if (ds.get("bf16") or {}).get("enabled") is True:
-        out["precision"] = "bf16"
-    elif (ds.get("fp16") or {}).get("enabled") is True:
-        out["precision"] = "fp16"
-    elif "bf16" in ds or "fp16" in ds:
-        out["precision"] = "fp32"
+    precision = _precision(ds, ds_path)
+    if precision:
+        out["precision"] = precision
     opt_type = (ds.get("optimizer") or {}).get("type")
     if _set(opt_type):
         name = DS_OPTIMIZERS.get(str(opt_type).lower())
@@ -73,6 +70,26 @@ def deepspeed_fields(ds_path: Path) -> dict:
                             file=str(ds_path), key="train_batch_size")
         out["data_parallel"] = batch // (micro * accum)
     return out
+
+
+def _precision(ds: dict, ds_path: Path) -> str | None:
+    """``bf16``/``fp16`` sections → the training precision; None leaves the workload's own.
+
+    ``"enabled": "auto"`` is filled in by the HF Trainer from its ``--bf16``/``--fp16``
+    arguments (transformers' DeepSpeed integration, ``HfTrainerDeepSpeedConfig``), which a
+    ds_config alone does not carry: it decides nothing here (it is not fp32). Both enabled is
+    refused, as DeepSpeed itself refuses it ("bf16 and fp16 modes cannot be simultaneously
+    enabled"); fp32 only when every section present is explicitly disabled."""
+    enabled = {k: (ds.get(k) or {}).get("enabled") for k in ("bf16", "fp16") if k in ds}
+    on = [k for k, v in enabled.items() if v is True]
+    if len(on) == 2:
+        raise SpecError("bf16 and fp16 are both enabled; DeepSpeed refuses that: enable one",
+                        file=str(ds_path), key="fp16.enabled")
+    if on:
+        return on[0]
+    if enabled and all(v is False for v in enabled.values()):
+        return "fp32"
+    return None
 
 
 def apply_deepspeed(data: dict, path: Path) -> dict:

@@ -227,9 +227,9 @@ def build_training(w: Workload, arch: Architecture) -> Trace:
 def _per_microbatch(tb: TraceBuilder, micro: int):
     """Ops of micro-batch ``micro`` with their workspace tensors renamed ``<name>.mb<micro>``, so a
     gathered weight or a full gradient buffer dies within its own micro-batch (lifetimes follow
-    names). Activations keep their names, so per_device_bytes counts them once; by the lifetime
-    rules they then stay allocated from the first micro-batch to the last, which leaves the peak
-    (every layer's activations at each forward/backward turn) unchanged."""
+    names). Activations keep their names, so per_device_bytes counts them once; the simulator
+    gives each micro-batch its own instances of them (``sim.program._micro_batch_instances``),
+    so they die within their micro-batch too."""
     if micro == 0:
         return lambda ops: ops
     workspace = [n for n, t in tb.tensors.items() if t.cls == "workspace" and ".mb" not in n]
