@@ -51,10 +51,12 @@ class Layout:
         return self.dense_dp // self.expert
 
 
-def validate_layout(arch: Architecture, layout: Layout, *, nodes: int = 1, gpus_per_node: int = 1,
+def validate_layout(arch: Architecture, layout: Layout, *, nodes: int | None = None,
+                    gpus_per_node: int | None = None,
                     seq_len: int | None = None, file: str | None = None,
                     prefix: str = "training.parallel") -> None:
-    """Exit-2 errors naming the key when the layout cannot shard this model on this cluster."""
+    """Exit-2 errors naming the key when the layout cannot shard this model on this cluster
+    (the GPU count is checked only when ``nodes`` and ``gpus_per_node`` are given)."""
     for name in DEGREES:
         if getattr(layout, name) < 1:
             raise SpecError(f"must be ≥ 1, got {getattr(layout, name)}", file=file, key=f"{prefix}.{name}")
@@ -80,6 +82,8 @@ def validate_layout(arch: Architecture, layout: Layout, *, nodes: int = 1, gpus_
     if seq_len is not None and seq_len % layout.context:
         raise SpecError(f"context={layout.context} must divide seq_len ({seq_len})",
                         file=file, key=f"{prefix}.context")
+    if nodes is None or gpus_per_node is None:
+        return
     have = nodes * gpus_per_node
     if layout.gpus > have:
         raise SpecError(f"tensor×pipeline×context×data = {layout.gpus} GPUs, but the system has "
@@ -139,15 +143,17 @@ class RankStates:
 
 
 def rank_states(arch: Architecture, layout: Layout, stage: int, *, zero_stage: int = 0,
-                precision: str = "bf16", optimizer: str = "adamw") -> RankStates:
+                precision: str = "bf16", optimizer: str = "adamw", trainable: bool = True) -> RankStates:
     """Model states of one rank of ``stage`` under ZeRO ``zero_stage`` (Rajbhandari et al. 2020):
     stage 1 shards the optimizer states over the DP group, 2 also gradients, 3 also weights.
-    Dense parameters shard over data×context, expert parameters over data×context/expert."""
+    Dense parameters shard over data×context, expert parameters over data×context/expert.
+    ``trainable=False`` (frozen base weights, e.g. under LoRA) keeps no gradients or states."""
     sp = stage_params(arch, layout, stage)
     e = DTYPE_BYTES[precision]
     out = [0, 0, 0]
     for params, dp in ((sp.dense, layout.dense_dp), (sp.expert, layout.expert_dp)):
-        w, g, o = params * e, params * e, optimizer_bytes(params, precision, optimizer)
+        w = params * e
+        g, o = (params * e, optimizer_bytes(params, precision, optimizer)) if trainable else (0, 0)
         out[0] += shard(w, dp) if zero_stage >= 3 else w
         out[1] += shard(g, dp) if zero_stage >= 2 else g
         out[2] += shard(o, dp) if zero_stage >= 1 else o
@@ -203,3 +209,37 @@ def kv_bytes_per_gpu(arch: Architecture, layout: Layout, tokens: int, kv_bits: i
     heads_here = max(1, arch.kv_heads // layout.tensor)
     per_head = kv_bytes(arch, tokens, kv_bits, layers=arch.layers // layout.pipeline) // arch.kv_heads
     return heads_here * per_head
+
+
+def layout_of(t) -> Layout:
+    """The :class:`Layout` of a ``training`` spec (``memsim.workloads.spec.Training``)."""
+    p = t.parallel
+    return Layout(tensor=p.tensor, pipeline=p.pipeline, data=p.data, context=p.context, expert=p.expert,
+                  sequence_parallel=t.sequence_parallel)
+
+
+def training_layout_summary(arch: Architecture, t, file: str | None = None) -> dict:
+    """Validate a training spec's layout and account its busiest rank (the trace's ``parallel``
+    metadata): per-GPU model states and activations of the stage that holds the most, and which.
+
+    Byte accounting only: the op trace still simulates one data-parallel rank of the whole
+    model, so tensor/pipeline/context/expert degrees above 1 are reported, not yet scheduled.
+    LoRA adapters' own states are left out here (the trace counts them)."""
+    lay = layout_of(t)
+    validate_layout(arch, lay, seq_len=t.seq_len, file=file)
+    e = DTYPE_BYTES[t.precision]
+    per_stage = []
+    for i in range(lay.pipeline):
+        states = rank_states(arch, lay, i, zero_stage=t.zero_stage, precision=t.precision,
+                             optimizer=t.optimizer, trainable=t.lora is None)
+        acts = stage_activation_bytes(arch, lay, i, b=t.micro_batch, s=t.seq_len,
+                                      microbatches=t.grad_accum, e=e, flash=t.flash_attention)
+        per_stage.append({"stage": i, "weights": states.weights, "grads": states.grads,
+                          "optimizer": states.optimizer, "activations": acts,
+                          "total": states.total + acts})
+    busiest = max(per_stage, key=lambda r: (r["total"], -r["stage"]))
+    return {"tensor": lay.tensor, "pipeline": lay.pipeline, "data": lay.data, "context": lay.context,
+            "expert": lay.expert, "sequence_parallel": lay.sequence_parallel,
+            "pipeline_schedule": t.pipeline_schedule, "gpus": lay.gpus,
+            "busiest_rank": {"stage": busiest["stage"], "bytes": busiest["total"]},
+            "per_stage": per_stage, "scheduled": lay.gpus == lay.data}
