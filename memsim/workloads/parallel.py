@@ -211,6 +211,15 @@ def kv_bytes_per_gpu(arch: Architecture, layout: Layout, tokens: int, kv_bits: i
     return heads_here * per_head
 
 
+def groups(layout: Layout) -> dict[str, tuple[int, int]]:
+    """Each parallel group's (size, rank stride) in Megatron-LM's rank order, tensor innermost,
+    then context, data and pipeline (megatron/core/parallel_state.py, order "tp-cp-ep-dp-pp"):
+    TP stays inside a node as long as tensor ≤ GPUs per node."""
+    t, c, d = layout.tensor, layout.context, layout.data
+    return {"tensor": (t, 1), "context": (c, t), "data": (d, t * c), "pipeline": (layout.pipeline, t * c * d),
+            "expert": (layout.expert, t)}
+
+
 def layout_of(t) -> Layout:
     """The :class:`Layout` of a ``training`` spec (``memsim.workloads.spec.Training``)."""
     p = t.parallel
