@@ -253,6 +253,17 @@ class Compute(Spec):
                    nbytes / (self.mem_bw * self.memory_efficiency)) + self.launch_overhead
 
 
+class Fabric(Spec):
+    """A GPU's share of a collective fabric: NVLink/NVSwitch inside a node, or its NIC between
+    nodes. Collectives (memsim.hardware.collectives) run over it; it joins no tiers."""
+
+    kind: Literal["nvlink", "pcie", "network"] = Field(description="nvlink | pcie | network")
+    bandwidth: Bandwidth = Field(gt=0, description="bandwidth per GPU per direction, e.g. 450GB/s")
+    latency: Seconds = Field(0.0, ge=0, description="per-step latency of one ring/tree hop, e.g. 5us")
+    efficiency: float = Field(1.0, gt=0, le=1, description="achievable fraction (NCCL bus bandwidth)")
+    source: str | None = Field(None, description="where the numbers come from")
+
+
 class System(Spec):
     """A machine: named tiers, the links between them, shared ports and compute units."""
 
@@ -265,6 +276,11 @@ class System(Spec):
     usd_per_hour: float | None = Field(None, ge=0, description="rental price of the node, for studies")
     sources: list[str] = Field(default_factory=list, description="documents the numbers come from")
     calibration: dict | None = Field(None, description="how and when `memsim calibrate` measured this")
+    nodes: int = Field(1, ge=1, description="identical nodes in the cluster (each as described here)")
+    nvlink: Fabric | None = Field(None, description="GPU-to-GPU fabric inside a node (absent: "
+                                                    "collectives cross PCIe)")
+    network: Fabric | None = Field(None, description="inter-node link per GPU (bandwidth per "
+                                                     "direction, latency)")
 
     @model_validator(mode="after")
     def _references_exist(self) -> System:

@@ -39,6 +39,16 @@ class Offload(Spec):
     param: OffloadDevice = Field("none", description="zero_optimization.offload_param.device")
 
 
+class Parallel(Spec):
+    """Megatron-style parallel degrees (memsim.workloads.parallel); GPUs = tensor·pipeline·context·data."""
+
+    tensor: int = Field(1, ge=1, description="tensor-parallel degree (divides heads; within a node)")
+    pipeline: int = Field(1, ge=1, description="pipeline stages (divides layers)")
+    data: int = Field(1, ge=1, description="data-parallel degree (alias: training.data_parallel)")
+    context: int = Field(1, ge=1, description="context-parallel degree (splits the sequence)")
+    expert: int = Field(1, ge=1, description="expert-parallel degree (divides experts and data×context)")
+
+
 class Training(Spec):
     """One training step: grad_accum micro-batches forward and backward, then the optimizer."""
 
@@ -57,6 +67,25 @@ class Training(Spec):
     offload: Offload = Field(default_factory=Offload, description="DeepSpeed offload hints")
     deepspeed: str | None = Field(None, description="path to a DeepSpeed ds_config.json (relative to this "
                                                     "file); its values fill keys not set here")
+    parallel: Parallel = Field(default_factory=Parallel, description="tensor, pipeline, data, context, "
+                                                                    "expert degrees")
+    pipeline_schedule: Literal["1f1b", "interleaved"] = Field("1f1b", description=(
+        "pipeline schedule: 1f1b, or interleaved with virtual_stages chunks per stage"))
+    virtual_stages: int = Field(1, ge=1, description="model chunks per pipeline stage (interleaved)")
+    sequence_parallel: bool = Field(False, description="Megatron sequence parallelism (splits the "
+                                                       "activations TP keeps whole)")
+
+    @model_validator(mode="after")
+    def _data_alias(self) -> Training:
+        """``data_parallel`` and ``parallel.data`` are one value: either key sets both."""
+        dp, pd = self.data_parallel, self.parallel.data
+        if dp != pd:
+            if dp != 1 and pd != 1:
+                raise ValueError(f"data_parallel ({dp}) and parallel.data ({pd}) disagree; give one")
+            value = max(dp, pd)
+            object.__setattr__(self, "data_parallel", value)
+            object.__setattr__(self.parallel, "data", value)
+        return self
 
 
 class Inference(Spec):

@@ -34,6 +34,7 @@ from memsim.workloads import accounting as acc
 from memsim.workloads.builder import L, TraceBuilder, op
 from memsim.workloads.kernels import Kernel, head_kernels, layer_kernels
 from memsim.workloads.models import LORA_ALIASES, Architecture
+from memsim.workloads.parallel import training_layout_summary
 from memsim.workloads.spec import Training, Workload
 from memsim.workloads.trace import Trace
 
@@ -151,6 +152,7 @@ def build_training(w: Workload, arch: Architecture) -> Trace:
     b, s = t.micro_batch, t.seq_len
     m = b * s
     targets = lora_targets(arch, t, w._source)
+    parallel = training_layout_summary(arch, t, w._source)
     rank = t.lora.rank if t.lora else 0
     layer_lora = acc.lora_params(arch, rank, list(targets)) if t.lora else 0
     tb = TraceBuilder(w.name, "training", arch.layers)
@@ -213,6 +215,7 @@ def build_training(w: Workload, arch: Architecture) -> Trace:
         "global_tokens_per_step": tokens * t.data_parallel,
         "flops_per_step": model_flops * t.grad_accum,
         "data_parallel": t.data_parallel, "zero_stage": t.zero_stage, "micro_batch": b, "seq_len": s,
+        "parallel": parallel,
         "grad_accum": t.grad_accum, "optimizer": t.optimizer, "flash_attention": t.flash_attention,
         "lora": t.lora.model_dump() if t.lora else None,
         "hints": {"offload_optimizer": t.offload.optimizer, "offload_param": t.offload.param},

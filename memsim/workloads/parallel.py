@@ -1,0 +1,254 @@
+"""Sharding accounting of a parallel layout: what one rank holds under TP, PP, CP, EP and ZeRO.
+
+A layout is Megatron-LM's 5-D grid (Shoeybi et al. 2019; Narayanan et al. 2021, "Efficient
+Large-Scale Language Model Training on GPU Clusters"; Korthikanti et al. 2022 for sequence
+parallelism): ``tensor`` splits every attention head group and MLP column/row across ranks of a
+node, ``pipeline`` splits the layers into stages, ``context`` splits the sequence (ring
+attention), ``data`` replicates the rest, and ``expert`` places MoE experts across ranks carved
+out of the data×context ranks (Megatron-Core's expert-parallel group). The GPU count is
+tensor × pipeline × context × data.
+
+The figures here are exact byte counts per rank, built on :mod:`memsim.workloads.accounting`,
+so they can be checked by hand (tests/test_parallel_accounting.py does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memsim.errors import SpecError
+from memsim.workloads.accounting import DTYPE_BYTES, kv_bytes, layer_activations, optimizer_bytes, shard
+from memsim.workloads.models import Architecture
+
+DEGREES = ("tensor", "pipeline", "data", "context", "expert")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Degrees of each kind of parallelism (1: none) and Megatron's sequence parallelism."""
+
+    tensor: int = 1
+    pipeline: int = 1
+    data: int = 1
+    context: int = 1
+    expert: int = 1
+    sequence_parallel: bool = False
+
+    @property
+    def gpus(self) -> int:
+        """Expert parallelism reuses data×context ranks, so it does not multiply the count."""
+        return self.tensor * self.pipeline * self.data * self.context
+
+    @property
+    def dense_dp(self) -> int:
+        """Ranks holding the same dense parameters: Megatron's distributed optimizer shards over
+        data × context (context ranks hold the same weights)."""
+        return self.data * self.context
+
+    @property
+    def expert_dp(self) -> int:
+        """Ranks holding the same experts: the dense DP group divided among expert groups."""
+        return self.dense_dp // self.expert
+
+
+def validate_layout(arch: Architecture, layout: Layout, *, nodes: int | None = None,
+                    gpus_per_node: int | None = None,
+                    seq_len: int | None = None, file: str | None = None,
+                    prefix: str = "training.parallel") -> None:
+    """Exit-2 errors naming the key when the layout cannot shard this model on this cluster
+    (the GPU count is checked only when ``nodes`` and ``gpus_per_node`` are given)."""
+    for name in DEGREES:
+        if getattr(layout, name) < 1:
+            raise SpecError(f"must be ≥ 1, got {getattr(layout, name)}", file=file, key=f"{prefix}.{name}")
+    t = layout.tensor
+    if arch.heads % t:
+        raise SpecError(f"tensor={t} must divide the {arch.name} attention heads ({arch.heads})",
+                        file=file, key=f"{prefix}.tensor")
+    # GQA: each rank needs whole KV heads, or t a multiple of them (KV heads replicated, as vLLM
+    # and Megatron-Core do when tensor > num_key_value_heads).
+    if arch.kv_heads % t and t % arch.kv_heads:
+        raise SpecError(f"tensor={t} and the {arch.kv_heads} KV heads of {arch.name} must divide one "
+                        "another", file=file, key=f"{prefix}.tensor")
+    if arch.layers % layout.pipeline:
+        raise SpecError(f"pipeline={layout.pipeline} must divide the {arch.layers} layers of {arch.name}",
+                        file=file, key=f"{prefix}.pipeline")
+    if layout.expert > 1:
+        if not arch.is_moe or arch.experts % layout.expert:
+            raise SpecError(f"expert={layout.expert} must divide the experts of {arch.name} "
+                            f"({arch.experts})", file=file, key=f"{prefix}.expert")
+        if layout.dense_dp % layout.expert:
+            raise SpecError(f"expert={layout.expert} must divide data×context ({layout.dense_dp}): "
+                            "expert ranks are carved out of them", file=file, key=f"{prefix}.expert")
+    if seq_len is not None and seq_len % layout.context:
+        raise SpecError(f"context={layout.context} must divide seq_len ({seq_len})",
+                        file=file, key=f"{prefix}.context")
+    if nodes is None or gpus_per_node is None:
+        return
+    have = nodes * gpus_per_node
+    if layout.gpus > have:
+        raise SpecError(f"tensor×pipeline×context×data = {layout.gpus} GPUs, but the system has "
+                        f"{nodes} node(s) × {gpus_per_node} GPUs = {have}", file=file,
+                        key=f"{prefix}.data" if layout.data > 1 else f"{prefix}.tensor")
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """Parameters one rank of a pipeline stage holds, split by which DP group shards them."""
+
+    dense: int  # replicated across data×context ranks
+    expert: int  # replicated across data×context/expert ranks
+
+    @property
+    def total(self) -> int:
+        return self.dense + self.expert
+
+
+def stage_params(arch: Architecture, layout: Layout, stage: int) -> StageParams:
+    """Parameters on one rank of pipeline stage ``stage``.
+
+    Megatron's tensor parallelism splits QKV and the MLP by columns and the out/down projections
+    by rows (biases of row-parallel layers and all norms stay replicated); the embedding and LM
+    head are vocab-parallel. The embedding lives on the first stage, the final norm and head on
+    the last. Experts are spread over ``expert`` ranks, each expert's MLP also split by ``tensor``.
+    """
+    t, p = layout.tensor, layout.pipeline
+    per_stage = arch.layers // p
+    attn = shard(arch.qkv_params + arch.out_params, t)
+    norms = 2 * arch.norm_params + arch.router_params
+    if arch.is_moe:
+        expert_layer = (arch.experts // layout.expert) * shard(arch.expert_params, t)
+        dense_layer = attn + norms
+    else:
+        dense_layer, expert_layer = attn + norms + shard(arch.expert_params, t), 0
+    dense = per_stage * dense_layer
+    if stage == 0:
+        dense += shard(arch.embed_params, t)
+    if stage == p - 1:
+        head = arch.head_params - arch.norm_params
+        dense += arch.norm_params + shard(head, t)
+    return StageParams(dense=dense, expert=per_stage * expert_layer)
+
+
+@dataclass(frozen=True)
+class RankStates:
+    """Model-state bytes of one rank (weights, gradients, optimizer states)."""
+
+    weights: int
+    grads: int
+    optimizer: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.grads + self.optimizer
+
+
+def rank_states(arch: Architecture, layout: Layout, stage: int, *, zero_stage: int = 0,
+                precision: str = "bf16", optimizer: str = "adamw", trainable: bool = True) -> RankStates:
+    """Model states of one rank of ``stage`` under ZeRO ``zero_stage`` (Rajbhandari et al. 2020):
+    stage 1 shards the optimizer states over the DP group, 2 also gradients, 3 also weights.
+    Dense parameters shard over data×context, expert parameters over data×context/expert.
+    ``trainable=False`` (frozen base weights, e.g. under LoRA) keeps no gradients or states."""
+    sp = stage_params(arch, layout, stage)
+    e = DTYPE_BYTES[precision]
+    out = [0, 0, 0]
+    for params, dp in ((sp.dense, layout.dense_dp), (sp.expert, layout.expert_dp)):
+        w = params * e
+        g, o = (params * e, optimizer_bytes(params, precision, optimizer)) if trainable else (0, 0)
+        out[0] += shard(w, dp) if zero_stage >= 3 else w
+        out[1] += shard(g, dp) if zero_stage >= 2 else g
+        out[2] += shard(o, dp) if zero_stage >= 1 else o
+    return RankStates(*out)
+
+
+def busiest_stage(arch: Architecture, layout: Layout, **kw) -> tuple[int, RankStates]:
+    """The pipeline stage whose rank holds the most model-state bytes (first one on ties)."""
+    states = [rank_states(arch, layout, i, **kw) for i in range(layout.pipeline)]
+    best = max(range(layout.pipeline), key=lambda i: (states[i].total, -i))
+    return best, states[best]
+
+
+def layer_activation_bytes(arch: Architecture, layout: Layout, b: int, s: int, e: int,
+                           flash: bool = True) -> int:
+    """Saved activations of one layer on one rank (Korthikanti et al. 2022, Eq. 2 and §4.2.2).
+
+    Context parallelism splits the sequence: each rank saves its s/context tokens. Tensor
+    parallelism splits everything inside the attention and MLP blocks by t, but the norm
+    inputs, the QKV and MLP inputs and the dropout masks (10·sbh of the paper's 34·sbh) stay
+    replicated; sequence parallelism splits those along the sequence too, so the whole layer
+    divides by t.
+    """
+    s_local = -(-s // layout.context)
+    acts = layer_activations(arch, b, s_local, e, flash)
+    t = layout.tensor
+    if layout.sequence_parallel or t == 1:
+        return shard(acts.total, t)
+    tokens_h = b * s_local * arch.hidden
+    replicated = 4 * tokens_h * e + (2 * tokens_h if arch.dropout else 0)
+    return replicated + shard(acts.total - replicated, t)
+
+
+def inflight_microbatches(layout: Layout, stage: int, microbatches: int, schedule: str = "1f1b") -> int:
+    """Micro-batches whose activations stage ``stage`` holds at its peak under 1F1B: P − stage
+    (Narayanan et al. 2021, §2.2.1), never more than the step has. GPipe holds all of them."""
+    if schedule == "gpipe":
+        return microbatches
+    return min(layout.pipeline - stage, microbatches)
+
+
+def stage_activation_bytes(arch: Architecture, layout: Layout, stage: int, *, b: int, s: int,
+                           microbatches: int, e: int = 2, flash: bool = True) -> int:
+    """Peak activation bytes of one rank of ``stage``: its layers × in-flight micro-batches."""
+    per_stage = arch.layers // layout.pipeline
+    held = inflight_microbatches(layout, stage, microbatches)
+    return held * per_stage * layer_activation_bytes(arch, layout, b, s, e, flash)
+
+
+def kv_bytes_per_gpu(arch: Architecture, layout: Layout, tokens: int, kv_bits: int = 16) -> int:
+    """KV-cache bytes one GPU holds for ``tokens`` tokens: its layers (PP) and its KV heads
+    (TP; when tensor > kv_heads each rank keeps one replicated head, as vLLM does)."""
+    heads_here = max(1, arch.kv_heads // layout.tensor)
+    per_head = kv_bytes(arch, tokens, kv_bits, layers=arch.layers // layout.pipeline) // arch.kv_heads
+    return heads_here * per_head
+
+
+def groups(layout: Layout) -> dict[str, tuple[int, int]]:
+    """Each parallel group's (size, rank stride) in Megatron-LM's rank order, tensor innermost,
+    then context, data and pipeline (megatron/core/parallel_state.py, order "tp-cp-ep-dp-pp"):
+    TP stays inside a node as long as tensor ≤ GPUs per node."""
+    t, c, d = layout.tensor, layout.context, layout.data
+    return {"tensor": (t, 1), "context": (c, t), "data": (d, t * c), "pipeline": (layout.pipeline, t * c * d),
+            "expert": (layout.expert, t)}
+
+
+def layout_of(t) -> Layout:
+    """The :class:`Layout` of a ``training`` spec (``memsim.workloads.spec.Training``)."""
+    p = t.parallel
+    return Layout(tensor=p.tensor, pipeline=p.pipeline, data=p.data, context=p.context, expert=p.expert,
+                  sequence_parallel=t.sequence_parallel)
+
+
+def training_layout_summary(arch: Architecture, t, file: str | None = None) -> dict:
+    """Validate a training spec's layout and account its busiest rank (the trace's ``parallel``
+    metadata): per-GPU model states and activations of the stage that holds the most, and which.
+
+    Byte accounting only: the op trace still simulates one data-parallel rank of the whole
+    model, so tensor/pipeline/context/expert degrees above 1 are reported, not yet scheduled.
+    LoRA adapters' own states are left out here (the trace counts them)."""
+    lay = layout_of(t)
+    validate_layout(arch, lay, seq_len=t.seq_len, file=file)
+    e = DTYPE_BYTES[t.precision]
+    per_stage = []
+    for i in range(lay.pipeline):
+        states = rank_states(arch, lay, i, zero_stage=t.zero_stage, precision=t.precision,
+                             optimizer=t.optimizer, trainable=t.lora is None)
+        acts = stage_activation_bytes(arch, lay, i, b=t.micro_batch, s=t.seq_len,
+                                      microbatches=t.grad_accum, e=e, flash=t.flash_attention)
+        per_stage.append({"stage": i, "weights": states.weights, "grads": states.grads,
+                          "optimizer": states.optimizer, "activations": acts,
+                          "total": states.total + acts})
+    busiest = max(per_stage, key=lambda r: (r["total"], -r["stage"]))
+    return {"tensor": lay.tensor, "pipeline": lay.pipeline, "data": lay.data, "context": lay.context,
+            "expert": lay.expert, "sequence_parallel": lay.sequence_parallel,
+            "pipeline_schedule": t.pipeline_schedule, "gpus": lay.gpus,
+            "busiest_rank": {"stage": busiest["stage"], "bytes": busiest["total"]},
+            "per_stage": per_stage, "scheduled": lay.gpus == lay.data}
