@@ -161,6 +161,9 @@ class Link(Spec):
     bandwidth: Bandwidth | None = Field(None, gt=0, description="bandwidth per direction, e.g. 64GB/s")
     bandwidth_reverse: Bandwidth | None = Field(
         None, gt=0, description="bandwidth from ends[1] to ends[0] when it differs")
+    pageable_bandwidth: Bandwidth | None = Field(
+        None, gt=0, description="bandwidth per direction of a copy from pageable (unpinned) host "
+        "memory, which the driver stages through its own pinned buffer; unset = same as pinned")
     pcie_gen: int | None = Field(None, ge=3, le=6, description="PCIe generation, if bandwidth is derived")
     lanes: int | None = Field(None, ge=1, le=32, description="PCIe lanes, if bandwidth is derived")
     efficiency: float = Field(1.0, gt=0, le=1, description="achievable fraction of the raw bandwidth")
@@ -176,9 +179,15 @@ class Link(Spec):
             self.__dict__["bandwidth"] = PCIE_GBPS_PER_LANE[self.pcie_gen] * self.lanes
         return self
 
-    def rate(self, src: str) -> float:
-        """Achievable bytes/s when the copy leaves from ``src`` (one of ``ends``)."""
+    def rate(self, src: str, pinned: bool = True) -> float:
+        """Achievable bytes/s when the copy leaves from ``src`` (one of ``ends``).
+
+        ``pinned=False`` is a copy from pageable host memory: the driver stages it through a
+        pinned bounce buffer, so it runs at ``pageable_bandwidth`` when the link has one.
+        """
         raw = self.bandwidth if src == self.ends[0] else (self.bandwidth_reverse or self.bandwidth)
+        if not pinned and self.pageable_bandwidth is not None:
+            raw = min(raw, self.pageable_bandwidth)
         return raw * self.efficiency
 
 

@@ -182,7 +182,8 @@ def _disk_figures(backend: Backend, folder: Path, mode: str, quick: bool, reps: 
 def _pinned_figures(backend: Backend, quick: bool, reps: int, step: Progress) -> dict:
     step("pinned host <-> device copies")
     sizes = [1 << 20, 64 << 20] if quick else [1 << 20, 16 << 20, 256 << 20]
-    return {"pinned": {s: mb.pinned_copy(backend, s, reps) for s in sizes}}
+    return {"pinned": {s: mb.pinned_copy(backend, s, reps) for s in sizes},
+            "pageable": {s: mb.pageable_copy(backend, s, reps) for s in sizes}}
 
 
 def _cpu_model() -> str:
@@ -298,8 +299,10 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
         h2d, d2h = figures["pinned"][big]
         tiers["hbm"] = {"kind": "hbm", "capacity": props.total_memory, "read_bw": compute["cpu"]["mem_bw"],
                         "write_bw": compute["cpu"]["mem_bw"], "source": "torch.cuda device properties"}
+        p_h2d, p_d2h = figures["pageable"][big]
         links.append({"name": "pcie-gpu", "kind": "pcie", "ends": ["hbm", "dram"], "bandwidth": d2h,
-                      "bandwidth_reverse": h2d, "source": "pinned copies on a side stream"})
+                      "bandwidth_reverse": h2d, "pageable_bandwidth": min(p_h2d, p_d2h),
+                      "source": "pinned copies on a side stream; pageable copies on the default stream"})
         gpu = _compute_unit(backend, figures, "gpu", "hbm", props.name)
         tiers["hbm"]["read_bw"] = tiers["hbm"]["write_bw"] = gpu["mem_bw"]
         compute = {"gpu": gpu}
@@ -330,6 +333,8 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
     if "pinned" in figures:
         calibration["pinned_copy_Bps"] = {str(k): {"h2d": v[0], "d2h": v[1]}
                                           for k, v in figures["pinned"].items()}
+        calibration["pageable_copy_Bps"] = {str(k): {"h2d": v[0], "d2h": v[1]}
+                                            for k, v in figures["pageable"].items()}
     return {"name": name or f"{host}-{backend.device}",
             "description": f"measured by memsim calibrate on {host} ({_cpu_model()})",
             "tiers": tiers, "links": links, "compute": compute, "calibration": calibration}

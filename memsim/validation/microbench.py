@@ -509,6 +509,20 @@ def pinned_copy(backend: Backend, nbytes: int, repeats: int) -> tuple[float, flo
     return nbytes / h2d, nbytes / d2h
 
 
+def pageable_copy(backend: Backend, nbytes: int, repeats: int) -> tuple[float, float]:
+    """CUDA only: (host→device, device→host) bytes/s of copies from pageable host memory.
+
+    The driver stages these through its own pinned buffer and the copy is synchronous with the
+    host, so they are timed on the default stream, as ``tensor.to(device)`` runs them.
+    """
+    torch = backend.torch
+    host = torch.empty(nbytes, dtype=torch.uint8)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    h2d = backend.median_time(lambda: dev.copy_(host), repeats)
+    d2h = backend.median_time(lambda: host.copy_(dev), repeats)
+    return nbytes / h2d, nbytes / d2h
+
+
 def _now() -> float:
     import time
 
