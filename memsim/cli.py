@@ -16,7 +16,13 @@ from contextlib import contextmanager
 from typing import Annotated, Any, TextIO
 
 import typer
-import typer.exceptions
+
+try:  # typer vendors click from 0.25 on; before that its usage errors are click's own
+    from typer.exceptions import Abort as _Abort
+    from typer.exceptions import TyperException as _UsageError
+except ImportError:  # pragma: no cover - older typer
+    from click.exceptions import Abort as _Abort
+    from click.exceptions import ClickException as _UsageError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -835,11 +841,11 @@ def main() -> None:
         return
     try:
         code = app(standalone_mode=False)
-    except typer.exceptions.TyperException as exc:  # click's usage errors, as typer vendors them
+    except _UsageError as exc:  # click's usage errors (an unknown option, a missing argument)
         emit_json(error_document(exc.format_message(), exc.exit_code))
         err.print(f"[bold red]error:[/] {escape(exc.format_message())}", highlight=False)
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except _Abort:
         emit_json(error_document("interrupted", 130))
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
