@@ -803,22 +803,24 @@ def _short(key: str) -> str:
 @app.command("reproduce")
 @handle_errors
 def reproduce_cmd(
-    output: Annotated[str, typer.Option("-o", "--output",
-                                        help="document to write")] = "docs/reproductions.md",
+    output: Annotated[str | None, typer.Option(
+        "-o", "--output", help="document to write [default: a full run writes the project's "
+        "docs/reproductions.md (./reproductions.md outside a checkout); a partial run writes none]")] = None,
     cases: Annotated[list[str] | None, typer.Option("--case", help="run only this case (repeatable): a name "
                                                     "in studies/reproductions/ or a case YAML")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="only the cases marked quick (seconds)")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Set up published results with memsim's own parts and write them side by side (a Markdown doc)."""
-    from memsim.studies.reproduce import reproduce
+    from memsim.studies.reproduce import default_output, reproduce
 
+    target = output if output is not None else default_output(partial=bool(cases) or quick)
     bar, task = _progress(None, "reproducing", as_json)
     with bar:
-        results, _ = reproduce(cases or [], quick, output, progress=lambda msg, done, total: bar.update(
+        results, _ = reproduce(cases or [], quick, target, progress=lambda msg, done, total: bar.update(
             task, completed=done, total=total, description=msg))
     if as_json:
-        emit_json({"path": output, "cases": [r.to_dict() for r in results]})
+        emit_json({"path": None if target is None else str(target), "cases": [r.to_dict() for r in results]})
         return
     from memsim.studies.reproduce_doc import fmt_diff, fmt_value
 
@@ -830,7 +832,8 @@ def reproduce_cmd(
                 table.add_row(r.name, f.label, fmt_value(f.published, f.unit), fmt_value(f.memsim, f.unit),
                               fmt_diff(f), f.source)
     out.print(table)
-    out.print(f"wrote {output}")
+    out.print(f"wrote {target}" if target is not None else "no document written (a partial run; "
+              "give -o PATH to write one)")
 
 
 def main() -> None:

@@ -164,3 +164,18 @@ def test_calibrate_and_validate_print_one_document_each(tmp_path: Path):
     assert code == 0, stderr
     assert len(doc["cases"]) == 1 and doc["cases"][0]["measured_s"] > 0
     assert doc["median_abs_error"] >= 0
+
+
+def test_a_partial_reproduce_never_replaces_the_full_document(tmp_path: Path):
+    full = tmp_path / "reproductions.md"
+    text = (ROOT / "docs" / "reproductions.md").read_text()
+    full.write_text(text)
+    code, doc, _ = memsim("reproduce", "--case", "kivi", "-o", str(full))
+    assert code == 2 and doc["key"] == "--output" and doc["file"] == str(full)
+    assert full.read_text() == text  # untouched
+
+
+def test_reproduce_without_output_writes_no_docs_folder_where_the_user_stands(tmp_path: Path):
+    code, doc, stderr = memsim("reproduce", "--case", "kivi", cwd=tmp_path)
+    assert code == 0, stderr
+    assert doc["path"] is None and list(tmp_path.iterdir()) == []  # a partial run writes no file
