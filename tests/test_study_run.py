@@ -120,7 +120,7 @@ def test_cli_json_is_one_document(tmp_path: Path):
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["points"] == 4 and doc["statuses"] == {"ok": 4}
-    assert doc["best"]["usd_per_hour"] == pytest.approx(8 * 2.5 + 0)  # the node's 8 GPUs, no memory prices
+    assert doc["best"]["usd_per_hour"] == pytest.approx(2.5)  # its 1 GPU of 8: 1/8 of 8 × 2.5
     assert all(r["usd_per_mtoken"] > 0 for r in doc["rows"])
 
 
@@ -168,3 +168,18 @@ def test_ctrl_c_stops_running_workers_at_once(tmp_path: Path):
     assert len(mtimes(out)) >= 1
     run = run_study(path, out, jobs=1)
     assert run.cached >= 1 and len(run.rows) == 4 and all(r["status"] == "ok" for r in run.rows)
+
+
+def test_cost_follows_the_gpus_a_plan_uses(tmp_path: Path):
+    """One H100 of an 8-GPU node pays an eighth of the node's price: its $/Mtoken is that of the
+    GPU whose throughput it is (the whole node's price made an H100 look 8× too expensive)."""
+    from memsim.hardware import load_system
+
+    path = study_file(tmp_path, "  - {key: inference.batch_size, values: [1]}\n")
+    run = run_study(path, tmp_path / "o", jobs=1)
+    node = load_system("h100-sxm")
+    (row,) = run.rows
+    assert row["status"] == "ok"
+    assert row["usd_per_hour"] == pytest.approx(node.usd_per_hour / node.gpu.count)
+    assert row["usd_per_mtoken"] == pytest.approx(row["usd_per_hour"] / (row["tokens_per_s"] * 3600) * 1e6,
+                                                  rel=1e-4)

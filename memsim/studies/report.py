@@ -32,18 +32,24 @@ def metric(result: dict | None, path: str) -> Any:
     return node if isinstance(node, str | int | float | bool) or node is None else str(node)
 
 
-def hourly_cost(system: dict | None, costs: Costs | None) -> float | None:
-    """Dollars per hour of the point's machine: its parts priced by ``costs``, else the catalog's
-    ``usd_per_hour`` for the node. HBM comes with the GPU; flash is priced as SSD."""
+def hourly_cost(system: dict | None, costs: Costs | None, gpus_used: int | None = None) -> float | None:
+    """Dollars per hour of what the point runs on: its parts priced by ``costs``, else the catalog's
+    ``usd_per_hour`` for the node. HBM comes with the GPU; flash is priced as SSD. A job on some of
+    a node's GPUs pays that share of the node (a 1-GPU plan on an 8-GPU node: one eighth), since its
+    throughput is that of the GPUs it uses."""
     if not system:
         return None
+    gpus = system.get("gpus") or 0
+    share = min(gpus_used, gpus) / gpus if gpus and gpus_used else 1.0
     if costs is None:
-        return system.get("usd_per_hour")
+        node = system.get("usd_per_hour")
+        return None if node is None else round(node * share, 6)
     by_kind = system["bytes_by_kind"]
-    return round(system["gpus"] * costs.usd_per_gpu_hour
-                 + by_kind.get("dram", 0) / GIB * costs.usd_per_gib_dram
-                 + by_kind.get("cxl", 0) / GIB * costs.usd_per_gib_cxl
-                 + (by_kind.get("ssd", 0) + by_kind.get("flash", 0)) / TB * costs.usd_per_tb_nvme, 6)
+    node = (gpus * costs.usd_per_gpu_hour
+            + by_kind.get("dram", 0) / GIB * costs.usd_per_gib_dram
+            + by_kind.get("cxl", 0) / GIB * costs.usd_per_gib_cxl
+            + (by_kind.get("ssd", 0) + by_kind.get("flash", 0)) / TB * costs.usd_per_tb_nvme)
+    return round(node * share, 6)
 
 
 def build_rows(study: Study, hashed: list[tuple[Point, str]], records: dict[str, dict]) -> list[dict]:
@@ -59,7 +65,8 @@ def build_rows(study: Study, hashed: list[tuple[Point, str]], records: dict[str,
             row[name] = metric(result, name) if keep else None
         if "feasible" in row and record["status"] != "ok":
             row["feasible"] = False
-        cost = hourly_cost(record.get("system"), study.costs)
+        used = metric(result, "job.gpus")
+        cost = hourly_cost(record.get("system"), study.costs, used if isinstance(used, int) else None)
         tokens = metric(result, "tokens_per_s")
         row["usd_per_hour"] = cost
         row["usd_per_mtoken"] = (round(cost / (tokens * 3600) * 1e6, 6)
