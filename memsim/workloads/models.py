@@ -336,8 +336,9 @@ def parse_config(config: dict, *, name: str, file: str | None = None) -> Archite
             raise SpecError(f"unsupported model_type {family!r}{did_you_mean(str(family), FAMILIES)} and "
                             f"the config lacks {', '.join(missing)} (needed to read it as a dense "
                             f"decoder); supported: {', '.join(FAMILIES)}", file=file, key=missing[0])
-        notes.append(f"model_type {family!r} is not a known family: read as a dense llama-like "
-                     "decoder (gated MLP, RMSNorm, rotary) from its standard fields")
+        notes.append(f"model_type {family!r} is not a known family{did_you_mean(str(family), FAMILIES)}: "
+                     "read as a dense llama-like decoder (gated MLP, RMSNorm, rotary) from its "
+                     "standard fields")
 
     def get(key: str, default=None, *, kind=int):
         value = config.get(key, default)
