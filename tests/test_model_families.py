@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from memsim.workloads.accounting import kv_bytes
-from memsim.workloads.models import load_model
+from memsim.workloads.models import load_model, model_path
 
 PUBLISHED = {  # name: published total parameters
     "gemma-2b": 2_506_172_416, "gemma-7b": 8_537_680_896, "gemma-2-2b": 2_614_341_888,
@@ -77,7 +77,7 @@ def test_ssm_state_is_fixed():
 
 
 def test_unknown_family_read_as_dense_and_missing_keys_exit_2(tmp_path):
-    config = json.loads(open("workloads/models/llama-2-7b.json").read())
+    config = json.loads(model_path("llama-2-7b").read_text())
     config["model_type"] = "granite_like"
     ok = tmp_path / "ok.json"
     ok.write_text(json.dumps(config))
