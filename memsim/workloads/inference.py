@@ -39,7 +39,10 @@ def act_bytes(arch: Architecture, tokens: int, e: int) -> int:
 
 
 def declare_model(tb: TraceBuilder, arch: Architecture, dtype: str, e: int) -> None:
-    tb.tensor(L + "weight", arch.layer_params * e, "weight", dtype)
+    layer_bytes = arch.layer_params * e
+    if arch.quant is not None:  # packed linears: the templated layer carries the mean layer bytes
+        layer_bytes = -(-(arch.weight_bytes(e) - (arch.embed_params + arch.head_params) * e) // arch.layers)
+    tb.tensor(L + "weight", layer_bytes, "weight", dtype)
     tb.tensor("embed.weight", arch.embed_params * e, "weight", dtype)
     tb.tensor("head.weight", arch.head_params * e, "weight", dtype)
 
@@ -93,7 +96,7 @@ def token_costs(arch: Architecture, e: int, kv_bits: int) -> TokenCosts:
     included, embedding lookup not), 4·a·d per (new token × context token) per layer."""
     matmul_params = arch.layers * (arch.layer_active_params - 2 * arch.norm_params) + arch.vocab * arch.hidden
     return TokenCosts(
-        weight_bytes=arch.params * e, flops_per_token=2.0 * matmul_params,
+        weight_bytes=arch.weight_bytes(e), flops_per_token=2.0 * matmul_params,
         attn_flops_per_token_ctx=4.0 * arch.heads * arch.head_dim * arch.layers,
         kv_bytes_per_token=acc.kv_bytes(arch, 1, kv_bits), activation_bytes_per_token=act_bytes(arch, 1, e),
         layers=arch.layers)

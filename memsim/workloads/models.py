@@ -16,6 +16,7 @@ from pathlib import Path
 
 from memsim.catalog import catalog_dir
 from memsim.errors import SpecError, did_you_mean
+from memsim.workloads.quantization import WeightQuant, linear_bytes, parse_quantization
 
 FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "opt", "gpt2", "gemma", "gemma2", "gemma3",
             "gemma3_text", "phi3", "qwen3", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3",
@@ -77,6 +78,7 @@ class Architecture:
     ssm_proj_bias: bool = False
     ssm_inner_norms: bool = False  # Jamba's dt/B/C RMSNorms
     notes: tuple[str, ...] = ()  # how the config was read, when it needed a guess
+    quant: WeightQuant | None = None  # the config's quantization_config (weights)
 
     def __post_init__(self) -> None:
         if not self.mixers:
@@ -213,6 +215,45 @@ class Architecture:
     @property
     def active_params(self) -> int:
         return self.embed_params + self.layers_active_params + self.head_params
+
+    def _mlp_shapes(self, f: int, copies: int) -> list[tuple[int, int, int]]:
+        h = self.hidden
+        return [(h, f, copies * (2 if self.gated_mlp else 1)), (f, h, copies)]
+
+    def linear_shapes(self) -> list[tuple[int, int, int]]:
+        """(in, out, copies) of every matmul weight in the layers (what quantization packs; the
+        router stays in the model dtype)."""
+        h, a = self.hidden, self.heads
+        out: list[tuple[int, int, int]] = []
+        for i in range(self.layers):
+            kind = self.mixers[i]
+            if kind == "ssm":
+                d, r, n = self.ssm_inner, self.ssm_dt_rank, self.ssm_state
+                out += [(h, 2 * d, 1), (d, r + 2 * n, 1), (r, d, 1), (d, h, 1)]
+            elif kind == "mla":
+                qk = self.qk_nope_head_dim + self.qk_rope_head_dim
+                out += ([(h, self.q_lora_rank, 1), (self.q_lora_rank, a * qk, 1)] if self.q_lora_rank
+                        else [(h, a * qk, 1)])
+                out += [(h, self.kv_lora_rank + self.qk_rope_head_dim, 1),
+                        (self.kv_lora_rank, a * (self.qk_nope_head_dim + self.v_head_dim), 1),
+                        (a * self.v_head_dim, h, 1)]
+            else:
+                out += [(h, self.qkv_dim, 1), (self.q_dim, h, 1)]
+            if self.mlps[i] == "dense":
+                out += self._mlp_shapes(self.dense_intermediate or self.intermediate, 1)
+            elif self.mlps[i] == "moe":
+                out += self._mlp_shapes(self.intermediate, self.experts)
+                if self.shared_intermediate:
+                    out += self._mlp_shapes(self.shared_intermediate, 1)
+        return out
+
+    def weight_bytes(self, e: int) -> int:
+        """Bytes of all weights: ``e`` per parameter, or the packed bytes of the quantized linears
+        (memsim.workloads.quantization) plus ``e`` per remaining parameter."""
+        if self.quant is None:
+            return self.params * e
+        shapes = self.linear_shapes()
+        return (self.params - sum(i * o * c for i, o, c in shapes)) * e + linear_bytes(self.quant, shapes)
 
     # -- KV cache / recurrent state, per layer kind --------------------------------------------
 
@@ -431,7 +472,9 @@ def parse_config(config: dict, *, name: str, file: str | None = None) -> Archite
                         f"{arch['experts']}", file=file, key="num_experts_per_tok")
     if arch.get("qk_norm") == -1:  # per-head q/k norms, known once head_dim is
         arch["qk_norm"] = 2 * head_dim
-    return Architecture(name=name, family=family or "unknown", head_dim=head_dim, notes=tuple(notes), **arch)
+    quant = parse_quantization(config.get("quantization_config"), file=file)
+    return Architecture(name=name, family=family or "unknown", head_dim=head_dim, notes=tuple(notes),
+                        quant=quant, **arch)
 
 
 _TIED_BY_DEFAULT = ("gemma", "gemma2", "gemma3", "gemma3_text", "cohere", "falcon", "starcoder2", "jamba")
