@@ -238,7 +238,7 @@ class Architecture:
                         (self.kv_lora_rank, a * (self.qk_nope_head_dim + self.v_head_dim), 1),
                         (a * self.v_head_dim, h, 1)]
             else:
-                out += [(h, self.qkv_dim, 1), (self.q_dim, h, 1)]
+                out += [(h, self.q_dim, 1), (h, self.kv_dim, 2), (self.q_dim, h, 1)]  # q, k, v, o
             if self.mlps[i] == "dense":
                 out += self._mlp_shapes(self.dense_intermediate or self.intermediate, 1)
             elif self.mlps[i] == "moe":
