@@ -115,12 +115,23 @@ def layer_activations(arch: Architecture, b: int, s: int, e: int, flash: bool) -
     return LayerActivations(input=tokens * h * e, attn=attn, scores=scores, mlp=mlp)
 
 
-def kv_bytes(arch: Architecture, tokens: int, kv_bits: int = 16, layers: int | None = None) -> int:
+def kv_bytes(arch: Architecture, tokens: int, kv_bits: int = 16, layers: int | None = None,
+             context: int | None = None) -> int:
     """KV-cache bytes: 2 (K and V) × layers × kv_heads × head_dim × bits/8 × tokens.
     Llama-3-8B at 2**20 tokens in 16 bits: 2·32·8·128·2·2**20 = 128 GiB exactly. Quantised KV
-    (KIVI) counts the packed values only, not its per-group scales."""
+    (KIVI) counts the packed values only, not its per-group scales.
+
+    Models whose layers cache differently (sliding window, MLA latent, SSM state: see
+    ``Architecture.kv_elems``) are counted per layer kind; given ``context`` (tokens per
+    sequence, ``tokens`` a multiple of it) the window cap and the fixed SSM state are exact, and
+    ``layers`` counts mean layers (the trace's templated layer)."""
     layers = arch.layers if layers is None else layers
-    return -(-(2 * layers * arch.kv_dim * kv_bits * tokens) // 8)
+    if set(arch.mixers) == {"attn"}:
+        return -(-(2 * layers * arch.kv_dim * kv_bits * tokens) // 8)
+    if context is None:
+        return math.ceil(layers * arch.kv_token_elems * kv_bits * tokens / 8)
+    seqs = tokens / context
+    return math.ceil(arch.kv_seq_bytes(context, kv_bits) * seqs * layers / arch.layers)
 
 
 def lora_params(arch: Architecture, rank: int, targets: list[str]) -> int:

@@ -39,7 +39,10 @@ def act_bytes(arch: Architecture, tokens: int, e: int) -> int:
 
 
 def declare_model(tb: TraceBuilder, arch: Architecture, dtype: str, e: int) -> None:
-    tb.tensor(L + "weight", arch.layer_params * e, "weight", dtype)
+    layer_bytes = arch.layer_params * e
+    if arch.quant is not None:  # packed linears: the templated layer carries the mean layer bytes
+        layer_bytes = -(-(arch.weight_bytes(e) - (arch.embed_params + arch.head_params) * e) // arch.layers)
+    tb.tensor(L + "weight", layer_bytes, "weight", dtype)
     tb.tensor("embed.weight", arch.embed_params * e, "weight", dtype)
     tb.tensor("head.weight", arch.head_params * e, "weight", dtype)
 
@@ -93,7 +96,7 @@ def token_costs(arch: Architecture, e: int, kv_bits: int) -> TokenCosts:
     included, embedding lookup not), 4·a·d per (new token × context token) per layer."""
     matmul_params = arch.layers * (arch.layer_active_params - 2 * arch.norm_params) + arch.vocab * arch.hidden
     return TokenCosts(
-        weight_bytes=arch.params * e, flops_per_token=2.0 * matmul_params,
+        weight_bytes=arch.weight_bytes(e), flops_per_token=2.0 * matmul_params,
         attn_flops_per_token_ctx=4.0 * arch.heads * arch.head_dim * arch.layers,
         kv_bytes_per_token=acc.kv_bytes(arch, 1, kv_bits), activation_bytes_per_token=act_bytes(arch, 1, e),
         layers=arch.layers)
@@ -108,7 +111,7 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
     b, p, g = inf.batch_size, inf.prompt_len, inf.gen_len
     tb = TraceBuilder(w.name, "inference", arch.layers)
     declare_model(tb, arch, dt, e)
-    per_layer_kv = acc.kv_bytes(arch, b * (p + g), inf.kv_bits, layers=1)
+    per_layer_kv = acc.kv_bytes(arch, b * (p + g), inf.kv_bits, layers=1, context=p + g)
     tb.tensor(L + "kv", per_layer_kv, "kv", KV_DTYPE[inf.kv_bits])
     chunk = inf.prefill_chunk or p
     if p % chunk:
@@ -121,14 +124,14 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
 
     # chunk i (0-based) attends over (i+1)·chunk tokens: the mean is chunk·(chunks+1)/2
     prefill = layer_kernels(arch, b, chunk, chunk * (chunks + 1) / 2, e, e, kv_e=kv_e)
-    kv_chunk = int(b * chunk * 2 * arch.kv_dim * kv_e)
+    kv_chunk = int(b * chunk * arch.kv_token_elems * kv_e)
     tb.block("embed", [embed_op(arch, b * chunk, e, "prefill", dt)], iterations=chunks)
     tb.block("prefill", layer_ops(prefill, "prefill", kv_chunk, dt), templated=True, iterations=chunks)
     tb.block("head", head_ops(arch, b, e, "prefill", dt))
     steps = g - 1
     mean_ctx = p + 1 + g / 2
     decode = layer_kernels(arch, b, 1, mean_ctx, e, e, kv_e=kv_e)
-    tb.block("decode", layer_ops(decode, "decode", int(b * 2 * arch.kv_dim * kv_e), dt), templated=True,
+    tb.block("decode", layer_ops(decode, "decode", int(b * arch.kv_token_elems * kv_e), dt), templated=True,
              iterations=steps)
     tb.block("decode_head", [embed_op(arch, b, e, "decode", dt, "decode_embed"),
                              *head_ops(arch, b, e, "decode", dt, "decode_")], iterations=steps)

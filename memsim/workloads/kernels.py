@@ -78,7 +78,7 @@ def layer_kernels(arch: Architecture, b: int, q_len: int, kv_len: float, e: int,
                       rows * n * e, (rows, k_dim, n), params + lp, lf, lp)
 
     scores = b * a * q_len * kv_len
-    attn_read = m * arch.q_dim * e + int(b * kv_len * 2 * arch.kv_dim * kv_e)
+    attn_read = m * arch.q_dim * e + int(b * arch.kv_layer_mean_elems(kv_len) * kv_e)
     attn_written = m * arch.q_dim * e
     if not flash:
         attn_read += 2 * scores * e

@@ -129,7 +129,7 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
 
     tb = TraceBuilder(w.name, "serving", arch.layers)
     declare_model(tb, arch, dt, e)
-    kv = acc.kv_bytes(arch, batch * per_seq_tokens, sv.kv_bits, layers=1)
+    kv = acc.kv_bytes(arch, batch * per_seq_tokens, sv.kv_bits, layers=1, context=per_seq_tokens)
     tb.tensor(L + "kv", kv, "kv", KV_DTYPE[sv.kv_bits])
     tb.tensor("hidden", sched.max_num_batched_tokens * arch.hidden * e, "activation", dt)
     tb.tensor("act", act_bytes(arch, sched.max_num_batched_tokens, e), "activation", dt)
@@ -137,7 +137,8 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     kv_e = sv.kv_bits / 8
     ctx = float(np.mean(prompt)) + float(np.mean(output)) / 2
     kernels = layer_kernels(arch, batch, 1, ctx, e, e, kv_e=kv_e)
-    tb.block("decode", layer_ops(kernels, "decode", int(batch * 2 * arch.kv_dim * kv_e), dt), templated=True)
+    kv_write = int(batch * arch.kv_token_elems * kv_e)
+    tb.block("decode", layer_ops(kernels, "decode", kv_write, dt), templated=True)
     tb.block("decode_head", head_ops(arch, batch, e, "decode", dt, "decode_"))
 
     costs = token_costs(arch, e, sv.kv_bits)
