@@ -44,6 +44,7 @@ FAST = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAST)
 def test_every_quick_command_prints_one_document(name: str):
     args, key = FAST[name]
@@ -52,6 +53,7 @@ def test_every_quick_command_prints_one_document(name: str):
     assert key in doc
 
 
+@pytest.mark.slow
 def test_plan_keeps_the_contract_keys():
     code, doc, _ = memsim("plan", "--hardware", "h100-sxm", "--workload", "llama2-7b-train")
     assert code == 0
@@ -62,6 +64,7 @@ def test_plan_keeps_the_contract_keys():
     assert {"name", "feasible", "step_time_s"} <= set(doc["baselines"][0])
 
 
+@pytest.mark.slow
 def test_the_console_script_is_the_same_entry_point():
     script = shutil.which("memsim")
     if script is None:
@@ -72,6 +75,7 @@ def test_the_console_script_is_the_same_entry_point():
     assert json.loads(proc.stdout)["planner"]["name"] == "mip"
 
 
+@pytest.mark.slow
 def test_trace_prints_one_document(tmp_path: Path):
     pytest.importorskip("torch")
     out = tmp_path / "mlp.json"
@@ -81,6 +85,7 @@ def test_trace_prints_one_document(tmp_path: Path):
     assert doc["path"] == str(out) and doc["ops"] > 0 and doc["flops"] > 0 and out.is_file()
 
 
+@pytest.mark.slow
 def test_reproduce_prints_one_document(tmp_path: Path):
     out = tmp_path / "r.md"
     code, doc, stderr = memsim("reproduce", "--case", "kivi", "-o", str(out))
@@ -98,6 +103,7 @@ def _tiny_study(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_study_and_its_dry_run_print_one_document(tmp_path: Path):
     path = _tiny_study(tmp_path)
     code, dry, stderr = memsim("study", str(path), "-o", str(tmp_path / "out"), "--dry-run")
@@ -108,6 +114,7 @@ def test_study_and_its_dry_run_print_one_document(tmp_path: Path):
     assert run["points"] == 2 and run["statuses"] == {"ok": 2}
 
 
+@pytest.mark.slow
 def test_a_simulate_study_runs_the_planner_it_names(tmp_path: Path):
     """``run: simulate`` with a named planner simulates that planner's plan (it was silently
     ignored: ZeRO-Offload's 7B job came out infeasible, every byte resident)."""
@@ -123,6 +130,7 @@ def test_a_simulate_study_runs_the_planner_it_names(tmp_path: Path):
     assert all(offload["step_time_s"] > local["step_time_s"] for offload, local in pairs)
 
 
+@pytest.mark.slow
 def test_bad_input_is_a_document_with_exit_2():
     code, doc, stderr = memsim("plan", "--hardware", "h100-sxm", "--workload", "llama2-7b-trian")
     assert code == 2 and doc["exit_code"] == 2
@@ -144,6 +152,7 @@ def test_a_usage_error_is_a_document_with_exit_2():
     assert code == 2 and "--hardware" in doc["error"]
 
 
+@pytest.mark.slow
 def test_infeasible_is_a_document_with_exit_3():
     code, doc, _ = memsim("simulate", "--hardware", "l4", "--workload", "llama2-70b-train",
                           "--planner", "resident")
@@ -166,6 +175,7 @@ def test_calibrate_and_validate_print_one_document_each(tmp_path: Path):
     assert doc["median_abs_error"] >= 0
 
 
+@pytest.mark.slow
 def test_a_partial_reproduce_never_replaces_the_full_document(tmp_path: Path):
     full = tmp_path / "reproductions.md"
     text = (ROOT / "docs" / "reproductions.md").read_text()
@@ -175,6 +185,7 @@ def test_a_partial_reproduce_never_replaces_the_full_document(tmp_path: Path):
     assert full.read_text() == text  # untouched
 
 
+@pytest.mark.slow
 def test_reproduce_without_output_writes_no_docs_folder_where_the_user_stands(tmp_path: Path):
     code, doc, stderr = memsim("reproduce", "--case", "kivi", cwd=tmp_path)
     assert code == 0, stderr

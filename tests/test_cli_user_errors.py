@@ -27,16 +27,19 @@ def memsim(*args: str, cwd: Path | None = None) -> tuple[int, dict]:
 PLAN = ["plan", "-H", "h100-sxm", "-w", "llama2-7b-train"]
 
 
+@pytest.mark.slow
 def test_output_into_missing_folder(tmp_path: Path) -> None:
     code, doc = memsim(*PLAN, "-o", str(tmp_path / "missing" / "plan.yaml"))
     assert code == 2 and doc["key"] == "-o" and "missing" in doc["error"]
 
 
+@pytest.mark.slow
 def test_output_onto_directory(tmp_path: Path) -> None:
     code, doc = memsim(*PLAN, "-o", str(tmp_path))
     assert code == 2 and doc["key"] == "-o" and "is a directory" in doc["error"]
 
 
+@pytest.mark.slow
 def test_timeline_below_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     code, doc = memsim("simulate", "-H", "h100-sxm", "-w", "llama2-7b-train",
@@ -50,18 +53,21 @@ def test_study_output_onto_existing_file(tmp_path: Path) -> None:
     assert code == 2 and doc["key"] == "-o" and "existing file" in doc["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", ["-1", "0", "nan"])
 def test_time_limit_must_be_positive(limit: str) -> None:
     code, doc = memsim(*PLAN, "--time-limit", limit)
     assert code == 2 and doc["key"] == "--time-limit"
 
 
+@pytest.mark.slow
 def test_huge_seq_len_names_the_flag() -> None:
     code, doc = memsim(*PLAN, "--set", "training.seq_len=99999999999999999999")
     assert code == 2 and doc["file"] == "--set" and doc["key"] == "training.seq_len"
     assert "16777216" in doc["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layers", [100_000, 10**30])
 def test_absurd_layer_count_is_refused_up_front(tmp_path: Path, layers: int) -> None:
     config = json.loads((MODELS / "llama-2-7b.json").read_text())
@@ -100,6 +106,7 @@ def saved_plan(tmp_path_factory) -> dict:
     ({"prefetch_depth": -2}, "prefetch_depth"),
     ({"version": 7}, "version"),
 ])
+@pytest.mark.slow
 def test_bad_plan_file_is_refused(tmp_path: Path, saved_plan: dict, change: dict, key: str) -> None:
     import yaml
 
@@ -112,6 +119,7 @@ def test_bad_plan_file_is_refused(tmp_path: Path, saved_plan: dict, change: dict
     assert code == 2 and doc["key"] == key and doc["file"] == str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("length", ["0", "-5"])
 def test_request_csv_with_non_positive_length(tmp_path: Path, length: str) -> None:
     (tmp_path / "r.csv").write_text(f"arrival_s,prompt_len,output_len\n0.0,128,16\n0.5,{length},16\n")
@@ -128,18 +136,21 @@ def _study(tmp_path: Path, axes: str, extra: str = "") -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_study_axis_key_typo_fails_the_dry_run(tmp_path: Path) -> None:
     path = _study(tmp_path, "  - {key: inference.batch_sise, values: [1, 2]}\n")
     code, doc = memsim("study", str(path), "--dry-run")
     assert code == 2 and doc["key"] == "axes.0" and "did you mean 'batch_size'" in doc["error"]
 
 
+@pytest.mark.slow
 def test_study_bad_set_fails_the_dry_run(tmp_path: Path) -> None:
     path = _study(tmp_path, "  - {key: inference.batch_size, values: [1, 2]}\n")
     code, doc = memsim("study", str(path), "--dry-run", "--set", "inference.gen_len=-3")
     assert code == 2 and doc["key"] == "base.set" and "inference.gen_len" in doc["error"]
 
 
+@pytest.mark.slow
 def test_study_with_one_bad_value_still_runs_the_dry_run(tmp_path: Path) -> None:
     """A bad value on one axis point is an answer (bad_input), not a mistake in the study."""
     path = _study(tmp_path, "  - {key: inference.batch_size, values: [1, 0]}\n")
@@ -154,6 +165,7 @@ def test_study_filter_with_a_doubled_operator(tmp_path: Path) -> None:
     assert code == 2 and doc["key"] == "filters"
 
 
+@pytest.mark.slow
 def test_ray_address_without_a_cluster(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     path = _study(tmp_path, "  - {key: inference.batch_size, values: [1, 2]}\n")
@@ -183,6 +195,7 @@ def test_shell_completion_is_offered() -> None:
     assert "--install-completion" in proc.stdout and "--show-completion" in proc.stdout
 
 
+@pytest.mark.slow
 def test_plan_first_line_answers_and_progress_is_logged() -> None:
     proc = _run(*PLAN)
     assert proc.returncode == 0, proc.stderr
@@ -194,6 +207,7 @@ def test_plan_first_line_answers_and_progress_is_logged() -> None:
     assert " bytes" not in proc.stderr  # sizes in GiB, not raw byte counts
 
 
+@pytest.mark.slow
 def test_job_is_in_the_json_document() -> None:
     code, doc = memsim("simulate", "-H", "h100-sxm", "-w", "llama3-8b-infer")
     assert code == 0
@@ -201,6 +215,7 @@ def test_job_is_in_the_json_document() -> None:
     assert doc["job"]["compute_tier"] == "hbm" and doc["job"]["batch_size"] >= 1
 
 
+@pytest.mark.slow
 def test_study_plot_labels_and_mfu_percent(tmp_path: Path) -> None:
     """Plot axes read as words with units; MFU is a percentage in the report; no infeasible key
     is printed on a plot where every point is feasible."""
@@ -219,6 +234,7 @@ def test_study_plot_labels_and_mfu_percent(tmp_path: Path) -> None:
     assert "%" in report
 
 
+@pytest.mark.slow
 def test_study_metric_typo_is_exit_2(tmp_path: Path) -> None:
     path = _study(tmp_path, "  - {key: inference.batch_size, values: [1]}\n",
                   "metrics: [feasible, tokens_per_sec]\n")

@@ -40,6 +40,7 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
+@pytest.mark.slow
 def test_wheel_lists_every_hardware_catalog_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "memsim/data/hardware/h100-sxm.yaml" in names
@@ -47,6 +48,7 @@ def test_wheel_lists_every_hardware_catalog_file(wheel):
         assert f"memsim/data/hardware/{entry}.yaml" in names
 
 
+@pytest.mark.slow
 def test_installed_wheel_finds_the_catalog_from_any_directory(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", str(wheel), "--no-deps", "--no-index", "-q",

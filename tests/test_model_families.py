@@ -94,6 +94,7 @@ def test_unknown_family_read_as_dense_and_missing_keys_exit_2(tmp_path):
     assert "intermediate_size" in out.stdout + out.stderr and "vocab_size" in out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_workload_list_ships_many_models():
     out = subprocess.run([sys.executable, "-m", "memsim", "workload", "list", "--json"],
                          capture_output=True, text=True, check=True)

@@ -53,6 +53,7 @@ def test_workload_json_reports_the_busiest_rank(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("override, key", [("training.parallel.tensor=3", "training.parallel.tensor"),
                                            ("training.parallel.pipeline=7", "training.parallel.pipeline")])
+@pytest.mark.slow
 def test_bad_layout_exits_2_naming_the_key(tmp_path, override, key):
     path = tmp_path / "w.yaml"
     path.write_text(WORKLOAD)

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import memsim
 from memsim.planners import nearmiss
 from memsim.planners.registry import load_preset, run_preset
@@ -42,6 +44,7 @@ def _plan(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300, env={**os.environ, "COLUMNS": "120"})
 
 
+@pytest.mark.slow
 def test_fallback_is_the_headline_and_the_notes_describe_the_shown_plan(tmp_path):
     # a MIP preset that keeps all model states on HBM: nothing of its search fits Llama-2-7B
     # training on one H100, so a baseline is shown instead, and says so
@@ -65,6 +68,7 @@ def test_fallback_is_the_headline_and_the_notes_describe_the_shown_plan(tmp_path
     assert any(f"fallback {fb['baseline']}" in line for line in head), head
 
 
+@pytest.mark.slow
 def test_plan_notes_never_say_kept_for_a_plan_that_does_not_fit():
     """Llama-3-70B full fine-tuning, ZeRO-3 on 8 ranks: the MIP's plan fits (it was 125 MiB
     over, after which a 6× slower baseline was returned with notes about another plan)."""

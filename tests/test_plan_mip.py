@@ -6,7 +6,6 @@ import pytest
 
 from memsim.errors import SpecError
 from memsim.hardware import load_system
-from memsim.hardware.spec import System
 from memsim.planners import mip
 from memsim.planners.diagnose import diagnose
 from memsim.planners.plan import Plan
@@ -14,27 +13,9 @@ from memsim.planners.profile import build_profile
 from memsim.planners.space import build_space
 from memsim.planners.synthetic import inference_trace, training_trace
 from memsim.planners.training import assign_layers
+from tests.conftest import small_system
 
 GiB = 2**30
-
-
-def small_system(hbm: str = "16GiB", dram: str = "64GiB", ssd: str | None = "1TiB") -> System:
-    """One GPU, host DRAM and optionally an NVMe drive; round numbers so tests can reason."""
-    tiers = {
-        "hbm": {"kind": "hbm", "capacity": hbm, "read_bw": "1TB/s", "write_bw": "1TB/s"},
-        "dram": {"kind": "dram", "capacity": dram, "read_bw": "100GB/s", "write_bw": "100GB/s"},
-    }
-    links = [{"name": "pcie", "kind": "pcie", "ends": ["hbm", "dram"], "bandwidth": "25GB/s"}]
-    if ssd:
-        tiers["nvme"] = {"kind": "ssd", "capacity": ssd, "read_bw": "7GB/s", "write_bw": "4GB/s"}
-        links.append({"name": "nvme", "kind": "nvme", "ends": ["dram", "nvme"], "bandwidth": "8GB/s"})
-    return System.model_validate({
-        "name": "test-box", "tiers": tiers, "links": links,
-        "compute": {
-            "gpu": {"kind": "gpu", "memory": "hbm", "peak_flops": {"bf16": "300TFLOP/s"}, "mem_bw": "1TB/s"},
-            "cpu": {"kind": "cpu", "memory": "dram", "peak_flops": {"fp32": "3TFLOP/s", "bf16": "6TFLOP/s"},
-                    "mem_bw": "100GB/s"},
-        }})
 
 
 def _used(plan: Plan, prof, tier: str, fast: str) -> float:

@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 import pytest
-from test_plan_mip import small_system
 
 from memsim.errors import Infeasible, SpecError
 from memsim.planners import plan
 from memsim.planners.synthetic import inference_trace, training_trace
+from tests.conftest import small_system
 
 pytest.importorskip("simpy")
 

@@ -42,6 +42,7 @@ def test_zero_table1_rows_are_exact():
     assert "| 31.40 GB | 31.41 GB | +0.0% |" in text
 
 
+@pytest.mark.slow
 def test_quick_cli_writes_each_case_with_published_and_memsim_figures(tmp_path):
     out = tmp_path / "repro.md"
     res = runner.invoke(app, ["reproduce", "--quick", "-o", str(out), "--json"])

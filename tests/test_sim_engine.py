@@ -14,39 +14,7 @@ from memsim.sim.flows import BOUNCE_CHUNK_BYTES, BOUNCE_CHUNKS
 from memsim.sim.program import build_program
 from memsim.sim.synthetic import inference_trace, training_trace
 from memsim.workloads.trace import Block, Op, Tensor, Trace
-
-GB = 10**9
-FAST = "1000TB/s"  # tiers fast enough never to be the bottleneck
-
-
-def make_system(**extra) -> System:
-    """GPU (HBM) ↔ DRAM over one 10 GB/s link with 5 us latency; DRAM ↔ SSD at 2 GB/s."""
-    spec = {
-        "name": "hand",
-        "tiers": {
-            "hbm": {"kind": "hbm", "capacity": "80GB", "read_bw": FAST, "write_bw": FAST},
-            "dram": {"kind": "dram", "capacity": "1TB", "read_bw": FAST, "write_bw": FAST},
-            "ssd": {"kind": "ssd", "capacity": "10TB", "read_bw": FAST, "write_bw": FAST},
-        },
-        "links": [
-            {"name": "pcie", "kind": "pcie", "ends": ["hbm", "dram"], "bandwidth": "10GB/s",
-             "latency": "5us"},
-            {"name": "nvme", "kind": "nvme", "ends": ["dram", "ssd"], "bandwidth": "2GB/s"},
-        ],
-        "compute": {
-            "gpu": {"kind": "gpu", "memory": "hbm", "peak_flops": {"bf16": "100TFLOP/s"},
-                    "mem_bw": "1TB/s", "matmul_efficiency": 0.5, "launch_overhead": "10us"},
-            "cpu": {"kind": "cpu", "memory": "dram", "peak_flops": {"fp32": "1TFLOP/s"},
-                    "mem_bw": "100GB/s"},
-        },
-    }
-    for path, value in extra.items():
-        node = spec
-        keys = path.split("__")
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-    return System.model_validate(spec)
+from tests.conftest import FAST, GB, make_system
 
 
 def copy_log(clock: Clock, copies: list[tuple[str, str, int]]) -> list[tuple[str, float]]:

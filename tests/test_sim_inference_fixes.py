@@ -18,7 +18,7 @@ from memsim.sim import simulate
 from memsim.sim.engine import StepEngine
 from memsim.sim.program import build_program
 from memsim.workloads.trace import Block, Op, Tensor, Trace
-from tests.test_sim_engine import GB, make_system
+from tests.conftest import GB, make_system
 
 L = "L{layer}."
 TOKEN = 1000  # KV bytes per token (one layer, the whole batch)
@@ -86,6 +86,7 @@ def llama8b():
     return memsim.load_system("h100-sxm"), memsim.build_trace(memsim.load_workload("llama3-8b-infer"))
 
 
+@pytest.mark.slow
 def test_llama3_8b_kv_in_dram_costs_its_pcie_traffic(llama8b):
     system, trace = llama8b
     hbm = simulate(system, trace, Plan())
@@ -164,6 +165,7 @@ def test_scratch_activation_takes_one_gpu_batch_share():
     assert split.peak_bytes["hbm"] == pytest.approx(one.peak_bytes["hbm"] - act + act / 3, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_opt30b_flexgen_policy_holds_one_gpu_batch_of_scratch_on_the_gpu():
     system = memsim.load_system("t4-gcp")
     trace = memsim.build_trace(memsim.load_workload("opt-30b-flexgen"))

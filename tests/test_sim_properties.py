@@ -14,7 +14,7 @@ from memsim.sim import simulate
 from memsim.sim.engine import StepEngine
 from memsim.sim.program import build_program
 from memsim.sim.synthetic import inference_trace, serving_trace, training_trace
-from tests.test_sim_engine import make_system
+from tests.conftest import make_system
 
 MB = 10**6
 TIERS = ("hbm", "dram", "ssd")

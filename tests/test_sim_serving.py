@@ -9,7 +9,7 @@ from memsim.sim import simulate
 from memsim.sim.serving import ServingEngine
 from memsim.sim.synthetic import serving_trace
 from memsim.workloads.trace import Requests
-from tests.test_sim_engine import make_system
+from tests.conftest import make_system
 
 
 def iteration(system, trace, new: int, ctx_sum: int, kv_read: int, phase: str) -> float:

@@ -41,6 +41,7 @@ def mtimes(out: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (out / "points").glob("*.json")}
 
 
+@pytest.mark.slow
 def test_failing_points_are_recorded_and_the_study_completes(tmp_path: Path):
     run = run_study(study_file(tmp_path, MIXED_AXIS), tmp_path / "out", jobs=1)
     by = {(r["hardware.tiers.hbm.capacity"], r["inference.batch_size"]): r for r in run.rows}
@@ -58,6 +59,7 @@ def test_failing_points_are_recorded_and_the_study_completes(tmp_path: Path):
     assert any(p.suffix == ".png" for p in (tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])  # in-process, and the process pool
 def test_interrupted_study_resumes_without_recomputing(tmp_path: Path, jobs: int):
     path, out = study_file(tmp_path, BATCH_AXIS), tmp_path / "out"
@@ -87,6 +89,7 @@ def test_interrupted_study_resumes_without_recomputing(tmp_path: Path, jobs: int
     assert (again.computed, again.cached) == (1, 4)
 
 
+@pytest.mark.slow
 def test_outputs_are_deterministic(tmp_path: Path):
     path = study_file(tmp_path, BATCH_AXIS)
     first = run_study(path, tmp_path / "a", jobs=1)
@@ -100,6 +103,7 @@ def test_outputs_are_deterministic(tmp_path: Path):
     assert second.computed == 4
 
 
+@pytest.mark.slow
 def test_local_and_ray_backends_agree_point_by_point(tmp_path: Path):
     pytest.importorskip("ray")
     # The planner offloads weights when HBM is short; 256 MiB cannot hold one layer's working set.
@@ -146,6 +150,7 @@ def test_an_example_study_runs_with_one_command(tmp_path: Path):
     assert "## Best point" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_running_workers_at_once(tmp_path: Path):
     """Ctrl-C must not wait for running points (a worker inside HiGHS would only notice the signal
     when its solve returns): the workers are terminated, finished points are kept, resume works."""

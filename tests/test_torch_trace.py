@@ -41,6 +41,7 @@ def _flop_counter(factory: str, train: bool) -> FlopCounterMode:
     return counter
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", [False, True], ids=["forward", "forward+backward"])
 @pytest.mark.parametrize("factory", sorted(CASES))
 def test_flops_equal_flop_counter_mode(factory: str, train: bool):
@@ -343,6 +344,7 @@ def test_flash_trace_flops_equal_flop_counter_on_cuda():
     assert trace.flops == counter.get_total_flops()
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_trades_flops_for_memory():
     plain = tt.trace_factory(f"{EX}:gpt", ["2x64:int64"], train=True, args=["layers=3"])
     ckpt = tt.trace_factory(f"{EX}:gpt", ["2x64:int64"], train=True, args=["layers=3", "checkpoint=true"])

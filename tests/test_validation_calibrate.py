@@ -30,6 +30,7 @@ def machine(tmp_path_factory):
     return out, yaml.safe_load(result.stdout)
 
 
+@pytest.mark.slow
 def test_quick_calibration_loads_as_a_system(machine):
     path, doc = machine
     assert doc["path"] == str(path)
@@ -77,6 +78,7 @@ def test_quick_calibration_loads_as_a_system(machine):
     assert not any(path.parent.glob("memsim-*")), "scratch directory must be removed"
 
 
+@pytest.mark.slow
 def test_progress_bar_counts_every_step_and_gemm_rounds_give_every_shape(tmp_path):
     from memsim.validation.calibrate import GEMM_ROUNDS, STEPS, calibrate, gemm_shapes
 

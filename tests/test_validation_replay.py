@@ -71,6 +71,7 @@ INFER_PLANS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("plan_name", sorted(PLANS))
 def test_replay_numbers_are_sane_and_bytes_match_the_simulator(files, trace, plan_name):
     from memsim.sim import simulate
@@ -119,6 +120,7 @@ def test_plan_for_another_workload_is_bad_input(files, trace):
     assert "workload" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_suite_and_validate_json(files, tmp_path):
     suite = tmp_path / "s.yaml"
     suite.write_text(yaml.safe_dump({
