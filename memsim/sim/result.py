@@ -39,7 +39,8 @@ class ServingStats:
     overload_reason: str = ""
     dropped: int = 0  # requests never served: their KV needs more blocks than the whole pool
     kv_pool_blocks: int = 0
-    kv_block_bytes: int = 0  # all tiers together: block_size × KV bytes per token
+    kv_block_tokens: int = 0  # block_size
+    kv_block_bytes: int = 0  # bytes one block takes on kv_pool_tier
     kv_pool_tier: str | None = None  # the tier whose free bytes bound the pool
     largest_request_tokens: int = 0  # prompt + output of the longest request
 

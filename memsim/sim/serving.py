@@ -495,7 +495,8 @@ class ServingEngine:
             kv_fragmentation=(1 - self.kv_tokens_area / self.kv_slots_area
                               if self.kv_slots_area > 0 else 0.0),
             preemptions=self.preemptions, dropped=self.dropped,
-            kv_pool_blocks=self.total_blocks, kv_block_bytes=self.block_bytes,
+            kv_pool_blocks=self.total_blocks, kv_block_tokens=self.policy.block_size,
+            kv_block_bytes=int(self.block_bytes * self.kv_frac.get(self.kv_pool_tier, 1.0)),
             kv_pool_tier=self.kv_pool_tier, largest_request_tokens=self.max_len)
         if self.at_last is not None:
             first_t, last_t, done, queued = self.at_last
