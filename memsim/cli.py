@@ -467,7 +467,8 @@ def _render_plan(doc: dict) -> None:
         policy.add_row("serving", f"max_num_seqs {s['max_num_seqs']}, preempt {s['preempt']}{swap}")
     out.print(policy)
     figures = Table("figure", "value", "source", title="result")
-    figures.add_row("step time", units.fmt_time(doc["step_time_s"]), "simulated")
+    label = "makespan" if doc["kind"] == "serving" else "step time"
+    figures.add_row(label, units.fmt_time(doc["step_time_s"]), "simulated")
     if info.get("estimate_s") is not None:
         figures.add_row("step time", units.fmt_time(info["estimate_s"]), "MIP estimate")
     figures.add_row("tokens/s", f"{doc['tokens_per_s']:.4g}", "simulated")
@@ -479,7 +480,10 @@ def _render_plan(doc: dict) -> None:
     if info.get("solve_s") is not None:
         gap = f", gap {info['gap']:.2%}" if info.get("gap") is not None else ""
         figures.add_row("solve", f"{units.fmt_time(info['solve_s'])}{gap}", info["name"])
+    for name, value in _serving_figures(doc.get("serving")):
+        figures.add_row(name, value, "simulated")
     out.print(figures)
+    _overload_warning(doc.get("serving"))
     if doc["baselines"]:
         base = Table("baseline", "fits", "step time (simulated)", "tokens/s", "vs plan", title="baselines")
         for b in doc["baselines"]:
@@ -496,6 +500,26 @@ def _render_plan(doc: dict) -> None:
                   f"(~${up['cost_usd']:,.0f} at list $/GB; MIP estimate)", highlight=False)
     for note in doc["notes"]:
         out.print(f"note: {note}", highlight=False)
+
+
+def _serving_figures(serving: dict | None) -> list[tuple[str, str]]:
+    """(figure, value) rows of a serving run: what a user of an online service asks first."""
+    if not serving:
+        return []
+    rows = [("requests done", f"{serving['completed']} / {serving['requests']}")]
+    for name in ("ttft_s", "tbt_s"):
+        q = serving[name]
+        rows.append((name[:-2].upper() + " p50 / p99",
+                     f"{units.fmt_time(q['p50'])} / {units.fmt_time(q['p99'])}"))
+    rows.append(("KV utilisation", f"{serving['kv_utilization']:.1%}"))
+    rows.append(("preemptions", str(serving["preemptions"])))
+    return rows
+
+
+def _overload_warning(serving: dict | None) -> None:
+    if serving and serving.get("overloaded"):
+        out.print(f"[bold yellow]arrivals exceed capacity:[/] {escape(serving['overload_reason'])}",
+                  highlight=False)
 
 
 # -- simulator ------------------------------------------------------------------------------------
@@ -551,17 +575,11 @@ def _render_simulation(doc: dict) -> None:
         share = secs / doc["step_time_s"] if doc["step_time_s"] else 0.0
         if share > 1e-6:
             figures.add_row(f"  {key.replace('_', ' ')}", f"{units.fmt_time(secs)} ({share:.0%})")
-    serving = doc.get("serving")
-    if serving:
-        figures.add_row("requests done", f"{serving['completed']} / {serving['requests']}")
-        for name in ("ttft_s", "tbt_s"):
-            q = serving[name]
-            figures.add_row(name[:-2].upper() + " p50 / p99",
-                            f"{units.fmt_time(q['p50'])} / {units.fmt_time(q['p99'])}")
-        figures.add_row("KV utilisation", f"{serving['kv_utilization']:.1%}")
-        figures.add_row("preemptions", str(serving["preemptions"]))
+    for name, value in _serving_figures(doc.get("serving")):
+        figures.add_row(name, value)
     figures.add_row("events", f"{doc['events']:,} in {units.fmt_time(doc['wall_s'])}")
     out.print(figures)
+    _overload_warning(doc.get("serving"))
     tiers = Table("tier", "peak", "mean", "capacity", "peak/capacity", title="memory")
     for tier, peak in doc["peak_bytes"].items():
         cap = doc["capacity_bytes"][tier]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from memsim import units
 from memsim.errors import Diagnosis, Shortfall
 from memsim.hardware.spec import Compute, System
+from memsim.sim.kv_pool_fit import kv_pool_diagnosis
 from memsim.sim.result import Result
 
 EPS = 1e-12
@@ -74,7 +75,7 @@ def diagnose(result: Result) -> Diagnosis:
              if result.peak_bytes.get(tier, 0) > cap]
     oom = result.oom
     if oom is None and not short:
-        return Diagnosis("fits: no tier exceeds its capacity")
+        return kv_pool_diagnosis(result) or Diagnosis("fits: no tier exceeds its capacity")
     if oom is not None:
         holders = ", ".join(f"{n} {units.fmt_bytes(b)}" for n, b in oom.largest[:3])
         peak = result.peak_bytes.get(oom.tier, oom.needed_bytes)

@@ -35,6 +35,14 @@ class ServingStats:
     kv_utilization: float  # time-weighted fraction of the KV pool's blocks in use
     kv_fragmentation: float  # fraction of allocated KV bytes holding no token (last-block waste)
     preemptions: int
+    overloaded: bool = False  # arrivals exceed capacity (memsim/sim/overload.py)
+    overload_reason: str = ""
+    dropped: int = 0  # requests never served: their KV needs more blocks than the whole pool
+    kv_pool_blocks: int = 0
+    kv_block_tokens: int = 0  # block_size
+    kv_block_bytes: int = 0  # bytes one block takes on kv_pool_tier
+    kv_pool_tier: str | None = None  # the tier whose free bytes bound the pool
+    largest_request_tokens: int = 0  # prompt + output of the longest request
 
 
 @dataclass

@@ -31,6 +31,7 @@ import time
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan, ServingPolicy
 from memsim.sim.engine import Clock
+from memsim.sim.overload import overload_verdict
 from memsim.sim.program import paused_gc, split_bytes
 from memsim.sim.report import common_fields, main_unit, peak_flops
 from memsim.sim.result import Result, ServingStats
@@ -124,6 +125,7 @@ class ServingEngine:
                 free -= pol.swap_bytes
             budgets[tier] = free / (frac * self.block_bytes)
         blocks = int(min(budgets.values())) if budgets else 0
+        self.kv_pool_tier = min(budgets, key=budgets.get) if budgets else None
         max_len = max((p + o for p, o in zip(self.trace.requests.prompt_len,
                                               self.trace.requests.output_len, strict=True)), default=1)
         if self.clock.oom is not None or blocks <= 0:
@@ -133,6 +135,7 @@ class ServingEngine:
             blocks = demand
         self.total_blocks = blocks
         self.free_blocks = blocks
+        self.max_len = max_len
         # what every iteration reuses: the streamed copies and the unit's roofline rates
         self.streamed_w_items = list(self.streamed_w.items())
         self.kv_streamed = [(t, f) for t, f in self.kv_frac.items() if t != self.fast and f > 0]
@@ -187,11 +190,15 @@ class ServingEngine:
         preempt = self._preempt
         iteration = self._iteration
         timeout = env.timeout
+        self.at_last = None  # (first, last arrival, completed, waiting) once all have arrived
         while nxt < n_todo or head < len(waiting) or running or swapped:
             now = env._now
             while nxt < n_todo and todo[nxt].arrival <= now:
                 waiting.append(todo[nxt])
                 nxt += 1
+                if nxt == n_todo:
+                    self.at_last = (todo[0].arrival, todo[-1].arrival, self.completed,
+                                    len(waiting) - head + len(swapped))
             dt = now - kv_last_t  # KV integrals (time-weighted blocks, slots, cached tokens)
             if dt > 0:
                 used = total_blocks - free
@@ -487,7 +494,14 @@ class ServingEngine:
                             if makespan > 0 and self.total_blocks else 0.0),
             kv_fragmentation=(1 - self.kv_tokens_area / self.kv_slots_area
                               if self.kv_slots_area > 0 else 0.0),
-            preemptions=self.preemptions)
+            preemptions=self.preemptions, dropped=self.dropped,
+            kv_pool_blocks=self.total_blocks, kv_block_tokens=self.policy.block_size,
+            kv_block_bytes=int(self.block_bytes * self.kv_frac.get(self.kv_pool_tier, 1.0)),
+            kv_pool_tier=self.kv_pool_tier, largest_request_tokens=self.max_len)
+        if self.at_last is not None:
+            first_t, last_t, done, queued = self.at_last
+            stats.overloaded, stats.overload_reason = overload_verdict(
+                n - self.dropped, first_t, last_t, done, queued, self.preemptions)
         return Result(
             feasible=clock.oom is None and self.dropped == 0,
             step_time_s=makespan,
