@@ -35,6 +35,8 @@ class ServingStats:
     kv_utilization: float  # time-weighted fraction of the KV pool's blocks in use
     kv_fragmentation: float  # fraction of allocated KV bytes holding no token (last-block waste)
     preemptions: int
+    prefix_hit_rate: float = 0.0  # prompt tokens served from the prefix cache / prompt tokens
+    prefix_hits_by_tier: dict[str, int] = field(default_factory=dict)  # those tokens per tier
 
 
 @dataclass

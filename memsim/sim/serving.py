@@ -31,6 +31,7 @@ import time
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan, ServingPolicy
 from memsim.sim.engine import Clock
+from memsim.sim.kvstore import PrefixStore
 from memsim.sim.program import paused_gc, split_bytes
 from memsim.sim.report import common_fields, main_unit, peak_flops
 from memsim.sim.result import Result, ServingStats
@@ -42,14 +43,17 @@ DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
 class Req:
     """One request's progress: tokens whose KV is cached, tokens generated, blocks held."""
 
-    __slots__ = ("arrival", "blocks", "computed", "first_t", "generated", "id", "k", "last_t",
-                 "output", "prompt", "swapped")
+    __slots__ = ("arrival", "blocks", "computed", "first_t", "generated", "hashes", "held", "id",
+                 "k", "last_t", "looked", "output", "prompt", "swapped")
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
         self.computed = self.generated = self.blocks = self.swapped = 0
         self.k = 0  # tokens scheduled in the current iteration
         self.first_t = self.last_t = -1.0
+        self.hashes: list[int] = []  # prefix-chained block hashes of the prompt (prefix cache)
+        self.held = 0  # leading hashes this request references in the prefix store
+        self.looked = False  # counted in the prefix hit rate (first admission only)
 
 
 def policy_for(trace: Trace, plan: Plan) -> tuple[ServingPolicy, float]:
@@ -133,6 +137,9 @@ class ServingEngine:
             blocks = demand
         self.total_blocks = blocks
         self.free_blocks = blocks
+        cache = self.trace.meta.get("kv_cache") or {}
+        self.store = (PrefixStore(int(cache.get("block_tokens") or 512), pol.block_size, self.fast)
+                      if cache.get("prefix_caching") and self.trace.requests.hash_ids else None)
         # what every iteration reuses: the streamed copies and the unit's roofline rates
         self.streamed_w_items = list(self.streamed_w.items())
         self.kv_streamed = [(t, f) for t, f in self.kv_frac.items() if t != self.fast and f > 0]
@@ -162,6 +169,10 @@ class ServingEngine:
         todo = [Req(i, a, p, o) for i, (a, p, o) in
                 enumerate(zip(reqs.arrival_s, reqs.prompt_len, reqs.output_len, strict=True))]
         bs = pol.block_size
+        if self.store is not None:
+            for r, hashes in zip(todo, reqs.hash_ids, strict=True):
+                r.hashes = hashes
+        store = self.store
         too_big = [r for r in todo if -(-(r.prompt + r.output) // bs) > self.total_blocks]
         if too_big:
             self.dropped = len(too_big)
@@ -296,12 +307,22 @@ class ServingEngine:
             while (head < len(waiting) and not swapped and not preempted
                    and len(running) < max_seqs and budget > 0):
                 r = waiting[head]
+                hit = 0
+                if store is not None and r.computed == 0 and r.hashes:  # prefix cache lookup
+                    hit, r.computed = store.lookup(r.hashes, r.prompt)
                 c = r.computed
                 k = min(r.prompt + r.generated - c, budget)
                 need = -(-(c + k) // bs) - r.blocks
                 if need > free:
+                    r.computed = 0
                     break
                 head += 1
+                if store is not None and r.hashes:
+                    store.register(r.hashes[:hit])
+                    r.held = hit
+                    if not r.looked:
+                        r.looked = True
+                        store.count(c, r.prompt)
                 free -= need
                 taken += need
                 r.blocks += need
@@ -315,6 +336,8 @@ class ServingEngine:
                 decode = False
                 if r.generated:
                     redo += min(k, r.prompt + r.generated - 1 - c)
+            if store is not None:
+                store.fit(free)
             if head > 4096:  # drop the consumed prefix now and then (amortised O(1))
                 del waiting[:head]
                 head = 0
@@ -352,6 +375,9 @@ class ServingEngine:
                         out += 1
                     continue
                 g = r.generated = r.generated + 1
+                if store is not None and r.held < len(r.hashes):  # prompt computed: cache it
+                    store.register(r.hashes[r.held:])
+                    r.held = len(r.hashes)
                 last = r.last_t
                 if r.first_t < 0:
                     r.first_t = t1
@@ -373,6 +399,9 @@ class ServingEngine:
                 keep = []
                 for r in running:
                     if r.generated >= r.output:
+                        if store is not None:
+                            store.release(r.hashes[:r.held])
+                            r.held = 0
                         freed += r.blocks
                         live -= r.computed
                         r.blocks = 0
@@ -413,6 +442,9 @@ class ServingEngine:
         blocks = r.blocks
         self.free_blocks += blocks
         r.blocks = 0
+        if self.store is not None:
+            self.store.release(r.hashes[:r.held])
+            r.held = 0
         if (pol.preempt == "swap" and self.swap_tier is not None
                 and (self.swap_used + blocks) * self.block_bytes <= pol.swap_bytes):
             r.swapped = blocks
@@ -487,7 +519,10 @@ class ServingEngine:
                             if makespan > 0 and self.total_blocks else 0.0),
             kv_fragmentation=(1 - self.kv_tokens_area / self.kv_slots_area
                               if self.kv_slots_area > 0 else 0.0),
-            preemptions=self.preemptions)
+            preemptions=self.preemptions,
+            prefix_hit_rate=self.store.hit_rate if self.store is not None else 0.0,
+            prefix_hits_by_tier=({self.store.tier: self.store.hit_tokens}
+                                 if self.store is not None else {}))
         return Result(
             feasible=clock.oom is None and self.dropped == 0,
             step_time_s=makespan,

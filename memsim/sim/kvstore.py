@@ -1,0 +1,82 @@
+"""A prefix cache of KV blocks kept after their request, in the HBM pool left free.
+
+vLLM's automatic prefix caching (docs: "Automatic Prefix Caching", design/v1/prefix_caching):
+every full block of a prompt is named by a hash chained over the blocks before it; a block
+a request no longer needs stays cached (still counted as free) until the allocator needs the
+room, then the least recently used one is evicted; a new request skips the prefill of its
+leading blocks that are cached. Blocks of running requests are referenced (never evicted) and
+shared: a second request with the same prefix hits them too.
+
+Names are the trace's ``hash_ids`` (Mooncake's format: one id per ``block_tokens`` = 512
+tokens, prefix-chained, so a hit on block *i* implies the blocks before it were the same).
+Capacity is counted in the scheduler's paged blocks: an evictable cached block costs
+``ceil(block_tokens / block_size)`` of them, and the evictable set never exceeds the pool's free
+blocks. Simplification: a request that hits a block another running request holds still
+allocates its own copy in the paged pool (memory is counted as without sharing).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+
+
+class PrefixStore:
+    """Referenced blocks (held by running requests) plus evictable ones in LRU order."""
+
+    def __init__(self, block_tokens: int, block_size: int, tier: str):
+        self.block_tokens, self.tier = block_tokens, tier
+        self.cost = math.ceil(block_tokens / block_size)  # paged blocks per cached block
+        self.refs: dict[int, int] = {}
+        self.lru: OrderedDict[int, None] = OrderedDict()  # least recently used first
+        self.hit_tokens = 0
+        self.prompt_tokens = 0
+
+    def lookup(self, hashes: Sequence[int], prompt: int) -> tuple[int, int]:
+        """(leading cached blocks of ``hashes``, prompt tokens they hold), without touching them;
+        at most ``prompt - 1`` tokens: the last prompt token is always computed, as vLLM does."""
+        refs, lru = self.refs, self.lru
+        hit = 0
+        for h in hashes:
+            if h not in refs and h not in lru:
+                break
+            hit += 1
+        return hit, min(hit * self.block_tokens, prompt - 1)
+
+    def count(self, hit_tokens: int, prompt: int) -> None:
+        """A request's first admission: its prompt and the part of it served from the cache."""
+        self.hit_tokens += hit_tokens
+        self.prompt_tokens += prompt
+
+    def register(self, hashes: Sequence[int]) -> None:
+        """A request holds these blocks (hit or computed): reference them, off the LRU list."""
+        refs, lru = self.refs, self.lru
+        for h in hashes:
+            if h in refs:
+                refs[h] += 1
+            else:
+                lru.pop(h, None)
+                refs[h] = 1
+
+    def release(self, hashes: Sequence[int]) -> None:
+        """The request let go of its blocks: unreferenced ones become evictable, the chain's tail
+        first in line (vLLM frees a request's blocks in reverse so the shared root lasts)."""
+        refs, lru = self.refs, self.lru
+        for h in reversed(hashes):
+            n = refs.get(h, 0) - 1
+            if n > 0:
+                refs[h] = n
+            elif n == 0:
+                del refs[h]
+                lru[h] = None
+
+    def fit(self, free_blocks: int) -> None:
+        """Evict least recently used blocks until the evictable set fits the free pool."""
+        lru, keep = self.lru, max(0, free_blocks) // self.cost
+        while len(lru) > keep:
+            lru.popitem(last=False)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hit_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
