@@ -105,24 +105,34 @@ def test_a_cached_prompt_prefills_only_its_last_token():
     assert r.serving.ttft_s["mean"] == pytest.approx((full + last) / 2)
 
 
-def _store_hit_rate(requests: Requests, capacity_blocks: int) -> float:
-    """The store alone, one request at a time in arrival order, under a fixed capacity."""
-    store = PrefixStore(BLOCK, 16, "hbm")
+def _store_hit_rate(requests: Requests, hbm: int, dram: int = 0) -> tuple[float, dict[str, int]]:
+    """The store alone, one request at a time in arrival order, under fixed capacities (blocks)."""
+    store = PrefixStore(BLOCK, 16, "hbm", [("dram", dram)] if dram else [])
     for p, hashes in zip(requests.prompt_len, requests.hash_ids, strict=True):
         hit, tokens = store.lookup(hashes, p)
-        store.count(tokens, p)
-        store.register(hashes)
+        store.count(store.acquire(hashes[:hit], tokens), p)
+        store.register(hashes[hit:])
         store.release(hashes)
-        store.fit(capacity_blocks * store.cost)
-    return store.hit_rate
+        store.fit(hbm * store.cost)
+    return store.hit_rate, store.hits_by_tier
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_more_capacity_never_lowers_the_lru_hit_rate(seed):
     requests = chat_requests(seed, n=80)
-    rates = [_store_hit_rate(requests, c) for c in (0, 1, 2, 4, 8, 16, 32, 64, 10**6)]
+    sizes = (0, 1, 2, 4, 8, 16, 32, 64, 10**6)
+    rates = [_store_hit_rate(requests, c)[0] for c in sizes]
     assert rates == sorted(rates) and rates[0] == 0
     assert rates[-1] == pytest.approx(trace_reuse(requests))
+    # a DRAM tier below a small HBM: more of either never lowers the rate; the chain is one
+    # LRU stack, so HBM h + DRAM d hits as often as HBM h + d alone, the split only moves hits
+    for hbm in (0, 2, 8):
+        two = [_store_hit_rate(requests, hbm, d) for d in sizes[1:]]
+        assert [t[0] for t in two] == sorted(t[0] for t in two)
+        for d, (rate, by_tier) in zip(sizes[1:], two, strict=True):
+            assert rate == pytest.approx(_store_hit_rate(requests, hbm + d)[0])
+            assert by_tier["hbm"] + by_tier["dram"] == pytest.approx(rate * sum(requests.prompt_len))
+        assert two[-1][1]["dram"] > 0
     # the same through the simulator: a bigger HBM leaves a bigger pool for the cache
     sims = []
     for gb in (3, 4, 6, 12, 40):

@@ -13,6 +13,13 @@ Capacity is counted in the scheduler's paged blocks: an evictable cached block c
 ``ceil(block_tokens / block_size)`` of them, and the evictable set never exceeds the pool's free
 blocks. Simplification: a request that hits a block another running request holds still
 allocates its own copy in the paged pool (memory is counted as without sharing).
+
+Lower tiers (``serving.kv_cache.tiers``, e.g. DRAM then NVMe, as LMCache's local CPU and disk
+backends or Mooncake's store) form an exclusive LRU chain: a block evicted from HBM is demoted to
+the first lower tier, whose own LRU victim goes to the next, and the last one drops it. A hit in
+a lower tier promotes the block back (it leaves that tier) and its bytes are copied to HBM before
+the iteration that uses them, like a swap-in (no layer-wise overlap with prefill yet). The whole
+chain behaves as one LRU stack, so more capacity in any tier never lowers the hit rate.
 """
 
 from __future__ import annotations
@@ -25,11 +32,15 @@ from collections.abc import Sequence
 class PrefixStore:
     """Referenced blocks (held by running requests) plus evictable ones in LRU order."""
 
-    def __init__(self, block_tokens: int, block_size: int, tier: str):
+    def __init__(self, block_tokens: int, block_size: int, tier: str,
+                 lower: Sequence[tuple[str, int]] = ()):
         self.block_tokens, self.tier = block_tokens, tier
         self.cost = math.ceil(block_tokens / block_size)  # paged blocks per cached block
         self.refs: dict[int, int] = {}
         self.lru: OrderedDict[int, None] = OrderedDict()  # least recently used first
+        # lower tiers, fastest first: (tier, capacity in cached blocks, its LRU)
+        self.lower = [(t, cap, OrderedDict()) for t, cap in lower]
+        self.hits_by_tier: dict[str, int] = {tier: 0, **{t: 0 for t, _ in lower}}
         self.hit_tokens = 0
         self.prompt_tokens = 0
 
@@ -38,15 +49,37 @@ class PrefixStore:
         at most ``prompt - 1`` tokens: the last prompt token is always computed, as vLLM does."""
         refs, lru = self.refs, self.lru
         hit = 0
+        lower = [lv for _, _, lv in self.lower]
         for h in hashes:
-            if h not in refs and h not in lru:
+            if h not in refs and h not in lru and not any(h in lv for lv in lower):
                 break
             hit += 1
         return hit, min(hit * self.block_tokens, prompt - 1)
 
-    def count(self, hit_tokens: int, prompt: int) -> None:
-        """A request's first admission: its prompt and the part of it served from the cache."""
-        self.hit_tokens += hit_tokens
+    def acquire(self, hashes: Sequence[int], tokens: int) -> dict[str, int]:
+        """Reference the hit blocks holding ``tokens`` prompt tokens, promoting those found in a
+        lower tier; returns the tokens served from each tier (lower ones must be copied in)."""
+        served = dict.fromkeys(self.hits_by_tier, 0)
+        left = tokens
+        for h in hashes:
+            n = min(self.block_tokens, left)
+            left -= n
+            tier = self.tier
+            if h not in self.refs and h not in self.lru:
+                for t, _, lv in self.lower:
+                    if h in lv:
+                        del lv[h]
+                        tier = t
+                        break
+            served[tier] += n
+        self.register(hashes)
+        return served
+
+    def count(self, served: dict[str, int], prompt: int) -> None:
+        """A request's first admission: its prompt and the part of it served from each tier."""
+        for tier, n in served.items():
+            self.hits_by_tier[tier] += n
+            self.hit_tokens += n
         self.prompt_tokens += prompt
 
     def register(self, hashes: Sequence[int]) -> None:
@@ -56,7 +89,11 @@ class PrefixStore:
             if h in refs:
                 refs[h] += 1
             else:
-                lru.pop(h, None)
+                if h in lru:
+                    del lru[h]
+                else:  # computed anew: drop a stale lower-tier copy, the chain stays exclusive
+                    for _, _, lv in self.lower:
+                        lv.pop(h, None)
                 refs[h] = 1
 
     def release(self, hashes: Sequence[int]) -> None:
@@ -75,7 +112,14 @@ class PrefixStore:
         """Evict least recently used blocks until the evictable set fits the free pool."""
         lru, keep = self.lru, max(0, free_blocks) // self.cost
         while len(lru) > keep:
-            lru.popitem(last=False)
+            h, _ = lru.popitem(last=False)
+            for _, cap, lv in self.lower:  # demote down the chain; the last tier drops it
+                if cap <= 0:
+                    continue
+                lv[h] = None
+                if len(lv) <= cap:
+                    break
+                h, _ = lv.popitem(last=False)
 
     @property
     def hit_rate(self) -> float:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import time
 
+from memsim.errors import SpecError, did_you_mean
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan, ServingPolicy
 from memsim.sim.engine import Clock
@@ -137,9 +138,8 @@ class ServingEngine:
             blocks = demand
         self.total_blocks = blocks
         self.free_blocks = blocks
-        cache = self.trace.meta.get("kv_cache") or {}
-        self.store = (PrefixStore(int(cache.get("block_tokens") or 512), pol.block_size, self.fast)
-                      if cache.get("prefix_caching") and self.trace.requests.hash_ids else None)
+        self.store = self._prefix_store()
+        self.kv_loads: dict[str, int] = {}  # prefix tokens to copy in from lower cache tiers
         # what every iteration reuses: the streamed copies and the unit's roofline rates
         self.streamed_w_items = list(self.streamed_w.items())
         self.kv_streamed = [(t, f) for t, f in self.kv_frac.items() if t != self.fast and f > 0]
@@ -149,6 +149,22 @@ class ServingEngine:
                            bw, unit.launch_overhead)
                        for d, p in ((True, "decode"), (False, "prefill"))}
         self.launches = unit.launch_overhead * max(0, 2 * self.layers - 2)
+
+    def _prefix_store(self) -> PrefixStore | None:
+        """The prefix cache (``meta["kv_cache"]``), its lower tiers' capacity held in their pools."""
+        cache = self.trace.meta.get("kv_cache") or {}
+        if not cache.get("prefix_caching") or not self.trace.requests.hash_ids:
+            return None
+        block_tokens = int(cache.get("block_tokens") or 512)
+        lower = []
+        for tier, nbytes in (cache.get("tiers") or {}).items():
+            if tier not in self.sys.tiers or tier == self.fast:
+                raise SpecError(f"{tier!r} is not a memory tier below {self.fast!r} of system "
+                                f"{self.sys.name!r}{did_you_mean(tier, set(self.sys.tiers) - {self.fast})}",
+                                key=f"serving.kv_cache.tiers.{tier}")
+            self.clock.pools[tier].alloc("kv cache", int(nbytes), "prefix cache tier")
+            lower.append((tier, int(nbytes) // (block_tokens * self.tc.kv_bytes_per_token)))
+        return PrefixStore(block_tokens, self.policy.block_size, self.fast, lower)
 
     # -- the server loop -----------------------------------------------------------------------
 
@@ -318,11 +334,14 @@ class ServingEngine:
                     break
                 head += 1
                 if store is not None and r.hashes:
-                    store.register(r.hashes[:hit])
+                    served = store.acquire(r.hashes[:hit], c)
                     r.held = hit
+                    for tier, n in served.items():
+                        if n and tier != self.fast:
+                            self.kv_loads[tier] = self.kv_loads.get(tier, 0) + n
                     if not r.looked:
                         r.looked = True
-                        store.count(c, r.prompt)
+                        store.count(served, r.prompt)
                 free -= need
                 taken += need
                 r.blocks += need
@@ -460,8 +479,10 @@ class ServingEngine:
         """One forward pass over the batch: swaps first, then compute overlapped with streaming."""
         env, copier, fast = self.env, self.clock.copier, self.fast
         t0 = env._now
-        if swap_out or swap_in:
-            evs = []
+        loads, self.kv_loads = self.kv_loads, {}
+        if swap_out or swap_in or loads:
+            evs = [copier.copy(tier, fast, n * self.tc.kv_bytes_per_token, "kv cache load",
+                               "prefix cache load", alloc=0) for tier, n in loads.items()]
             if swap_out:
                 evs.append(copier.copy(fast, self.swap_tier, swap_out * self.block_bytes,
                                        "kv swap", "swap out"))
@@ -521,8 +542,7 @@ class ServingEngine:
                               if self.kv_slots_area > 0 else 0.0),
             preemptions=self.preemptions,
             prefix_hit_rate=self.store.hit_rate if self.store is not None else 0.0,
-            prefix_hits_by_tier=({self.store.tier: self.store.hit_tokens}
-                                 if self.store is not None else {}))
+            prefix_hits_by_tier=dict(self.store.hits_by_tier) if self.store is not None else {})
         return Result(
             feasible=clock.oom is None and self.dropped == 0,
             step_time_s=makespan,

@@ -218,5 +218,6 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     }
     if sv.kv_cache is not None:
         meta["kv_cache"] = {"prefix_caching": sv.kv_cache.prefix_caching,
-                            "eviction": sv.kv_cache.eviction, "block_tokens": sv.kv_cache.block_tokens}
+                            "eviction": sv.kv_cache.eviction, "block_tokens": sv.kv_cache.block_tokens,
+                            "tiers": dict(sv.kv_cache.tiers or {})}
     return tb.trace(meta, requests)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from memsim.hardware.spec import Spec
+from memsim.units import parse_bytes
 
 # Upper bound on any token count or batch (2^24 = 16.7M): published context windows stop near 10M
 # tokens (Llama 4 Scout). Beyond it the sizes overflow what the MIP solver can represent (an
@@ -161,17 +162,16 @@ class KVCache(Spec):
 
     prefix_caching: bool = Field(True, description="cache finished requests' prompt blocks and skip "
                                                    "the prefill of a new prompt's cached leading blocks")
-    tiers: dict[str, float | str] | None = Field(None, description=(
-        "cache tiers beyond the HBM pool (dram: 256GiB, ...); only the HBM pool is simulated so far"))
+    tiers: dict[str, int | str] | None = Field(None, description=(
+        "cache tiers below the HBM pool, fastest first (dram: 256GiB, nvme: 2TiB): blocks evicted "
+        "from HBM are demoted down the chain and copied back over the links on a hit"))
     eviction: Literal["lru"] = Field("lru", description="which cached block makes room: lru")
     block_tokens: int = Field(512, ge=1, description="tokens per hash_ids block (Mooncake: 512)")
 
-    @model_validator(mode="after")
-    def _hbm_only(self) -> KVCache:
-        if self.tiers:
-            raise ValueError("cache tiers beyond the HBM pool are not simulated yet; remove tiers "
-                             "(the cache lives in the HBM pool left free)")
-        return self
+    @field_validator("tiers")
+    @classmethod
+    def _sizes(cls, tiers: dict[str, int | str] | None) -> dict[str, int] | None:
+        return {name: parse_bytes(size) for name, size in tiers.items()} if tiers else tiers
 
 
 class Serving(Spec):
