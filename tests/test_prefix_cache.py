@@ -148,6 +148,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_simulate_json_on_a_mooncake_jsonl_trace():
     base = ["simulate", "-H", "h100-sxm", "-w", "workloads/llama3-8b-serve-mooncake.yaml", "--json"]
     on, off = _cli(*base), _cli(*base, "--set", "serving.kv_cache.prefix_caching=false")
@@ -179,3 +180,28 @@ def test_a_bad_jsonl_line_exits_2_naming_file_line_and_key(tmp_path, line, key):
     assert proc.returncode == 2, proc.stderr
     assert "t.jsonl" in proc.stderr and "line 2" in proc.stderr and key in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_dram_tier_keeps_what_a_small_hbm_evicts_and_loads_it_over_the_link():
+    requests = chat_requests(1, n=80)
+    system = make_system(tiers__hbm={"kind": "hbm", "capacity": "3.3GB", "read_bw": "1000TB/s",
+                                     "write_bw": "1000TB/s"})
+    plan = Plan(serving=ServingPolicy(max_num_seqs=8))
+    hbm_only = simulate(system, cached_trace(requests), plan)
+    trace = cached_trace(requests)
+    trace.meta["kv_cache"]["tiers"] = {"dram": 64 * 10**9}
+    both = simulate(system, trace, plan)
+    assert hbm_only.serving.prefix_hit_rate < trace_reuse(requests)  # HBM alone evicts
+    assert both.serving.prefix_hit_rate == pytest.approx(trace_reuse(requests))  # DRAM keeps it all
+    by_tier = both.serving.prefix_hits_by_tier
+    assert by_tier["dram"] > 0 and by_tier["hbm"] + by_tier["dram"] == round(
+        both.serving.prefix_hit_rate * sum(requests.prompt_len))
+    assert both.link_busy["pcie:dram->hbm"] > 0  # the hits were copied in
+    assert both.peak_bytes["dram"] >= 64 * 10**9  # the tier's capacity is held in DRAM
+
+
+def test_a_cache_tier_the_system_lacks_exits_2_naming_the_key():
+    proc = _cli("simulate", "-H", "h100-sxm", "-w", "workloads/llama3-8b-serve-mooncake.yaml",
+                "--set", "serving.kv_cache.tiers.dramm=64GiB", "--json")
+    assert proc.returncode == 2 and "serving.kv_cache.tiers.dramm" in proc.stderr, proc.stderr
+    assert "did you mean 'dram'" in proc.stderr and "Traceback" not in proc.stderr
