@@ -43,6 +43,8 @@ class ServingStats:
     kv_block_bytes: int = 0  # bytes one block takes on kv_pool_tier
     kv_pool_tier: str | None = None  # the tier whose free bytes bound the pool
     largest_request_tokens: int = 0  # prompt + output of the longest request
+    prefix_hit_rate: float = 0.0  # prompt tokens served from the prefix cache / prompt tokens
+    prefix_hits_by_tier: dict[str, int] = field(default_factory=dict)  # those tokens per tier
 
 
 @dataclass

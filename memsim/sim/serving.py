@@ -28,9 +28,11 @@ from __future__ import annotations
 import math
 import time
 
+from memsim.errors import SpecError, did_you_mean
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan, ServingPolicy
 from memsim.sim.engine import Clock
+from memsim.sim.kvstore import PrefixStore
 from memsim.sim.overload import overload_verdict
 from memsim.sim.program import paused_gc, split_bytes
 from memsim.sim.report import common_fields, main_unit, peak_flops
@@ -43,14 +45,17 @@ DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
 class Req:
     """One request's progress: tokens whose KV is cached, tokens generated, blocks held."""
 
-    __slots__ = ("arrival", "blocks", "computed", "first_t", "generated", "id", "k", "last_t",
-                 "output", "prompt", "swapped")
+    __slots__ = ("arrival", "blocks", "computed", "first_t", "generated", "hashes", "held", "id",
+                 "k", "last_t", "looked", "output", "prompt", "swapped")
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
         self.computed = self.generated = self.blocks = self.swapped = 0
         self.k = 0  # tokens scheduled in the current iteration
         self.first_t = self.last_t = -1.0
+        self.hashes: list[int] = []  # prefix-chained block hashes of the prompt (prefix cache)
+        self.held = 0  # leading hashes this request references in the prefix store
+        self.looked = False  # counted in the prefix hit rate (first admission only)
 
 
 def policy_for(trace: Trace, plan: Plan) -> tuple[ServingPolicy, float]:
@@ -136,6 +141,8 @@ class ServingEngine:
         self.total_blocks = blocks
         self.free_blocks = blocks
         self.max_len = max_len
+        self.store = self._prefix_store()
+        self.kv_loads: dict[str, int] = {}  # prefix tokens to copy in from lower cache tiers
         # what every iteration reuses: the streamed copies and the unit's roofline rates
         self.streamed_w_items = list(self.streamed_w.items())
         self.kv_streamed = [(t, f) for t, f in self.kv_frac.items() if t != self.fast and f > 0]
@@ -145,6 +152,22 @@ class ServingEngine:
                            bw, unit.launch_overhead)
                        for d, p in ((True, "decode"), (False, "prefill"))}
         self.launches = unit.launch_overhead * max(0, 2 * self.layers - 2)
+
+    def _prefix_store(self) -> PrefixStore | None:
+        """The prefix cache (``meta["kv_cache"]``), its lower tiers' capacity held in their pools."""
+        cache = self.trace.meta.get("kv_cache") or {}
+        if not cache.get("prefix_caching") or not self.trace.requests.hash_ids:
+            return None
+        block_tokens = int(cache.get("block_tokens") or 512)
+        lower = []
+        for tier, nbytes in (cache.get("tiers") or {}).items():
+            if tier not in self.sys.tiers or tier == self.fast:
+                raise SpecError(f"{tier!r} is not a memory tier below {self.fast!r} of system "
+                                f"{self.sys.name!r}{did_you_mean(tier, set(self.sys.tiers) - {self.fast})}",
+                                key=f"serving.kv_cache.tiers.{tier}")
+            self.clock.pools[tier].alloc("kv cache", int(nbytes), "prefix cache tier")
+            lower.append((tier, int(nbytes) // (block_tokens * self.tc.kv_bytes_per_token)))
+        return PrefixStore(block_tokens, self.policy.block_size, self.fast, lower)
 
     # -- the server loop -----------------------------------------------------------------------
 
@@ -165,6 +188,10 @@ class ServingEngine:
         todo = [Req(i, a, p, o) for i, (a, p, o) in
                 enumerate(zip(reqs.arrival_s, reqs.prompt_len, reqs.output_len, strict=True))]
         bs = pol.block_size
+        if self.store is not None:
+            for r, hashes in zip(todo, reqs.hash_ids, strict=True):
+                r.hashes = hashes
+        store = self.store
         too_big = [r for r in todo if -(-(r.prompt + r.output) // bs) > self.total_blocks]
         if too_big:
             self.dropped = len(too_big)
@@ -303,12 +330,25 @@ class ServingEngine:
             while (head < len(waiting) and not swapped and not preempted
                    and len(running) < max_seqs and budget > 0):
                 r = waiting[head]
+                hit = 0
+                if store is not None and r.computed == 0 and r.hashes:  # prefix cache lookup
+                    hit, r.computed = store.lookup(r.hashes, r.prompt)
                 c = r.computed
                 k = min(r.prompt + r.generated - c, budget)
                 need = -(-(c + k) // bs) - r.blocks
                 if need > free:
+                    r.computed = 0
                     break
                 head += 1
+                if store is not None and r.hashes:
+                    served = store.acquire(r.hashes[:hit], c)
+                    r.held = hit
+                    for tier, n in served.items():
+                        if n and tier != self.fast:
+                            self.kv_loads[tier] = self.kv_loads.get(tier, 0) + n
+                    if not r.looked:
+                        r.looked = True
+                        store.count(served, r.prompt)
                 free -= need
                 taken += need
                 r.blocks += need
@@ -322,6 +362,8 @@ class ServingEngine:
                 decode = False
                 if r.generated:
                     redo += min(k, r.prompt + r.generated - 1 - c)
+            if store is not None:
+                store.fit(free)
             if head > 4096:  # drop the consumed prefix now and then (amortised O(1))
                 del waiting[:head]
                 head = 0
@@ -359,6 +401,9 @@ class ServingEngine:
                         out += 1
                     continue
                 g = r.generated = r.generated + 1
+                if store is not None and r.held < len(r.hashes):  # prompt computed: cache it
+                    store.register(r.hashes[r.held:])
+                    r.held = len(r.hashes)
                 last = r.last_t
                 if r.first_t < 0:
                     r.first_t = t1
@@ -380,6 +425,9 @@ class ServingEngine:
                 keep = []
                 for r in running:
                     if r.generated >= r.output:
+                        if store is not None:
+                            store.release(r.hashes[:r.held])
+                            r.held = 0
                         freed += r.blocks
                         live -= r.computed
                         r.blocks = 0
@@ -420,6 +468,9 @@ class ServingEngine:
         blocks = r.blocks
         self.free_blocks += blocks
         r.blocks = 0
+        if self.store is not None:
+            self.store.release(r.hashes[:r.held])
+            r.held = 0
         if (pol.preempt == "swap" and self.swap_tier is not None
                 and (self.swap_used + blocks) * self.block_bytes <= pol.swap_bytes):
             r.swapped = blocks
@@ -435,8 +486,10 @@ class ServingEngine:
         """One forward pass over the batch: swaps first, then compute overlapped with streaming."""
         env, copier, fast = self.env, self.clock.copier, self.fast
         t0 = env._now
-        if swap_out or swap_in:
-            evs = []
+        loads, self.kv_loads = self.kv_loads, {}
+        if swap_out or swap_in or loads:
+            evs = [copier.copy(tier, fast, n * self.tc.kv_bytes_per_token, "kv cache load",
+                               "prefix cache load", alloc=0) for tier, n in loads.items()]
             if swap_out:
                 evs.append(copier.copy(fast, self.swap_tier, swap_out * self.block_bytes,
                                        "kv swap", "swap out"))
@@ -497,7 +550,9 @@ class ServingEngine:
             preemptions=self.preemptions, dropped=self.dropped,
             kv_pool_blocks=self.total_blocks, kv_block_tokens=self.policy.block_size,
             kv_block_bytes=int(self.block_bytes * self.kv_frac.get(self.kv_pool_tier, 1.0)),
-            kv_pool_tier=self.kv_pool_tier, largest_request_tokens=self.max_len)
+            kv_pool_tier=self.kv_pool_tier, largest_request_tokens=self.max_len,
+            prefix_hit_rate=self.store.hit_rate if self.store is not None else 0.0,
+            prefix_hits_by_tier=dict(self.store.hits_by_tier) if self.store is not None else {})
         if self.at_last is not None:
             first_t, last_t, done, queued = self.at_last
             stats.overloaded, stats.overload_reason = overload_verdict(

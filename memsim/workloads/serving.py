@@ -16,6 +16,7 @@ total length, each rounded up to whole blocks of ``block_size`` tokens.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -99,6 +100,60 @@ def csv_requests(path: Path, limit_rows: int, file: str) -> Requests:
                     [output[i] for i in order])
 
 
+JSONL_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
+
+
+def jsonl_requests(path: Path, limit_rows: int, file: str) -> Requests:
+    """Requests from Mooncake's trace format (github.com/kvcache-ai/Mooncake, FAST'25 traces): one
+    JSON object a line, ``timestamp`` in ms, ``input_length``, ``output_length`` and ``hash_ids``,
+    the prompt's 512-token blocks named by prefix-chained hashes (equal ids = equal prefix)."""
+    rows: list[tuple[float, int, int, list[int]]] = []
+    try:
+        with path.open() as handle:
+            for line_no, line in enumerate(handle, 1):
+                if len(rows) >= limit_rows:
+                    break
+                if not line.strip():
+                    continue
+                rows.append(_jsonl_row(line, line_no, str(path)))
+    except FileNotFoundError:
+        raise SpecError(f"arrival JSONL {str(path)!r} not found", file=file,
+                        key="serving.arrival.jsonl") from None
+    if not rows:
+        raise SpecError("JSONL has no requests", file=str(path))
+    order = sorted(range(len(rows)), key=lambda i: (rows[i][0], i))
+    start = rows[order[0]][0] if rows[order[0]][0] > 1e6 else 0.0  # absolute epoch → from the first
+    return Requests([round(rows[i][0] - start, 6) for i in order], [rows[i][1] for i in order],
+                    [rows[i][2] for i in order], [rows[i][3] for i in order])
+
+
+def _jsonl_row(line: str, line_no: int, file: str) -> tuple[float, int, int, list[int]]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"line {line_no}: not JSON ({exc.msg})", file=file) from None
+    if not isinstance(obj, dict):
+        raise SpecError(f"line {line_no}: expected a JSON object", file=file)
+    for key in JSONL_KEYS[:3]:
+        if key not in obj:
+            raise SpecError(f"line {line_no}: no {key} (each line needs {', '.join(JSONL_KEYS)})",
+                            file=file, key=key)
+    t, p, o = obj["timestamp"], obj["input_length"], obj["output_length"]
+    if isinstance(t, bool) or not isinstance(t, int | float) or t < 0:
+        raise SpecError(f"line {line_no}: timestamp {t!r} is not milliseconds ≥ 0", file=file,
+                        key="timestamp")
+    for key, n in (("input_length", p), ("output_length", o)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise SpecError(f"line {line_no}: {key} {n!r} is not a whole number ≥ 1", file=file,
+                            key=key)
+    hashes = obj.get("hash_ids", [])
+    if not isinstance(hashes, list) or not all(isinstance(h, int) and not isinstance(h, bool)
+                                               for h in hashes):
+        raise SpecError(f"line {line_no}: hash_ids must be a list of integers", file=file,
+                        key="hash_ids")
+    return t / 1000.0, p, o, hashes
+
+
 def _seconds(text: str, path: Path, row: int) -> float:
     try:
         return float(text)
@@ -118,6 +173,8 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     src = Path(w._source) if w._source else Path("workload.yaml")
     if sv.arrival.csv:
         requests = csv_requests(relative(sv.arrival.csv, src), sv.num_requests, str(src))
+    elif sv.arrival.jsonl:
+        requests = jsonl_requests(relative(sv.arrival.jsonl, src), sv.num_requests, str(src))
     else:
         requests = poisson_requests(sv, arch.max_positions)
     prompt = np.asarray(requests.prompt_len, dtype=np.int64)
@@ -160,4 +217,8 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
         "mean_prompt_len": float(np.mean(prompt)), "mean_output_len": float(np.mean(output)),
         "duration_s": float(requests.arrival_s[-1]),
     }
+    if sv.kv_cache is not None:
+        meta["kv_cache"] = {"prefix_caching": sv.kv_cache.prefix_caching,
+                            "eviction": sv.kv_cache.eviction, "block_tokens": sv.kv_cache.block_tokens,
+                            "tiers": dict(sv.kv_cache.tiers or {})}
     return tb.trace(meta, requests)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from memsim.hardware.spec import Spec
+from memsim.units import parse_bytes
 
 # Upper bound on any token count or batch (2^24 = 16.7M): published context windows stop near 10M
 # tokens (Llama 4 Scout). Beyond it the sizes overflow what the MIP solver can represent (an
@@ -110,11 +111,14 @@ class Arrival(Spec):
     seed: int = Field(0, description="seed of the numpy Generator drawing arrivals and lengths")
     csv: str | None = Field(None, description="CSV with arrival_s, prompt_len, output_len columns "
                                               "(path relative to this file)")
+    jsonl: str | None = Field(None, description="Mooncake trace: one JSON object a line with timestamp "
+                                                "(ms), input_length, output_length, hash_ids (path "
+                                                "relative to this file)")
 
     @model_validator(mode="after")
     def _one_source(self) -> Arrival:
-        if (self.csv is None) == (self.process is None):
-            raise ValueError("give either process: poisson (with rate_per_s) or csv: path")
+        if sum(x is not None for x in (self.csv, self.jsonl, self.process)) != 1:
+            raise ValueError("give one of process: poisson (with rate_per_s), csv: path or jsonl: path")
         if self.process == "poisson" and self.rate_per_s is None:
             raise ValueError("a poisson arrival process needs rate_per_s")
         return self
@@ -153,6 +157,23 @@ class Scheduler(Spec):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory vLLM may use")
 
 
+class KVCache(Spec):
+    """KV kept after its request: vLLM's automatic prefix caching in the HBM pool left free."""
+
+    prefix_caching: bool = Field(True, description="cache finished requests' prompt blocks and skip "
+                                                   "the prefill of a new prompt's cached leading blocks")
+    tiers: dict[str, int | str] | None = Field(None, description=(
+        "cache tiers below the HBM pool, fastest first (dram: 256GiB, nvme: 2TiB): blocks evicted "
+        "from HBM are demoted down the chain and copied back over the links on a hit"))
+    eviction: Literal["lru"] = Field("lru", description="which cached block makes room: lru")
+    block_tokens: int = Field(512, ge=1, description="tokens per hash_ids block (Mooncake: 512)")
+
+    @field_validator("tiers")
+    @classmethod
+    def _sizes(cls, tiers: dict[str, int | str] | None) -> dict[str, int] | None:
+        return {name: parse_bytes(size) for name, size in tiers.items()} if tiers else tiers
+
+
 class Serving(Spec):
     """Online serving of a stream of requests."""
 
@@ -165,11 +186,12 @@ class Serving(Spec):
                                                 "gpu_memory_utilization, max_num_batched_tokens, "
                                                 "max_num_seqs, preemption_mode, kv_cache_dtype, dtype)")
     kv_bits: Literal[16, 8, 4, 2] = Field(16, description="bits per KV-cache element")
+    kv_cache: KVCache | None = Field(None, description="prefix caching across requests (off when absent)")
     dtype: Precision = Field("fp16", description="weights and activations dtype")
 
     @model_validator(mode="after")
     def _lengths(self) -> Serving:
-        if self.arrival.csv is None and (self.prompt_len is None or self.output_len is None):
+        if self.arrival.process is not None and (self.prompt_len is None or self.output_len is None):
             raise ValueError("Poisson arrivals need prompt_len and output_len distributions")
         return self
 

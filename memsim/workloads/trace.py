@@ -137,6 +137,7 @@ class Requests:
     arrival_s: list[float]
     prompt_len: list[int]
     output_len: list[int]
+    hash_ids: list[list[int]] | None = None  # prefix-chained prompt block hashes (Mooncake traces)
 
     def __len__(self) -> int:
         return len(self.arrival_s)
