@@ -254,9 +254,9 @@ class TensorIO:
         direct read lands in a buffer, or a direct write leaves one, depends on the order of its
         physical pages (docs/validation.md: 1.33-1.40 GB/s reads into a buffer whose pages run
         backwards, 1.8-2.1 into one whose run forwards), as a replay's staging pool is one such
-        draw per replay. Writes from one buffer kept for the whole calibration made the write
-        level that buffer's draw: 1.37-2.29 GB/s from one calibration to the next on this
-        project's VM, while the replays wrote at 2.0-2.4."""
+        draw per replay. Writes from one buffer kept for the whole calibration would make the write
+        level that buffer's draw: 1.37-2.29 GB/s from one calibration to the next on a 2-vCPU
+        VM, while the replays wrote at 2.0-2.4."""
         from memsim.validation.tiers import fill_random
 
         stages = [aligned_buffer(self.nbytes) for _ in range(self.count)]
