@@ -1,7 +1,7 @@
 """Calibrate this machine, run a validation suite on it, print the accuracy figures.
 
     python bench/bench_validation.py                       # calibrate + validation/cpu-disk.yaml
-    python bench/bench_validation.py --record              # also write validation/results/<host>-<date>.*
+    python bench/bench_validation.py --record              # also write validation/results/ (+ history.md)
     python bench/bench_validation.py --hardware m.yaml     # reuse a calibration
 
 Timing on a shared machine is noisy: the load average before and after is printed and recorded
@@ -87,6 +87,9 @@ def main() -> int:
     path = out / f"{host}-{args.device}-{stamp}.json"
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     print(f"wrote {path}")
+    if args.record:  # the recorded-runs table is generated from the result JSONs, never kept by hand
+        from memsim.validation.history import write_history
+        print(f"wrote {write_history(out)}")
     return 0
 
 

@@ -12,8 +12,8 @@ change whenever another transfer starts or ends.
   (``IO_REQUEST_BYTES``), so every stream moves the same bytes per second: 1 / Σ 1/bandwidth
   over the streams, each at its direction's bandwidth (n streams of one direction: bandwidth / n).
   A reader at 2.0 GB/s beside a writer at 3.1 GB/s gets 1.22 GB/s each, not 1.0 and 1.57 (each
-  direction half the device's time): this project's VM disk moved 1.3-1.5 GB/s each way, about
-  equal, in the replays that read and wrote at once. A tier with a ``concurrency_curve`` (CXL;
+  direction half the device's time): a 2-vCPU VM's virtio disk moves 1.3-1.5 GB/s each way, about
+  equal, in the replays that read and write at once. A tier with a ``concurrency_curve`` (CXL;
   a calibrated disk, for reads and writes at once) also caps every flow touching it (reading,
   writing or bouncing) at ``curve(n) / n``; SSD/flash reads run at
   ``read_size_curve(request size)``.

@@ -89,7 +89,7 @@ def calibrate(device: str = "cpu", quick: bool = False, scratch: str | Path | No
         # whole-tensor disk samples, one after each GEMM round and more in the disk phase: the
         # disk's level is the median over the whole calibration, not one moment's (mb.TensorIO)
         # and so are copy/compute overlap rounds (mb.Overlap)
-        # a step's GEMM, not a big square one: on this project's Intel VM a 1024^3 GEMM ran 0-20%
+        # a step's GEMM, not a big square one: on a 2-vCPU Intel VM a 1024^3 GEMM runs 0-20%
         # slower beside a disk stream from one round to the next, a 256x1024x4096 one within 2%
         # in most rounds
         shape = (64, 256, 256) if quick else OVERLAP_GEMM["cuda" if backend.is_cuda else "cpu"]
@@ -257,11 +257,11 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
     # reader and a writer streaming whole tensors together: their sum is the device's aggregate
     # at two streams (concurrency_curve; the simulator caps each of n streams at curve(n) / n),
     # and the tier is duplex (each stream also at its own direction's rate). No split of the
-    # alone rates predicted this project's VM: with the half-duplex model the cases that read and
+    # alone rates predicts a virtio VM's disk: with the half-duplex model the cases that read and
     # write at once ran 8-10% faster than predicted (a single stream of synchronous 1 MiB
     # requests does not keep a virtual disk busy), with the measured sum 2-5%. The disk as the replay
     # sees it: copies run while the compute thread runs (that is what a prefetch is for), and on
-    # this kind of machine that slows them (the simulator has no compute-slows-copies term), so
+    # a 2-vCPU machine that can slow them (the simulator has no compute-slows-copies term), so
     # each direction's rates are scaled by that direction's measured with-compute / alone ratio;
     # the unscaled rates stay in calibration.disk_*_Bps.
     # The level of each direction is whole tensors moved as a replay moves them (``tensor_io``);

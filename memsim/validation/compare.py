@@ -84,8 +84,8 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
     Every case is predicted (and checked) before anything is measured, so bad input fails in
     seconds. Then each of ``rounds`` rounds replays every case in turn, from its own setup (fresh
     buffers and files); a case's measurement is its median round (``merge``). Why rounds: a case
-    measured in one go shares whatever the shared host was doing in those seconds (one run's
-    compute-only case ran 8% slow for all five of its steps), and on a VM a replay's disk rate
+    measured in one go shares whatever the shared host was doing in those seconds (a
+    compute-only case can run 8% slow for all its steps), and on a VM a replay's disk rate
     depends on the buffers it happened to get; rounds spread both over the whole run."""
     from memsim.hardware import load_system
     from memsim.validation.replay import merge, replay

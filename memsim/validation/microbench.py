@@ -71,14 +71,14 @@ class CacheFlush:
     """Evicts the caches between timed kernel runs by reading ``nbytes``, as a training step's
     other ops evict one layer's weights before their next use. Why: timed back to back a GEMM
     finds its operands in cache; in a replayed step it does not, and over 128 tokens it then ran
-    6-25% slower (1.22x median over the tiny-llama and calibration shapes on this project's VM;
+    6-25% slower (1.22x median over the tiny-llama and calibration shapes on a 2-vCPU VM;
     1.02-1.12x at 256 tokens, ~1.0 at 1024), the rates the replay's GEMMs ran at.
 
     Why 256 MiB, read: reading it gave the cold rates (101-107 GFLOP/s at 128 tokens; 720 MiB:
     101); copying 2 x 128 MiB (memcpy's streaming stores) left one calibration nearly hot (128).
-    And not more: on this VM, touching 720 MiB more of guest memory slowed the virtual disk's
-    direct writes for the rest of the process (2.1 to 1.2-1.6 GB/s; 256 MiB: no change), and two
-    calibrations drew their write level from that."""
+    And not more: on a 2-vCPU virtio VM, touching 720 MiB more of guest memory slows the virtual
+    disk's direct writes for the rest of the process (2.1 to 1.2-1.6 GB/s; 256 MiB: no change),
+    which a calibration would take as its write level."""
 
     def __init__(self, backend: Backend, nbytes: int = 256 << 20):
         self.nbytes = nbytes
@@ -224,7 +224,7 @@ class TensorIO:
     write that allocates runs about a third slower on ext4).
 
     Why not just the request sweep (``disk_read``): the sweep reads into one fresh buffer per
-    request size, and on this project's VMs the rate of direct reads depends on the buffer they
+    request size, and on a virtio VM the rate of direct reads depends on the buffer they
     land in (``_round``), so the sweep's level is one buffer's draw. And why samples that the
     caller spreads out (calibration takes one after each GEMM round, then more): so that a slow
     few seconds of the shared host, or one unlucky set of buffers, is one sample, not the
@@ -254,9 +254,9 @@ class TensorIO:
         direct read lands in a buffer, or a direct write leaves one, depends on the order of its
         physical pages (docs/validation.md: 1.33-1.40 GB/s reads into a buffer whose pages run
         backwards, 1.8-2.1 into one whose run forwards), as a replay's staging pool is one such
-        draw per replay. Writes from one buffer kept for the whole calibration made the write
-        level that buffer's draw: 1.37-2.29 GB/s from one calibration to the next on this
-        project's VM, while the replays wrote at 2.0-2.4."""
+        draw per replay. Writes from one buffer kept for the whole calibration would make the write
+        level that buffer's draw: 1.37-2.29 GB/s from one calibration to the next on a 2-vCPU
+        VM, while the replays wrote at 2.0-2.4."""
         from memsim.validation.tiers import fill_random
 
         stages = [aligned_buffer(self.nbytes) for _ in range(self.count)]
@@ -347,7 +347,7 @@ def disk_latency(path: Path, mode: Mode, repeats: int) -> float:
 class Overlap:
     """What overlapping a disk copy with a step's GEMM costs each side, sampled a round at a time
     (``sample()``, which the caller spreads over a calibration as it does ``TensorIO``'s: one
-    window drew a GEMM slowdown anywhere in 0.7-25% on this project's VM, the replays' 0-7%);
+    window can draw a GEMM slowdown anywhere in 0.7-25% on a 2-vCPU VM, the replays' 0-7%);
     ``figures()`` is, per direction, the median alone times and the median of the rounds' own
     ratios, so a neighbour's burst that hits one round's both sides costs one ratio."""
 
@@ -383,7 +383,7 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, shape: tuple[int, 
     on this machine. Both copy rates come from the same loop over the same time, so their ratio
     is a like-for-like measure of the interference, whatever the disk's absolute speed that
     minute; so do both GEMM times (timed in the same round, not once up front: that put the
-    slowdown at 0.9-15.6% from one calibration to the next on this project's VM)."""
+    slowdown at 0.9-15.6% from one calibration to the next on a 2-vCPU VM)."""
     torch = backend.torch
     m, k, n = shape
     a = torch.ones(m, k, dtype=torch_dtype(dtype), device=backend.device)
@@ -413,9 +413,9 @@ def gemm_under_copy(backend: Backend, path: Path, mode: Mode, shape: tuple[int, 
         return statistics.median(alone_times), statistics.median(times), copy_alone, copy_loaded
 
     buf = _touched(REQUEST)  # one buffer for both sides: a like-for-like ratio
-    # the first round is a warm-up: beside the copy its GEMMs ran up to 17% slower than after one
-    # on this project's VM (1.00-1.04; bench/bench_calibration_effects.py), and a calibration
-    # that sampled first rounds put copy_slowdown at 10-19% where the replays showed ~1%
+    # the first round is a warm-up: beside the copy its GEMMs run up to 17% slower than after one
+    # on a 2-vCPU VM (1.00-1.04; bench/bench_calibration_effects.py), and sampling first rounds
+    # puts copy_slowdown at 10-19% where the replays show ~1%
     if warm_up:
         one_round()
     timed = one_round()

@@ -134,7 +134,7 @@ def replay(system: System, trace: Trace, plan: Plan, device: str = "cpu", repeat
 
     Why warm up: the simulator predicts a steady-state step (staging buffers allocated once, as
     DeepSpeed's and FlexGen's swappers allocate theirs at start-up). A replay's first step maps
-    and faults in every staging buffer; on the project's VM the second still ran 4-24% slower
+    and faults in every staging buffer; on a 2-vCPU VM the second often still runs 4-24% slower
     than the later ones in the cases that stream every weight from disk, for a cause not
     identified (docs/validation.md).
     """

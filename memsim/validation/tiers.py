@@ -101,7 +101,7 @@ class DiskTier:
     A dead tensor's file is kept as swap space and reused by the next tensor of its size, as
     DeepSpeed's and FlexGen's swap files are allocated once: after a warm-up step every write
     overwrites allocated blocks. A write that allocates runs about a third slower on ext4 (1.6
-    against 2.5 GB/s measured on this project's VMs), which an offload engine does not pay per
+    against 2.5 GB/s on a 2-vCPU virtio VM), which an offload engine does not pay per
     step.
     """
 
