@@ -23,6 +23,7 @@ def make_system(**extra) -> System:
     """GPU (HBM) ↔ DRAM over one 10 GB/s link with 5 us latency; DRAM ↔ SSD at 2 GB/s."""
     spec = {
         "name": "hand",
+        "overheads": False,  # idealised: exact tensor accounting, no runtime reservations
         "tiers": {
             "hbm": {"kind": "hbm", "capacity": "80GB", "read_bw": FAST, "write_bw": FAST},
             "dram": {"kind": "dram", "capacity": "1TB", "read_bw": FAST, "write_bw": FAST},

@@ -69,8 +69,8 @@ def reserved_lines(system: System, meta: dict | None = None,
     """Non-tensor bytes per tier and line (cuda_context, cublas_workspace, nccl, allocator).
 
     ``meta``: the trace's meta (``data_parallel`` > 1 brings NCCL's buffers); ``resident``: the
-    sizes of the tensors resident on each tier from the step's start, whose rounding the
-    allocator line counts. Empty for systems without a GPU or with ``overheads: false``."""
+    sizes of the tensors resident on each tier from the step's start: the allocator line is their
+    rounding plus the fragmentation allowance, a fraction of their bytes. Empty for systems without a GPU or with ``overheads: false``."""
     gpu = system.gpu
     if gpu is None or not system.overheads:
         return {}
@@ -84,8 +84,9 @@ def reserved_lines(system: System, meta: dict | None = None,
         nccl = data["nccl"]
         lines["nccl"] = units.parse_bytes(nccl["buffsize"]) * int(nccl["channels"]) * int(nccl["peers"])
     alloc = data["allocator"]
-    lines["allocator"] = (rounding_waste((resident or {}).get(gpu.memory, ()), alloc)
-                          + int(float(alloc["fragmentation"]) * tier.capacity))
+    sizes = (resident or {}).get(gpu.memory, [])
+    lines["allocator"] = (rounding_waste(sizes, alloc)
+                          + int(float(alloc["fragmentation"]) * sum(sizes)))
     return {gpu.memory: lines}
 
 
