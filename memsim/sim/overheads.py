@@ -70,7 +70,8 @@ def reserved_lines(system: System, meta: dict | None = None,
 
     ``meta``: the trace's meta (``data_parallel`` > 1 brings NCCL's buffers); ``resident``: the
     sizes of the tensors resident on each tier from the step's start: the allocator line is their
-    rounding plus the fragmentation allowance, a fraction of their bytes. Empty for systems without a GPU or with ``overheads: false``."""
+    rounding plus the fragmentation allowance, a fraction of their bytes. Empty for systems
+    without a GPU or with ``overheads: false``."""
     gpu = system.gpu
     if gpu is None or not system.overheads:
         return {}

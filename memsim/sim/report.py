@@ -86,7 +86,8 @@ def diagnose(result: Result) -> Diagnosis:
                    + (f"; largest: {holders}" if holders else "") + ")"
                    + f"; over the whole run it needs {units.fmt_bytes(peak)}")
         if result.reserved_bytes.get(oom.tier):
-            summary += (f", of which non-tensor memory {describe({oom.tier: result.reserved_bytes[oom.tier]})}"
+            held = describe({oom.tier: result.reserved_bytes[oom.tier]})
+            summary += (f", of which non-tensor memory {held}"
                         " (hardware overheads: false to leave it out)")
     else:
         summary = "; ".join(f"{s.tier} needs {units.fmt_bytes(s.needed_bytes)}" for s in short)
