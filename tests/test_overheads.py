@@ -79,3 +79,12 @@ def test_cpu_only_systems_get_nothing_and_predict_the_same():
     off = simulate(memsim.load_system(machines[0], ["hardware.overheads=false"]), trace).to_dict()
     on.pop("wall_s"), off.pop("wall_s")
     assert on == off and on["reserved_bytes"] == {}
+
+
+@pytest.mark.slow
+def test_plan_json_carries_the_lines_and_its_plan_fits_with_them():
+    code, doc, err = run("plan", "-H", "h100-sxm", "-w", "llama3-8b-infer")
+    assert code == 0, err
+    lines = doc["reserved_bytes"]["hbm"]
+    assert lines["cuda_context"] == 512 * MiB and lines["cublas_workspace"] == 64 * MiB
+    assert doc["peak_bytes"]["hbm"] <= doc["capacity_bytes"]["hbm"]
