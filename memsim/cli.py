@@ -477,6 +477,8 @@ def _render_plan(doc: dict) -> None:
         cap = doc["capacity_bytes"].get(tier)
         figures.add_row(f"peak {tier}", f"{units.fmt_bytes(peak)} of {units.fmt_bytes(cap)}" if cap else
                         units.fmt_bytes(peak), "simulated")
+        for line, nbytes in doc.get("reserved_bytes", {}).get(tier, {}).items():
+            figures.add_row(f"  {line}", units.fmt_bytes(nbytes), "hardware/overheads")
     if info.get("solve_s") is not None:
         gap = f", gap {info['gap']:.2%}" if info.get("gap") is not None else ""
         figures.add_row("solve", f"{units.fmt_time(info['solve_s'])}{gap}", info["name"])
@@ -585,6 +587,9 @@ def _render_simulation(doc: dict) -> None:
         cap = doc["capacity_bytes"][tier]
         tiers.add_row(tier, units.fmt_bytes(peak), units.fmt_bytes(doc["mean_bytes"][tier]),
                       units.fmt_bytes(cap), f"{peak / cap:.1%}")
+        for line, nbytes in doc.get("reserved_bytes", {}).get(tier, {}).items():
+            tiers.add_row(f"  {line}", units.fmt_bytes(nbytes), units.fmt_bytes(nbytes), "",
+                          f"{nbytes / cap:.1%}")
     out.print(tiers)
     if doc["link_busy"]:
         links = Table("copy engine", "busy", title="links")

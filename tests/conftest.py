@@ -13,6 +13,7 @@ def make_system(**extra) -> System:
     """GPU (HBM) ↔ DRAM over one 10 GB/s link with 5 us latency; DRAM ↔ SSD at 2 GB/s."""
     spec = {
         "name": "hand",
+        "overheads": False,  # idealised: exact tensor accounting, no runtime reservations
         "tiers": {
             "hbm": {"kind": "hbm", "capacity": "80GB", "read_bw": FAST, "write_bw": FAST},
             "dram": {"kind": "dram", "capacity": "1TB", "read_bw": FAST, "write_bw": FAST},
@@ -51,6 +52,7 @@ def small_system(hbm: str = "16GiB", dram: str = "64GiB", ssd: str | None = "1Ti
         links.append({"name": "nvme", "kind": "nvme", "ends": ["dram", "nvme"], "bandwidth": "8GB/s"})
     return System.model_validate({
         "name": "test-box", "tiers": tiers, "links": links,
+        "overheads": False,  # idealised: exact tensor accounting, no runtime reservations
         "compute": {
             "gpu": {"kind": "gpu", "memory": "hbm", "peak_flops": {"bf16": "300TFLOP/s"}, "mem_bw": "1TB/s"},
             "cpu": {"kind": "cpu", "memory": "dram", "peak_flops": {"fp32": "3TFLOP/s", "bf16": "6TFLOP/s"},

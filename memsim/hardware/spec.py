@@ -290,6 +290,10 @@ class System(Spec):
                                                     "collectives cross PCIe)")
     network: Fabric | None = Field(None, description="inter-node link per GPU (bandwidth per "
                                                      "direction, latency)")
+    overheads: bool = Field(
+        True, description="reserve the GPU's non-tensor memory (CUDA context, cuBLAS workspace, "
+        "NCCL buffers, allocator rounding; hardware/overheads/gpu-runtime.yaml) on its tier; "
+        "false: pure tensor accounting, for idealised comparisons")
 
     @model_validator(mode="after")
     def _references_exist(self) -> System:

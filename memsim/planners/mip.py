@@ -51,7 +51,7 @@ def search(
 ) -> Search:
     """Solve every structure (or only the one labelled ``only``) and keep the best estimate."""
     view = planning_view(system, trace)
-    space = space or build_space(view, options or {})
+    space = space or build_space(view, options or {}, meta=trace.meta)
     prof = build_profile(view, trace)
     start = time.perf_counter()
     jobs = [(lb, job) for lb, job in _jobs(view, trace, prof, space, slack, act_scale) if only in (None, lb)]

@@ -94,6 +94,7 @@ class PlanReport:
             "mfu": r.mfu,
             "peak_bytes": dict(r.peak_bytes),
             "capacity_bytes": dict(r.capacity_bytes),
+            "reserved_bytes": {t: dict(lines) for t, lines in r.reserved_bytes.items()},
             "breakdown": dict(r.breakdown),
             "link_busy": dict(r.link_busy),
             "serving": _serving(r),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from memsim.errors import SpecError, did_you_mean
 from memsim.hardware.spec import TIER_KINDS, System
 from memsim.hardware.topology import Topology
+from memsim.sim.overheads import reserved_lines
 
 KNOWN = {
     "tiers",
@@ -42,7 +43,8 @@ class Space:
     max_step: float | None = None  # a throughput target as a step-time bound (cheapest_upgrade)
 
 
-def build_space(system: System, options: dict, file: str = "planner options") -> Space:
+def build_space(system: System, options: dict, file: str = "planner options",
+                meta: dict | None = None) -> Space:
     unknown = sorted(set(options) - KNOWN)
     if unknown:
         raise SpecError(
@@ -80,8 +82,10 @@ def build_space(system: System, options: dict, file: str = "planner options") ->
         space.optimizer_devices = ("gpu",)
         space.cpu_attention = (False,)
     cut = options.get("_cut") or {}  # bytes the simulator showed the model under-counts (report.py)
+    held = reserved_lines(system, meta)  # the runtime's non-tensor bytes, as the simulator holds
     space.caps = {
-        n: max(1, int(t.capacity * (1 - space.capacity_margin)) - int(cut.get(n, 0)))
+        n: max(1, int(t.capacity * (1 - space.capacity_margin)) - int(cut.get(n, 0))
+               - sum(held.get(n, {}).values()))
         for n, t in system.tiers.items()
     }
     return space

@@ -23,6 +23,7 @@ import simpy
 from memsim.hardware.spec import Compute, System
 from memsim.sim.flows import Copier, Flow, FlowManager
 from memsim.sim.memory import Pool
+from memsim.sim.overheads import reserved_lines
 from memsim.sim.program import Program, paused_gc
 from memsim.sim.result import OOM, Result
 from memsim.sim.timeline import Recorder
@@ -45,7 +46,8 @@ class Stage:
 class Clock:
     """Shared simpy environment, pools, flows and copier: what the step and serving engines use."""
 
-    def __init__(self, system: System, timeline: bool):
+    def __init__(self, system: System, timeline: bool, meta: dict | None = None,
+                 resident: dict[str, list[int]] | None = None):
         self.system = system
         self.env = simpy.Environment()
         self.recorder = Recorder() if timeline else None
@@ -58,6 +60,10 @@ class Clock:
         self.flows = FlowManager(env, system)
         self.copier = Copier(env, system, self.flows, self.pools, self.recorder)
         self.events = 0
+        self.reserved = reserved_lines(system, meta, resident)  # non-tensor bytes, from t=0
+        for tier, lines in self.reserved.items():
+            for line, nbytes in lines.items():
+                self.pools[tier].alloc(f"<{line}>", nbytes, f"process start ({line})")
 
     def _on_oom(self, pool: Pool, op: str, _nbytes: int) -> None:
         if self.oom is None:
@@ -102,7 +108,12 @@ class StepEngine:
                  meta: dict | None = None):
         self.sys, self.prog = system, prog
         self.trace_meta = meta or {}
-        self.clock = Clock(system, timeline)
+        resident: dict[str, list[int]] = {}
+        for info in prog.tensors.values():
+            if info.birth is None:
+                for tier, nbytes in info.home.items():
+                    resident.setdefault(tier, []).append(nbytes)
+        self.clock = Clock(system, timeline, self.trace_meta, resident)
         self.env = self.clock.env
         self.pools = self.clock.pools
         self.depth = max(0, depth)

@@ -6,6 +6,7 @@ from memsim import units
 from memsim.errors import Diagnosis, Shortfall
 from memsim.hardware.spec import Compute, System
 from memsim.sim.kv_pool_fit import kv_pool_diagnosis
+from memsim.sim.overheads import describe
 from memsim.sim.result import Result
 
 EPS = 1e-12
@@ -29,6 +30,7 @@ def common_fields(clock, makespan: float) -> dict:
         "peak_bytes": {n: p.peak for n, p in sorted(pools.items())},
         "mean_bytes": {n: p.mean(makespan) for n, p in sorted(pools.items())},
         "capacity_bytes": {n: p.capacity for n, p in sorted(pools.items())},
+        "reserved_bytes": {t: dict(lines) for t, lines in sorted(clock.reserved.items())},
         "link_busy": {n: (e.busy_s / makespan if makespan > 0 else 0.0)
                       for n, e in sorted(clock.copier.engines.items())},
     }
@@ -84,6 +86,10 @@ def diagnose(result: Result) -> Diagnosis:
                    f"{units.fmt_bytes(oom.capacity_bytes)}"
                    + (f"; largest: {holders}" if holders else "") + ")"
                    + f"; over the whole run it needs {units.fmt_bytes(peak)}")
+        if result.reserved_bytes.get(oom.tier):
+            held = describe({oom.tier: result.reserved_bytes[oom.tier]})
+            summary += (f", of which non-tensor memory {held}"
+                        " (hardware overheads: false to leave it out)")
     else:
         summary = "; ".join(f"{s.tier} needs {units.fmt_bytes(s.needed_bytes)}" for s in short)
     suggestions = [f"{s.tier} with at least {units.fmt_bytes(s.needed_bytes)} "

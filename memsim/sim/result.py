@@ -66,6 +66,9 @@ class Result:
     source: str = "simulated"
     notes: list[str] = field(default_factory=list)  # what the simulator assumed or left out
     timeline: list[dict] | None = field(default=None, repr=False)  # Chrome-trace events, if asked
+    # non-tensor bytes held from t=0, per tier and line (cuda_context, cublas_workspace, nccl,
+    # allocator; memsim.sim.overheads); included in peak_bytes
+    reserved_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -82,7 +82,7 @@ class ServingEngine:
             raise ValueError(f"serving trace {trace.name!r} has no meta['token_costs']")
         self.tc = raw if isinstance(raw, TokenCosts) else TokenCosts(**raw)
         self.policy, self.util = policy_for(trace, plan)
-        self.clock = Clock(system, timeline)
+        self.clock = Clock(system, timeline, trace.meta)
         self.env = self.clock.env
         self.unit = main_unit(system)
         self.fast = system.fast_tier

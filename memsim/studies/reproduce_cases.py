@@ -60,7 +60,10 @@ def trace_of(setup: dict, path: Path, extra: list[str] = ()) -> Trace:
 
 
 def system_of(setup: dict, path: Path, extra: list[str] = ()) -> System:
-    return load_system(_need(setup, "hardware", path), [*setup.get("overrides", []), *extra])
+    """The case's System. Published figures count tensors only, so reproductions leave the
+    runtime's non-tensor memory out (memsim.sim.overheads) unless a case sets it back on."""
+    pure = ["hardware.overheads=false"]
+    return load_system(_need(setup, "hardware", path), [*pure, *setup.get("overrides", []), *extra])
 
 
 def fixed_plan(data: dict, name: str, path: Path) -> Plan:
