@@ -50,8 +50,11 @@ def _run(system: System, hardware: str, run: dict, key: str, path: Path, out: Ca
     options = {**preset.options, **copy.deepcopy(run.get("options") or {})}
     preset = preset.model_copy(update={"options": options})
     label, note = f"{run['label']}: tokens/s", run.get("published_note", "")
-    published = run.get("published_tokens_per_s")
-    published = float(published) if published is not None else None
+    published = run.get("published_tokens_per_s")  # a number, or [low, high] for a rounded one
+    if isinstance(published, list):
+        published = (float(published[0]), float(published[1]))
+    elif published is not None:
+        published = float(published)
     try:
         plan = run_preset(preset, system, trace)
     except NotApplicable as exc:
