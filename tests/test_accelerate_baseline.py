@@ -119,3 +119,15 @@ def test_cli_simulate_accelerate_json():
         assert doc["planner"]["name"] == "accelerate" and doc["feasible"]
     assert offloaded["tokens_per_s"] < 0.5 * resident["tokens_per_s"]
     assert offloaded["link_busy"]
+
+
+@pytest.mark.slow
+def test_reproduction_case_runs_the_preset_against_published_figures():
+    from memsim.studies.reproduce import run_case
+
+    result = run_case("accelerate-offload")
+    figures = {f.key: f for f in result.figures}
+    assert {"run0", "run1", "run2", "run1-prefetch"} <= set(figures)
+    assert abs(figures["run0"].diff) < 0.10  # resident on the GPU: no offload, matches
+    assert figures["run1"].memsim > 0 and figures["run1-prefetch"].memsim > 1  # overlap helps
+    assert "pageable" in " ".join(result.setup)
