@@ -67,7 +67,7 @@ def test_inference_invariants(layers, hidden, batch):
     best = _best_baseline(report)
     if best is not None:
         assert report.result.step_time_s <= best.step_time_s * (1 + 1e-9)
-    assert {b.name for b in report.baselines} == {"resident", "flexgen"}
+    assert {b.name for b in report.baselines} == {"resident", "flexgen", "accelerate"}
     p = report.plan
     if p.num_gpu_batches:
         assert p.gpu_batch_size * p.num_gpu_batches == batch

@@ -126,3 +126,68 @@ def _serving_defaults(trace: Trace, swap: str | bool, swap_bytes=None) -> Servin
             space = f"{space}GiB"
         policy.preempt, policy.swap_tier, policy.swap_bytes = "swap", str(swap), parse_bytes(space)
     return policy
+
+
+def accelerate(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
+    """HF Accelerate big-model inference (``device_map="auto"`` + ``max_memory``).
+
+    ``infer_auto_device_map`` fills the GPU with layers up to ``max_memory``, then host memory,
+    then disk. Each offloaded module carries an ``AlignDevicesHook`` that, right before its
+    forward, copies its weights to the GPU with ``set_module_tensor_to_device`` (a plain
+    ``.to(device)`` of unpinned CPU tensors) and drops them after: no prefetch, no overlap with
+    compute, pageable copies. The KV cache and activations stay on the GPU. Sources:
+    huggingface/accelerate ``src/accelerate/hooks.py`` (AlignDevicesHook),
+    ``utils/modeling.py`` (infer_auto_device_map, set_module_tensor_to_device), docs
+    ``usage_guides/big_modeling.md``.
+
+    memsim's placement splits every layer alike, so "the first k layers resident" becomes the
+    same fraction of each layer resident: with synchronous loads both stream the same bytes per
+    step, with no overlap either way. ``options.max_memory``: weight bytes allowed on the GPU
+    (default: what the GPU holds beside the KV cache and activations), and optionally on the host.
+    """
+    from memsim.units import parse_bytes
+
+    _need(trace, "inference", what="Accelerate offload")
+    host = _host(system, "Accelerate offload")
+    gpu = system.fast_tier
+    by_class = trace.bytes_by_class()
+    weights = by_class.get("weight", 0)
+    limits = dict(options.get("max_memory") or {})
+    if "gpu" in limits:
+        budget = parse_bytes(limits["gpu"])
+    else:  # the GPU, less what generation needs beside resident weights: the KV cache, the
+        # activations and the staging of the layer being loaded and the one computing
+        working = sum(t.bytes for t in trace.tensors.values() if t.cls in ("activation", "workspace"))
+        layers = int(trace.meta.get("layers") or max(b.repeat for b in trace.blocks))
+        budget = (system.tiers[gpu].capacity - by_class.get("kv", 0) - working
+                  - 2 * weights // max(1, layers))
+    split: dict[str, float] = {}
+    left = weights
+    resident = min(left, max(0, budget))
+    if resident:
+        split[gpu] = resident / weights
+    left -= resident
+    host_cap = parse_bytes(limits["cpu"]) if "cpu" in limits else system.tiers[host].capacity
+    on_host = min(left, host_cap)
+    if on_host:
+        split[host] = on_host / weights
+    left -= on_host
+    if left:
+        view = planning_view(system, trace)
+        disk = view.tiers_of("ssd") or view.tiers_of("flash")
+        if not disk:
+            raise NotApplicable("Accelerate offload: the weights fit neither GPU nor host memory, "
+                                "and the system has no disk tier")
+        split[max(disk, key=lambda t: view.tiers[t].capacity)] = left / weights
+    total = sum(split.values())
+    split = {tier: frac / total for tier, frac in split.items()}
+    offloaded = 1 - split.get(gpu, 0.0)
+    return Plan(
+        placement={"weight": split} if offloaded > 0 else {},
+        prefetch_depth=0,
+        pinned=bool(options.get("pinned", False)),
+        planner=_info("accelerate"),
+        notes=[f"Accelerate offload: {offloaded:.0%} of the weights loaded synchronously before "
+               "each layer (AlignDevicesHook), from "
+               + ("pinned" if options.get("pinned") else "pageable") + " host memory"],
+    )

@@ -32,6 +32,13 @@ implements and every planner relies on:
     weights are loaded once per block and reused by every GPU batch (the zig-zag order).
     ``cpu_attention``: decode attention runs on the CPU next to a KV cache homed in DRAM.
 
+``pinned``
+    Whether the host-side copies of streamed bytes sit in pinned (page-locked) memory. ``False``
+    (HF Accelerate's offloaded weights, plain CPU tensors): every copy over a link that defines
+    ``pageable_bandwidth`` runs at that rate, as the driver stages it through its own bounce
+    buffer. With ``prefetch_depth: 0`` a layer's copies start when the layer does and its compute
+    waits for them: a synchronous per-layer load, no overlap.
+
 ``serving``
     Serving only: ``max_num_seqs``, ``max_num_batched_tokens``, ``block_size`` (tokens per KV
     block), ``preempt`` (``swap`` or ``recompute``), ``swap_tier`` and ``swap_bytes``.
@@ -87,6 +94,7 @@ class Plan:
     gpu_batch_size: int | None = None
     num_gpu_batches: int | None = None
     cpu_attention: bool = False
+    pinned: bool = True
     serving: ServingPolicy | None = None
     planner: PlannerInfo = field(default_factory=PlannerInfo)
     workload: str = ""  # the Trace's name, so a plan for another workload is refused

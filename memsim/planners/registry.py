@@ -29,6 +29,7 @@ REGISTRY: dict[str, PlannerFn] = {
     "zero-offload": baselines.zero_offload,
     "zero-infinity": baselines.zero_infinity,
     "vllm-swap": baselines.vllm_swap,
+    "accelerate": baselines.accelerate,
     "fixed": baselines.fixed,
 }
 

@@ -41,6 +41,10 @@ def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
     plan = plan if plan is not None else Plan()
     view = system.rank_view(int(trace.meta.get("data_parallel", 1) or 1))
     check_plan(view, trace, plan)
+    if not plan.pinned:
+        from memsim.sim.hostmem import pageable_view
+
+        view = pageable_view(view)
     if trace.kind == "serving":
         from memsim.sim.serving import simulate_serving
 

@@ -502,6 +502,12 @@ def _non_kv_peak(resident, trace: Trace, fast: str) -> int:
     return resident.peak_bytes[fast] - trace.meta["per_device_bytes"]["kv_cache"]
 
 
+def _framework(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
+    from memsim.studies.reproduce_frameworks import framework
+
+    return framework(spec, path, say)
+
+
 KINDS: dict[str, Callable[[CaseSpec, Path, Say], CaseResult]] = {
     "zero": zero,
     "flexgen": flexgen,
@@ -510,4 +516,5 @@ KINDS: dict[str, Callable[[CaseSpec, Path, Say], CaseResult]] = {
     "kivi": kivi,
     "flash": flash,
     "headinfer": headinfer,
+    "framework": _framework,
 }
