@@ -161,6 +161,7 @@ def accelerate(system: System, trace: Trace, options: dict, time_limit: float = 
         layers = int(trace.meta.get("layers") or max(b.repeat for b in trace.blocks))
         budget = (system.tiers[gpu].capacity - by_class.get("kv", 0) - working
                   - 2 * weights // max(1, layers))
+        budget = _less_runtime(system, trace, gpu, budget)
     split: dict[str, float] = {}
     left = weights
     resident = min(left, max(0, budget))
@@ -191,3 +192,18 @@ def accelerate(system: System, trace: Trace, options: dict, time_limit: float = 
                "each layer (AlignDevicesHook), from "
                + ("pinned" if options.get("pinned") else "pageable") + " host memory"],
     )
+
+
+def _less_runtime(system: System, trace: Trace, tier: str, budget: int) -> int:
+    """What is left of a GPU budget for weights once the runtime's non-tensor bytes are held (CUDA
+    context, cuBLAS workspace, NCCL; the allocator's allowance on the weights themselves), as the
+    simulator holds them (memsim.sim.overheads)."""
+    from memsim.sim.overheads import reserved_lines, runtime_data
+
+    held = reserved_lines(system, trace.meta).get(tier)
+    if not held:
+        return budget
+    fixed = sum(v for k, v in held.items() if k != "allocator")
+    fragmentation = float(runtime_data()["allocator"]["fragmentation"])
+    return int((budget - fixed) / (1 + fragmentation)) - (2 << 20) * int(trace.meta.get("layers") or 1)
+
