@@ -36,6 +36,11 @@ def deepspeed_fields(ds_path: Path) -> dict:
         raise SpecError(f"invalid JSON: {exc.msg} (line {exc.lineno})", file=str(ds_path)) from None
     if not isinstance(ds, dict):
         raise SpecError("expected a JSON object", file=str(ds_path))
+    return deepspeed_job(ds, ds_path)
+
+
+def deepspeed_job(ds: dict, ds_path: Path) -> dict:
+    """The training keys of a parsed ds_config (memsim.emit.deepspeed reads its plan part)."""
     out: dict = {}
     zero = ds.get("zero_optimization") or {}
     if _set(zero.get("stage")):
