@@ -399,6 +399,11 @@ def plan_cmd(
     time_limit: Annotated[float, typer.Option("--time-limit", help="solver time limit, seconds")] = 10.0,
     output: Annotated[str | None, typer.Option("-o", "--output",
                                                help="write the plan (.yaml or .json)")] = None,
+    emit: Annotated[str | None, typer.Option(
+        "--emit", help="also write the plan as a framework config: deepspeed, accelerate, vllm, flexgen")] = None,
+    emit_path: Annotated[str | None, typer.Option(
+        "--emit-path", help="where --emit writes (default: ds_config.json, device_map.json, vllm.yaml, "
+                            "flexgen.args)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Plan where every byte lives (MIP or a named baseline), simulate it and the baselines."""
@@ -409,6 +414,14 @@ def plan_cmd(
     from memsim.progress import Progress
 
     check_output_file(output, "-o")
+    if emit_path and not emit:
+        raise SpecError("--emit-path needs --emit FORMAT", key="--emit-path")
+    if emit:
+        from memsim.emit import default_path
+
+        emit_path = emit_path if emit_path else default_path(emit)
+        default_path(emit)  # an unknown format is refused before any planning
+        check_output_file(emit_path, "--emit-path")
     if not time_limit > 0 or time_limit == float("inf"):
         raise SpecError(f"expected a positive number of seconds, got {time_limit}", key="--time-limit")
     bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
@@ -422,6 +435,10 @@ def plan_cmd(
     doc = report.to_dict()
     if output:
         doc["path"] = output
+    if emit:
+        from memsim.emit import write_config
+
+        doc["emit"] = write_config(report, emit, emit_path)
     if as_json:
         emit_json(doc)
         return
@@ -429,6 +446,22 @@ def plan_cmd(
     if output:
         out.print(f"wrote {output} (reproduce: memsim simulate --hardware {hardware} --workload {workload} "
                   f"--plan {output})")
+    if emit:
+        _render_emit(doc["emit"], hardware, workload)
+
+
+def _render_emit(info: dict, hardware: str, workload: str) -> None:
+    if info["feasible"]:
+        figures = (f"{units.fmt_time(info['step_time_s'])} per step, {info['tokens_per_s']:.4g} tokens/s "
+                   f"(simulated{', same as the plan' if info['exact'] else ''})")
+    else:
+        figures = "[bold red]does not fit[/] (simulated)"
+    out.print(f"wrote {escape(info['path'])} ({info['format']}): {figures}", highlight=False)
+    for note in info["notes"]:
+        out.print(f"  [yellow]not expressible:[/] {escape(note)}", highlight=False)
+    out.print(f"  run: {escape(info['usage'])}", highlight=False)
+    out.print(f"  check: memsim simulate --hardware {escape(hardware)} --workload {escape(workload)} "
+              f"--plan {escape(info['path'])}", highlight=False)
 
 
 def _render_plan(doc: dict) -> None:

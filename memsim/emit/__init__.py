@@ -104,3 +104,32 @@ def load_plan(path: str | Path, system: System, trace: Trace) -> Plan:
     if fmt is None:
         return Plan.load(path)
     return read(fmt, text, system, trace, file=str(path))
+
+
+def write_config(report, fmt: str, path: str | Path) -> dict:
+    """Emit a PlanReport's plan as ``fmt`` to ``path`` and simulate what the file runs.
+
+    Returns the ``emit`` part of ``memsim plan --json``: ``format``, ``path``, ``usage``,
+    ``notes`` (what the framework could not express), ``exact`` (the emitted config predicts
+    the plan's own figures), and the emitted config's ``feasible``, ``step_time_s`` and
+    ``tokens_per_s`` from the simulator."""
+    from memsim.sim import simulate
+
+    emitted = emit(fmt, report.system, report.trace, report.plan)
+    Path(path).write_text(emitted.text)
+    result = simulate(report.system, report.trace, emitted.plan)
+    ours, theirs = report.result, result
+    exact = bool(theirs.feasible) == bool(ours.feasible) and (
+        not theirs.feasible or abs(theirs.step_time_s - ours.step_time_s) <= 1e-9 * max(ours.step_time_s, 1e-12))
+    return {
+        "format": fmt,
+        "path": str(path),
+        "usage": FORMATS[fmt].USAGE.format(path=path),
+        "notes": emitted.notes,
+        "exact": exact,
+        "feasible": bool(theirs.feasible),
+        "step_time_s": theirs.step_time_s if theirs.feasible else None,
+        "tokens_per_s": theirs.tokens_per_s if theirs.feasible else None,
+        "peak_bytes": dict(theirs.peak_bytes),
+        "source": "simulated",
+    }

@@ -37,8 +37,8 @@ MODULES = {
     "mamba": (("backbone.embeddings",), "backbone.layers", ("backbone.norm_f", "lm_head")),
     "jamba": (("model.embed_tokens",), "model.layers", ("model.final_layernorm", "lm_head")),
 }
-USAGE = ("AutoModelForCausalLM.from_pretrained(model, device_map=cfg['device_map'], "
-         "offload_folder=cfg.get('offload_folder'))")
+USAGE = ("cfg = json.load(open('{path}')); AutoModelForCausalLM.from_pretrained(model, "
+         "device_map=cfg['device_map'], offload_folder=cfg.get('offload_folder'))")
 
 
 def modules(trace: Trace) -> tuple[tuple[str, ...], str, tuple[str, ...]]:

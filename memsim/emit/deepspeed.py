@@ -35,7 +35,7 @@ NVME_PATH = "/local_nvme"  # the placeholder DeepSpeed's docs use; edit to the S
 DEVICE = {"cpu": "cpu", "disk": "nvme"}
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-USAGE = "deepspeed train.py --deepspeed ds_config.json (or TrainingArguments(deepspeed=...))"
+USAGE = "deepspeed train.py --deepspeed {path} (or TrainingArguments(deepspeed=\"{path}\"))"
 
 
 def emit(system: System, trace: Trace, plan: Plan) -> tuple[str, list[str]]:

@@ -24,6 +24,7 @@ from memsim.workloads.trace import Trace
 
 MODULE = "flexgen.flex_opt"
 DEFAULT_OFFLOAD_DIR = "~/flexgen_offload_dir"
+USAGE = "bash {path} (the file is FlexGen's command line)"
 FLAGS_WITH_VALUE = {"--model", "--path", "--offload-dir", "--prompt-len", "--gen-len", "--gpu-batch-size",
                     "--num-gpu-batches", "--pin-weight", "--overlap", "--sep-layer", "--percent",
                     "--cut-gen-len", "--debug-mode", "--log-file", "--verbose", "--attn-sparsity"}

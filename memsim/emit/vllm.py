@@ -32,7 +32,7 @@ READ_DTYPES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32":
 KNOWN = ("model", "dtype", "kv-cache-dtype", "gpu-memory-utilization", "cpu-offload-gb", "swap-space",
          "preemption-mode", "max-num-seqs", "max-num-batched-tokens", "block-size", "enable-prefix-caching")
 SWAP_DEFAULT_GIB = 4.0  # EngineArgs.swap_space
-USAGE = "vllm serve --config vllm.yaml"
+USAGE = "vllm serve --config {path}"
 
 
 def known(data: dict) -> bool:

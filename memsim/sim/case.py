@@ -30,7 +30,9 @@ def simulate_case(hardware: str, workload: str, *, plan_path: str | None = None,
 
         plan = plan_case(hardware, trace, planner, overrides).plan
     elif plan_path is not None:
-        plan = Plan.load(plan_path)
+        from memsim.emit import load_plan  # memsim's own plan or a framework config
+
+        plan = load_plan(plan_path, system, trace)
         check_plan(system, trace, plan, file=plan_path)
     else:
         plan = None
