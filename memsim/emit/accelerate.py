@@ -70,10 +70,11 @@ def emit(system: System, trace: Trace, plan: Plan) -> tuple[str, list[str]]:
     device_map = {name: end_device for name in first}
     device_map.update({f"{layers}.{i}": d for i, d in enumerate(devices)})
     device_map.update({name: end_device for name in last})
-    _whole_layer_note(share, on_gpu, on_disk, n, notes)
-    _unexpressed(system, plan, notes)
     used = {d: sum(sizes["layer"] for x in devices if x == d) + (ends if end_device == d else 0)
             for d in (0, "cpu", "disk")}
+    if any(abs(used[d] / sizes["total"] - share[k]) > 1e-9 for d, k in ((0, "gpu"), ("disk", "disk"))):
+        _whole_layer_note(share, on_gpu, on_disk, n, notes)
+    _unexpressed(system, plan, notes)
     doc: dict = {"device_map": device_map,
                  "max_memory": {str(d): f"{math.ceil(b / GIB * 100) / 100:g}GiB" for d, b in used.items()
                                 if b and d != "disk"}}
@@ -83,8 +84,7 @@ def emit(system: System, trace: Trace, plan: Plan) -> tuple[str, list[str]]:
 
 
 def _whole_layer_note(share: dict, on_gpu: int, on_disk: int, n: int, notes: list[str]) -> None:
-    if share["gpu"] < 1:
-        notes.append(f"Accelerate places whole layers: {on_gpu} of {n} on the GPU, {n - on_gpu - on_disk} in "
+    notes.append(f"Accelerate places whole layers: {on_gpu} of {n} on the GPU, {n - on_gpu - on_disk} in "
                      f"host memory, {on_disk} on disk (the plan's shares: gpu {share['gpu']:.1%}, "
                      f"cpu {share['cpu']:.1%}, disk {share['disk']:.1%})")
 
