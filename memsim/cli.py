@@ -400,7 +400,8 @@ def plan_cmd(
     output: Annotated[str | None, typer.Option("-o", "--output",
                                                help="write the plan (.yaml or .json)")] = None,
     emit: Annotated[str | None, typer.Option(
-        "--emit", help="also write the plan as a framework config: deepspeed, accelerate, vllm, flexgen")] = None,
+        "--emit", help="also write the plan as a framework config: deepspeed, accelerate, vllm, "
+                       "flexgen")] = None,
     emit_path: Annotated[str | None, typer.Option(
         "--emit-path", help="where --emit writes (default: ds_config.json, device_map.json, vllm.yaml, "
                             "flexgen.args)")] = None,

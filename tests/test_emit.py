@@ -88,7 +88,8 @@ def test_flexgen_refuses_what_it_cannot_run(t4, h100, opt, tmp_path):
         emit.emit("flexgen", h100, load_trace("llama2-7b-train"), Plan())
     with pytest.raises(SpecError, match="4 bits only"):
         emit.emit("flexgen", t4, load_trace("opt-30b-flexgen", [*SMALL_OPT, "inference.kv_bits=8"]), Plan())
-    wrong = "python -m flexgen.flex_opt --model facebook/opt-30b --percent 100 0 100 0 100 0 --gpu-batch-size 3"
+    wrong = ("python -m flexgen.flex_opt --model facebook/opt-30b --percent 100 0 100 0 100 0 "
+             "--gpu-batch-size 3")
     with pytest.raises(SpecError) as err:
         flexgen.read(wrong, t4, opt, "mine.args")
     assert err.value.key == "--gpu-batch-size" and err.value.file == "mine.args"
@@ -224,7 +225,7 @@ def test_vllm_cpu_offload_from_a_command_line(t4, opt):
 
 def test_vllm_refuses_a_kv_cache_it_has_no_dtype_for(t4):
     trace = load_trace("opt-30b-flexgen", [*SMALL_OPT, "inference.kv_bits=4"])
-    with pytest.raises(SpecError, match="auto .* or fp8"):
+    with pytest.raises(SpecError, match=r"auto .* or fp8"):
         emit.emit("vllm", t4, trace, Plan())
     with pytest.raises(SpecError) as err:
         emit.read("vllm", "kv-cache-dtype: fp8\n", t4, load_trace("opt-30b-flexgen", SMALL_OPT), "v.yaml")

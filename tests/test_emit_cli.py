@@ -55,9 +55,13 @@ def test_plan_emit_default_path_and_human_output(tmp_path):
     assert "wrote ds_config.json (deepspeed)" in log and "not expressible" in log
 
 
-def test_emit_mistakes_exit_2_before_planning(tmp_path):
+def test_unknown_emit_format_exits_2_before_planning():
     code, doc, _ = memsim("plan", *SERVE, "--emit", "vlm", "--json")
     assert code == 2 and doc["key"] == "--emit" and "did you mean 'vllm'" in doc["error"]
+
+
+@pytest.mark.slow
+def test_emit_mistakes_exit_2(tmp_path):
     code, doc, _ = memsim("plan", *SERVE, "--emit", "vllm", "--emit-path", str(tmp_path / "no" / "x.yaml"),
                           "--json")
     assert code == 2 and doc["key"] == "--emit-path"
@@ -65,10 +69,12 @@ def test_emit_mistakes_exit_2_before_planning(tmp_path):
     assert code == 2 and "FlexGen does not run serving" in doc["error"]
 
 
+@pytest.mark.slow
 def test_simulate_reads_a_users_own_framework_file(tmp_path):
     policy = tmp_path / "policy.sh"
     policy.write_text("python -m flexgen.flex_opt --model facebook/opt-30b --percent 20 80 0 100 0 100 "
-                      "--gpu-batch-size 4 --num-gpu-batches 2 --prompt-len 64 --gen-len 4 --cpu-cache-compute\n")
+                      "--gpu-batch-size 4 --num-gpu-batches 2 --prompt-len 64 --gen-len 4 "
+                      "--cpu-cache-compute\n")
     code, doc, log = memsim("simulate", "--hardware", "t4-gcp", "--workload", "opt-30b-flexgen",
                             "--set", "inference.batch_size=8", "--set", "inference.prompt_len=64",
                             "--set", "inference.gen_len=4", "--plan", str(policy), "--json")

@@ -120,7 +120,8 @@ def write_config(report, fmt: str, path: str | Path) -> dict:
     result = simulate(report.system, report.trace, emitted.plan)
     ours, theirs = report.result, result
     exact = bool(theirs.feasible) == bool(ours.feasible) and (
-        not theirs.feasible or abs(theirs.step_time_s - ours.step_time_s) <= 1e-9 * max(ours.step_time_s, 1e-12))
+        not theirs.feasible
+        or abs(theirs.step_time_s - ours.step_time_s) <= 1e-9 * max(ours.step_time_s, 1e-12))
     return {
         "format": fmt,
         "path": str(path),

@@ -62,8 +62,10 @@ def emit(system: System, trace: Trace, plan: Plan) -> tuple[str, list[str]]:
     ends = sizes["embed"] + sizes["head"]
     gpu_bytes = share["gpu"] * sizes["total"]
     ends_on_gpu = share["gpu"] > 0 and gpu_bytes + 1 >= ends
-    on_gpu = min(n, math.floor((gpu_bytes - (ends if ends_on_gpu else 0)) / layer + 1e-9)) if share["gpu"] else 0
-    on_disk = min(n - on_gpu, math.ceil(share["disk"] * sizes["total"] / layer - 1e-9)) if share["disk"] else 0
+    room = gpu_bytes - (ends if ends_on_gpu else 0)
+    on_gpu = min(n, math.floor(room / layer + 1e-9)) if share["gpu"] else 0
+    on_disk = min(n - on_gpu, math.ceil(share["disk"] * sizes["total"] / layer - 1e-9)) if share["disk"] \
+        else 0
     devices = [0] * on_gpu + ["cpu"] * (n - on_gpu - on_disk) + ["disk"] * on_disk
     first, layers, last = modules(trace)
     end_device = 0 if ends_on_gpu else ("cpu" if share["cpu"] >= share["disk"] else "disk")
@@ -153,7 +155,8 @@ def _module_bytes(device_map: dict, trace: Trace, sizes: dict, file: str) -> dic
         else:
             known = [*first, *last, f"{layers}.0"]
             raise SpecError(f"unknown module {key!r}{did_you_mean(key, known)}; this model's modules are "
-                            f"{', '.join(first)}, {layers}.N, {', '.join(last)}", file=file, key=f"device_map.{key}")
+                            f"{', '.join(first)}, {layers}.N, {', '.join(last)}", file=file,
+                            key=f"device_map.{key}")
     return out
 
 
@@ -163,7 +166,8 @@ def _device(value, file: str, key: str) -> str:
         return "gpu"
     if text in ("cpu", "disk"):
         return text
-    raise SpecError(f"expected 0 (the GPU), cpu or disk, got {value!r} (memsim plans one GPU)", file=file, key=key)
+    raise SpecError(f"expected 0 (the GPU), cpu or disk, got {value!r} (memsim plans one GPU)",
+                    file=file, key=key)
 
 
 def _auto(doc: dict, system: System, trace: Trace, file: str, mode: str) -> Plan:

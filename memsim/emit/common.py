@@ -121,11 +121,12 @@ def parse_mapping(text: str, file: str) -> dict:
     from memsim.specio import _UniqueKeyLoader
 
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
-        raise SpecError(f"{where}invalid JSON/YAML: {getattr(exc, 'problem', None) or exc}", file=file) from None
+        problem = getattr(exc, "problem", None) or exc
+        raise SpecError(f"{where}invalid JSON/YAML: {problem}", file=file) from None
     if not isinstance(data, dict):
         raise SpecError("expected a mapping at the top level", file=file)
     return data

@@ -169,7 +169,8 @@ def read(text: str, system: System, trace: Trace, file: str) -> Plan:
         if zero.get("stage") not in (3, "3"):
             raise SpecError(f"offload_param needs ZeRO stage 3 (DeepSpeed refuses it at stage "
                             f"{zero.get('stage', 0)})", file=file, key="zero_optimization.offload_param")
-        plan.placement["weight"] = split_of(system, {param: 1.0}, file, "zero_optimization.offload_param.device")
+        key = "zero_optimization.offload_param.device"
+        plan.placement["weight"] = split_of(system, {param: 1.0}, file, key)
         bucket = zero.get("stage3_prefetch_bucket_size", PREFETCH_DEFAULT)
         if not isinstance(bucket, int | float) or bucket < 0:
             raise SpecError(f"expected a number of elements >= 0, got {bucket!r}", file=file,
@@ -215,7 +216,8 @@ def _check_job(job: dict, trace: Trace, file: str) -> None:
     if int(meta.get("data_parallel") or 1) > 1:  # with one rank every stage holds the same bytes
         pairs["zero_stage"] = ("zero_optimization.stage", meta.get("zero_stage"))
     for name, (key, ours) in pairs.items():
-        if name in job and ours is not None and job[name] != ours and not _same_optimizer(name, job[name], ours):
+        differs = name in job and ours is not None and job[name] != ours
+        if differs and not _same_optimizer(name, job[name], ours):
             raise SpecError(f"the config says {name} {job[name]}, the workload {ours}: make them agree "
                             f"(--set training.{name}={job[name]})", file=file, key=key)
 

@@ -153,7 +153,8 @@ def read(text: str, system: System, trace: Trace, file: str) -> Plan:
     pct = args.get("--percent", [100, 0, 100, 0, 100, 0])
     for i, cls in zip((0, 2, 4), ("weight", "KV cache", "activation"), strict=True):
         if pct[i] + pct[i + 1] > 100:
-            raise SpecError(f"{cls} percentages {pct[i]} + {pct[i + 1]} exceed 100", file=file, key="--percent")
+            raise SpecError(f"{cls} percentages {pct[i]} + {pct[i + 1]} exceed 100", file=file,
+                            key="--percent")
     placement = {}
     for i, cls in zip((0, 2, 4), ("weight", "kv", "activation"), strict=True):
         devices = {"gpu": pct[i] / 100, "cpu": pct[i + 1] / 100, "disk": (100 - pct[i] - pct[i + 1]) / 100}
@@ -179,7 +180,8 @@ def _check_job(args: dict, trace: Trace, batch: int, file: str) -> None:
     for flag, value in want.items():
         if flag in args and _int(args, flag, 0, file) != int(value):
             raise SpecError(f"{flag} {args[flag]} differs from the workload's {value}: make them agree "
-                            f"(--set inference.{flag[2:].replace('-', '_')}={args[flag]})", file=file, key=flag)
+                            f"(--set inference.{flag[2:].replace('-', '_')}={args[flag]})",
+                            file=file, key=flag)
     if batch != int(meta.get("batch_size") or 1):
         raise SpecError(f"--gpu-batch-size × --num-gpu-batches = {batch}, but the workload's batch is "
                         f"{meta.get('batch_size')}: make them agree (--set inference.batch_size={batch})",

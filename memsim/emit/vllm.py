@@ -54,7 +54,8 @@ def emit(system: System, trace: Trace, plan: Plan) -> tuple[str, list[str]]:
     model = hub_id(trace)
     if model is None:
         notes.append(f"no HF hub id known for {meta.get('model')}: replace model with your checkpoint")
-    args: dict = {"model": model or str(meta.get("model")), "dtype": DTYPES.get(str(meta.get("dtype")), "auto"),
+    args: dict = {"model": model or str(meta.get("model")),
+                  "dtype": DTYPES.get(str(meta.get("dtype")), "auto"),
                   "kv-cache-dtype": "fp8" if kv_bits == 8 else "auto"}
     weights = collapse(system, plan.home("weight", fast), "weight", notes, "vLLM")
     if weights["disk"] > 0:
@@ -77,7 +78,8 @@ def emit(system: System, trace: Trace, plan: Plan) -> tuple[str, list[str]]:
         sched = meta.get("scheduler") or {}
         args["gpu-memory-utilization"] = float(sched.get("gpu_memory_utilization", 0.9))
         policy = plan.serving or ServingPolicy()
-        args.update({"max-num-seqs": policy.max_num_seqs, "max-num-batched-tokens": policy.max_num_batched_tokens,
+        args.update({"max-num-seqs": policy.max_num_seqs,
+                     "max-num-batched-tokens": policy.max_num_batched_tokens,
                      "block-size": policy.block_size, "preemption-mode": policy.preempt})
         if policy.preempt == "swap":
             args["swap-space"] = policy.swap_bytes / GIB
