@@ -235,3 +235,20 @@ def test_vllm_refuses_a_kv_cache_it_has_no_dtype_for(t4):
 def test_unknown_format_suggests_the_right_one():
     with pytest.raises(SpecError, match="did you mean 'vllm'"):
         emit.default_path("vlm")
+
+
+def test_a_tier_the_framework_cannot_name_is_its_nearest_device():
+    system = load_system("cxl-host")
+    trace = load_trace("opt-30b-flexgen", SMALL_OPT)
+    plan = Plan(placement={"weight": {"hbm": 0.5, "cxl": 0.5}}, gpu_batch_size=8, num_gpu_batches=1)
+    emitted = emit.emit("flexgen", system, trace, plan)
+    assert any("cannot name tier cxl" in n for n in emitted.notes)
+    assert emitted.plan.placement["weight"] == {"hbm": 0.5, "dram": 0.5}
+
+
+def test_vllm_reads_engine_args_with_python_names(t4, opt):
+    plan = emit.read("vllm", "cpu_offload_gb: 20\nmax_num_seqs: 8\ndtype: float16\n", t4, opt, "args.yaml")
+    assert set(plan.placement["weight"]) == {"hbm", "dram"} and plan.prefetch_depth == 0
+    with pytest.raises(SpecError) as err:
+        emit.read("vllm", "dtype: bfloat16\n", t4, opt, "args.yaml")
+    assert err.value.key == "dtype" and "inference.dtype=bf16" in str(err.value)
