@@ -113,6 +113,10 @@ def _optimizer(system: System, plan: Plan, zero: dict, notes: list[str]) -> None
                          f"the plan's gradient split {_pct(grads)} became cpu 100%")
         if plan.optimizer_device != "cpu":
             notes.append("DeepSpeed runs the step of offloaded states on the CPU (DeepSpeedCPUAdam)")
+        if zero["stage"] == 0:  # ZeRO is off at stage 0 and its offload sections are not used
+            notes.append("offload_optimizer needs ZeRO stage 1-3: emitted stage 2, as DeepSpeed's "
+                         "ZeRO-Offload tutorial does (the workload has stage 0)")
+            zero["stage"] = 2
         zero["offload_optimizer"] = _offload(device, plan.pinned)
         return
     if grads["gpu"] < 1:
@@ -179,6 +183,9 @@ def read(text: str, system: System, trace: Trace, file: str) -> Plan:
         offloaded = True
     states = _device(zero, "offload_optimizer", file) if trace.kind == "training" else None
     if states:
+        if zero.get("stage") in (0, "0", None):
+            raise SpecError("offload_optimizer needs ZeRO stage 1, 2 or 3 (stage 0 turns ZeRO off)",
+                            file=file, key="zero_optimization.stage")
         key = "zero_optimization.offload_optimizer.device"
         plan.placement["optimizer"] = split_of(system, {states: 1.0}, file, key)
         plan.placement["grad"] = {where.tier("cpu", file, key): 1.0}
