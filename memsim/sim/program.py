@@ -769,6 +769,12 @@ def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace) -> None:
     chunk = meta.get("prefill_chunk") or prompt  # chunked prefill: one chunk per iteration
     kv = {t for t, info in tensors.items() if info.cls == "kv"} if total_ctx else set()
     sized = {t for t, info in tensors.items() if info.cls in ("activation", "workspace")}
+    # routed experts (memsim.workloads.moe): a pass reads the experts its tokens route to
+    routed = meta.get("routed_experts") or {}
+    expert_frac = routed.get("read_fraction") or {}
+    suffix = "." + routed.get("tensor", "experts")
+    experts = {t for t, info in tensors.items() if info.cls == "weight" and t.endswith(suffix)
+               } if expert_frac else set()
     written = [op.written for op in ops]
     size = {t: info.bytes for t, info in tensors.items()}
     # per name tuple (shared by every iteration of a template op): the positions that do not
@@ -780,8 +786,8 @@ def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace) -> None:
     missing = ()
 
     def kinds(names: tuple[str, ...]) -> tuple | None:
-        k = tuple((pos, t in kv, size[t]) for pos, t in enumerate(names)
-                  if t in kv or (t in sized and size[t]))
+        k = tuple((pos, "expert" if t in experts else t in kv, size[t]) for pos, t in enumerate(names)
+                  if t in kv or t in experts or (t in sized and size[t]))
         kinds_of[names] = k = k or None
         return k
 
@@ -806,7 +812,9 @@ def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace) -> None:
             fin = [1.0] * len(ins)
             writers = op.writers
             for pos, is_kv, nbytes in kin:
-                if is_kv:
+                if is_kv == "expert":
+                    fin[pos] = min(1.0, expert_frac.get(op.phase, 1.0))
+                elif is_kv:
                     fin[pos] = ctx(op, True)
                 else:
                     w = writers[pos]

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memsim.workloads.models import Architecture
+from memsim.workloads.moe import touched_experts
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def layer_kernels(arch: Architecture, b: int, q_len: int, kv_len: float, e: int,
     targets = {t: shapes[t] for t in lora_targets}
     norm_flops = 4 if arch.norm == "rms" else 5
     act_flops = 5 if arch.gated_mlp else 8 if "gelu" in arch.activation else 1
-    touched = min(arch.experts, arch.experts * (1 - (1 - k / arch.experts) ** m)) if arch.is_moe else 1
+    touched = touched_experts(arch.experts, k, m) if arch.is_moe else 1
     up_cols = (2 if arch.gated_mlp else 1) * f
     up_params = arch.experts * (h * up_cols + (up_cols if arch.linear_bias else 0))
     down_params = arch.experts * (f * h + (h if arch.linear_bias else 0))

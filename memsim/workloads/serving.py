@@ -195,7 +195,7 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     ctx = float(np.mean(prompt)) + float(np.mean(output)) / 2
     kernels = layer_kernels(arch, batch, 1, ctx, e, e, kv_e=kv_e)
     kv_write = int(batch * arch.kv_token_elems * kv_e)
-    tb.block("decode", layer_ops(kernels, "decode", kv_write, dt), templated=True)
+    tb.block("decode", layer_ops(kernels, "decode", kv_write, dt, experts=arch.is_moe), templated=True)
     tb.block("decode_head", head_ops(arch, batch, e, "decode", dt, "decode_"))
 
     costs = token_costs(arch, e, sv.kv_bits)
