@@ -23,12 +23,22 @@ from memsim.errors import SpecError
 from memsim.workloads import accounting as acc
 from memsim.workloads import moe
 from memsim.workloads.builder import L, TraceBuilder, op
+from memsim.workloads.dequant import DEQUANT_DTYPE
 from memsim.workloads.kernels import Kernel, head_kernels, layer_kernels
 from memsim.workloads.models import Architecture
 from memsim.workloads.spec import Workload
 from memsim.workloads.trace import Op, TokenCosts, Trace
 
 KV_DTYPE = {16: "fp16", 8: "int8", 4: "int4", 2: "int2"}
+def kv_dtype_name(job) -> str:
+    """The KV tensor's dtype label: vLLM's fp8 formats by name (``fp8`` is e4m3 in vLLM), else
+    by bits."""
+    name = getattr(job, "kv_cache_dtype", None)
+    if name and name != "auto":
+        return "fp8_e4m3" if name == "fp8" else name
+    return KV_DTYPE[job.kv_bits]
+
+
 ROUTED_KERNELS = ("mlp_up", "mlp_down")  # the kernels that multiply by the routed experts
 
 
@@ -73,7 +83,7 @@ def layer_ops(kernels: list[Kernel], phase: str, kv_write: int, dtype: str, *,
         elif k.key == "attention":
             ins = ("act", kv)
         ops.append(op(L + k.key, k.kind, phase, k.flops, k.weight_bytes + k.read, written, ins, outs,
-                      dtype=dtype, shape=k.shape))
+                      dtype=DEQUANT_DTYPE if k.key == "dequant" else dtype, shape=k.shape))
     return ops
 
 
@@ -120,7 +130,7 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
     tb = TraceBuilder(w.name, "inference", arch.layers)
     declare_model(tb, arch, dt, e)
     per_layer_kv = acc.kv_bytes(arch, b * (p + g), inf.kv_bits, layers=1, context=p + g)
-    tb.tensor(L + "kv", per_layer_kv, "kv", KV_DTYPE[inf.kv_bits])
+    tb.tensor(L + "kv", per_layer_kv, "kv", kv_dtype_name(inf))
     chunk = inf.prefill_chunk or p
     if p % chunk:
         raise SpecError(f"prefill_chunk {chunk} does not divide prompt_len {p}", file=w._source,
@@ -131,7 +141,7 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
     tb.tensor("logits", b * arch.vocab * 4, "activation", "fp32")
 
     # chunk i (0-based) attends over (i+1)·chunk tokens: the mean is chunk·(chunks+1)/2
-    prefill = layer_kernels(arch, b, chunk, chunk * (chunks + 1) / 2, e, e, kv_e=kv_e)
+    prefill = layer_kernels(arch, b, chunk, chunk * (chunks + 1) / 2, e, e, kv_e=kv_e, dequant=True)
     kv_chunk = int(b * chunk * arch.kv_token_elems * kv_e)
     tb.block("embed", [embed_op(arch, b * chunk, e, "prefill", dt)], iterations=chunks)
     tb.block("prefill", layer_ops(prefill, "prefill", kv_chunk, dt, experts=arch.is_moe), templated=True,
@@ -139,7 +149,7 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
     tb.block("head", head_ops(arch, b, e, "prefill", dt))
     steps = g - 1
     mean_ctx = p + 1 + g / 2
-    decode = layer_kernels(arch, b, 1, mean_ctx, e, e, kv_e=kv_e)
+    decode = layer_kernels(arch, b, 1, mean_ctx, e, e, kv_e=kv_e, dequant=True)
     tb.block("decode", layer_ops(decode, "decode", int(b * arch.kv_token_elems * kv_e), dt,
                                  experts=arch.is_moe), templated=True, iterations=steps)
     tb.block("decode_head", [embed_op(arch, b, e, "decode", dt, "decode_embed"),
