@@ -16,11 +16,13 @@ activations it reads and those it writes. Conventions (stated once, used everywh
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from memsim.workloads.arch_flops import mean_layer, uniform
 from memsim.workloads.dequant import dequant_flops, packed_bytes
 from memsim.workloads.models import Architecture
 from memsim.workloads.moe import touched_experts
+from memsim.workloads.quantization import linear_bytes
 
 QUANTIZED = ("qkv", "out_proj", "mlp_up", "mlp_down")  # the matmuls a checkpoint packs
 
@@ -117,10 +119,29 @@ def layer_kernels(arch: Architecture, b: int, q_len: int, kv_len: float, e: int,
         matmul("mlp_down", m * k, f, h, down_params, ("down",), int(down_params * w_e * expert_share)),
         residual("mlp_residual"),
     ]
+    if not uniform(arch):  # layers differ (window, MLA, SSM, dense/MoE/shared): the mean layer
+        kernels = _mean_kernels(arch, kernels, b, q_len, kv_len, touched, w_e)
     if dequant and quantized:
         work = sum(dequant_flops(n, rows) for n, rows in quantized)
         kernels.append(Kernel("dequant", "elementwise", work, 0, 0, 0, (int(sum(n for n, _ in quantized)),)))
     return kernels
+
+
+def _mean_kernels(arch: Architecture, kernels: list[Kernel], b: int, q_len: int, kv_len: float,
+                  touched: float, w_e: int) -> list[Kernel]:
+    """``kernels`` with the FLOPs and weight reads of the mean layer (memsim.workloads.arch_flops);
+    a quantized model's weight reads keep their packed-to-plain ratio."""
+    means = mean_layer(arch, b, q_len, kv_len, touched)
+    h = arch.hidden
+    packed = (linear_bytes(arch.quant, [(h, h, 1)]) / (h * h * w_e)) if arch.quant is not None else 1.0
+    out = []
+    for k in kernels:
+        if k.key in means:
+            flops, weights = means[k.key]
+            ratio = packed if k.key in QUANTIZED else 1.0
+            k = replace(k, flops=flops + k.adapter_flops, weight_bytes=int(weights * w_e * ratio))
+        out.append(k)
+    return out
 
 
 def head_kernels(arch: Architecture, tokens: int, e: int, w_e: int) -> list[Kernel]:
