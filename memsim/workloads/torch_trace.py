@@ -16,6 +16,7 @@ reduction of the output) runs and records it:
 Tensor classes (lifetimes then follow from op order, by the rules in ``trace.py``):
 
 * ``weight``: parameters, buffers, and any other tensor the module held before forward began;
+* ``kv``: a buffer forward writes in place (a KV cache, an SSM's conv and recurrent state);
 * ``grad``: the storages the parameters' ``.grad`` point to after backward;
 * ``activation``: the inputs and what forward produces and something reads after the next op
   (saved for backward, residual streams, the module's outputs);
@@ -563,9 +564,14 @@ def _classify(rec: _Recording, outputs: set[int]) -> dict[int, str]:
     for i, op in enumerate(rec.ops):
         for k in op.inputs:
             last_read[k] = i
+    # state the module holds and its forward writes in place (a KV cache, an SSM's conv and
+    # recurrent state) is cache, not weights: class kv, as the config path counts it
+    written = {k for op in rec.ops if op.phase == "forward" for k in op.outputs}
     classes = {}
     for k, s in rec.storages.items():
-        if s.origin in ("weight", "const"):
+        if s.origin == "weight" and k in written:
+            classes[k] = "kv"
+        elif s.origin in ("weight", "const"):
             classes[k] = "weight"
         elif s.origin == "grad":
             classes[k] = "grad"
@@ -591,7 +597,7 @@ def _meta(trace: Trace, module: nn.Module, inputs: Sequence[InputSpec], train: b
     is_ids = len(first) == 2 and inputs[0].dtype is not None and not inputs[0].dtype.is_floating_point
     peak_act = peak_live_bytes(trace, ("activation", "workspace"))
     per_device = {"weights": by_class["weight"], "gradients": by_class["grad"], "optimizer": 0,
-                  "activations": peak_act, "kv_cache": 0}
+                  "activations": peak_act, "kv_cache": by_class["kv"]}
     per_device["total"] = sum(per_device.values())
     return {
         "source": "torch tracer (meta device, torch.utils.flop_counter FLOPs)",
