@@ -26,13 +26,14 @@ def _matmul_params(arch) -> int:
                                   "gemma2-9b-infer", "mixtral-8x7b-infer", "qwen3-8b-infer"])
 def test_decode_matmul_flops_are_two_per_active_weight(name):
     w, arch, ops = _decode(name)
-    per_token = sum(op.flops for op in ops.values() if op.kind == "matmul") * arch.layers / w.inference.batch_size
+    matmuls = sum(op.flops for op in ops.values() if op.kind == "matmul")
+    per_token = matmuls * arch.layers / w.inference.batch_size
     # within 1%: norms, biases, Mamba's conv/A/D and DeepSeek's router bias are no matmul weights
     assert per_token == pytest.approx(2 * _matmul_params(arch), rel=0.01)
 
 
 def test_deepseek_v3_mla_and_dense_first_layers():
-    w, arch, ops = _decode("deepseek-v3-infer")
+    w, _, ops = _decode("deepseek-v3-infer")
     b = w.inference.batch_size
     # MLA projections of one token, one layer: q through the 1536 rank, kv down to 512+64,
     # kv up to 128 heads of (128 nope + 128 v), o from 128×128
@@ -49,14 +50,14 @@ def test_deepseek_v3_mla_and_dense_first_layers():
 
 def test_ssm_scan_does_not_grow_with_context():
     short = _decode("mamba-2.8b-infer", "inference.prompt_len=512")[2]["attention"].flops
-    w, arch, ops = _decode("mamba-2.8b-infer", "inference.prompt_len=16384")
+    w, _, ops = _decode("mamba-2.8b-infer", "inference.prompt_len=16384")
     assert ops["attention"].flops == short
     d, n = 5120, 16  # 2·d·d_conv (conv) + 9·d·n (selective scan) + d (skip) per token
     assert short == w.inference.batch_size * (2 * d * 4 + 9 * d * n + d)
 
 
 def test_sliding_window_layers_attend_over_the_window():
-    w, arch, ops = _decode("gemma2-9b-infer", "inference.prompt_len=16384")
+    w, _, ops = _decode("gemma2-9b-infer", "inference.prompt_len=16384")
     b, ctx = w.inference.batch_size, 16384 + 1 + w.inference.gen_len / 2
     per_layer = 4 * b * 16 * 256  # 4·b·a·d per key
     assert ops["attention"].flops == pytest.approx(per_layer * (ctx + 4096) / 2)  # 21 global, 21 local

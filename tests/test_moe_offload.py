@@ -14,9 +14,10 @@ from memsim.planners.plan import Plan
 from memsim.sim import simulate
 from memsim.sim.engine import StepEngine
 from memsim.sim.program import build_program
-from memsim.workloads import build_trace, load_model
-from memsim.workloads.moe import read_fraction, routed_expert_bytes, touched_experts
+from memsim.workloads import build_trace, load_model, load_workload
+from memsim.workloads.moe import read_fraction, routed_expert_bytes, touched_experts, weight_bytes_read
 from memsim.workloads.spec import Workload
+from memsim.workloads.trace import TokenCosts
 from tests.conftest import make_system
 
 # A small Mixtral-shaped config (model_type mixtral: 8 experts, top-2), sized so the simulation
@@ -84,3 +85,13 @@ def test_simulated_step_reflects_the_routed_transfer(tmp_path):
     moved1, moved16 = (r.link_busy[link] * r.step_time_s for r in (r1, r16))
     assert moved16 > 1.5 * moved1
     assert r16.step_time_s > 1.5 * r1.step_time_s
+
+
+def test_serving_iterations_read_the_routed_experts():
+    """Serving's per-token costs carry the routed-expert bytes: an iteration of n tokens reads the
+    dense weights plus E·(1-(1-k/E)^n)/E of the experts (simulator and serving planner alike)."""
+    tc = TokenCosts(**build_trace(load_workload("mixtral-8x7b-infer")).meta["token_costs"])
+    assert tc.routed_expert_bytes == routed_expert_bytes(load_model("mixtral-8x7b"), 2)
+    assert weight_bytes_read(tc, 1) == pytest.approx(tc.weight_bytes - 0.75 * tc.routed_expert_bytes)
+    assert weight_bytes_read(tc, 16) > 1.5 * weight_bytes_read(tc, 1)
+    assert weight_bytes_read(tc, 10**4) == tc.weight_bytes

@@ -17,7 +17,8 @@ from memsim.workloads.models import load_model, model_path
 
 
 def _ops(trace, block):
-    return {op.name.removeprefix("L{layer}."): op for op in next(b for b in trace.blocks if b.name == block).ops}
+    ops = next(b for b in trace.blocks if b.name == block).ops
+    return {op.name.removeprefix("L{layer}."): op for op in ops}
 
 
 def test_weights_override_equals_the_quantization_config_path(tmp_path):
@@ -67,7 +68,8 @@ def test_dequant_work_per_weight_and_per_tile():
     decode, prefill = _ops(trace, "decode"), _ops(trace, "prefill")
     assert decode["dequant"].flops == DEQUANT_FLOPS_PER_WEIGHT * linears  # 32 rows: one tile
     rows = w.inference.batch_size * w.inference.prompt_len
-    assert prefill["dequant"].flops == DEQUANT_FLOPS_PER_WEIGHT * linears * math.ceil(rows / DEQUANT_TILE_ROWS)
+    tiles = math.ceil(rows / DEQUANT_TILE_ROWS)
+    assert prefill["dequant"].flops == DEQUANT_FLOPS_PER_WEIGHT * linears * tiles
     assert decode["dequant"].dtype == "fp32"  # CUDA cores, not tensor cores
     plain = _ops(build_trace(load_workload("llama3-8b-infer")), "decode")
     assert "dequant" not in plain

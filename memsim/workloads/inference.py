@@ -117,7 +117,9 @@ def token_costs(arch: Architecture, e: int, kv_bits: int) -> TokenCosts:
         weight_bytes=arch.weight_bytes(e), flops_per_token=2.0 * matmul_params,
         attn_flops_per_token_ctx=4.0 * arch.heads * arch.head_dim * arch.layers,
         kv_bytes_per_token=acc.kv_bytes(arch, 1, kv_bits), activation_bytes_per_token=act_bytes(arch, 1, e),
-        layers=arch.layers)
+        layers=arch.layers, routed_expert_bytes=moe.routed_expert_bytes(arch, e),
+        experts=arch.experts if arch.is_moe else 0,
+        experts_per_token=arch.experts_per_token if arch.is_moe else 0)
 
 
 def build_inference(w: Workload, arch: Architecture) -> Trace:

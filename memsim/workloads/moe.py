@@ -65,6 +65,15 @@ def routed_expert_bytes(arch: Architecture, e: int) -> int:
     return linear_bytes(arch.quant, shapes) + bias * e
 
 
+def weight_bytes_read(costs, tokens: float) -> float:
+    """Weight bytes one forward over ``tokens`` tokens reads, from a trace's TokenCosts: all of
+    them, less the routed experts no token of the pass is routed to."""
+    if not getattr(costs, "routed_expert_bytes", 0) or costs.experts <= 1:
+        return float(costs.weight_bytes)
+    share = touched_experts(costs.experts, costs.experts_per_token, tokens) / costs.experts
+    return costs.weight_bytes - costs.routed_expert_bytes * (1.0 - share)
+
+
 def trace_meta(arch: Architecture, tokens: dict[str, float]) -> dict:
     """``routed_experts`` entry of an inference trace's meta: the tensor and, per phase, the share
     of it one pass reads (``tokens``: tokens per layer pass of each phase)."""
