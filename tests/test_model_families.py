@@ -22,6 +22,11 @@ import pytest
 from memsim.workloads.accounting import kv_bytes
 from memsim.workloads.models import load_model, model_path
 
+# Llama 4: Scout's safetensors total 108,641,793,536 (HF API); Maverick's decoder 400,711,848,960
+# with the same 871,932,416-parameter vision encoder and projector (a public reconciliation of
+# Meta's constructors with the HF aggregate, 401.6B); 17B active each (Meta's model cards).
+VISION = 871_932_416
+
 PUBLISHED = {  # name: published total parameters
     "gemma-2b": 2_506_172_416, "gemma-7b": 8_537_680_896, "gemma-2-2b": 2_614_341_888,
     "gemma-2-9b": 9_241_705_984, "gemma-2-27b": 27_227_128_320, "gemma-3-1b": 999_885_952,
@@ -30,6 +35,8 @@ PUBLISHED = {  # name: published total parameters
     "deepseek-v3": 671_026_419_200, "falcon-7b": 6_921_720_704, "pythia-6.9b": 6_857_302_016,
     "starcoder2-15b": 15.96e9, "olmo-7b": 6_888_095_744, "olmo-2-7b": 7_298_617_344,
     "command-r": 35e9, "mamba-130m": 129_135_360, "mamba-2.8b": 2_768_345_600, "jamba-v0.1": 51.6e9,
+    # language model only: the checkpoint's total less its vision encoder and projector
+    "llama-4-scout": 108_641_793_536 - VISION, "llama-4-maverick": 400_711_848_960,
 }
 
 
@@ -45,6 +52,8 @@ def test_active_params_of_moe():
     assert load_model("qwen3-30b-a3b").active_params == 3_353_032_704
     assert load_model("deepseek-v3").active_params == pytest.approx(37e9, rel=0.02)
     assert load_model("jamba-v0.1").active_params == pytest.approx(12e9, rel=0.02)
+    for name in ("llama-4-scout", "llama-4-maverick"):  # top-1 routed + 1 shared expert
+        assert load_model(name).active_params == pytest.approx(17e9, rel=0.02)
 
 
 def test_kv_full_gqa_and_mqa():
@@ -66,6 +75,16 @@ def test_kv_sliding_window_stops_growing():
     assert m.kv_seq_bytes(8192) == m.kv_seq_bytes(4096) == 32 * 2 * 8 * 128 * 2 * 4096
     # the trace's KV tensor follows: batch 8 sequences of 8448 tokens, mean over 42 layers
     assert kv_bytes(g, 8 * 8448, 16, layers=42, context=8448) == 8 * g.kv_seq_bytes(8448)
+
+
+def test_kv_llama4_chunked_layers_hold_a_chunk():
+    # 3 of 4 layers attend within 8192-token chunks (at most a chunk held), every 4th is global
+    scout = load_model("llama-4-scout")
+    assert scout.mixers.count("attn") == 12 and scout.sliding_window == 8192
+    per = 2 * 8 * 128 * 2
+    assert scout.kv_seq_bytes(100_000) == 12 * per * 100_000 + 36 * per * 8192
+    maverick = load_model("llama-4-maverick")  # MoE every other layer (odd ones), dense between
+    assert maverick.mlps[:4] == ("dense", "moe", "dense", "moe") and maverick.experts == 128
 
 
 def test_kv_mla_caches_the_latent():
