@@ -95,3 +95,15 @@ def test_serving_iterations_read_the_routed_experts():
     assert weight_bytes_read(tc, 1) == pytest.approx(tc.weight_bytes - 0.75 * tc.routed_expert_bytes)
     assert weight_bytes_read(tc, 16) > 1.5 * weight_bytes_read(tc, 1)
     assert weight_bytes_read(tc, 10**4) == tc.weight_bytes
+
+
+def test_inference_planner_charges_the_routed_share(tmp_path):
+    from memsim.planners.inference import routed_weight_bytes
+
+    for batch, share in ((1, 0.25), (16, 1 - 0.75**16)):
+        trace = _trace(tmp_path, batch)
+        layer = trace.tensors["L{layer}.weight"].bytes + trace.tensors["L{layer}.experts"].bytes
+        experts = trace.tensors["L{layer}.experts"].bytes
+        streamed = routed_weight_bytes(trace, layer)
+        assert streamed["decode"] == pytest.approx(layer - experts * (1 - share))
+        assert streamed["prefill"] == pytest.approx(layer)  # 64+ tokens touch every expert
