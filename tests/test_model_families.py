@@ -63,6 +63,22 @@ def test_kv_full_gqa_and_mqa():
     assert load_model("falcon-7b").kv_seq_bytes(100) == 32 * 2 * 1 * 64 * 2 * 100
 
 
+@pytest.mark.parametrize(("name", "layers", "kv_heads", "head_dim", "window"), [
+    ("gemma-2b", 18, 1, 256, None), ("gemma-7b", 28, 16, 256, None),
+    ("olmo-7b", 32, 32, 128, None), ("olmo-2-7b", 32, 32, 128, None),
+    ("command-r", 40, 64, 128, None), ("pythia-6.9b", 32, 32, 128, None),
+    ("falcon-40b", 60, 8, 64, None), ("qwen1.5-moe-a2.7b", 24, 16, 128, None),
+    ("qwen3-30b-a3b", 48, 4, 128, None), ("phi-3-mini-4k", 32, 32, 96, 2047),
+    ("starcoder2-15b", 40, 4, 128, 4096),
+])
+def test_kv_per_token_of_each_family(name, layers, kv_heads, head_dim, window):
+    # 2 (K and V) × layers × KV heads × head_dim × 2 bytes × tokens held (the window caps it)
+    arch = load_model(name)
+    for ctx in (1000, 10_000):
+        held = min(ctx, window) if window else ctx
+        assert arch.kv_seq_bytes(ctx) == 2 * layers * kv_heads * head_dim * 2 * held
+
+
 def test_kv_sliding_window_stops_growing():
     g = load_model("gemma-2-9b")  # 21 local (window 4096) + 21 global layers, 8 KV heads × 256
     per = 2 * 8 * 256 * 2
