@@ -107,3 +107,15 @@ def test_inference_planner_charges_the_routed_share(tmp_path):
         streamed = routed_weight_bytes(trace, layer)
         assert streamed["decode"] == pytest.approx(layer - experts * (1 - share))
         assert streamed["prefill"] == pytest.approx(layer)  # 64+ tokens touch every expert
+
+
+def test_accelerate_style_layer_fetch_streams_every_expert(tmp_path):
+    """Plan.expert_fetch: layer (HF Accelerate's hook loads the whole decoder layer): batch 1 moves
+    the same expert bytes as batch 16; the accelerate baseline plans it so."""
+    from memsim.planners.baselines import accelerate
+
+    plan = Plan(placement={"weight": {"dram": 1.0}}, expert_fetch="layer")
+    into = [sum(c[2] for c in _decode_copies(_trace(tmp_path, b), plan) if (c[0], c[1]) == ("dram", "hbm"))
+            for b in (1, 16)]
+    assert into[0] == into[1]
+    assert accelerate(make_system(), _trace(tmp_path, 1), {}).expert_fetch == "layer"

@@ -523,7 +523,7 @@ class ServingEngine:
     def _routed_share(self, new: int) -> float:
         """Share of the weight bytes an iteration of ``new`` tokens reads (1 unless MoE)."""
         tc = self.tc
-        if not tc.routed_expert_bytes or not tc.weight_bytes:
+        if not tc.routed_expert_bytes or not tc.weight_bytes or self.plan.expert_fetch == "layer":
             return 1.0
         return weight_bytes_read(tc, new) / tc.weight_bytes
 
