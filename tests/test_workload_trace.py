@@ -172,7 +172,10 @@ def test_moe_counts_active_expert_flops_and_all_expert_bytes():
     assert up.flops == 2 * tokens * 2 * arch.hidden * 2 * arch.intermediate  # k=2 experts per token
     assert up.shape == (tokens * 2, arch.hidden, 2 * arch.intermediate)
     assert up.bytes_read >= 8 * arch.hidden * 2 * arch.intermediate * 2  # every expert's gate+up
-    assert trace.tensors["L{layer}.weight"].bytes == arch.layer_params * 2
+    # the routed experts are their own tensor (a step streams only those its tokens pick)
+    experts = trace.tensors["L{layer}.experts"].bytes
+    assert experts == 8 * 3 * arch.hidden * arch.intermediate * 2
+    assert trace.tensors["L{layer}.weight"].bytes + experts == arch.layer_params * 2
 
 
 def test_grad_accum_repeats_microbatches_and_keeps_zero3_buffers_short():

@@ -187,6 +187,7 @@ def accelerate(system: System, trace: Trace, options: dict, time_limit: float = 
         placement={"weight": split} if offloaded > 0 else {},
         prefetch_depth=0,
         pinned=bool(options.get("pinned", False)),
+        expert_fetch="layer",  # the hook loads the whole decoder layer, every expert
         planner=_info("accelerate"),
         notes=[f"Accelerate offload: {offloaded:.0%} of the weights loaded synchronously before "
                "each layer (AlignDevicesHook), from "

@@ -39,6 +39,17 @@ def batch_splits(batch: int, limit: int) -> list[int]:
     return [n for n in range(1, min(batch, limit) + 1) if batch % n == 0]
 
 
+def routed_weight_bytes(trace: Trace, layer_weight: float) -> dict[str, float]:
+    """Weight bytes of one layer a prefill / decode pass streams: all, except that an MoE layer
+    reads only the routed experts its tokens pick (``meta["routed_experts"]``, memsim.workloads.moe)."""
+    routed = trace.meta.get("routed_experts")
+    if not routed:
+        return {"prefill": layer_weight, "decode": layer_weight}
+    experts = trace.tensors[f"L{{layer}}.{routed['tensor']}"].bytes
+    return {phase: layer_weight - experts * (1 - min(1.0, routed["read_fraction"].get(phase, 1.0)))
+            for phase in ("prefill", "decode")}
+
+
 def structures(system: System, trace: Trace, prof: Profile, space: Space) -> list[tuple[int, bool]]:
     host = system.cpu.memory if system.cpu else None
     attn = [
@@ -105,11 +116,12 @@ def solve_inference(
     decode_share = (prompt_len + gen_len / 2) / ctx if ctx else 1.0
     chunks = max(prof.prefill_iters, 1)
     fp, fd = Flows(system), Flows(system)
+    streamed = routed_weight_bytes(trace, layer["weight"])
     for t in system.tiers:
         if t == g:
             continue
-        fp.add(t, g, layer["weight"] * frac("weight", t))
-        fd.add(t, g, layer["weight"] * frac("weight", t))
+        fp.add(t, g, streamed["prefill"] * frac("weight", t))
+        fd.add(t, g, streamed["decode"] * frac("weight", t))
         # each prompt chunk writes its share of the prompt's KV and, after the first, reads the
         # context so far (half the prompt on average) back for its attention
         fp.add(g, t, layer["kv"] * prompt_share / chunks * frac("kv", t))

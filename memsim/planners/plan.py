@@ -39,6 +39,12 @@ implements and every planner relies on:
     buffer. With ``prefetch_depth: 0`` a layer's copies start when the layer does and its compute
     waits for them: a synchronous per-layer load, no overlap.
 
+``expert_fetch``
+    MoE inference: what a pass fetches of a layer's routed experts homed off the GPU. ``routed``
+    (default): only the experts its tokens are routed to (expert-offloading runtimes;
+    memsim.workloads.moe). ``layer``: every expert, as HF Accelerate's AlignDevicesHook loads
+    the whole offloaded decoder layer before it runs.
+
 ``serving``
     Serving only: ``max_num_seqs``, ``max_num_batched_tokens``, ``block_size`` (tokens per KV
     block), ``preempt`` (``swap`` or ``recompute``), ``swap_tier`` and ``swap_bytes``.
@@ -95,6 +101,7 @@ class Plan:
     num_gpu_batches: int | None = None
     cpu_attention: bool = False
     pinned: bool = True
+    expert_fetch: Literal["routed", "layer"] = "routed"
     serving: ServingPolicy | None = None
     planner: PlannerInfo = field(default_factory=PlannerInfo)
     workload: str = ""  # the Trace's name, so a plan for another workload is refused
@@ -178,6 +185,9 @@ class Plan:
             if policy not in ("keep", "offload", "recompute"):
                 raise SpecError(f"expected keep, offload or recompute, got {policy!r}",
                                 file=file, key=f"layer_policy.{layer}")
+        if plan.expert_fetch not in ("routed", "layer"):
+            raise SpecError(f"expected routed or layer, got {plan.expert_fetch!r}", file=file,
+                            key="expert_fetch")
         if plan.version != PLAN_VERSION:
             raise SpecError(f"unknown plan version {plan.version!r}; this memsim reads version "
                             f"{PLAN_VERSION} (re-plan with memsim plan -o)", file=file, key="version")

@@ -29,6 +29,7 @@ from memsim.planners.plan import Plan, ServingPolicy
 from memsim.planners.profile import Profile
 from memsim.planners.solver import solve, value
 from memsim.planners.space import Space
+from memsim.workloads.moe import weight_bytes_read
 from memsim.workloads.trace import TokenCosts, Trace
 
 
@@ -91,7 +92,8 @@ def solve_serving(
     it = prob.add_variable("T_iter", 0)
     ctx = prompt + output / 2
     hbm_bw = gpu.mem_bw * gpu.memory_efficiency
-    prob += it >= (tc.weight_bytes * w.get(g, 0) + max_num_seqs * ctx * tc.kv_bytes_per_token) / hbm_bw
+    read_w = weight_bytes_read(tc, max_num_seqs)  # MoE: the experts a decode batch routes to
+    prob += it >= (read_w * w.get(g, 0) + max_num_seqs * ctx * tc.kv_bytes_per_token) / hbm_bw
     flops = max_num_seqs * (tc.flops_per_token + tc.attn_flops_per_token_ctx * ctx)
     prob += it >= flops / gpu.rate("matmul", "decode", str(trace.meta.get("dtype", "bf16")))
     iterations = _iterations(req, max_num_seqs, batched, output)
@@ -103,7 +105,7 @@ def solve_serving(
     fl = Flows(system)
     for t in system.tiers:
         if t != g:
-            fl.add(t, g, tc.weight_bytes * w.get(t, 0))
+            fl.add(t, g, read_w * w.get(t, 0))
     for name, rate, terms in fl.loads():
         prob += it >= pulp.lpSum(terms) * (1.0 / rate), f"load_{safe_name(name)}"
     if slack:

@@ -145,7 +145,7 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
     ops = raw
     scan = _scan(ops, whole=trace.kind != "inference")
     tensors = _tensors(scan, trace, system, plan, fast, n if trace.kind == "inference" else 1)
-    _annotate(ops, scan, tensors, trace)
+    _annotate(ops, scan, tensors, trace, routed=plan.expert_fetch == "routed")
     return Program(ops, tensors, scan.segments, units, fast, notes)
 
 
@@ -711,7 +711,8 @@ def _activation_tier(plan: Plan, system: System, fast: str) -> dict[str, float] 
     return None
 
 
-def _annotate(ops: list[POp], scan: _Scan, tensors: dict[str, TInfo], trace: Trace) -> None:
+def _annotate(ops: list[POp], scan: _Scan, tensors: dict[str, TInfo], trace: Trace, *,
+              routed: bool = True) -> None:
     """The bytes each access moves, write-backs and deaths per op (``_scan`` set the writers).
 
     Bytes per access: KV in inference moves the context so far (reads) or the new tokens
@@ -726,7 +727,7 @@ def _annotate(ops: list[POp], scan: _Scan, tensors: dict[str, TInfo], trace: Tra
         op.no_fetch = frozenset(t for t in op.inputs
                                 if t in op.outputs and tensors[t].cls == "weight")
     if trace.kind == "inference":  # (elsewhere every access moves whole: ``_scan`` said so)
-        _fractions(ops, tensors, trace)
+        _fractions(ops, tensors, trace, routed)
     segments = scan.segments
     wb: dict[int, list[str]] = {}
     maybe: list[tuple[int, str]] = []  # activation versions with bytes homed off their writer
@@ -761,14 +762,21 @@ def _annotate(ops: list[POp], scan: _Scan, tensors: dict[str, TInfo], trace: Tra
         ops[i].dies = tuple(sorted(names))
 
 
-def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace) -> None:
-    """Each inference op's ``in_frac`` and ``out_frac`` (see ``_annotate``)."""
+def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace, routed: bool = True) -> None:
+    """Each inference op's ``in_frac`` and ``out_frac`` (see ``_annotate``); ``routed``: a pass
+    reads only the routed experts its tokens pick (Plan.expert_fetch)."""
     meta = trace.meta
     prompt, gen = meta.get("prompt_len"), meta.get("gen_len")
     total_ctx = (prompt + gen) if (prompt and gen) else None
     chunk = meta.get("prefill_chunk") or prompt  # chunked prefill: one chunk per iteration
     kv = {t for t, info in tensors.items() if info.cls == "kv"} if total_ctx else set()
     sized = {t for t, info in tensors.items() if info.cls in ("activation", "workspace")}
+    # routed experts (memsim.workloads.moe): a pass reads the experts its tokens route to
+    experts_meta = (meta.get("routed_experts") or {}) if routed else {}
+    expert_frac = experts_meta.get("read_fraction") or {}
+    suffix = "." + experts_meta.get("tensor", "experts")
+    experts = {t for t, info in tensors.items() if info.cls == "weight" and t.endswith(suffix)
+               } if expert_frac else set()
     written = [op.written for op in ops]
     size = {t: info.bytes for t, info in tensors.items()}
     # per name tuple (shared by every iteration of a template op): the positions that do not
@@ -780,8 +788,8 @@ def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace) -> None:
     missing = ()
 
     def kinds(names: tuple[str, ...]) -> tuple | None:
-        k = tuple((pos, t in kv, size[t]) for pos, t in enumerate(names)
-                  if t in kv or (t in sized and size[t]))
+        k = tuple((pos, "expert" if t in experts else t in kv, size[t]) for pos, t in enumerate(names)
+                  if t in kv or t in experts or (t in sized and size[t]))
         kinds_of[names] = k = k or None
         return k
 
@@ -806,7 +814,9 @@ def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace) -> None:
             fin = [1.0] * len(ins)
             writers = op.writers
             for pos, is_kv, nbytes in kin:
-                if is_kv:
+                if is_kv == "expert":
+                    fin[pos] = min(1.0, expert_frac.get(op.phase, 1.0))
+                elif is_kv:
                     fin[pos] = ctx(op, True)
                 else:
                     w = writers[pos]

@@ -37,6 +37,7 @@ from memsim.sim.overload import overload_verdict
 from memsim.sim.program import paused_gc, split_bytes
 from memsim.sim.report import common_fields, main_unit, peak_flops
 from memsim.sim.result import Result, ServingStats
+from memsim.workloads.moe import weight_bytes_read
 from memsim.workloads.trace import TokenCosts, Trace
 
 DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
@@ -502,7 +503,8 @@ class ServingEngine:
         t_swap = env._now
         compute = self._compute_time(new, ctx, kv_read, decode)
         copy = copier.copy
-        streams = [copy(tier, fast, nbytes, "weights (streamed)", "iteration", alloc=0)
+        routed = self._routed_share(new)  # MoE: only the experts this iteration's tokens pick
+        streams = [copy(tier, fast, int(nbytes * routed), "weights (streamed)", "iteration", alloc=0)
                    for tier, nbytes in self.streamed_w_items]
         if self.kv_streamed:
             kv_bytes = kv_read * self.tc.kv_bytes_per_token
@@ -518,13 +520,21 @@ class ServingEngine:
         extra = env._now - t_swap - compute  # streaming that compute did not hide
         acct["exposed_transfer"] += (t_swap - t0) + (extra if extra > 1e-9 * compute else 0.0)
 
+    def _routed_share(self, new: int) -> float:
+        """Share of the weight bytes an iteration of ``new`` tokens reads (1 unless MoE)."""
+        tc = self.tc
+        if not tc.routed_expert_bytes or not tc.weight_bytes or self.plan.expert_fetch == "layer":
+            return 1.0
+        return weight_bytes_read(tc, new) / tc.weight_bytes
+
     def _compute_time(self, new: int, ctx: int, kv_read: int, decode: bool) -> float:
         """Roofline of one iteration: dense part, attention part, a launch per layer and part
         (``Compute.op_time`` with the unit's rates looked up once per phase)."""
         tc = self.tc
         dense_rate, attn_rate, bw, launch = self._rates[decode]
         dense = max(new * tc.flops_per_token / dense_rate,
-                    (tc.weight_bytes + new * tc.activation_bytes_per_token) / bw) + launch
+                    (tc.weight_bytes * self._routed_share(new) + new * tc.activation_bytes_per_token) / bw
+                    ) + launch
         attn = max(ctx * tc.attn_flops_per_token_ctx / attn_rate,
                    (kv_read + new) * tc.kv_bytes_per_token / bw) + launch
         return dense + attn + self.launches

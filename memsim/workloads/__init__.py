@@ -13,6 +13,7 @@ from memsim.errors import SpecError
 from memsim.specio import apply_overrides, catalog_names, load_mapping, resolve, validate_overridden
 from memsim.workloads.imports import apply_deepspeed, apply_vllm, relative
 from memsim.workloads.models import Architecture, list_models, load_model
+from memsim.workloads.quantization import quantized
 from memsim.workloads.spec import Workload
 from memsim.workloads.trace import Trace
 
@@ -46,7 +47,10 @@ def workload_architecture(workload: Workload) -> Architecture:
     source = Path(workload._source) if workload._source else None
     if source is not None and model.endswith(".json"):
         model = str(relative(model, source))
-    return load_model(model, file=str(source) if source else None, key="model")
+    arch = load_model(model, file=str(source) if source else None, key="model")
+    if workload.weights is not None:
+        arch = quantized(arch, workload.weights.model_dump(), file=str(source) if source else None)
+    return arch
 
 
 def build_trace(workload: Workload) -> Trace:

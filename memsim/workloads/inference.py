@@ -21,13 +21,25 @@ from __future__ import annotations
 
 from memsim.errors import SpecError
 from memsim.workloads import accounting as acc
+from memsim.workloads import moe
 from memsim.workloads.builder import L, TraceBuilder, op
+from memsim.workloads.dequant import DEQUANT_DTYPE
 from memsim.workloads.kernels import Kernel, head_kernels, layer_kernels
 from memsim.workloads.models import Architecture
 from memsim.workloads.spec import Workload
 from memsim.workloads.trace import Op, TokenCosts, Trace
 
 KV_DTYPE = {16: "fp16", 8: "int8", 4: "int4", 2: "int2"}
+def kv_dtype_name(job) -> str:
+    """The KV tensor's dtype label: vLLM's fp8 formats by name (``fp8`` is e4m3 in vLLM), else
+    by bits."""
+    name = getattr(job, "kv_cache_dtype", None)
+    if name and name != "auto":
+        return "fp8_e4m3" if name == "fp8" else name
+    return KV_DTYPE[job.kv_bits]
+
+
+ROUTED_KERNELS = ("mlp_up", "mlp_down")  # the kernels that multiply by the routed experts
 
 
 def act_bytes(arch: Architecture, tokens: int, e: int) -> int:
@@ -42,18 +54,24 @@ def declare_model(tb: TraceBuilder, arch: Architecture, dtype: str, e: int) -> N
     layer_bytes = arch.layer_params * e
     if arch.quant is not None:  # packed linears: the templated layer carries the mean layer bytes
         layer_bytes = -(-(arch.weight_bytes(e) - (arch.embed_params + arch.head_params) * e) // arch.layers)
+    if arch.is_moe:  # routed experts apart: a step reads only those its tokens route to (moe.py)
+        experts = -(-moe.routed_expert_bytes(arch, e) // arch.layers)
+        tb.tensor(L + moe.EXPERTS, experts, "weight", dtype)
+        layer_bytes -= experts
     tb.tensor(L + "weight", layer_bytes, "weight", dtype)
     tb.tensor("embed.weight", arch.embed_params * e, "weight", dtype)
     tb.tensor("head.weight", arch.head_params * e, "weight", dtype)
 
 
-def layer_ops(kernels: list[Kernel], phase: str, kv_write: int, dtype: str) -> list[Op]:
+def layer_ops(kernels: list[Kernel], phase: str, kv_write: int, dtype: str, *,
+              experts: bool = False) -> list[Op]:
     """One layer's ops over the ``hidden``/``act`` buffers; QKV appends to and attention reads
-    ``L{layer}.kv``."""
+    ``L{layer}.kv``; with ``experts`` the routed MLP reads ``L{layer}.experts``."""
     W, kv = L + "weight", L + "kv"
     ops = []
     for k in kernels:
-        ins: tuple[str, ...] = ("act", W) if k.weight_bytes else ("act",)
+        w = L + moe.EXPERTS if experts and k.key in ROUTED_KERNELS else W
+        ins: tuple[str, ...] = ("act", w) if k.weight_bytes else ("act",)
         outs: tuple[str, ...] = ("act",)
         written = k.written
         if k.key in ("attn_norm", "mlp_norm"):
@@ -65,7 +83,7 @@ def layer_ops(kernels: list[Kernel], phase: str, kv_write: int, dtype: str) -> l
         elif k.key == "attention":
             ins = ("act", kv)
         ops.append(op(L + k.key, k.kind, phase, k.flops, k.weight_bytes + k.read, written, ins, outs,
-                      dtype=dtype, shape=k.shape))
+                      dtype=DEQUANT_DTYPE if k.key == "dequant" else dtype, shape=k.shape))
     return ops
 
 
@@ -99,7 +117,9 @@ def token_costs(arch: Architecture, e: int, kv_bits: int) -> TokenCosts:
         weight_bytes=arch.weight_bytes(e), flops_per_token=2.0 * matmul_params,
         attn_flops_per_token_ctx=4.0 * arch.heads * arch.head_dim * arch.layers,
         kv_bytes_per_token=acc.kv_bytes(arch, 1, kv_bits), activation_bytes_per_token=act_bytes(arch, 1, e),
-        layers=arch.layers)
+        layers=arch.layers, routed_expert_bytes=moe.routed_expert_bytes(arch, e),
+        experts=arch.experts if arch.is_moe else 0,
+        experts_per_token=arch.experts_per_token if arch.is_moe else 0)
 
 
 def build_inference(w: Workload, arch: Architecture) -> Trace:
@@ -112,7 +132,7 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
     tb = TraceBuilder(w.name, "inference", arch.layers)
     declare_model(tb, arch, dt, e)
     per_layer_kv = acc.kv_bytes(arch, b * (p + g), inf.kv_bits, layers=1, context=p + g)
-    tb.tensor(L + "kv", per_layer_kv, "kv", KV_DTYPE[inf.kv_bits])
+    tb.tensor(L + "kv", per_layer_kv, "kv", kv_dtype_name(inf))
     chunk = inf.prefill_chunk or p
     if p % chunk:
         raise SpecError(f"prefill_chunk {chunk} does not divide prompt_len {p}", file=w._source,
@@ -123,16 +143,17 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
     tb.tensor("logits", b * arch.vocab * 4, "activation", "fp32")
 
     # chunk i (0-based) attends over (i+1)·chunk tokens: the mean is chunk·(chunks+1)/2
-    prefill = layer_kernels(arch, b, chunk, chunk * (chunks + 1) / 2, e, e, kv_e=kv_e)
+    prefill = layer_kernels(arch, b, chunk, chunk * (chunks + 1) / 2, e, e, kv_e=kv_e, dequant=True)
     kv_chunk = int(b * chunk * arch.kv_token_elems * kv_e)
     tb.block("embed", [embed_op(arch, b * chunk, e, "prefill", dt)], iterations=chunks)
-    tb.block("prefill", layer_ops(prefill, "prefill", kv_chunk, dt), templated=True, iterations=chunks)
+    tb.block("prefill", layer_ops(prefill, "prefill", kv_chunk, dt, experts=arch.is_moe), templated=True,
+             iterations=chunks)
     tb.block("head", head_ops(arch, b, e, "prefill", dt))
     steps = g - 1
     mean_ctx = p + 1 + g / 2
-    decode = layer_kernels(arch, b, 1, mean_ctx, e, e, kv_e=kv_e)
-    tb.block("decode", layer_ops(decode, "decode", int(b * arch.kv_token_elems * kv_e), dt), templated=True,
-             iterations=steps)
+    decode = layer_kernels(arch, b, 1, mean_ctx, e, e, kv_e=kv_e, dequant=True)
+    tb.block("decode", layer_ops(decode, "decode", int(b * arch.kv_token_elems * kv_e), dt,
+                                 experts=arch.is_moe), templated=True, iterations=steps)
     tb.block("decode_head", [embed_op(arch, b, e, "decode", dt, "decode_embed"),
                              *head_ops(arch, b, e, "decode", dt, "decode_")], iterations=steps)
 
@@ -145,4 +166,6 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
         "prefill_chunks": chunks,
         "token_costs": asdict(token_costs(arch, e, inf.kv_bits)),
     })
+    if arch.is_moe:
+        trace.meta["routed_experts"] = moe.trace_meta(arch, {"prefill": b * chunk, "decode": b})
     return trace

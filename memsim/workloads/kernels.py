@@ -15,9 +15,16 @@ activations it reads and those it writes. Conventions (stated once, used everywh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
+from memsim.workloads.arch_flops import mean_layer, uniform
+from memsim.workloads.dequant import dequant_flops, packed_bytes
 from memsim.workloads.models import Architecture
+from memsim.workloads.moe import touched_experts
+from memsim.workloads.quantization import linear_bytes
+
+QUANTIZED = ("qkv", "out_proj", "mlp_up", "mlp_down")  # the matmuls a checkpoint packs
 
 
 @dataclass(frozen=True)
@@ -43,10 +50,12 @@ def _lora(targets: dict[str, tuple[int, int]], rank: int, names: tuple[str, ...]
 
 def layer_kernels(arch: Architecture, b: int, q_len: int, kv_len: float, e: int, w_e: int, *,
                   flash: bool = True, kv_e: float | None = None, lora_rank: int = 0,
-                  lora_targets: tuple[str, ...] = ()) -> list[Kernel]:
+                  lora_targets: tuple[str, ...] = (), dequant: bool = False) -> list[Kernel]:
     """The forward kernels of one layer for ``b`` sequences of ``q_len`` new tokens attending
     over ``kv_len`` tokens. ``e``: activation bytes/element, ``w_e``: weight bytes/element,
-    ``kv_e``: KV-cache bytes/element (defaults to ``e``)."""
+    ``kv_e``: KV-cache bytes/element (defaults to ``e``). A quantized model's matmuls read their
+    packed bytes; with ``dequant`` a ``dequant`` kernel carries their dequantization work
+    (memsim.workloads.dequant)."""
     h, f, a, d = arch.hidden, arch.intermediate, arch.heads, arch.head_dim
     m = b * q_len
     kv_e = e if kv_e is None else kv_e
@@ -55,11 +64,12 @@ def layer_kernels(arch: Architecture, b: int, q_len: int, kv_len: float, e: int,
     targets = {t: shapes[t] for t in lora_targets}
     norm_flops = 4 if arch.norm == "rms" else 5
     act_flops = 5 if arch.gated_mlp else 8 if "gelu" in arch.activation else 1
-    touched = min(arch.experts, arch.experts * (1 - (1 - k / arch.experts) ** m)) if arch.is_moe else 1
+    touched = touched_experts(arch.experts, k, m) if arch.is_moe else 1
     up_cols = (2 if arch.gated_mlp else 1) * f
     up_params = arch.experts * (h * up_cols + (up_cols if arch.linear_bias else 0))
     down_params = arch.experts * (f * h + (h if arch.linear_bias else 0))
     expert_share = touched / arch.experts
+    quantized: list[tuple[float, int]] = []  # (weights read, rows) of each quantized matmul
 
     def norm(key: str) -> Kernel:
         return Kernel(key, "elementwise", norm_flops * m * h, arch.norm_params * w_e, m * h * e, m * h * e,
@@ -74,6 +84,14 @@ def layer_kernels(arch: Architecture, b: int, q_len: int, kv_len: float, e: int,
         if arch.is_moe and key in ("mlp_up", "mlp_down"):  # adapters per expert, k experts per token
             lp *= arch.experts
         weights = params * w_e if w_bytes is None else w_bytes
+        if arch.quant is not None and key in QUANTIZED:
+            routed = key in ("mlp_up", "mlp_down")
+            copies = touched if routed else 1  # matrices read: the touched experts'
+            share = copies / arch.experts if routed else 1
+            bias = (params - k_dim * n * (arch.experts if routed else 1)) * share
+            weights = packed_bytes(arch, k_dim, n, copies, w_e) + int(bias * w_e)
+            # each touched expert multiplies its share of the routed rows
+            quantized.append((k_dim * n * copies, math.ceil(rows / copies)))
         return Kernel(key, "matmul", 2.0 * rows * k_dim * n + lf, weights + lp * w_e, rows * k_dim * e,
                       rows * n * e, (rows, k_dim, n), params + lp, lf, lp)
 
@@ -101,7 +119,29 @@ def layer_kernels(arch: Architecture, b: int, q_len: int, kv_len: float, e: int,
         matmul("mlp_down", m * k, f, h, down_params, ("down",), int(down_params * w_e * expert_share)),
         residual("mlp_residual"),
     ]
+    if not uniform(arch):  # layers differ (window, MLA, SSM, dense/MoE/shared): the mean layer
+        kernels = _mean_kernels(arch, kernels, b, q_len, kv_len, touched, w_e)
+    if dequant and quantized:
+        work = sum(dequant_flops(n, rows) for n, rows in quantized)
+        kernels.append(Kernel("dequant", "elementwise", work, 0, 0, 0, (int(sum(n for n, _ in quantized)),)))
     return kernels
+
+
+def _mean_kernels(arch: Architecture, kernels: list[Kernel], b: int, q_len: int, kv_len: float,
+                  touched: float, w_e: int) -> list[Kernel]:
+    """``kernels`` with the FLOPs and weight reads of the mean layer (memsim.workloads.arch_flops);
+    a quantized model's weight reads keep their packed-to-plain ratio."""
+    means = mean_layer(arch, b, q_len, kv_len, touched)
+    h = arch.hidden
+    packed = (linear_bytes(arch.quant, [(h, h, 1)]) / (h * h * w_e)) if arch.quant is not None else 1.0
+    out = []
+    for k in kernels:
+        if k.key in means:
+            flops, weights = means[k.key]
+            ratio = packed if k.key in QUANTIZED else 1.0
+            k = replace(k, flops=flops + k.adapter_flops, weight_bytes=int(weights * w_e * ratio))
+        out.append(k)
+    return out
 
 
 def head_kernels(arch: Architecture, tokens: int, e: int, w_e: int) -> list[Kernel]:

@@ -20,7 +20,8 @@ from memsim.workloads.quantization import WeightQuant, linear_bytes, parse_quant
 
 FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "opt", "gpt2", "gemma", "gemma2", "gemma3",
             "gemma3_text", "phi3", "qwen3", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3",
-            "falcon", "gpt_neox", "starcoder2", "olmo", "olmo2", "cohere", "mamba", "jamba")
+            "falcon", "gpt_neox", "starcoder2", "olmo", "olmo2", "cohere", "mamba", "jamba",
+            "llama4", "llama4_text")
 # Fields every decoder config carries under these names; enough to read an unknown model_type
 # as a dense llama-like decoder.
 STANDARD_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -378,6 +379,8 @@ def parse_config(config: dict, *, name: str, file: str | None = None) -> Archite
     if isinstance(config.get("text_config"), dict):
         config = {**config["text_config"], "_outer_model_type": config.get("model_type")}
     family = config.get("model_type")
+    if family in ("llama4", "llama4_text"):  # chunked attention: a layer holds at most a chunk
+        config = {**config, "sliding_window": config.get("attention_chunk_size")}
     if family == "falcon":  # the original Falcon configs spell these the GPT-2 way
         config = {{"n_head": "num_attention_heads", "n_layer": "num_hidden_layers",
                    "n_head_kv": "num_kv_heads"}.get(k, k): v for k, v in config.items()}
@@ -493,7 +496,7 @@ def parse_config(config: dict, *, name: str, file: str | None = None) -> Archite
 
 
 _TIED_BY_DEFAULT = ("gemma", "gemma2", "gemma3", "gemma3_text", "cohere", "falcon", "starcoder2", "jamba")
-_WINDOW_BY_PATTERN = ("gemma2", "gemma3", "gemma3_text", "cohere")
+_WINDOW_BY_PATTERN = ("gemma2", "gemma3", "gemma3_text", "cohere", "llama4", "llama4_text")
 
 
 def _ssm(config: dict, hidden: int, get, *, prefix: str) -> dict:
@@ -587,6 +590,23 @@ def _family_specifics(family: str, config: dict, arch: dict, get, file: str | No
                    kv_lora_rank=get("kv_lora_rank"), qk_rope_head_dim=get("qk_rope_head_dim"),
                    qk_nope_head_dim=get("qk_nope_head_dim"), v_head_dim=get("v_head_dim"),
                    kv_heads=arch["heads"])
+    elif family in ("llama4", "llama4_text"):
+        # Llama4TextMoe: top-k routed experts plus one shared expert of intermediate_size; the
+        # other layers a dense MLP of intermediate_size_mlp (HF configuration_llama4 moe_layers).
+        # Rope layers use chunked attention (attention_chunk_size); every no_rope_layer_interval-th
+        # layer is a global NoPE layer. The q/k L2 norms have no parameters.
+        step = config.get("interleave_moe_layer_step", 1)
+        moe = config.get("moe_layers")
+        moe = set(moe) if moe is not None else set(range(step - 1, layers, step))
+        every = config.get("no_rope_layer_interval", 4)
+        rope = config.get("no_rope_layers") or [int((i + 1) % every != 0) for i in range(layers)]
+        f = get("intermediate_size")
+        out.update(experts=get("num_local_experts"), experts_per_token=get("num_experts_per_tok"),
+                   intermediate=f, shared_intermediate=f, dense_intermediate=get("intermediate_size_mlp"),
+                   mlps=tuple("moe" if i in moe else "dense" for i in range(layers)),
+                   mixers=tuple("local" if r else "attn" for r in rope))
+        if not config.get("attention_chunk_size"):
+            out["mixers"] = ("attn",) * layers
     elif family == "jamba":
         ap, ao = config.get("attn_layer_period", 8), config.get("attn_layer_offset", 4)
         ep, eo = config.get("expert_layer_period", 2), config.get("expert_layer_offset", 1)

@@ -17,9 +17,13 @@ dimension and ``b`` bits (sources: AutoGPTQ/AutoAWQ packing, bitsandbytes ``Line
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from memsim.errors import SpecError
+
+if TYPE_CHECKING:
+    from memsim.workloads.models import Architecture
 
 
 @dataclass(frozen=True)
@@ -73,3 +77,14 @@ def linear_bytes(q: WeightQuant, shapes: list[tuple[int, int, int]]) -> int:
             one = n + 4
         total += copies * one
     return total
+
+
+def quantized(arch: Architecture, weights: dict, *, file: str | None = None) -> Architecture:
+    """``arch`` with a workload's ``weights: {bits, group_size, method}`` override, read as the
+    ``quantization_config`` such a checkpoint ships (one code path for both)."""
+    config = {"quant_method": weights.get("method", "gptq"), "bits": weights["bits"],
+              "group_size": weights.get("group_size", 128)}
+    quant = parse_quantization(config, file=file)
+    note = (f"weights quantized by the workload: {config['quant_method']} {config['bits']}-bit, "
+            f"group {config['group_size']}")
+    return replace(arch, quant=quant, notes=(*arch.notes, note))

@@ -27,7 +27,14 @@ from memsim.errors import SpecError
 from memsim.workloads import accounting as acc
 from memsim.workloads.builder import L, TraceBuilder
 from memsim.workloads.imports import relative
-from memsim.workloads.inference import KV_DTYPE, act_bytes, declare_model, head_ops, layer_ops, token_costs
+from memsim.workloads.inference import (
+    act_bytes,
+    declare_model,
+    head_ops,
+    kv_dtype_name,
+    layer_ops,
+    token_costs,
+)
 from memsim.workloads.kernels import layer_kernels
 from memsim.workloads.models import Architecture
 from memsim.workloads.spec import Lengths, Serving, Workload
@@ -187,15 +194,15 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     tb = TraceBuilder(w.name, "serving", arch.layers)
     declare_model(tb, arch, dt, e)
     kv = acc.kv_bytes(arch, batch * per_seq_tokens, sv.kv_bits, layers=1, context=per_seq_tokens)
-    tb.tensor(L + "kv", kv, "kv", KV_DTYPE[sv.kv_bits])
+    tb.tensor(L + "kv", kv, "kv", kv_dtype_name(sv))
     tb.tensor("hidden", sched.max_num_batched_tokens * arch.hidden * e, "activation", dt)
     tb.tensor("act", act_bytes(arch, sched.max_num_batched_tokens, e), "activation", dt)
     tb.tensor("logits", batch * arch.vocab * 4, "activation", "fp32")
     kv_e = sv.kv_bits / 8
     ctx = float(np.mean(prompt)) + float(np.mean(output)) / 2
-    kernels = layer_kernels(arch, batch, 1, ctx, e, e, kv_e=kv_e)
+    kernels = layer_kernels(arch, batch, 1, ctx, e, e, kv_e=kv_e, dequant=True)
     kv_write = int(batch * arch.kv_token_elems * kv_e)
-    tb.block("decode", layer_ops(kernels, "decode", kv_write, dt), templated=True)
+    tb.block("decode", layer_ops(kernels, "decode", kv_write, dt, experts=arch.is_moe), templated=True)
     tb.block("decode_head", head_ops(arch, batch, e, "decode", dt, "decode_"))
 
     costs = token_costs(arch, e, sv.kv_bits)

@@ -89,6 +89,34 @@ class Training(Spec):
         return self
 
 
+KVCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
+_KV_DTYPE_DESC = ("vLLM's --kv-cache-dtype: auto (the model dtype, 16 bits) or fp8 / fp8_e4m3 / "
+                  "fp8_e5m2 (1 byte per element); sets kv_bits")
+
+
+def _kv_cache_dtype(job: Inference | Serving) -> None:
+    """``kv_cache_dtype`` sets ``kv_bits`` (over the default 16 a spec may spell out); a
+    quantised kv_bits (8, 4, 2) given beside it must agree."""
+    if job.kv_cache_dtype is None:
+        return
+    bits = 16 if job.kv_cache_dtype == "auto" else 8
+    if "kv_bits" in job.model_fields_set and job.kv_bits not in (16, bits):
+        raise ValueError(f"kv_cache_dtype {job.kv_cache_dtype} is {bits} bits but kv_bits is "
+                         f"{job.kv_bits}; give one")
+    object.__setattr__(job, "kv_bits", bits)
+
+
+class Weights(Spec):
+    """Weight-only quantization of the model's linears, as a GPTQ/AWQ checkpoint packs them
+    (the same bytes as a config's ``quantization_config``: memsim.workloads.quantization)."""
+
+    bits: Literal[2, 3, 4, 8] = Field(description="bits per quantized weight")
+    group_size: int = Field(128, ge=1, le=1 << 20, description=(
+        "weights sharing one fp16 scale and one packed zero point, along the input dimension"))
+    method: Literal["gptq", "awq"] = Field("gptq", description=(
+        "packing: gptq (qweight, scales, qzeros, int32 g_idx) or awq (no g_idx)"))
+
+
 class Inference(Spec):
     """Offline generation: prefill the prompt, then decode gen_len tokens for a batch."""
 
@@ -101,6 +129,12 @@ class Inference(Spec):
     prefill_chunk: int | None = Field(None, ge=1, description=(
         "prefill the prompt in chunks of this many tokens (must divide prompt_len); activations "
         "are sized by the chunk"))
+    kv_cache_dtype: KVCacheDtype | None = Field(None, description=_KV_DTYPE_DESC)
+
+    @model_validator(mode="after")
+    def _kv_dtype(self) -> Inference:
+        _kv_cache_dtype(self)
+        return self
 
 
 class Arrival(Spec):
@@ -186,11 +220,13 @@ class Serving(Spec):
                                                 "gpu_memory_utilization, max_num_batched_tokens, "
                                                 "max_num_seqs, preemption_mode, kv_cache_dtype, dtype)")
     kv_bits: Literal[16, 8, 4, 2] = Field(16, description="bits per KV-cache element")
+    kv_cache_dtype: KVCacheDtype | None = Field(None, description=_KV_DTYPE_DESC)
     kv_cache: KVCache | None = Field(None, description="prefix caching across requests (off when absent)")
     dtype: Precision = Field("fp16", description="weights and activations dtype")
 
     @model_validator(mode="after")
     def _lengths(self) -> Serving:
+        _kv_cache_dtype(self)
         if self.arrival.process is not None and (self.prompt_len is None or self.output_len is None):
             raise ValueError("Poisson arrivals need prompt_len and output_len distributions")
         return self
@@ -205,6 +241,9 @@ class Workload(Spec):
     training: Training | None = Field(None, description="a training step")
     inference: Inference | None = Field(None, description="offline batched generation")
     serving: Serving | None = Field(None, description="online serving of a request stream")
+    weights: Weights | None = Field(None, description=(
+        "quantize the model's weights: {bits: 4, group_size: 128} (replaces a config's "
+        "quantization_config)"))
     _source: str | None = PrivateAttr(None)  # the YAML file it came from (relative paths resolve there)
 
     @model_validator(mode="after")

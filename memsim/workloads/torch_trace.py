@@ -16,6 +16,8 @@ reduction of the output) runs and records it:
 Tensor classes (lifetimes then follow from op order, by the rules in ``trace.py``):
 
 * ``weight``: parameters, buffers, and any other tensor the module held before forward began;
+* ``kv``: a buffer forward stores values into (``copy_``, ``index_copy_``, ``index_put_``: a KV
+  cache, an SSM's conv and recurrent state); in-place counters and running statistics stay weights;
 * ``grad``: the storages the parameters' ``.grad`` point to after backward;
 * ``activation``: the inputs and what forward produces and something reads after the next op
   (saved for backward, residual streams, the module's outputs);
@@ -563,9 +565,15 @@ def _classify(rec: _Recording, outputs: set[int]) -> dict[int, str]:
     for i, op in enumerate(rec.ops):
         for k in op.inputs:
             last_read[k] = i
+    # state the module holds and its forward stores computed values into (a KV cache, an SSM's
+    # conv and recurrent state) is cache, not weights: class kv, as the config path counts it.
+    # Counters and running statistics updated in place (batch norm) stay weights.
+    written = {k for op in rec.ops if op.phase == "forward" and op.aten in CACHE_WRITES for k in op.outputs}
     classes = {}
     for k, s in rec.storages.items():
-        if s.origin in ("weight", "const"):
+        if s.origin == "weight" and k in written:
+            classes[k] = "kv"
+        elif s.origin in ("weight", "const"):
             classes[k] = "weight"
         elif s.origin == "grad":
             classes[k] = "grad"
@@ -576,6 +584,10 @@ def _classify(rec: _Recording, outputs: set[int]) -> dict[int, str]:
         else:
             classes[k] = "activation"
     return classes
+
+
+CACHE_WRITES = frozenset(("copy_", "index_copy_", "index_copy", "index_put_", "index_put", "scatter_",
+                          "slice_scatter", "select_scatter"))  # ops that store values into a tensor
 
 
 def _kind(rec: _Recording, index: int) -> str:
@@ -591,7 +603,7 @@ def _meta(trace: Trace, module: nn.Module, inputs: Sequence[InputSpec], train: b
     is_ids = len(first) == 2 and inputs[0].dtype is not None and not inputs[0].dtype.is_floating_point
     peak_act = peak_live_bytes(trace, ("activation", "workspace"))
     per_device = {"weights": by_class["weight"], "gradients": by_class["grad"], "optimizer": 0,
-                  "activations": peak_act, "kv_cache": 0}
+                  "activations": peak_act, "kv_cache": by_class["kv"]}
     per_device["total"] = sum(per_device.values())
     return {
         "source": "torch tracer (meta device, torch.utils.flop_counter FLOPs)",

@@ -128,6 +128,11 @@ class TokenCosts:
     kv_bytes_per_token: int  # KV bytes one token adds across all layers
     activation_bytes_per_token: int  # transient activation bytes per new token (peak layer)
     layers: int
+    # MoE: bytes of the routed experts among ``weight_bytes``; an iteration of n tokens reads
+    # E·(1-(1-k/E)^n) of the E experts (memsim.workloads.moe.weight_bytes_read)
+    routed_expert_bytes: int = 0
+    experts: int = 0
+    experts_per_token: int = 0
 
 
 @dataclass
