@@ -14,6 +14,7 @@ import time
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan, trace_fingerprint
+from memsim.sim.parallel import is_parallel, simulate_parallel
 from memsim.sim.report import diagnose
 from memsim.sim.result import OOM, Result, ServingStats
 from memsim.sim.timeline import write_timeline
@@ -49,6 +50,8 @@ def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
         from memsim.sim.serving import simulate_serving
 
         result = simulate_serving(view, trace, plan, timeline=timeline)
+    elif trace.kind == "training" and is_parallel(trace.meta):
+        result = simulate_parallel(system, trace, plan)
     else:
         from memsim.sim.engine import StepEngine
         from memsim.sim.program import build_program

@@ -69,6 +69,9 @@ class Result:
     # non-tensor bytes held from t=0, per tier and line (cuda_context, cublas_workspace, nccl,
     # allocator; memsim.sim.overheads); included in peak_bytes
     reserved_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
+    # training under a parallel layout (memsim.sim.parallel): per-GPU peak and its rank, mfu,
+    # bubble fraction, exposed communication, per stage; None for a single data-parallel rank
+    parallel: dict | None = None
 
     def to_dict(self) -> dict:
         out = asdict(self)

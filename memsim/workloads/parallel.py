@@ -231,9 +231,8 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
     """Validate a training spec's layout and account its busiest rank (the trace's ``parallel``
     metadata): per-GPU model states and activations of the stage that holds the most, and which.
 
-    Byte accounting only: the op trace still simulates one data-parallel rank of the whole
-    model, so tensor/pipeline/context/expert degrees above 1 are reported, not yet scheduled.
-    LoRA adapters' own states are left out here (the trace counts them)."""
+    Beyond data parallelism the summary carries ``work``: one rank's kernels and collectives per
+    pipeline stage (memsim.workloads.parallel_work), which memsim.sim.parallel schedules. LoRA adapters' own states are left out here (the trace counts them)."""
     lay = layout_of(t)
     validate_layout(arch, lay, seq_len=t.seq_len, file=file)
     e = DTYPE_BYTES[t.precision]
@@ -247,8 +246,18 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
                           "optimizer": states.optimizer, "activations": acts,
                           "total": states.total + acts})
     busiest = max(per_stage, key=lambda r: (r["total"], -r["stage"]))
-    return {"tensor": lay.tensor, "pipeline": lay.pipeline, "data": lay.data, "context": lay.context,
-            "expert": lay.expert, "sequence_parallel": lay.sequence_parallel,
-            "pipeline_schedule": t.pipeline_schedule, "gpus": lay.gpus,
-            "busiest_rank": {"stage": busiest["stage"], "bytes": busiest["total"]},
-            "per_stage": per_stage, "scheduled": lay.gpus == lay.data}
+    if t.pipeline_schedule == "interleaved" and arch.layers % (lay.pipeline * t.virtual_stages):
+        raise SpecError(f"pipeline × virtual_stages = {lay.pipeline * t.virtual_stages} must divide the "
+                        f"{arch.layers} layers of {arch.name}", file=file, key="training.virtual_stages")
+    out = {"tensor": lay.tensor, "pipeline": lay.pipeline, "data": lay.data, "context": lay.context,
+           "expert": lay.expert, "sequence_parallel": lay.sequence_parallel,
+           "pipeline_schedule": t.pipeline_schedule, "virtual_stages": t.virtual_stages, "gpus": lay.gpus,
+           "busiest_rank": {"stage": busiest["stage"], "bytes": busiest["total"]},
+           "per_stage": per_stage, "scheduled": True}
+    if lay.gpus != lay.data or lay.expert > 1:  # beyond data parallelism: memsim.sim.parallel runs it
+        from memsim.workloads.parallel_work import rank_work
+
+        out["work"] = rank_work(arch, lay, micro_batch=t.micro_batch, seq_len=t.seq_len,
+                                microbatches=t.grad_accum, precision=t.precision, optimizer=t.optimizer,
+                                zero_stage=t.zero_stage, flash=t.flash_attention, trainable=t.lora is None)
+    return out
