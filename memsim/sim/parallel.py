@@ -301,7 +301,7 @@ def _stage_memory(work: dict, i: int, layout: Layout, inflight: int, plan: Plan,
     base = reserved.get(hbm, {})
     all_lines = {**base, **lines}
     total = sum(tensors) + sum(all_lines.values())
-    return {"stage": i, "weights": states["weights"], "grads": states["grads"], "optimizer": states["optimizer"],
+    return {"stage": i, **states,
             "activations": int(acts), "workspace": int(workspace), "inflight_microbatches": inflight,
             "lines": all_lines, "hbm": int(total), "off": {k: int(v) for k, v in on.items()}}
 
@@ -321,8 +321,8 @@ def _result(trace, system, view, layout, work, pipe, fwd_s, bwd_s, step, memory,
     for tier in sorted(peak):
         if peak[tier] > cap[tier]:
             who = busiest if tier == hbm else max(memory, key=lambda m: m["off"].get(tier, 0))
-            largest = sorted(((k, who[k]) for k in ("weights", "grads", "optimizer", "activations", "workspace")),
-                             key=lambda kv: -kv[1])
+            parts = ("weights", "grads", "optimizer", "activations", "workspace")
+            largest = sorted(((k, who[k]) for k in parts), key=lambda kv: -kv[1])
             oom = OOM(tier, 0.0, f"stage {who['stage']} (rank {who['stage'] * layout.gpus // p})",
                       peak[tier], cap[tier], largest[:3])
             break
@@ -342,8 +342,8 @@ def _result(trace, system, view, layout, work, pipe, fwd_s, bwd_s, step, memory,
     global_tokens = tokens * layout.data
     parallel = {
         "layout": {"tensor": layout.tensor, "pipeline": p, "data": layout.data, "context": layout.context,
-                   "expert": layout.expert, "sequence_parallel": layout.sequence_parallel, "gpus": layout.gpus,
-                   "nodes": -(-layout.gpus // system.gpu.count)},
+                   "expert": layout.expert, "sequence_parallel": layout.sequence_parallel,
+                   "gpus": layout.gpus, "nodes": -(-layout.gpus // system.gpu.count)},
         "per_gpu_peak_bytes": busiest["hbm"],
         "busiest_rank": {"rank": busiest["stage"] * (layout.gpus // p), "stage": busiest["stage"],
                          "bytes": busiest["hbm"]},
@@ -363,7 +363,8 @@ def _result(trace, system, view, layout, work, pipe, fwd_s, bwd_s, step, memory,
              + (f", EP {layout.expert}" if layout.expert > 1 else "")]
     return Result(
         feasible=oom is None, step_time_s=step, tokens_per_s=tokens / step if step > 0 else 0.0,
-        tokens_per_step=tokens, mfu=parallel["mfu"], peak_bytes=peak, mean_bytes={k: float(v) for k, v in peak.items()},
+        tokens_per_step=tokens, mfu=parallel["mfu"], peak_bytes=peak,
+        mean_bytes={k: float(v) for k, v in peak.items()},
         capacity_bytes=cap, link_busy={},
         breakdown={"compute": compute, "recompute": recompute, "exposed_transfer": exposed,
                    "memory_wait": 0.0, "cpu": 0.0, "pipeline_bubble": bubble_s, "step_tail": max(0.0, tail)},

@@ -232,7 +232,8 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
     metadata): per-GPU model states and activations of the stage that holds the most, and which.
 
     Beyond data parallelism the summary carries ``work``: one rank's kernels and collectives per
-    pipeline stage (memsim.workloads.parallel_work), which memsim.sim.parallel schedules. LoRA adapters' own states are left out here (the trace counts them)."""
+    pipeline stage (memsim.workloads.parallel_work), which memsim.sim.parallel schedules. LoRA
+    adapters' own states are left out here (the trace counts them)."""
     lay = layout_of(t)
     validate_layout(arch, lay, seq_len=t.seq_len, file=file)
     e = DTYPE_BYTES[t.precision]
