@@ -338,8 +338,9 @@ def _result(trace, system, view, layout, work, pipe, fwd_s, bwd_s, step, memory,
         0.0, b.end - b.compute_s - b.recompute_s)
     tail = step - pipe.step_time
     bubble_s = max(0.0, pipe.step_time - micro * (f.end + b.end))
-    tokens = int(meta.get("tokens_per_step") or 0)
-    global_tokens = tokens * layout.data
+    # the job's tokens: every data-parallel replica's micro-batches (what a cluster's cost buys)
+    tokens = int(meta.get("tokens_per_step") or 0) * layout.data
+    global_tokens = tokens
     parallel = {
         "layout": {"tensor": layout.tensor, "pipeline": p, "data": layout.data, "context": layout.context,
                    "expert": layout.expert, "sequence_parallel": layout.sequence_parallel,
