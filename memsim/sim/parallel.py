@@ -147,7 +147,8 @@ def _recomputed(layer_fwd: list[dict]) -> list[dict]:
 def stage_passes(work: dict, stage: int, stages: int, plan: Plan, hbm: str, last_micro: bool,
                  ) -> tuple[list[dict], list[dict]]:
     """The forward and backward op lists of one micro-batch on ``stage``."""
-    n = work["layers_per_stage"]
+    n = work["stages"][stage]["layers"]
+    first = sum(st["layers"] for st in work["stages"][:stage])
     syncs = work["stages"][stage]["grad_sync"]
     fwd, bwd = [], []
     if stage == 0:
@@ -159,7 +160,7 @@ def stage_passes(work: dict, stage: int, stages: int, plan: Plan, hbm: str, last
               "mode": "prefetch"}] if w_off > 0 else []
     act_bytes = work["layer_activation_bytes"]
     for j in range(n):
-        layer = stage * n + j
+        layer = first + j
         policy = plan.policy(layer)
         fwd += fetch + work["layer_fwd"]
         if policy == "offload":
@@ -167,7 +168,7 @@ def stage_passes(work: dict, stage: int, stages: int, plan: Plan, hbm: str, last
     if stage == stages - 1:
         fwd += work["head_fwd"]
     for j in reversed(range(n)):
-        layer = stage * n + j
+        layer = first + j
         policy = plan.policy(layer)
         if policy == "recompute":
             bwd += _recomputed(work["layer_fwd"])
@@ -262,7 +263,8 @@ def _off(plan: Plan, cls: str, hbm: str) -> tuple[float, str | None]:
 def _stage_memory(work: dict, i: int, layout: Layout, inflight: int, plan: Plan, system: System,
                   view: System, hbm: str) -> dict:
     """Bytes one rank of stage ``i`` holds at its peak, per tier, with the lines parallelism adds."""
-    st, n = work["stages"][i], work["layers_per_stage"]
+    st = work["stages"][i]
+    n, first = st["layers"], sum(x["layers"] for x in work["stages"][:i])
     on: dict[str, float] = {}
     states = {"weights": st["weights"], "grads": st["grads"], "optimizer": st["optimizer"]}
     for key, cls in (("weights", "weight"), ("grads", "grad"), ("optimizer", "optimizer")):
@@ -272,7 +274,7 @@ def _stage_memory(work: dict, i: int, layout: Layout, inflight: int, plan: Plan,
         if tier is not None and frac > 0:
             on[tier] = on.get(tier, 0) + frac * states[key]
             states[key] = int(states[key] * (1 - frac))
-    layers = range(i * n, (i + 1) * n)
+    layers = range(first, first + n)
     keep = sum(plan.policy(j) == "keep" for j in layers)
     rec = sum(plan.policy(j) == "recompute" for j in layers)
     offl = n - keep - rec

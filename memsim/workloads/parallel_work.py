@@ -180,7 +180,7 @@ def rank_work(arch: Architecture, layout: Layout, *, micro_batch: int, seq_len: 
     embed_fwd = [_gpu(embed, "forward", 0.0, embed.read + embed.written),
                  *([_comm("tp_embed_ar", "all_reduce", x, "tensor", "sync")] if t > 1 else [])]
     embed_bwd = [_gpu(embed, "backward", m * arch.hidden, 2 * embed.read)]
-    per_stage = arch.layers // p
+    counts = layout.stage_layers(arch.layers)
     stages = []
     for i in range(p):
         sp = stage_params(arch, layout, i)
@@ -188,12 +188,13 @@ def rank_work(arch: Architecture, layout: Layout, *, micro_batch: int, seq_len: 
                              optimizer=optimizer, trainable=trainable)
         local = sp.total
         opt_params = acc.shard(local, layout.dense_dp) if zero_stage >= 1 else local
+        per_stage = counts[i]
         syncs = [x for x in (grad_sync(sp.dense * e // per_stage, layout, zero_stage),
                              grad_sync(sp.expert * e // per_stage, layout, zero_stage, "expert_data",
                                        layout.expert_dp) if sp.expert else None) if x] if trainable else []
         stages.append({
-            "stage": i, "params": local, "weights": states.weights, "grads": states.grads,
-            "optimizer": states.optimizer,
+            "stage": i, "layers": per_stage, "params": local, "weights": states.weights,
+            "grads": states.grads, "optimizer": states.optimizer,
             "grad_sync": syncs,  # per layer, behind each layer's backward
             "opt_flops": float(acc.optimizer_flops_per_param(optimizer) * opt_params) if trainable else 0.0,
             "opt_bytes": float(states.optimizer + 2 * opt_params * e) if trainable else 0.0,
@@ -203,7 +204,7 @@ def rank_work(arch: Architecture, layout: Layout, *, micro_batch: int, seq_len: 
     act = layer_activation_bytes(arch, layout, b, s, e, flash)
     seq_shard = layout.sequence_parallel and t > 1
     return {
-        "layers_per_stage": per_stage, "microbatches": microbatches, "dtype": precision,
+        "microbatches": microbatches, "dtype": precision,
         "layer_fwd": fwd, "layer_bwd": bwd, "head_fwd": head_fwd, "head_bwd": head_bwd,
         "embed_fwd": embed_fwd, "embed_bwd": embed_bwd, "stages": stages,
         "p2p_bytes": float(acc.shard(m * arch.hidden * e, t) if seq_shard else m * arch.hidden * e),

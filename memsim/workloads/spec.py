@@ -75,6 +75,11 @@ class Training(Spec):
     virtual_stages: int = Field(1, ge=1, description="model chunks per pipeline stage (interleaved)")
     sequence_parallel: bool = Field(False, description="Megatron sequence parallelism (splits the "
                                                        "activations TP keeps whole)")
+    pipeline_first_layers: int = Field(0, ge=0, description=(
+        "layers of the first pipeline stage, the rest even over the others (Megatron-Core's "
+        "decoder_first_pipeline_num_layers; 0: an even split)"))
+    pipeline_last_layers: int = Field(0, ge=0, description=(
+        "layers of the last pipeline stage (decoder_last_pipeline_num_layers; 0: an even split)"))
 
     @model_validator(mode="after")
     def _data_alias(self) -> Training:
