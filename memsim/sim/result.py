@@ -45,6 +45,8 @@ class ServingStats:
     largest_request_tokens: int = 0  # prompt + output of the longest request
     prefix_hit_rate: float = 0.0  # prompt tokens served from the prefix cache / prompt tokens
     prefix_hits_by_tier: dict[str, int] = field(default_factory=dict)  # those tokens per tier
+    kv_blocks: int = 0  # KV blocks of one GPU's pool (vLLM's "# GPU blocks", per worker)
+    kv_pool_bytes: int = 0  # bytes of that pool on kv_pool_tier
 
 
 @dataclass

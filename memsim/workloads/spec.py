@@ -179,6 +179,13 @@ class KVCache(Spec):
         return {name: parse_bytes(size) for name, size in tiers.items()} if tiers else tiers
 
 
+class ServingParallel(Spec):
+    """How vLLM splits the model: tensor-parallel ranks within a node, pipeline stages."""
+
+    tensor: int = Field(1, ge=1, description="tensor-parallel degree (vLLM tensor_parallel_size)")
+    pipeline: int = Field(1, ge=1, description="pipeline stages (vLLM pipeline_parallel_size)")
+
+
 class Serving(Spec):
     """Online serving of a stream of requests."""
 
@@ -189,10 +196,13 @@ class Serving(Spec):
     scheduler: Scheduler = Field(default_factory=Scheduler, description="batching scheduler and paged KV")
     vllm: dict | None = Field(None, description="vLLM engine args (block_size, swap_space, "
                                                 "gpu_memory_utilization, max_num_batched_tokens, "
-                                                "max_num_seqs, preemption_mode, kv_cache_dtype, dtype)")
+                                                "max_num_seqs, preemption_mode, kv_cache_dtype, dtype, "
+                                                "tensor_parallel_size, pipeline_parallel_size)")
     kv_bits: Literal[16, 8, 4, 2] = Field(16, description="bits per KV-cache element")
     kv_cache: KVCache | None = Field(None, description="prefix caching across requests (off when absent)")
     dtype: Precision = Field("fp16", description="weights and activations dtype")
+    parallel: ServingParallel = Field(default_factory=lambda: ServingParallel(), description=(
+        "tensor and pipeline degrees (vLLM's tensor_parallel_size, pipeline_parallel_size)"))
 
     @model_validator(mode="after")
     def _lengths(self) -> Serving:

@@ -128,6 +128,11 @@ class TokenCosts:
     kv_bytes_per_token: int  # KV bytes one token adds across all layers
     activation_bytes_per_token: int  # transient activation bytes per new token (peak layer)
     layers: int
+    # tensor / pipeline parallelism (memsim.workloads.parallel_serving): the bytes and FLOPs above
+    # are then one GPU's share; each layer all-reduces tp_comm_bytes_per_token per new token twice
+    tp: int = 1
+    pp: int = 1
+    tp_comm_bytes_per_token: int = 0
 
 
 @dataclass
