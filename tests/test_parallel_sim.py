@@ -59,7 +59,8 @@ def test_rank_work_stage_states_and_sends():
     s0, s1 = work["stages"]
     assert (s0["params"], s1["params"]) == (2 * 304 + 128, 2 * 304 + 8 + 128)  # test_tp2_pp2_by_hand
     assert s1["optimizer"] == 744 * 12 // 2  # ZeRO-1 over 2 data ranks
-    assert work["p2p_bytes"] == 2 * 4 * 8 * 2  # one micro-batch's hidden states
+    # each TP rank sends half of one micro-batch's hidden states (scatter/gather), re-gathered on NVLink
+    assert (work["p2p_bytes"], work["p2p_gather_bytes"]) == (2 * 4 * 8 * 2 / 2, 2 * 4 * 8 * 2)
     assert s0["param_gather"] == 736 * 2  # ZeRO-1 re-gathers the updated bf16 weights
     assert [g["coll"] for g in s0["grad_sync"]] == ["all_reduce"]
 

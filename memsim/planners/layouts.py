@@ -153,7 +153,7 @@ def _rebuilt(workload: Workload, degrees: dict, zero: int, grad_accum: int):
     return with_work(trace, w)
 
 
-def with_work(trace, workload: Workload):
+def with_work(trace, workload: Workload, arch=None):
     """Make sure the trace carries its rank work (a pure data-parallel layout has none by default,
     as the single-rank engine runs it); the layout search simulates every layout the same way."""
     par = trace.meta["parallel"]
@@ -163,10 +163,12 @@ def with_work(trace, workload: Workload):
         from memsim.workloads.parallel_work import rank_work
 
         t = workload.training
-        par["work"] = rank_work(workload_architecture(workload), layout_of(t), micro_batch=t.micro_batch,
+        arch = arch if arch is not None else workload_architecture(workload)
+        par["work"] = rank_work(arch, layout_of(t), micro_batch=t.micro_batch,
                                 seq_len=t.seq_len, microbatches=t.grad_accum, precision=t.precision,
                                 optimizer=t.optimizer, zero_stage=t.zero_stage, flash=t.flash_attention,
                                 trainable=t.lora is None)
+        par["work"]["overlap_grad_reduce"] = t.overlap_grad_reduce
     trace.workload_spec = workload
     return trace
 

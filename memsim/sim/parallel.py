@@ -159,6 +159,8 @@ def stage_passes(work: dict, stage: int, stages: int, plan: Plan, hbm: str, last
     fetch = [{"unit": "copy", "name": "weight_fetch", "bytes": w_off * work["layer_weight_bytes"],
               "mode": "prefetch"}] if w_off > 0 else []
     act_bytes = work["layer_activation_bytes"]
+    reduce_now = last_micro or any(s["coll"] == "reduce_scatter" for s in syncs)
+    overlap = work.get("overlap_grad_reduce", False)
     for j in range(n):
         layer = first + j
         policy = plan.policy(layer)
@@ -175,10 +177,12 @@ def stage_passes(work: dict, stage: int, stages: int, plan: Plan, hbm: str, last
         elif policy == "offload":
             bwd.append({"unit": "copy", "name": "act_fetch", "bytes": act_bytes, "mode": "prefetch"})
         bwd += fetch + work["layer_bwd"]
-        if last_micro or any(s["coll"] == "reduce_scatter" for s in syncs):
+        if reduce_now and overlap:  # bucketed behind each layer's backward
             bwd += syncs
     if stage == 0:
         bwd += work["embed_bwd"]
+    if reduce_now and not overlap:  # one reduction of the stage's gradients after its backward
+        bwd += [dict(s, bytes=s["bytes"] * n, mode="sync") for s in syncs]
     return fwd, bwd
 
 
@@ -220,17 +224,22 @@ def simulate_parallel(system: System, trace, plan: Plan) -> Result:
         fwd_s[r], bwd_s[r], last_runs[r] = f, b, bl
         events += f.events + b.events + bl.events
     _size, stride = group_shape(layout)["pipeline"]
-    p2p = collective_time(system, "send_recv", work["p2p_bytes"], 2, stride) if p > 1 else 0.0
+    p2p = 0.0
+    if p > 1:
+        p2p = collective_time(system, "send_recv", work["p2p_bytes"], 2, stride)
+        if work.get("p2p_gather_bytes"):
+            p2p += cost({"unit": "comm", "coll": "all_gather", "bytes": work["p2p_gather_bytes"],
+                         "group": "tensor"})
     pipe = simulate_pipeline(p, micro, [fwd_s[role_of(i, p)].end for i in range(p)],
                              [bwd_s[role_of(i, p)].end for i in range(p)], p2p,
                              schedule=par.get("pipeline_schedule", "1f1b"),
-                             chunks=int(par.get("virtual_stages", 1) or 1))
+                             chunks=int(par.get("virtual_stages", 1) or 1), blocking_p2p=True)
     events += len(pipe.events)
     finish = []
     for i in range(p):
         r = role_of(i, p)
-        last_b = max(e.end for e in pipe.events if e.stage == i and e.kind == "B")
-        tail = last_runs[r].async_end - last_runs[r].end
+        last_b = pipe.last_backward_end[i]
+        tail = max(0.0, last_runs[r].async_end - bwd_s[r].end)  # the last backward's gradient reduction
         finish.append(last_b + tail + _optimizer_s(work["stages"][i], system, view, plan, cost, hbm))
     step = max(finish)
     memory = [_stage_memory(work, i, layout, pipe.peak_inflight[i], plan, system, view, hbm)

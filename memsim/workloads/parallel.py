@@ -280,4 +280,5 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
         out["work"] = rank_work(arch, lay, micro_batch=t.micro_batch, seq_len=t.seq_len,
                                 microbatches=t.grad_accum, precision=t.precision, optimizer=t.optimizer,
                                 zero_stage=t.zero_stage, flash=t.flash_attention, trainable=t.lora is None)
+        out["work"]["overlap_grad_reduce"] = t.overlap_grad_reduce
     return out

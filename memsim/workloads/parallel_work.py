@@ -207,7 +207,10 @@ def rank_work(arch: Architecture, layout: Layout, *, micro_batch: int, seq_len: 
         "microbatches": microbatches, "dtype": precision,
         "layer_fwd": fwd, "layer_bwd": bwd, "head_fwd": head_fwd, "head_bwd": head_bwd,
         "embed_fwd": embed_fwd, "embed_bwd": embed_bwd, "stages": stages,
-        "p2p_bytes": float(acc.shard(m * arch.hidden * e, t) if seq_shard else m * arch.hidden * e),
+        # each TP rank sends its 1/t of the activations: the sequence shard under SP, else
+        # Megatron's scatter/gather optimisation (Narayanan et al. 2021 §4.1), re-gathered on NVLink
+        "p2p_bytes": float(acc.shard(m * arch.hidden * e, t)),
+        "p2p_gather_bytes": 0.0 if seq_shard or t == 1 else float(m * arch.hidden * e),
         "layer_activation_bytes": act,
         # under full recompute a layer keeps only its input (sequence-sharded under SP)
         "layer_input_bytes": acc.shard(m * arch.hidden * e, t) if seq_shard else m * arch.hidden * e,

@@ -75,6 +75,10 @@ class Training(Spec):
     virtual_stages: int = Field(1, ge=1, description="model chunks per pipeline stage (interleaved)")
     sequence_parallel: bool = Field(False, description="Megatron sequence parallelism (splits the "
                                                        "activations TP keeps whole)")
+    overlap_grad_reduce: bool = Field(False, description=(
+        "reduce each layer's gradients over the data-parallel group while the backward goes on "
+        "(Megatron-LM's --overlap-grad-reduce, off by default there; DeepSpeed's overlap_comm, "
+        "FSDP's default); off: one reduction after the backward"))
     pipeline_first_layers: int = Field(0, ge=0, description=(
         "layers of the first pipeline stage, the rest even over the others (Megatron-Core's "
         "decoder_first_pipeline_num_layers; 0: an even split)"))
