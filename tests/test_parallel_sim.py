@@ -62,7 +62,7 @@ def test_rank_work_stage_states_and_sends():
     # each TP rank sends half of one micro-batch's hidden states (scatter/gather), re-gathered on NVLink
     assert (work["p2p_bytes"], work["p2p_gather_bytes"]) == (2 * 4 * 8 * 2 / 2, 2 * 4 * 8 * 2)
     assert s0["param_gather"] == 736 * 2  # ZeRO-1 re-gathers the updated bf16 weights
-    assert [g["coll"] for g in s0["grad_sync"]] == ["all_reduce"]
+    assert [g["coll"] for g in s0["grad_sync"]] == ["reduce_scatter"]  # the sharded optimizer's shard
 
 
 def test_run_pass_streams_step_by_step():

@@ -159,7 +159,7 @@ def stage_passes(work: dict, stage: int, stages: int, plan: Plan, hbm: str, last
     fetch = [{"unit": "copy", "name": "weight_fetch", "bytes": w_off * work["layer_weight_bytes"],
               "mode": "prefetch"}] if w_off > 0 else []
     act_bytes = work["layer_activation_bytes"]
-    reduce_now = last_micro or any(s["coll"] == "reduce_scatter" for s in syncs)
+    reduce_now = last_micro or work.get("zero_stage", 0) >= 2
     overlap = work.get("overlap_grad_reduce", False)
     for j in range(n):
         layer = first + j
@@ -295,7 +295,7 @@ def _stage_memory(work: dict, i: int, layout: Layout, inflight: int, plan: Plan,
     workspace = 0
     if work["layer_weight_bytes"] and any(o["name"] == "zero3_gather" for o in work["layer_fwd"]):
         workspace += 2 * work["layer_weight_bytes"]  # the layer in use and the one prefetched
-    if any(s["coll"] == "reduce_scatter" for s in st["grad_sync"]):
+    if work.get("zero_stage", 0) >= 2 and st["grad_sync"]:
         workspace += work["layer_weight_bytes"]  # a layer's full gradients before reduce-scatter
     if i == layout.pipeline - 1:
         workspace += 2 * work["logits_bytes"]  # fp32 logits and their gradient

@@ -19,8 +19,10 @@ Collectives per layer (Shoeybi et al. 2019; Korthikanti et al. 2022; Narayanan e
   backward (``sync``).
 * ZeRO-3: the layer's parameters are all-gathered over the data-parallel group before its
   forward and again before its backward, prefetched one layer ahead (``mode: prefetch``).
-* data: gradients are all-reduced (ZeRO 0–1) on the last micro-batch or reduce-scattered
-  (ZeRO 2–3) on each, bucketed per layer behind the backward (``mode: async``).
+* data: gradients are all-reduced (ZeRO 0) or reduce-scattered (ZeRO ≥ 1) on the last
+  micro-batch (ZeRO 0–1) or on each (ZeRO 2–3, which keeps no full gradients between them),
+  bucketed behind each layer's backward under ``overlap_grad_reduce`` (``mode: async``), else
+  once after the backward.
 * pipeline: the activations of a micro-batch go to the next stage and their gradients come
   back (``p2p_bytes``; with sequence parallelism each TP rank sends its sequence shard).
 """
@@ -146,7 +148,9 @@ def grad_sync(params_bytes: int, layout: Layout, zero_stage: int, group: str = "
     dp = layout.dense_dp if dp is None else dp
     if dp <= 1:
         return None
-    coll = "reduce_scatter" if zero_stage >= 2 else "all_reduce"
+    # sharded optimizer states (ZeRO ≥ 1, Megatron's distributed optimizer): each rank needs only
+    # its shard of the reduced gradients, and gathers the updated weights after the step
+    coll = "reduce_scatter" if zero_stage >= 1 else "all_reduce"
     return _comm("dp_" + coll, coll, params_bytes, group, "async")
 
 
@@ -204,7 +208,7 @@ def rank_work(arch: Architecture, layout: Layout, *, micro_batch: int, seq_len: 
     act = layer_activation_bytes(arch, layout, b, s, e, flash)
     seq_shard = layout.sequence_parallel and t > 1
     return {
-        "microbatches": microbatches, "dtype": precision,
+        "microbatches": microbatches, "dtype": precision, "zero_stage": zero_stage,
         "layer_fwd": fwd, "layer_bwd": bwd, "head_fwd": head_fwd, "head_bwd": head_bwd,
         "embed_fwd": embed_fwd, "embed_bwd": embed_bwd, "stages": stages,
         # each TP rank sends its 1/t of the activations: the sequence shard under SP, else
