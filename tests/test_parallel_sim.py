@@ -158,3 +158,43 @@ def test_simulate_json_keys_and_exit_3(tmp_path):
     out = subprocess.run([*cmd, *small], capture_output=True, text=True, timeout=300)
     assert out.returncode == 3, out.stderr
     assert json.loads(out.stdout)["feasible"] is False
+
+
+def test_zero_offload_moves_states_to_host_memory(dgx8):
+    from memsim.planners.layouts import policies
+
+    trace = build_trace(_workload())
+    keep, off = simulate(dgx8, trace), simulate(dgx8, trace, policies(dgx8)["zero-offload"])
+    stage = off.parallel["per_stage"][0]
+    assert stage["optimizer"] == 0 and stage["grads"] == 0  # homed in DRAM, stepped on the CPU
+    assert off.peak_bytes["hbm"] < keep.peak_bytes["hbm"] and off.peak_bytes["dram"] > 0
+
+
+def test_plan_picks_the_fastest_policy_and_names_the_smallest_change(dgx8):
+    from memsim.errors import Infeasible
+    from memsim.planners import plan
+
+    trace = build_trace(_workload())
+    report = plan(dgx8, trace)
+    steps = [b.step_time_s for b in report.baselines if b.feasible]
+    assert report.plan.planner.name == "parallel" and all(report.result.step_time_s <= s for s in steps)
+    assert report.to_dict()["parallel"]["busiest_rank"]["stage"] == 0
+    small = build_trace(_workload(parallel={"tensor": 1, "pipeline": 1, "data": 2, "context": 2}))
+    with pytest.raises(Infeasible) as err:
+        plan(dgx8, small)
+    d = err.value.diagnosis
+    assert d.shortfalls[0].tier == "hbm" and d.shortfalls[0].short_bytes > 0
+    assert any("training.parallel" in s and "fits with" in s for s in d.suggestions)
+
+
+@pytest.mark.slow
+def test_layout_search_returns_the_fastest_layout_beside_the_named_ones():
+    from memsim.planners.layouts import search_layouts
+
+    system = load_system("h100-sxm", ["hardware.nodes=2"])
+    w = Workload(name="l8", model="llama-3-8b", training={"seq_len": 2048, "zero_stage": 1})
+    found = search_layouts(system, w, global_batch=32, max_pipeline=4)
+    fits = [c for c in found if c.policy is not None]
+    assert fits and fits[0].result.step_time_s == min(c.result.step_time_s for c in fits)
+    assert {"megatron-tp8", "fsdp"} <= {c.named for c in found}
+    assert all(c.layout.gpus == 16 for c in found)

@@ -22,6 +22,7 @@ from memsim.hardware.spec import System
 from memsim.planners.plan import Plan, PlannerInfo, trace_fingerprint
 from memsim.units import fmt_bytes
 from memsim.workloads.parallel import Layout, validate_layout
+from memsim.workloads.parallel_work import with_work
 from memsim.workloads.spec import Workload
 
 
@@ -151,26 +152,6 @@ def _rebuilt(workload: Workload, degrees: dict, zero: int, grad_accum: int):
     except SpecError:
         return None
     return with_work(trace, w)
-
-
-def with_work(trace, workload: Workload, arch=None):
-    """Make sure the trace carries its rank work (a pure data-parallel layout has none by default,
-    as the single-rank engine runs it); the layout search simulates every layout the same way."""
-    par = trace.meta["parallel"]
-    if "work" not in par:
-        from memsim.workloads import workload_architecture
-        from memsim.workloads.parallel import layout_of
-        from memsim.workloads.parallel_work import rank_work
-
-        t = workload.training
-        arch = arch if arch is not None else workload_architecture(workload)
-        par["work"] = rank_work(arch, layout_of(t), micro_batch=t.micro_batch,
-                                seq_len=t.seq_len, microbatches=t.grad_accum, precision=t.precision,
-                                optimizer=t.optimizer, zero_stage=t.zero_stage, flash=t.flash_attention,
-                                trainable=t.lora is None)
-        par["work"]["overlap_grad_reduce"] = t.overlap_grad_reduce
-    trace.workload_spec = workload
-    return trace
 
 
 # -- the search over layouts -------------------------------------------------------------------

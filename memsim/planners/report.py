@@ -137,9 +137,9 @@ def plan(
 def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselines: bool,
           say: Progress) -> PlanReport:
     preset = load_preset(planner)
-    from memsim.sim.parallel import is_parallel
+    from memsim.sim.parallel import runs_here
 
-    if trace.kind == "training" and is_parallel(trace.meta):  # layouts beyond data parallelism
+    if runs_here(trace, system):  # layouts beyond data parallelism or one node
         from memsim.planners.layouts import plan_parallel
 
         return plan_parallel(system, trace, say)

@@ -14,7 +14,7 @@ import time
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan, trace_fingerprint
-from memsim.sim.parallel import is_parallel, simulate_parallel
+from memsim.sim.parallel import runs_here, simulate_parallel
 from memsim.sim.report import diagnose
 from memsim.sim.result import OOM, Result, ServingStats
 from memsim.sim.timeline import write_timeline
@@ -50,7 +50,7 @@ def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
         from memsim.sim.serving import simulate_serving
 
         result = simulate_serving(view, trace, plan, timeline=timeline)
-    elif trace.kind == "training" and is_parallel(trace.meta):
+    elif runs_here(trace, system):
         result = simulate_parallel(system, trace, plan)
     else:
         from memsim.sim.engine import StepEngine

@@ -37,6 +37,19 @@ def is_parallel(meta: dict) -> bool:
                                                                       "expert"))
 
 
+def runs_here(trace, system: System) -> bool:
+    """Whether this module simulates the training trace: its layout goes beyond data
+    parallelism, or its data-parallel ranks span more than one node (the single-rank engine
+    sees one node's GPUs; the network between nodes is this module's)."""
+    if trace.kind != "training":
+        return False
+    if is_parallel(trace.meta):
+        return True
+    par = trace.meta.get("parallel") or {}
+    per_node = system.gpu.count if system.gpu else 1
+    return int(par.get("gpus", 1)) > per_node and getattr(trace, "workload_spec", None) is not None
+
+
 def layout_from(par: dict) -> Layout:
     return Layout(tensor=par["tensor"], pipeline=par["pipeline"], data=par["data"], context=par["context"],
                   expert=par["expert"], sequence_parallel=par["sequence_parallel"])
@@ -207,6 +220,10 @@ def _host_rate(system: System, ranks: int) -> float:
 
 def simulate_parallel(system: System, trace, plan: Plan) -> Result:
     """One training step of a parallel layout (``trace.meta["parallel"]`` with its ``work``)."""
+    if "work" not in trace.meta["parallel"]:
+        from memsim.workloads.parallel_work import with_work
+
+        with_work(trace, trace.workload_spec)
     meta = trace.meta
     par = meta["parallel"]
     work = par["work"]
@@ -307,7 +324,7 @@ def _stage_memory(work: dict, i: int, layout: Layout, inflight: int, plan: Plan,
         lines["tp_comm_buffer"] = work["sp_buffer_bytes"]
     if layout.pipeline > 1:
         lines["pp_send_recv"] = int(2 * work["p2p_bytes"])
-    tensors = [st["weights"], st["grads"], st["optimizer"], int(acts), int(workspace)]
+    tensors = [states["weights"], states["grads"], states["optimizer"], int(acts), int(workspace)]
     reserved = reserved_lines(system, {"data_parallel": 1}, {hbm: [x for x in tensors if x]})
     base = reserved.get(hbm, {})
     all_lines = {**base, **lines}

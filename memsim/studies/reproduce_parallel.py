@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memsim.planners.layouts import with_work
 from memsim.planners.plan import Plan
 from memsim.sim.parallel import simulate_parallel
 from memsim.studies.reproduce import CaseResult, CaseSpec, Figure
 from memsim.studies.reproduce_cases import SIM, Say, _need, system_of
 from memsim.workloads.models import parse_config
+from memsim.workloads.parallel_work import with_work
 from memsim.workloads.spec import Workload
 from memsim.workloads.training import build_training
 

@@ -222,3 +222,22 @@ def rank_work(arch: Architecture, layout: Layout, *, micro_batch: int, seq_len: 
         "layer_weight_bytes": layer_weight_bytes(arch, layout, e),
         "sp_buffer_bytes": m * arch.hidden * e if seq_shard else 0,
     }
+
+
+def with_work(trace, workload, arch: Architecture | None = None):
+    """Make sure a training trace carries its rank work: a layout within data parallelism has
+    none by default (the single-rank engine runs it), but one spanning nodes, or one the layout
+    search compares with others, is run by memsim.sim.parallel like every other layout."""
+    par = trace.meta["parallel"]
+    if "work" not in par:
+        from memsim.workloads import workload_architecture
+        from memsim.workloads.parallel import layout_of
+
+        t = workload.training
+        arch = arch if arch is not None else workload_architecture(workload)
+        par["work"] = rank_work(arch, layout_of(t), micro_batch=t.micro_batch, seq_len=t.seq_len,
+                                microbatches=t.grad_accum, precision=t.precision, optimizer=t.optimizer,
+                                zero_stage=t.zero_stage, flash=t.flash_attention, trainable=t.lora is None)
+        par["work"]["overlap_grad_reduce"] = t.overlap_grad_reduce
+    trace.workload_spec = workload
+    return trace
