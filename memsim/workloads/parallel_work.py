@@ -81,6 +81,19 @@ def _tp_pair(layout: Layout, name: str, nbytes: int) -> tuple[list, list]:
     return [], [_comm(name + "_ar", "all_reduce", nbytes, "tensor", "sync")]
 
 
+def _with_attention_dropout(kernels: list[Kernel], scores: int, e: int) -> list[Kernel]:
+    """Attention-probability dropout as its own kernel after attention (unfused, as in Megatron's
+    2021 softmax → dropout → AV): it reads the probabilities and writes them with a one-byte
+    mask (Korthikanti et al. 2022 count the mask's a·s² bytes in the saved activations)."""
+    out = []
+    for k in kernels:
+        out.append(k)
+        if k.key == "attention":
+            out.append(Kernel("attn_dropout", "elementwise", float(scores), 0, scores * e, scores * (e + 1),
+                              (scores,)))
+    return out
+
+
 def layer_weight_bytes(arch: Architecture, layout: Layout, e: int) -> int:
     """One layer's parameters on one rank, in bytes of the training dtype."""
     t = layout.tensor
@@ -98,6 +111,8 @@ def layer_ops(arch: Architecture, layout: Layout, *, b: int, s: int, e: int, fla
     m = b * s_local
     rank_arch = sharded_arch(arch, t)
     kernels = layer_kernels(rank_arch, b, s_local, s, e, e, flash=flash)
+    if arch.dropout and not flash:  # training without a fused kernel: dropout on the probabilities
+        kernels = _with_attention_dropout(kernels, b * rank_arch.heads * s_local * s, e)
     x_bytes = m * arch.hidden * e  # the (full-sequence-shard) hidden states TP reduces
     kv_chunk = b * s_local * 2 * rank_arch.kv_dim * e
     ring = kv_chunk * c  # all K/V of the sequence, as an all-gather over the context group
