@@ -198,3 +198,16 @@ def test_layout_search_returns_the_fastest_layout_beside_the_named_ones():
     assert fits and fits[0].result.step_time_s == min(c.result.step_time_s for c in fits)
     assert {"megatron-tp8", "fsdp"} <= {c.named for c in found}
     assert all(c.layout.gpus == 16 for c in found)
+
+
+@pytest.mark.slow
+def test_405b_on_16k_gpus_recomputes_the_fewest_layers_that_fit():
+    from memsim.planners import plan
+    from memsim.workloads import load_trace
+
+    system = load_system("h100-sxm", ["hardware.nodes=2048"])
+    report = plan(system, load_trace("llama3-405b-pretrain"))
+    full = next(b for b in report.baselines if b.name == "checkpoint-full")
+    assert report.feasible and report.plan.layer_policy  # some layers kept, some recomputed
+    assert report.result.step_time_s < full.step_time_s
+    assert report.result.parallel["layout"]["gpus"] == 16384

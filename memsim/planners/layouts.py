@@ -52,9 +52,43 @@ def _simulate(system: System, trace, plan: Plan):
     return simulate_parallel(system, trace, plan)
 
 
+def partial_recompute(trace, k: int, base: Plan | None = None) -> Plan:
+    """Recompute the first ``k`` layers of every pipeline stage, keep the rest (selective
+    checkpointing by layer count, Megatron's --recompute-num-layers with the block method)."""
+    plan = Plan(**{**(base.__dict__ if base else {}), "layer_policy": {}, "planner": PlannerInfo()})
+    first = 0
+    for st in trace.meta["parallel"]["work"]["stages"]:
+        for j in range(min(k, st["layers"])):
+            plan.layer_policy[first + j] = "recompute"
+        first += st["layers"]
+    plan.planner = PlannerInfo(name=f"checkpoint-{k}-per-stage", status="heuristic")
+    return plan
+
+
+def _fewest_recomputed(system: System, trace, base: Plan) -> Tried | None:
+    """Bisect the fewest recomputed layers per stage that fit (memory falls as k grows)."""
+    most = max(st["layers"] for st in trace.meta["parallel"]["work"]["stages"])
+    lo, hi, best = 1, most - 1, None
+    while lo <= hi:
+        k = (lo + hi) // 2
+        plan = partial_recompute(trace, k, base)
+        r = _simulate(system, trace, plan)
+        if r.feasible:
+            best, hi = Tried(plan.planner.name, plan, r), k - 1
+        else:
+            lo = k + 1
+    return best
+
+
 def best_policy(system: System, trace) -> tuple[Tried | None, list[Tried]]:
-    """(fastest policy that fits, every policy tried) for one layout's trace."""
+    """(fastest policy that fits, every policy tried) for one layout's trace; when keeping every
+    layer's activations overflows but recomputing all fits, also the fewest layers to recompute."""
     tried = [Tried(n, p, _simulate(system, trace, p)) for n, p in policies(system).items()]
+    by = {t.name: t for t in tried}
+    if not by["resident"].result.feasible and by["checkpoint-full"].result.feasible:
+        partial = _fewest_recomputed(system, trace, Plan())
+        if partial is not None:
+            tried.append(partial)
     fits = [t for t in tried if t.result.feasible]
     return (min(fits, key=lambda t: t.result.step_time_s) if fits else None), tried
 
