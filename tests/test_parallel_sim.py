@@ -211,3 +211,17 @@ def test_405b_on_16k_gpus_recomputes_the_fewest_layers_that_fit():
     assert report.feasible and report.plan.layer_policy  # some layers kept, some recomputed
     assert report.result.step_time_s < full.step_time_s
     assert report.result.parallel["layout"]["gpus"] == 16384
+
+
+def test_context_and_expert_parallelism_divide_what_a_gpu_holds():
+    system = load_system("h100-sxm", ["hardware.nodes=2"])
+    recompute = Plan(activations="recompute")
+    cp = [simulate(system, build_trace(Workload(name="cp", model="llama-3-8b", training={
+        "seq_len": 65536, "zero_stage": 1, "parallel": {"tensor": 2, "context": c, "data": 8 // c}})),
+        recompute) for c in (1, 2)]
+    assert cp[1].peak_bytes["hbm"] < cp[0].peak_bytes["hbm"]  # half the sequence each
+    assert cp[1].parallel["exposed_comm_s"] > 0
+    ep = [simulate(system, build_trace(Workload(name="ep", model="mixtral-8x7b", training={
+        "seq_len": 4096, "zero_stage": 1, "parallel": {"tensor": 2, "pipeline": 2, "data": 4, "expert": e}})),
+        recompute).parallel["per_stage"][1]["weights"] for e in (1, 2)]
+    assert 0.45 < ep[1] / ep[0] < 0.6  # the experts split two ways; attention and norms stay
