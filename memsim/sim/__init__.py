@@ -51,7 +51,7 @@ def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
 
         result = simulate_serving(view, trace, plan, timeline=timeline)
     elif runs_here(trace, system):
-        result = simulate_parallel(system, trace, plan)
+        result = simulate_parallel(system, trace, plan, timeline)
     else:
         from memsim.sim.engine import StepEngine
         from memsim.sim.program import build_program

@@ -218,8 +218,9 @@ def _host_rate(system: System, ranks: int) -> float:
     return float("inf")
 
 
-def simulate_parallel(system: System, trace, plan: Plan) -> Result:
-    """One training step of a parallel layout (``trace.meta["parallel"]`` with its ``work``)."""
+def simulate_parallel(system: System, trace, plan: Plan, timeline: bool = False) -> Result:
+    """One training step of a parallel layout (``trace.meta["parallel"]`` with its ``work``);
+    ``timeline``: the pipeline's event log as Chrome-trace spans, one track per stage."""
     if "work" not in trace.meta["parallel"]:
         from memsim.workloads.parallel_work import with_work
 
@@ -261,7 +262,16 @@ def simulate_parallel(system: System, trace, plan: Plan) -> Result:
     step = max(finish)
     memory = [_stage_memory(work, i, layout, pipe.peak_inflight[i], plan, system, view, hbm)
               for i in range(p)]
-    return _result(trace, system, view, layout, work, pipe, fwd_s, bwd_s, step, memory, events, micro)
+    result = _result(trace, system, view, layout, work, pipe, fwd_s, bwd_s, step, memory, events, micro)
+    if timeline:
+        from memsim.sim.timeline import Recorder
+
+        rec = Recorder()
+        for e in pipe.events:
+            rec.span(f"stage {e.stage}", f"{e.kind}{e.micro}" + (f".{e.chunk}" if e.chunk else ""),
+                     e.start, e.end)
+        result.timeline = rec.finish()
+    return result
 
 
 def _optimizer_s(st: dict, system: System, view: System, plan: Plan, cost: Costs, hbm: str) -> float:
