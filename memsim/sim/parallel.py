@@ -50,6 +50,20 @@ def runs_here(trace, system: System) -> bool:
     return int(par.get("gpus", 1)) > per_node and getattr(trace, "workload_spec", None) is not None
 
 
+def single_rank_block(result: Result, trace, system: System) -> dict | None:
+    """The ``parallel`` keys for a step the single-rank engine ran (data parallelism within one
+    node): every rank is alike, so rank 0 is the busiest; there is no pipeline bubble; the
+    engine does not separate exposed collective time from other waits (``None``)."""
+    if trace.kind != "training" or system.gpu is None:
+        return None
+    par = trace.meta.get("parallel") or {}
+    peak = int(result.peak_bytes.get(system.gpu.memory, 0))
+    return {"layout": {k: par.get(k, 1) for k in ("tensor", "pipeline", "data", "context", "expert")}
+            | {"gpus": int(par.get("gpus", 1)), "nodes": 1},
+            "per_gpu_peak_bytes": peak, "busiest_rank": {"rank": 0, "stage": 0, "bytes": peak},
+            "bubble_fraction": 0.0, "exposed_comm_s": None, "mfu": result.mfu, "scheduled": False}
+
+
 def layout_from(par: dict) -> Layout:
     return Layout(tensor=par["tensor"], pipeline=par["pipeline"], data=par["data"], context=par["context"],
                   expert=par["expert"], sequence_parallel=par["sequence_parallel"])
