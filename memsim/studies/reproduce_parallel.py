@@ -2,7 +2,8 @@
 
 A case lists ``runs``: a GPT shape (heads, hidden, layers; a GPT-2 ``config.json`` is built
 from it with the case's vocabulary and sequence length), a layout (tensor, pipeline; data is
-the rest of ``gpus``), the global batch and the published achieved TFLOP/s per GPU. memsim's
+the rest of ``gpus``), the global batch, the run's own ``training`` keys if any (micro-batch,
+ZeRO stage) and the published achieved TFLOP/s per GPU. memsim's
 figure is the paper's own FLOP count (Narayanan et al. 2021, Eq. 3: 96·B·s·l·h²·(1 + s/6h +
 V/16lh), which counts the recomputed forward) over the simulated step time, per GPU: the
 published figure measured the same ratio on Selene.
@@ -45,8 +46,9 @@ def parallel(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
         arch = parse_config(config, name=f"gpt-{run['label']}", file=str(path))
         t, p, gpus = int(run["tensor"]), int(run["pipeline"]), int(run["gpus"])
         d = gpus // (t * p)
-        micro = int(training.get("micro_batch", 1))
-        job = {**training, "seq_len": seq, "grad_accum": int(run["global_batch"]) // (d * micro),
+        mine = {**training, **(run.get("training") or {})}  # a run may set its own micro-batch, ZeRO...
+        micro = int(mine.get("micro_batch", 1))
+        job = {**mine, "seq_len": seq, "grad_accum": int(run["global_batch"]) // (d * micro),
                "parallel": {"tensor": t, "pipeline": p, "data": d}}
         w = Workload.model_validate({"name": arch.name, "model": arch.name, "training": job})
         trace = with_work(build_training(w, arch), w, arch)
