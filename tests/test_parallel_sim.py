@@ -225,3 +225,20 @@ def test_context_and_expert_parallelism_divide_what_a_gpu_holds():
         "seq_len": 4096, "zero_stage": 1, "parallel": {"tensor": 2, "pipeline": 2, "data": 4, "expert": e}})),
         recompute).parallel["per_stage"][1]["weights"] for e in (1, 2)]
     assert 0.45 < ep[1] / ep[0] < 0.6  # the experts split two ways; attention and norms stay
+
+
+@pytest.mark.slow
+def test_plan_layouts_cli_returns_the_searched_layout(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text("name: l8\nmodel: llama-3-8b\ntraining:\n  seq_len: 2048\n  grad_accum: 2\n"
+                    "  zero_stage: 1\n  parallel: {data: 8}\n")
+    cmd = [sys.executable, "-m", "memsim", "plan", "-H", "h100-sxm", "-w", str(path), "--planner", "layouts",
+           "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["planner"]["name"] == "layouts" and doc["feasible"]
+    assert doc["parallel"]["layout"]["gpus"] == 8
+    assert any(b["name"].startswith(("megatron-tp8", "fsdp")) for b in doc["baselines"])
+    assert all(b["step_time_s"] is None or b["step_time_s"] >= doc["step_time_s"] for b in doc["baselines"])
+    assert "--set training.parallel.tensor=" in " ".join(doc["notes"])

@@ -274,3 +274,64 @@ def search_layouts(system: System, workload: Workload, *, global_batch: int, mic
             found[-1].named = named_layout(lay, zero, found[-1].policy, per_node)
     return sorted(found, key=lambda c: (c.policy is None, c.result.step_time_s if c.policy else
                                         c.result.parallel["per_gpu_peak_bytes"]))
+
+
+def _sets(c: Candidate) -> list[str]:
+    """The --set overrides that give the workload this candidate's layout."""
+    lay = c.layout
+    return [f"training.parallel.tensor={lay.tensor}", f"training.parallel.pipeline={lay.pipeline}",
+            f"training.parallel.data={lay.data}", f"training.zero_stage={c.zero_stage}",
+            f"training.micro_batch={c.micro_batch}", f"training.grad_accum={c.grad_accum}"]
+
+
+def plan_layouts(system: System, trace, options: dict, say=lambda _m: None):
+    """``plan --planner layouts``: the fastest layout that fits the cluster for the workload's
+    global batch (data × micro-batch × accumulation as given), beside the named layouts."""
+    from memsim.planners.mip import NotApplicable
+    from memsim.planners.report import Evaluated, PlanReport
+
+    workload = getattr(trace, "workload_spec", None)
+    if trace.kind != "training" or workload is None:
+        raise NotApplicable("the layout search needs a training workload (not a saved trace)")
+    t = workload.training
+    batch = int(options.get("global_batch") or t.parallel.data * t.micro_batch * t.grad_accum)
+    say(f"searching layouts of {system.gpu.count * system.nodes} GPUs for {batch} sequences a step")
+    found = search_layouts(system, workload, global_batch=batch,
+                           micro_batch=int(options.get("micro_batch", 1)),
+                           max_pipeline=int(options.get("max_pipeline", 16)))
+    fits = [c for c in found if c.policy is not None]
+    if not fits:
+        closest = min(found, key=lambda c: c.result.parallel["per_gpu_peak_bytes"]) if found else None
+        need = closest.result.parallel["per_gpu_peak_bytes"] if closest else 0
+        cap = system.tiers[system.gpu.memory].capacity
+        raise Infeasible(Diagnosis(
+            f"no layout of {system.gpu.count * system.nodes} GPUs fits {batch} sequences a step; the "
+            f"closest needs {fmt_bytes(need)} per GPU of {fmt_bytes(cap)}",
+            [Shortfall(system.gpu.memory, int(need), int(cap))],
+            [f"more GPUs: hardware.nodes={system.nodes * 2}"]))
+    best = fits[0]
+    named = {}
+    for c in found:
+        if c.named and c.named not in named:
+            named[c.named] = c
+    baselines = [Evaluated(f"{name} ({c.row()['layout']}, ZeRO {c.zero_stage})", None,
+                           c.result if c.policy else None,
+                           "" if c.policy else "no memory policy fits this layout")
+                 for name, c in named.items() if c is not best]
+    best_trace = _rebuilt(workload, {"tensor": best.layout.tensor, "pipeline": best.layout.pipeline,
+                                     "data": best.layout.data, "context": 1, "expert": 1},
+                          best.zero_stage, best.grad_accum)
+    _, tried = best_policy(system, best_trace)
+    plan = next(x.plan for x in tried if x.name == best.policy)
+    plan.planner = PlannerInfo(name="layouts", status="searched")
+    plan.workload, plan.fingerprint = best_trace.name, trace_fingerprint(best_trace)
+    plan.notes.append(f"fastest of {len(found)} simulated layouts ({len(fits)} fit): {best.row()['layout']}, "
+                      f"ZeRO {best.zero_stage}, {best.policy}; --set " + " --set ".join(_sets(best)))
+    return PlanReport(system, best_trace, plan, next(x.result for x in tried if x.name == best.policy),
+                      baselines)
+
+
+def layouts_planner(system: System, trace, options: dict, time_limit: float) -> Plan:
+    """The registry's entry: the plan (memory policy) of the fastest layout; ``plan`` itself
+    returns the whole report with that layout's trace (memsim.planners.report)."""
+    return plan_layouts(system, trace, options).plan

@@ -139,6 +139,13 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
     preset = load_preset(planner)
     from memsim.sim.parallel import runs_here
 
+    if preset.kind == "layouts":  # the layout itself is searched: the report has that layout's trace
+        from memsim.planners.layouts import plan_layouts
+
+        try:
+            return plan_layouts(system, trace, preset.options, say)
+        except mip.NotApplicable as exc:
+            raise SpecError(f"planner {preset.name!r}: {exc}", key="--planner") from None
     if runs_here(trace, system):  # layouts beyond data parallelism or one node
         from memsim.planners.layouts import plan_parallel
 
