@@ -16,8 +16,13 @@ def job(trace, system) -> dict:
     gpu = system.gpu
     node = gpu.count if gpu else 0
     used = min(int(meta.get("data_parallel", 1) or 1), node) if node else 0
+    par = meta.get("parallel") or {}
+    if node and par.get("work"):  # a parallel layout uses its tensor × pipeline × context × data GPUs
+        used = min(int(par["gpus"]), node * system.nodes)
     out = {"kind": trace.kind, "model": meta.get("model"), "gpus": used, "gpus_in_node": node,
            "compute_tier": system.fast_tier}
+    if system.nodes > 1:
+        out["nodes"] = system.nodes
     for key in ("seq_len", "micro_batch", "grad_accum", "batch_size", "prompt_len", "gen_len",
                 "num_requests"):
         if meta.get(key) is not None:
@@ -43,6 +48,8 @@ def headline(doc: dict) -> str:
     j = doc.get("job") or {}
     where = (f"on {j['gpus']} of {j['gpus_in_node']} GPU{'s' if j['gpus_in_node'] != 1 else ''} of "
              f"{doc['hardware']}" if j.get("gpus_in_node") else f"on {doc['hardware']}")
+    if j.get("nodes", 1) > 1:
+        where = f"on {j['gpus']} GPUs of {j['nodes']} × {doc['hardware']}"
     what = f"{doc['workload']} ({_job_text(j)})" if j else doc["workload"]
     if doc.get("feasible", True):
         return f"FITS — {what} {where}"

@@ -31,6 +31,9 @@ REGISTRY: dict[str, PlannerFn] = {
     "vllm-swap": baselines.vllm_swap,
     "accelerate": baselines.accelerate,
     "fixed": baselines.fixed,
+    "layouts": lambda system, trace, options, time_limit: __import__(
+        "memsim.planners.layouts", fromlist=["layouts_planner"]).layouts_planner(
+            system, trace, options, time_limit),
 }
 
 

@@ -98,6 +98,7 @@ class PlanReport:
             "breakdown": dict(r.breakdown),
             "link_busy": dict(r.link_busy),
             "serving": _serving(r),
+            "parallel": getattr(r, "parallel", None),
             "oom": r.oom.to_dict() if r.oom else None,
             "planner": {
                 "name": info.name,
@@ -136,6 +137,19 @@ def plan(
 def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselines: bool,
           say: Progress) -> PlanReport:
     preset = load_preset(planner)
+    from memsim.sim.parallel import runs_here
+
+    if preset.kind == "layouts":  # the layout itself is searched: the report has that layout's trace
+        from memsim.planners.layouts import plan_layouts
+
+        try:
+            return plan_layouts(system, trace, preset.options, say)
+        except mip.NotApplicable as exc:
+            raise SpecError(f"planner {preset.name!r}: {exc}", key="--planner") from None
+    if runs_here(trace, system):  # layouts beyond data parallelism or one node
+        from memsim.planners.layouts import plan_parallel
+
+        return plan_parallel(system, trace, say)
     upgrade = None
     if "target_tokens_per_s" in preset.options:  # min hardware cost subject to a throughput target
         options = {k: v for k, v in preset.options.items() if k != "target_tokens_per_s"}

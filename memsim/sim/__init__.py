@@ -14,6 +14,7 @@ import time
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan, trace_fingerprint
+from memsim.sim.parallel import runs_here, simulate_parallel, single_rank_block
 from memsim.sim.report import diagnose
 from memsim.sim.result import OOM, Result, ServingStats
 from memsim.sim.timeline import write_timeline
@@ -49,11 +50,14 @@ def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
         from memsim.sim.serving import simulate_serving
 
         result = simulate_serving(view, trace, plan, timeline=timeline)
+    elif runs_here(trace, system):
+        result = simulate_parallel(system, trace, plan, timeline)
     else:
         from memsim.sim.engine import StepEngine
         from memsim.sim.program import build_program
 
         program = build_program(trace, view, plan)
         result = StepEngine(view, program, plan.prefetch_depth, timeline, trace.meta).run()
+        result.parallel = single_rank_block(result, trace, view)
     result.wall_s = time.perf_counter() - wall  # the whole simulation, program building included
     return result

@@ -10,7 +10,7 @@ for uniform stages the bubble equals the paper's (P−1)/(M+P−1), which the te
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Event:
     micro: int
     start: float
     end: float
+    chunk: int = 0  # the model chunk (interleaved schedule)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class PipelineRun:
     step_time: float
     bubble_fraction: float  # idle share of stage-time over the step
     peak_inflight: list[int]  # per stage: micro-batches whose activations are held at once
+    last_backward_end: list[float] = field(default_factory=list)  # per stage: when its backward ends
 
 
 def order_1f1b(stages: int, stage: int, micro: int) -> list[tuple[str, int]]:
@@ -44,47 +46,100 @@ def order_1f1b(stages: int, stage: int, micro: int) -> list[tuple[str, int]]:
     return ops
 
 
+def order_interleaved(stages: int, stage: int, micro: int, chunks: int) -> list[tuple[str, int, int]]:
+    """The op order (kind, chunk, micro) of one stage under Megatron's interleaved 1F1B:
+    micro-batches go in groups of ``stages`` through each of the stage's ``chunks`` model chunks;
+    warm-up is 2(P−i−1) + (v−1)·P forwards (megatron/core/pipeline_parallel/schedules.py)."""
+    total = micro * chunks
+
+    def fwd(k: int) -> tuple[str, int, int]:
+        return "F", (k // stages) % chunks, (k // (stages * chunks)) * stages + k % stages
+
+    def bwd(k: int) -> tuple[str, int, int]:
+        return "B", chunks - 1 - (k // stages) % chunks, (k // (stages * chunks)) * stages + k % stages
+
+    warm = min(2 * (stages - stage - 1) + (chunks - 1) * stages, total)
+    ops = [fwd(k) for k in range(warm)]
+    f, b = warm, 0
+    while f < total:
+        ops += [fwd(f), bwd(b)]
+        f, b = f + 1, b + 1
+    return ops + [bwd(k) for k in range(b, total)]
+
+
 def simulate_1f1b(stages: int, micro: int, fwd: list[float] | float, bwd: list[float] | float,
-                  p2p: float = 0.0) -> PipelineRun:
+                  p2p: float = 0.0, blocking_p2p: bool = False) -> PipelineRun:
     """Run 1F1B over ``stages`` stages and ``micro`` micro-batches; ``fwd``/``bwd`` are seconds
-    per micro-batch (one per stage, or one for all), ``p2p`` the send between adjacent stages."""
-    fwd = fwd if isinstance(fwd, list) else [fwd] * stages
-    bwd = bwd if isinstance(bwd, list) else [bwd] * stages
-    orders = [order_1f1b(stages, i, micro) for i in range(stages)]
-    done: dict[tuple[str, int, int], float] = {}
+    per micro-batch (one per stage, or one for all), ``p2p`` the send between adjacent stages.
+    ``blocking_p2p``: the sender waits for its send to finish (Megatron's 1F1B issues each send
+    with the matching receive and waits on both before the next op), else it goes on at once."""
+    orders = [[(k, 0, m) for k, m in order_1f1b(stages, i, micro)] for i in range(stages)]
+    return _run(stages, 1, orders, fwd, bwd, p2p, blocking_p2p)
+
+
+def simulate_pipeline(stages: int, micro: int, fwd: list[float] | float, bwd: list[float] | float,
+                      p2p: float = 0.0, *, schedule: str = "1f1b", chunks: int = 1,
+                      blocking_p2p: bool = False) -> PipelineRun:
+    """1F1B, or the interleaved schedule with ``chunks`` model chunks per stage (each chunk runs
+    1/chunks of the stage's layers: ``fwd``/``bwd`` stay whole-stage times). The interleaved
+    order needs micro-batches in whole groups of ``stages``; otherwise it falls back to 1F1B."""
+    if schedule != "interleaved" or chunks <= 1 or stages == 1 or micro % stages:
+        return simulate_1f1b(stages, micro, fwd, bwd, p2p, blocking_p2p)
+    orders = [order_interleaved(stages, i, micro, chunks) for i in range(stages)]
+    return _run(stages, chunks, orders, fwd, bwd, p2p, blocking_p2p)
+
+
+def _run(stages: int, chunks: int, orders: list[list[tuple[str, int, int]]], fwd, bwd,
+         p2p: float, blocking_p2p: bool = False) -> PipelineRun:
+    """Execute each stage's op order, each op starting once its stage is free and its input has
+    arrived: a forward needs the previous (virtual) stage's forward, a backward the next one's
+    backward; the last virtual stage turns its own forward around."""
+    fwd = [f / chunks for f in fwd] if isinstance(fwd, list) else [fwd / chunks] * stages
+    bwd = [b / chunks for b in bwd] if isinstance(bwd, list) else [bwd / chunks] * stages
+    done: dict[tuple[str, int, int, int], float] = {}
     nxt, free = [0] * stages, [0.0] * stages
     events: list[Event] = []
-    while len(events) < 2 * stages * micro:
+    per_stage: list[list[Event]] = [[] for _ in range(stages)]  # each in its own order
+    need = sum(len(o) for o in orders)
+    last = stages - 1
+    while len(events) < need:
         progressed = False
         for i in range(stages):
-            if nxt[i] == len(orders[i]):
-                continue
-            kind, m = orders[i][nxt[i]]
-            dep = (kind, i - 1, m) if kind == "F" else ("B", i + 1, m)
-            if kind == "B" and i == stages - 1:
-                dep = ("F", i, m)  # the last stage turns its own forward around
-            if kind == "F" and i == 0:
-                ready = 0.0
-            elif dep in done:
-                ready = done[dep] + (p2p if dep[1] != i else 0.0)
-            else:
-                continue
-            start = max(ready, free[i])
-            end = start + (fwd[i] if kind == "F" else bwd[i])
-            done[(kind, i, m)], free[i] = end, end
-            events.append(Event(i, kind, m, start, end))
-            nxt[i] += 1
-            progressed = True
-        if not progressed:  # cannot happen for a valid 1F1B order; guards the loop
+            while nxt[i] < len(orders[i]):
+                kind, c, m = orders[i][nxt[i]]
+                if kind == "F":
+                    dep = ("F", i - 1, c, m) if i > 0 else (("F", last, c - 1, m) if c > 0 else None)
+                elif i < last:
+                    dep = ("B", i + 1, c, m)
+                else:
+                    dep = ("B", 0, c + 1, m) if c < chunks - 1 else ("F", i, c, m)
+                if dep is None:
+                    ready = 0.0
+                elif dep in done:
+                    ready = done[dep] + (p2p if dep[1] != i else 0.0)
+                else:
+                    break
+                start = max(ready, free[i])
+                end = start + (fwd[i] if kind == "F" else bwd[i])
+                sends = (kind == "F" and (i < last or c < chunks - 1)) or (kind == "B" and (i > 0 or c > 0))
+                done[(kind, i, c, m)] = end
+                free[i] = end + (p2p if blocking_p2p and sends else 0.0)
+                ev = Event(i, kind, m, start, end, c)
+                events.append(ev)
+                per_stage[i].append(ev)
+                nxt[i] += 1
+                progressed = True
+        if not progressed:  # cannot happen for a valid schedule; guards the loop
             raise RuntimeError("pipeline schedule deadlocked")
     events.sort(key=lambda e: (e.start, e.stage))
     step = max(e.end for e in events)
     busy = sum(e.end - e.start for e in events)
-    peak = []
-    for i in range(stages):
+    peak, last_b = [], []
+    for mine in per_stage:
         held = best = 0
-        for e in sorted((e for e in events if e.stage == i), key=lambda e: e.start):
+        for e in mine:
             held += 1 if e.kind == "F" else -1
             best = max(best, held)
-        peak.append(best)
-    return PipelineRun(events, step, 1 - busy / (stages * step), peak)
+        peak.append(-(-best // chunks))  # in whole micro-batches of the stage's layers
+        last_b.append(max(e.end for e in mine if e.kind == "B"))
+    return PipelineRun(events, step, 1 - busy / (stages * step), peak, last_b)

@@ -45,6 +45,8 @@ class ServingStats:
     largest_request_tokens: int = 0  # prompt + output of the longest request
     prefix_hit_rate: float = 0.0  # prompt tokens served from the prefix cache / prompt tokens
     prefix_hits_by_tier: dict[str, int] = field(default_factory=dict)  # those tokens per tier
+    kv_blocks: int = 0  # KV blocks of one GPU's pool (vLLM's "# GPU blocks", per worker)
+    kv_pool_bytes: int = 0  # bytes of that pool on kv_pool_tier
 
 
 @dataclass
@@ -69,6 +71,9 @@ class Result:
     # non-tensor bytes held from t=0, per tier and line (cuda_context, cublas_workspace, nccl,
     # allocator; memsim.sim.overheads); included in peak_bytes
     reserved_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
+    # training under a parallel layout (memsim.sim.parallel): per-GPU peak and its rank, mfu,
+    # bubble fraction, exposed communication, per stage; None for a single data-parallel rank
+    parallel: dict | None = None
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -38,6 +38,7 @@ from memsim.sim.program import paused_gc, split_bytes
 from memsim.sim.report import common_fields, main_unit, peak_flops
 from memsim.sim.result import Result, ServingStats
 from memsim.workloads.moe import weight_bytes_read
+from memsim.workloads.parallel_serving import tp_comm_seconds
 from memsim.workloads.trace import TokenCosts, Trace
 
 DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
@@ -537,6 +538,8 @@ class ServingEngine:
                     ) + launch
         attn = max(ctx * tc.attn_flops_per_token_ctx / attn_rate,
                    (kv_read + new) * tc.kv_bytes_per_token / bw) + launch
+        if tc.pp > 1 or tc.tp > 1:  # one GPU's share of each stage, stages one after another
+            return tc.pp * (dense + attn + self.launches + tp_comm_seconds(self.sys, tc, new))
         return dense + attn + self.launches
 
     # -- result ---------------------------------------------------------------------------------
@@ -549,6 +552,7 @@ class ServingEngine:
         meta = self.trace.meta
         flops = float(meta.get("flops_per_step") or 0.0)
         peak = peak_flops(self.unit, self.dtype)
+        block_on_tier = int(self.block_bytes * self.kv_frac.get(self.kv_pool_tier, 1.0))
         stats = ServingStats(
             requests=n, completed=self.completed,
             ttft_s=_quantiles([(v, 1) for v in self.ttft]), tbt_s=_quantiles(self.tbt),
@@ -559,7 +563,8 @@ class ServingEngine:
                               if self.kv_slots_area > 0 else 0.0),
             preemptions=self.preemptions, dropped=self.dropped,
             kv_pool_blocks=self.total_blocks, kv_block_tokens=self.policy.block_size,
-            kv_block_bytes=int(self.block_bytes * self.kv_frac.get(self.kv_pool_tier, 1.0)),
+            kv_blocks=self.total_blocks, kv_pool_bytes=self.total_blocks * block_on_tier,
+            kv_block_bytes=block_on_tier,
             kv_pool_tier=self.kv_pool_tier, largest_request_tokens=self.max_len,
             prefix_hit_rate=self.store.hit_rate if self.store is not None else 0.0,
             prefix_hits_by_tier=dict(self.store.hits_by_tier) if self.store is not None else {})

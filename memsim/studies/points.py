@@ -130,13 +130,13 @@ def _system_summary(hardware: str, overrides: list[str]) -> dict:
     from memsim.hardware import load_system
 
     system = load_system(hardware, overrides)
-    gpus = system.gpu.count if system.gpu else 0
+    gpus = (system.gpu.count if system.gpu else 0) * system.nodes  # the whole cluster
     by_kind: dict[str, int] = {}
     for tier in system.tiers.values():
-        count = (gpus or 1) if tier.is_per_device else 1
+        count = (gpus or 1) if tier.is_per_device else system.nodes
         by_kind[tier.kind] = by_kind.get(tier.kind, 0) + tier.capacity * count
     return {"name": system.name, "gpus": gpus, "bytes_by_kind": dict(sorted(by_kind.items())),
-            "usd_per_hour": system.usd_per_hour}
+            "usd_per_hour": None if system.usd_per_hour is None else system.usd_per_hour * system.nodes}
 
 
 def _split_volatile(value: Any, path: str, out: dict[str, float]) -> Any:

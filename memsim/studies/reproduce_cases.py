@@ -517,4 +517,6 @@ KINDS: dict[str, Callable[[CaseSpec, Path, Say], CaseResult]] = {
     "flash": flash,
     "headinfer": headinfer,
     "framework": _framework,
+    "parallel": lambda spec, path, say: __import__(
+        "memsim.studies.reproduce_parallel", fromlist=["parallel"]).parallel(spec, path, say),
 }

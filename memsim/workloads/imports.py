@@ -12,7 +12,8 @@ from memsim.errors import SpecError, did_you_mean
 DS_OPTIMIZERS = {"adam": "adam", "adamw": "adamw", "sgd": "sgd", "fusedadam": "adam",
                  "cpuadam": "adam", "deepspeedcpuadam": "adam"}
 VLLM_KEYS = ("block_size", "swap_space", "gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs",
-             "preemption_mode", "kv_cache_dtype", "dtype")
+             "preemption_mode", "kv_cache_dtype", "dtype", "tensor_parallel_size", "pipeline_parallel_size")
+VLLM_PARALLEL = {"tensor_parallel_size": "tensor", "pipeline_parallel_size": "pipeline"}
 VLLM_DTYPES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "float": "fp32"}
 
 
@@ -129,6 +130,13 @@ def apply_vllm(data: dict, path: Path) -> dict:
                 serving.setdefault("kv_bits", 8)
             elif value != "auto":
                 raise SpecError(f"expected auto or fp8*, got {value!r}", file=str(path), key=where)
+        elif key in VLLM_PARALLEL:
+            par = serving.setdefault("parallel", {}) or {}
+            serving["parallel"] = par
+            if not isinstance(par, dict):
+                raise SpecError("expected a mapping of tensor, pipeline", file=str(path),
+                                key="serving.parallel")
+            par.setdefault(VLLM_PARALLEL[key], value)
         elif key == "dtype":
             if value != "auto":
                 if str(value) not in VLLM_DTYPES:

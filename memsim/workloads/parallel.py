@@ -33,6 +33,17 @@ class Layout:
     context: int = 1
     expert: int = 1
     sequence_parallel: bool = False
+    first_layers: int = 0  # layers of the first pipeline stage (0: an even split)
+    last_layers: int = 0  # layers of the last pipeline stage (0: an even split)
+
+    def stage_layers(self, layers: int) -> list[int]:
+        """Layers per pipeline stage: an even split, or Megatron-Core's uneven one
+        (decoder_first/last_pipeline_num_layers) with the rest even over the middle stages."""
+        p = self.pipeline
+        if p == 1 or not (self.first_layers or self.last_layers):
+            return [layers // p] * p
+        middle = (layers - self.first_layers - self.last_layers) // max(1, p - 2)
+        return [self.first_layers or middle] + [middle] * (p - 2) + [self.last_layers or middle]
 
     @property
     def gpus(self) -> int:
@@ -69,7 +80,14 @@ def validate_layout(arch: Architecture, layout: Layout, *, nodes: int | None = N
     if arch.kv_heads % t and t % arch.kv_heads:
         raise SpecError(f"tensor={t} and the {arch.kv_heads} KV heads of {arch.name} must divide one "
                         "another", file=file, key=f"{prefix}.tensor")
-    if arch.layers % layout.pipeline:
+    if layout.first_layers or layout.last_layers:
+        p, ends = layout.pipeline, layout.first_layers + layout.last_layers
+        rest = arch.layers - ends
+        if p < 2 or rest < 0 or (p > 2 and (rest % (p - 2) or rest == 0)) or (p == 2 and rest):
+            raise SpecError(f"pipeline_first_layers + pipeline_last_layers ({ends}) must leave the other "
+                            f"{p - 2} stages an even share of the {arch.layers} layers of {arch.name}",
+                            file=file, key="training.pipeline_first_layers")
+    elif arch.layers % layout.pipeline:
         raise SpecError(f"pipeline={layout.pipeline} must divide the {arch.layers} layers of {arch.name}",
                         file=file, key=f"{prefix}.pipeline")
     if layout.expert > 1:
@@ -112,7 +130,7 @@ def stage_params(arch: Architecture, layout: Layout, stage: int) -> StageParams:
     the last. Experts are spread over ``expert`` ranks, each expert's MLP also split by ``tensor``.
     """
     t, p = layout.tensor, layout.pipeline
-    per_stage = arch.layers // p
+    per_stage = layout.stage_layers(arch.layers)[stage]
     attn = shard(arch.qkv_params + arch.out_params, t)
     norms = 2 * arch.norm_params + arch.router_params
     if arch.is_moe:
@@ -198,7 +216,7 @@ def inflight_microbatches(layout: Layout, stage: int, microbatches: int, schedul
 def stage_activation_bytes(arch: Architecture, layout: Layout, stage: int, *, b: int, s: int,
                            microbatches: int, e: int = 2, flash: bool = True) -> int:
     """Peak activation bytes of one rank of ``stage``: its layers × in-flight micro-batches."""
-    per_stage = arch.layers // layout.pipeline
+    per_stage = layout.stage_layers(arch.layers)[stage]
     held = inflight_microbatches(layout, stage, microbatches)
     return held * per_stage * layer_activation_bytes(arch, layout, b, s, e, flash)
 
@@ -224,16 +242,17 @@ def layout_of(t) -> Layout:
     """The :class:`Layout` of a ``training`` spec (``memsim.workloads.spec.Training``)."""
     p = t.parallel
     return Layout(tensor=p.tensor, pipeline=p.pipeline, data=p.data, context=p.context, expert=p.expert,
-                  sequence_parallel=t.sequence_parallel)
+                  sequence_parallel=t.sequence_parallel, first_layers=t.pipeline_first_layers,
+                  last_layers=t.pipeline_last_layers)
 
 
 def training_layout_summary(arch: Architecture, t, file: str | None = None) -> dict:
     """Validate a training spec's layout and account its busiest rank (the trace's ``parallel``
     metadata): per-GPU model states and activations of the stage that holds the most, and which.
 
-    Byte accounting only: the op trace still simulates one data-parallel rank of the whole
-    model, so tensor/pipeline/context/expert degrees above 1 are reported, not yet scheduled.
-    LoRA adapters' own states are left out here (the trace counts them)."""
+    Beyond data parallelism the summary carries ``work``: one rank's kernels and collectives per
+    pipeline stage (memsim.workloads.parallel_work), which memsim.sim.parallel schedules. LoRA
+    adapters' own states are left out here (the trace counts them)."""
     lay = layout_of(t)
     validate_layout(arch, lay, seq_len=t.seq_len, file=file)
     e = DTYPE_BYTES[t.precision]
@@ -247,8 +266,19 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
                           "optimizer": states.optimizer, "activations": acts,
                           "total": states.total + acts})
     busiest = max(per_stage, key=lambda r: (r["total"], -r["stage"]))
-    return {"tensor": lay.tensor, "pipeline": lay.pipeline, "data": lay.data, "context": lay.context,
-            "expert": lay.expert, "sequence_parallel": lay.sequence_parallel,
-            "pipeline_schedule": t.pipeline_schedule, "gpus": lay.gpus,
-            "busiest_rank": {"stage": busiest["stage"], "bytes": busiest["total"]},
-            "per_stage": per_stage, "scheduled": lay.gpus == lay.data}
+    if t.pipeline_schedule == "interleaved" and arch.layers % (lay.pipeline * t.virtual_stages):
+        raise SpecError(f"pipeline × virtual_stages = {lay.pipeline * t.virtual_stages} must divide the "
+                        f"{arch.layers} layers of {arch.name}", file=file, key="training.virtual_stages")
+    out = {"tensor": lay.tensor, "pipeline": lay.pipeline, "data": lay.data, "context": lay.context,
+           "expert": lay.expert, "sequence_parallel": lay.sequence_parallel,
+           "pipeline_schedule": t.pipeline_schedule, "virtual_stages": t.virtual_stages, "gpus": lay.gpus,
+           "busiest_rank": {"stage": busiest["stage"], "bytes": busiest["total"]},
+           "per_stage": per_stage, "scheduled": True}
+    if lay.gpus != lay.data or lay.expert > 1:  # beyond data parallelism: memsim.sim.parallel runs it
+        from memsim.workloads.parallel_work import rank_work
+
+        out["work"] = rank_work(arch, lay, micro_batch=t.micro_batch, seq_len=t.seq_len,
+                                microbatches=t.grad_accum, precision=t.precision, optimizer=t.optimizer,
+                                zero_stage=t.zero_stage, flash=t.flash_attention, trainable=t.lora is None)
+        out["work"]["overlap_grad_reduce"] = t.overlap_grad_reduce
+    return out

@@ -37,6 +37,7 @@ from memsim.workloads.inference import (
 )
 from memsim.workloads.kernels import layer_kernels
 from memsim.workloads.models import Architecture
+from memsim.workloads.parallel_serving import serving_layout, shard_costs
 from memsim.workloads.spec import Lengths, Serving, Workload
 from memsim.workloads.trace import Requests, Trace
 
@@ -206,6 +207,8 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     tb.block("decode_head", head_ops(arch, batch, e, "decode", dt, "decode_"))
 
     costs = token_costs(arch, e, sv.kv_bits)
+    layout = serving_layout(arch, sv.parallel.tensor, sv.parallel.pipeline, w._source)
+    gpu_costs = shard_costs(arch, costs, layout, e, sv.kv_bits)
     # model FLOPs of serving every request: dense per token, attention over the full prompt
     # rectangle in prefill and over the growing context in decode (step t attends p + t + 1)
     p, o = prompt.astype(np.float64), output.astype(np.float64)
@@ -215,7 +218,8 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
         "kind": "serving", "model": arch.name, "params": arch.params, "active_params": arch.active_params,
         "layers": arch.layers, "dtype": dt, "tokens_per_step": int(output.sum()), "flops_per_step": flops,
         "per_device_bytes": tb.per_device_bytes(), "data_parallel": 1, "num_requests": len(requests),
-        "kv_bits": sv.kv_bits, "token_costs": asdict(costs),
+        "kv_bits": sv.kv_bits, "token_costs": asdict(gpu_costs),
+        "parallel": {"tensor": layout.tensor, "pipeline": layout.pipeline, "gpus": layout.gpus},
         "scheduler": {"max_num_seqs": sched.max_num_seqs,
                       "max_num_batched_tokens": sched.max_num_batched_tokens,
                       "block_size": sched.block_size, "preempt": sched.preempt,

@@ -75,6 +75,15 @@ class Training(Spec):
     virtual_stages: int = Field(1, ge=1, description="model chunks per pipeline stage (interleaved)")
     sequence_parallel: bool = Field(False, description="Megatron sequence parallelism (splits the "
                                                        "activations TP keeps whole)")
+    overlap_grad_reduce: bool = Field(False, description=(
+        "reduce each layer's gradients over the data-parallel group while the backward goes on "
+        "(Megatron-LM's --overlap-grad-reduce, off by default there; DeepSpeed's overlap_comm, "
+        "FSDP's default); off: one reduction after the backward"))
+    pipeline_first_layers: int = Field(0, ge=0, description=(
+        "layers of the first pipeline stage, the rest even over the others (Megatron-Core's "
+        "decoder_first_pipeline_num_layers; 0: an even split)"))
+    pipeline_last_layers: int = Field(0, ge=0, description=(
+        "layers of the last pipeline stage (decoder_last_pipeline_num_layers; 0: an even split)"))
 
     @model_validator(mode="after")
     def _data_alias(self) -> Training:
@@ -208,6 +217,13 @@ class KVCache(Spec):
         return {name: parse_bytes(size) for name, size in tiers.items()} if tiers else tiers
 
 
+class ServingParallel(Spec):
+    """How vLLM splits the model: tensor-parallel ranks within a node, pipeline stages."""
+
+    tensor: int = Field(1, ge=1, description="tensor-parallel degree (vLLM tensor_parallel_size)")
+    pipeline: int = Field(1, ge=1, description="pipeline stages (vLLM pipeline_parallel_size)")
+
+
 class Serving(Spec):
     """Online serving of a stream of requests."""
 
@@ -218,11 +234,14 @@ class Serving(Spec):
     scheduler: Scheduler = Field(default_factory=Scheduler, description="batching scheduler and paged KV")
     vllm: dict | None = Field(None, description="vLLM engine args (block_size, swap_space, "
                                                 "gpu_memory_utilization, max_num_batched_tokens, "
-                                                "max_num_seqs, preemption_mode, kv_cache_dtype, dtype)")
+                                                "max_num_seqs, preemption_mode, kv_cache_dtype, dtype, "
+                                                "tensor_parallel_size, pipeline_parallel_size)")
     kv_bits: Literal[16, 8, 4, 2] = Field(16, description="bits per KV-cache element")
     kv_cache_dtype: KVCacheDtype | None = Field(None, description=_KV_DTYPE_DESC)
     kv_cache: KVCache | None = Field(None, description="prefix caching across requests (off when absent)")
     dtype: Precision = Field("fp16", description="weights and activations dtype")
+    parallel: ServingParallel = Field(default_factory=lambda: ServingParallel(), description=(
+        "tensor and pipeline degrees (vLLM's tensor_parallel_size, pipeline_parallel_size)"))
 
     @model_validator(mode="after")
     def _lengths(self) -> Serving:

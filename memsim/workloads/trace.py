@@ -133,6 +133,11 @@ class TokenCosts:
     routed_expert_bytes: int = 0
     experts: int = 0
     experts_per_token: int = 0
+    # tensor / pipeline parallelism (memsim.workloads.parallel_serving): the bytes and FLOPs above
+    # are then one GPU's share; each layer all-reduces tp_comm_bytes_per_token per new token twice
+    tp: int = 1
+    pp: int = 1
+    tp_comm_bytes_per_token: int = 0
 
 
 @dataclass

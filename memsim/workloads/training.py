@@ -223,6 +223,7 @@ def build_training(w: Workload, arch: Architecture) -> Trace:
                                        "mlp": acts.mlp, "total": acts.total},
     }
     trace = tb.trace(meta)
+    trace.workload_spec = w  # the layout planner rebuilds it under other layouts (planners/layouts.py)
     meta["per_device_bytes"] = tb.per_device_bytes(trace)
     return trace
 

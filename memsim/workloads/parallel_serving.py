@@ -1,0 +1,56 @@
+"""Serving under tensor and pipeline parallelism: one GPU's share of the per-token costs.
+
+vLLM shards a model as Megatron does (its ``tensor_parallel_size`` splits heads, KV heads and MLP
+columns; ``pipeline_parallel_size`` splits the layers), and every GPU sizes its own KV pool from
+what ``gpu_memory_utilization`` of its memory leaves after its weights and its profile-run
+activations (vllm/worker: determine_num_available_blocks, the minimum over workers). So the
+serving simulator runs one GPU: :class:`TokenCosts` become that GPU's weights, KV bytes per
+token and FLOPs, and each layer adds two all-reduces of the new tokens' hidden states over the
+TP group (``tp_comm_bytes_per_token``). Pipeline stages of one batch run one after another
+(the iteration takes ``pp`` stage times); vLLM's overlap of several batches across stages
+(virtual engines) is not modelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from memsim.workloads.models import Architecture
+from memsim.workloads.parallel import Layout, kv_bytes_per_gpu, stage_params, validate_layout
+from memsim.workloads.parallel_work import sharded_arch
+from memsim.workloads.trace import TokenCosts
+
+
+def serving_layout(arch: Architecture, tensor: int, pipeline: int, file: str | None) -> Layout:
+    lay = Layout(tensor=tensor, pipeline=pipeline)
+    validate_layout(arch, lay, file=file, prefix="serving.parallel")
+    return lay
+
+
+def shard_costs(arch: Architecture, costs: TokenCosts, lay: Layout, e: int, kv_bits: int) -> TokenCosts:
+    """The per-token costs one GPU of the layout carries (its busiest pipeline stage)."""
+    if lay.tensor == 1 and lay.pipeline == 1:
+        return costs
+    from memsim.workloads.inference import act_bytes
+
+    shares = [stage_params(arch, lay, i).total for i in range(lay.pipeline)]
+    weight = int(costs.weight_bytes * max(shares) / arch.params)
+    split = lay.tensor * lay.pipeline
+    # a GPU holds the same share of every expert as of the other weights (TP splits each expert)
+    routed = int(costs.routed_expert_bytes * weight / costs.weight_bytes) if costs.weight_bytes else 0
+    return replace(costs, weight_bytes=weight, routed_expert_bytes=routed, flops_per_token=costs.flops_per_token / split,
+                   attn_flops_per_token_ctx=costs.attn_flops_per_token_ctx / split,
+                   kv_bytes_per_token=kv_bytes_per_gpu(arch, lay, 1, kv_bits),
+                   activation_bytes_per_token=act_bytes(sharded_arch(arch, lay.tensor), 1, e),
+                   layers=arch.layers // lay.pipeline, tp=lay.tensor, pp=lay.pipeline,
+                   tp_comm_bytes_per_token=arch.hidden * e if lay.tensor > 1 else 0)
+
+
+def tp_comm_seconds(system, costs: TokenCosts, new_tokens: int) -> float:
+    """One stage's TP all-reduces for ``new_tokens``: two per layer, on NVLink within a node."""
+    if costs.tp <= 1 or new_tokens <= 0:
+        return 0.0
+    from memsim.hardware.collectives import collective_time
+
+    nbytes = new_tokens * costs.tp_comm_bytes_per_token
+    return 2 * costs.layers * collective_time(system, "all_reduce", nbytes, costs.tp)
