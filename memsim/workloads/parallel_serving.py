@@ -38,7 +38,8 @@ def shard_costs(arch: Architecture, costs: TokenCosts, lay: Layout, e: int, kv_b
     split = lay.tensor * lay.pipeline
     # a GPU holds the same share of every expert as of the other weights (TP splits each expert)
     routed = int(costs.routed_expert_bytes * weight / costs.weight_bytes) if costs.weight_bytes else 0
-    return replace(costs, weight_bytes=weight, routed_expert_bytes=routed, flops_per_token=costs.flops_per_token / split,
+    return replace(costs, weight_bytes=weight, routed_expert_bytes=routed,
+                   flops_per_token=costs.flops_per_token / split,
                    attn_flops_per_token_ctx=costs.attn_flops_per_token_ctx / split,
                    kv_bytes_per_token=kv_bytes_per_gpu(arch, lay, 1, kv_bits),
                    activation_bytes_per_token=act_bytes(sharded_arch(arch, lay.tensor), 1, e),
