@@ -207,3 +207,56 @@ def _less_runtime(system: System, trace: Trace, tier: str, budget: int) -> int:
     fragmentation = float(runtime_data()["allocator"]["fragmentation"])
     return int((budget - fixed) / (1 + fragmentation)) - (2 << 20) * int(trace.meta.get("layers") or 1)
 
+
+
+def zero_inference(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
+    """DeepSpeed ZeRO-Inference: ZeRO stage 3 with every parameter offloaded (``offload_param``)
+    to host memory (``device: cpu``) or NVMe (``device: nvme``), fetched to the GPU layer by layer
+    ahead of its use and released after it; optionally the KV cache in host memory with decode
+    attention computed on the CPU next to it (``kv_offload``).
+
+    Defaults as DeepSpeedExamples ``inference/huggingface/zero_inference/run_model.py`` sets them:
+    ``stage3_prefetch_bucket_size`` and ``stage3_max_live_parameters`` of 2·h² parameters (the
+    next sub-modules' weights fetched while the current ones compute: memsim's prefetch of
+    ``prefetch_depth: 1`` layer), ``pin_memory`` off (``--pin-memory 0``: the offloaded weights
+    are pageable CPU tensors) and an unpinned KV cache (``--pin_kv_cache`` off). NVMe offload
+    always reads through DeepSpeed's pinned swap buffers (``buffer_count: 5`` of
+    ``buffer_size``), so its copies are pinned whatever ``pin_memory`` says. KV offload follows
+    the README's "KV cache offloaded to consume CPU memory and computation" (the
+    ``set_kv_cache_offload`` model change): the cache lives in DRAM, decode attention runs there.
+
+    ``options``: ``offload_param`` (``cpu`` | ``nvme``), ``pin_memory`` (bool), ``kv_offload``
+    (bool), ``prefetch_depth`` (layers, default 1), ``buffer_count`` / ``buffer_size`` (NVMe swap
+    buffers, kept for the emitted config).
+    """
+    _need(trace, "inference", what="ZeRO-Inference")
+    host = _host(system, "ZeRO-Inference")
+    device = str(options.get("offload_param", "cpu"))
+    if device not in ("cpu", "nvme"):
+        raise NotApplicable(f"ZeRO-Inference offload_param device is cpu or nvme, not {device!r}")
+    home = host
+    if device == "nvme":
+        view = planning_view(system, trace)
+        disk = view.tiers_of("ssd") or view.tiers_of("flash")
+        if not disk:
+            raise NotApplicable("ZeRO-Inference NVMe offload needs an ssd tier")
+        home = max(disk, key=lambda t: view.tiers[t].capacity)
+    kv_offload = bool(options.get("kv_offload", False))
+    pinned = device == "nvme" or bool(options.get("pin_memory", False))
+    depth = int(options.get("prefetch_depth", 1))
+    placement: dict[str, dict[str, float]] = {"weight": {home: 1.0}}
+    if kv_offload:
+        placement["kv"] = {host: 1.0}
+    where = "NVMe through pinned swap buffers" if device == "nvme" else (
+        ("pinned" if pinned else "pageable") + " host memory")
+    notes = [f"ZeRO-Inference: all weights offloaded to {where}, fetched {depth} layer(s) ahead"]
+    if kv_offload:
+        notes.append("KV cache in host memory, decode attention on the CPU (kv_offload)")
+    return Plan(
+        placement=placement,
+        prefetch_depth=depth,
+        pinned=pinned,
+        cpu_attention=kv_offload,
+        planner=_info("zero-inference"),
+        notes=notes,
+    )

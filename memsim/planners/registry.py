@@ -30,6 +30,7 @@ REGISTRY: dict[str, PlannerFn] = {
     "zero-infinity": baselines.zero_infinity,
     "vllm-swap": baselines.vllm_swap,
     "accelerate": baselines.accelerate,
+    "zero-inference": baselines.zero_inference,
     "fixed": baselines.fixed,
 }
 
