@@ -55,14 +55,41 @@ def checkpoint_sqrt(system: System, trace: Trace, options: dict, time_limit: flo
 
 def zero_offload(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
     """ZeRO-Offload (Ren et al. 2021): gradients and optimizer states in host memory, the Adam
-    step on the CPU, bf16 weights on the GPU."""
+    step on the CPU, bf16 weights on the GPU.
+
+    DeepSpeed jobs run it with activation checkpointing whenever the activations do not fit
+    beside the weights (the ZeRO-Offload tutorial's 10B GPT-2 passes Megatron's
+    ``--checkpoint-activations``), so ``options.checkpoint_activations`` is ``auto`` by default:
+    checkpoint every layer when weights plus activations overflow the GPU, keep them otherwise;
+    ``true`` / ``false`` force it. ``options.pin_memory`` is ``offload_optimizer.pin_memory``
+    (DeepSpeed's default: false, so gradient copies to the host are pageable)."""
     _need(trace, "training", what="ZeRO-Offload")
     host = _host(system, "ZeRO-Offload")
+    recompute = _checkpointing(system, trace, options, resident=("weights",))
     return Plan(
         placement={"grad": {host: 1.0}, "optimizer": {host: 1.0}},
+        activations="recompute" if recompute else "keep",
         optimizer_device="cpu",
+        pinned=bool(options.get("pin_memory", False)),
         planner=_info("zero-offload"),
+        notes=["activation checkpointing on every layer: the activations do not fit beside the "
+               "weights" if recompute else "activations kept (they fit beside the weights)"],
     )
+
+
+def _checkpointing(system: System, trace: Trace, options: dict, resident: tuple[str, ...]) -> bool:
+    """Whether a framework baseline checkpoints activations: ``options.checkpoint_activations``
+    (true / false), or ``auto``: when the ``resident`` per-device bytes plus the activations
+    and workspace exceed the GPU, less the runtime's non-tensor bytes."""
+    choice = options.get("checkpoint_activations", "auto")
+    if choice != "auto":
+        return bool(choice)
+    if system.gpu is None:
+        return False
+    per_device = trace.meta.get("per_device_bytes") or {}
+    need = sum(int(per_device.get(k, 0)) for k in (*resident, "activations", "workspace"))
+    gpu = system.gpu.memory
+    return need > _less_runtime(system, trace, gpu, system.tiers[gpu].capacity)
 
 
 def zero_infinity(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
