@@ -287,3 +287,75 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
         planner=_info("zero-inference"),
         notes=notes,
     )
+
+
+def zero3_offload(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
+    """DeepSpeed ZeRO-3 Offload (ZeRO-Infinity's CPU path): parameters, gradients and optimizer
+    states in host memory (``offload_param`` / ``offload_optimizer`` ``device: cpu``, or ``nvme``
+    for either), the Adam step on the CPU (DeepSpeedCPUAdam), each layer's parameters fetched to
+    the GPU ahead of its forward and backward and released after.
+
+    DeepSpeed's defaults (docs/code/zero3 ``DeepSpeedZeroConfig``): ``pin_memory: false`` for both
+    offloads (pageable copies), ``stage3_prefetch_bucket_size`` 5e7 parameters (the next
+    sub-modules: memsim's ``prefetch_depth: 1`` layer). ``checkpoint_activations``: ``auto``
+    (as ZeRO-Offload's: on when the activations do not fit), ``true`` or ``false``."""
+    _need(trace, "training", what="ZeRO-3 Offload")
+    host = _host(system, "ZeRO-3 Offload")
+    placement = {cls: {_offload_tier(system, trace, options.get(key, "cpu"), host): 1.0}
+                 for cls, key in (("weight", "offload_param"), ("optimizer", "offload_optimizer"))}
+    placement["grad"] = {host: 1.0}
+    recompute = _checkpointing(system, trace, options, resident=())
+    depth = int(options.get("prefetch_depth", 1))
+    return Plan(
+        placement=placement,
+        activations="recompute" if recompute else "keep",
+        optimizer_device="cpu",
+        prefetch_depth=depth,
+        pinned=bool(options.get("pin_memory", False)),
+        planner=_info("zero3-offload"),
+        notes=[f"ZeRO-3 Offload: parameters fetched {depth} layer(s) ahead from "
+               + ("pinned" if options.get("pin_memory") else "pageable") + " host memory, "
+               + ("activation checkpointing" if recompute else "activations kept")],
+    )
+
+
+def fsdp_offload(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
+    """PyTorch FSDP with ``CPUOffload(offload_params=True)``: every FSDP unit's flat parameter and
+    its gradient live in pinned host memory (FSDP pins the offloaded shard), the optimizer
+    (``torch.optim``, its states beside the CPU parameters) steps on the CPU, and a unit's
+    parameters are copied to the GPU for its forward and again for its backward.
+
+    Prefetch: ``backward_prefetch=BACKWARD_PRE`` (the default) fetches the next unit before the
+    current one's gradient computation; ``forward_prefetch`` defaults to False, but the CPU thread
+    issues the next unit's unshard while the GPU still runs the current one, so both passes
+    overlap one unit ahead: ``prefetch_depth: 1`` with one unit per layer (the usual
+    transformer-layer auto-wrap policy). Sources: PyTorch docs ``torch.distributed.fsdp``
+    (CPUOffload, BackwardPrefetch, forward_prefetch). ``checkpoint_activations``: ``auto``,
+    ``true`` (``apply_activation_checkpointing`` on every layer) or ``false``."""
+    _need(trace, "training", what="FSDP CPU offload")
+    host = _host(system, "FSDP CPU offload")
+    recompute = _checkpointing(system, trace, options, resident=())
+    depth = int(options.get("prefetch_depth", 1))
+    return Plan(
+        placement={"weight": {host: 1.0}, "grad": {host: 1.0}, "optimizer": {host: 1.0}},
+        activations="recompute" if recompute else "keep",
+        optimizer_device="cpu",
+        prefetch_depth=depth,
+        pinned=bool(options.get("pin_memory", True)),
+        planner=_info("fsdp-offload"),
+        notes=[f"FSDP CPU offload: units fetched {depth} ahead from pinned host memory, "
+               + ("activation checkpointing" if recompute else "activations kept")],
+    )
+
+
+def _offload_tier(system: System, trace: Trace, device: str, host: str) -> str:
+    """The tier a DeepSpeed ``offload_*.device`` names: ``cpu`` (host memory) or ``nvme``."""
+    if device == "cpu":
+        return host
+    if device != "nvme":
+        raise NotApplicable(f"a DeepSpeed offload device is cpu or nvme, not {device!r}")
+    view = planning_view(system, trace)
+    disk = view.tiers_of("ssd") or view.tiers_of("flash")
+    if not disk:
+        raise NotApplicable("NVMe offload needs an ssd tier")
+    return max(disk, key=lambda t: view.tiers[t].capacity)

@@ -31,6 +31,8 @@ REGISTRY: dict[str, PlannerFn] = {
     "vllm-swap": baselines.vllm_swap,
     "accelerate": baselines.accelerate,
     "zero-inference": baselines.zero_inference,
+    "zero3-offload": baselines.zero3_offload,
+    "fsdp-offload": baselines.fsdp_offload,
     "fixed": baselines.fixed,
 }
 
