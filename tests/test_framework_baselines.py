@@ -148,3 +148,34 @@ def test_framework_cases_report_published_rows():
     assert 20 < training["run0"].memsim < 80  # TFLOP/s of a V100 step, recompute counted
     rows = run_case("zero-inference-a6000").figures
     assert len(rows) == 4 and all(f.memsim and f.memsim > 0 for f in rows)
+
+
+def test_vllm_cpu_offload_gb_splits_the_weights(infer):
+    system = small_system()
+    weights = infer.bytes_by_class()["weight"]
+    plan = _run("vllm-cpu-offload", system, infer, cpu_offload_gb=weights / 4 / 2**30)
+    assert plan.placement["weight"]["dram"] == pytest.approx(0.25, abs=1e-6)
+    assert plan.prefetch_depth == 0 and plan.pinned is True
+    assert _run("vllm-cpu-offload", system, infer, cpu_offload_gb=0).placement == {}
+    # auto offloads only when the weights do not fit beside the KV cache and activations
+    assert _run("vllm-cpu-offload", small_system(hbm="80GiB"), infer).placement == {}
+    assert _run("vllm-cpu-offload", small_system(hbm="8GiB"), infer).placement["weight"]["dram"] > 0.3
+
+
+@pytest.mark.slow
+def test_vllm_cpu_offload_serving_loads_are_synchronous():
+    """Serving with offloaded weights: compute waits for the step's weight reads (prefetch 0)."""
+    import copy
+
+    system = small_system(hbm="24GiB")
+    trace = build_trace(load_workload("llama3-8b-serve-csv"))
+    plan = _run("vllm-cpu-offload", system, trace, cpu_offload_gb=4)
+    assert plan.serving is not None and plan.serving.preempt == "swap"
+    assert plan.serving.swap_bytes == 4 * 2**30
+    sync = simulate(system, trace, plan)
+    overlapped = copy.deepcopy(plan)
+    overlapped.prefetch_depth = 1
+    fast = simulate(system, trace, overlapped)
+    assert sync.feasible and fast.feasible
+    assert sync.step_time_s > fast.step_time_s
+    assert sync.breakdown["exposed_transfer"] > fast.breakdown["exposed_transfer"]

@@ -359,3 +359,46 @@ def _offload_tier(system: System, trace: Trace, device: str, host: str) -> str:
     if not disk:
         raise NotApplicable("NVMe offload needs an ssd tier")
     return max(disk, key=lambda t: view.tiers[t].capacity)
+
+
+def vllm_cpu_offload(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
+    """vLLM with ``cpu_offload_gb``: that many GiB of the weights live in pinned CPU memory and
+    cross PCIe in every forward pass, on the compute stream (the offloaded parameters are copied,
+    or read over UVA, as their module runs: no prefetch, no overlap), the rest stays on the GPU;
+    serving keeps vLLM's paged KV pool on the GPU and its CPU ``swap_space`` (4 GiB) for preempted
+    sequences. Sources: vLLM docs (engine arguments ``--cpu-offload-gb``: "part of the model is
+    loaded from CPU memory to GPU memory on the fly in each model forward pass"; ``--swap-space``)
+    and vllm-project/vllm PR #6496 (the offload wrapper).
+
+    vLLM offloads whole parameters in module order until the budget is used; memsim offloads the
+    same fraction of every layer, which streams the same bytes per step with no overlap either
+    way. ``options``: ``cpu_offload_gb`` (GiB, default 0; ``auto``: the least that lets the weights
+    fit beside the activations, which vLLM leaves to the user), ``swap_space`` (GiB)."""
+    from memsim.units import parse_bytes
+
+    _need(trace, "inference", "serving", what="vLLM CPU offload")
+    host = _host(system, "vLLM CPU offload")
+    gpu = system.fast_tier
+    by_class = trace.bytes_by_class()
+    weights = by_class.get("weight", 0)
+    given = options.get("cpu_offload_gb", 0)
+    if given == "auto":  # what the GPU holds beside the KV cache, activations, two layers
+        layers = int(trace.meta.get("layers") or max(b.repeat for b in trace.blocks))
+        working = sum(by_class.get(c, 0) for c in ("activation", "workspace", "kv"))
+        room = (_less_runtime(system, trace, gpu, system.tiers[gpu].capacity) - working
+                - 2 * weights // max(1, layers))  # the layer loading and the one computing
+        offload = max(0, weights - max(0, room))
+    else:
+        offload = int(float(given) * 2**30)
+    frac = min(1.0, offload / weights) if weights else 0.0
+    placement = {"weight": {gpu: 1 - frac, host: frac}} if frac > 0 else {}
+    if frac >= 1.0:
+        placement = {"weight": {host: 1.0}}
+    plan = Plan(placement=placement, prefetch_depth=0, pinned=True, planner=_info("vllm-cpu-offload"),
+                notes=[f"vLLM cpu_offload_gb: {offload / 2**30:.1f} GiB ({frac:.0%}) of the weights "
+                       "read from pinned CPU memory in every forward pass, synchronously"])
+    if trace.kind == "serving":
+        space = options.get("swap_space")
+        plan.serving = _serving_defaults(trace, swap=host,
+                                         swap_bytes=parse_bytes(f"{space}GiB") if space else None)
+    return plan

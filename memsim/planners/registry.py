@@ -33,6 +33,7 @@ REGISTRY: dict[str, PlannerFn] = {
     "zero-inference": baselines.zero_inference,
     "zero3-offload": baselines.zero3_offload,
     "fsdp-offload": baselines.fsdp_offload,
+    "vllm-cpu-offload": baselines.vllm_cpu_offload,
     "fixed": baselines.fixed,
 }
 
