@@ -55,14 +55,41 @@ def checkpoint_sqrt(system: System, trace: Trace, options: dict, time_limit: flo
 
 def zero_offload(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
     """ZeRO-Offload (Ren et al. 2021): gradients and optimizer states in host memory, the Adam
-    step on the CPU, bf16 weights on the GPU."""
+    step on the CPU, bf16 weights on the GPU.
+
+    DeepSpeed jobs run it with activation checkpointing whenever the activations do not fit
+    beside the weights (the ZeRO-Offload tutorial's 10B GPT-2 passes Megatron's
+    ``--checkpoint-activations``), so ``options.checkpoint_activations`` is ``auto`` by default:
+    checkpoint every layer when weights plus activations overflow the GPU, keep them otherwise;
+    ``true`` / ``false`` force it. ``options.pin_memory`` is ``offload_optimizer.pin_memory``
+    (DeepSpeed's default: false, so gradient copies to the host are pageable)."""
     _need(trace, "training", what="ZeRO-Offload")
     host = _host(system, "ZeRO-Offload")
+    recompute = _checkpointing(system, trace, options, resident=("weights",))
     return Plan(
         placement={"grad": {host: 1.0}, "optimizer": {host: 1.0}},
+        activations="recompute" if recompute else "keep",
         optimizer_device="cpu",
+        pinned=bool(options.get("pin_memory", False)),
         planner=_info("zero-offload"),
+        notes=["activation checkpointing on every layer: the activations do not fit beside the "
+               "weights" if recompute else "activations kept (they fit beside the weights)"],
     )
+
+
+def _checkpointing(system: System, trace: Trace, options: dict, resident: tuple[str, ...]) -> bool:
+    """Whether a framework baseline checkpoints activations: ``options.checkpoint_activations``
+    (true / false), or ``auto``: when the ``resident`` per-device bytes plus the activations
+    and workspace exceed the GPU, less the runtime's non-tensor bytes."""
+    choice = options.get("checkpoint_activations", "auto")
+    if choice != "auto":
+        return bool(choice)
+    if system.gpu is None:
+        return False
+    per_device = trace.meta.get("per_device_bytes") or {}
+    need = sum(int(per_device.get(k, 0)) for k in (*resident, "activations", "workspace"))
+    gpu = system.gpu.memory
+    return need > _less_runtime(system, trace, gpu, system.tiers[gpu].capacity)
 
 
 def zero_infinity(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
@@ -208,3 +235,171 @@ def _less_runtime(system: System, trace: Trace, tier: str, budget: int) -> int:
     fragmentation = float(runtime_data()["allocator"]["fragmentation"])
     return int((budget - fixed) / (1 + fragmentation)) - (2 << 20) * int(trace.meta.get("layers") or 1)
 
+
+
+def zero_inference(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
+    """DeepSpeed ZeRO-Inference: ZeRO stage 3 with every parameter offloaded (``offload_param``)
+    to host memory (``device: cpu``) or NVMe (``device: nvme``), fetched to the GPU layer by layer
+    ahead of its use and released after it; optionally the KV cache in host memory with decode
+    attention computed on the CPU next to it (``kv_offload``).
+
+    Defaults as DeepSpeedExamples ``inference/huggingface/zero_inference/run_model.py`` sets them:
+    ``stage3_prefetch_bucket_size`` and ``stage3_max_live_parameters`` of 2·h² parameters (the
+    next sub-modules' weights fetched while the current ones compute: memsim's prefetch of
+    ``prefetch_depth: 1`` layer), ``pin_memory`` off (``--pin-memory 0``: the offloaded weights
+    are pageable CPU tensors) and an unpinned KV cache (``--pin_kv_cache`` off). NVMe offload
+    always reads through DeepSpeed's pinned swap buffers (``buffer_count: 5`` of
+    ``buffer_size``), so its copies are pinned whatever ``pin_memory`` says. KV offload follows
+    the README's "KV cache offloaded to consume CPU memory and computation" (the
+    ``set_kv_cache_offload`` model change): the cache lives in DRAM, decode attention runs there.
+
+    ``options``: ``offload_param`` (``cpu`` | ``nvme``), ``pin_memory`` (bool), ``kv_offload``
+    (bool), ``prefetch_depth`` (layers, default 1), ``buffer_count`` / ``buffer_size`` (NVMe swap
+    buffers, kept for the emitted config).
+    """
+    _need(trace, "inference", what="ZeRO-Inference")
+    host = _host(system, "ZeRO-Inference")
+    device = str(options.get("offload_param", "cpu"))
+    if device not in ("cpu", "nvme"):
+        raise NotApplicable(f"ZeRO-Inference offload_param device is cpu or nvme, not {device!r}")
+    home = host
+    if device == "nvme":
+        view = planning_view(system, trace)
+        disk = view.tiers_of("ssd") or view.tiers_of("flash")
+        if not disk:
+            raise NotApplicable("ZeRO-Inference NVMe offload needs an ssd tier")
+        home = max(disk, key=lambda t: view.tiers[t].capacity)
+    kv_offload = bool(options.get("kv_offload", False))
+    pinned = device == "nvme" or bool(options.get("pin_memory", False))
+    depth = int(options.get("prefetch_depth", 1))
+    placement: dict[str, dict[str, float]] = {"weight": {home: 1.0}}
+    if kv_offload:
+        placement["kv"] = {host: 1.0}
+    where = "NVMe through pinned swap buffers" if device == "nvme" else (
+        ("pinned" if pinned else "pageable") + " host memory")
+    notes = [f"ZeRO-Inference: all weights offloaded to {where}, fetched {depth} layer(s) ahead"]
+    if kv_offload:
+        notes.append("KV cache in host memory, decode attention on the CPU (kv_offload)")
+    return Plan(
+        placement=placement,
+        prefetch_depth=depth,
+        pinned=pinned,
+        cpu_attention=kv_offload,
+        planner=_info("zero-inference"),
+        notes=notes,
+    )
+
+
+def zero3_offload(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
+    """DeepSpeed ZeRO-3 Offload (ZeRO-Infinity's CPU path): parameters, gradients and optimizer
+    states in host memory (``offload_param`` / ``offload_optimizer`` ``device: cpu``, or ``nvme``
+    for either), the Adam step on the CPU (DeepSpeedCPUAdam), each layer's parameters fetched to
+    the GPU ahead of its forward and backward and released after.
+
+    DeepSpeed's defaults (docs/code/zero3 ``DeepSpeedZeroConfig``): ``pin_memory: false`` for both
+    offloads (pageable copies), ``stage3_prefetch_bucket_size`` 5e7 parameters (the next
+    sub-modules: memsim's ``prefetch_depth: 1`` layer). ``checkpoint_activations``: ``auto``
+    (as ZeRO-Offload's: on when the activations do not fit), ``true`` or ``false``."""
+    _need(trace, "training", what="ZeRO-3 Offload")
+    host = _host(system, "ZeRO-3 Offload")
+    placement = {cls: {_offload_tier(system, trace, options.get(key, "cpu"), host): 1.0}
+                 for cls, key in (("weight", "offload_param"), ("optimizer", "offload_optimizer"))}
+    placement["grad"] = {host: 1.0}
+    recompute = _checkpointing(system, trace, options, resident=())
+    depth = int(options.get("prefetch_depth", 1))
+    return Plan(
+        placement=placement,
+        activations="recompute" if recompute else "keep",
+        optimizer_device="cpu",
+        prefetch_depth=depth,
+        pinned=bool(options.get("pin_memory", False)),
+        planner=_info("zero3-offload"),
+        notes=[f"ZeRO-3 Offload: parameters fetched {depth} layer(s) ahead from "
+               + ("pinned" if options.get("pin_memory") else "pageable") + " host memory, "
+               + ("activation checkpointing" if recompute else "activations kept")],
+    )
+
+
+def fsdp_offload(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
+    """PyTorch FSDP with ``CPUOffload(offload_params=True)``: every FSDP unit's flat parameter and
+    its gradient live in pinned host memory (FSDP pins the offloaded shard), the optimizer
+    (``torch.optim``, its states beside the CPU parameters) steps on the CPU, and a unit's
+    parameters are copied to the GPU for its forward and again for its backward.
+
+    Prefetch: ``backward_prefetch=BACKWARD_PRE`` (the default) fetches the next unit before the
+    current one's gradient computation; ``forward_prefetch`` defaults to False, but the CPU thread
+    issues the next unit's unshard while the GPU still runs the current one, so both passes
+    overlap one unit ahead: ``prefetch_depth: 1`` with one unit per layer (the usual
+    transformer-layer auto-wrap policy). Sources: PyTorch docs ``torch.distributed.fsdp``
+    (CPUOffload, BackwardPrefetch, forward_prefetch). ``checkpoint_activations``: ``auto``,
+    ``true`` (``apply_activation_checkpointing`` on every layer) or ``false``."""
+    _need(trace, "training", what="FSDP CPU offload")
+    host = _host(system, "FSDP CPU offload")
+    recompute = _checkpointing(system, trace, options, resident=())
+    depth = int(options.get("prefetch_depth", 1))
+    return Plan(
+        placement={"weight": {host: 1.0}, "grad": {host: 1.0}, "optimizer": {host: 1.0}},
+        activations="recompute" if recompute else "keep",
+        optimizer_device="cpu",
+        prefetch_depth=depth,
+        pinned=bool(options.get("pin_memory", True)),
+        planner=_info("fsdp-offload"),
+        notes=[f"FSDP CPU offload: units fetched {depth} ahead from pinned host memory, "
+               + ("activation checkpointing" if recompute else "activations kept")],
+    )
+
+
+def _offload_tier(system: System, trace: Trace, device: str, host: str) -> str:
+    """The tier a DeepSpeed ``offload_*.device`` names: ``cpu`` (host memory) or ``nvme``."""
+    if device == "cpu":
+        return host
+    if device != "nvme":
+        raise NotApplicable(f"a DeepSpeed offload device is cpu or nvme, not {device!r}")
+    view = planning_view(system, trace)
+    disk = view.tiers_of("ssd") or view.tiers_of("flash")
+    if not disk:
+        raise NotApplicable("NVMe offload needs an ssd tier")
+    return max(disk, key=lambda t: view.tiers[t].capacity)
+
+
+def vllm_cpu_offload(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
+    """vLLM with ``cpu_offload_gb``: that many GiB of the weights live in pinned CPU memory and
+    cross PCIe in every forward pass, on the compute stream (the offloaded parameters are copied,
+    or read over UVA, as their module runs: no prefetch, no overlap), the rest stays on the GPU;
+    serving keeps vLLM's paged KV pool on the GPU and its CPU ``swap_space`` (4 GiB) for preempted
+    sequences. Sources: vLLM docs (engine arguments ``--cpu-offload-gb``: "part of the model is
+    loaded from CPU memory to GPU memory on the fly in each model forward pass"; ``--swap-space``)
+    and vllm-project/vllm PR #6496 (the offload wrapper).
+
+    vLLM offloads whole parameters in module order until the budget is used; memsim offloads the
+    same fraction of every layer, which streams the same bytes per step with no overlap either
+    way. ``options``: ``cpu_offload_gb`` (GiB, default 0; ``auto``: the least that lets the weights
+    fit beside the activations, which vLLM leaves to the user), ``swap_space`` (GiB)."""
+    from memsim.units import parse_bytes
+
+    _need(trace, "inference", "serving", what="vLLM CPU offload")
+    host = _host(system, "vLLM CPU offload")
+    gpu = system.fast_tier
+    by_class = trace.bytes_by_class()
+    weights = by_class.get("weight", 0)
+    given = options.get("cpu_offload_gb", 0)
+    if given == "auto":  # what the GPU holds beside the KV cache, activations, two layers
+        layers = int(trace.meta.get("layers") or max(b.repeat for b in trace.blocks))
+        working = sum(by_class.get(c, 0) for c in ("activation", "workspace", "kv"))
+        room = (_less_runtime(system, trace, gpu, system.tiers[gpu].capacity) - working
+                - 2 * weights // max(1, layers))  # the layer loading and the one computing
+        offload = max(0, weights - max(0, room))
+    else:
+        offload = int(float(given) * 2**30)
+    frac = min(1.0, offload / weights) if weights else 0.0
+    placement = {"weight": {gpu: 1 - frac, host: frac}} if frac > 0 else {}
+    if frac >= 1.0:
+        placement = {"weight": {host: 1.0}}
+    plan = Plan(placement=placement, prefetch_depth=0, pinned=True, planner=_info("vllm-cpu-offload"),
+                notes=[f"vLLM cpu_offload_gb: {offload / 2**30:.1f} GiB ({frac:.0%}) of the weights "
+                       "read from pinned CPU memory in every forward pass, synchronously"])
+    if trace.kind == "serving":
+        space = options.get("swap_space")
+        plan.serving = _serving_defaults(trace, swap=host,
+                                         swap_bytes=parse_bytes(f"{space}GiB") if space else None)
+    return plan

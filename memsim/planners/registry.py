@@ -30,6 +30,10 @@ REGISTRY: dict[str, PlannerFn] = {
     "zero-infinity": baselines.zero_infinity,
     "vllm-swap": baselines.vllm_swap,
     "accelerate": baselines.accelerate,
+    "zero-inference": baselines.zero_inference,
+    "zero3-offload": baselines.zero3_offload,
+    "fsdp-offload": baselines.fsdp_offload,
+    "vllm-cpu-offload": baselines.vllm_cpu_offload,
     "fixed": baselines.fixed,
     "layouts": lambda system, trace, options, time_limit: __import__(
         "memsim.planners.layouts", fromlist=["layouts_planner"]).layouts_planner(

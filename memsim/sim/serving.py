@@ -485,7 +485,8 @@ class ServingEngine:
 
     def _iteration(self, new: int, ctx: int, kv_read: int, redo: int, decode: bool,
                    swap_out: int, swap_in: int):
-        """One forward pass over the batch: swaps first, then compute overlapped with streaming."""
+        """One forward pass over the batch: swaps first, then compute overlapped with streaming
+        (after it, with ``prefetch_depth: 0``)."""
         env, copier, fast = self.env, self.clock.copier, self.fast
         t0 = env._now
         loads, self.kv_loads = self.kv_loads, {}
@@ -512,8 +513,12 @@ class ServingEngine:
             streams += [copy(tier, fast, int(kv_bytes * frac), "kv (streamed)", "iteration",
                              alloc=0)
                         for tier, frac in self.kv_streamed]
-        done = env.timeout(compute)
-        yield env.all_of([done, *streams]) if streams else done
+        if streams and self.plan.prefetch_depth == 0:  # synchronous loads (vLLM's
+            yield env.all_of(streams)                    # cpu_offload_gb): compute waits
+            yield env.timeout(compute)
+        else:
+            done = env.timeout(compute)
+            yield env.all_of([done, *streams]) if streams else done
         share = redo / new if new else 0.0
         acct = self.acct
         acct["compute"] += compute * (1 - share)
