@@ -26,7 +26,8 @@ per-op decisions to per-stage ones, with memory checked at Checkmate's stage bou
 * time: forward ≥ Σ its op times and ≥ the offload copies' load on every link and tier they
   cross (``flows.Flows``); backward ≥ Σ its op times + the recomputed forwards and ≥ the
   prefetches' load; plus per stage the part of its prefetch that the previous stage's backward
-  cannot hide. Op times are the simulator's roofline (``profile.op_seconds``).
+  cannot hide, and for a stage whose saved tensors the next forward reads, the write-back and
+  the fetch back it waits for. Op times are the simulator's roofline (``profile.op_seconds``).
 
 Approximations, each erring towards more memory: a recomputed or kept stage's cross-stage
 tensors are held until its own backward (the simulator frees some earlier); every gradient of
@@ -67,6 +68,7 @@ class Stages:
     held_keep: list[int]  # |A ∪ C|
     held_recompute: list[int]  # |C ∪ X|
     held_offload: list[int]  # |C \ A|
+    reread: list[int]  # |C ∩ A|: saved tensors a later stage's forward reads (fetched back when offloaded)
     fwd_peak: list[int]  # the stage's own tensors alive at once during its forward
     bwd_peak: list[int]  # backward temporaries alive at once during its backward
     grads: list[int]  # gradients its backward produces
@@ -101,7 +103,7 @@ def stage_profile(system: System, trace: Trace) -> Stages:
         head = name.split(".", 1)[0]
         return int(head[1:]) if head[:1] == "L" and head[1:].isdigit() else None
 
-    saved, keep, rec, off = ([0] * S for _ in range(4))
+    saved, keep, rec, off, reread = ([0] * S for _ in range(5))
     fwd_delta: list[dict[int, int]] = [dict() for _ in range(S)]
     bwd_live: dict[int, int] = {}
     grads = [0] * S
@@ -131,6 +133,7 @@ def stage_profile(system: System, trace: Trace) -> Stages:
         keep[k] += t.bytes if (is_saved or later_fwd) else 0
         rec[k] += t.bytes if (later_fwd or other_bwd) else 0
         off[k] += t.bytes if (later_fwd and not is_saved) else 0
+        reread[k] += t.bytes if (later_fwd and is_saved) else 0
         # the stage's own forward peak: its tensors from birth to their last forward read
         fwd_reads = [i for i in readers.get(name, []) if stage_of_op[i][0] == "forward"]
         end = max([born, *fwd_reads])
@@ -146,9 +149,9 @@ def stage_profile(system: System, trace: Trace) -> Stages:
         fwd_peak.append(peak)
     bwd_peak = [0] * S
     for i, b in bwd_live.items():
-        phase, k = stage_of_op[i]
+        k = stage_of_op[i][1]
         bwd_peak[k] = max(bwd_peak[k], b)
-    return Stages(S, fwd_s, bwd_s, saved, keep, rec, off, fwd_peak, bwd_peak, grads, resident,
+    return Stages(S, fwd_s, bwd_s, saved, keep, rec, off, reread, fwd_peak, bwd_peak, grads, resident,
                   list(trace.meta.get("stages") or []))
 
 
@@ -198,6 +201,7 @@ class _Model:
         self.x = {p: [prob.add_variable(f"{p}_{k}", 0, 1 if p in allowed else 0, cat=pulp.LpInteger)
                       for k in range(st.count)] for p in POLICIES}
         self.slack = {t: prob.add_variable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
+        self.zero = prob.add_variable("zero", 0, 0)
         for k in range(st.count):
             prob += pulp.lpSum(self.x[p][k] for p in POLICIES) == 1, f"one_{k}"
         self._memory()
@@ -231,6 +235,7 @@ class _Model:
             self._cap(self.act_tier, offloaded, "home")
 
     def _cap(self, tier: str, expr, label: str) -> None:
+        expr = pulp.lpSum([expr, self.zero])  # a row without variables is still a row
         cap_constraint(self.prob, self.space.caps[tier], expr, self.slack.get(tier), f"cap_{tier}_{label}")
 
     def _time(self):
@@ -254,9 +259,15 @@ class _Model:
             # stage k's prefetch starts with stage k+1's backward (prefetch_depth 1) and must end
             # before its own: what that backward and its recompute do not hide is a stall
             rate = min(r for _, r in Flows(self.system).resources(self.act_tier, g))
+            rate_out = min(r for _, r in Flows(self.system).resources(g, self.act_tier))
             for k in range(st.count):
                 if not st.saved[k]:
                     continue
+                if st.reread[k]:  # the next forward waits for the write-back, then fetches them back
+                    wait = prob.add_variable(f"reread_{k}", 0)
+                    prob += wait >= a * (st.saved[k] / rate_out + st.reread[k] / rate) * x["offload"][k], \
+                        f"reread_{k}"
+                    stalls.append(wait)
                 hide = 0.0 if k + 1 >= st.count else st.bwd_s[k + 1]
                 hide_rec = st.fwd_s[k + 1] * x["recompute"][k + 1] if k + 1 < st.count else 0
                 stall = prob.add_variable(f"stall_{k}", 0)

@@ -8,7 +8,8 @@ and names them as layers, without changing a byte or an op:
 * a *unit* is a run of forward ops under one module: the op's scope truncated after its first
   numeric part (``Decoder.blocks.3.mlp.up`` → ``Decoder.blocks.3``; ``Sequential.2``), or its
   first two parts when it has none (``Decoder.embed``). A decoder's units are its blocks, an
-  ``nn.Sequential``'s its children; the loss reduction joins the unit before it;
+  ``nn.Sequential``'s its children; the loss reduction, and units without a matmul or attention
+  (activations, norms), join the unit before them (a Linear and its GELU are one stage);
 * more than ``max_stages`` units are merged into that many runs of about equal op count;
 * each backward op belongs to the stage whose module it differentiates (its scope's unit, when
   that unit is one stage), else to the latest stage whose activations it reads, else to the
@@ -100,16 +101,30 @@ def stage(trace: Trace, max_stages: int = MAX_STAGES) -> Trace:
 
 
 def _units(forward: list[Op]) -> list[tuple[str, int]]:
-    """Runs of consecutive forward ops under one unit: (unit, op count); loss ops join the run
-    before them."""
+    """Runs of consecutive forward ops under one unit: (unit, op count). Loss ops, and a unit
+    with no matmul or attention (an activation function, a norm, a pooling), join the run before
+    them (the first run: the one after it): recomputing such a unit alone would keep its input
+    and free only its output, the next unit's input."""
     runs: list[list] = []
     for op in forward:
         unit = unit_of(op.name)
         if runs and (runs[-1][0] == unit or op.kind == "loss"):
             runs[-1][1] += 1
+            runs[-1][2] = runs[-1][2] or op.kind in _HEAVY
         else:
-            runs.append([unit, 1])
-    return [(u, c) for u, c in runs]
+            runs.append([unit, 1, op.kind in _HEAVY])
+    merged: list[list] = []
+    for unit, count, heavy in runs:
+        if merged and (not heavy or not merged[-1][2]):
+            merged[-1][1] += count
+            merged[-1][0] = merged[-1][0] if merged[-1][2] or not heavy else unit
+            merged[-1][2] = merged[-1][2] or heavy
+        else:
+            merged.append([unit, count, heavy])
+    return [(u, c) for u, c, _ in merged]
+
+
+_HEAVY = ("matmul", "attention")
 
 
 def _merge(units: list[tuple[str, int]], max_stages: int) -> list[list[tuple[str, int]]]:
