@@ -81,12 +81,14 @@ def stage_profile(system: System, trace: Trace) -> Stages:
     S = int(trace.meta["layers"])
     fwd_s, bwd_s = [0.0] * S, [0.0] * S
     stage_of_op: list[tuple[str, int]] = []
+    fwd_last = [0] * S  # index of each stage's last forward op
     for block in trace.blocks:
         k = block.first_layer
         for op in block.ops:
             sec = op_seconds(system, op)
             if op.phase == "forward":
                 fwd_s[k] += sec
+                fwd_last[k] = len(stage_of_op)
             else:
                 bwd_s[k] += sec
             stage_of_op.append((op.phase, k))
@@ -134,9 +136,10 @@ def stage_profile(system: System, trace: Trace) -> Stages:
         rec[k] += t.bytes if (later_fwd or other_bwd) else 0
         off[k] += t.bytes if (later_fwd and not is_saved) else 0
         reread[k] += t.bytes if (later_fwd and is_saved) else 0
-        # the stage's own forward peak: its tensors from birth to their last forward read
+        # the stage's own forward peak: its tensors from birth to their last forward read (a
+        # saved one to the stage's end: what it holds from then on is counted as held)
         fwd_reads = [i for i in readers.get(name, []) if stage_of_op[i][0] == "forward"]
-        end = max([born, *fwd_reads])
+        end = max([born, *fwd_reads]) if not is_saved else max(fwd_last[k], born)
         d = fwd_delta[k]
         d[born] = d.get(born, 0) + t.bytes
         d[end + 1] = d.get(end + 1, 0) - t.bytes
