@@ -81,8 +81,10 @@ def test_staging_keeps_the_graph(name):
     assert b.peak_bytes == a.peak_bytes
 
 
+# convnet's peak is its first stage's own backward at full resolution, which no stage policy
+# lowers (recompute-all and offload-all peak where resident does): it has no such budget
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+@pytest.mark.parametrize("name", ["gpt", "mlp", "transformer_block"])
 def test_mip_fits_where_resident_does_not(name):
     trace = stage(_traced(name))
     need, budget = _budget(trace)

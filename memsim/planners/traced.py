@@ -19,9 +19,10 @@ per-op decisions to per-stage ones, with memory checked at Checkmate's stage bou
   not saved (``|C \\ A|``);
 * memory at the forward of stage i: resident state + Σ_{j<i} held_j + stage i's own forward
   peak (from its tensors' lifetimes) + the write-back buffer of an offloaded stage i-1; at the
-  backward of stage i: resident state + gradients of stages ≥ i + Σ_{j<i} held_j + stage i's
-  saved activations + the larger of its recompute peak (when recomputed) and its backward's own
-  temporaries, + the prefetch buffer of an offloaded stage i-1. Each ≤ the compute tier's
+  backward of stage i: resident state + gradients of stages ≥ i + Σ_{j<i} held_j + the larger
+  of its recompute peak (when recomputed) and its backward's peak (its saved tensors and the
+  backward's temporaries alive at once, from their lifetimes) + the prefetch buffer of an
+  offloaded stage i-1. Each ≤ the compute tier's
   capacity less the runtime's reserved bytes (``space.caps``), as the simulator holds them.
 * time: forward ≥ Σ its op times and ≥ the offload copies' load on every link and tier they
   cross (``flows.Flows``); backward ≥ Σ its op times + the recomputed forwards and ≥ the
@@ -69,8 +70,8 @@ class Stages:
     held_recompute: list[int]  # |C ∪ X|
     held_offload: list[int]  # |C \ A|
     reread: list[int]  # |C ∩ A|: saved tensors a later stage's forward reads (fetched back when offloaded)
-    fwd_peak: list[int]  # the stage's own tensors alive at once during its forward
-    bwd_peak: list[int]  # backward temporaries alive at once during its backward
+    fwd_peak: list[int]  # the stage's own tensors alive at once during its forward (or recompute)
+    bwd_peak: list[int]  # its saved tensors and backward temporaries alive at once in its backward
     grads: list[int]  # gradients its backward produces
     resident: int  # weights, gradients of no stage, inputs: alive the whole step
     labels: list[str] = field(default_factory=list)
@@ -82,6 +83,7 @@ def stage_profile(system: System, trace: Trace) -> Stages:
     fwd_s, bwd_s = [0.0] * S, [0.0] * S
     stage_of_op: list[tuple[str, int]] = []
     fwd_last = [0] * S  # index of each stage's last forward op
+    bwd_first = [0] * S  # and its first backward op
     for block in trace.blocks:
         k = block.first_layer
         for op in block.ops:
@@ -90,6 +92,8 @@ def stage_profile(system: System, trace: Trace) -> Stages:
                 fwd_s[k] += sec
                 fwd_last[k] = len(stage_of_op)
             else:
+                if not bwd_s[k]:
+                    bwd_first[k] = len(stage_of_op)
                 bwd_s[k] += sec
             stage_of_op.append((op.phase, k))
     life = trace.lifetimes()
@@ -132,6 +136,10 @@ def stage_profile(system: System, trace: Trace) -> Stages:
         later_fwd = any(p == "forward" and j != k for p, j in reads)
         other_bwd = any(p == "backward" and j != k for p, j in reads)
         saved[k] += t.bytes if is_saved else 0
+        if is_saved:  # alive in the stage's backward until its last reader there
+            for i in range(bwd_first[k], dies + 1):
+                if stage_of_op[i] == ("backward", k):
+                    bwd_live[i] = bwd_live.get(i, 0) + t.bytes
         keep[k] += t.bytes if (is_saved or later_fwd) else 0
         rec[k] += t.bytes if (later_fwd or other_bwd) else 0
         off[k] += t.bytes if (later_fwd and not is_saved) else 0
@@ -229,7 +237,7 @@ class _Model:
         for i in range(st.count):
             buf = a * st.saved[i - 1] * x["offload"][i - 1] if i > 0 else 0
             self._cap(g, base + before + a * st.fwd_peak[i] + buf, f"fwd_{i}")
-            at_bwd = base + grads_from[i + 1] + before + a * st.saved[i] + buf
+            at_bwd = base + grads_from[i + 1] + before + buf
             self._cap(g, at_bwd + a * st.fwd_peak[i] * x["recompute"][i], f"rec_{i}")
             self._cap(g, at_bwd + a * st.bwd_peak[i] + st.grads[i], f"bwd_{i}")
             before = before + self._held(i)
