@@ -100,6 +100,9 @@ def test_mip_fits_where_resident_does_not(name):
     for b in base.values():
         if b.feasible:
             assert report.result.step_time_s <= b.step_time_s * (1 + 1e-9), b.name
+    again = plan(system, trace, "mip", time_limit=10)  # deterministic
+    assert again.plan.layer_policy == report.plan.layer_policy
+    assert again.result.step_time_s == report.result.step_time_s
     # the model's estimate is the simulator's figure within a generous band
     assert info.estimate_s == pytest.approx(report.result.step_time_s, rel=0.25)
     print(f"{name}: budget {budget / GIB:.2f} GiB (resident needs {need / GIB:.2f}); mip "
@@ -123,6 +126,13 @@ def test_nothing_fits_is_infeasible_with_a_diagnosis():
         plan(_system(weights), trace, "mip", time_limit=5)  # the weights alone fill the GPU
     diagnosis = err.value.diagnosis
     assert diagnosis.shortfalls and diagnosis.shortfalls[0].tier == "hbm"
+
+
+def test_unstaged_training_graph_is_refused():
+    from memsim.errors import SpecError
+
+    with pytest.raises(SpecError, match="stages"):
+        plan(_system(), _traced("mlp"), "mip", time_limit=5)
 
 
 def test_forward_only_module_is_planned_resident():

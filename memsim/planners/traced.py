@@ -177,7 +177,12 @@ def structures(system: System, space: Space) -> list[str | None]:
 
 def jobs(view: System, trace: Trace, space: Space, slack: bool | set[str], act_scale: float):
     """``mip.search``'s jobs for a module trace: one per activation tier."""
-    if not stageable(trace) and "stages" not in trace.meta:
+    if stageable(trace):  # the plan's stages would not exist in the trace the simulator runs
+        from memsim.planners.mip import NotApplicable
+
+        raise NotApplicable("a traced training graph is planned in stages: load it with "
+                            "memsim.workloads.load_trace or stage it with memsim.workloads.stages.stage")
+    if "stages" not in trace.meta:
         return [("forward only", lambda left: _forward_only(view, trace, space, slack))]
     st = stage_profile(view, trace)
     return [(f"traced activations→{tier or 'none'}",
