@@ -47,7 +47,15 @@ import pulp
 
 from memsim.hardware.spec import System
 from memsim.planners.flows import Flows
-from memsim.planners.lp import GIB, Candidate, cap_constraint, safe_name, slack_price, slack_tiers
+from memsim.planners.lp import (
+    GIB,
+    Candidate,
+    cap_constraint,
+    normalise,
+    safe_name,
+    slack_price,
+    slack_tiers,
+)
 from memsim.planners.plan import Plan
 from memsim.planners.profile import op_seconds
 from memsim.planners.solver import SolveInfo, solve, value
@@ -74,6 +82,8 @@ class Stages:
     bwd_peak: list[int]  # its saved tensors and backward temporaries alive at once in its backward
     grads: list[int]  # gradients its backward produces
     resident: int  # weights, gradients of no stage, inputs: alive the whole step
+    weights: int = 0  # of ``resident``, the weights (what a placement may home off the GPU)
+    stage_weights: list[int] = field(default_factory=list)  # weights each stage's forward reads
     labels: list[str] = field(default_factory=list)
 
 
@@ -83,6 +93,7 @@ def stage_profile(system: System, trace: Trace) -> Stages:
     fwd_s, bwd_s = [0.0] * S, [0.0] * S
     stage_of_op: list[tuple[str, int]] = []
     fwd_last = [0] * S  # index of each stage's last forward op
+    read_by: list[set[str]] = [set() for _ in range(S)]  # names each stage's forward reads
     bwd_first = [0] * S  # and its first backward op
     for block in trace.blocks:
         k = block.first_layer
@@ -90,6 +101,7 @@ def stage_profile(system: System, trace: Trace) -> Stages:
             sec = op_seconds(system, op)
             if op.phase == "forward":
                 fwd_s[k] += sec
+                read_by[k].update(op.inputs)
                 fwd_last[k] = len(stage_of_op)
             else:
                 if not bwd_s[k]:
@@ -162,8 +174,11 @@ def stage_profile(system: System, trace: Trace) -> Stages:
     for i, b in bwd_live.items():
         k = stage_of_op[i][1]
         bwd_peak[k] = max(bwd_peak[k], b)
+    weight = {n: t.bytes for n, t in trace.tensors.items() if t.cls == "weight"}
+    stage_weights = [sum(weight.get(n, 0) for n in names) for names in read_by]
     return Stages(S, fwd_s, bwd_s, saved, keep, rec, off, reread, fwd_peak, bwd_peak, grads, resident,
-                  list(trace.meta.get("stages") or []))
+                  weights=sum(weight.values()), stage_weights=stage_weights,
+                  labels=list(trace.meta.get("stages") or []))
 
 
 def structures(system: System, space: Space) -> list[str | None]:
@@ -218,6 +233,10 @@ class _Model:
                       for k in range(st.count)] for p in POLICIES}
         self.slack = {t: prob.add_variable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
         self.zero = prob.add_variable("zero", 0, 0)
+        self.host = _state_host(system, space)
+        # fractions of the weights and gradients homed on the host tier (streamed per stage)
+        self.w = prob.add_variable("w_host", 0, 1 if self.host in space.tiers["weight"] else 0)
+        self.r = prob.add_variable("g_host", 0, 1 if self.host in space.tiers["grad"] else 0)
         for k in range(st.count):
             prob += pulp.lpSum(self.x[p][k] for p in POLICIES) == 1, f"one_{k}"
         self._memory()
@@ -236,19 +255,29 @@ class _Model:
 
     def _memory(self) -> None:
         st, x, a, g = self.st, self.x, self.scale, self.g
-        base = st.resident * (1 + _fragmentation())
+        w, r = self.w, self.r
+        # resident bytes (and the allocator's allowance on them), the staging ring of streamed
+        # weights (prefetch_depth + 1 stages, the largest) and of gradients being copied out
+        base = ((st.resident - st.weights + st.weights * (1 - w)) * (1 + _fragmentation())
+                + (self.space.prefetch_depth + 1) * max(st.stage_weights, default=0) * w
+                + 2 * max(st.grads, default=0) * r)
         grads_from = [sum(st.grads[k:]) for k in range(st.count + 1)]
         before = 0  # Σ_{j<i} held_j, built up as i grows
         for i in range(st.count):
             buf = a * st.saved[i - 1] * x["offload"][i - 1] if i > 0 else 0
             self._cap(g, base + before + a * st.fwd_peak[i] + buf, f"fwd_{i}")
-            at_bwd = base + grads_from[i + 1] + before + buf
+            at_bwd = base + grads_from[i + 1] * (1 - r) + before + buf
             self._cap(g, at_bwd + a * st.fwd_peak[i] * x["recompute"][i], f"rec_{i}")
             self._cap(g, at_bwd + a * st.bwd_peak[i] + st.grads[i], f"bwd_{i}")
             before = before + self._held(i)
+        homes: dict[str, list] = {}
         if self.act_tier:
-            offloaded = pulp.lpSum(a * st.saved[k] * x["offload"][k] for k in range(st.count))
-            self._cap(self.act_tier, offloaded, "home")
+            homes.setdefault(self.act_tier, []).append(
+                pulp.lpSum(a * st.saved[k] * x["offload"][k] for k in range(st.count)))
+        if self.host:
+            homes.setdefault(self.host, []).append(st.weights * w + sum(st.grads) * r)
+        for tier, use in homes.items():
+            self._cap(tier, pulp.lpSum(use), "home")
 
     def _cap(self, tier: str, expr, label: str) -> None:
         expr = pulp.lpSum([expr, self.zero])  # a row without variables is still a row
@@ -262,16 +291,21 @@ class _Model:
         prob += bwd >= sum(st.bwd_s) + pulp.lpSum(st.fwd_s[k] * x["recompute"][k]
                                                   for k in range(st.count)), "compute_bwd"
         stalls = []
+        out, back = Flows(self.system), Flows(self.system)
+        if self.host:  # streamed weights load in forward and again in backward; gradients leave
+            out.add(self.host, g, st.weights * self.w)
+            back.add(self.host, g, st.weights * self.w)
+            back.add(g, self.host, sum(st.grads) * self.r)
         if self.act_tier:
-            out, back = Flows(self.system), Flows(self.system)
             for k in range(st.count):
                 moved = a * st.saved[k] * x["offload"][k]
                 out.add(g, self.act_tier, moved)
                 back.add(self.act_tier, g, moved)
-            for stage, fl in (("fwd", out), ("bwd", back)):
-                var = fwd if stage == "fwd" else bwd
-                for name, rate, terms in fl.loads():
-                    prob += var >= pulp.lpSum(terms) * (1.0 / rate), f"load_{stage}_{safe_name(name)}"
+        for stage, fl in (("fwd", out), ("bwd", back)):
+            var = fwd if stage == "fwd" else bwd
+            for name, rate, terms in fl.loads():
+                prob += var >= pulp.lpSum(terms) * (1.0 / rate), f"load_{stage}_{safe_name(name)}"
+        if self.act_tier:
             # stage k's prefetch starts with stage k+1's backward (prefetch_depth 1) and must end
             # before its own: what that backward and its recompute do not hide is a stall
             rate = min(r for _, r in Flows(self.system).resources(self.act_tier, g))
@@ -301,9 +335,23 @@ class _Model:
         counts = {p: chosen.count(p) for p in POLICIES if chosen.count(p)}
         notes = ["traced MILP over " + f"{st.count} stages: "
                  + ", ".join(f"{n} {p}" for p, n in counts.items())]
-        return Plan(activations=default, layer_policy=policy,
+        placement = {}
+        for cls, var in (("weight", self.w), ("grad", self.r)):
+            off = round(value(var), 6)
+            if off > 1e-6:
+                placement[cls] = normalise({self.g: 1 - off, self.host: off})
+                notes.append(f"{cls}: {off:.1%} homed on {self.host}, streamed per stage")
+        return Plan(placement=placement, activations=default, layer_policy=policy,
                     activation_tier=self.act_tier if offloads else None,
                     prefetch_depth=self.space.prefetch_depth, notes=notes)
+
+
+def _state_host(system: System, space: Space) -> str | None:
+    """The host tier weights and gradients may live on: the CPU's memory, beside the GPU."""
+    host = system.cpu.memory if system.cpu is not None else None
+    if host is None or host == system.fast_tier or host not in space.caps:
+        return None
+    return host
 
 
 def _forward_only(system: System, trace: Trace, space: Space, slack: bool | set[str]) -> Candidate:
