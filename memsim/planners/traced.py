@@ -11,29 +11,35 @@ binaries. What memsim can execute is coarser anyway: the Plan's ``layer_policy``
 backward from the tensors it reads from earlier stages). So the model aggregates Checkmate's
 per-op decisions to per-stage ones, with memory checked at Checkmate's stage boundaries:
 
-* binaries ``keep[k] + recompute[k] + offload[k] = 1`` for each of the S stages;
+* binaries ``keep[k] + recompute[k] + offload[k] = 1`` for each of the S stages, and two
+  fractions: of the weights and of the gradients homed on the host (the Plan's ``placement``,
+  each tensor split alike; the simulator streams a stage's share in ``prefetch_depth`` stages
+  ahead and copies its gradients out after its backward);
 * what stage k holds on the compute tier between its forward and its backward:
   keep: its saved activations and the tensors later stages read (``|A ∪ C|``); recompute: the
   tensors later stages' forward or backward read (``|C ∪ X|``, its checkpoints, which the
   simulator keeps alive until they are read again); offload: those later stages read that are
   not saved (``|C \\ A|``);
-* memory at the forward of stage i: resident state + Σ_{j<i} held_j + stage i's own forward
+* memory at the forward of stage i: resident state (the weights' GPU share with the allocator's
+  allowance, the staging ring of ``prefetch_depth + 1`` stages' streamed weights and two of
+  gradients) + Σ_{j<i} held_j + stage i's own forward
   peak (from its tensors' lifetimes) + the write-back buffer of an offloaded stage i-1; at the
-  backward of stage i: resident state + gradients of stages ≥ i + Σ_{j<i} held_j + the larger
-  of its recompute peak (when recomputed) and its backward's peak (its saved tensors and the
-  backward's temporaries alive at once, from their lifetimes) + the prefetch buffer of an
-  offloaded stage i-1. Each ≤ the compute tier's
-  capacity less the runtime's reserved bytes (``space.caps``), as the simulator holds them.
-* time: forward ≥ Σ its op times and ≥ the offload copies' load on every link and tier they
-  cross (``flows.Flows``); backward ≥ Σ its op times + the recomputed forwards and ≥ the
-  prefetches' load; plus per stage the part of its prefetch that the previous stage's backward
-  cannot hide, and for a stage whose saved tensors the next forward reads, the write-back and
-  the fetch back it waits for. Op times are the simulator's roofline (``profile.op_seconds``).
+  backward of stage i: resident state + the GPU share of the gradients of stages > i + stage
+  i's own + Σ_{j<i} held_j + the larger of its recompute peak (when recomputed) and its
+  backward's peak (its saved tensors and the backward's temporaries alive at once, from their
+  lifetimes) + the prefetch buffer of an offloaded stage i-1. Each ≤ the compute tier's capacity
+  less the runtime's reserved bytes (``space.caps``), as the simulator holds them.
+* time: forward ≥ Σ its op times and ≥ the load of the offload copies and streamed weights on
+  every link and tier they cross (``flows.Flows``); backward ≥ Σ its op times + the recomputed
+  forwards and ≥ the load of the prefetches, streamed weights and gradients copied out; plus per
+  stage the part of its prefetch that the previous stage's backward cannot hide, and for a stage
+  whose saved tensors the next forward reads, the write-back and the fetch back it waits for.
+  Op times are the simulator's roofline (``profile.op_seconds``).
 
 Approximations, each erring towards more memory: a recomputed or kept stage's cross-stage
 tensors are held until its own backward (the simulator frees some earlier); every gradient of
-stages ≥ i is counted at stage i's backward (they live to the end of the step). Weights,
-gradients and other state stay on the compute tier (this model places activations only). The
+stages > i is counted at stage i's backward (they live to the end of the step); the streamed
+weights' first stage is assumed prefetched (its load is in the link's total, not a stall). The
 simulator checks every plan; an overflow it finds cuts the capacity and the model is re-solved
 (``report._searched``).
 """
