@@ -22,13 +22,13 @@ per-op decisions to per-stage ones, with memory checked at Checkmate's stage bou
   not saved (``|C \\ A|``);
 * memory at the forward of stage i: resident state (the weights' GPU share with the allocator's
   allowance, the staging ring of ``prefetch_depth + 1`` stages' streamed weights and two of
-  gradients) + Σ_{j<i} held_j + stage i's own forward
-  peak (from its tensors' lifetimes) + the write-back buffer of an offloaded stage i-1; at the
-  backward of stage i: resident state + the GPU share of the gradients of stages > i + stage
-  i's own + Σ_{j<i} held_j + the larger of its recompute peak (when recomputed) and its
-  backward's peak (its saved tensors and the backward's temporaries alive at once, from their
-  lifetimes) + the prefetch buffer of an offloaded stage i-1. Each ≤ the compute tier's capacity
-  less the runtime's reserved bytes (``space.caps``), as the simulator holds them.
+  gradients) + Σ_{j<i} held_j + stage i's own forward peak (from its tensors' lifetimes) + the
+  write-back buffer of an offloaded stage i-1; at the backward of stage i: resident state + the
+  GPU share of the gradients of stages > i + stage i's own + Σ_{j<i} held_j + the larger of its
+  recompute peak (when recomputed) and its backward's peak (its saved tensors and the backward's
+  temporaries alive at once, from their lifetimes) + the prefetch buffer of an offloaded stage
+  i-1. Each ≤ the compute tier's capacity less the runtime's reserved bytes (``space.caps``), as
+  the simulator holds them.
 * time: forward ≥ Σ its op times and ≥ the load of the offload copies and streamed weights on
   every link and tier they cross (``flows.Flows``); backward ≥ Σ its op times + the recomputed
   forwards and ≥ the load of the prefetches, streamed weights and gradients copied out; plus per
