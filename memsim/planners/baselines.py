@@ -34,14 +34,16 @@ def resident(system: System, trace: Trace, options: dict, time_limit: float = 0)
 
 def checkpoint_full(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
     """Full activation checkpointing: keep each layer's input, recompute its forward in backward."""
-    _need(trace, "training", what="activation checkpointing")
+    _need(trace, "training", "module", what="activation checkpointing")
+    _staged(trace)
     return Plan(activations="recompute", planner=_info("checkpoint-full"))
 
 
 def checkpoint_sqrt(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
     """Chen et al. (2016) √n checkpointing at layer granularity: of every ⌈√L⌉ layers one keeps
     its activations and the others recompute, so about L/√L = √L layers' activations stay."""
-    _need(trace, "training", what="activation checkpointing")
+    _need(trace, "training", "module", what="activation checkpointing")
+    _staged(trace)
     layers = int(trace.meta.get("layers") or max(b.repeat for b in trace.blocks))
     k = max(1, math.ceil(math.sqrt(layers)))
     policy = {i: "keep" for i in range(layers) if i % k == k - 1}
@@ -51,6 +53,13 @@ def checkpoint_sqrt(system: System, trace: Trace, options: dict, time_limit: flo
         planner=_info("checkpoint-sqrt"),
         notes=[f"√n checkpointing: every {k}th layer keeps its activations"],
     )
+
+
+def _staged(trace: Trace) -> None:
+    """A module trace checkpoints per stage (``memsim/workloads/stages.py``): it needs them."""
+    if trace.kind == "module" and "stages" not in trace.meta:
+        raise NotApplicable("checkpointing a traced module needs its training graph in stages "
+                            "(memsim.workloads.stages.stage; load_trace does it)")
 
 
 def zero_offload(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:

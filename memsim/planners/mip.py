@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from memsim.hardware.spec import System
-from memsim.planners import inference, serving, training
+from memsim.planners import inference, serving, traced, training
 from memsim.planners.lp import Candidate
 from memsim.planners.plan import Plan, PlannerInfo
 from memsim.planners.profile import Profile, build_profile
@@ -97,6 +97,8 @@ def _jobs(view: System, trace: Trace, prof: Profile, space: Space, slack: bool, 
             )
             for nb, ca in inference.structures(view, trace, prof, space)
         ]
+    if trace.kind == "module":
+        return traced.jobs(view, trace, space, slack, act_scale)
     if trace.kind == "serving":
         return [
             (

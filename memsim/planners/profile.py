@@ -93,6 +93,7 @@ def build_profile(system: System, trace: Trace) -> Profile:
     saved, ckpt, transient, other = _activation_split(trace)
     non_layer = {n: t.bytes for n, t in trace.tensors.items()
                  if t.cls in ("activation", "workspace") and LAYER not in n}
+    scratch = trace.scratch()  # once: a traced graph has thousands of non-layer tensors
     prof = Profile(
         trace.kind,
         layers,
@@ -104,7 +105,7 @@ def build_profile(system: System, trace: Trace) -> Profile:
         transient,
         other,
         other_total=sum(non_layer.values()),
-        other_shared=sum(b for n, b in non_layer.items() if n in trace.scratch()),
+        other_shared=sum(b for n, b in non_layer.items() if n in scratch),
         tokens_per_step=int(trace.meta.get("tokens_per_step") or 0),
         batch=int(trace.meta.get("batch_size") or trace.meta.get("micro_batch") or 1),
     )

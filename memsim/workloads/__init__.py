@@ -15,6 +15,7 @@ from memsim.workloads.imports import apply_deepspeed, apply_vllm, relative
 from memsim.workloads.models import Architecture, list_models, load_model
 from memsim.workloads.quantization import quantized
 from memsim.workloads.spec import Workload
+from memsim.workloads.stages import stage
 from memsim.workloads.trace import Trace
 
 __all__ = ["Architecture", "Trace", "Workload", "build_trace", "list_models", "list_workloads",
@@ -66,7 +67,8 @@ def build_trace(workload: Workload) -> Trace:
 
 def load_trace(name_or_path: str | Path | Trace, overrides: Iterable[str] = ()) -> Trace:
     """The Trace every command runs on: a workload (catalog name or YAML, built with its
-    ``--set`` overrides) or a saved Trace JSON, e.g. a real module from ``memsim trace``."""
+    ``--set`` overrides) or a saved Trace JSON, e.g. a real module from ``memsim trace`` (a
+    training graph is cut into stages there: ``memsim/workloads/stages.py``)."""
     if isinstance(name_or_path, Trace):
         return name_or_path
     if str(name_or_path).endswith(".json"):
@@ -76,9 +78,10 @@ def load_trace(name_or_path: str | Path | Trace, overrides: Iterable[str] = ()) 
             raise SpecError(f"--set {mine[0]} cannot change a saved trace; trace the module again "
                             "with other inputs instead", file=str(path))
         try:
-            return Trace.load(path)
+            trace = Trace.load(path)
         except (ValueError, KeyError, TypeError) as exc:
             raise SpecError(f"not a memsim trace: {exc}", file=str(path)) from None
+        return stage(trace)  # a traced training graph gets stages, the layers plans act on
     return build_trace(load_workload(name_or_path, overrides))
 
 
