@@ -226,3 +226,18 @@ def test_plan_cli_on_a_traced_module(tmp_path):
     rc, doc = _memsim("plan", "--hardware", "h100-sxm", "--workload", str(path),
                       "--set", "hardware.tiers.hbm.capacity=1GiB")
     assert rc == 3 and doc["exit_code"] == 3 and "hbm" in doc["error"]
+
+
+@pytest.mark.slow
+def test_simulate_hint_for_a_forward_only_module(tmp_path):
+    """A forward-only trace has nothing for the planner to decide: the exit-3 hint says so
+    instead of sending the user to `memsim plan --planner mip`."""
+    path = tmp_path / "mlp-fwd.json"
+    rc, _ = _memsim("trace", "memsim.workloads.torch_examples:mlp", "--arg", "d_in=1024",
+                    "--arg", "hidden=4096", "--arg", "depth=6", "--input", "8192x1024", "-o", str(path))
+    assert rc == 0
+    rc, doc = _memsim("simulate", "--hardware", "h100-sxm", "--workload", str(path),
+                      "--set", "hardware.tiers.hbm.capacity=64MiB")
+    assert rc == 3
+    hints = " ".join(doc["diagnosis"]["suggestions"])
+    assert "--train" in hints and "--planner mip" not in hints

@@ -44,7 +44,7 @@ def simulate_case(hardware: str, workload: str, *, plan_path: str | None = None,
     if timeline_path is not None:
         doc["timeline"] = timeline_path
     if not result.feasible:
-        exc = Infeasible(diagnose(result))
+        exc = Infeasible(diagnose(result, plannable=not _forward_only(trace)))
         exc.payload = {k: v for k, v in doc.items() if k != "feasible"}
         raise exc
     return result, doc
@@ -62,3 +62,8 @@ def result_document(result: Result, plan: Plan | None) -> dict:
     doc["baselines"] = []
     doc["source"] = "simulated"
     return doc
+
+
+def _forward_only(trace) -> bool:
+    """A traced module without a backward block: nothing for a planner to decide (planners/traced.py)."""
+    return trace.kind == "module" and "stages" not in trace.meta

@@ -69,9 +69,11 @@ def _dtype(prog) -> str:
     return next((op.dtype for op in prog.ops if op.kind == "matmul"), "bf16")
 
 
-def diagnose(result: Result) -> Diagnosis:
+def diagnose(result: Result, plannable: bool = True) -> Diagnosis:
     """Why a simulated case does not fit: every tier whose peak demand exceeds its capacity, the
-    first OOM (time, op, largest live tensors) and the capacity each tier would need."""
+    first OOM (time, op, largest live tensors) and the capacity each tier would need.
+    ``plannable`` is false for a workload the planner can only place resident (a forward-only
+    traced module): then the hint names the capacity alone, not a plan that cannot exist."""
     short = [Shortfall(tier, result.peak_bytes[tier], cap)
              for tier, cap in sorted(result.capacity_bytes.items())
              if result.peak_bytes.get(tier, 0) > cap]
@@ -94,6 +96,9 @@ def diagnose(result: Result) -> Diagnosis:
         summary = "; ".join(f"{s.tier} needs {units.fmt_bytes(s.needed_bytes)}" for s in short)
     suggestions = [f"{s.tier} with at least {units.fmt_bytes(s.needed_bytes)} "
                    f"(+{units.fmt_bytes(s.short_bytes)})" for s in short]
-    if short:
+    if short and plannable:
         suggestions.append("or a plan that offloads or recomputes (memsim plan --planner mip)")
+    elif short:
+        suggestions.append("or trace it with --train: the planner decides recompute and offload "
+                           "per stage of a training graph; a forward-only module is planned resident")
     return Diagnosis(summary, short, suggestions)
