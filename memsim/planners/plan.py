@@ -39,6 +39,12 @@ implements and every planner relies on:
     buffer. With ``prefetch_depth: 0`` a layer's copies start when the layer does and its compute
     waits for them: a synchronous per-layer load, no overlap.
 
+``neuron_tier``
+    Inference with ``inference.sparsity`` (LLM in a flash): the tier holding the FFN neurons
+    outside the resident window (``L{layer}.neurons``); each decode step reads its newly active
+    neurons from there, in reads of one neuron (two with row-column bundling: one chunk). None:
+    they live where ``placement.weight`` puts the weights.
+
 ``serving``
     Serving only: ``max_num_seqs``, ``max_num_batched_tokens``, ``block_size`` (tokens per KV
     block), ``preempt`` (``swap`` or ``recompute``), ``swap_tier`` and ``swap_bytes``.
@@ -95,6 +101,7 @@ class Plan:
     num_gpu_batches: int | None = None
     cpu_attention: bool = False
     pinned: bool = True
+    neuron_tier: str | None = None
     serving: ServingPolicy | None = None
     planner: PlannerInfo = field(default_factory=PlannerInfo)
     workload: str = ""  # the Trace's name, so a plan for another workload is refused
@@ -141,7 +148,7 @@ class Plan:
             if abs(sum(split.values()) - 1) > 1e-6:
                 raise SpecError(f"fractions sum to {sum(split.values()):.6g}, expected 1",
                                 file=file, key=f"placement.{cls}")
-        for key, tier in (("activation_tier", self.activation_tier),
+        for key, tier in (("activation_tier", self.activation_tier), ("neuron_tier", self.neuron_tier),
                           ("serving.swap_tier", self.serving.swap_tier if self.serving else None)):
             if tier is not None and tier not in tiers:
                 raise SpecError(f"unknown tier {tier!r}; the system has {sorted(tiers)}", file=file, key=key)

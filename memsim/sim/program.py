@@ -72,6 +72,7 @@ class TInfo:
     home: dict[str, int]  # tier → bytes, ordered by tier name
     birth: int | None  # first writer; None: exists from the start
     death: int | None  # last op it is alive in; None: alive to the end
+    chunk: int = 0  # bytes of one contiguous read from its home (scattered neurons); 0: large reads
 
 
 @dataclass(slots=True)
@@ -146,6 +147,10 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
     scan = _scan(ops, whole=trace.kind != "inference")
     tensors = _tensors(scan, trace, system, plan, fast, n if trace.kind == "inference" else 1)
     _annotate(ops, scan, tensors, trace)
+    if "sparsity" in trace.meta:
+        from memsim.sim.neurons import home_neurons
+
+        home_neurons(ops, tensors, trace, plan)
     return Program(ops, tensors, scan.segments, units, fast, notes)
 
 

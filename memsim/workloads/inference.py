@@ -145,4 +145,8 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
         "prefill_chunks": chunks,
         "token_costs": asdict(token_costs(arch, e, inf.kv_bits)),
     })
+    if inf.sparsity is not None:
+        from memsim.workloads.sparsity import sparsify
+
+        sparsify(trace, arch, inf.sparsity, e, dt, w._source)
     return trace

@@ -89,6 +89,32 @@ class Training(Spec):
         return self
 
 
+class Sparsity(Spec):
+    """Activation sparsity with a neuron cache, as LLM in a flash runs it (Alizadeh et al. 2023,
+    arXiv 2312.11514, sect. 3): a low-rank predictor picks the FFN neurons a token activates; the
+    neurons active in the last ``window`` tokens stay resident (the plan's weight placement); the
+    rest of the FFN lives on the plan's ``neuron_tier`` and each decode token reads from there
+    only its newly active neurons. memsim.workloads.sparsity builds it into the trace."""
+
+    active_fraction: float = Field(gt=0, le=1, description=(
+        "FFN neurons the predictor marks active per token: the decode FFN matmuls compute and "
+        "read only these"))
+    window: int = Field(0, ge=0, description=(
+        "k: neurons active in the last k tokens stay resident (windowing); 0: none beyond the "
+        "token's own"))
+    window_fraction: float | None = Field(None, ge=0, le=1, description=(
+        "measured share of FFN neurons active in the last k tokens (resident); default: "
+        "independent activations, 1-(1-active_fraction)^k"))
+    load_fraction: float | None = Field(None, ge=0, le=1, description=(
+        "measured share of FFN neurons a token activates that the window lacks (read per "
+        "token); default: independent activations, active_fraction·(1-active_fraction)^k"))
+    bundling: bool = Field(False, description=(
+        "row-column bundling: a neuron's up-projection column and down-projection row are stored "
+        "together and read as one 2·d_model·bytes chunk, instead of two d_model·bytes reads"))
+    predictor_fraction: float = Field(0.0, ge=0, lt=1, description=(
+        "the predictors' bytes as a share of the model's weights (resident, read every token)"))
+
+
 class Inference(Spec):
     """Offline generation: prefill the prompt, then decode gen_len tokens for a batch."""
 
@@ -101,6 +127,9 @@ class Inference(Spec):
     prefill_chunk: int | None = Field(None, ge=1, description=(
         "prefill the prompt in chunks of this many tokens (must divide prompt_len); activations "
         "are sized by the chunk"))
+    sparsity: Sparsity | None = Field(None, description=(
+        "predicted FFN sparsity with windowing and row-column bundling (LLM in a flash): "
+        "active_fraction, window, window_fraction, load_fraction, bundling, predictor_fraction"))
 
 
 class Arrival(Spec):
