@@ -15,8 +15,8 @@ down-projection row, so one read fetches both. What each knob becomes, per layer
   a copy of as many bytes within memory);
 * ``predictor``: a decode matmul over the predictor's bytes before the FFN;
 * decode ``mlp_up``/``mlp_down`` compute and read ``active_fraction`` of the FFN. The prefill is
-  left dense: a prompt's tokens together activate nearly every neuron, and it reads the resident
-  set and one token's new neurons, not the whole FFN (the prompt's own loading is not modelled).
+  left dense: a prompt's tokens together activate nearly every neuron; it reads the resident set
+  only (the prompt's own neuron loading is not modelled: the paper times generated tokens).
 """
 
 from __future__ import annotations
