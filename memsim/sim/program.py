@@ -136,6 +136,10 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
     units = units_of(system)
     notes: list[str] = []
     raw = _expand(trace, plan, units, notes)
+    if plan.kv_head_groups and plan.kv_head_groups > 1:
+        from memsim.sim.headwise import split_heads
+
+        raw, trace = split_heads(raw, trace, plan)
     n = plan.num_gpu_batches or 1
     if n > 1 and trace.kind == "inference":
         raw = _split_batches(raw, trace, n, notes)

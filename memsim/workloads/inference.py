@@ -142,7 +142,7 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
         "layers": arch.layers, "dtype": dt, "tokens_per_step": b * g, "flops_per_step": trace.flops,
         "per_device_bytes": tb.per_device_bytes(), "data_parallel": 1, "batch_size": b, "prompt_len": p,
         "gen_len": g, "kv_bits": inf.kv_bits, "decode_mean_context": mean_ctx, "prefill_chunk": chunk,
-        "prefill_chunks": chunks,
+        "prefill_chunks": chunks, "kv_heads": arch.kv_heads,
         "token_costs": asdict(token_costs(arch, e, inf.kv_bits)),
     })
     if inf.sparsity is not None:
