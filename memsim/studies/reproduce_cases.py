@@ -355,87 +355,9 @@ def _layer_saving(trace: Trace) -> str:
 
 
 def kivi(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
-    s = spec.setup
-    system = system_of(s, path)
-    fast = system.fast_tier
-    cap = system.tiers[fast].capacity
-    low = int(_need(s, "low_bits", path))
-    hi_bits = 16
-    hi_max = _largest_batch(s, path, cap, hi_bits, None, int(s.get("max_batch_search", 4096)))
-    lo_max = _largest_batch(s, path, cap, low, None, int(s.get("max_batch_search", 4096)))
-    kivi_kv = _kivi_kv(s, path)
-    lo_kivi = _largest_batch(s, path, cap, low, kivi_kv, int(s.get("max_batch_search", 4096)))
-    peaks = {}
-    for bits in (hi_bits, low):
-        say(f"simulating {bits}-bit KV at batch {hi_max}")
-        trace = trace_of(s, path, [f"inference.kv_bits={bits}", f"inference.batch_size={hi_max}"])
-        r = simulate(system, trace, None)
-        if not r.feasible:
-            raise Infeasible(_diag(r, f"kivi {bits}-bit at batch {hi_max}"))
-        peaks[bits] = r.peak_bytes[fast]
-        if bits == low:
-            peak_kivi = r.peak_bytes[fast] - trace.meta["per_device_bytes"]["kv_cache"] + hi_max * kivi_kv
-    pub = spec.published
-    figures = [
-        Figure("peak_ratio", f"peak {fast}, 16-bit / {low}-bit KV at batch {hi_max}", "x",
-               pub.get("peak_ratio"),
-               peaks[hi_bits] / peaks[low], SIM,
-               f"{gb(peaks[hi_bits]):.3g} GB vs {gb(peaks[low]):.3g} GB, weights included"),
-        Figure("batch_ratio", f"largest batch, {low}-bit / 16-bit KV", "x", pub.get("batch_ratio"),
-               lo_max / hi_max, f"{FORMULA}; simulated at the 16-bit maximum",
-               f"{lo_max} vs {hi_max} sequences in {fmt_bytes(cap)}"),
-        Figure("peak_ratio_kivi", "peak ratio with KIVI's scales, zero points and residual", "x",
-               pub.get("peak_ratio"), peaks[hi_bits] / peak_kivi, FORMULA,
-               f"{gb(peak_kivi):.3g} GB with KIVI's per-sequence KV of {fmt_bytes(kivi_kv)}"),
-        Figure("batch_ratio_kivi", "largest batch ratio with KIVI's scales, zero points and residual", "x",
-               pub.get("batch_ratio"), lo_kivi / hi_max, FORMULA, f"{lo_kivi} vs {hi_max} sequences"),
-    ]
-    trace = trace_of(s, path)
-    setup = [f"hardware `{s['hardware']}` ({fmt_bytes(cap)} {fast}); workload `{trace.name}` "
-             f"({trace.meta['model']}, prompt {trace.meta['prompt_len']}, "
-             f"{trace.meta['gen_len']} new tokens)",
-             f"memsim's `kv_bits: {low}` counts the packed {low}-bit values only; the KIVI rows add, per "
-             f"sequence, {s.get('scale_bits', 16)}-bit scale and zero point per group of "
-             f"{s.get('group_size', 32)} and the last {s.get('residual_tokens', 128)} tokens in 16 bits",
-             "largest batch: bisection on the workload's per-device bytes (weights + activations + KV) "
-             f"against {fmt_bytes(cap)}; the simulator confirms the 16-bit maximum fits"]
-    return CaseResult(spec.name, spec.title, spec.source, setup, figures)
+    from memsim.studies.reproduce_kivi import kivi_case
 
-
-def _kivi_kv(s: dict, path: Path) -> int:
-    """KV bytes of one sequence under KIVI: quantised values plus a scale and a zero point per group,
-    and the most recent ``residual_tokens`` kept in 16 bits (KIVI sect. 3.3-3.4)."""
-    from memsim.workloads import workload_architecture
-    from memsim.workloads.accounting import kv_bytes
-
-    w = workload_of(_need(s, "workload", path), path, s.get("overrides", []))
-    arch = workload_architecture(w)
-    tokens = w.inference.prompt_len + w.inference.gen_len
-    residual = min(tokens, int(s.get("residual_tokens", 128)))
-    bits, group, scale = int(s["low_bits"]), int(s.get("group_size", 32)), int(s.get("scale_bits", 16))
-    quantised = tokens - residual
-    effective = bits + 2 * scale / group  # value bits plus the amortised scale and zero point
-    return kv_bytes(arch, residual, 16) + math.ceil(kv_bytes(arch, quantised, 16) * effective / 16)
-
-
-def _largest_batch(s: dict, path: Path, cap: int, bits: int, kv_per_seq: int | None, upper: int) -> int:
-    """The largest batch whose per-device bytes fit ``cap`` (bisection on the workload accounting)."""
-
-    def need(batch: int) -> int:
-        pdb = trace_of(s, path, [f"inference.kv_bits={bits}", f"inference.batch_size={batch}"]).meta[
-            "per_device_bytes"]
-        if kv_per_seq is None:
-            return pdb["total"]
-        return pdb["total"] - pdb["kv_cache"] + batch * kv_per_seq
-
-    lo, hi = 0, upper
-    if need(1) > cap:
-        return 0
-    lo = 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if need(mid) <= cap else (lo, mid - 1)
-    return lo
+    return kivi_case(spec, path, say)
 
 
 # -- LLM in a flash -----------------------------------------------------------------------------

@@ -115,6 +115,17 @@ class Sparsity(Spec):
         "the predictors' bytes as a share of the model's weights (resident, read every token)"))
 
 
+class KVQuant(Spec):
+    """KIVI's quantised-KV layout (memsim.workloads.kvquant): what kv_bits < 16 holds besides the
+    packed values, and the dequantisation attention pays."""
+
+    group_size: int = Field(32, ge=1, description="elements per scale and zero point (KIVI: 32)")
+    residual: int = Field(128, ge=0, description=(
+        "recent tokens kept in full precision (KIVI's R: keys quantised in blocks of R, values "
+        "token by token past the last R)"))
+    scale_bits: int = Field(16, ge=1, description="bits of each scale and zero point (fp16: 16)")
+
+
 class Inference(Spec):
     """Offline generation: prefill the prompt, then decode gen_len tokens for a batch."""
 
@@ -127,6 +138,8 @@ class Inference(Spec):
     prefill_chunk: int | None = Field(None, ge=1, description=(
         "prefill the prompt in chunks of this many tokens (must divide prompt_len); activations "
         "are sized by the chunk"))
+    kv_quant: KVQuant | None = Field(None, description=(
+        "KIVI's layout of the quantised KV cache: group_size, residual, scale_bits (kv_bits < 16)"))
     sparsity: Sparsity | None = Field(None, description=(
         "predicted FFN sparsity with windowing and row-column bundling (LLM in a flash): "
         "active_fraction, window, window_fraction, load_fraction, bundling, predictor_fraction"))
