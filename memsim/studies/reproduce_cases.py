@@ -303,6 +303,25 @@ def _diag(result, what: str):
 # -- Chen et al. sqrt(n) checkpointing --------------------------------------------------------
 
 
+def _phase_split(system, trace: Trace, plan) -> str:
+    """How the no-checkpointing step's op time splits into forward and backward (each op alone,
+    as the engine costs it): what one recomputed forward adds depends on that ratio."""
+    from memsim.sim.engine import StepEngine
+    from memsim.sim.program import build_program
+
+    view = system.rank_view(int(trace.meta.get("data_parallel", 1) or 1))
+    engine = StepEngine(view, build_program(trace, view, plan), plan.prefetch_depth, False, trace.meta)
+    phase: dict[str, float] = {}
+    elementwise = 0.0
+    for op, t in zip(engine.prog.ops, engine.dur, strict=True):
+        phase[op.phase] = phase.get(op.phase, 0.0) + t
+        if op.phase == "forward" and op.kind == "elementwise":
+            elementwise += t
+    fwd, bwd = phase.get("forward", 0.0), phase.get("backward", 0.0)
+    return (f"ops alone: forward {fwd:.3g} s, backward {bwd:.3g} s ({bwd / fwd:.2f}× the forward; "
+            f"memory-bound elementwise ops are {elementwise / fwd:.0%} of the forward)")
+
+
 def checkpoint(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
     s = spec.setup
     system = system_of(s, path)
@@ -330,7 +349,8 @@ def checkpoint(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
                none_.peak_bytes[fast] / sqrt_.peak_bytes[fast], SIM),
         Figure("extra_time", "extra step time of √n checkpointing", "%", pub.get("extra_time"),
                sqrt_.step_time_s / none_.step_time_s - 1, SIM,
-               f"recompute {sqrt_.breakdown.get('recompute', 0.0):.3g} s of {sqrt_.step_time_s:.3g} s"),
+               f"recompute {sqrt_.breakdown.get('recompute', 0.0):.3g} s of {sqrt_.step_time_s:.3g} s; "
+               + _phase_split(system, trace, plans["baseline"])),
     ]
     setup = [f"hardware `{s['hardware']}`; workload `{trace.name}`: {trace.meta['layers']} layers, "
              f"{trace.meta['params']:,} parameters, micro-batch {trace.meta['micro_batch']} × "
