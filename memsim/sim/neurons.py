@@ -3,7 +3,12 @@
 ``L{layer}.neurons`` (the FFN outside the resident window) is homed on the plan's
 ``neuron_tier`` when it names one, and read in chunks of one neuron (one bundle with row-column
 bundling), so the tier's ``read_size_curve`` prices the scattered reads. Each decode step's
-``neuron_load`` reads only the share of the store the token newly activates."""
+``neuron_load`` reads only the share of the store the token newly activates.
+
+The predictor runs on the layer's attention output (LLM in a flash, sect. 3.1: the low-rank
+predictor takes the current layer's attention output), so which neurons to read is known only
+then: each decode layer's FFN part, from the predictor on, is its own segment and prefetch slot
+(``ffn_segments``), and at ``prefetch_depth: 0`` its reads start when that part does."""
 
 from __future__ import annotations
 
@@ -18,6 +23,17 @@ SUFFIX = ".neurons"
 def _is_store(name: str) -> bool:
     base = name.split("#", 1)[0]
     return base.endswith(SUFFIX) and base[:1] == "L" and base[1:-len(SUFFIX)].isdigit()
+
+
+FFN_PART = frozenset(("predictor", "neuron_load", "mlp_up", "mlp_act", "mlp_down", "mlp_residual"))
+
+
+def ffn_segments(raw: list[POp]) -> list[POp]:
+    """Give each decode layer's ops from the predictor on a group of their own (see above)."""
+    for op in raw:
+        if op.phase == "decode" and op.layer is not None and op.name.rsplit(".", 1)[-1] in FFN_PART:
+            op.group = (f"{op.group[0]}~ffn", *op.group[1:])
+    return raw
 
 
 def home_neurons(ops: list[POp], tensors: dict[str, TInfo], trace: Trace, plan: Plan) -> None:

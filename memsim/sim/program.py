@@ -136,6 +136,10 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
     units = units_of(system)
     notes: list[str] = []
     raw = _expand(trace, plan, units, notes)
+    if "sparsity" in trace.meta:
+        from memsim.sim.neurons import ffn_segments
+
+        raw = ffn_segments(raw)
     if plan.kv_head_groups and plan.kv_head_groups > 1:
         from memsim.sim.headwise import split_heads
 
