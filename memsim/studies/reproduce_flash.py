@@ -12,7 +12,8 @@ resident set lives on, the tier the weights are stored on):
   baseline, "the most efficient theoretical baseline", loading half the model per token (sect. 4);
 * windowing, windowing + bundling: the sparse trace with the FFN outside the window on storage.
   Their plans use ``prefetch_depth: 0``: a layer's neurons are known only once its predictor has
-  run on the layer's input, so their reads cannot start a layer ahead.
+  run on the layer's attention output, so their reads cannot start earlier (the simulator makes
+  the FFN part its own slot, memsim.sim.neurons).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ down-projection row, so one read fetches both. What each knob becomes, per layer
   fetches that share of the tensor, in reads of the bundle size, :data:`READ_BYTES_META`) and
   moves the window's departed neurons out of the way (the paper's memory management, sect. 3.3:
   a copy of as many bytes within memory);
-* ``predictor``: a decode matmul over the predictor's bytes before the FFN;
+* ``predictor``: a decode matmul over the predictor's bytes before the FFN, on the attention
+  output (the simulator starts the FFN part's neuron reads after it: memsim.sim.neurons);
 * decode ``mlp_up``/``mlp_down`` compute and read ``active_fraction`` of the FFN. The prefill is
   left dense: a prompt's tokens together activate nearly every neuron; it reads the resident set
   only (the prompt's own neuron loading is not modelled: the paper times generated tokens).
