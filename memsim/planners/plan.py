@@ -45,6 +45,18 @@ implements and every planner relies on:
     memsim.workloads.moe). ``layer``: every expert, as HF Accelerate's AlignDevicesHook loads
     the whole offloaded decoder layer before it runs.
 
+``neuron_tier``
+    Inference with ``inference.sparsity`` (LLM in a flash): the tier holding the FFN neurons
+    outside the resident window (``L{layer}.neurons``); each decode step reads its newly active
+    neurons from there, in reads of one neuron (two with row-column bundling: one chunk). None:
+    they live where ``placement.weight`` puts the weights.
+
+``kv_head_groups``
+    Inference only: stream each layer's KV cache in this many groups of KV heads (HeadInfer:
+    one group per KV head). Attention runs group by group, each group its own prefetch slot,
+    so ``prefetch_depth`` counts head groups and a KV cache homed off the GPU occupies a few
+    groups' KV there instead of whole layers'. None or 1: a layer at a time.
+
 ``serving``
     Serving only: ``max_num_seqs``, ``max_num_batched_tokens``, ``block_size`` (tokens per KV
     block), ``preempt`` (``swap`` or ``recompute``), ``swap_tier`` and ``swap_bytes``.
@@ -102,6 +114,8 @@ class Plan:
     cpu_attention: bool = False
     pinned: bool = True
     expert_fetch: Literal["routed", "layer"] = "routed"
+    neuron_tier: str | None = None
+    kv_head_groups: int | None = None
     serving: ServingPolicy | None = None
     planner: PlannerInfo = field(default_factory=PlannerInfo)
     workload: str = ""  # the Trace's name, so a plan for another workload is refused
@@ -148,7 +162,7 @@ class Plan:
             if abs(sum(split.values()) - 1) > 1e-6:
                 raise SpecError(f"fractions sum to {sum(split.values()):.6g}, expected 1",
                                 file=file, key=f"placement.{cls}")
-        for key, tier in (("activation_tier", self.activation_tier),
+        for key, tier in (("activation_tier", self.activation_tier), ("neuron_tier", self.neuron_tier),
                           ("serving.swap_tier", self.serving.swap_tier if self.serving else None)):
             if tier is not None and tier not in tiers:
                 raise SpecError(f"unknown tier {tier!r}; the system has {sorted(tiers)}", file=file, key=key)
@@ -195,6 +209,11 @@ class Plan:
                 or plan.prefetch_depth < 0:
             raise SpecError(f"expected a whole number of layers >= 0, got {plan.prefetch_depth!r}",
                             file=file, key="prefetch_depth")
+        groups = plan.kv_head_groups
+        if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int)
+                                   or groups < 1):
+            raise SpecError(f"expected a whole number of head groups >= 1, got {groups!r}",
+                            file=file, key="kv_head_groups")
         return plan
 
     def save(self, path: str | Path) -> None:

@@ -573,7 +573,8 @@ class StepEngine:
             if after is not None and after.callbacks is not None:
                 afters.append(after)
             events.append(self.clock.copier.copy(src, op.mem, nbytes, t, op.name,
-                                                 alloc=0 if self.ring else None, after=after))
+                                                 alloc=0 if self.ring else None, after=after,
+                                                 request=self.prog.tensors[t].chunk))
         ev = events[0] if len(events) == 1 else self.env.all_of(events)
         st = Stage(op.mem, t, sum(sources.values()), ev)
         if self.ring:  # the ring's buffer is taken when the fetch is issued

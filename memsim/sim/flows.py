@@ -267,19 +267,22 @@ class Copier:
         return self._plans[key]
 
     def copy(self, src: str, dst: str, nbytes: int, key: str, op: str, *,
-             alloc: int | None = None, after: simpy.Event | None = None) -> simpy.Event:
+             alloc: int | None = None, after: simpy.Event | None = None,
+             request: int = 0) -> simpy.Event:
         """Start a copy once ``after`` has fired; the returned event fires when the bytes have
         arrived. ``alloc`` bytes (default: the copy's) are allocated on ``dst`` under ``key`` when
         the copy starts, as a real buffer must be (0 when updating bytes already there); the caller
-        frees the source when it wants the bytes to *move* rather than be duplicated."""
+        frees the source when it wants the bytes to *move* rather than be duplicated.
+        ``request``: bytes per read request when smaller than ``IO_REQUEST_BYTES`` (a tensor
+        scattered in chunks, such as sparse FFN neurons); 0: the default."""
         self.started += 1
         env = self.env
         done = env.event()
         env.process(self._run(src, dst, nbytes, key, op, done,
-                              nbytes if alloc is None else alloc, after))
+                              nbytes if alloc is None else alloc, after, request))
         return done
 
-    def _run(self, src, dst, nbytes, key, op, done, alloc, after):
+    def _run(self, src, dst, nbytes, key, op, done, alloc, after, request=0):
         if after is not None and after.callbacks is not None:
             yield after
         plan = self._plans.get((src, dst)) or self._plan(src, dst)
@@ -299,7 +302,7 @@ class Copier:
             yield env.timeout(latency)
         if nbytes > 0:
             flows = self.flows
-            shares, curves = flows.shape(ports, src, dst, float(min(nbytes, IO_REQUEST_BYTES)))
+            shares, curves = flows.shape(ports, src, dst, float(min(nbytes, request or IO_REQUEST_BYTES)))
             yield flows.start(Flow(float(nbytes), cap, env.event(), shares, curves, touch))
         if via:
             for tier in via:

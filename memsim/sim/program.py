@@ -72,6 +72,7 @@ class TInfo:
     home: dict[str, int]  # tier → bytes, ordered by tier name
     birth: int | None  # first writer; None: exists from the start
     death: int | None  # last op it is alive in; None: alive to the end
+    chunk: int = 0  # bytes of one contiguous read from its home (scattered neurons); 0: large reads
 
 
 @dataclass(slots=True)
@@ -135,6 +136,14 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
     units = units_of(system)
     notes: list[str] = []
     raw = _expand(trace, plan, units, notes)
+    if "sparsity" in trace.meta:
+        from memsim.sim.neurons import ffn_segments
+
+        raw = ffn_segments(raw)
+    if plan.kv_head_groups and plan.kv_head_groups > 1:
+        from memsim.sim.headwise import split_heads
+
+        raw, trace = split_heads(raw, trace, plan)
     n = plan.num_gpu_batches or 1
     if n > 1 and trace.kind == "inference":
         raw = _split_batches(raw, trace, n, notes)
@@ -146,6 +155,10 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
     scan = _scan(ops, whole=trace.kind != "inference")
     tensors = _tensors(scan, trace, system, plan, fast, n if trace.kind == "inference" else 1)
     _annotate(ops, scan, tensors, trace, routed=plan.expert_fetch == "routed")
+    if "sparsity" in trace.meta:
+        from memsim.sim.neurons import home_neurons
+
+        home_neurons(ops, tensors, trace, plan)
     return Program(ops, tensors, scan.segments, units, fast, notes)
 
 

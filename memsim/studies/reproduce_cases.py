@@ -303,6 +303,25 @@ def _diag(result, what: str):
 # -- Chen et al. sqrt(n) checkpointing --------------------------------------------------------
 
 
+def _phase_split(system, trace: Trace, plan) -> str:
+    """How the no-checkpointing step's op time splits into forward and backward (each op alone,
+    as the engine costs it): what one recomputed forward adds depends on that ratio."""
+    from memsim.sim.engine import StepEngine
+    from memsim.sim.program import build_program
+
+    view = system.rank_view(int(trace.meta.get("data_parallel", 1) or 1))
+    engine = StepEngine(view, build_program(trace, view, plan), plan.prefetch_depth, False, trace.meta)
+    phase: dict[str, float] = {}
+    elementwise = 0.0
+    for op, t in zip(engine.prog.ops, engine.dur, strict=True):
+        phase[op.phase] = phase.get(op.phase, 0.0) + t
+        if op.phase == "forward" and op.kind == "elementwise":
+            elementwise += t
+    fwd, bwd = phase.get("forward", 0.0), phase.get("backward", 0.0)
+    return (f"ops alone: forward {fwd:.3g} s, backward {bwd:.3g} s ({bwd / fwd:.2f}× the forward; "
+            f"memory-bound elementwise ops are {elementwise / fwd:.0%} of the forward)")
+
+
 def checkpoint(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
     s = spec.setup
     system = system_of(s, path)
@@ -330,7 +349,8 @@ def checkpoint(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
                none_.peak_bytes[fast] / sqrt_.peak_bytes[fast], SIM),
         Figure("extra_time", "extra step time of √n checkpointing", "%", pub.get("extra_time"),
                sqrt_.step_time_s / none_.step_time_s - 1, SIM,
-               f"recompute {sqrt_.breakdown.get('recompute', 0.0):.3g} s of {sqrt_.step_time_s:.3g} s"),
+               f"recompute {sqrt_.breakdown.get('recompute', 0.0):.3g} s of {sqrt_.step_time_s:.3g} s; "
+               + _phase_split(system, trace, plans["baseline"])),
     ]
     setup = [f"hardware `{s['hardware']}`; workload `{trace.name}`: {trace.meta['layers']} layers, "
              f"{trace.meta['params']:,} parameters, micro-batch {trace.meta['micro_batch']} × "
@@ -355,87 +375,9 @@ def _layer_saving(trace: Trace) -> str:
 
 
 def kivi(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
-    s = spec.setup
-    system = system_of(s, path)
-    fast = system.fast_tier
-    cap = system.tiers[fast].capacity
-    low = int(_need(s, "low_bits", path))
-    hi_bits = 16
-    hi_max = _largest_batch(s, path, cap, hi_bits, None, int(s.get("max_batch_search", 4096)))
-    lo_max = _largest_batch(s, path, cap, low, None, int(s.get("max_batch_search", 4096)))
-    kivi_kv = _kivi_kv(s, path)
-    lo_kivi = _largest_batch(s, path, cap, low, kivi_kv, int(s.get("max_batch_search", 4096)))
-    peaks = {}
-    for bits in (hi_bits, low):
-        say(f"simulating {bits}-bit KV at batch {hi_max}")
-        trace = trace_of(s, path, [f"inference.kv_bits={bits}", f"inference.batch_size={hi_max}"])
-        r = simulate(system, trace, None)
-        if not r.feasible:
-            raise Infeasible(_diag(r, f"kivi {bits}-bit at batch {hi_max}"))
-        peaks[bits] = r.peak_bytes[fast]
-        if bits == low:
-            peak_kivi = r.peak_bytes[fast] - trace.meta["per_device_bytes"]["kv_cache"] + hi_max * kivi_kv
-    pub = spec.published
-    figures = [
-        Figure("peak_ratio", f"peak {fast}, 16-bit / {low}-bit KV at batch {hi_max}", "x",
-               pub.get("peak_ratio"),
-               peaks[hi_bits] / peaks[low], SIM,
-               f"{gb(peaks[hi_bits]):.3g} GB vs {gb(peaks[low]):.3g} GB, weights included"),
-        Figure("batch_ratio", f"largest batch, {low}-bit / 16-bit KV", "x", pub.get("batch_ratio"),
-               lo_max / hi_max, f"{FORMULA}; simulated at the 16-bit maximum",
-               f"{lo_max} vs {hi_max} sequences in {fmt_bytes(cap)}"),
-        Figure("peak_ratio_kivi", "peak ratio with KIVI's scales, zero points and residual", "x",
-               pub.get("peak_ratio"), peaks[hi_bits] / peak_kivi, FORMULA,
-               f"{gb(peak_kivi):.3g} GB with KIVI's per-sequence KV of {fmt_bytes(kivi_kv)}"),
-        Figure("batch_ratio_kivi", "largest batch ratio with KIVI's scales, zero points and residual", "x",
-               pub.get("batch_ratio"), lo_kivi / hi_max, FORMULA, f"{lo_kivi} vs {hi_max} sequences"),
-    ]
-    trace = trace_of(s, path)
-    setup = [f"hardware `{s['hardware']}` ({fmt_bytes(cap)} {fast}); workload `{trace.name}` "
-             f"({trace.meta['model']}, prompt {trace.meta['prompt_len']}, "
-             f"{trace.meta['gen_len']} new tokens)",
-             f"memsim's `kv_bits: {low}` counts the packed {low}-bit values only; the KIVI rows add, per "
-             f"sequence, {s.get('scale_bits', 16)}-bit scale and zero point per group of "
-             f"{s.get('group_size', 32)} and the last {s.get('residual_tokens', 128)} tokens in 16 bits",
-             "largest batch: bisection on the workload's per-device bytes (weights + activations + KV) "
-             f"against {fmt_bytes(cap)}; the simulator confirms the 16-bit maximum fits"]
-    return CaseResult(spec.name, spec.title, spec.source, setup, figures)
+    from memsim.studies.reproduce_kivi import kivi_case
 
-
-def _kivi_kv(s: dict, path: Path) -> int:
-    """KV bytes of one sequence under KIVI: quantised values plus a scale and a zero point per group,
-    and the most recent ``residual_tokens`` kept in 16 bits (KIVI sect. 3.3-3.4)."""
-    from memsim.workloads import workload_architecture
-    from memsim.workloads.accounting import kv_bytes
-
-    w = workload_of(_need(s, "workload", path), path, s.get("overrides", []))
-    arch = workload_architecture(w)
-    tokens = w.inference.prompt_len + w.inference.gen_len
-    residual = min(tokens, int(s.get("residual_tokens", 128)))
-    bits, group, scale = int(s["low_bits"]), int(s.get("group_size", 32)), int(s.get("scale_bits", 16))
-    quantised = tokens - residual
-    effective = bits + 2 * scale / group  # value bits plus the amortised scale and zero point
-    return kv_bytes(arch, residual, 16) + math.ceil(kv_bytes(arch, quantised, 16) * effective / 16)
-
-
-def _largest_batch(s: dict, path: Path, cap: int, bits: int, kv_per_seq: int | None, upper: int) -> int:
-    """The largest batch whose per-device bytes fit ``cap`` (bisection on the workload accounting)."""
-
-    def need(batch: int) -> int:
-        pdb = trace_of(s, path, [f"inference.kv_bits={bits}", f"inference.batch_size={batch}"]).meta[
-            "per_device_bytes"]
-        if kv_per_seq is None:
-            return pdb["total"]
-        return pdb["total"] - pdb["kv_cache"] + batch * kv_per_seq
-
-    lo, hi = 0, upper
-    if need(1) > cap:
-        return 0
-    lo = 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if need(mid) <= cap else (lo, mid - 1)
-    return lo
+    return kivi_case(spec, path, say)
 
 
 # -- LLM in a flash -----------------------------------------------------------------------------
@@ -458,42 +400,56 @@ def headinfer(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
     kv = meta["per_device_bytes"]["kv_cache"]
     say("all on the GPU")
     resident = simulate(system, trace, None)
-    say("KV offloaded to DRAM")
-    offload = simulate(system, trace, fixed_plan(_need(s, "offload_plan", path), "kv-offload", path))
+    say("all on the GPU, whole prompt in one prefill")
+    whole = simulate(system, trace_of(s, path, [f"inference.prefill_chunk={meta['prompt_len']}"]),
+                     None)
+    say("KV offloaded to DRAM, layer-wise")
+    plan_data = _need(s, "offload_plan", path)
+    offload = simulate(system, trace, fixed_plan(plan_data, "kv-offload", path))
     from memsim.workloads import workload_architecture
 
     arch = workload_architecture(workload_of(s["workload"], path, s.get("overrides", [])))
+    say("KV offloaded to DRAM, head-wise")
+    headwise_plan = fixed_plan({**plan_data, "kv_head_groups": arch.kv_heads}, "head-wise", path)
+    headwise = simulate(system, trace, headwise_plan)
     buffers = int(s.get("buffers", 2))
     head_kv = kv // (arch.layers * arch.kv_heads) * buffers
     layer_kv = kv // arch.layers
-    gpu_kv_offload = offload.peak_bytes[fast] - _non_kv_peak(resident, trace, fast)
+    non_kv = _non_kv_peak(resident, trace, fast)
+    gpu_kv_offload = offload.peak_bytes[fast] - non_kv
+    gpu_kv_head = headwise.peak_bytes[fast] - non_kv
     pub = spec.published
     figures = [
         Figure("kv", "KV cache at 2^20 tokens", "GiB", pub.get("kv_cache_gib"), gib(kv), FORMULA,
                f"{kv:,} B"),
         Figure("gpu_total_resident", f"peak {fast}, everything on the GPU", "GB",
                pub.get("gpu_total_resident_gb"), gb(resident.peak_bytes[fast]), SIM,
-               "more than the GPU has: the simulator reports the need" if not resident.feasible else ""),
-        Figure("gpu_total_offload", f"peak {fast}, KV homed in DRAM (layer-wise streaming)", "GB",
-               pub.get("gpu_total_offload_gb"), gb(offload.peak_bytes[fast]), SIM,
-               "" if offload.feasible else oom_text(offload)),
-        Figure("gpu_kv_offload", f"KV on the {fast}, layer-wise streaming", "GB",
-               pub.get("gpu_kv_offload_gb"),
-               gb(gpu_kv_offload), SIM, f"one layer's KV is {fmt_bytes(layer_kv)}"),
-        Figure("gpu_kv_headwise", f"KV on the {fast}, head-wise ({buffers} head buffers)", "GB",
+               ("more than the GPU has: the simulator reports the need. " if not resident.feasible
+                else "") + f"Prefilling the whole prompt at once instead: "
+               f"{gb(whole.peak_bytes[fast]):.1f} GB"),
+        Figure("gpu_total_offload", f"peak {fast}, KV homed in DRAM, head-wise streaming", "GB",
+               pub.get("gpu_total_offload_gb"), gb(headwise.peak_bytes[fast]), SIM,
+               (f"kv_head_groups {arch.kv_heads}, {headwise.step_time_s:,.0f} s a step. "
+                if headwise.feasible else oom_text(headwise) + ". ")
+               + f"Layer-wise streaming (the default) needs {gb(offload.peak_bytes[fast]):.2f} GB"
+               + ("" if offload.feasible else " and does not fit")),
+        Figure("gpu_kv_offload", f"KV on the {fast}, head-wise streaming", "GB",
+               pub.get("gpu_kv_offload_gb"), gb(gpu_kv_head), SIM,
+               f"one KV head's cache is {fmt_bytes(kv // (arch.layers * arch.kv_heads))}; "
+               f"layer-wise, one layer's is {fmt_bytes(layer_kv)} and the GPU holds "
+               f"{gb(gpu_kv_offload):.2f} GB of KV"),
+        Figure("gpu_kv_headwise", f"KV on the {fast}, {buffers} head buffers", "GB",
                pub.get("gpu_kv_offload_gb"), gb(head_kv), FORMULA,
                f"{buffers} × KV / (layers × KV heads) = {buffers} × {fmt_bytes(head_kv // buffers)}"),
-        Figure("gpu_total_headwise", f"peak {fast}, head-wise offload", "GB", pub.get("gpu_total_offload_gb"),
-               gb(_non_kv_peak(resident, trace, fast) + head_kv), f"{SIM} + {FORMULA}",
-               "the simulated peak without KV plus the head-wise KV buffers above"),
     ]
     offload_text = _plan_text(fixed_plan(s["offload_plan"], "kv-offload", path))
     setup = [f"hardware `{s['hardware']}`; workload `{s['workload']}` "
              f"{'with ' + ', '.join(s['overrides']) + ' ' if s.get('overrides') else ''}"
              f"({meta['prompt_len'] + meta['gen_len']:,} tokens, batch {meta['batch_size']}, prefill in "
              f"chunks of {meta.get('prefill_chunk')})",
-             f"offload plan: {offload_text} — memsim streams a whole layer's KV at a time; a head-wise "
-             "prefetch granularity is not a plan knob yet"]
+             f"offload plan: {offload_text}; head-wise: the same with kv_head_groups "
+             f"{arch.kv_heads} (one KV head at a time, prefetch_depth {headwise_plan.prefetch_depth} "
+             "head ahead)"]
     return CaseResult(spec.name, spec.title, spec.source, setup, figures)
 
 

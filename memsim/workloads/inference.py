@@ -30,6 +30,8 @@ from memsim.workloads.spec import Workload
 from memsim.workloads.trace import Op, TokenCosts, Trace
 
 KV_DTYPE = {16: "fp16", 8: "int8", 4: "int4", 2: "int2"}
+
+
 def kv_dtype_name(job) -> str:
     """The KV tensor's dtype label: vLLM's fp8 formats by name (``fp8`` is e4m3 in vLLM), else
     by bits."""
@@ -123,7 +125,7 @@ def token_costs(arch: Architecture, e: int, kv_bits: int) -> TokenCosts:
 
 
 def build_inference(w: Workload, arch: Architecture) -> Trace:
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     inf = w.inference
     e, dt = acc.DTYPE_BYTES[inf.dtype], inf.dtype
@@ -132,18 +134,26 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
     tb = TraceBuilder(w.name, "inference", arch.layers)
     declare_model(tb, arch, dt, e)
     per_layer_kv = acc.kv_bytes(arch, b * (p + g), inf.kv_bits, layers=1, context=p + g)
-    tb.tensor(L + "kv", per_layer_kv, "kv", kv_dtype_name(inf))
     chunk = inf.prefill_chunk or p
     if p % chunk:
         raise SpecError(f"prefill_chunk {chunk} does not divide prompt_len {p}", file=w._source,
                         key="inference.prefill_chunk")
     chunks = p // chunk
+    kv_read = {"prefill_e": kv_e, "decode_e": kv_e}  # bytes per cached element attention reads
+    if inf.kv_quant is not None:  # KIVI's scales, zero points and fp16 residual (kvquant.py)
+        from memsim.workloads.kvquant import layout
+
+        kv_read = layout(arch, b, p + g, chunk * (chunks + 1) / 2, p + 1 + g / 2, inf.kv_bits,
+                         inf.kv_quant, w._source)
+        per_layer_kv = int(kv_read["layer_bytes"])
+    tb.tensor(L + "kv", per_layer_kv, "kv", kv_dtype_name(inf))
     tb.tensor("hidden", b * chunk * arch.hidden * e, "activation", dt)
     tb.tensor("act", act_bytes(arch, b * chunk, e), "activation", dt)
     tb.tensor("logits", b * arch.vocab * 4, "activation", "fp32")
 
     # chunk i (0-based) attends over (i+1)·chunk tokens: the mean is chunk·(chunks+1)/2
-    prefill = layer_kernels(arch, b, chunk, chunk * (chunks + 1) / 2, e, e, kv_e=kv_e, dequant=True)
+    prefill = layer_kernels(arch, b, chunk, chunk * (chunks + 1) / 2, e, e, kv_e=kv_read["prefill_e"],
+                            dequant=True)
     kv_chunk = int(b * chunk * arch.kv_token_elems * kv_e)
     tb.block("embed", [embed_op(arch, b * chunk, e, "prefill", dt)], iterations=chunks)
     tb.block("prefill", layer_ops(prefill, "prefill", kv_chunk, dt, experts=arch.is_moe), templated=True,
@@ -151,7 +161,12 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
     tb.block("head", head_ops(arch, b, e, "prefill", dt))
     steps = g - 1
     mean_ctx = p + 1 + g / 2
-    decode = layer_kernels(arch, b, 1, mean_ctx, e, e, kv_e=kv_e, dequant=True)
+    decode = layer_kernels(arch, b, 1, mean_ctx, e, e, kv_e=kv_read["decode_e"], dequant=True)
+    if inf.kv_quant is not None:  # decode dequantises every cached element attention reads
+        from memsim.workloads.kvquant import DEQUANT_FLOPS_PER_ELEM  # (the prefill's are fresh)
+
+        extra = DEQUANT_FLOPS_PER_ELEM * b * arch.kv_layer_mean_elems(mean_ctx)
+        decode = [replace(k, flops=k.flops + extra) if k.key == "attention" else k for k in decode]
     tb.block("decode", layer_ops(decode, "decode", int(b * arch.kv_token_elems * kv_e), dt,
                                  experts=arch.is_moe), templated=True, iterations=steps)
     tb.block("decode_head", [embed_op(arch, b, e, "decode", dt, "decode_embed"),
@@ -163,9 +178,13 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
         "layers": arch.layers, "dtype": dt, "tokens_per_step": b * g, "flops_per_step": trace.flops,
         "per_device_bytes": tb.per_device_bytes(), "data_parallel": 1, "batch_size": b, "prompt_len": p,
         "gen_len": g, "kv_bits": inf.kv_bits, "decode_mean_context": mean_ctx, "prefill_chunk": chunk,
-        "prefill_chunks": chunks,
+        "prefill_chunks": chunks, "kv_heads": arch.kv_heads,
         "token_costs": asdict(token_costs(arch, e, inf.kv_bits)),
     })
     if arch.is_moe:
         trace.meta["routed_experts"] = moe.trace_meta(arch, {"prefill": b * chunk, "decode": b})
+    if inf.sparsity is not None:
+        from memsim.workloads.sparsity import sparsify
+
+        sparsify(trace, arch, inf.sparsity, e, dt, w._source)
     return trace

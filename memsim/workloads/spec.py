@@ -126,6 +126,43 @@ class Weights(Spec):
         "packing: gptq (qweight, scales, qzeros, int32 g_idx) or awq (no g_idx)"))
 
 
+class Sparsity(Spec):
+    """Activation sparsity with a neuron cache, as LLM in a flash runs it (Alizadeh et al. 2023,
+    arXiv 2312.11514, sect. 3): a low-rank predictor picks the FFN neurons a token activates; the
+    neurons active in the last ``window`` tokens stay resident (the plan's weight placement); the
+    rest of the FFN lives on the plan's ``neuron_tier`` and each decode token reads from there
+    only its newly active neurons. memsim.workloads.sparsity builds it into the trace."""
+
+    active_fraction: float = Field(gt=0, le=1, description=(
+        "FFN neurons the predictor marks active per token: the decode FFN matmuls compute and "
+        "read only these"))
+    window: int = Field(0, ge=0, description=(
+        "k: neurons active in the last k tokens stay resident (windowing); 0: none beyond the "
+        "token's own"))
+    window_fraction: float | None = Field(None, ge=0, le=1, description=(
+        "measured share of FFN neurons active in the last k tokens (resident); default: "
+        "independent activations, 1-(1-active_fraction)^k"))
+    load_fraction: float | None = Field(None, ge=0, le=1, description=(
+        "measured share of FFN neurons a token activates that the window lacks (read per "
+        "token); default: independent activations, active_fraction·(1-active_fraction)^k"))
+    bundling: bool = Field(False, description=(
+        "row-column bundling: a neuron's up-projection column and down-projection row are stored "
+        "together and read as one 2·d_model·bytes chunk, instead of two d_model·bytes reads"))
+    predictor_fraction: float = Field(0.0, ge=0, lt=1, description=(
+        "the predictors' bytes as a share of the model's weights (resident, read every token)"))
+
+
+class KVQuant(Spec):
+    """KIVI's quantised-KV layout (memsim.workloads.kvquant): what kv_bits < 16 holds besides the
+    packed values, and the dequantisation attention pays."""
+
+    group_size: int = Field(32, ge=1, description="elements per scale and zero point (KIVI: 32)")
+    residual: int = Field(128, ge=0, description=(
+        "recent tokens kept in full precision (KIVI's R: keys quantised in blocks of R, values "
+        "token by token past the last R)"))
+    scale_bits: int = Field(16, ge=1, description="bits of each scale and zero point (fp16: 16)")
+
+
 class Inference(Spec):
     """Offline generation: prefill the prompt, then decode gen_len tokens for a batch."""
 
@@ -139,6 +176,11 @@ class Inference(Spec):
         "prefill the prompt in chunks of this many tokens (must divide prompt_len); activations "
         "are sized by the chunk"))
     kv_cache_dtype: KVCacheDtype | None = Field(None, description=_KV_DTYPE_DESC)
+    kv_quant: KVQuant | None = Field(None, description=(
+        "KIVI's layout of the quantised KV cache: group_size, residual, scale_bits (kv_bits < 16)"))
+    sparsity: Sparsity | None = Field(None, description=(
+        "predicted FFN sparsity with windowing and row-column bundling (LLM in a flash): "
+        "active_fraction, window, window_fraction, load_fraction, bundling, predictor_fraction"))
 
     @model_validator(mode="after")
     def _kv_dtype(self) -> Inference:
