@@ -255,3 +255,13 @@ def test_vllm_reads_engine_args_with_python_names(t4, opt):
     with pytest.raises(SpecError) as err:
         emit.read("vllm", "dtype: bfloat16\n", t4, opt, "args.yaml")
     assert err.value.key == "dtype" and "inference.dtype=bf16" in str(err.value)
+
+
+def test_paper_knobs_the_frameworks_lack_are_named(h100):
+    """A plan using HeadInfer's head-wise streaming emits with a note, not silently without it."""
+    trace = load_trace("llama2-7b-train")
+    plan = run_preset(load_preset("zero-offload"), h100, trace)
+    plan.kv_head_groups = 4
+    emitted = emit.emit("deepspeed", h100, trace, plan)
+    assert any("kv_head_groups" in n and "HeadInfer" in n for n in emitted.notes)
+    assert emitted.plan.kv_head_groups is None

@@ -56,9 +56,23 @@ def emit(fmt: str, system: System, trace: Trace, plan: Plan) -> Emitted:
     """The config of ``plan`` in format ``fmt``, and the plan that config really runs."""
     module = FORMATS[check_format(fmt)]
     text, notes = module.emit(system, trace, plan)
+    notes = [*notes, *_inexpressible(fmt, plan)]
     ran = read(fmt, text, system, trace, file=f"emitted {DEFAULT_NAMES[fmt]}")
     ran.notes = list(notes)
     return Emitted(fmt, text, ran, list(dict.fromkeys(notes)))
+
+
+# Plan knobs of mechanisms from papers that none of the four frameworks has a setting for: the
+# emitted config runs without them, and its figures (simulated from the file) say what that costs.
+_PAPER_KNOBS = {
+    "neuron_tier": "the neuron store of inference.sparsity (LLM in a flash)",
+    "kv_head_groups": "head-wise KV streaming (HeadInfer)",
+}
+
+
+def _inexpressible(fmt: str, plan: Plan) -> list[str]:
+    return [f"{fmt} has no setting for {what} (plan {key}: {getattr(plan, key)}): the config runs "
+            "without it" for key, what in _PAPER_KNOBS.items() if getattr(plan, key) not in (None, 1)]
 
 
 def read(fmt: str, text: str, system: System, trace: Trace, file: str) -> Plan:
