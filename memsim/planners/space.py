@@ -41,6 +41,7 @@ class Space:
     capacity_margin: float = 0.002  # fraction of every tier held back (rounding, allocator slack)
     caps: dict[str, int] = field(default_factory=dict)
     max_step: float | None = None  # a throughput target as a step-time bound (cheapest_upgrade)
+    slack_cap: dict[str, float] = field(default_factory=dict)  # GiB a tier may grow by (cheapest_upgrade)
 
 
 def build_space(system: System, options: dict, file: str = "planner options",
