@@ -112,7 +112,7 @@ class PlanReport:
             "upgrade": self.upgrade.to_dict() if self.upgrade else None,
             "fallback": self.fallback,
             "plan": self.plan.to_dict(),
-            "notes": list(self.plan.notes),
+            "notes": [*self.trace.meta.get("import_notes", []), *self.plan.notes],
         }
 
 

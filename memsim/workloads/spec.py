@@ -206,6 +206,7 @@ class Workload(Spec):
     inference: Inference | None = Field(None, description="offline batched generation")
     serving: Serving | None = Field(None, description="online serving of a request stream")
     _source: str | None = PrivateAttr(None)  # the YAML file it came from (relative paths resolve there)
+    _notes: list[str] = PrivateAttr(default_factory=list)  # what imported files held, not acted on
 
     @model_validator(mode="after")
     def _one_kind(self) -> Workload:
