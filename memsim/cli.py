@@ -317,7 +317,7 @@ def workload_show(name: Annotated[str, typer.Argument(help="catalog name or path
     for key, value in doc["per_device_bytes"].items():
         mem.add_row(key, f"{value:,}", f"{value / 2**30:.2f}", f"{value / 1e9:.2f}")
     out.print(mem)
-    for note in doc.get("import_notes", []):
+    for note in doc.get("workload_notes", []):
         out.print(f"note: {note}", highlight=False)
 
 

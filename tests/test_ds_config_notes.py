@@ -42,7 +42,7 @@ def test_every_key_is_read_refused_or_noted(tmp_path):
     job = doc["job"]
     assert job["parallel"]["tensor"] == 2 and job["parallel"]["pipeline"] == 2  # training.parallel
     assert job["zero_stage"] == 1 and job["grad_accum"] == 2 and job["precision"] == "bf16"
-    notes = " | ".join(doc["import_notes"])
+    notes = " | ".join(doc["workload_notes"])
     # activation checkpointing: what memsim does instead, and exactly what it does not model
     assert "activation_checkpointing" in notes and "layer_policy" in notes
     assert "cpu_checkpointing" in notes and "partition_activations" in notes and "number_checkpoints" in notes
@@ -50,13 +50,13 @@ def test_every_key_is_read_refused_or_noted(tmp_path):
     for key in ("scheduler", "gradient_clipping", "optimizer.params", "zero_optimization.overlap_comm",
                 "zero_optimization.reduce_bucket_size", "pipeline.partition"):
         assert key in notes, key
-    assert all(n.startswith("ds.json: ") for n in doc["import_notes"])
+    assert all(n.startswith("ds.json: ") for n in doc["workload_notes"])
 
 
 def test_a_workload_key_that_overrides_the_ds_config_is_said(tmp_path):
     code, doc = _run(tmp_path, {"zero_optimization": {"stage": 3}}, yaml_extra=", zero_stage: 2")
     assert code == 0 and doc["job"]["zero_stage"] == 2
-    assert any("training.zero_stage=2" in n and "overrides" in n for n in doc["import_notes"])
+    assert any("training.zero_stage=2" in n and "overrides" in n for n in doc["workload_notes"])
 
 
 @pytest.mark.parametrize(("ds", "key"), [
@@ -71,7 +71,7 @@ def test_contradictions_exit_2_naming_file_and_key(tmp_path, ds, key):
 
 
 @pytest.mark.slow
-def test_plan_prints_the_import_notes(tmp_path):
+def test_plan_prints_the_workload_notes(tmp_path):
     ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 0, "overlap_comm": True},
           "activation_checkpointing": {"profile": True}}
     code, doc = _run(tmp_path, ds, "plan", "--hardware", "h100-sxm", "--planner", "zero-offload")

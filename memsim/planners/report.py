@@ -112,7 +112,7 @@ class PlanReport:
             "upgrade": self.upgrade.to_dict() if self.upgrade else None,
             "fallback": self.fallback,
             "plan": self.plan.to_dict(),
-            "notes": [*self.trace.meta.get("import_notes", []), *self.plan.notes],
+            "notes": [*self.trace.meta.get("workload_notes", []), *self.plan.notes],
         }
 
 
@@ -174,8 +174,9 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
         chosen = _fall_back(chosen, best, fallback["summary"])
     if not chosen.feasible:
         say("diagnosing")
+        ran = next((e.result for e in (chosen, *others) if e.result is not None), None)
         diagnosis = diagnose(
-            system, trace, preset.options if preset.kind == "mip" else {}, min(time_limit, 5.0)
+            system, trace, preset.options if preset.kind == "mip" else {}, min(time_limit, 5.0), result=ran
         )
         if chosen.result is not None and chosen.result.oom and not diagnosis.shortfalls:
             # the planner's model fits; the simulator saw a peak it does not: report the simulator's

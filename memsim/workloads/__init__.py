@@ -60,7 +60,7 @@ def build_trace(workload: Workload) -> Trace:
     builder = {"training": build_training, "inference": build_inference, "serving": build_serving}
     trace = builder[workload.kind](workload, arch)
     if workload._notes:  # shown by workload show, plan and simulate
-        trace.meta["import_notes"] = list(workload._notes)
+        trace.meta["workload_notes"] = [*workload._notes, *trace.meta.get("workload_notes", [])]
     return trace
 
 
