@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from memsim.errors import SpecError, did_you_mean
 from memsim.hardware.spec import TIER_KINDS, System
 from memsim.hardware.topology import Topology
-from memsim.sim.overheads import reserved_lines
+from memsim.sim.overheads import usable_bytes
 
 KNOWN = {
     "tiers",
@@ -83,12 +83,8 @@ def build_space(system: System, options: dict, file: str = "planner options",
         space.optimizer_devices = ("gpu",)
         space.cpu_attention = (False,)
     cut = options.get("_cut") or {}  # bytes the simulator showed the model under-counts (report.py)
-    held = reserved_lines(system, meta)  # the runtime's non-tensor bytes, as the simulator holds
-    space.caps = {
-        n: max(1, int(t.capacity * (1 - space.capacity_margin)) - int(cut.get(n, 0))
-               - sum(held.get(n, {}).values()))
-        for n, t in system.tiers.items()
-    }
+    usable = usable_bytes(system, meta, space.capacity_margin)  # less the runtime's non-tensor bytes
+    space.caps = {n: max(1, usable[n] - int(cut.get(n, 0))) for n in system.tiers}
     return space
 
 
