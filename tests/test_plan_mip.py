@@ -164,7 +164,7 @@ def test_cheapest_upgrade_grows_only_what_the_platform_takes():
     # beyond what 512 GiB of DRAM gives, and a machine whose tiers cannot grow: a sentence, no HBM
     assert "HBM never grows" in cheapest_upgrade(system, trace, 1e3 * tokens / base)
     fixed = small_system(hbm="16GiB", dram="64GiB")
-    assert "growing no tier" in cheapest_upgrade(fixed, trace, 2 * tokens / base)
+    assert "no tier of test-box can grow" in cheapest_upgrade(fixed, trace, 2 * tokens / base)
 
 
 def test_serving_model_sizes_the_kv_pool_and_swap_budget():

@@ -105,7 +105,7 @@ def buyable_upgrade(system: System, trace: Trace, target_tokens_per_s: float, sc
         raise ValueError("a throughput target needs tokens_per_step in the trace and a positive target")
     notes: list[str] = []
     node = system.gpu.count if system.gpu else 0
-    as_is = Option("none", f"as is: {_gpus(system, trace)} of {node} gpus of {system.name}", system, trace,
+    as_is = Option("none", f"as is: {_gpus(system, trace)} of {node} GPUs of {system.name}", system, trace,
                    usd_per_hour=_hourly(system, trace))
     gpus, why = _more_gpus(system, trace, rebuild)
     notes += why
@@ -179,6 +179,9 @@ def cheapest_upgrade(system: System, trace: Trace, target_tokens_per_s: float, o
     ranks = _ranks(system, trace)  # a shared host tier grows for every rank on the node
     room = {n: t.max_capacity - t.capacity for n, t in system.tiers.items()
             if t.kind != "hbm" and t.max_capacity is not None and t.max_capacity > t.capacity}
+    if not room:
+        return (f"memory: no tier of {system.name} can grow (none has a max_capacity above its capacity "
+                "in the hardware YAML; HBM never grows)")
     view = mip.planning_view(system, trace)
     space = build_space(view, dict(options or {}), meta=trace.meta)
     space.max_step = tokens / target_tokens_per_s
@@ -186,7 +189,7 @@ def cheapest_upgrade(system: System, trace: Trace, target_tokens_per_s: float, o
     found = mip.search(system, trace, options, time_limit, slack=set(room), space=space)
     if found.best is None or found.best.slack is None:
         grown = ", ".join(f"{n} to {fmt_bytes(system.tiers[n].max_capacity)}" for n in sorted(room))
-        return (f"memory: growing {grown or 'no tier'} (the platform's max_capacity; HBM never grows) "
+        return (f"memory: growing {grown} (the platform's max_capacity; HBM never grows) "
                 "does not reach the target in the MIP's estimate")
     add = {t: min(room[t], _round_up(s) * (1 if system.tiers[t].is_per_device else ranks))
            for t, s in sorted(found.best.slack.items()) if s > 1.0}
@@ -222,7 +225,7 @@ def _more_gpus(system: System, trace: Trace, rebuild: Rebuild | None) -> tuple[l
                 t = rebuild(sets)
             except SpecError:
                 continue
-            out.append(Option("gpus", f"gpus: {n} of {gpu.count} of {system.name}, ZeRO-{z}", system, t,
+            out.append(Option("gpus", f"gpus: {n} of {gpu.count} GPUs of {system.name}, ZeRO-{z}", system, t,
                               usd_per_hour=_hourly(system, t), overrides=sets))
     return out, []
 
@@ -265,8 +268,7 @@ def _gpus(system: System, trace: Trace) -> int:
 
 def _ranks(system: System, trace: Trace) -> int:
     """Host tiers are shared by the node's data-parallel ranks: a per-rank need × ranks."""
-    gpu = system.gpu
-    return min(int(trace.meta.get("data_parallel") or 1), gpu.count) if gpu else 1
+    return max(1, _gpus(system, trace))
 
 
 def _round_up(nbytes: float) -> int:
