@@ -317,6 +317,8 @@ def workload_show(name: Annotated[str, typer.Argument(help="catalog name or path
     for key, value in doc["per_device_bytes"].items():
         mem.add_row(key, f"{value:,}", f"{value / 2**30:.2f}", f"{value / 1e9:.2f}")
     out.print(mem)
+    for note in doc.get("workload_notes", []):
+        out.print(f"note: {note}", highlight=False)
 
 
 # -- torch tracer ---------------------------------------------------------------------------------
@@ -530,12 +532,25 @@ def _render_plan(doc: dict) -> None:
             base.add_row(b["name"], "yes" if ok else "no", step, tps, ratio)
         out.print(base)
     if doc.get("upgrade"):
-        up = doc["upgrade"]
-        adds = ", ".join(f"{t} +{units.fmt_bytes(b)}" for t, b in up["add_bytes"].items()) or "nothing"
-        out.print(f"cheapest upgrade for {up['target_tokens_per_s']:g} tokens/s: {adds} "
-                  f"(~${up['cost_usd']:,.0f} at list $/GB; MIP estimate)", highlight=False)
+        _render_upgrade(doc["upgrade"])
     for note in doc["notes"]:
         out.print(f"note: {note}", highlight=False)
+
+
+def _render_upgrade(up: dict) -> None:
+    """The buyable options for a throughput target, ranked, each simulated; the plan above is the first."""
+    target = up["target_tokens_per_s"]
+    verdict = "meets" if up.get("meets_target") else "does NOT meet"
+    table = Table("option", "tokens/s (simulated)", "meets", "$/h", "buy",
+                  title=f"upgrades for {target:g} tokens/s")
+    for o in up.get("options", []):
+        tps = f"{o['simulated_tokens_per_s']:.4g}" if o["simulated_tokens_per_s"] else o["note"] or "—"
+        hourly = f"{o['usd_per_hour']:,.2f}" if o["usd_per_hour"] is not None else "—"
+        buy = f"${o['cost_usd']:,.0f}" if o["cost_usd"] else "—"
+        table.add_row(o["label"], tps, "yes" if o["meets_target"] else "no", hourly, buy)
+    out.print(table)
+    out.print(f"upgrade: {up.get('chosen')} {verdict} {target:g} tokens/s (planned and simulated above)",
+              highlight=False)
 
 
 def _serving_figures(serving: dict | None) -> list[tuple[str, str]]:

@@ -142,24 +142,29 @@ def test_catalog_system_plans_on_rank_view():
     assert mip.mip(system, trace, {}, 5).planner.status == "optimal"
 
 
-def test_cheapest_upgrade_meets_the_target_at_least_cost():
+def test_cheapest_upgrade_grows_only_what_the_platform_takes():
+    from memsim.hardware.spec import System
     from memsim.planners.upgrade import cheapest_upgrade
 
-    system = small_system(hbm="8GiB", dram="64GiB")
-    trace = training_trace(24, 2048, 2048)
+    # 32 layers of 4096: ~6.4B parameters, ~100 GiB of model states: DRAM (64 GiB) spills to NVMe
+    data = small_system(hbm="16GiB", dram="64GiB").model_dump()
+    data["tiers"]["dram"]["max_capacity"] = 512 * 2**30
+    system = System.model_validate(data)
+    trace = training_trace(32, 4096, 2048)
     base = mip.search(system, trace, {}, 5).best.estimate_s
     tokens = trace.meta["tokens_per_step"]
     up = cheapest_upgrade(system, trace, 2 * tokens / base)  # twice today's throughput
-    assert up.add_bytes and up.cost_usd > 0
-    assert up.estimate_s <= base / 2 * (1 + 1e-6)
+    assert list(up.add_bytes) == ["dram"] and 0 < up.add_bytes["dram"] <= 448 * 2**30
+    assert up.cost_usd > 0 and up.estimate_s <= base / 2 * (1 + 1e-6)
+    assert up.system.tiers["hbm"].capacity == system.tiers["hbm"].capacity  # HBM never grows
     faster = mip.search(up.system, trace, {}, 5).best
     assert faster.estimate_s <= base / 2 * (1 + 1e-3)
     none = cheapest_upgrade(system, trace, 0.5 * tokens / base)  # already met: buys nothing
     assert none.add_bytes == {} and none.cost_usd == 0
-    from memsim.errors import Infeasible
-
-    with pytest.raises(Infeasible, match="unlimited"):
-        cheapest_upgrade(system, trace, 1e3 * tokens / base)
+    # beyond what 512 GiB of DRAM gives, and a machine whose tiers cannot grow: a sentence, no HBM
+    assert "HBM never grows" in cheapest_upgrade(system, trace, 1e3 * tokens / base)
+    fixed = small_system(hbm="16GiB", dram="64GiB")
+    assert "no tier of test-box can grow" in cheapest_upgrade(fixed, trace, 2 * tokens / base)
 
 
 def test_serving_model_sizes_the_kv_pool_and_swap_budget():

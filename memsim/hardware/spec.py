@@ -119,6 +119,17 @@ class Tier(Spec):
                           "ssd and flash, whose reads and writes take turns on one device; true "
                           "otherwise)")
     source: str | None = Field(None, description="where the numbers come from")
+    max_capacity: Bytes | None = Field(
+        None, description="the most this tier's platform takes (DIMM slots × largest DIMM, drive "
+                          "bays × largest drive; per node): upgrade suggestions grow the tier up to "
+                          "it; absent: the tier cannot grow (a cloud VM, a laptop)")
+
+    @model_validator(mode="after")
+    def _max_above_capacity(self) -> Tier:
+        if self.max_capacity is not None and self.max_capacity < self.capacity:
+            raise ValueError(f"max_capacity ({self.max_capacity} bytes) is below capacity "
+                             f"({self.capacity} bytes)")
+        return self
 
     @property
     def is_per_device(self) -> bool:

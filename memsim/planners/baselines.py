@@ -12,7 +12,8 @@ import math
 from memsim.hardware.spec import System
 from memsim.planners.mip import NotApplicable, planning_view
 from memsim.planners.plan import Plan, PlannerInfo, ServingPolicy
-from memsim.workloads.trace import Trace
+from memsim.sim.overheads import resident_room, usable_bytes
+from memsim.workloads.trace import LAYER, Trace
 
 
 def _need(trace: Trace, *kinds: str, what: str) -> None:
@@ -98,7 +99,8 @@ def _checkpointing(system: System, trace: Trace, options: dict, resident: tuple[
     per_device = trace.meta.get("per_device_bytes") or {}
     need = sum(int(per_device.get(k, 0)) for k in (*resident, "activations", "workspace"))
     gpu = system.gpu.memory
-    return need > _less_runtime(system, trace, gpu, system.tiers[gpu].capacity)
+    layers = int(trace.meta.get("layers") or 1)
+    return need > resident_room(system, gpu, usable_bytes(system, trace.meta)[gpu], layers)
 
 
 def zero_infinity(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
@@ -195,9 +197,10 @@ def accelerate(system: System, trace: Trace, options: dict, time_limit: float = 
         # activations and the staging of the layer being loaded and the one computing
         working = sum(t.bytes for t in trace.tensors.values() if t.cls in ("activation", "workspace"))
         layers = int(trace.meta.get("layers") or max(b.repeat for b in trace.blocks))
-        budget = (system.tiers[gpu].capacity - by_class.get("kv", 0) - working
+        budget = (usable_bytes(system, trace.meta)[gpu] - by_class.get("kv", 0) - working
                   - 2 * weights // max(1, layers))
-        budget = _less_runtime(system, trace, gpu, budget)
+        pieces = sum(layers if LAYER in n else 1 for n, t in trace.tensors.items() if t.cls == "weight")
+        budget = resident_room(system, gpu, budget, pieces)
     split: dict[str, float] = {}
     left = weights
     resident = min(left, max(0, budget))
@@ -229,21 +232,6 @@ def accelerate(system: System, trace: Trace, options: dict, time_limit: float = 
                "each layer (AlignDevicesHook), from "
                + ("pinned" if options.get("pinned") else "pageable") + " host memory"],
     )
-
-
-def _less_runtime(system: System, trace: Trace, tier: str, budget: int) -> int:
-    """What is left of a GPU budget for weights once the runtime's non-tensor bytes are held (CUDA
-    context, cuBLAS workspace, NCCL; the allocator's allowance on the weights themselves), as the
-    simulator holds them (memsim.sim.overheads)."""
-    from memsim.sim.overheads import reserved_lines, runtime_data
-
-    held = reserved_lines(system, trace.meta).get(tier)
-    if not held:
-        return budget
-    fixed = sum(v for k, v in held.items() if k != "allocator")
-    fragmentation = float(runtime_data()["allocator"]["fragmentation"])
-    return int((budget - fixed) / (1 + fragmentation)) - (2 << 20) * int(trace.meta.get("layers") or 1)
-
 
 
 def zero_inference(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
@@ -395,8 +383,10 @@ def vllm_cpu_offload(system: System, trace: Trace, options: dict, time_limit: fl
     if given == "auto":  # what the GPU holds beside the KV cache, activations, two layers
         layers = int(trace.meta.get("layers") or max(b.repeat for b in trace.blocks))
         working = sum(by_class.get(c, 0) for c in ("activation", "workspace", "kv"))
-        room = (_less_runtime(system, trace, gpu, system.tiers[gpu].capacity) - working
+        room = (usable_bytes(system, trace.meta)[gpu] - working
                 - 2 * weights // max(1, layers))  # the layer loading and the one computing
+        pieces = sum(layers if LAYER in n else 1 for n, t in trace.tensors.items() if t.cls == "weight")
+        room = resident_room(system, gpu, room, pieces)
         offload = max(0, weights - max(0, room))
     else:
         offload = int(float(given) * 2**30)

@@ -26,8 +26,20 @@ NVME_DRIVE = {"kind": "ssd", "capacity": 1, "read_bw": 6.9e9, "write_bw": 4.1e9,
 
 
 def diagnose(
-    system: System, trace: Trace, options: dict | None = None, time_limit: float = 5.0, note: str = ""
+    system: System, trace: Trace, options: dict | None = None, time_limit: float = 5.0, note: str = "",
+    result=None,
 ) -> Diagnosis:
+    """Shortfalls and the cheapest single changes. A serving run whose requests never fit the KV
+    pool is the simulator's diagnosis (``memsim.sim.kv_pool_fit``: one request's blocks against
+    the pool), of ``result`` or of the default plan simulated here: the MIP's serving model sizes a
+    pool for a whole batch of sequences, so its slack would overstate what one request needs."""
+    if trace.kind == "serving":
+        from memsim.sim import simulate
+        from memsim.sim.kv_pool_fit import kv_pool_diagnosis
+
+        kv = kv_pool_diagnosis(result if result is not None else simulate(system, trace))
+        if kv is not None and kv.shortfalls:
+            return kv
     view = mip.planning_view(system, trace)
     options = options or {}
     found = mip.search(system, trace, options, time_limit, slack=True)

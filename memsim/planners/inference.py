@@ -72,7 +72,7 @@ def solve_inference(
     host = system.cpu.memory if system.cpu else g
     prob = pulp.LpProblem("inference", pulp.LpMinimize)
     x = {c: {t: prob.add_variable(f"x_{c}_{t}", 0, 1) for t in space.tiers[c]} for c in ("weight", "kv")}
-    s = {t: prob.add_variable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
+    s = {t: prob.add_variable(f"s_{t}", 0, space.slack_cap.get(t)) for t in slack_tiers(system, slack)}
     for cls, split in x.items():
         prob += pulp.lpSum(split.values()) == 1, f"sum_{cls}"
     if cpu_attention:  # FlexGen's CPU attention: the KV cache stays next to the CPU

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from memsim.planners import mip, nearmiss
 from memsim.planners.diagnose import diagnose
 from memsim.planners.plan import Plan, trace_fingerprint
 from memsim.planners.registry import Preset, list_presets, load_preset, run_preset
-from memsim.planners.upgrade import Upgrade, cheapest_upgrade
+from memsim.planners.upgrade import Rebuild, Upgrade, buyable_upgrade
 from memsim.units import fmt_bytes
 from memsim.workloads.trace import Trace
 
@@ -112,7 +113,7 @@ class PlanReport:
             "upgrade": self.upgrade.to_dict() if self.upgrade else None,
             "fallback": self.fallback,
             "plan": self.plan.to_dict(),
-            "notes": list(self.plan.notes),
+            "notes": [*self.trace.meta.get("workload_notes", []), *self.plan.notes],
         }
 
 
@@ -124,18 +125,20 @@ def plan(
     time_limit: float = 10.0,
     baselines: bool = True,
     progress: Progress | None = None,
+    rebuild: Rebuild | None = None,
 ) -> PlanReport:
     """Run ``planner`` (a preset name, a preset file or a registry kind), simulate its plan and the
-    baselines; raise ``Infeasible`` with a diagnosis when no plan fits."""
+    baselines; raise ``Infeasible`` with a diagnosis when no plan fits. ``rebuild`` (extra
+    ``--set`` lines → the workload's Trace) lets a throughput target try more GPUs."""
     _RESULTS.clear()
     try:
-        return _plan(system, trace, planner, time_limit, baselines, progress or (lambda _msg: None))
+        return _plan(system, trace, planner, time_limit, baselines, progress or (lambda _msg: None), rebuild)
     finally:
         _RESULTS.clear()
 
 
 def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselines: bool,
-          say: Progress) -> PlanReport:
+          say: Progress, rebuild: Rebuild | None = None) -> PlanReport:
     preset = load_preset(planner)
     from memsim.sim.parallel import runs_here
 
@@ -152,11 +155,19 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
         return plan_parallel(system, trace, say)
     upgrade = None
     if "target_tokens_per_s" in preset.options:  # min hardware cost subject to a throughput target
+        target = _target(preset.options["target_tokens_per_s"], planner)
         options = {k: v for k, v in preset.options.items() if k != "target_tokens_per_s"}
-        say("pricing the cheapest upgrade")
-        upgrade = cheapest_upgrade(system, trace, float(preset.options["target_tokens_per_s"]), options,
-                                   time_limit)
-        system, preset = upgrade.system, preset.model_copy(update={"options": options})
+        preset = preset.model_copy(update={"options": options})
+        say("planning buyable upgrades")
+        kept: list = []  # keeps every scored System/Trace alive: _RESULTS keys on their id()
+
+        def score(s: System, t: Trace) -> Evaluated:
+            kept.append((s, t))
+            return _planned(preset, s, t, time_limit, say)
+
+        upgrade = buyable_upgrade(system, trace, target, score,
+                                  options, time_limit, rebuild)
+        system, trace = upgrade.system, upgrade.trace
     say(f"solving {preset.name}")
     try:
         chosen = _planned(preset, system, trace, time_limit, say)
@@ -177,8 +188,9 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
         chosen = _fall_back(chosen, best, fallback["summary"])
     if not chosen.feasible:
         say("diagnosing")
+        ran = next((e.result for e in (chosen, *others) if e.result is not None), None)
         diagnosis = diagnose(
-            system, trace, preset.options if preset.kind == "mip" else {}, min(time_limit, 5.0)
+            system, trace, preset.options if preset.kind == "mip" else {}, min(time_limit, 5.0), result=ran
         )
         if chosen.result is not None and chosen.result.oom and not diagnosis.shortfalls:
             # the planner's model fits; the simulator saw a peak it does not: report the simulator's
@@ -195,9 +207,21 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
     chosen.plan.workload, chosen.plan.fingerprint = trace.name, trace_fingerprint(trace)
     _flag_disagreement(chosen)
     if upgrade is not None:
-        chosen.plan.notes.append(f"planned on {system.name} upgraded for "
-                                 f"{upgrade.target_tokens_per_s:g} tokens/s: {'; '.join(upgrade.notes)}")
+        chosen.plan.notes.append(f"planned on the first upgrade for {upgrade.target_tokens_per_s:g} "
+                                 f"tokens/s: {'; '.join(upgrade.notes)}")
     return PlanReport(system, trace, chosen.plan, chosen.result, others, upgrade, fallback)
+
+
+def _target(value, planner: str) -> float:
+    """``options.target_tokens_per_s`` as a positive finite number, else exit 2 naming it."""
+    try:
+        target = float(value)
+    except (TypeError, ValueError):
+        target = math.nan
+    if not math.isfinite(target) or target <= 0:
+        raise SpecError(f"target_tokens_per_s must be a positive number of tokens/s, got {value!r}",
+                        file=str(planner), key="options.target_tokens_per_s")
+    return target
 
 
 def plan_case(
@@ -215,7 +239,8 @@ def plan_case(
     overrides = list(overrides)
     system = load_system(hardware, overrides)
     trace = load_trace(workload, overrides)
-    return plan(system, trace, planner, time_limit=time_limit, progress=progress)
+    return plan(system, trace, planner, time_limit=time_limit, progress=progress,
+                rebuild=lambda extra: load_trace(workload, [*overrides, *extra]))
 
 
 _RESULTS: dict[tuple, object] = {}  # plan → Result within one plan() call (baselines often coincide)

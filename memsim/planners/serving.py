@@ -70,7 +70,7 @@ def solve_serving(
     batched = int(sched.get("max_num_batched_tokens") or 8192)
     prob = pulp.LpProblem("serving", pulp.LpMinimize)
     w = {t: prob.add_variable(f"w_{t}", 0, 1) for t in space.tiers["weight"]}
-    s = {t: prob.add_variable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
+    s = {t: prob.add_variable(f"s_{t}", 0, space.slack_cap.get(t)) for t in slack_tiers(system, slack)}
     prob += pulp.lpSum(w.values()) == 1, "sum_weight"
     kv_need = max_num_seqs * (prompt + output) * tc.kv_bytes_per_token
     depth = space.prefetch_depth + 1

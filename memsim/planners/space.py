@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from memsim.errors import SpecError, did_you_mean
 from memsim.hardware.spec import TIER_KINDS, System
 from memsim.hardware.topology import Topology
-from memsim.sim.overheads import reserved_lines
+from memsim.sim.overheads import usable_bytes
 
 KNOWN = {
     "tiers",
@@ -41,6 +41,7 @@ class Space:
     capacity_margin: float = 0.002  # fraction of every tier held back (rounding, allocator slack)
     caps: dict[str, int] = field(default_factory=dict)
     max_step: float | None = None  # a throughput target as a step-time bound (cheapest_upgrade)
+    slack_cap: dict[str, float] = field(default_factory=dict)  # GiB a tier may grow by (cheapest_upgrade)
 
 
 def build_space(system: System, options: dict, file: str = "planner options",
@@ -82,12 +83,8 @@ def build_space(system: System, options: dict, file: str = "planner options",
         space.optimizer_devices = ("gpu",)
         space.cpu_attention = (False,)
     cut = options.get("_cut") or {}  # bytes the simulator showed the model under-counts (report.py)
-    held = reserved_lines(system, meta)  # the runtime's non-tensor bytes, as the simulator holds
-    space.caps = {
-        n: max(1, int(t.capacity * (1 - space.capacity_margin)) - int(cut.get(n, 0))
-               - sum(held.get(n, {}).values()))
-        for n, t in system.tiers.items()
-    }
+    usable = usable_bytes(system, meta, space.capacity_margin)  # less the runtime's non-tensor bytes
+    space.caps = {n: max(1, usable[n] - int(cut.get(n, 0))) for n in system.tiers}
     return space
 
 

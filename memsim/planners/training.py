@@ -91,7 +91,8 @@ class _Model:
         }
         if act_tier is None:
             self.n["offload"].upBound = 0
-        self.slack = {t: self.prob.add_variable(f"s_{t}", 0) for t in slack_tiers(system, slack)}
+        self.slack = {t: self.prob.add_variable(f"s_{t}", 0, space.slack_cap.get(t))
+                      for t in slack_tiers(system, slack)}
         self.act = (prof.saved + prof.ckpt) * act_scale
         self.ckpt = prof.ckpt * act_scale
         self.act_scale = act_scale

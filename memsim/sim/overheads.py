@@ -91,6 +91,27 @@ def reserved_lines(system: System, meta: dict | None = None,
     return {gpu.memory: lines}
 
 
+def usable_bytes(system: System, meta: dict | None = None, margin: float = 0.0) -> dict[str, int]:
+    """Bytes of each tier that tensors may take, as the simulator leaves them: the capacity (less
+    ``margin``, a fraction held back for rounding) less the fixed non-tensor lines its pools hold
+    from t=0 (CUDA context, cuBLAS workspace, NCCL). The allocator's line grows with the resident
+    tensors themselves: ``resident_room`` takes it out of a budget."""
+    held = reserved_lines(system, meta)
+    return {n: int(t.capacity * (1 - margin)) - sum(v for k, v in held.get(n, {}).items() if k != "allocator")
+            for n, t in system.tiers.items()}
+
+
+def resident_room(system: System, tier: str, room: int, pieces: int) -> int:
+    """Bytes of resident tensors, in ``pieces`` allocations, that ``room`` holds once the allocator
+    takes its line on them (``reserved_lines``): the fragmentation allowance, a fraction of their
+    bytes, and the rounding, less than one ``round_large`` step per piece of a megabyte or more."""
+    if not reserved_lines(system).get(tier):
+        return room
+    alloc = runtime_data()["allocator"]
+    rounding = pieces * units.parse_bytes(alloc["round_large"])
+    return int(room / (1 + float(alloc["fragmentation"]))) - rounding
+
+
 def describe(reserved: dict[str, dict[str, int]]) -> str:
     """One phrase naming the lines, for diagnoses: 'hbm: cuda_context 512 MiB, ...'."""
     return "; ".join(f"{tier}: " + ", ".join(f"{k} {units.fmt_bytes(v)}" for k, v in lines.items())

@@ -59,7 +59,7 @@ def step_result(engine, wall_s: float) -> Result:
         oom=clock.oom,
         events=clock.events,
         wall_s=wall_s,
-        notes=sorted(set(prog.notes + clock.notes)),
+        notes=list(meta.get("workload_notes") or []) + sorted(set(prog.notes + clock.notes)),
         timeline=clock.recorder.finish() if clock.recorder is not None else None,
         **common_fields(clock, makespan),
     )

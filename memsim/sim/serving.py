@@ -585,7 +585,7 @@ class ServingEngine:
             mfu=flops / (makespan * peak) if makespan > 0 and peak > 0 else 0.0,
             breakdown={k: self.acct[k] for k in sorted(self.acct)},
             oom=clock.oom, serving=stats, events=clock.events, wall_s=wall_s,
-            notes=sorted(set(self.notes + clock.notes)),
+            notes=list(self.trace.meta.get("workload_notes") or []) + sorted(set(self.notes + clock.notes)),
             timeline=clock.recorder.finish() if clock.recorder is not None else None,
             **common_fields(clock, makespan),
         )

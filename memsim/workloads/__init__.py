@@ -31,9 +31,10 @@ def load_workload(name_or_path: str | Path | Workload, overrides: Iterable[str] 
     mine = [o for o in overrides if not o.startswith("hardware.")]
     path = resolve(name_or_path, "workloads")
     data = apply_overrides(load_mapping(path, "workloads"), mine, str(path))
-    data = apply_vllm(apply_deepspeed(data, path), path)
+    notes: list[str] = []
+    data = apply_vllm(apply_deepspeed(data, path, notes), path)
     workload = validate_overridden(Workload, data, str(path), mine)
-    workload._source = str(path)
+    workload._source, workload._notes = str(path), notes
     arch = workload_architecture(workload)
     if workload.training is not None and workload.training.lora is not None:
         from memsim.workloads.training import lora_targets
@@ -62,7 +63,10 @@ def build_trace(workload: Workload) -> Trace:
 
     arch = workload_architecture(workload)
     builder = {"training": build_training, "inference": build_inference, "serving": build_serving}
-    return builder[workload.kind](workload, arch)
+    trace = builder[workload.kind](workload, arch)
+    if workload._notes:  # shown by workload show, plan and simulate
+        trace.meta["workload_notes"] = [*workload._notes, *trace.meta.get("workload_notes", [])]
+    return trace
 
 
 def load_trace(name_or_path: str | Path | Trace, overrides: Iterable[str] = ()) -> Trace:

@@ -62,13 +62,59 @@ def draw_lengths(spec: Lengths, n: int, rng: np.random.Generator, limit: int) ->
     return np.clip(out, 1, limit)
 
 
-def poisson_requests(sv: Serving, limit: int) -> Requests:
+def poisson_requests(sv: Serving, limit: int, file: str = "workload",
+                     notes: list[str] | None = None) -> Requests:
+    """Seeded Poisson arrivals. A request's prompt + output must fit the model's context ``limit``
+    (vLLM refuses longer ones): bounds that exceed it exit 2; lognormal tails beyond it are cut to
+    fit, and ``notes`` says how many."""
+    _check_bounds(sv, limit, file)
     rng = np.random.Generator(np.random.PCG64(sv.arrival.seed))
     gaps = rng.exponential(1.0 / sv.arrival.rate_per_s, size=sv.num_requests)
     arrival = np.round(np.cumsum(gaps), 6)
     prompt = draw_lengths(sv.prompt_len, sv.num_requests, rng, limit)
     output = draw_lengths(sv.output_len, sv.num_requests, rng, limit)
+    over = prompt + output > limit
+    if over.any():
+        prompt = np.minimum(prompt, limit - 1)
+        output = np.minimum(output, limit - prompt)
+        if notes is not None:
+            notes.append(f"{int(over.sum())} of {len(over)} drawn requests had prompt + output above the "
+                         f"model's context length ({limit:,} tokens): cut to fit it (set serving.prompt_len"
+                         ".high / output_len.high to bound the lognormal)")
     return Requests(arrival.tolist(), prompt.tolist(), output.tolist())
+
+
+def _upper(spec: Lengths) -> tuple[int | None, str]:
+    """The largest length a distribution can give, and the key that sets it (None: unbounded)."""
+    if spec.dist == "fixed":
+        return spec.value, "value"
+    return spec.high, "high"
+
+
+def _check_bounds(sv: Serving, limit: int, file: str) -> None:
+    prompt, pkey = _upper(sv.prompt_len)
+    output, okey = _upper(sv.output_len)
+    for name, top, key in (("prompt_len", prompt, pkey), ("output_len", output, okey)):
+        if top is not None and top > limit:
+            raise SpecError(f"{top:,} tokens is beyond the model's context length ({limit:,}, "
+                            "max_position_embeddings)", file=file, key=f"serving.{name}.{key}")
+    if prompt is not None and output is not None and sv.prompt_len.dist != "lognormal" \
+            and sv.output_len.dist != "lognormal" and prompt + output > limit:
+        raise SpecError(f"a prompt of up to {prompt:,} plus an output of up to {output:,} tokens is beyond "
+                        f"the model's context length ({limit:,}); vLLM refuses such requests",
+                        file=file, key=f"serving.output_len.{okey}")
+
+
+def check_context(requests: Requests, limit: int, file: str, key: str) -> None:
+    """Replayed requests longer than the model's context cannot be served: exit 2 naming the first."""
+    total = np.asarray(requests.prompt_len, dtype=np.int64) + np.asarray(requests.output_len, dtype=np.int64)
+    over = np.flatnonzero(total > limit)
+    if over.size:
+        i = int(over[0])
+        raise SpecError(f"{over.size} of {len(total)} requests need more than the model's context length "
+                        f"({limit:,} tokens); the first, request {i + 1} in arrival order, has "
+                        f"{requests.prompt_len[i]:,} + {requests.output_len[i]:,}: drop them from the trace "
+                        "or use a model with a longer context", file=file, key=key)
 
 
 def csv_requests(path: Path, limit_rows: int, file: str) -> Requests:
@@ -179,12 +225,17 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     sv: Serving = w.serving
     e, dt = acc.DTYPE_BYTES[sv.dtype], sv.dtype
     src = Path(w._source) if w._source else Path("workload.yaml")
+    notes: list[str] = []
     if sv.arrival.csv:
-        requests = csv_requests(relative(sv.arrival.csv, src), sv.num_requests, str(src))
+        path = relative(sv.arrival.csv, src)
+        requests = csv_requests(path, sv.num_requests, str(src))
+        check_context(requests, arch.max_positions, str(path), "prompt_len")
     elif sv.arrival.jsonl:
-        requests = jsonl_requests(relative(sv.arrival.jsonl, src), sv.num_requests, str(src))
+        path = relative(sv.arrival.jsonl, src)
+        requests = jsonl_requests(path, sv.num_requests, str(src))
+        check_context(requests, arch.max_positions, str(path), "input_length")
     else:
-        requests = poisson_requests(sv, arch.max_positions)
+        requests = poisson_requests(sv, arch.max_positions, str(src), notes)
     prompt = np.asarray(requests.prompt_len, dtype=np.int64)
     output = np.asarray(requests.output_len, dtype=np.int64)
     sched = sv.scheduler
@@ -228,6 +279,8 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
         "mean_prompt_len": float(np.mean(prompt)), "mean_output_len": float(np.mean(output)),
         "duration_s": float(requests.arrival_s[-1]),
     }
+    if notes:
+        meta["workload_notes"] = notes
     if sv.kv_cache is not None:
         meta["kv_cache"] = {"prefix_caching": sv.kv_cache.prefix_caching,
                             "eviction": sv.kv_cache.eviction, "block_tokens": sv.kv_cache.block_tokens,

@@ -306,6 +306,7 @@ class Workload(Spec):
         "quantize the model's weights: {bits: 4, group_size: 128} (replaces a config's "
         "quantization_config)"))
     _source: str | None = PrivateAttr(None)  # the YAML file it came from (relative paths resolve there)
+    _notes: list[str] = PrivateAttr(default_factory=list)  # what imported files held, not acted on
 
     @model_validator(mode="after")
     def _one_kind(self) -> Workload:
