@@ -35,8 +35,11 @@ def check_plan(system: System, trace: Trace, plan: Plan, file: str = "plan") -> 
 
 
 def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
-             timeline: bool = False) -> Result:
-    """Run one step (training, inference) or the whole request trace (serving) event by event."""
+             timeline: bool = False, fold: bool | None = None) -> Result:
+    """Run one step (training, inference) or the whole request trace (serving) event by event.
+
+    ``fold``: simulate a few of a step's identical layers and advance by whole periods
+    (``memsim.sim.fold``; the default follows ``MEMSIM_FOLD``, on unless it is 0)."""
     wall = time.perf_counter()
     plan = plan if plan is not None else Plan()
     view = system.rank_view(int(trace.meta.get("data_parallel", 1) or 1))
@@ -50,10 +53,16 @@ def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
 
         result = simulate_serving(view, trace, plan, timeline=timeline)
     else:
-        from memsim.sim.engine import StepEngine
-        from memsim.sim.program import build_program
+        from memsim.sim import fold as folding
 
-        program = build_program(trace, view, plan)
-        result = StepEngine(view, program, plan.prefetch_depth, timeline, trace.meta).run()
+        result = None
+        if not timeline and folding.enabled(fold):
+            result = folding.simulate_folded(view, trace, plan)
+        if result is None:
+            from memsim.sim.engine import StepEngine
+            from memsim.sim.program import build_program
+
+            program = build_program(trace, view, plan)
+            result = StepEngine(view, program, plan.prefetch_depth, timeline, trace.meta).run()
     result.wall_s = time.perf_counter() - wall  # the whole simulation, program building included
     return result
