@@ -1,7 +1,7 @@
 """The golden set: full ``simulate --json`` / ``plan --json`` documents of a few cases, kept in
 ``tests/golden/`` so a faster simulator can be checked to report the same figures.
 
-    python tests/golden.py --write [NAME ...]   # regenerate (only for an intended change)
+    python tests/golden.py --write [NAME ...]   # regenerate, unfolded (for an intended change)
     python tests/golden.py [NAME ...]           # compare, print the differences
 
 Volatile keys (wall and solve times, the simpy event count, which folding changes) are dropped.
@@ -88,7 +88,11 @@ def differences(want, got, path: str = "") -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    import os
+
     write = "--write" in argv
+    if write:  # the golden figures are the unfolded simulator's (memsim/sim/fold.py)
+        os.environ["MEMSIM_FOLD"] = "0"
     names = [a for a in argv if not a.startswith("-")]
     bad = 0
     for case in cases():

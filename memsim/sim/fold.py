@@ -1,4 +1,4 @@
-"""Folding identical layers: simulate a few layers, advance by whole periods exactly.
+"""Folding identical layers and decode iterations: simulate a few, advance by whole periods.
 
 A step's layers are one template with one plan, so once the prefetch ring has filled, layer j + 1
 runs the schedule of layer j shifted by one period: the same ops, copies and allocations, later
@@ -6,15 +6,18 @@ by the same time. Every figure of the step is then a polynomial in the layer cou
 time, each breakdown category, each copy engine's busy time and the simpy event count are affine
 (a fixed warm-up and drain plus L periods); each tier's peak is affine (resident bytes grow by one
 layer's share per layer, the transient peak repeats); a tier's time integral (``mean_bytes`` ×
-step time) is quadratic (bytes that grow per layer, held over a time that grows per layer).
+step time) is quadratic (bytes that grow per layer, held over a time that grows per layer). Decode
+iterations repeat the same way when no decode op moves KV between tiers (``iterations_repeat``).
 
-``simulate_folded`` runs the same step with ``SAMPLES`` = (a, a + s, a + 2s) layers. Two samples
-give each affine figure; the third must agree with their line (``TOL`` relative, integers
-exactly), or the schedule did not repeat and the caller simulates every layer. The three give the
-quadratic exactly. Extrapolated to L they reproduce the unfolded run (tests/golden/, to 1e-9
-relative; the issue measured 5e-11 from 4 and 8 layers of OPT-175B). Whatever cannot be
-extrapolated makes the caller run the full step: an OOM (its time, op and holders are an event,
-not a trend), a per-layer plan (``layer_policy``), per-layer concrete tensor names, a timeline.
+``simulate_folded`` samples the step at FIRST, FIRST + STEP, ... layers (each a whole number of
+STEPs from L: some schedules repeat every other layer), and each sample at 2, 3, ... decode
+iterations, until three samples in a row lie on one line: the third must agree with the line
+through the first two (``TOL`` of the step time; integers exactly), else the schedule has not
+settled and the next sample is tried, up to ``BUDGET`` of the whole. The quadratics go through
+the three. Extrapolated to L they reproduce the unfolded run (tests/golden/: 1e-9 relative).
+Whatever cannot be extrapolated is simulated whole: an OOM (its time, op and holders are an
+event, not a trend), a per-layer plan (``layer_policy``), per-layer concrete tensor names, a
+timeline (the caller's).
 
 ``MEMSIM_FOLD=0`` in the environment (or ``simulate(..., fold=False)``) turns folding off.
 """
@@ -36,6 +39,7 @@ from memsim.workloads.trace import Trace
 FIRST = 4  # the first sample's layers (its parity is n's: see STEP)
 STEP = 2  # layers between samples: schedules repeat every layer or every two (a ring of depth + 2
 # slots alternates its buffers), so samples STEP apart, each a whole number of STEPs from n
+FIRST_ITERATIONS = 2  # the first decode iteration follows the prefill; samples start after it
 BUDGET = 0.6  # layers sampled at most, as a fraction of the step's (a failed fold costs that)
 TOL = 1e-11  # the third sample's agreement with the line through the first two (relative)
 log = logging.getLogger(__name__)
@@ -67,6 +71,44 @@ def layers_of(trace: Trace) -> int | None:
     return n
 
 
+def decode_iterations(trace: Trace) -> int | None:
+    """The decode iterations every decode block runs (None: no decode, or blocks disagree)."""
+    counts = {b.iterations for b in trace.blocks
+              if b.ops and all(op.phase == "decode" for op in b.ops)}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def iterations_repeat(system: System, trace: Trace, plan: Plan) -> bool:
+    """Whether every decode iteration is the last one again: no decode op moves KV between tiers
+    (the KV is homed where the ops that touch it compute), so nothing grows with the context.
+    Op costs do not grow either: a template's FLOPs and bytes are per iteration, fixed."""
+    from memsim.sim.program import _on_cpu, units_of
+
+    units = units_of(system)
+    fast = system.fast_tier
+    kv = set(plan.home("kv", fast))
+    for block in trace.blocks:
+        for op in block.ops:
+            if op.phase != "decode":
+                continue
+            if not any(trace.tensor(t).cls == "kv" for t in (*op.inputs, *op.outputs)):
+                continue
+            unit = "cpu" if op.device == "cpu" or _on_cpu(op, plan) else "gpu"
+            if unit not in units:
+                unit = "cpu" if unit == "gpu" else "gpu"
+            if kv != {units[unit]}:
+                return False
+    return True
+
+
+def decoded(trace: Trace, g: int) -> Trace:
+    """The same step with ``g`` decode iterations (the context of each as in the whole run)."""
+    blocks = [dataclasses.replace(b, iterations=g)
+              if b.ops and all(op.phase == "decode" for op in b.ops) else b
+              for b in trace.blocks]
+    return dataclasses.replace(trace, blocks=blocks)
+
+
 def reduced(trace: Trace, k: int) -> Trace:
     """The same step with ``k`` layers (same templates, same per-layer tensors)."""
     blocks = [dataclasses.replace(b, repeat=k, first_layer=0 if b.step == 1 else k - 1)
@@ -92,7 +134,8 @@ class _Sample:
     layer_resident: dict[str, list[int]]  # those of layer 0 alone
 
 
-def _sample(system: System, trace: Trace, plan: Plan, k: int) -> _Sample | None:
+def _sample(system: System, trace: Trace, plan: Plan) -> _Sample | None:
+    """One reduced run, measured (None: it overflowed a tier)."""
     from memsim.sim.engine import StepEngine
     from memsim.sim.program import build_program
     from memsim.sim.report import _dtype
@@ -163,98 +206,117 @@ def _quadratic(ks: tuple[int, ...], ys: list[float], n: int) -> float:
 
 
 def simulate_folded(system: System, trace: Trace, plan: Plan) -> Result | None:
-    """The step's Result from reduced runs of ``FIRST``, ``FIRST`` + ``STEP``, ... layers (until
-    three in a row lie on one line), or None where the step must be run whole."""
+    """The step's Result from reduced runs, or None where the step must be run whole."""
     n = layers_of(trace)
     if n is None or plan.layer_policy:
         return None
-    k = FIRST + (n - FIRST) % STEP  # whole periods from every sample to n
+    full = _folded(lambda k: _over_iterations(system, reduced(trace, k), plan), n, FIRST, STEP,
+                   "layers", trace.name)
+    return None if full is None else _result(system, trace, full)
+
+
+def _over_iterations(system: System, trace: Trace, plan: Plan) -> _Sample | None:
+    """A step's sample, its decode iterations folded too where each repeats the last exactly."""
+    g = decode_iterations(trace)
+    if g is not None and iterations_repeat(system, trace, plan):
+        got = _folded(lambda i: _sample(system, decoded(trace, i), plan), g, FIRST_ITERATIONS, 1,
+                      "iterations", trace.name)
+        if got is not None:
+            return got
+    return _sample(system, trace, plan)
+
+
+def _folded(run, n: int, first: int, step: int, dim: str, name: str) -> _Sample | None:
+    """``run(k)`` at k = first, first + step, ... (each a whole number of steps from ``n``) until
+    three in a row lie on one line; the sample they give at ``n``, or None."""
+    k = first + (n - first) % step
     samples: list[tuple[int, _Sample]] = []
     spent = 0
-    while spent + k <= BUDGET * n:  # past that, simulating every layer is as cheap
-        s = _sample(system, reduced(trace, k), plan, k)
+    while spent + k <= BUDGET * n:  # past that, simulating all n is as cheap
+        s = run(k)
         if s is None:  # an OOM: its record is an event of the whole run
+            log.debug("not folded %s over %s: an OOM at %d", name, dim, k)
             return None
         samples.append((k, s))
         spent += k
-        k += STEP
+        k += step
         if len(samples) >= 3:
             window = samples[-3:]
-            result = _extrapolate(system, trace, tuple(k for k, _ in window),
-                                  [s for _, s in window], n)
-            if result is not None:
-                log.debug("folded %s: %d layers from samples of %s", trace.name, n,
+            out = _extend(tuple(k for k, _ in window), [s for _, s in window], n, dim == "layers")
+            if out is not None:
+                log.debug("folded %s: %d %s from samples of %s", name, n, dim,
                           [k for k, _ in window])
-                return result
-    log.debug("not folded %s: %s", trace.name,
-              "an OOM" if samples and samples[-1][1] is None else
-              f"samples {[k for k, _ in samples]} not on one line")
+                return out
+    log.debug("not folded %s over %s: samples %s", name, dim, [k for k, _ in samples])
     return None
 
 
-def _extrapolate(system: System, trace: Trace, ks: tuple[int, ...], samples: list[_Sample],
-                 n: int) -> Result | None:
-    """The Result at ``n`` layers from three samples, or None if they are not on one line."""
-    from memsim.sim.report import main_unit, peak_flops
-
+def _extend(ks: tuple[int, ...], samples: list[_Sample], n: int, layers: bool) -> _Sample | None:
+    """The sample at ``n`` from three, or None if they are not on one line. Over ``layers`` the
+    resident tensors grow by layer 0's per layer; over decode iterations they stay."""
     first = samples[0]
     if any(s.notes != first.notes or s.breakdown.keys() != first.breakdown.keys()
-           or s.busy.keys() != first.busy.keys() for s in samples):
+           or s.busy.keys() != first.busy.keys() or s.peak.keys() != first.peak.keys()
+           for s in samples):
         return None
     makespan = _line(ks, [s.makespan for s in samples], n, 0.0)
     if makespan is None or makespan <= 0:
         return None
     scale = max(s.makespan for s in samples)  # times near zero are judged against the step's
-    breakdown, busy, peak, area = {}, {}, {}, {}
-    for key in first.breakdown:
-        breakdown[key] = _line(ks, [s.breakdown[key] for s in samples], n, scale)
-    for key in first.busy:
-        busy[key] = _line(ks, [s.busy[key] for s in samples], n, scale)
-    for key in first.peak:
-        peak[key] = _int_line(ks, [s.peak[key] for s in samples], n)
+    breakdown = {key: _line(ks, [s.breakdown[key] for s in samples], n, scale)
+                 for key in first.breakdown}
+    busy = {key: _line(ks, [s.busy[key] for s in samples], n, scale) for key in first.busy}
+    peak = {key: _int_line(ks, [s.peak[key] for s in samples], n) for key in first.peak}
     events = _int_line(ks, [s.events for s in samples], n)
     if any(v is None for d in (breakdown, busy, peak) for v in d.values()) or events is None:
         return None
-    for key in first.area:
-        area[key] = _quadratic(ks, [s.area[key] for s in samples], n)
-    # the non-tensor lines of the whole step: its resident tensors are the samples' non-layer
-    # ones and L copies of layer 0's (checked on every sample)
-    resident = {}
+    area = {key: _quadratic(ks, [s.area[key] for s in samples], n) for key in first.area}
+    resident: dict[str, list[int]] = {}
     for tier in sorted({t for s in samples for t in s.resident}):
-        per_layer = first.layer_resident.get(tier, [])
-        base = sorted(first.resident.get(tier, []))
-        others = _minus(base, per_layer * ks[0])
+        per_layer = first.layer_resident.get(tier, []) if layers else []
+        others = _minus(sorted(first.resident.get(tier, [])), per_layer * ks[0])
         if others is None:
             return None
         for k, s in zip(ks, samples, strict=True):
             if sorted(s.resident.get(tier, [])) != sorted(others + per_layer * k):
                 return None
-        resident[tier] = others + per_layer * n
-    reserved = reserved_lines(system, trace.meta, resident)
+        resident[tier] = others + per_layer * (n if layers else 1)
+    flops = _line(ks, [s.flops for s in samples], n, 0.0)
+    return dataclasses.replace(first, makespan=makespan, breakdown=breakdown, busy=busy,
+                               peak=peak, area=area, events=events, resident=resident,
+                               flops=flops or 0.0)
+
+
+def _result(system: System, trace: Trace, s: _Sample) -> Result | None:
+    """The Result of the whole step from its extrapolated sample."""
+    from memsim.sim.report import main_unit, peak_flops
+
+    reserved = reserved_lines(system, trace.meta, s.resident)
     held = {t: sum(lines.values()) for t, lines in reserved.items()}
-    peak = {t: v + held.get(t, 0) for t, v in peak.items()}
-    if any(peak[t] > first.capacity[t] for t in peak):
-        return None  # the whole run overflows: simulate it for the OOM's record
+    peak = {t: v + held.get(t, 0) for t, v in s.peak.items()}
+    if any(peak[t] > s.capacity[t] for t in peak):
+        log.debug("not folded %s: the whole step overflows", trace.name)
+        return None  # simulate it whole for the OOM's record
     meta = trace.meta
+    makespan = s.makespan
     tokens = int(meta.get("tokens_per_step") or 0)
-    flops = float(meta.get("flops_per_step")
-                  or _line(ks, [s.flops for s in samples], n, 0.0) or 0.0)
-    unit_peak = peak_flops(main_unit(system), first.dtype)
+    flops = float(meta.get("flops_per_step") or s.flops)
+    unit_peak = peak_flops(main_unit(system), s.dtype)
     return Result(
         feasible=True,
         step_time_s=makespan,
         tokens_per_s=tokens / makespan,
         tokens_per_step=tokens,
         mfu=flops / (makespan * unit_peak) if unit_peak > 0 else 0.0,
-        breakdown=breakdown,
+        breakdown=s.breakdown,
         oom=None,
-        events=events,
-        notes=list(first.notes),
+        events=s.events,
+        notes=list(s.notes),
         peak_bytes=peak,
-        mean_bytes={t: (area[t] + held.get(t, 0) * makespan) / makespan for t in area},
-        capacity_bytes=dict(first.capacity),
+        mean_bytes={t: (a + held.get(t, 0) * makespan) / makespan for t, a in s.area.items()},
+        capacity_bytes=dict(s.capacity),
         reserved_bytes={t: dict(lines) for t, lines in sorted(reserved.items())},
-        link_busy={e: b / makespan for e, b in busy.items()},
+        link_busy={e: b / makespan for e, b in s.busy.items()},
     )
 
 
