@@ -35,6 +35,12 @@ def h100():
     return memsim.load_system("h100-sxm")
 
 
+@pytest.fixture(autouse=True)
+def _no_memo(monkeypatch):
+    """Every simulate() here runs (memsim/sim/memo.py would answer repeats from its cache)."""
+    monkeypatch.setenv("MEMSIM_SIM_CACHE", "0")
+
+
 def _folded(system, trace, plan, caplog) -> tuple:
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="memsim.sim.fold"):
