@@ -15,8 +15,10 @@ iterations, until three samples in a row lie on one line: the third must agree w
 through the first two (``TOL`` of the step time; integers exactly), else the schedule has not
 settled and the next sample is tried, up to ``BUDGET`` of the whole. The quadratics go through
 the three. Extrapolated to L they reproduce the unfolded run (tests/golden/: 1e-9 relative).
-Whatever cannot be extrapolated is simulated whole: an OOM (its time, op and holders are an
-event, not a trend), a per-layer plan (``layer_policy``), per-layer concrete tensor names, a
+An overflow changes no figure (a pool never refuses an allocation), so an overflowing step folds
+too when its first OOM is at the start (the resident state: ``_start_oom`` replays those
+allocations for the record). Whatever cannot be extrapolated is simulated whole: an OOM later in
+the step (its time, op and holders are an event, not a trend), a per-layer plan (``layer_policy``), per-layer concrete tensor names, a
 timeline (the caller's).
 
 ``MEMSIM_FOLD=0`` in the environment (or ``simulate(..., fold=False)``) turns folding off.
@@ -30,10 +32,13 @@ import os
 import re
 from fractions import Fraction
 
+import simpy
+
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan
+from memsim.sim.memory import Pool
 from memsim.sim.overheads import reserved_lines
-from memsim.sim.result import Result
+from memsim.sim.result import OOM, Result
 from memsim.workloads.trace import Trace
 
 FIRST = 4  # the first sample's layers (its parity is n's: see STEP)
@@ -130,8 +135,7 @@ class _Sample:
     notes: list[str]
     dtype: str  # what MFU's peak is taken in
     capacity: dict[str, int]
-    resident: dict[str, list[int]]  # sizes of the tensors resident from t=0, per tier
-    layer_resident: dict[str, list[int]]  # those of layer 0 alone
+    resident: list[tuple[str, dict[str, int]]]  # tensors resident from t=0: name, home bytes
 
 
 def _sample(system: System, trace: Trace, plan: Plan) -> _Sample | None:
@@ -142,20 +146,12 @@ def _sample(system: System, trace: Trace, plan: Plan) -> _Sample | None:
 
     prog = build_program(trace, system, plan)
     engine = StepEngine(system, prog, plan.prefetch_depth, False, trace.meta)
-    result = engine.run()
-    if not result.feasible:
-        return None
+    result = engine.run()  # (an OOM changes no figure: the pools never refuse)
     clock = engine.clock
     makespan = clock.env.now
     held = {t: sum(lines.values()) for t, lines in clock.reserved.items()}
-    resident: dict[str, list[int]] = {}
-    layer0: dict[str, list[int]] = {}
-    for name, info in prog.tensors.items():
-        if info.birth is None:
-            for tier, nbytes in info.home.items():
-                resident.setdefault(tier, []).append(nbytes)
-                if name.startswith("L0."):
-                    layer0.setdefault(tier, []).append(nbytes)
+    resident = [(name, dict(info.home)) for name, info in prog.tensors.items()
+                if info.birth is None]
     flops = sum(op.flops for op in prog.ops if not op.recompute)
     return _Sample(
         makespan=makespan,
@@ -167,7 +163,7 @@ def _sample(system: System, trace: Trace, plan: Plan) -> _Sample | None:
         events=clock.events, flops=flops, notes=result.notes,
         dtype=trace.meta.get("dtype") or _dtype(prog),
         capacity={n: p.capacity for n, p in sorted(clock.pools.items())},
-        resident=resident, layer_resident=layer0)
+        resident=resident)
 
 
 def _line(ks: tuple[int, ...], ys: list[float], n: int, scale: float) -> float | None:
@@ -271,16 +267,13 @@ def _extend(ks: tuple[int, ...], samples: list[_Sample], n: int, layers: bool) -
     if any(v is None for d in (breakdown, busy, peak) for v in d.values()) or events is None:
         return None
     area = {key: _quadratic(ks, [s.area[key] for s in samples], n) for key in first.area}
-    resident: dict[str, list[int]] = {}
-    for tier in sorted({t for s in samples for t in s.resident}):
-        per_layer = first.layer_resident.get(tier, []) if layers else []
-        others = _minus(sorted(first.resident.get(tier, [])), per_layer * ks[0])
-        if others is None:
+    resident = first.resident
+    if layers:  # the whole step's: the samples' non-layer tensors and n copies of layer 0's
+        resident = _layered(first.resident, n)
+        if any(_layered(first.resident, k) != s.resident for k, s in zip(ks, samples, strict=True)):
             return None
-        for k, s in zip(ks, samples, strict=True):
-            if sorted(s.resident.get(tier, [])) != sorted(others + per_layer * k):
-                return None
-        resident[tier] = others + per_layer * (n if layers else 1)
+    elif any(s.resident != first.resident for s in samples):
+        return None
     flops = _line(ks, [s.flops for s in samples], n, 0.0)
     return dataclasses.replace(first, makespan=makespan, breakdown=breakdown, busy=busy,
                                peak=peak, area=area, events=events, resident=resident,
@@ -291,25 +284,30 @@ def _result(system: System, trace: Trace, s: _Sample) -> Result | None:
     """The Result of the whole step from its extrapolated sample."""
     from memsim.sim.report import main_unit, peak_flops
 
-    reserved = reserved_lines(system, trace.meta, s.resident)
+    reserved = reserved_lines(system, trace.meta, _sizes(s.resident))
     held = {t: sum(lines.values()) for t, lines in reserved.items()}
     peak = {t: v + held.get(t, 0) for t, v in s.peak.items()}
+    oom = None
     if any(peak[t] > s.capacity[t] for t in peak):
-        log.debug("not folded %s: the whole step overflows", trace.name)
-        return None  # simulate it whole for the OOM's record
+        # an overflow does not change the schedule (a pool never refuses), so every figure
+        # stands; the OOM record does when it happens at the start, before anything runs
+        oom = _start_oom(system, reserved, s.resident)
+        if oom is None:
+            log.debug("not folded %s: the whole step overflows after its start", trace.name)
+            return None  # simulate it whole for the OOM's record
     meta = trace.meta
     makespan = s.makespan
     tokens = int(meta.get("tokens_per_step") or 0)
     flops = float(meta.get("flops_per_step") or s.flops)
     unit_peak = peak_flops(main_unit(system), s.dtype)
     return Result(
-        feasible=True,
+        feasible=oom is None,
         step_time_s=makespan,
         tokens_per_s=tokens / makespan,
         tokens_per_step=tokens,
         mfu=flops / (makespan * unit_peak) if unit_peak > 0 else 0.0,
         breakdown=s.breakdown,
-        oom=None,
+        oom=oom,
         events=s.events,
         notes=list(s.notes),
         peak_bytes=peak,
@@ -320,12 +318,39 @@ def _result(system: System, trace: Trace, s: _Sample) -> Result | None:
     )
 
 
-def _minus(items: list[int], drop: list[int]) -> list[int] | None:
-    """``items`` without one occurrence of each of ``drop`` (multiset difference); None when
-    ``drop`` is not part of ``items``."""
-    left = list(items)
-    for x in drop:
-        if x not in left:
-            return None
-        left.remove(x)
-    return sorted(left)
+def _layered(resident: list[tuple[str, dict[str, int]]], n: int) -> list:
+    """``resident`` with layer 0's tensors (``L0.*``) for layers 0 .. n - 1 and no other layer's,
+    in the program's order (by name)."""
+    out = [(name, home) for name, home in resident if _CONCRETE_LAYER.match(name) is None]
+    layer0 = [(name[3:], home) for name, home in resident if name.startswith("L0.")]
+    out += [(f"L{i}.{rest}", home) for i in range(n) for rest, home in layer0]
+    return sorted(out, key=lambda nh: nh[0])
+
+
+def _sizes(resident: list[tuple[str, dict[str, int]]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for _name, home in resident:
+        for tier, nbytes in home.items():
+            out.setdefault(tier, []).append(nbytes)
+    return out
+
+
+def _start_oom(system: System, reserved: dict, resident: list) -> OOM | None:
+    """The OOM the step's start records, if its non-tensor lines and resident tensors overflow
+    a tier before anything runs (the engine's allocations at t=0, in its order); else None."""
+    env = simpy.Environment()
+    first: list[OOM] = []
+
+    def on_oom(pool: Pool, op: str, _nbytes: int) -> None:
+        if not first:
+            first.append(pool.oom_record(0.0, op))
+    pools = {name: Pool(name, tier.capacity, env, on_oom) for name, tier in system.tiers.items()}
+    for tier, lines in reserved.items():
+        for line, nbytes in lines.items():
+            pools[tier].alloc(f"<{line}>", nbytes, f"process start ({line})")
+    for name, home in resident:
+        for tier, nbytes in home.items():
+            pools[tier].alloc(name, nbytes, "step start (resident state)")
+            if first:
+                return first[0]
+    return first[0] if first else None
