@@ -14,7 +14,7 @@ whole processes, best of ``-n`` alternating runs; a shared machine makes them no
    figure the issue measured is printed instead.
 2. A 2,048-token decode of Llama-3-8B on one H100 (batch 8, prompt 1,024, everything on the GPU).
 3. The simulator's peak RSS against decode steps (the same case at 128, 512, 2,048 tokens).
-4. ``--studies``: every shipped study's wall time (``memsim study run``, a fresh folder each).
+4. ``--studies``: every shipped study's wall time (``memsim study``, a fresh folder each).
 """
 
 from __future__ import annotations
@@ -126,12 +126,12 @@ def rss_vs_steps() -> None:
 
 
 def studies() -> None:
-    print("== shipped studies: wall time of `memsim study run` (fresh output folder) ==")
+    print("== shipped studies: wall time of `memsim study` (fresh output folder) ==")
     for path in sorted((ROOT / "studies").glob("*.yaml")):
         row = []
         for name in ("after", "before"):
             with tempfile.TemporaryDirectory() as out:
-                cmd = [sys.executable, "-m", "memsim", "study", "run", str(path), "-o", out, "--json"]
+                cmd = [sys.executable, "-m", "memsim", "study", str(path), "-o", out, "--json"]
                 wall, _ = _timed(cmd, _env(name == "before"))
             row.append((name, wall))
         (_, a), (_, b) = row

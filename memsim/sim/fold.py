@@ -18,8 +18,8 @@ the three. Extrapolated to L they reproduce the unfolded run (tests/golden/: 1e-
 An overflow changes no figure (a pool never refuses an allocation), so an overflowing step folds
 too when its first OOM is at the start (the resident state: ``_start_oom`` replays those
 allocations for the record). Whatever cannot be extrapolated is simulated whole: an OOM later in
-the step (its time, op and holders are an event, not a trend), a per-layer plan (``layer_policy``), per-layer concrete tensor names, a
-timeline (the caller's).
+the step (its time, op and holders are an event, not a trend), a per-layer plan
+(``layer_policy``), per-layer concrete tensor names, a timeline (the caller's).
 
 ``MEMSIM_FOLD=0`` in the environment (or ``simulate(..., fold=False)``) turns folding off.
 """
