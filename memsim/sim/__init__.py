@@ -36,8 +36,12 @@ def check_plan(system: System, trace: Trace, plan: Plan, file: str = "plan") -> 
 
 
 def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
-             timeline: bool = False) -> Result:
-    """Run one step (training, inference) or the whole request trace (serving) event by event."""
+             timeline: bool = False, fold: bool | None = None) -> Result:
+    """Run one step (training, inference) or the whole request trace (serving) event by event.
+
+    ``fold``: simulate a few of a step's identical layers and advance by whole periods
+    (``memsim.sim.fold``; the default follows ``MEMSIM_FOLD``, on unless it is 0). A simulation
+    already run in this process is not run again (``memsim.sim.memo``; ``MEMSIM_SIM_CACHE=0``)."""
     wall = time.perf_counter()
     plan = plan if plan is not None else Plan()
     view = system.rank_view(int(trace.meta.get("data_parallel", 1) or 1))
@@ -46,6 +50,17 @@ def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
         from memsim.sim.hostmem import pageable_view
 
         view = pageable_view(view)
+    from memsim.sim import fold as folding
+    from memsim.sim import memo
+
+    folded = folding.enabled(fold)
+    cached = memo.enabled() and not timeline
+    if cached:  # a simulation already run is not run again (memsim/sim/memo.py)
+        key, loose = memo.keys(view, trace, plan, folded)
+        hit = memo.lookup(view, trace, plan, key, loose)
+        if hit is not None:
+            hit.wall_s = time.perf_counter() - wall
+            return hit
     if trace.kind == "serving":
         from memsim.sim.serving import simulate_serving
 
@@ -53,11 +68,15 @@ def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
     elif runs_here(trace, system):
         result = simulate_parallel(system, trace, plan, timeline)
     else:
-        from memsim.sim.engine import StepEngine
-        from memsim.sim.program import build_program
+        result = folding.simulate_folded(view, trace, plan) if folded and not timeline else None
+        if result is None:
+            from memsim.sim.engine import StepEngine
+            from memsim.sim.program import build_program
 
-        program = build_program(trace, view, plan)
-        result = StepEngine(view, program, plan.prefetch_depth, timeline, trace.meta).run()
+            program = build_program(trace, view, plan)
+            result = StepEngine(view, program, plan.prefetch_depth, timeline, trace.meta).run()
         result.parallel = single_rank_block(result, trace, view)
+    if cached:
+        memo.store(view, plan, key, loose, result)
     result.wall_s = time.perf_counter() - wall  # the whole simulation, program building included
     return result

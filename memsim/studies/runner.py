@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +68,21 @@ def cached_record(path: Path) -> dict | None:
     return record if record.get("status") in ("ok", "infeasible", "bad_input") else None
 
 
+@contextmanager
+def _shared_simulations(folder: Path) -> Iterator[None]:
+    """Points share their simulations through ``folder`` (memsim/sim/memo.py): the baselines
+    beside each plan recur across an axis that changes only the planner."""
+    before = os.environ.get("MEMSIM_SIM_CACHE_DIR")
+    os.environ["MEMSIM_SIM_CACHE_DIR"] = str(folder.resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MEMSIM_SIM_CACHE_DIR", None)
+        else:
+            os.environ["MEMSIM_SIM_CACHE_DIR"] = before
+
+
 def default_out(study: Study) -> Path:
     """``out/studies/NAME`` under the working directory (``/out/`` is git-ignored in a checkout)."""
     return Path("out") / "studies" / study.name
@@ -113,7 +129,8 @@ def run_study(study: Study | str | Path, out_dir: str | Path | None = None, *, b
 
     if progress:
         progress(0, len(tasks))
-    run_tasks(backend, tasks, on_done, jobs, ray_address)
+    with _shared_simulations(out / "sims"):
+        run_tasks(backend, tasks, on_done, jobs, ray_address)
     rows = build_rows(study, hashed, records)
     best = best_row(study, rows)
     files = write_outputs(study, rows, best, out)

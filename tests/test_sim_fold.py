@@ -1,0 +1,120 @@
+"""Folding identical layers and decode iterations (memsim/sim/fold.py): the folded Result is the
+unfolded one (floats within 1e-9 relative, bytes exactly), the switch turns it off, and what
+cannot be folded is simulated whole."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+
+import memsim
+from memsim.planners.plan import Plan
+from memsim.sim import fold, simulate
+from memsim.workloads import load_trace
+
+
+def _same(a, b) -> None:
+    assert a.feasible == b.feasible
+    assert a.peak_bytes == b.peak_bytes
+    assert a.reserved_bytes == b.reserved_bytes
+    assert a.capacity_bytes == b.capacity_bytes
+    assert a.notes == b.notes
+    assert a.events == b.events
+    for x, y in [(a.step_time_s, b.step_time_s), (a.tokens_per_s, b.tokens_per_s), (a.mfu, b.mfu),
+                 *[(a.breakdown[k], b.breakdown[k]) for k in a.breakdown],
+                 *[(a.mean_bytes[k], b.mean_bytes[k]) for k in a.mean_bytes],
+                 *[(a.link_busy[k], b.link_busy[k]) for k in a.link_busy]]:
+        assert math.isclose(x, y, rel_tol=1e-9, abs_tol=0.0) or x == y, (x, y)
+    assert a.breakdown.keys() == b.breakdown.keys() and a.link_busy.keys() == b.link_busy.keys()
+
+
+@pytest.fixture
+def h100():
+    return memsim.load_system("h100-sxm")
+
+
+@pytest.fixture(autouse=True)
+def _no_memo(monkeypatch):
+    """Every simulate() here runs (memsim/sim/memo.py would answer repeats from its cache)."""
+    monkeypatch.setenv("MEMSIM_SIM_CACHE", "0")
+
+
+def _folded(system, trace, plan, caplog) -> tuple:
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="memsim.sim.fold"):
+        got = simulate(system, trace, plan, fold=True)
+    return got, [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("plan", [
+    {},  # resident: layers and decode iterations fold
+    {"placement": {"kv": {"dram": 1.0}}},  # KV streamed every step: layers fold, iterations not
+    {"placement": {"weight": {"hbm": 0.5, "dram": 0.5}}, "prefetch_depth": 2},
+])
+def test_folded_inference_is_the_unfolded_run(h100, caplog, plan) -> None:
+    trace = load_trace("llama3-8b-infer", ["inference.gen_len=24", "inference.batch_size=4"])
+    p = Plan.from_dict(plan)
+    got, said = _folded(h100, trace, p, caplog)
+    assert any(m.startswith("folded llama3-8b-infer: 32 layers") for m in said), said
+    assert any("iterations from samples" in m for m in said) == ("kv" not in plan.get("placement", {}))
+    _same(got, simulate(h100, trace, p, fold=False))
+
+
+def test_folded_training_is_the_unfolded_run(h100, caplog) -> None:
+    trace = load_trace("llama2-7b-train", [])
+    p = Plan.from_dict({"activations": "offload", "placement": {"optimizer": {"dram": 1.0}},
+                        "optimizer_device": "cpu"})
+    got, said = _folded(h100, trace, p, caplog)
+    assert any(m.startswith("folded llama2-7b-train: 32 layers") for m in said), said
+    _same(got, simulate(h100, trace, p, fold=False))
+
+
+def test_fold_runs_few_layers(h100, monkeypatch) -> None:
+    """Peak memory follows the samples: no program of the whole step is built."""
+    from memsim.sim import program
+
+    built = []
+    real = program.build_program
+    monkeypatch.setattr(program, "build_program",
+                        lambda t, s, p: built.append(t) or real(t, s, p))
+    trace = load_trace("llama3-8b-infer", ["inference.gen_len=512", "inference.batch_size=4"])
+    simulate(h100, trace, Plan(), fold=True)
+    assert built and max(b.num_ops for b in built) * 20 < trace.num_ops
+
+
+def test_switch_turns_folding_off(monkeypatch) -> None:
+    monkeypatch.setenv("MEMSIM_FOLD", "0")
+    assert not fold.enabled(None)
+    assert fold.enabled(True)
+    monkeypatch.setenv("MEMSIM_FOLD", "1")
+    assert fold.enabled(None) and not fold.enabled(False)
+    monkeypatch.delenv("MEMSIM_FOLD")
+    assert fold.enabled(None)
+
+
+def test_what_cannot_fold_runs_whole(h100, caplog) -> None:
+    trace = load_trace("llama2-7b-train", [])
+    # an OOM: its record (time, op, holders) comes from the whole run
+    oom = Plan.from_dict({"activations": "recompute"})
+    got = simulate(h100, trace, oom, fold=True)
+    want = simulate(h100, trace, oom, fold=False)
+    assert not got.feasible and got.oom == want.oom and got.peak_bytes == want.peak_bytes
+    # a per-layer plan
+    per_layer = Plan.from_dict({"layer_policy": {0: "recompute"}, "optimizer_device": "cpu",
+                                "placement": {"optimizer": {"dram": 1.0}}})
+    assert fold.simulate_folded(h100.rank_view(1), trace, per_layer) is None
+    # a timeline
+    short = load_trace("llama3-8b-infer", ["inference.gen_len=4", "inference.batch_size=1"])
+    assert simulate(h100, short, Plan(), timeline=True, fold=True).timeline
+
+
+def test_layers_and_iterations_of_a_trace() -> None:
+    trace = load_trace("opt-175b-flexgen", [])
+    assert fold.layers_of(trace) == 96
+    assert fold.decode_iterations(trace) == 31
+    small = fold.decoded(fold.reduced(trace, 4), 3)
+    assert fold.layers_of(small) == 4 and fold.decode_iterations(small) == 3
+    assert small.meta["gen_len"] == trace.meta["gen_len"]  # each iteration's context as before
+    assert fold.layers_of(load_trace("llama3-8b-serve-csv", [])) is None
