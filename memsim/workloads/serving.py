@@ -175,6 +175,10 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
         requests = csv_requests(relative(sv.arrival.csv, src), sv.num_requests, str(src))
     elif sv.arrival.jsonl:
         requests = jsonl_requests(relative(sv.arrival.jsonl, src), sv.num_requests, str(src))
+    elif sv.arrival.process in ("conversation", "agentic"):
+        from memsim.workloads.conversations import session_requests  # it imports draw_lengths
+        block = sv.kv_cache.block_tokens if sv.kv_cache is not None else 512
+        requests = session_requests(sv, arch.max_positions, block)
     else:
         requests = poisson_requests(sv, arch.max_positions)
     prompt = np.asarray(requests.prompt_len, dtype=np.int64)

@@ -104,10 +104,23 @@ class Inference(Spec):
 
 
 class Arrival(Spec):
-    """Request arrivals: a seeded Poisson process, or a CSV trace of real requests."""
+    """Request arrivals: a seeded Poisson process, seeded multi-turn sessions (chat or agent), or a
+    CSV / JSONL trace of real requests."""
 
-    process: Literal["poisson"] | None = Field(None, description="poisson (with rate_per_s and seed)")
-    rate_per_s: float | None = Field(None, gt=0, description="mean requests per second (Poisson)")
+    process: Literal["poisson", "conversation", "agentic"] | None = Field(None, description=(
+        "poisson (with rate_per_s and seed); conversation: multi-turn chat sessions whose prompts "
+        "grow by each answer and message; agentic: the same with tool-call pauses between steps"))
+    rate_per_s: float | None = Field(None, gt=0, description="mean requests per second (Poisson); "
+                                                             "sessions started per second (sessions)")
+    turns: float | None = Field(None, ge=1, description="mean turns (agent steps) per session, "
+                                                        "geometric; default 5 (conversation), 8 (agentic)")
+    think_time_s: float | None = Field(None, gt=0, description="conversation: mean gap between a turn "
+                                                               "and the next, exponential (default 30)")
+    tool_time_s: float | None = Field(None, gt=0, description="agentic: mean tool-call pause between "
+                                                              "steps, exponential (default 2)")
+    system_prompt: int = Field(0, ge=0, description="tokens of the system prompt every session "
+                                                    "starts with (sessions)")
+    system_prompts: int = Field(1, ge=1, description="distinct system prompts sessions draw from")
     seed: int = Field(0, description="seed of the numpy Generator drawing arrivals and lengths")
     csv: str | None = Field(None, description="CSV with arrival_s, prompt_len, output_len columns "
                                               "(path relative to this file)")
@@ -118,9 +131,16 @@ class Arrival(Spec):
     @model_validator(mode="after")
     def _one_source(self) -> Arrival:
         if sum(x is not None for x in (self.csv, self.jsonl, self.process)) != 1:
-            raise ValueError("give one of process: poisson (with rate_per_s), csv: path or jsonl: path")
-        if self.process == "poisson" and self.rate_per_s is None:
-            raise ValueError("a poisson arrival process needs rate_per_s")
+            raise ValueError("give one of process: poisson|conversation|agentic (with rate_per_s), "
+                             "csv: path or jsonl: path")
+        if self.process is not None and self.rate_per_s is None:
+            raise ValueError(f"a {self.process} arrival process needs rate_per_s")
+        if self.think_time_s is not None and self.process != "conversation":
+            raise ValueError("think_time_s is for process: conversation (agentic: tool_time_s)")
+        if self.tool_time_s is not None and self.process != "agentic":
+            raise ValueError("tool_time_s is for process: agentic (conversation: think_time_s)")
+        if self.process in (None, "poisson") and (self.turns is not None or self.system_prompt):
+            raise ValueError("turns and system_prompt are for process: conversation or agentic")
         return self
 
 
@@ -192,7 +212,8 @@ class Serving(Spec):
     @model_validator(mode="after")
     def _lengths(self) -> Serving:
         if self.arrival.process is not None and (self.prompt_len is None or self.output_len is None):
-            raise ValueError("Poisson arrivals need prompt_len and output_len distributions")
+            raise ValueError(f"{self.arrival.process} arrivals need prompt_len and output_len "
+                             "distributions (sessions: new tokens and answer per turn)")
         return self
 
 
