@@ -167,7 +167,14 @@ class ServingEngine:
                                 key=f"serving.kv_cache.tiers.{tier}")
             self.clock.pools[tier].alloc("kv cache", int(nbytes), "prefix cache tier")
             lower.append((tier, int(nbytes) // (block_tokens * self.tc.kv_bytes_per_token)))
-        return PrefixStore(block_tokens, self.policy.block_size, self.fast, lower)
+        eviction = str(cache.get("eviction") or "lru")
+        last_use = None
+        if eviction == "predict":  # the oracle the predictions are drawn from: each block's last use
+            last_use = {h: i for i, hashes in enumerate(self.trace.requests.hash_ids) for h in hashes}
+        return PrefixStore(block_tokens, self.policy.block_size, self.fast, lower, eviction=eviction,
+                           ttl_s=float(cache.get("ttl_s") or 0.0), last_use=last_use,
+                           prediction_error=float(cache.get("prediction_error") or 0.0),
+                           seed=int(cache.get("seed") or 0))
 
     # -- the server loop -----------------------------------------------------------------------
 
@@ -242,6 +249,8 @@ class ServingEngine:
             decode = True
             given = taken = swap_out = swap_in = 0
             preempted = False
+            if store is not None and store.pinned:  # time-to-live pins that ran out
+                free += store.expire(now)  # (pool bytes count cached blocks as free)
             # 1. running requests, oldest first; preempt the newest when blocks run out
             i = 0
             n_run = len(running)  # refreshed whenever a preemption shortens running
@@ -363,6 +372,9 @@ class ServingEngine:
                 if r.generated:
                     redo += min(k, r.prompt + r.generated - 1 - c)
             if store is not None:
+                if store.unpinned:  # pinned blocks a hit took over: their room is free again
+                    free += store.unpinned
+                    store.unpinned = 0
                 store.fit(free)
             if head > 4096:  # drop the consumed prefix now and then (amortised O(1))
                 del waiting[:head]
@@ -370,6 +382,11 @@ class ServingEngine:
             if given or taken:
                 self._kv_bytes(given, taken)
             b_req = running[:i] + running[n1:] if n1 < len(running) else running[:i]
+            if not b_req and store is not None and store.next_expiry() is not None:
+                self.free_blocks = free  # blocks pinned by a time-to-live: wait for the first out
+                yield timeout(max(store.next_expiry() - now, 1e-9))
+                acct["memory_wait"] += env._now - now
+                continue
             if not b_req:  # only possible when one request alone cannot get its blocks
                 stuck = swapped.pop(0) if swapped else waiting.pop(head)
                 self.dropped += 1
@@ -421,12 +438,12 @@ class ServingEngine:
             if decoders:
                 tbt.append((t1 - t0, decoders))
             if done:
-                freed = 0
+                freed = pinned = 0
                 keep = []
                 for r in running:
                     if r.generated >= r.output:
                         if store is not None:
-                            store.release(r.hashes[:r.held])
+                            pinned += store.release(r.hashes[:r.held], t1, r.id, r.blocks)
                             r.held = 0
                         freed += r.blocks
                         live -= r.computed
@@ -435,7 +452,7 @@ class ServingEngine:
                     else:
                         keep.append(r)
                 running = keep
-                free += freed
+                free += freed - pinned  # pinned blocks keep their room until their ttl ends
                 self.free_blocks = free
                 self._kv_bytes(freed, 0)
             cached = live

@@ -224,5 +224,7 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     if sv.kv_cache is not None:
         meta["kv_cache"] = {"prefix_caching": sv.kv_cache.prefix_caching,
                             "eviction": sv.kv_cache.eviction, "block_tokens": sv.kv_cache.block_tokens,
-                            "tiers": dict(sv.kv_cache.tiers or {})}
+                            "tiers": dict(sv.kv_cache.tiers or {}), "ttl_s": sv.kv_cache.ttl_s,
+                            "prediction_error": sv.kv_cache.prediction_error,
+                            "seed": sv.kv_cache.seed}
     return tb.trace(meta, requests)

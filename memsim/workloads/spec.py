@@ -185,8 +185,23 @@ class KVCache(Spec):
     tiers: dict[str, int | str] | None = Field(None, description=(
         "cache tiers below the HBM pool, fastest first (dram: 256GiB, nvme: 2TiB): blocks evicted "
         "from HBM are demoted down the chain and copied back over the links on a hit"))
-    eviction: Literal["lru"] = Field("lru", description="which cached block makes room: lru")
+    eviction: Literal["lru", "lfu", "ttl", "predict"] = Field("lru", description=(
+        "which cached HBM block makes room: lru; lfu (fewest uses); ttl (Continuum: a finished "
+        "request's blocks stay pinned for ttl_s); predict (1-bit reuse predictions, dead first)"))
+    ttl_s: float | None = Field(None, gt=0, description="eviction ttl: seconds a finished "
+                                                        "request's blocks stay pinned in HBM")
+    prediction_error: float = Field(0.0, ge=0, le=1, description=(
+        "eviction predict: probability that a block's reuse bit is wrong (seeded by seed)"))
+    seed: int = Field(0, description="seed of the prediction errors")
     block_tokens: int = Field(512, ge=1, description="tokens per hash_ids block (Mooncake: 512)")
+
+    @model_validator(mode="after")
+    def _policy_keys(self) -> KVCache:
+        if (self.ttl_s is not None) != (self.eviction == "ttl"):
+            raise ValueError("eviction: ttl needs ttl_s, and ttl_s is only for eviction: ttl")
+        if self.prediction_error and self.eviction != "predict":
+            raise ValueError("prediction_error is only for eviction: predict")
+        return self
 
     @field_validator("tiers")
     @classmethod
