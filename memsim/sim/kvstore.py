@@ -124,6 +124,16 @@ class PrefixStore:
             hit += 1
         return hit, min(hit * self.block_tokens, prompt - 1)
 
+    def tiers_of(self, hashes: Sequence[int]) -> list[str]:
+        """Where each of these cached blocks is (HBM for referenced, pinned or evictable ones)."""
+        out = []
+        for h in hashes:
+            tier = self.tier
+            if h not in self.refs and h not in self.lru and h not in self.pinned:
+                tier = next(t for t, _, lv in self.lower if h in lv)
+            out.append(tier)
+        return out
+
     def acquire(self, hashes: Sequence[int], tokens: int) -> dict[str, int]:
         """Reference the hit blocks holding ``tokens`` prompt tokens, promoting those found in a
         lower tier; returns the tokens served from each tier (lower ones must be copied in)."""

@@ -32,6 +32,7 @@ from memsim.errors import SpecError, did_you_mean
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan, ServingPolicy
 from memsim.sim.engine import Clock
+from memsim.sim.kvload import LMCACHE_CHUNK_TOKENS, PrefixLoader
 from memsim.sim.kvstore import PrefixStore
 from memsim.sim.overload import overload_verdict
 from memsim.sim.program import paused_gc, split_bytes
@@ -152,6 +153,7 @@ class ServingEngine:
                            bw, unit.launch_overhead)
                        for d, p in ((True, "decode"), (False, "prefill"))}
         self.launches = unit.launch_overhead * max(0, 2 * self.layers - 2)
+        self.loader = self._prefix_loader() if self.store is not None and self.store.lower else None
 
     def _prefix_store(self) -> PrefixStore | None:
         """The prefix cache (``meta["kv_cache"]``), its lower tiers' capacity held in their pools."""
@@ -175,6 +177,20 @@ class ServingEngine:
                            ttl_s=float(cache.get("ttl_s") or 0.0), last_use=last_use,
                            prediction_error=float(cache.get("prediction_error") or 0.0),
                            seed=int(cache.get("seed") or 0))
+
+    def _prefix_loader(self) -> PrefixLoader:
+        cache = self.trace.meta.get("kv_cache") or {}
+        dense, attn, _, _ = self._rates[False]
+        return PrefixLoader(self.clock.copier.topo, self.fast, self.tc, self.layers, (dense, attn),
+                            (cache.get("load") or "layerwise") == "layerwise",
+                            int(cache.get("chunk_tokens") or LMCACHE_CHUNK_TOKENS))
+
+    def _worth_loading(self, r: Req, hit: int, tokens: int) -> tuple[int, int]:
+        """The leading hit blocks worth using: a lower-tier block only if loading it is quicker
+        than recomputing (``PrefixLoader.best_cut``)."""
+        store = self.store
+        j = self.loader.best_cut(store.tiers_of(r.hashes[:hit]), store.block_tokens, tokens)
+        return (hit, tokens) if j == hit else (j, min(j * store.block_tokens, r.prompt - 1))
 
     # -- the server loop -----------------------------------------------------------------------
 
@@ -342,6 +358,8 @@ class ServingEngine:
                 hit = 0
                 if store is not None and r.computed == 0 and r.hashes:  # prefix cache lookup
                     hit, r.computed = store.lookup(r.hashes, r.prompt)
+                    if hit and self.loader is not None:
+                        hit, r.computed = self._worth_loading(r, hit, r.computed)
                 c = r.computed
                 k = min(r.prompt + r.generated - c, budget)
                 need = -(-(c + k) // bs) - r.blocks
@@ -504,9 +522,13 @@ class ServingEngine:
         env, copier, fast = self.env, self.clock.copier, self.fast
         t0 = env._now
         loads, self.kv_loads = self.kv_loads, {}
-        if swap_out or swap_in or loads:
-            evs = [copier.copy(tier, fast, n * self.tc.kv_bytes_per_token, "kv cache load",
-                               "prefix cache load", alloc=0) for tier, n in loads.items()]
+        evs, overlapped = [], []
+        for tier, n in loads.items():  # cached prefixes from lower tiers (kvload.PrefixLoader)
+            head, rest = self.loader.start(env, copier, tier, n)
+            evs.append(head)
+            if rest is not None:
+                overlapped.append(rest)
+        if swap_out or swap_in or evs:
             if swap_out:
                 evs.append(copier.copy(fast, self.swap_tier, swap_out * self.block_bytes,
                                        "kv swap", "swap out"))
@@ -526,6 +548,7 @@ class ServingEngine:
             streams += [copy(tier, fast, int(kv_bytes * frac), "kv (streamed)", "iteration",
                              alloc=0)
                         for tier, frac in self.kv_streamed]
+        streams += overlapped
         done = env.timeout(compute)
         yield env.all_of([done, *streams]) if streams else done
         share = redo / new if new else 0.0

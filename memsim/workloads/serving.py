@@ -226,5 +226,6 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
                             "eviction": sv.kv_cache.eviction, "block_tokens": sv.kv_cache.block_tokens,
                             "tiers": dict(sv.kv_cache.tiers or {}), "ttl_s": sv.kv_cache.ttl_s,
                             "prediction_error": sv.kv_cache.prediction_error,
-                            "seed": sv.kv_cache.seed}
+                            "seed": sv.kv_cache.seed, "load": sv.kv_cache.load,
+                            "chunk_tokens": sv.kv_cache.chunk_tokens}
     return tb.trace(meta, requests)

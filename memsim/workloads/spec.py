@@ -193,6 +193,10 @@ class KVCache(Spec):
     prediction_error: float = Field(0.0, ge=0, le=1, description=(
         "eviction predict: probability that a block's reuse bit is wrong (seeded by seed)"))
     seed: int = Field(0, description="seed of the prediction errors")
+    load: Literal["layerwise", "blocking"] = Field("layerwise", description=(
+        "how a lower-tier hit is copied in: layer by layer overlapped with the prefill (LMCache, "
+        "CachedAttention) or all before the iteration computes"))
+    chunk_tokens: int = Field(256, ge=1, description="tokens per transfer chunk (LMCache chunk_size)")
     block_tokens: int = Field(512, ge=1, description="tokens per hash_ids block (Mooncake: 512)")
 
     @model_validator(mode="after")
