@@ -153,6 +153,8 @@ class ServingEngine:
                            bw, unit.launch_overhead)
                        for d, p in ((True, "decode"), (False, "prefill"))}
         self.launches = unit.launch_overhead * max(0, 2 * self.layers - 2)
+        # decode-only iterations may be run in one go when nothing streams during them
+        self.ff_ok = not self.streamed_w_items and not self.kv_streamed
         self.loader = self._prefix_loader() if self.store is not None and self.store.lower else None
 
     def _prefix_store(self) -> PrefixStore | None:
@@ -260,6 +262,45 @@ class ServingEngine:
                 yield timeout(todo[nxt].arrival - now)
                 acct["idle"] += env._now - now
                 continue
+            if head >= len(waiting) and not swapped and self.ff_ok and rec is None and (
+                    store is None or not store.pinned):
+                steps, need = self._decode_run(running, now, todo[nxt].arrival if nxt < n_todo
+                                               else None, free)
+                if steps:  # decode-only iterations up to the next event, in one timeout
+                    n = len(running)
+                    t = now
+                    for j, dt in enumerate(steps):
+                        free -= need[j]
+                        used = total_blocks - free
+                        t += dt
+                        kv_area += used * dt
+                        kv_slots_area += used * bs * dt
+                        kv_tokens_area += (live + n * j) * dt
+                        tbt.append((dt, n))
+                    acct["compute"] += t - now
+                    k = len(steps)
+                    live += n * k
+                    generated_total += n * k
+                    taken = 0
+                    for r in running:
+                        pg = r.prompt + r.generated + k - 1  # the last step's context
+                        grow = -(-pg // bs) - r.blocks
+                        if grow > 0:
+                            r.blocks += grow
+                            taken += grow
+                        r.computed += k
+                        r.generated += k
+                    self.free_blocks = free
+                    if store is not None:
+                        store.fit(free)
+                    yield timeout(t - now)
+                    t = env._now
+                    for r in running:
+                        r.last_t = t
+                    if taken:  # allocated when the run ends: its peak is the same
+                        self._kv_bytes(0, taken)
+                    kv_last_t = t
+                    continue
             budget = max_tokens
             new = ctx = kv_read = redo = 0
             decode = True
@@ -485,6 +526,46 @@ class ServingEngine:
         self.kv_area, self.kv_slots_area, self.kv_tokens_area = kv_area, kv_slots_area, kv_tokens_area
         self.free_blocks = free
         self.generated_total = generated_total
+
+    def _decode_run(self, running: list[Req], now: float, arrival: float | None,
+                    free: int) -> tuple[list[float], list[int]]:
+        """The decode-only iterations that can run back to back from ``now`` (their durations and
+        the new blocks each takes): every running request decodes, none finishes, the free blocks
+        cover every block a request starts, no request arrives before an iteration starts. The
+        scheduler would build the same batch each time, and each is timed as ``_iteration``
+        times it."""
+        n = len(running)
+        if n < 1 or n > self.policy.max_num_batched_tokens:
+            return [], []
+        bs = self.policy.block_size
+        k = 1 << 30
+        ctx = 0
+        for r in running:
+            pg = r.prompt + r.generated
+            if not r.generated or r.computed != pg - 1 or r.last_t != now:
+                return [], []
+            k = min(k, r.output - r.generated - 1)
+            ctx += pg
+        if k < 2:
+            return [], []
+        need = [0] * k  # blocks started at step j: request r's token pg + j opens a block
+        for r in running:
+            for j in range(r.blocks * bs - (r.prompt + r.generated) + 1, k, bs):
+                need[j] += 1
+        steps: list[float] = []
+        t = now
+        compute = self._compute_time
+        for j in range(k):
+            if (arrival is not None and t >= arrival) or need[j] > free:
+                break
+            free -= need[j]
+            dt = compute(n, ctx, ctx, True)
+            steps.append(dt)
+            t += dt
+            ctx += n
+        if len(steps) < 2:
+            return [], []
+        return steps, need[:len(steps)]
 
     def _kv_bytes(self, given: int, taken: int) -> None:
         """Pool bytes for blocks given back, then taken (same instant: the peak is not inflated)."""
