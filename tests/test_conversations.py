@@ -79,16 +79,34 @@ def test_sessions_stop_at_the_models_context():
     assert max(p + o for p, o in zip(r.prompt_len, r.output_len, strict=True)) <= 4096
 
 
-@pytest.mark.parametrize("process", ["conversation", "agentic"])
-def test_an_unbounded_cache_hits_the_streams_own_prefix_reuse(process):
+@pytest.mark.parametrize("process, pause", [("conversation", "think_time_s"), ("agentic", "tool_time_s")])
+def test_an_unbounded_cache_hits_the_streams_own_prefix_reuse(process, pause):
     from memsim.sim import simulate
     from tests.test_sim_engine import make_system
-    requests = session_requests(serving(process, n=150), 32768, BLOCK)
+    # pauses long beside the service time, so each turn finds the last one's answer cached
+    requests = session_requests(serving(process, n=150, **{pause: 3600.0}), 32768, BLOCK)
     r = simulate(make_system(tiers__hbm={"kind": "hbm", "capacity": "1TB", "read_bw": "1000TB/s",
                                          "write_bw": "1000TB/s"}), cached_trace(requests))
-    reuse = trace_reuse(requests)
-    assert 0.5 < reuse < 1
+    reuse = reuse_with_answers(requests)
+    assert 0.3 < reuse < 1 and reuse > trace_reuse(requests)  # answers are reused too
     assert r.serving.prefix_hit_rate == pytest.approx(reuse, rel=1e-12)
+
+
+def reuse_with_answers(requests) -> float:
+    """Prompt tokens whose leading blocks an earlier prompt or answer had / prompt tokens (every
+    request finishes before the next of its session arrives on this fast machine)."""
+    seen: set[int] = set()
+    hit = total = 0
+    for p, hashes, answer in zip(requests.prompt_len, requests.hash_ids, requests.answer_hash_ids,
+                                 strict=True):
+        n = 0
+        while n < len(hashes) and hashes[n] in seen:
+            n += 1
+        hit += min(n * BLOCK, p - 1)
+        total += p
+        seen.update(hashes)
+        seen.update(answer)
+    return hit / total
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

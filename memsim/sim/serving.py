@@ -46,7 +46,7 @@ DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
 class Req:
     """One request's progress: tokens whose KV is cached, tokens generated, blocks held."""
 
-    __slots__ = ("arrival", "blocks", "computed", "first_t", "generated", "hashes", "held", "id",
+    __slots__ = ("answer", "arrival", "blocks", "computed", "first_t", "generated", "hashes", "held", "id",
                  "k", "last_t", "looked", "output", "prompt", "swapped")
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int):
@@ -55,6 +55,7 @@ class Req:
         self.k = 0  # tokens scheduled in the current iteration
         self.first_t = self.last_t = -1.0
         self.hashes: list[int] = []  # prefix-chained block hashes of the prompt (prefix cache)
+        self.answer: list[int] = []  # hashes of the whole blocks the answer completes
         self.held = 0  # leading hashes this request references in the prefix store
         self.looked = False  # counted in the prefix hit rate (first admission only)
 
@@ -216,6 +217,8 @@ class ServingEngine:
         if self.store is not None:
             for r, hashes in zip(todo, reqs.hash_ids, strict=True):
                 r.hashes = hashes
+            for r, answer in zip(todo, reqs.answer_hash_ids or (), strict=False):
+                r.answer = answer
         store = self.store
         too_big = [r for r in todo if -(-(r.prompt + r.output) // bs) > self.total_blocks]
         if too_big:
@@ -502,7 +505,11 @@ class ServingEngine:
                 for r in running:
                     if r.generated >= r.output:
                         if store is not None:
-                            pinned += store.release(r.hashes[:r.held], t1, r.id, r.blocks)
+                            held = r.hashes[:r.held]
+                            if r.answer:  # the answer's whole blocks join the cache too
+                                store.register(r.answer)
+                                held = held + r.answer  # released tail first: answer, then prompt
+                            pinned += store.release(held, t1, r.id, r.blocks)
                             r.held = 0
                         freed += r.blocks
                         live -= r.computed

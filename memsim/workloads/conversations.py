@@ -17,7 +17,10 @@ arrival order.
 
 Prompts are named Mooncake-style: one id per ``block_tokens`` block, ids equal exactly when the
 blocks' tokens are (the same system prompt, or the same session's history); the partial last
-block of a prompt gets an id of its own, since the tokens that later fill it are new.
+block of a prompt gets an id of its own, since the tokens that later fill it are new. Each
+request also names the whole blocks its answer completes (``answer_hash_ids``): the serving
+engine caches those when the request finishes, as vLLM caches every full block, decoded or not,
+and Pensieve keeps the whole conversation.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def session_requests(sv: Serving, limit: int, block_tokens: int) -> Requests:
         arr.think_time_s if arr.think_time_s is not None else 30.0)
     names: dict[tuple[int, int], int] = {}  # (owner, block index) → id; owner < 0: system prompt
     fresh = iter(range(1, 2**62))
-    rows: list[tuple[float, int, int, int, list[int]]] = []  # (arrival, session, p, o, hashes)
+    rows: list[tuple] = []  # (arrival, session, prompt, output, hashes, answer hashes)
     start = 0.0
     cutoff = math.inf
     session = 0
@@ -60,9 +63,10 @@ def session_requests(sv: Serving, limit: int, block_tokens: int) -> Requests:
             out = int(answers[turn])
             if prompt + out > limit:
                 break
-            rows.append((round(t, 6), session, prompt, out,
-                         _hashes(prompt, arr.system_prompt, system, session, block_tokens,
-                                 names, fresh)))
+            hashes = _hashes(prompt, arr.system_prompt, system, session, block_tokens, names, fresh)
+            answer = [_name(i, arr.system_prompt, system, session, block_tokens, names, fresh)
+                      for i in range(prompt // block_tokens, (prompt + out) // block_tokens)]
+            rows.append((round(t, 6), session, prompt, out, hashes, answer))
             history = prompt + out
             t += float(gaps[turn])
         session += 1
@@ -72,7 +76,7 @@ def session_requests(sv: Serving, limit: int, block_tokens: int) -> Requests:
     rows.sort(key=lambda r: (r[0], r[1]))
     rows = rows[:sv.num_requests]
     return Requests([r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
-                    [r[4] for r in rows])
+                    [r[4] for r in rows], [r[5] for r in rows])
 
 
 def _hashes(prompt: int, system_tokens: int, system: int, session: int, block: int,
@@ -80,13 +84,17 @@ def _hashes(prompt: int, system_tokens: int, system: int, session: int, block: i
     """Block ids of a prompt: whole blocks inside the system prompt are the system prompt's, other
     whole blocks the session's; the partial last block is unique."""
     full, rest = divmod(prompt, block)
-    out = []
-    for i in range(full):
-        key = (-1 - system, i) if (i + 1) * block <= system_tokens else (session, i)
-        h = names.get(key)
-        if h is None:
-            h = names[key] = next(fresh)
-        out.append(h)
+    out = [_name(i, system_tokens, system, session, block, names, fresh) for i in range(full)]
     if rest:
         out.append(next(fresh))
     return out
+
+
+def _name(i: int, system_tokens: int, system: int, session: int, block: int,
+          names: dict[tuple[int, int], int], fresh) -> int:
+    """The id of whole block ``i`` of a session: the system prompt's, or the session's own."""
+    key = (-1 - system, i) if (i + 1) * block <= system_tokens else (session, i)
+    h = names.get(key)
+    if h is None:
+        h = names[key] = next(fresh)
+    return h

@@ -16,6 +16,7 @@ total length, each rounded up to whole blocks of ``block_size`` tokens.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 from dataclasses import asdict
@@ -106,10 +107,11 @@ JSONL_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
 def jsonl_requests(path: Path, limit_rows: int, file: str) -> Requests:
     """Requests from Mooncake's trace format (github.com/kvcache-ai/Mooncake, FAST'25 traces): one
     JSON object a line, ``timestamp`` in ms, ``input_length``, ``output_length`` and ``hash_ids``,
-    the prompt's 512-token blocks named by prefix-chained hashes (equal ids = equal prefix)."""
+    the prompt's 512-token blocks named by prefix-chained hashes (equal ids = equal prefix); a
+    ``.gz`` file is read through gzip."""
     rows: list[tuple[float, int, int, list[int]]] = []
     try:
-        with path.open() as handle:
+        with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as handle:
             for line_no, line in enumerate(handle, 1):
                 if len(rows) >= limit_rows:
                     break
