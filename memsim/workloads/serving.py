@@ -230,4 +230,6 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
                             "prediction_error": sv.kv_cache.prediction_error,
                             "seed": sv.kv_cache.seed, "load": sv.kv_cache.load,
                             "chunk_tokens": sv.kv_cache.chunk_tokens}
+    if sv.slo is not None:
+        meta["slo"] = sv.slo.model_dump()
     return tb.trace(meta, requests)

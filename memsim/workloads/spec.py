@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from memsim.hardware.spec import Spec
-from memsim.units import parse_bytes
+from memsim.units import parse_bytes, parse_time
 
 # Upper bound on any token count or batch (2^24 = 16.7M): published context windows stop near 10M
 # tokens (Llama 4 Scout). Beyond it the sizes overflow what the MIP solver can represent (an
@@ -213,6 +213,26 @@ class KVCache(Spec):
         return {name: parse_bytes(size) for name, size in tiers.items()} if tiers else tiers
 
 
+class SLO(Spec):
+    """A latency target for ``memsim plan`` to size a serving deployment against."""
+
+    ttft_p99: float = Field(description="time to first token, 99th percentile (2s)")
+    tbt_p99: float = Field(description="time between tokens, 99th percentile (100ms)")
+    replicas: list[int] | None = Field(None, description="GPU counts to try (default 1, 2, 4, 8)")
+    dram: list[int | str] | None = Field(None, description="DRAM prefix-cache sizes per GPU to try "
+                                                           "(default 0, 64GiB, 256GiB)")
+
+    @field_validator("ttft_p99", "tbt_p99", mode="before")
+    @classmethod
+    def _seconds(cls, value):
+        return parse_time(value)
+
+    @field_validator("dram")
+    @classmethod
+    def _sizes(cls, sizes):
+        return [parse_bytes(s) for s in sizes] if sizes is not None else sizes
+
+
 class Serving(Spec):
     """Online serving of a stream of requests."""
 
@@ -226,6 +246,7 @@ class Serving(Spec):
                                                 "max_num_seqs, preemption_mode, kv_cache_dtype, dtype)")
     kv_bits: Literal[16, 8, 4, 2] = Field(16, description="bits per KV-cache element")
     kv_cache: KVCache | None = Field(None, description="prefix caching across requests (off when absent)")
+    slo: SLO | None = Field(None, description="latency target: memsim plan searches GPUs and KV tiers")
     dtype: Precision = Field("fp16", description="weights and activations dtype")
 
     @model_validator(mode="after")
