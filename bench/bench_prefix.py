@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import memsim.sim.serving  # imported up front: module loading is not simulation time
 from memsim.hardware import load_system
 from memsim.sim import simulate
 from memsim.workloads import load_trace
