@@ -64,15 +64,25 @@ class PrefixLoader:
 
     def best_cut(self, tiers: Sequence[str], block_tokens: int, hit_tokens: int) -> int:
         """How many leading hit blocks to use (``tiers``: where each one is): the cut with the
-        least load time of the lower-tier blocks before it plus recompute time after it."""
-        if all(t == self.fast for t in tiers):
+        least load time of the lower-tier blocks before it plus recompute time after it. Within
+        a run of lower-tier blocks the load grows linearly and the recompute of the rest is
+        concave in the cut, so the best cut is at an end of a run: only those are tried."""
+        fast = self.fast
+        ends = [0]
+        for j in range(1, len(tiers) + 1):
+            if j == len(tiers) or (tiers[j - 1] == fast) != (tiers[j] == fast):
+                ends.append(j)
+        if len(ends) == 2 and tiers[0] == fast:
             return len(tiers)
         best_j, best = 0, self.recompute_time(0, hit_tokens)
         loads: dict[str, int] = {}
-        for j, tier in enumerate(tiers, 1):
-            n = min(block_tokens, hit_tokens - (j - 1) * block_tokens)
-            if tier != self.fast:
-                loads[tier] = loads.get(tier, 0) + n
+        prev = 0
+        for j in ends[1:]:
+            for i in range(prev, j):
+                if tiers[i] != fast:
+                    n = min(block_tokens, hit_tokens - i * block_tokens)
+                    loads[tiers[i]] = loads.get(tiers[i], 0) + n
+            prev = j
             used = min(j * block_tokens, hit_tokens)
             cost = (sum(self.load_time(t, k) for t, k in loads.items())
                     + self.recompute_time(used, hit_tokens - used))

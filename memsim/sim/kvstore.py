@@ -110,14 +110,21 @@ class PrefixStore:
         self.hits_by_tier: dict[str, int] = {tier: 0, **{t: 0 for t, _ in lower}}
         self.hit_tokens = 0
         self.prompt_tokens = 0
+        self.epoch = 0  # bumped by every change, so a lookup can be reused while it holds
 
     def lookup(self, hashes: Sequence[int], prompt: int) -> tuple[int, int]:
         """(leading cached blocks of ``hashes``, prompt tokens they hold), without touching them;
         at most ``prompt - 1`` tokens: the last prompt token is always computed, as vLLM does."""
         refs, lru = self.refs, self.lru
         hit = 0
-        lower = [lv for _, _, lv in self.lower]
         pinned = self.pinned
+        if not self.lower:
+            for h in hashes:
+                if h not in refs and h not in lru and h not in pinned:
+                    break
+                hit += 1
+            return hit, min(hit * self.block_tokens, prompt - 1)
+        lower = [lv for _, _, lv in self.lower]
         for h in hashes:
             if h not in refs and h not in lru and h not in pinned and not any(h in lv for lv in lower):
                 break
@@ -126,17 +133,14 @@ class PrefixStore:
 
     def tiers_of(self, hashes: Sequence[int]) -> list[str]:
         """Where each of these cached blocks is (HBM for referenced, pinned or evictable ones)."""
-        out = []
-        for h in hashes:
-            tier = self.tier
-            if h not in self.refs and h not in self.lru and h not in self.pinned:
-                tier = next(t for t, _, lv in self.lower if h in lv)
-            out.append(tier)
-        return out
+        refs, lru, pinned, lower, fast = self.refs, self.lru, self.pinned, self.lower, self.tier
+        return [fast if h in refs or h in lru or h in pinned else next(t for t, _, lv in lower if h in lv)
+                for h in hashes]
 
     def acquire(self, hashes: Sequence[int], tokens: int) -> dict[str, int]:
         """Reference the hit blocks holding ``tokens`` prompt tokens, promoting those found in a
         lower tier; returns the tokens served from each tier (lower ones must be copied in)."""
+        self.epoch += 1
         served = dict.fromkeys(self.hits_by_tier, 0)
         left = tokens
         for h in hashes:
@@ -164,6 +168,7 @@ class PrefixStore:
 
     def register(self, hashes: Sequence[int]) -> None:
         """A request holds these blocks (hit or computed): reference them, off the LRU list."""
+        self.epoch += 1
         refs, lru = self.refs, self.lru
         if self.eviction == "lfu":
             freq = self.freq
@@ -190,6 +195,7 @@ class PrefixStore:
         request's are not: it comes back itself), holding at most the request's ``blocks``
         paged blocks. Returns the paged blocks pinned."""
         refs, lru, ev = self.refs, self.lru, self.eviction
+        self.epoch += 1
         pinned = 0
         for h in reversed(hashes):
             n = refs.get(h, 0) - 1
@@ -232,6 +238,7 @@ class PrefixStore:
                 del pinned[h]
                 lru[h] = None
                 back += got[1]
+                self.epoch += 1
         return back
 
     def next_expiry(self) -> float | None:
@@ -243,6 +250,7 @@ class PrefixStore:
 
     def fit(self, free_blocks: int) -> None:
         """Evict least recently used blocks until the evictable set fits the free pool."""
+        self.epoch += 1
         lru, keep = self.lru, max(0, free_blocks) // self.cost
         while len(lru) > keep:
             h, _ = lru.popitem(last=False)

@@ -47,7 +47,7 @@ class Req:
     """One request's progress: tokens whose KV is cached, tokens generated, blocks held."""
 
     __slots__ = ("answer", "arrival", "blocks", "computed", "first_t", "generated", "hashes", "held", "id",
-                 "k", "last_t", "looked", "output", "prompt", "swapped")
+                 "k", "last_t", "looked", "output", "prompt", "seen", "swapped")
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
@@ -58,6 +58,7 @@ class Req:
         self.answer: list[int] = []  # hashes of the whole blocks the answer completes
         self.held = 0  # leading hashes this request references in the prefix store
         self.looked = False  # counted in the prefix hit rate (first admission only)
+        self.seen = (-1, 0, 0)  # (store epoch, hit blocks, cached tokens) of the last lookup
 
 
 def policy_for(trace: Trace, plan: Plan) -> tuple[ServingPolicy, float]:
@@ -401,9 +402,13 @@ class ServingEngine:
                 r = waiting[head]
                 hit = 0
                 if store is not None and r.computed == 0 and r.hashes:  # prefix cache lookup
-                    hit, r.computed = store.lookup(r.hashes, r.prompt)
-                    if hit and self.loader is not None:
-                        hit, r.computed = self._worth_loading(r, hit, r.computed)
+                    if r.seen[0] == store.epoch:  # nothing changed since it last looked
+                        _, hit, r.computed = r.seen
+                    else:
+                        hit, r.computed = store.lookup(r.hashes, r.prompt)
+                        if hit and self.loader is not None:
+                            hit, r.computed = self._worth_loading(r, hit, r.computed)
+                        r.seen = (store.epoch, hit, r.computed)
                 c = r.computed
                 k = min(r.prompt + r.generated - c, budget)
                 need = -(-(c + k) // bs) - r.blocks
