@@ -3,6 +3,8 @@ quicker than recomputing it, and layer-wise loading hides the copy behind the pr
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from memsim.planners.plan import Plan, ServingPolicy
@@ -80,3 +82,25 @@ def test_every_chunk_of_every_layer_pays_the_link_latency():
     flat = loader("10GB/s", latency="0us")
     assert probe.load_time("dram", 1000) - flat.load_time("dram", 1000) == pytest.approx(
         probe.transfers(1000) * 1e-3)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("serving.kv_cache.load=sideways", "serving.kv_cache.load"),
+    ("serving.kv_cache.chunk_tokens=0", "serving.kv_cache.chunk_tokens"),
+])
+def test_a_bad_load_key_exits_2_naming_it(override, key):
+    from tests.test_conversations import _cli
+    p = _cli("simulate", "--hardware", "h100-sxm", "--workload", "llama2-70b-serve-chat",
+             "--set", override, "--json")
+    assert p.returncode == 2, p.stderr
+    assert key in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_simulate_json_reports_dram_hits_of_the_chat_workload():
+    from tests.test_conversations import _cli
+    p = _cli("simulate", "--hardware", "h200", "--workload", "llama2-70b-serve-chat",
+             "--set", "serving.num_requests=600", "--json")
+    assert p.returncode == 0, p.stderr
+    sv = json.loads(p.stdout)["serving"]
+    assert sv["completed"] == 600 and sv["prefix_hits_by_tier"]["dram"] > 0
