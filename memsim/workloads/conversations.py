@@ -42,12 +42,13 @@ def session_requests(sv: Serving, limit: int, block_tokens: int) -> Requests:
     mean_turns = arr.turns if arr.turns is not None else (8.0 if agentic else 5.0)
     pause = (arr.tool_time_s if arr.tool_time_s is not None else 2.0) if agentic else (
         arr.think_time_s if arr.think_time_s is not None else 30.0)
-    names: dict[tuple[int, int], int] = {}  # (owner, block index) → id; owner < 0: system prompt
+    systems: dict[int, list[int]] = {}  # system prompt → ids of its whole blocks
     fresh = iter(range(1, 2**62))
     rows: list[tuple] = []  # (arrival, session, prompt, output, hashes, answer hashes)
     start = 0.0
     cutoff = math.inf
     session = 0
+    shared = arr.system_prompt // block_tokens  # whole blocks inside the system prompt
     while len(rows) < sv.num_requests or start <= cutoff:
         start += float(rng.exponential(1.0 / arr.rate_per_s))
         if len(rows) >= sv.num_requests and start > cutoff:
@@ -57,16 +58,23 @@ def session_requests(sv: Serving, limit: int, block_tokens: int) -> Requests:
         news = draw_lengths(sv.prompt_len, turns, rng, limit)
         answers = draw_lengths(sv.output_len, turns, rng, limit)
         gaps = rng.exponential(pause, size=turns)
+        if system not in systems:
+            systems[system] = [next(fresh) for _ in range(shared)]
+        chain = list(systems[system])  # ids of the session's whole blocks so far
         t, history = start, arr.system_prompt
         for turn in range(turns):
             prompt = history + int(news[turn])
             out = int(answers[turn])
             if prompt + out > limit:
                 break
-            hashes = _hashes(prompt, arr.system_prompt, system, session, block_tokens, names, fresh)
-            answer = [_name(i, arr.system_prompt, system, session, block_tokens, names, fresh)
-                      for i in range(prompt // block_tokens, (prompt + out) // block_tokens)]
-            rows.append((round(t, 6), session, prompt, out, hashes, answer))
+            full = prompt // block_tokens
+            chain.extend(next(fresh) for _ in range(full - len(chain)))
+            hashes = chain[:full]
+            if prompt % block_tokens:  # the partial last block: its own id
+                hashes.append(next(fresh))
+            done = (prompt + out) // block_tokens
+            chain.extend(next(fresh) for _ in range(done - len(chain)))
+            rows.append((round(t, 6), session, prompt, out, hashes, chain[full:done]))
             history = prompt + out
             t += float(gaps[turn])
         session += 1
@@ -78,23 +86,3 @@ def session_requests(sv: Serving, limit: int, block_tokens: int) -> Requests:
     return Requests([r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
                     [r[4] for r in rows], [r[5] for r in rows])
 
-
-def _hashes(prompt: int, system_tokens: int, system: int, session: int, block: int,
-            names: dict[tuple[int, int], int], fresh) -> list[int]:
-    """Block ids of a prompt: whole blocks inside the system prompt are the system prompt's, other
-    whole blocks the session's; the partial last block is unique."""
-    full, rest = divmod(prompt, block)
-    out = [_name(i, system_tokens, system, session, block, names, fresh) for i in range(full)]
-    if rest:
-        out.append(next(fresh))
-    return out
-
-
-def _name(i: int, system_tokens: int, system: int, session: int, block: int,
-          names: dict[tuple[int, int], int], fresh) -> int:
-    """The id of whole block ``i`` of a session: the system prompt's, or the session's own."""
-    key = (-1 - system, i) if (i + 1) * block <= system_tokens else (session, i)
-    h = names.get(key)
-    if h is None:
-        h = names[key] = next(fresh)
-    return h
