@@ -250,9 +250,9 @@ class PrefixStore:
 
     def fit(self, free_blocks: int) -> None:
         """Evict least recently used blocks until the evictable set fits the free pool."""
-        self.epoch += 1
         lru, keep = self.lru, max(0, free_blocks) // self.cost
         while len(lru) > keep:
+            self.epoch += 1
             h, _ = lru.popitem(last=False)
             for _, cap, lv in self.lower:  # demote down the chain; the last tier drops it
                 if cap <= 0:
