@@ -46,11 +46,11 @@ def test_the_load_or_recompute_choice_flips_where_the_link_breaks_even():
     even = tokens * kvb / (recompute - probe.transfers(tokens) * lat)
     assert even > 0
     for factor, want in ((1.25, 4), (0.8, 0)):
-        got = loader(f"{even * factor}B/s").best_cut(["dram"] * 4, BLOCK, tokens)
+        got = loader(f"{even * factor}B/s").best_cut([["dram", 4]], BLOCK, tokens)
         assert got == want, (factor, got)
     # HBM blocks are free: a slow link only cuts at the first lower-tier block
     slow = loader(f"{even * 0.5}B/s")
-    assert slow.best_cut(["hbm", "hbm", "dram", "dram"], BLOCK, tokens) == 2
+    assert slow.best_cut([["hbm", 2], ["dram", 2]], BLOCK, tokens) == 2
 
 
 def test_a_slow_link_recomputes_what_a_fast_one_loads_and_both_beat_forcing_the_other():

@@ -62,28 +62,24 @@ class PrefixLoader:
         return (tokens * self.tc.flops_per_token / self.dense_rate
                 + ctx * self.tc.attn_flops_per_token_ctx / self.attn_rate)
 
-    def best_cut(self, tiers: Sequence[str], block_tokens: int, hit_tokens: int) -> int:
-        """How many leading hit blocks to use (``tiers``: where each one is): the cut with the
-        least load time of the lower-tier blocks before it plus recompute time after it. Within
-        a run of lower-tier blocks the load grows linearly and the recompute of the rest is
-        concave in the cut, so the best cut is at an end of a run: only those are tried."""
-        fast = self.fast
-        ends = [0]
-        for j in range(1, len(tiers) + 1):
-            if j == len(tiers) or (tiers[j - 1] == fast) != (tiers[j] == fast):
-                ends.append(j)
-        if len(ends) == 2 and tiers[0] == fast:
-            return len(tiers)
+    def best_cut(self, runs: Sequence[Sequence], block_tokens: int, hit_tokens: int) -> int:
+        """How many leading hit blocks to use (``runs``: ``[tier, blocks]`` in order, as
+        ``PrefixStore.runs`` gives): the cut with the least load time of the lower-tier blocks
+        before it plus recompute time after it. Within a run of lower-tier blocks the load grows
+        linearly and the recompute of the rest is concave in the cut, so the best cut is at an
+        end of a run: only those are tried."""
+        total = sum(n for _, n in runs)
+        if all(t == self.fast for t, _ in runs):
+            return total
         best_j, best = 0, self.recompute_time(0, hit_tokens)
         loads: dict[str, int] = {}
-        prev = 0
-        for j in ends[1:]:
-            for i in range(prev, j):
-                if tiers[i] != fast:
-                    n = min(block_tokens, hit_tokens - i * block_tokens)
-                    loads[tiers[i]] = loads.get(tiers[i], 0) + n
-            prev = j
+        j = 0
+        for tier, n in runs:
+            lo = min(j * block_tokens, hit_tokens)
+            j += n
             used = min(j * block_tokens, hit_tokens)
+            if tier != self.fast:
+                loads[tier] = loads.get(tier, 0) + used - lo
             cost = (sum(self.load_time(t, k) for t, k in loads.items())
                     + self.recompute_time(used, hit_tokens - used))
             if cost <= best:

@@ -131,11 +131,24 @@ class PrefixStore:
             hit += 1
         return hit, min(hit * self.block_tokens, prompt - 1)
 
-    def tiers_of(self, hashes: Sequence[int]) -> list[str]:
-        """Where each of these cached blocks is (HBM for referenced, pinned or evictable ones)."""
-        refs, lru, pinned, lower, fast = self.refs, self.lru, self.pinned, self.lower, self.tier
-        return [fast if h in refs or h in lru or h in pinned else next(t for t, _, lv in lower if h in lv)
-                for h in hashes]
+    def runs(self, hashes: Sequence[int]) -> list[list]:
+        """Where the leading cached blocks of ``hashes`` are, as runs ``[tier, blocks]`` in order
+        (one pass; stops at the first block cached nowhere)."""
+        refs, lru, pinned, fast = self.refs, self.lru, self.pinned, self.tier
+        lower = [(t, lv) for t, _, lv in self.lower]
+        out: list[list] = []
+        for h in hashes:
+            if h in refs or h in lru or h in pinned:
+                tier = fast
+            else:
+                tier = next((t for t, lv in lower if h in lv), None)
+                if tier is None:
+                    break
+            if out and out[-1][0] == tier:
+                out[-1][1] += 1
+            else:
+                out.append([tier, 1])
+        return out
 
     def acquire(self, hashes: Sequence[int], tokens: int) -> dict[str, int]:
         """Reference the hit blocks holding ``tokens`` prompt tokens, promoting those found in a

@@ -195,7 +195,7 @@ class ServingEngine:
         """The leading hit blocks worth using: a lower-tier block only if loading it is quicker
         than recomputing (``PrefixLoader.best_cut``)."""
         store = self.store
-        j = self.loader.best_cut(store.tiers_of(r.hashes[:hit]), store.block_tokens, tokens)
+        j = self.loader.best_cut(store.runs(r.hashes[:hit]), store.block_tokens, tokens)
         return (hit, tokens) if j == hit else (j, min(j * store.block_tokens, r.prompt - 1))
 
     # -- the server loop -----------------------------------------------------------------------
