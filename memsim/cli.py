@@ -467,6 +467,17 @@ def _render_emit(info: dict, hardware: str, workload: str) -> None:
               f"--plan {escape(info['path'])}", highlight=False)
 
 
+def _render_slo(rows: list[dict]) -> None:
+    table = Table("GPUs", "KV tiers", "TTFT p99", "TBT p99", "meets SLO", "goodput", "$/Mtok",
+                  title="serving.slo: deployments simulated, best first")
+    for c in rows:
+        tiers = ", ".join(f"{t} {units.fmt_bytes(b)}" for t, b in c["kv_tiers"].items()) or "HBM only"
+        usd = f"{c['usd_per_mtok']:.3f}" if c["usd_per_mtok"] is not None else "—"
+        table.add_row(str(c["gpus"]), tiers, f"{c['ttft_p99_s']:.3g} s", f"{c['tbt_p99_s'] * 1e3:.3g} ms",
+                      "yes" if c["meets_slo"] else "no", f"{c['goodput_rps']:.3g} req/s", usd)
+    out.print(table)
+
+
 def _render_plan(doc: dict) -> None:
     from memsim.headline import headline
     from memsim.planners.plan import Plan
@@ -502,6 +513,8 @@ def _render_plan(doc: dict) -> None:
         swap = f" to {s['swap_tier']} ({units.fmt_bytes(s['swap_bytes'])})" if s.get("swap_tier") else ""
         policy.add_row("serving", f"max_num_seqs {s['max_num_seqs']}, preempt {s['preempt']}{swap}")
     out.print(policy)
+    if doc.get("slo") is not None:
+        _render_slo(doc["slo"])
     figures = Table("figure", "value", "source", title="result")
     label = "makespan" if doc["kind"] == "serving" else "step time"
     figures.add_row(label, units.fmt_time(doc["step_time_s"]), "simulated")

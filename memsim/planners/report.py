@@ -74,6 +74,7 @@ class PlanReport:
     baselines: list[Evaluated] = field(default_factory=list)
     upgrade: Upgrade | None = None  # when the preset asked for the cheapest hardware for a target
     fallback: dict | None = None  # the planner's own plan, when a baseline is returned instead
+    slo: list[dict] | None = None  # serving.slo: deployments simulated, best first (planners/slo.py)
 
     @property
     def feasible(self) -> bool:
@@ -114,6 +115,7 @@ class PlanReport:
             "fallback": self.fallback,
             "plan": self.plan.to_dict(),
             "notes": [*self.trace.meta.get("workload_notes", []), *self.plan.notes],
+            **({"slo": self.slo} if self.slo is not None else {}),
         }
 
 
@@ -239,8 +241,13 @@ def plan_case(
     overrides = list(overrides)
     system = load_system(hardware, overrides)
     trace = load_trace(workload, overrides)
-    return plan(system, trace, planner, time_limit=time_limit, progress=progress,
-                rebuild=lambda extra: load_trace(workload, [*overrides, *extra]))
+    report = plan(system, trace, planner, time_limit=time_limit, progress=progress,
+                  rebuild=lambda extra: load_trace(workload, [*overrides, *extra]))
+    if trace.meta.get("slo"):
+        from memsim.planners.slo import candidates
+
+        report.slo = candidates(system, trace, progress or (lambda _: None))
+    return report
 
 
 _RESULTS: dict[tuple, object] = {}  # plan → Result within one plan() call (baselines often coincide)

@@ -20,52 +20,149 @@ the first lower tier, whose own LRU victim goes to the next, and the last one dr
 a lower tier promotes the block back (it leaves that tier) and its bytes are copied to HBM before
 the iteration that uses them, like a swap-in (no layer-wise overlap with prefill yet). The whole
 chain behaves as one LRU stack, so more capacity in any tier never lowers the hit rate.
+
+Which evictable HBM block goes first (``serving.kv_cache.eviction``):
+- ``lru``: the least recently released.
+- ``lfu``: the one hit least often (ties: least recent), which keeps a shared system prompt that
+  a burst of one-off prompts would flush out of an LRU.
+- ``ttl``: Continuum's time-to-live (Lin et al., "Continuum: Efficient and Robust Multi-Turn LLM
+  Agent Scheduling with KV Cache Time-to-Live", 2025): a finished request's blocks stay *pinned*
+  in HBM for ``ttl_s`` — not evictable, and not free for other requests — betting that the same
+  session comes back (an agent's tool call returns) before then; at expiry they become LRU
+  blocks. The bet costs pool space that waiting requests cannot use.
+- ``predict``: one bit of prediction per released block, "will a later request use it again",
+  as in Antoniadis et al., "Paging with Succinct Predictions" (ICML 2023): blocks predicted dead
+  go first (least recent first), then the rest by LRU. The bits come from the trace itself (a
+  block's last use), each flipped with probability ``prediction_error`` (seeded), so the
+  policy's value can be read as a function of the predictor's accuracy.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+import random
 from collections import OrderedDict
 from collections.abc import Sequence
+
+EVICTIONS = ("lru", "lfu", "ttl", "predict")
+
+
+class _Ranked:
+    """Evictable blocks ordered by a key, smallest evicted first (a heap with lazy deletion); the
+    same few operations as the OrderedDict an LRU uses."""
+
+    def __init__(self) -> None:
+        self.key: dict[int, tuple] = {}
+        self.heap: list[tuple[tuple, int]] = []
+
+    def __contains__(self, h: int) -> bool:
+        return h in self.key
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def __delitem__(self, h: int) -> None:
+        del self.key[h]
+
+    def put(self, h: int, key: tuple) -> None:
+        self.key[h] = key
+        heapq.heappush(self.heap, (key, h))
+        if len(self.heap) > 4 * len(self.key) + 64:  # drop stale entries now and then
+            self.heap = [(k, b) for b, k in self.key.items()]
+            heapq.heapify(self.heap)
+
+    def popitem(self, last: bool = False) -> tuple[int, None]:
+        heap, key = self.heap, self.key
+        while True:
+            k, h = heapq.heappop(heap)
+            if key.get(h) == k:
+                del key[h]
+                return h, None
 
 
 class PrefixStore:
     """Referenced blocks (held by running requests) plus evictable ones in LRU order."""
 
     def __init__(self, block_tokens: int, block_size: int, tier: str,
-                 lower: Sequence[tuple[str, int]] = ()):
-        self.block_tokens, self.tier = block_tokens, tier
+                 lower: Sequence[tuple[str, int]] = (), eviction: str = "lru", ttl_s: float = 0.0,
+                 last_use: dict[int, int] | None = None, prediction_error: float = 0.0,
+                 seed: int = 0):
+        if eviction not in EVICTIONS:
+            raise ValueError(f"eviction {eviction!r} is not one of {', '.join(EVICTIONS)}")
+        self.block_tokens, self.tier, self.eviction = block_tokens, tier, eviction
         self.cost = math.ceil(block_tokens / block_size)  # paged blocks per cached block
         self.refs: dict[int, int] = {}
-        self.lru: OrderedDict[int, None] = OrderedDict()  # least recently used first
+        # evictable HBM blocks, first to go first: an OrderedDict for LRU, else ranked by a key
+        self.lru: OrderedDict[int, None] | _Ranked = OrderedDict() if eviction in ("lru", "ttl") \
+            else _Ranked()
+        self.seq = 0  # release counter: recency
+        self.freq: dict[int, int] = {}  # lfu: uses of each block
+        self.ttl_s = ttl_s
+        self.pinned: dict[int, tuple[float, int]] = {}  # ttl: block → (expiry, paged blocks held)
+        self.expiry: list[tuple[float, int]] = []  # heap of (expiry, block), lazily deleted
+        self.unpinned = 0  # paged blocks unpinned by a hit since the caller last looked
+        self.last_use = last_use or {}  # predict: block → index of the last request using it
+        self.rng = random.Random(seed)
+        self.prediction_error = prediction_error
         # lower tiers, fastest first: (tier, capacity in cached blocks, its LRU)
         self.lower = [(t, cap, OrderedDict()) for t, cap in lower]
         self.hits_by_tier: dict[str, int] = {tier: 0, **{t: 0 for t, _ in lower}}
         self.hit_tokens = 0
         self.prompt_tokens = 0
+        self.epoch = 0  # bumped by every change, so a lookup can be reused while it holds
 
     def lookup(self, hashes: Sequence[int], prompt: int) -> tuple[int, int]:
         """(leading cached blocks of ``hashes``, prompt tokens they hold), without touching them;
         at most ``prompt - 1`` tokens: the last prompt token is always computed, as vLLM does."""
         refs, lru = self.refs, self.lru
         hit = 0
+        pinned = self.pinned
+        if not self.lower:
+            for h in hashes:
+                if h not in refs and h not in lru and h not in pinned:
+                    break
+                hit += 1
+            return hit, min(hit * self.block_tokens, prompt - 1)
         lower = [lv for _, _, lv in self.lower]
         for h in hashes:
-            if h not in refs and h not in lru and not any(h in lv for lv in lower):
+            if h not in refs and h not in lru and h not in pinned and not any(h in lv for lv in lower):
                 break
             hit += 1
         return hit, min(hit * self.block_tokens, prompt - 1)
 
+    def runs(self, hashes: Sequence[int]) -> list[list]:
+        """Where the leading cached blocks of ``hashes`` are, as runs ``[tier, blocks]`` in order
+        (one pass; stops at the first block cached nowhere)."""
+        refs, lru, pinned, fast = self.refs, self.lru, self.pinned, self.tier
+        lower = [(t, lv) for t, _, lv in self.lower]
+        out: list[list] = []
+        for h in hashes:
+            if h in refs or h in lru or h in pinned:
+                tier = fast
+            else:
+                tier = next((t for t, lv in lower if h in lv), None)
+                if tier is None:
+                    break
+            if out and out[-1][0] == tier:
+                out[-1][1] += 1
+            else:
+                out.append([tier, 1])
+        return out
+
     def acquire(self, hashes: Sequence[int], tokens: int) -> dict[str, int]:
         """Reference the hit blocks holding ``tokens`` prompt tokens, promoting those found in a
         lower tier; returns the tokens served from each tier (lower ones must be copied in)."""
+        self.epoch += 1
         served = dict.fromkeys(self.hits_by_tier, 0)
         left = tokens
         for h in hashes:
             n = min(self.block_tokens, left)
             left -= n
             tier = self.tier
-            if h not in self.refs and h not in self.lru:
+            if h in self.pinned:  # the session came back within its time-to-live
+                self.unpinned += self.pinned.pop(h)[1]
+            elif h not in self.refs and h not in self.lru:
                 for t, _, lv in self.lower:
                     if h in lv:
                         del lv[h]
@@ -84,34 +181,91 @@ class PrefixStore:
 
     def register(self, hashes: Sequence[int]) -> None:
         """A request holds these blocks (hit or computed): reference them, off the LRU list."""
+        self.epoch += 1
         refs, lru = self.refs, self.lru
+        if self.eviction == "lfu":
+            freq = self.freq
+            for h in hashes:
+                freq[h] = freq.get(h, 0) + 1
         for h in hashes:
             if h in refs:
                 refs[h] += 1
             else:
                 if h in lru:
                     del lru[h]
+                elif h in self.pinned:
+                    self.unpinned += self.pinned.pop(h)[1]
                 else:  # computed anew: drop a stale lower-tier copy, the chain stays exclusive
                     for _, _, lv in self.lower:
                         lv.pop(h, None)
                 refs[h] = 1
 
-    def release(self, hashes: Sequence[int]) -> None:
-        """The request let go of its blocks: unreferenced ones become evictable, the chain's tail
-        first in line (vLLM frees a request's blocks in reverse so the shared root lasts)."""
-        refs, lru = self.refs, self.lru
+    def release(self, hashes: Sequence[int], now: float | None = None, rid: int = -1,
+                blocks: int = 0) -> int:
+        """The request (index ``rid``) let go of its blocks: unreferenced ones become evictable,
+        the chain's tail first in line (vLLM frees a request's blocks in reverse so the shared
+        root lasts), or, when it finished at ``now``, pinned until ``now + ttl_s`` (a preempted
+        request's are not: it comes back itself), holding at most the request's ``blocks``
+        paged blocks. Returns the paged blocks pinned."""
+        refs, lru, ev = self.refs, self.lru, self.eviction
+        self.epoch += 1
+        pinned = 0
         for h in reversed(hashes):
             n = refs.get(h, 0) - 1
             if n > 0:
                 refs[h] = n
-            elif n == 0:
-                del refs[h]
+                continue
+            if n < 0:
+                continue
+            del refs[h]
+            self.seq += 1
+            if ev == "lru":
                 lru[h] = None
+            elif ev == "ttl":
+                c = min(self.cost, blocks - pinned)
+                if self.ttl_s > 0 and now is not None and c > 0:
+                    t = now + self.ttl_s
+                    self.pinned[h] = (t, c)
+                    heapq.heappush(self.expiry, (t, h))
+                    pinned += c
+                else:
+                    lru[h] = None
+            elif ev == "lfu":
+                lru.put(h, (self.freq.get(h, 1), self.seq))
+            else:  # predict: dead blocks (bit 0) sort first
+                alive = self.last_use.get(h, -1) > rid
+                if self.prediction_error and self.rng.random() < self.prediction_error:
+                    alive = not alive
+                lru.put(h, (int(alive), self.seq))
+        return pinned
+
+    def expire(self, now: float) -> int:
+        """Unpin the blocks whose time-to-live has passed (they turn LRU-evictable); returns the
+        paged blocks given back to the free pool."""
+        heap, pinned, lru = self.expiry, self.pinned, self.lru
+        back = 0
+        while heap and heap[0][0] <= now:
+            t, h = heapq.heappop(heap)
+            got = pinned.get(h)
+            if got is not None and got[0] == t:
+                del pinned[h]
+                lru[h] = None
+                back += got[1]
+                self.epoch += 1
+        return back
+
+    def next_expiry(self) -> float | None:
+        """When the earliest pinned block turns evictable (None: nothing pinned)."""
+        heap, pinned = self.expiry, self.pinned
+        while heap and pinned.get(heap[0][1], (None,))[0] != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def fit(self, free_blocks: int) -> None:
         """Evict least recently used blocks until the evictable set fits the free pool."""
         lru, keep = self.lru, max(0, free_blocks) // self.cost
         while len(lru) > keep:
+            self.epoch += 1
             h, _ = lru.popitem(last=False)
             for _, cap, lv in self.lower:  # demote down the chain; the last tier drops it
                 if cap <= 0:

@@ -15,7 +15,9 @@ dense part ``op_time(new_tokens × flops_per_token, weight_bytes + activations)`
 ``op_time(Σ new × context × attn_flops_per_token_ctx, KV read + written)`` plus one kernel
 launch per layer and part. Weights (and KV) homed off the compute tier are streamed over the
 links every iteration, overlapped layer by layer with compute (the iteration takes the longer of
-the two); swaps are copied before the iteration computes, as vLLM's cache engine does.
+the two); swaps are copied before the iteration computes, as vLLM's cache engine does. A run of
+decode-only iterations with nothing in between (no arrival, completion or block shortage, nothing
+streamed) is simulated in one timeout, each iteration timed as it would be alone.
 
 The KV pool is what ``gpu_memory_utilization`` (the trace's scheduler, default 0.9) of the compute
 tier leaves after resident weights, the activation workspace of one full batch and the prefetch
@@ -32,6 +34,7 @@ from memsim.errors import SpecError, did_you_mean
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan, ServingPolicy
 from memsim.sim.engine import Clock
+from memsim.sim.kvload import LMCACHE_CHUNK_TOKENS, PrefixLoader
 from memsim.sim.kvstore import PrefixStore
 from memsim.sim.overload import overload_verdict
 from memsim.sim.program import paused_gc, split_bytes
@@ -47,8 +50,8 @@ DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
 class Req:
     """One request's progress: tokens whose KV is cached, tokens generated, blocks held."""
 
-    __slots__ = ("arrival", "blocks", "computed", "first_t", "generated", "hashes", "held", "id",
-                 "k", "last_t", "looked", "output", "prompt", "swapped")
+    __slots__ = ("answer", "arrival", "blocks", "computed", "first_t", "generated", "hashes", "held", "id",
+                 "k", "last_t", "looked", "output", "prompt", "seen", "swapped")
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
@@ -56,8 +59,10 @@ class Req:
         self.k = 0  # tokens scheduled in the current iteration
         self.first_t = self.last_t = -1.0
         self.hashes: list[int] = []  # prefix-chained block hashes of the prompt (prefix cache)
+        self.answer: list[int] = []  # hashes of the whole blocks the answer completes
         self.held = 0  # leading hashes this request references in the prefix store
         self.looked = False  # counted in the prefix hit rate (first admission only)
+        self.seen = (-1, 0, 0)  # (store epoch, hit blocks, cached tokens) of the last lookup
 
 
 def policy_for(trace: Trace, plan: Plan) -> tuple[ServingPolicy, float]:
@@ -154,6 +159,9 @@ class ServingEngine:
                            bw, unit.launch_overhead)
                        for d, p in ((True, "decode"), (False, "prefill"))}
         self.launches = unit.launch_overhead * max(0, 2 * self.layers - 2)
+        # decode-only iterations may be run in one go when nothing streams during them
+        self.ff_ok = not self.streamed_w_items and not self.kv_streamed
+        self.loader = self._prefix_loader() if self.store is not None and self.store.lower else None
 
     def _prefix_store(self) -> PrefixStore | None:
         """The prefix cache (``meta["kv_cache"]``), its lower tiers' capacity held in their pools."""
@@ -169,7 +177,28 @@ class ServingEngine:
                                 key=f"serving.kv_cache.tiers.{tier}")
             self.clock.pools[tier].alloc("kv cache", int(nbytes), "prefix cache tier")
             lower.append((tier, int(nbytes) // (block_tokens * self.tc.kv_bytes_per_token)))
-        return PrefixStore(block_tokens, self.policy.block_size, self.fast, lower)
+        eviction = str(cache.get("eviction") or "lru")
+        last_use = None
+        if eviction == "predict":  # the oracle the predictions are drawn from: each block's last use
+            last_use = {h: i for i, hashes in enumerate(self.trace.requests.hash_ids) for h in hashes}
+        return PrefixStore(block_tokens, self.policy.block_size, self.fast, lower, eviction=eviction,
+                           ttl_s=float(cache.get("ttl_s") or 0.0), last_use=last_use,
+                           prediction_error=float(cache.get("prediction_error") or 0.0),
+                           seed=int(cache.get("seed") or 0))
+
+    def _prefix_loader(self) -> PrefixLoader:
+        cache = self.trace.meta.get("kv_cache") or {}
+        dense, attn, _, _ = self._rates[False]
+        return PrefixLoader(self.clock.copier.topo, self.fast, self.tc, self.layers, (dense, attn),
+                            (cache.get("load") or "layerwise") == "layerwise",
+                            int(cache.get("chunk_tokens") or LMCACHE_CHUNK_TOKENS))
+
+    def _worth_loading(self, r: Req, hit: int, tokens: int) -> tuple[int, int]:
+        """The leading hit blocks worth using: a lower-tier block only if loading it is quicker
+        than recomputing (``PrefixLoader.best_cut``)."""
+        store = self.store
+        j = self.loader.best_cut(store.runs(r.hashes[:hit]), store.block_tokens, tokens)
+        return (hit, tokens) if j == hit else (j, min(j * store.block_tokens, r.prompt - 1))
 
     # -- the server loop -----------------------------------------------------------------------
 
@@ -193,6 +222,8 @@ class ServingEngine:
         if self.store is not None:
             for r, hashes in zip(todo, reqs.hash_ids, strict=True):
                 r.hashes = hashes
+            for r, answer in zip(todo, reqs.answer_hash_ids or (), strict=False):
+                r.answer = answer
         store = self.store
         too_big = [r for r in todo if -(-(r.prompt + r.output) // bs) > self.total_blocks]
         if too_big:
@@ -239,11 +270,52 @@ class ServingEngine:
                 yield timeout(todo[nxt].arrival - now)
                 acct["idle"] += env._now - now
                 continue
+            if head >= len(waiting) and not swapped and self.ff_ok and rec is None and (
+                    store is None or not store.pinned):
+                steps, need = self._decode_run(running, now, todo[nxt].arrival if nxt < n_todo
+                                               else None, free)
+                if steps:  # decode-only iterations up to the next event, in one timeout
+                    n = len(running)
+                    t = now
+                    for j, dt in enumerate(steps):
+                        free -= need[j]
+                        used = total_blocks - free
+                        t += dt
+                        kv_area += used * dt
+                        kv_slots_area += used * bs * dt
+                        kv_tokens_area += (live + n * j) * dt
+                        tbt.append((dt, n))
+                    acct["compute"] += t - now
+                    k = len(steps)
+                    live += n * k
+                    generated_total += n * k
+                    taken = 0
+                    for r in running:
+                        pg = r.prompt + r.generated + k - 1  # the last step's context
+                        grow = -(-pg // bs) - r.blocks
+                        if grow > 0:
+                            r.blocks += grow
+                            taken += grow
+                        r.computed += k
+                        r.generated += k
+                    self.free_blocks = free
+                    if store is not None:
+                        store.fit(free)
+                    yield timeout(t - now)
+                    t = env._now
+                    for r in running:
+                        r.last_t = t
+                    if taken:  # allocated when the run ends: its peak is the same
+                        self._kv_bytes(0, taken)
+                    kv_last_t = t
+                    continue
             budget = max_tokens
             new = ctx = kv_read = redo = 0
             decode = True
             given = taken = swap_out = swap_in = 0
             preempted = False
+            if store is not None and store.pinned:  # time-to-live pins that ran out
+                free += store.expire(now)  # (pool bytes count cached blocks as free)
             # 1. running requests, oldest first; preempt the newest when blocks run out
             i = 0
             n_run = len(running)  # refreshed whenever a preemption shortens running
@@ -334,7 +406,13 @@ class ServingEngine:
                 r = waiting[head]
                 hit = 0
                 if store is not None and r.computed == 0 and r.hashes:  # prefix cache lookup
-                    hit, r.computed = store.lookup(r.hashes, r.prompt)
+                    if r.seen[0] == store.epoch:  # nothing changed since it last looked
+                        _, hit, r.computed = r.seen
+                    else:
+                        hit, r.computed = store.lookup(r.hashes, r.prompt)
+                        if hit and self.loader is not None:
+                            hit, r.computed = self._worth_loading(r, hit, r.computed)
+                        r.seen = (store.epoch, hit, r.computed)
                 c = r.computed
                 k = min(r.prompt + r.generated - c, budget)
                 need = -(-(c + k) // bs) - r.blocks
@@ -365,6 +443,9 @@ class ServingEngine:
                 if r.generated:
                     redo += min(k, r.prompt + r.generated - 1 - c)
             if store is not None:
+                if store.unpinned:  # pinned blocks a hit took over: their room is free again
+                    free += store.unpinned
+                    store.unpinned = 0
                 store.fit(free)
             if head > 4096:  # drop the consumed prefix now and then (amortised O(1))
                 del waiting[:head]
@@ -372,6 +453,11 @@ class ServingEngine:
             if given or taken:
                 self._kv_bytes(given, taken)
             b_req = running[:i] + running[n1:] if n1 < len(running) else running[:i]
+            if not b_req and store is not None and store.next_expiry() is not None:
+                self.free_blocks = free  # blocks pinned by a time-to-live: wait for the first out
+                yield timeout(max(store.next_expiry() - now, 1e-9))
+                acct["memory_wait"] += env._now - now
+                continue
             if not b_req:  # only possible when one request alone cannot get its blocks
                 stuck = swapped.pop(0) if swapped else waiting.pop(head)
                 self.dropped += 1
@@ -423,12 +509,16 @@ class ServingEngine:
             if decoders:
                 tbt.append((t1 - t0, decoders))
             if done:
-                freed = 0
+                freed = pinned = 0
                 keep = []
                 for r in running:
                     if r.generated >= r.output:
                         if store is not None:
-                            store.release(r.hashes[:r.held])
+                            held = r.hashes[:r.held]
+                            if r.answer:  # the answer's whole blocks join the cache too
+                                store.register(r.answer)
+                                held = held + r.answer  # released tail first: answer, then prompt
+                            pinned += store.release(held, t1, r.id, r.blocks)
                             r.held = 0
                         freed += r.blocks
                         live -= r.computed
@@ -437,7 +527,7 @@ class ServingEngine:
                     else:
                         keep.append(r)
                 running = keep
-                free += freed
+                free += freed - pinned  # pinned blocks keep their room until their ttl ends
                 self.free_blocks = free
                 self._kv_bytes(freed, 0)
             cached = live
@@ -452,6 +542,46 @@ class ServingEngine:
         self.kv_area, self.kv_slots_area, self.kv_tokens_area = kv_area, kv_slots_area, kv_tokens_area
         self.free_blocks = free
         self.generated_total = generated_total
+
+    def _decode_run(self, running: list[Req], now: float, arrival: float | None,
+                    free: int) -> tuple[list[float], list[int]]:
+        """The decode-only iterations that can run back to back from ``now`` (their durations and
+        the new blocks each takes): every running request decodes, none finishes, the free blocks
+        cover every block a request starts, no request arrives before an iteration starts. The
+        scheduler would build the same batch each time, and each is timed as ``_iteration``
+        times it."""
+        n = len(running)
+        if n < 1 or n > self.policy.max_num_batched_tokens:
+            return [], []
+        bs = self.policy.block_size
+        k = 1 << 30
+        ctx = 0
+        for r in running:
+            pg = r.prompt + r.generated
+            if not r.generated or r.computed != pg - 1 or r.last_t != now:
+                return [], []
+            k = min(k, r.output - r.generated - 1)
+            ctx += pg
+        if k < 2:
+            return [], []
+        need = [0] * k  # blocks started at step j: request r's token pg + j opens a block
+        for r in running:
+            for j in range(r.blocks * bs - (r.prompt + r.generated) + 1, k, bs):
+                need[j] += 1
+        steps: list[float] = []
+        t = now
+        compute = self._compute_time
+        for j in range(k):
+            if (arrival is not None and t >= arrival) or need[j] > free:
+                break
+            free -= need[j]
+            dt = compute(n, ctx, ctx, True)
+            steps.append(dt)
+            t += dt
+            ctx += n
+        if len(steps) < 2:
+            return [], []
+        return steps, need[:len(steps)]
 
     def _kv_bytes(self, given: int, taken: int) -> None:
         """Pool bytes for blocks given back, then taken (same instant: the peak is not inflated)."""
@@ -490,9 +620,13 @@ class ServingEngine:
         env, copier, fast = self.env, self.clock.copier, self.fast
         t0 = env._now
         loads, self.kv_loads = self.kv_loads, {}
-        if swap_out or swap_in or loads:
-            evs = [copier.copy(tier, fast, n * self.tc.kv_bytes_per_token, "kv cache load",
-                               "prefix cache load", alloc=0) for tier, n in loads.items()]
+        evs, overlapped = [], []
+        for tier, n in loads.items():  # cached prefixes from lower tiers (kvload.PrefixLoader)
+            head, rest = self.loader.start(env, copier, tier, n)
+            evs.append(head)
+            if rest is not None:
+                overlapped.append(rest)
+        if swap_out or swap_in or evs:
             if swap_out:
                 evs.append(copier.copy(fast, self.swap_tier, swap_out * self.block_bytes,
                                        "kv swap", "swap out"))
@@ -515,10 +649,10 @@ class ServingEngine:
                         for tier, frac in self.kv_streamed]
         if streams and self.plan.prefetch_depth == 0:  # synchronous loads (vLLM's
             yield env.all_of(streams)                    # cpu_offload_gb): compute waits
-            yield env.timeout(compute)
-        else:
-            done = env.timeout(compute)
-            yield env.all_of([done, *streams]) if streams else done
+            streams = []
+        streams += overlapped  # cached-prefix loads stream beside the compute (sim/kvload.py)
+        done = env.timeout(compute)
+        yield env.all_of([done, *streams]) if streams else done
         share = redo / new if new else 0.0
         acct = self.acct
         acct["compute"] += compute * (1 - share)

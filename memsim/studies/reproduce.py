@@ -32,7 +32,8 @@ class CaseSpec(Spec):
     name: str = Field(description="case name (the --case argument)")
     title: str = Field(description="one line heading the case in the document")
     kind: str = Field(description="how the case is evaluated: zero, flexgen, paged, checkpoint, kivi, "
-                                  "flash, headinfer, framework, parallel")
+                                  "flash, headinfer, framework, parallel, "
+                                  "prefix_trace, prefix_serving")
     quick: bool = Field(False, description="part of the reduced set that --quick runs")
     order: int = Field(100, description="position in the document (then by name)")
     source: str = Field(description="the publication the figures come from")

@@ -464,6 +464,14 @@ def _framework(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
     return framework(spec, path, say)
 
 
+def _prefix(kind: str) -> Callable[[CaseSpec, Path, Say], CaseResult]:
+    def run(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
+        from memsim.studies import reproduce_prefix
+
+        return getattr(reproduce_prefix, kind)(spec, path, say)
+    return run
+
+
 KINDS: dict[str, Callable[[CaseSpec, Path, Say], CaseResult]] = {
     "zero": zero,
     "flexgen": flexgen,
@@ -475,4 +483,5 @@ KINDS: dict[str, Callable[[CaseSpec, Path, Say], CaseResult]] = {
     "framework": _framework,
     "parallel": lambda spec, path, say: __import__(
         "memsim.studies.reproduce_parallel", fromlist=["parallel"]).parallel(spec, path, say),
+    "prefix_trace": _prefix("prefix_trace"), "prefix_serving": _prefix("prefix_serving"),
 }

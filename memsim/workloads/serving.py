@@ -16,6 +16,7 @@ total length, each rounded up to whole blocks of ``block_size`` tokens.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 from dataclasses import asdict
@@ -160,10 +161,11 @@ JSONL_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
 def jsonl_requests(path: Path, limit_rows: int, file: str) -> Requests:
     """Requests from Mooncake's trace format (github.com/kvcache-ai/Mooncake, FAST'25 traces): one
     JSON object a line, ``timestamp`` in ms, ``input_length``, ``output_length`` and ``hash_ids``,
-    the prompt's 512-token blocks named by prefix-chained hashes (equal ids = equal prefix)."""
+    the prompt's 512-token blocks named by prefix-chained hashes (equal ids = equal prefix); a
+    ``.gz`` file is read through gzip."""
     rows: list[tuple[float, int, int, list[int]]] = []
     try:
-        with path.open() as handle:
+        with (gzip.open(path, "rt") if path.suffix == ".gz" else path.open()) as handle:
             for line_no, line in enumerate(handle, 1):
                 if len(rows) >= limit_rows:
                     break
@@ -234,6 +236,10 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
         path = relative(sv.arrival.jsonl, src)
         requests = jsonl_requests(path, sv.num_requests, str(src))
         check_context(requests, arch.max_positions, str(path), "input_length")
+    elif sv.arrival.process in ("conversation", "agentic"):
+        from memsim.workloads.conversations import session_requests  # it imports draw_lengths
+        block = sv.kv_cache.block_tokens if sv.kv_cache is not None else 512
+        requests = session_requests(sv, arch.max_positions, block)
     else:
         requests = poisson_requests(sv, arch.max_positions, str(src), notes)
     prompt = np.asarray(requests.prompt_len, dtype=np.int64)
@@ -284,5 +290,10 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     if sv.kv_cache is not None:
         meta["kv_cache"] = {"prefix_caching": sv.kv_cache.prefix_caching,
                             "eviction": sv.kv_cache.eviction, "block_tokens": sv.kv_cache.block_tokens,
-                            "tiers": dict(sv.kv_cache.tiers or {})}
+                            "tiers": dict(sv.kv_cache.tiers or {}), "ttl_s": sv.kv_cache.ttl_s,
+                            "prediction_error": sv.kv_cache.prediction_error,
+                            "seed": sv.kv_cache.seed, "load": sv.kv_cache.load,
+                            "chunk_tokens": sv.kv_cache.chunk_tokens}
+    if sv.slo is not None:
+        meta["slo"] = sv.slo.model_dump()
     return tb.trace(meta, requests)

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from memsim.hardware.spec import Spec
-from memsim.units import parse_bytes
+from memsim.units import parse_bytes, parse_time
 
 # Upper bound on any token count or batch (2^24 = 16.7M): published context windows stop near 10M
 # tokens (Llama 4 Scout). Beyond it the sizes overflow what the MIP solver can represent (an
@@ -189,10 +189,23 @@ class Inference(Spec):
 
 
 class Arrival(Spec):
-    """Request arrivals: a seeded Poisson process, or a CSV trace of real requests."""
+    """Request arrivals: a seeded Poisson process, seeded multi-turn sessions (chat or agent), or a
+    CSV / JSONL trace of real requests."""
 
-    process: Literal["poisson"] | None = Field(None, description="poisson (with rate_per_s and seed)")
-    rate_per_s: float | None = Field(None, gt=0, description="mean requests per second (Poisson)")
+    process: Literal["poisson", "conversation", "agentic"] | None = Field(None, description=(
+        "poisson (with rate_per_s and seed); conversation: multi-turn chat sessions whose prompts "
+        "grow by each answer and message; agentic: the same with tool-call pauses between steps"))
+    rate_per_s: float | None = Field(None, gt=0, description="mean requests per second (Poisson); "
+                                                             "sessions started per second (sessions)")
+    turns: float | None = Field(None, ge=1, description="mean turns (agent steps) per session, "
+                                                        "geometric; default 5 (conversation), 8 (agentic)")
+    think_time_s: float | None = Field(None, gt=0, description="conversation: mean gap between a turn "
+                                                               "and the next, exponential (default 30)")
+    tool_time_s: float | None = Field(None, gt=0, description="agentic: mean tool-call pause between "
+                                                              "steps, exponential (default 2)")
+    system_prompt: int = Field(0, ge=0, description="tokens of the system prompt every session "
+                                                    "starts with (sessions)")
+    system_prompts: int = Field(1, ge=1, description="distinct system prompts sessions draw from")
     seed: int = Field(0, description="seed of the numpy Generator drawing arrivals and lengths")
     csv: str | None = Field(None, description="CSV with arrival_s, prompt_len, output_len columns "
                                               "(path relative to this file)")
@@ -203,9 +216,16 @@ class Arrival(Spec):
     @model_validator(mode="after")
     def _one_source(self) -> Arrival:
         if sum(x is not None for x in (self.csv, self.jsonl, self.process)) != 1:
-            raise ValueError("give one of process: poisson (with rate_per_s), csv: path or jsonl: path")
-        if self.process == "poisson" and self.rate_per_s is None:
-            raise ValueError("a poisson arrival process needs rate_per_s")
+            raise ValueError("give one of process: poisson|conversation|agentic (with rate_per_s), "
+                             "csv: path or jsonl: path")
+        if self.process is not None and self.rate_per_s is None:
+            raise ValueError(f"a {self.process} arrival process needs rate_per_s")
+        if self.think_time_s is not None and self.process != "conversation":
+            raise ValueError("think_time_s is for process: conversation (agentic: tool_time_s)")
+        if self.tool_time_s is not None and self.process != "agentic":
+            raise ValueError("tool_time_s is for process: agentic (conversation: think_time_s)")
+        if self.process in (None, "poisson") and (self.turns is not None or self.system_prompt):
+            raise ValueError("turns and system_prompt are for process: conversation or agentic")
         return self
 
 
@@ -250,8 +270,27 @@ class KVCache(Spec):
     tiers: dict[str, int | str] | None = Field(None, description=(
         "cache tiers below the HBM pool, fastest first (dram: 256GiB, nvme: 2TiB): blocks evicted "
         "from HBM are demoted down the chain and copied back over the links on a hit"))
-    eviction: Literal["lru"] = Field("lru", description="which cached block makes room: lru")
+    eviction: Literal["lru", "lfu", "ttl", "predict"] = Field("lru", description=(
+        "which cached HBM block makes room: lru; lfu (fewest uses); ttl (Continuum: a finished "
+        "request's blocks stay pinned for ttl_s); predict (1-bit reuse predictions, dead first)"))
+    ttl_s: float | None = Field(None, gt=0, description="eviction ttl: seconds a finished "
+                                                        "request's blocks stay pinned in HBM")
+    prediction_error: float = Field(0.0, ge=0, le=1, description=(
+        "eviction predict: probability that a block's reuse bit is wrong (seeded by seed)"))
+    seed: int = Field(0, description="seed of the prediction errors")
+    load: Literal["layerwise", "blocking"] = Field("layerwise", description=(
+        "how a lower-tier hit is copied in: layer by layer overlapped with the prefill (LMCache, "
+        "CachedAttention) or all before the iteration computes"))
+    chunk_tokens: int = Field(256, ge=1, description="tokens per transfer chunk (LMCache chunk_size)")
     block_tokens: int = Field(512, ge=1, description="tokens per hash_ids block (Mooncake: 512)")
+
+    @model_validator(mode="after")
+    def _policy_keys(self) -> KVCache:
+        if (self.ttl_s is not None) != (self.eviction == "ttl"):
+            raise ValueError("eviction: ttl needs ttl_s, and ttl_s is only for eviction: ttl")
+        if self.prediction_error and self.eviction != "predict":
+            raise ValueError("prediction_error is only for eviction: predict")
+        return self
 
     @field_validator("tiers")
     @classmethod
@@ -264,6 +303,26 @@ class ServingParallel(Spec):
 
     tensor: int = Field(1, ge=1, description="tensor-parallel degree (vLLM tensor_parallel_size)")
     pipeline: int = Field(1, ge=1, description="pipeline stages (vLLM pipeline_parallel_size)")
+
+
+class SLO(Spec):
+    """A latency target for ``memsim plan`` to size a serving deployment against."""
+
+    ttft_p99: float = Field(description="time to first token, 99th percentile (2s)")
+    tbt_p99: float = Field(description="time between tokens, 99th percentile (100ms)")
+    replicas: list[int] | None = Field(None, description="GPU counts to try (default 1, 2, 4, 8)")
+    dram: list[int | str] | None = Field(None, description="DRAM prefix-cache sizes per GPU to try "
+                                                           "(default 0, 64GiB, 256GiB)")
+
+    @field_validator("ttft_p99", "tbt_p99", mode="before")
+    @classmethod
+    def _seconds(cls, value):
+        return parse_time(value)
+
+    @field_validator("dram")
+    @classmethod
+    def _sizes(cls, sizes):
+        return [parse_bytes(s) for s in sizes] if sizes is not None else sizes
 
 
 class Serving(Spec):
@@ -281,6 +340,7 @@ class Serving(Spec):
     kv_bits: Literal[16, 8, 4, 2] = Field(16, description="bits per KV-cache element")
     kv_cache_dtype: KVCacheDtype | None = Field(None, description=_KV_DTYPE_DESC)
     kv_cache: KVCache | None = Field(None, description="prefix caching across requests (off when absent)")
+    slo: SLO | None = Field(None, description="latency target: memsim plan searches GPUs and KV tiers")
     dtype: Precision = Field("fp16", description="weights and activations dtype")
     parallel: ServingParallel = Field(default_factory=lambda: ServingParallel(), description=(
         "tensor and pipeline degrees (vLLM's tensor_parallel_size, pipeline_parallel_size)"))
@@ -289,7 +349,8 @@ class Serving(Spec):
     def _lengths(self) -> Serving:
         _kv_cache_dtype(self)
         if self.arrival.process is not None and (self.prompt_len is None or self.output_len is None):
-            raise ValueError("Poisson arrivals need prompt_len and output_len distributions")
+            raise ValueError(f"{self.arrival.process} arrivals need prompt_len and output_len "
+                             "distributions (sessions: new tokens and answer per turn)")
         return self
 
 

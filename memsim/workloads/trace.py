@@ -148,6 +148,9 @@ class Requests:
     prompt_len: list[int]
     output_len: list[int]
     hash_ids: list[list[int]] | None = None  # prefix-chained prompt block hashes (Mooncake traces)
+    # hashes of the whole blocks a request's answer completes after its prompt's whole blocks
+    # (generated sessions: the next turn starts with them), cached when the request finishes
+    answer_hash_ids: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)
