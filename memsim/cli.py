@@ -468,8 +468,8 @@ def _render_emit(info: dict, hardware: str, workload: str) -> None:
 
 
 def _render_plan(doc: dict) -> None:
+    from memsim.contracts.plan import Plan
     from memsim.headline import headline
-    from memsim.planners.plan import Plan
 
     plan, info = doc["plan"], doc["planner"]
     out.print(f"[bold]{escape(headline(doc))}[/]", highlight=False)

@@ -5,7 +5,7 @@ workload, ...)``; ``REGISTRY`` maps planner kinds to ``callable(system, trace, o
 named presets live in ``planners/*.yaml``. See docs/planner.md for the formulation.
 """
 
-from memsim.planners.plan import Plan, PlannerInfo, ServingPolicy, trace_fingerprint
+from memsim.contracts.plan import Plan, PlannerInfo, ServingPolicy, trace_fingerprint
 from memsim.planners.registry import REGISTRY, Preset, list_presets, load_preset, run_preset
 from memsim.planners.report import PlanReport, plan, plan_case
 

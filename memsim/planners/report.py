@@ -15,12 +15,12 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from memsim.contracts.plan import Plan, trace_fingerprint
 from memsim.errors import Infeasible, SpecError
 from memsim.hardware.spec import System
 from memsim.headline import job
 from memsim.planners import mip, nearmiss
 from memsim.planners.diagnose import diagnose
-from memsim.planners.plan import Plan, trace_fingerprint
 from memsim.planners.registry import Preset, list_presets, load_preset, run_preset
 from memsim.planners.upgrade import Rebuild, Upgrade, buyable_upgrade
 from memsim.units import fmt_bytes
@@ -36,7 +36,7 @@ SEARCH_KINDS = ("mip", "flexgen")
 class Evaluated:
     name: str
     plan: Plan | None
-    result: object | None  # memsim.sim.result.Result
+    result: object | None  # memsim.contracts.result.Result
     note: str = ""
     label: str = ""  # the search structure the plan came from (search kinds only)
 

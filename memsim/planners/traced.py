@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import pulp
 
+from memsim.contracts.plan import Plan
 from memsim.hardware.spec import System
 from memsim.planners.flows import Flows
 from memsim.planners.lp import (
@@ -62,7 +63,6 @@ from memsim.planners.lp import (
     slack_price,
     slack_tiers,
 )
-from memsim.planners.plan import Plan
 from memsim.planners.profile import op_seconds
 from memsim.planners.solver import SolveInfo, solve, value
 from memsim.planners.space import Space

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from memsim.contracts.plan import Plan
+from memsim.contracts.result import Result
 from memsim.errors import Infeasible
-from memsim.planners.plan import Plan
 from memsim.sim import check_plan, diagnose, simulate, write_timeline
-from memsim.sim.result import Result
 
 
 def simulate_case(hardware: str, workload: str, *, plan_path: str | None = None,

@@ -34,11 +34,11 @@ from fractions import Fraction
 
 import simpy
 
+from memsim.contracts.plan import Plan
+from memsim.contracts.result import OOM, Result
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.sim.memory import Pool
 from memsim.sim.overheads import reserved_lines
-from memsim.sim.result import OOM, Result
 from memsim.workloads.trace import Trace
 
 FIRST = 4  # the first sample's layers (its parity is n's: see STEP)

@@ -12,7 +12,7 @@ then: each decode layer's FFN part, from the predictor on, is its own segment an
 
 from __future__ import annotations
 
-from memsim.planners.plan import Plan
+from memsim.contracts.plan import Plan
 from memsim.sim.program import POp, TInfo
 from memsim.workloads.sparsity import READ_BYTES_META
 from memsim.workloads.trace import Trace

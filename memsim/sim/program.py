@@ -1,6 +1,6 @@
 """Trace + Plan → the program the engine runs: concrete ops on units, segments, tensor homes.
 
-What the Plan's semantics (``memsim/planners/plan.py``) become, decided here once, before any
+What the Plan's semantics (``memsim/contracts/plan.py``) become, decided here once, before any
 simulated time passes:
 
 * every op gets a unit (GPU, CPU, comm) and that unit's memory tier: ``device="cpu"`` ops, the
@@ -28,9 +28,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.workloads.trace import LAYER, PERSISTENT, Tensor, Trace
 
 

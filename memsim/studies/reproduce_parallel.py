@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memsim.planners.plan import Plan
+from memsim.contracts.plan import Plan
 from memsim.sim.parallel import simulate_parallel
 from memsim.studies.reproduce import CaseResult, CaseSpec, Figure
 from memsim.studies.reproduce_cases import SIM, Say, _need, system_of

@@ -41,9 +41,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.validation.backend import Backend, make_backend
 from memsim.validation.calibrate import set_compute_threads
 from memsim.validation.diskio import Scratch, probe_mode
