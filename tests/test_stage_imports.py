@@ -26,3 +26,14 @@ def test_importing_the_contracts_loads_no_stage() -> None:
 
 def test_the_check_sees_a_loaded_module() -> None:  # the probe itself can fail
     assert _loaded_after("import json", ("json",)) == ["json"]
+
+
+def test_no_simulator_module_imports_a_planner() -> None:
+    """Lazy imports too: composing planner and simulator is memsim/api.py's job."""
+    import re
+    from pathlib import Path
+
+    sim = Path(__file__).resolve().parent.parent / "memsim" / "sim"
+    pattern = re.compile(r"^\s*(from|import)\s+memsim\.planners\b", re.M)
+    offenders = [p.name for p in sorted(sim.glob("*.py")) if pattern.search(p.read_text())]
+    assert len(list(sim.glob("*.py"))) > 10 and offenders == []

@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from memsim.contracts.plan import Plan, trace_fingerprint
@@ -222,25 +222,6 @@ def _target(value, planner: str) -> float:
         raise SpecError(f"target_tokens_per_s must be a positive number of tokens/s, got {value!r}",
                         file=str(planner), key="options.target_tokens_per_s")
     return target
-
-
-def plan_case(
-    hardware,
-    workload,
-    planner: str = "mip",
-    overrides: Iterable[str] = (),
-    time_limit: float = 10.0,
-    progress: Progress | None = None,
-) -> PlanReport:
-    """Load by name or path (``--set`` strings; ``hardware.`` ones go to the system) and plan."""
-    from memsim.hardware import load_system
-    from memsim.workloads import load_trace
-
-    overrides = list(overrides)
-    system = load_system(hardware, overrides)
-    trace = load_trace(workload, overrides)
-    return plan(system, trace, planner, time_limit=time_limit, progress=progress,
-                rebuild=lambda extra: load_trace(workload, [*overrides, *extra]))
 
 
 _RESULTS: dict[tuple, object] = {}  # plan → Result within one plan() call (baselines often coincide)
