@@ -12,11 +12,14 @@ their own names (workloads/torch_trace.py does).
 
 from __future__ import annotations
 
+import re
+
 LAYER = "{layer}"  # the placeholder a per-layer template carries where the layer number goes
 BATCH = "#"  # GPU-batch instance suffix
 RECOMPUTE = "@r"  # recompute instance suffix
 MICRO_BATCH = ".mb"  # gradient-accumulation micro-batch suffix
 COPY_TO = "->"  # between a copy job's source and destination tier
+_CONCRETE_LAYER = re.compile(r"L\d+\.")
 
 
 def layer_name(layer: int | str, rest: str) -> str:
@@ -35,6 +38,11 @@ def split_layer(name: str) -> tuple[int | None, str]:
     if head[:1] == "L" and head[1:].isdigit():
         return int(head[1:]), rest
     return None, name
+
+
+def is_concrete_layer_name(name: str) -> bool:
+    """Whether ``name`` starts ``L{i}.`` with a layer number (not a template's ``L{layer}.``)."""
+    return _CONCRETE_LAYER.match(name) is not None
 
 
 def layer_of(name: str) -> int | None:
