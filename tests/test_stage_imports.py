@@ -37,3 +37,37 @@ def test_no_simulator_module_imports_a_planner() -> None:
     pattern = re.compile(r"^\s*(from|import)\s+memsim\.planners\b", re.M)
     offenders = [p.name for p in sorted(sim.glob("*.py")) if pattern.search(p.read_text())]
     assert len(list(sim.glob("*.py"))) > 10 and offenders == []
+
+
+def _imports(path) -> set[str]:
+    """Every memsim module ``path`` imports, at the top or inside a function."""
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_the_reproduce_modules_form_no_import_cycle() -> None:
+    """reproduce_spec (types) <- kinds <- reproduce_kinds (dispatch) <- reproduce (runner)."""
+    from graphlib import CycleError, TopologicalSorter
+    from pathlib import Path
+
+    studies = Path(__file__).resolve().parent.parent / "memsim" / "studies"
+    mods = {p.stem: p for p in studies.glob("reproduce*.py")}
+    graph = {name: {m.rsplit(".", 1)[-1] for m in _imports(path)
+                    if m.startswith("memsim.studies.") and m.rsplit(".", 1)[-1] in mods} - {name}
+             for name, path in mods.items()}
+    assert {"reproduce", "reproduce_kinds", "reproduce_spec"} <= set(graph)
+    assert graph["reproduce_spec"] == set() and "reproduce_kinds" in graph["reproduce"]
+    try:
+        tuple(TopologicalSorter(graph).static_order())  # a generator: the cycle shows when run
+        cycle = None
+    except CycleError as exc:
+        cycle = exc.args[1]
+    assert cycle is None
