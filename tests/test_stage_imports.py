@@ -20,8 +20,10 @@ def test_importing_the_simulator_loads_no_planner_or_solver() -> None:
 
 
 def test_importing_the_contracts_loads_no_stage() -> None:
-    stages = ("memsim.sim", "memsim.planners", "memsim.workloads", "pulp", "highspy", "simpy")
-    assert _loaded_after("import memsim.contracts.plan, memsim.contracts.result", stages) == []
+    stages = ("memsim.sim", "memsim.planners", "memsim.workloads", "memsim.hardware", "pulp", "highspy",
+              "simpy")
+    modules = "memsim.contracts.plan, memsim.contracts.result, memsim.contracts.names, memsim.contracts.spec"
+    assert _loaded_after(f"import {modules}", stages) == []
 
 
 def test_the_check_sees_a_loaded_module() -> None:  # the probe itself can fail

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
-from memsim.hardware.spec import Spec
+from memsim.contracts.spec import Spec
 
 GAP = 0.10  # a relative difference above this needs a note saying why
 
