@@ -11,7 +11,7 @@ routing changes): bytes moved over PCIe per decode step and the decode time per 
 from __future__ import annotations
 
 import memsim
-from memsim.planners.plan import Plan
+from memsim.contracts.plan import Plan
 from memsim.workloads import build_trace, load_model, load_workload
 from memsim.workloads.moe import touched_experts
 

@@ -21,7 +21,7 @@ import time
 import memsim
 import memsim.sim.engine  # imported up front: module loading is not simulation time
 import memsim.sim.serving
-from memsim.planners.plan import Plan
+from memsim.contracts.plan import Plan
 from memsim.sim import simulate
 
 CASES = [

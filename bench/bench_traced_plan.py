@@ -18,8 +18,8 @@ import time
 
 import torch
 
+from memsim.contracts.plan import Plan
 from memsim.hardware import load_system
-from memsim.planners.plan import Plan
 from memsim.planners.report import plan
 from memsim.sim import simulate
 from memsim.workloads import torch_examples as ex

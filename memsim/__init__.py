@@ -28,8 +28,8 @@ _API = {
     "validate": "memsim.validation",
     "run_study": "memsim.studies",
     "Trace": "memsim.workloads.trace",
-    "Plan": "memsim.planners.plan",
-    "Result": "memsim.sim.result",
+    "Plan": "memsim.contracts.plan",
+    "Result": "memsim.contracts.result",
     "System": "memsim.hardware.spec",
 }
 __all__ = sorted(_API)

@@ -412,8 +412,8 @@ def plan_cmd(
     """Plan where every byte lives (MIP or a named baseline), simulate it and the baselines."""
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from memsim.api import plan_case
     from memsim.outpaths import check_output_file
-    from memsim.planners import plan_case
     from memsim.progress import Progress
 
     check_output_file(output, "-o")
@@ -479,8 +479,8 @@ def _render_slo(rows: list[dict]) -> None:
 
 
 def _render_plan(doc: dict) -> None:
+    from memsim.contracts.plan import Plan
     from memsim.headline import headline
-    from memsim.planners.plan import Plan
 
     plan, info = doc["plan"], doc["planner"]
     out.print(f"[bold]{escape(headline(doc))}[/]", highlight=False)
@@ -604,8 +604,8 @@ def simulate_cmd(
     """Simulate a case event by event: step time, tokens/s, bytes per tier, where time went."""
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from memsim.api import simulate_case
     from memsim.progress import Progress
-    from memsim.sim.case import simulate_case
 
     if plan and planner:
         raise SpecError("give --plan or --planner, not both", key="--plan")

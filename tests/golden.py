@@ -46,13 +46,13 @@ def document(case: dict) -> dict:
     wl = str(ROOT / wl) if wl.endswith(".yaml") else wl
     try:
         if case["command"] == "plan":
-            from memsim.planners import plan_case
+            from memsim.api import plan_case
 
             planner = case["planner"]
             planner = str(ROOT / planner) if planner.endswith(".yaml") else planner
             doc = plan_case(hw, wl, planner, sets, float(case.get("time_limit", 10.0))).to_dict()
         else:
-            from memsim.sim.case import simulate_case
+            from memsim.api import simulate_case
 
             with tempfile.TemporaryDirectory() as tmp:
                 path = None

@@ -2,8 +2,8 @@
 
 import pytest
 
+from memsim.contracts.plan import Plan, ServingPolicy, trace_fingerprint
 from memsim.errors import SpecError
-from memsim.planners.plan import Plan, ServingPolicy, trace_fingerprint
 from memsim.workloads.trace import Block, Op, Requests, Tensor, Trace
 
 

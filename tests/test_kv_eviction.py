@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from memsim.sim.case import simulate_case
+from memsim.api import simulate_case
 from memsim.sim.kvstore import PrefixStore
 from tests.test_prefix_cache import BLOCK, chat_requests
 

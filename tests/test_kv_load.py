@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from memsim.planners.plan import Plan, ServingPolicy
+from memsim.contracts.plan import Plan, ServingPolicy
 from memsim.sim import simulate
 from memsim.sim.serving import ServingEngine
 from tests.test_prefix_cache import BLOCK, cached_trace, chat_requests

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from memsim.planners.plan import Plan
+from memsim.contracts.plan import Plan
 from memsim.sim import simulate
 from memsim.sim.engine import StepEngine
 from memsim.sim.program import build_program

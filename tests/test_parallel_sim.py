@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from memsim.contracts.plan import Plan
 from memsim.hardware import load_system
-from memsim.planners.plan import Plan
 from memsim.sim import simulate
 from memsim.sim.parallel import run_pass
 from memsim.sim.pipeline import order_interleaved, simulate_pipeline

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
 from memsim.hardware import load_system
 from memsim.planners import mip
 from memsim.planners.diagnose import diagnose
-from memsim.planners.plan import Plan
 from memsim.planners.profile import build_profile
 from memsim.planners.space import build_space
 from memsim.planners.synthetic import inference_trace, training_trace

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from memsim.planners.plan import Plan, ServingPolicy
+from memsim.contracts.plan import Plan, ServingPolicy
 from memsim.sim import simulate
 from memsim.sim.kvstore import PrefixStore
 from memsim.sim.synthetic import serving_trace

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from memsim.cli import app
-from memsim.planners.plan import Plan
+from memsim.contracts.plan import Plan
 
 runner = CliRunner()
 SMALL = ("--set", "inference.gen_len=8")  # fewer decode iterations: the same code paths, faster

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from memsim.contracts.plan import Plan
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.sim import diagnose, simulate, write_timeline
 from memsim.sim.engine import Clock, StepEngine
 from memsim.sim.flows import BOUNCE_CHUNK_BYTES, BOUNCE_CHUNKS

@@ -10,7 +10,7 @@ import math
 import pytest
 
 import memsim
-from memsim.planners.plan import Plan
+from memsim.contracts.plan import Plan
 from memsim.sim import fold, simulate
 from memsim.workloads import load_trace
 

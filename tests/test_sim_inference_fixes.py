@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 import memsim
-from memsim.planners.plan import Plan
+from memsim.contracts.plan import Plan
 from memsim.sim import simulate
 from memsim.sim.engine import StepEngine
 from memsim.sim.program import build_program

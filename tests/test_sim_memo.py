@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 import memsim
-from memsim.planners.plan import Plan
+from memsim.contracts.plan import Plan
 from memsim.sim import memo, simulate
 from memsim.sim.engine import StepEngine
 from memsim.workloads import load_trace

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memsim.planners.plan import Plan, ServingPolicy
+from memsim.contracts.plan import Plan, ServingPolicy
 from memsim.sim import simulate
 from memsim.sim.engine import StepEngine
 from memsim.sim.program import build_program

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from memsim.contracts.plan import Plan
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.sim import simulate
 from memsim.workloads import build_trace, load_workload
 

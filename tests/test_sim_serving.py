@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memsim.planners.plan import Plan, ServingPolicy
+from memsim.contracts.plan import Plan, ServingPolicy
 from memsim.sim import simulate
 from memsim.sim.serving import ServingEngine
 from memsim.sim.synthetic import serving_trace

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import memsim
-from memsim.planners.plan import Plan
+from memsim.contracts.plan import Plan
 
 MiB = 2**20
 GiB = 2**30

@@ -31,7 +31,7 @@ def test_cuda_replay_streams_weights_from_pinned_host(tmp_path):
 
     import yaml
 
-    from memsim.planners.plan import Plan
+    from memsim.contracts.plan import Plan
     from memsim.validation.calibrate import calibrate
     from memsim.validation.replay import replay
     from memsim.workloads import build_trace, load_workload
@@ -59,7 +59,7 @@ def test_cuda_replay_fetches_a_dram_kv_cache_as_the_simulator_does(tmp_path):
 
     import yaml
 
-    from memsim.planners.plan import Plan
+    from memsim.contracts.plan import Plan
     from memsim.sim.engine import StepEngine
     from memsim.sim.program import build_program
     from memsim.validation.calibrate import calibrate

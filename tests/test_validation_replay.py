@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 pytest.importorskip("torch")
 
 from memsim.cli import app
+from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
 from memsim.hardware import load_system
-from memsim.planners.plan import Plan
 from memsim.validation.calibrate import calibrate, write_system
 from memsim.validation.compare import validate
 from memsim.validation.replay import replay

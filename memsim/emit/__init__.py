@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memsim.contracts.plan import Plan, PlannerInfo, trace_fingerprint
 from memsim.emit import accelerate, deepspeed, flexgen, vllm
 from memsim.emit.common import parse_mapping
 from memsim.errors import SpecError, did_you_mean
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan, PlannerInfo, trace_fingerprint
 from memsim.workloads.trace import Trace
 
 FORMATS = {"deepspeed": deepspeed, "accelerate": accelerate, "vllm": vllm, "flexgen": flexgen}

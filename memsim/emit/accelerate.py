@@ -20,10 +20,10 @@ import json
 import math
 import re
 
+from memsim.contracts.plan import Plan
 from memsim.emit.common import GIB, collapse, need, parse_mapping, split_of, weight_bytes
 from memsim.errors import SpecError, did_you_mean
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.workloads.trace import Trace
 
 # HF module names per family: (embedding modules, layer list, final norm and head modules)

@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from memsim.contracts.plan import Plan
 from memsim.emit.common import collapse, largest_share, need, places, split_of, weight_bytes
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.workloads.trace import Trace
 
 KEYS = {"zero_optimization", "train_micro_batch_size_per_gpu", "train_batch_size",

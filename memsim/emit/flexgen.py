@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import shlex
 
+from memsim.contracts.plan import Plan
 from memsim.emit.common import collapse, hub_id, need, split_of
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.workloads.trace import Trace
 
 MODULE = "flexgen.flex_opt"

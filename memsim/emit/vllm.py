@@ -21,10 +21,10 @@ import shlex
 
 import yaml
 
+from memsim.contracts.plan import Plan, ServingPolicy
 from memsim.emit.common import GIB, collapse, hub_id, need, parse_mapping, places, split_of, weight_bytes
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan, ServingPolicy
 from memsim.workloads.trace import Trace
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}

@@ -16,9 +16,10 @@ import itertools
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, model_validator
 
 from memsim import units
+from memsim.contracts.spec import Spec
 from memsim.errors import did_you_mean
 
 TierKind = Literal["hbm", "dram", "cxl", "ssd", "flash"]
@@ -41,12 +42,6 @@ Bytes = Annotated[int, _parser(units.parse_bytes), PlainSerializer(lambda v: v, 
 Bandwidth = Annotated[float, _parser(units.parse_bandwidth)]
 Seconds = Annotated[float, _parser(units.parse_time)]
 FlopRate = Annotated[float, _parser(units.parse_flops)]
-
-
-class Spec(BaseModel):
-    """Base of every spec model: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
 class Curve(Spec):

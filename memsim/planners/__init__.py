@@ -1,13 +1,13 @@
 """Planners: the MIP, the baselines users know, and the report that simulates them side by side.
 
-Public API: ``plan(system, trace, planner="mip", ...) -> PlanReport`` and ``plan_case(hardware,
-workload, ...)``; ``REGISTRY`` maps planner kinds to ``callable(system, trace, options) -> Plan``;
-named presets live in ``planners/*.yaml``. See docs/planner.md for the formulation.
+Public API: ``plan(system, trace, planner="mip", ...) -> PlanReport`` (by case name:
+``memsim.api.plan_case``); ``REGISTRY`` maps planner kinds to ``callable(system, trace, options) ->
+Plan``; named presets live in ``planners/*.yaml``. See docs/planner.md for the formulation.
 """
 
-from memsim.planners.plan import Plan, PlannerInfo, ServingPolicy, trace_fingerprint
+from memsim.contracts.plan import Plan, PlannerInfo, ServingPolicy, trace_fingerprint
 from memsim.planners.registry import REGISTRY, Preset, list_presets, load_preset, run_preset
-from memsim.planners.report import PlanReport, plan, plan_case
+from memsim.planners.report import PlanReport, plan
 
 __all__ = [
     "REGISTRY",
@@ -19,7 +19,6 @@ __all__ = [
     "list_presets",
     "load_preset",
     "plan",
-    "plan_case",
     "run_preset",
     "trace_fingerprint",
 ]

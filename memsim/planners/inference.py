@@ -16,6 +16,8 @@ import math
 
 import pulp
 
+from memsim.contracts.names import template
+from memsim.contracts.plan import Plan
 from memsim.hardware.spec import System
 from memsim.planners.flows import Flows, slowness
 from memsim.planners.lp import (
@@ -27,7 +29,6 @@ from memsim.planners.lp import (
     slack_price,
     slack_tiers,
 )
-from memsim.planners.plan import Plan
 from memsim.planners.profile import Profile, phase_split_times, tie_scale
 from memsim.planners.solver import solve, value
 from memsim.planners.space import Space
@@ -45,7 +46,7 @@ def routed_weight_bytes(trace: Trace, layer_weight: float) -> dict[str, float]:
     routed = trace.meta.get("routed_experts")
     if not routed:
         return {"prefill": layer_weight, "decode": layer_weight}
-    experts = trace.tensors[f"L{{layer}}.{routed['tensor']}"].bytes
+    experts = trace.tensors[template(routed["tensor"])].bytes
     return {phase: layer_weight - experts * (1 - min(1.0, routed["read_fraction"].get(phase, 1.0)))
             for phase in ("prefill", "decode")}
 

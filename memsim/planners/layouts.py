@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memsim.contracts.plan import Plan, PlannerInfo, trace_fingerprint
 from memsim.errors import Diagnosis, Infeasible, Shortfall, SpecError
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan, PlannerInfo, trace_fingerprint
 from memsim.units import fmt_bytes
 from memsim.workloads.parallel import Layout, validate_layout
 from memsim.workloads.parallel_work import with_work

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pulp
 
+from memsim.contracts.plan import Plan
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.planners.solver import SolveInfo
 
 

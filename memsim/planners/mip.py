@@ -14,10 +14,10 @@ import copy
 import time
 from dataclasses import dataclass
 
+from memsim.contracts.plan import Plan, PlannerInfo
 from memsim.hardware.spec import System
 from memsim.planners import inference, serving, traced, training
 from memsim.planners.lp import Candidate
-from memsim.planners.plan import Plan, PlannerInfo
 from memsim.planners.profile import Profile, build_profile
 from memsim.planners.space import Space, build_space
 from memsim.workloads.trace import Trace

@@ -16,9 +16,9 @@ import copy
 import math
 from collections.abc import Callable
 
+from memsim.contracts.plan import Plan
 from memsim.hardware.spec import System
 from memsim.planners.lp import normalise
-from memsim.planners.plan import Plan
 from memsim.units import fmt_bytes
 from memsim.workloads.trace import Trace
 

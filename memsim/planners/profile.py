@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from memsim.contracts.names import template
 from memsim.hardware.spec import Compute, System
 from memsim.workloads.trace import LAYER, PERSISTENT, Op, Trace
 
@@ -126,7 +127,7 @@ def _activation_split(trace: Trace) -> tuple[int, int, int, int]:
             continue
         if LAYER not in name:
             other = max(other, t.bytes)
-        elif name == f"L{LAYER}.input":
+        elif name == template("input"):
             ckpt += t.bytes
         elif t.cls == "activation" and name in read_in_backward:
             saved += t.bytes

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from pydantic import Field
 
+from memsim.contracts.plan import Plan
+from memsim.contracts.spec import Spec
 from memsim.errors import SpecError, did_you_mean
-from memsim.hardware.spec import Spec, System
+from memsim.hardware.spec import System
 from memsim.planners import baselines, mip
-from memsim.planners.plan import Plan
 from memsim.specio import catalog_names, load_spec
 from memsim.workloads.trace import Trace
 

@@ -12,15 +12,15 @@ import copy
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from memsim.contracts.plan import Plan, trace_fingerprint
 from memsim.errors import Infeasible, SpecError
 from memsim.hardware.spec import System
 from memsim.headline import job
 from memsim.planners import mip, nearmiss
 from memsim.planners.diagnose import diagnose
-from memsim.planners.plan import Plan, trace_fingerprint
 from memsim.planners.registry import Preset, list_presets, load_preset, run_preset
 from memsim.planners.upgrade import Rebuild, Upgrade, buyable_upgrade
 from memsim.units import fmt_bytes
@@ -36,7 +36,7 @@ SEARCH_KINDS = ("mip", "flexgen")
 class Evaluated:
     name: str
     plan: Plan | None
-    result: object | None  # memsim.sim.result.Result
+    result: object | None  # memsim.contracts.result.Result
     note: str = ""
     label: str = ""  # the search structure the plan came from (search kinds only)
 
@@ -224,30 +224,6 @@ def _target(value, planner: str) -> float:
         raise SpecError(f"target_tokens_per_s must be a positive number of tokens/s, got {value!r}",
                         file=str(planner), key="options.target_tokens_per_s")
     return target
-
-
-def plan_case(
-    hardware,
-    workload,
-    planner: str = "mip",
-    overrides: Iterable[str] = (),
-    time_limit: float = 10.0,
-    progress: Progress | None = None,
-) -> PlanReport:
-    """Load by name or path (``--set`` strings; ``hardware.`` ones go to the system) and plan."""
-    from memsim.hardware import load_system
-    from memsim.workloads import load_trace
-
-    overrides = list(overrides)
-    system = load_system(hardware, overrides)
-    trace = load_trace(workload, overrides)
-    report = plan(system, trace, planner, time_limit=time_limit, progress=progress,
-                  rebuild=lambda extra: load_trace(workload, [*overrides, *extra]))
-    if trace.meta.get("slo"):
-        from memsim.planners.slo import candidates
-
-        report.slo = candidates(system, trace, progress or (lambda _: None))
-    return report
 
 
 _RESULTS: dict[tuple, object] = {}  # plan → Result within one plan() call (baselines often coincide)

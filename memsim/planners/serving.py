@@ -14,6 +14,7 @@ import statistics
 
 import pulp
 
+from memsim.contracts.plan import Plan, ServingPolicy
 from memsim.hardware.spec import System
 from memsim.planners.flows import Flows, slowness
 from memsim.planners.lp import (
@@ -25,7 +26,6 @@ from memsim.planners.lp import (
     slack_price,
     slack_tiers,
 )
-from memsim.planners.plan import Plan, ServingPolicy
 from memsim.planners.profile import Profile
 from memsim.planners.solver import solve, value
 from memsim.planners.space import Space

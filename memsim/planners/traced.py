@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 
 import pulp
 
+from memsim.contracts.names import layer_of
+from memsim.contracts.plan import Plan
 from memsim.hardware.spec import System
 from memsim.planners.flows import Flows
 from memsim.planners.lp import (
@@ -62,7 +64,6 @@ from memsim.planners.lp import (
     slack_price,
     slack_tiers,
 )
-from memsim.planners.plan import Plan
 from memsim.planners.profile import op_seconds
 from memsim.planners.solver import SolveInfo, solve, value
 from memsim.planners.space import Space
@@ -123,10 +124,6 @@ def stage_profile(system: System, trace: Trace) -> Stages:
         for t in x.outputs:
             writer.setdefault(t, x.index)
 
-    def own(name: str) -> int | None:
-        head = name.split(".", 1)[0]
-        return int(head[1:]) if head[:1] == "L" and head[1:].isdigit() else None
-
     saved, keep, rec, off, reread = ([0] * S for _ in range(5))
     fwd_delta: list[dict[int, int]] = [dict() for _ in range(S)]
     bwd_live: dict[int, int] = {}
@@ -134,7 +131,7 @@ def stage_profile(system: System, trace: Trace) -> Stages:
     resident = 0
     for name, (born, dies) in life.items():
         t = trace.tensor(name)
-        k = own(name)
+        k = layer_of(name)
         if t.cls in PERSISTENT or (k is None and t.cls not in ("grad",) and name not in writer):
             resident += t.bytes  # weights, constants and the module's inputs
             continue

@@ -20,6 +20,7 @@ import math
 
 import pulp
 
+from memsim.contracts.plan import Plan
 from memsim.hardware.spec import System
 from memsim.planners.flows import Flows, slowness
 from memsim.planners.lp import (
@@ -31,7 +32,6 @@ from memsim.planners.lp import (
     slack_price,
     slack_tiers,
 )
-from memsim.planners.plan import Plan
 from memsim.planners.profile import Profile, tie_scale
 from memsim.planners.solver import solve, value
 from memsim.planners.space import Space

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 
+from memsim.contracts.plan import Plan, trace_fingerprint
+from memsim.contracts.result import OOM, Result, ServingStats
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan, trace_fingerprint
 from memsim.sim.parallel import runs_here, simulate_parallel, single_rank_block
 from memsim.sim.report import diagnose
-from memsim.sim.result import OOM, Result, ServingStats
 from memsim.sim.timeline import write_timeline
 from memsim.workloads.trace import Trace
 

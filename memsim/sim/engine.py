@@ -20,12 +20,12 @@ from heapq import heappop
 
 import simpy
 
+from memsim.contracts.result import OOM, Result
 from memsim.hardware.spec import Compute, System
 from memsim.sim.flows import Copier, Flow, FlowManager
 from memsim.sim.memory import Pool
 from memsim.sim.overheads import reserved_lines
 from memsim.sim.program import Program, paused_gc
-from memsim.sim.result import OOM, Result
 from memsim.sim.timeline import Recorder
 
 CATEGORIES = ("compute", "recompute", "exposed_transfer", "memory_wait", "cpu")

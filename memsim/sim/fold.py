@@ -29,16 +29,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from fractions import Fraction
 
 import simpy
 
+from memsim.contracts.names import is_concrete_layer_name, layer_name
+from memsim.contracts.plan import Plan
+from memsim.contracts.result import OOM, Result
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.sim.memory import Pool
 from memsim.sim.overheads import reserved_lines
-from memsim.sim.result import OOM, Result
 from memsim.workloads.trace import Trace
 
 FIRST = 4  # the first sample's layers (its parity is n's: see STEP)
@@ -48,7 +48,6 @@ FIRST_ITERATIONS = 2  # the first decode iteration follows the prefill; samples 
 BUDGET = 0.6  # layers sampled at most, as a fraction of the step's (a failed fold costs that)
 TOL = 1e-11  # the third sample's agreement with the line through the first two (relative)
 log = logging.getLogger(__name__)
-_CONCRETE_LAYER = re.compile(r"L\d+\.")
 
 
 def enabled(fold: bool | None) -> bool:
@@ -71,7 +70,7 @@ def layers_of(trace: Trace) -> int | None:
             return None
     if int(trace.meta.get("layers") or n) != n:
         return None
-    if any(_CONCRETE_LAYER.match(name) for name in trace.tensors):
+    if any(is_concrete_layer_name(name) for name in trace.tensors):
         return None
     return n
 
@@ -321,9 +320,10 @@ def _result(system: System, trace: Trace, s: _Sample) -> Result | None:
 def _layered(resident: list[tuple[str, dict[str, int]]], n: int) -> list:
     """``resident`` with layer 0's tensors (``L0.*``) for layers 0 .. n - 1 and no other layer's,
     in the program's order (by name)."""
-    out = [(name, home) for name, home in resident if _CONCRETE_LAYER.match(name) is None]
-    layer0 = [(name[3:], home) for name, home in resident if name.startswith("L0.")]
-    out += [(f"L{i}.{rest}", home) for i in range(n) for rest, home in layer0]
+    out = [(name, home) for name, home in resident if not is_concrete_layer_name(name)]
+    first = layer_name(0, "")
+    layer0 = [(name[len(first):], home) for name, home in resident if name.startswith(first)]
+    out += [(layer_name(i, rest), home) for i in range(n) for rest, home in layer0]
     return sorted(out, key=lambda nh: nh[0])
 
 

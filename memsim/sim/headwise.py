@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 
+from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
-from memsim.planners.plan import Plan
 from memsim.sim.program import POp
 from memsim.workloads.trace import Tensor, Trace
 

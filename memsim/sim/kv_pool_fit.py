@@ -9,8 +9,8 @@ lacks.
 from __future__ import annotations
 
 from memsim import units
+from memsim.contracts.result import Result
 from memsim.errors import Diagnosis, Shortfall
-from memsim.sim.result import Result
 
 
 def kv_pool_diagnosis(result: Result) -> Diagnosis | None:

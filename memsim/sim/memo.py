@@ -27,9 +27,9 @@ import pickle
 from collections import OrderedDict
 from pathlib import Path
 
+from memsim.contracts.plan import Plan
+from memsim.contracts.result import Result
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
-from memsim.sim.result import Result
 from memsim.workloads.trace import Trace
 
 LIMIT = 128

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import simpy
 
-from memsim.sim.result import OOM
+from memsim.contracts.result import OOM
 
 OOM_LARGEST = 5  # live tensors named in an OOM report
 

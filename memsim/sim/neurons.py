@@ -12,7 +12,8 @@ then: each decode layer's FFN part, from the predictor on, is its own segment an
 
 from __future__ import annotations
 
-from memsim.planners.plan import Plan
+from memsim.contracts.names import is_layer_tensor
+from memsim.contracts.plan import Plan
 from memsim.sim.program import POp, TInfo
 from memsim.workloads.sparsity import READ_BYTES_META
 from memsim.workloads.trace import Trace
@@ -21,8 +22,7 @@ SUFFIX = ".neurons"
 
 
 def _is_store(name: str) -> bool:
-    base = name.split("#", 1)[0]
-    return base.endswith(SUFFIX) and base[:1] == "L" and base[1:-len(SUFFIX)].isdigit()
+    return is_layer_tensor(name, SUFFIX[1:])
 
 
 FFN_PART = frozenset(("predictor", "neuron_load", "mlp_up", "mlp_act", "mlp_down", "mlp_residual"))

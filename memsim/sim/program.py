@@ -1,6 +1,6 @@
 """Trace + Plan → the program the engine runs: concrete ops on units, segments, tensor homes.
 
-What the Plan's semantics (``memsim/planners/plan.py``) become, decided here once, before any
+What the Plan's semantics (``memsim/contracts/plan.py``) become, decided here once, before any
 simulated time passes:
 
 * every op gets a unit (GPU, CPU, comm) and that unit's memory tier: ``device="cpu"`` ops, the
@@ -28,9 +28,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from memsim.contracts.names import (
+    base_name,
+    batch_instance,
+    is_batch_instance,
+    is_recomputed,
+    layer_name,
+    layer_of,
+    micro_batch_instance,
+    recompute_instance,
+    split_layer,
+    template,
+)
+from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.workloads.trace import LAYER, PERSISTENT, Tensor, Trace
 
 
@@ -298,8 +310,8 @@ def _sub(name: str, trace: Trace, b: int, scratch: frozenset[str] = frozenset())
     """The GPU batch ``b`` instance of ``name``; ``scratch`` holds ``Trace.scratch()``'s names."""
     t = trace.tensor(name)
     if t.name in scratch:  # one 1/n buffer that every GPU batch reuses in turn
-        return f"{name}#shared"
-    return name if t.cls in PERSISTENT else f"{name}#{b}"
+        return batch_instance(name, "shared")
+    return name if t.cls in PERSISTENT else batch_instance(name, b)
 
 
 def _any_recompute(plan: Plan) -> bool:
@@ -323,7 +335,7 @@ def _insert_recompute(raw: list[POp], trace: Trace, plan: Plan) -> list[POp]:
     memo: dict[str, bool] = {}  # _recompute_layer's activation-like names, for every layer
     stamps: dict[tuple, tuple | None] = {}  # a block's recompute worked out once (``_stamp``)
     # (the stamps hold when no concrete tensor of the trace has a per-layer name)
-    stampable = all(_layer_of(name) is None for name in trace.tensors)
+    stampable = all(layer_of(name) is None for name in trace.tensors)
     out: list[POp] = []
     in_backward = False
     for r in raw:
@@ -385,7 +397,7 @@ def _micro_batch_instances(raw: list[POp], trace: Trace) -> None:
         return hit
 
     for k, (a, b) in enumerate(passes[1:], start=1):
-        suffix = f"@mb{k}"
+        suffix = micro_batch_instance("", k)
         rename: dict[str, str] = {}
         for r in raw[a:b]:
             if rename:
@@ -399,21 +411,21 @@ def _micro_batch_instances(raw: list[POp], trace: Trace) -> None:
 
 def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
                      memo: dict[str, bool]) -> list[POp]:
-    prefix = f"L{layer}."
+    prefix = layer_name(layer, "")
     ckpt = prefix + "input"
     has_ckpt = _exists(trace, ckpt)
     local: dict[str, str] = {}
     out = []
     groups: dict[tuple, tuple] = {}  # the forward's group → the recompute's (one per layer)
-    suffix = f"@r{layer}"
+    suffix = recompute_instance("", layer)
     for f in forward:
         inputs, outputs = _recompute_io(f.inputs, f.outputs, prefix, ckpt, has_ckpt, trace, memo,
                                         local, suffix, rename)
         group = groups.get(f.group)
         if group is None:
             group = groups[f.group] = ("recompute", *f.group[1:])
-        out.append(POp(f.index, f.name + "@r", f.kind, f.phase, f.dtype, f.flops, f.nbytes, f.unit,
-                       f.mem, inputs, outputs, f.layer, f.iteration,
+        out.append(POp(f.index, recompute_instance(f.name), f.kind, f.phase, f.dtype, f.flops, f.nbytes,
+                       f.unit, f.mem, inputs, outputs, f.layer, f.iteration,
                        group, True, f.written, f.rows))  # (``_renamed`` inlined)
     return out
 
@@ -456,7 +468,7 @@ def _recompute_io(inputs: tuple[str, ...], outputs: tuple[str, ...], prefix: str
         if act is None:
             act = memo[key] = _cls(trace, t) in _RECOMPUTED
         if act:
-            local[t] = t + "@r" if mine else t + suffix
+            local[t] = recompute_instance(t) if mine else t + suffix
             if mine:
                 renamed[t] = local[t]
             outs.append(local[t])
@@ -508,13 +520,13 @@ def _stamp(trace: Trace, block_name: str, count: int) -> tuple | None:
     if (not block.templated or block.iterations != 1 or len(block.ops) != count
             or any(op.phase != "forward" for op in block.ops)):
         return None
-    prefix = f"L{LAYER}."
+    prefix = template("")
     ckpt = prefix + "input"
     seen = [ckpt]
     for op in block.ops:
         seen += [op.name, *op.inputs, *_outputs(op, trace)]
     for n in seen:
-        if (not n.startswith(prefix) if LAYER in n else _layer_of(n) is not None) or _SEP in n:
+        if (not n.startswith(prefix) if LAYER in n else layer_of(n) is not None) or _SEP in n:
             return None
     try:
         has_ckpt = _exists(trace, ckpt)
@@ -524,8 +536,8 @@ def _stamp(trace: Trace, block_name: str, count: int) -> tuple | None:
         pairs: dict[str, str] = {}
         for op in block.ops:
             inputs, outputs = _recompute_io(op.inputs, _outputs(op, trace), prefix, ckpt, has_ckpt,
-                                            trace, {}, local, f"@r{LAYER}", pairs)
-            flat.append(op.name + "@r")
+                                            trace, {}, local, recompute_instance("", LAYER), pairs)
+            flat.append(recompute_instance(op.name))
             a = len(flat)
             flat.extend(inputs)
             b = len(flat)
@@ -555,17 +567,9 @@ def _exists(trace: Trace, name: str) -> bool:
 
 
 def _cls(trace: Trace, name: str) -> str:
-    return trace.tensor(_base(name)).cls
+    return trace.tensor(base_name(name)).cls
 
 
-def _base(name: str) -> str:
-    """Instance name → the trace's concrete name (drop ``@r`` and ``#j`` suffixes)."""
-    return name.split("#", 1)[0].split("@", 1)[0]
-
-
-def _layer_of(name: str) -> int | None:
-    head = name.split(".", 1)[0]
-    return int(head[1:]) if head[:1] == "L" and head[1:].isdigit() else None
 
 
 # -- segments and tensors -------------------------------------------------------------------------
@@ -670,9 +674,8 @@ def _tensors(scan: _Scan, trace: Trace, system: System, plan: Plan, fast: str,
     templates: dict[str, Tensor] = {}  # "rest" of a per-layer name → its template's tensor
     placed_act = trace.kind == "inference" and "activation" in plan.placement
     for name in sorted(last):
-        base = name.split("#", 1)[0].split("@", 1)[0] if "#" in name or "@" in name else name
-        head, _, rest = base.partition(".")  # (``_layer_of`` and ``Trace.tensor`` inlined)
-        layer = int(head[1:]) if head[:1] == "L" and head[1:].isdigit() else None
+        base = base_name(name)
+        layer, rest = split_layer(base)  # (``Trace.tensor`` inlined)
         tensor = by_name.get(base)
         if tensor is None:  # a per-layer name: its template's
             tensor = templates.get(rest) if layer is not None else None
@@ -680,7 +683,7 @@ def _tensors(scan: _Scan, trace: Trace, system: System, plan: Plan, fast: str,
                 tensor = trace.tensor(base)
                 if layer is not None:
                     templates[rest] = tensor
-        nbytes = tensor.bytes // n if "#" in name else tensor.bytes
+        nbytes = tensor.bytes // n if is_batch_instance(name) else tensor.bytes
         cls = tensor.cls
         writer = producer.get(name)
         born = writer.index if writer is not None else None
@@ -698,7 +701,7 @@ def _tensors(scan: _Scan, trace: Trace, system: System, plan: Plan, fast: str,
         mem = writer.mem if born is not None else fast
         home = {mem: nbytes}
         saved = writer is not None and writer.phase == "forward" and name in read_backward
-        if (cls == "activation" and saved and layer is not None and "@r" not in name
+        if (cls == "activation" and saved and layer is not None and not is_recomputed(name)
                 and plan.policy(layer) == "offload" and act_tier is not None):
             home = split_bytes(nbytes, act_tier)
         elif (placed_act and cls == "activation" and born is not None

@@ -30,16 +30,16 @@ from __future__ import annotations
 import math
 import time
 
+from memsim.contracts.plan import Plan, ServingPolicy
+from memsim.contracts.result import Result, ServingStats
 from memsim.errors import SpecError, did_you_mean
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan, ServingPolicy
 from memsim.sim.engine import Clock
 from memsim.sim.kvload import LMCACHE_CHUNK_TOKENS, PrefixLoader
 from memsim.sim.kvstore import PrefixStore
 from memsim.sim.overload import overload_verdict
 from memsim.sim.program import paused_gc, split_bytes
 from memsim.sim.report import common_fields, main_unit, peak_flops
-from memsim.sim.result import Result, ServingStats
 from memsim.workloads.moe import weight_bytes_read
 from memsim.workloads.parallel_serving import tp_comm_seconds
 from memsim.workloads.trace import TokenCosts, Trace

@@ -2,7 +2,7 @@
 
 The point functions are registered by name so a study picks one with ``run: plan|simulate``:
 
-* ``plan`` — ``memsim.planners.plan_case``: the planner searches, the simulator scores its plan
+* ``plan`` — ``memsim.api.plan_case``: the planner searches, the simulator scores its plan
   and the baselines (what ``memsim plan --json`` prints).
 * ``simulate`` — load the workload and simulate it with every byte resident on the compute tier
   (what ``memsim simulate`` prints without a plan): the cheap "does it fit, how fast" question.
@@ -32,7 +32,7 @@ PointFn = Callable[[dict], dict]
 
 
 def _plan_point(inputs: dict) -> dict:
-    from memsim.planners import plan_case
+    from memsim.api import plan_case
 
     report = plan_case(inputs["hardware"], inputs["workload"], inputs["planner"],
                        list(inputs["overrides"]), inputs["time_limit"])
@@ -40,7 +40,7 @@ def _plan_point(inputs: dict) -> dict:
 
 
 def _simulate_point(inputs: dict) -> dict:
-    from memsim.sim.case import simulate_case
+    from memsim.api import simulate_case
 
     return simulate_case(inputs["hardware"], inputs["workload"], planner=inputs["planner"],
                          overrides=list(inputs["overrides"]))[1]

@@ -2,100 +2,28 @@
 
 Each case is a YAML file in ``studies/reproductions/`` (shipped in the wheel): the published
 figures with their source, and the memsim setup that should reproduce them (hardware, workload,
-plans). ``reproduce_cases.py`` turns one case into ``Figure`` rows by running memsim's own parts
-(accounting formulas, the simulator, the MIP planner); nothing here knows a memsim figure in
-advance. The document is regenerated from scratch and is byte-identical on a re-run: no times,
-no dates, fixed number formats.
+plans). A kind module (registered in ``reproduce_kinds.py``) turns one case into ``Figure`` rows
+by running memsim's own parts (accounting formulas, the simulator, the MIP planner); nothing here
+knows a memsim figure in advance. The document is regenerated from scratch and is byte-identical
+on a re-run: no times, no dates, fixed number formats.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydantic import Field
 
 from memsim.catalog import catalog_dir
 from memsim.errors import SpecError, did_you_mean
-from memsim.hardware.spec import Spec
 from memsim.specio import read_yaml, validate
 
-GAP = 0.10  # a relative difference above this needs a note saying why
+# the case types, re-exported: a kind module imports them from reproduce_spec (no cycle)
+from memsim.studies.reproduce_spec import GAP, CaseResult, CaseSpec, Figure
+
+__all__ = ["GAP", "CaseResult", "CaseSpec", "Figure", "case_names", "cases_dir", "load_case",
+           "reproduce", "run_case", "select"]
+
 Progress = Callable[[str], None]
-
-
-class CaseSpec(Spec):
-    """One reproduction: the published figures, their source and memsim's setup."""
-
-    name: str = Field(description="case name (the --case argument)")
-    title: str = Field(description="one line heading the case in the document")
-    kind: str = Field(description="how the case is evaluated: zero, flexgen, paged, checkpoint, kivi, "
-                                  "flash, headinfer, framework, parallel, "
-                                  "prefix_trace, prefix_serving")
-    quick: bool = Field(False, description="part of the reduced set that --quick runs")
-    order: int = Field(100, description="position in the document (then by name)")
-    source: str = Field(description="the publication the figures come from")
-    setup: dict[str, Any] = Field(default_factory=dict, description="memsim setup of the case")
-    published: dict[str, Any] = Field(default_factory=dict, description="published figures")
-    columns: list[dict[str, Any]] | None = Field(None, description="per-column setups (ZeRO)")
-    runs: list[dict[str, Any]] | None = Field(None, description="per-run setups (FlexGen)")
-    notes: dict[str, str] = Field(default_factory=dict, description="figure key -> why memsim's figure "
-                                                                    "may differ from the published one")
-
-
-@dataclass
-class Figure:
-    """One row: a published figure beside memsim's, where memsim's came from, and why they differ."""
-
-    key: str
-    label: str
-    unit: str  # GB, GiB, tokens/s, x (ratio), % (stored as a fraction)
-    published: float | tuple[float, float] | None
-    memsim: float | None
-    source: str  # accounting formula | simulated | MIP plan simulated | ...
-    note: str = ""
-
-    @property
-    def diff(self) -> float | None:
-        """memsim / published − 1; inside a published range counts as 0, outside as the nearest end."""
-        if self.memsim is None or self.published is None:
-            return None
-        if isinstance(self.published, tuple):
-            lo, hi = self.published
-            if lo <= self.memsim <= hi:
-                return 0.0
-            ref = lo if self.memsim < lo else hi
-        else:
-            ref = self.published
-        return self.memsim / ref - 1 if ref else None
-
-    @property
-    def gap(self) -> bool:
-        d = self.diff
-        return d is not None and abs(d) > GAP
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["published"] = list(self.published) if isinstance(self.published, tuple) else self.published
-        out["diff"] = self.diff
-        return out
-
-
-@dataclass
-class CaseResult:
-    name: str
-    title: str
-    source: str
-    setup: list[str]  # how memsim was set up, one line each
-    figures: list[Figure]
-    notes: list[str] = field(default_factory=list)
-    commands: list[str] = field(default_factory=list)  # memsim commands that show the same figures
-
-    def to_dict(self) -> dict:
-        return {**{k: v for k, v in asdict(self).items() if k != "figures"},
-                "figures": [f.to_dict() for f in self.figures]}
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -119,7 +47,7 @@ def load_case(name: str) -> tuple[CaseSpec, Path]:
         raise SpecError(f"no reproduction named {name!r}{did_you_mean(name, names)}; "
                         f"known: {', '.join(names)}", key="--case")
     spec = validate(CaseSpec, read_yaml(path), str(path))
-    from memsim.studies.reproduce_cases import KINDS
+    from memsim.studies.reproduce_kinds import KINDS
 
     if spec.kind not in KINDS:
         raise SpecError(f"unknown kind {spec.kind!r}{did_you_mean(spec.kind, KINDS)}", file=str(path),
@@ -142,7 +70,7 @@ def select(names: Iterable[str] = (), quick: bool = False) -> list[str]:
 
 
 def run_case(name: str, progress: Progress | None = None) -> CaseResult:
-    from memsim.studies.reproduce_cases import KINDS
+    from memsim.studies.reproduce_kinds import KINDS
 
     spec, path = load_case(name)
     say = progress or (lambda _msg: None)

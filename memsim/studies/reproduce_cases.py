@@ -20,7 +20,7 @@ from memsim.planners import Plan, PlannerInfo, load_preset, run_preset
 from memsim.planners import plan as plan_with
 from memsim.sim import simulate
 from memsim.specio import apply_overrides, validate
-from memsim.studies.reproduce import CaseResult, CaseSpec, Figure
+from memsim.studies.reproduce_spec import CaseResult, CaseSpec, Figure
 from memsim.units import fmt_bytes
 from memsim.workloads import build_trace, load_workload
 from memsim.workloads.spec import Workload
@@ -371,24 +371,6 @@ def _layer_saving(trace: Trace) -> str:
             "input, which is all a recomputed layer keeps")
 
 
-# -- KIVI ---------------------------------------------------------------------------------------
-
-
-def kivi(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
-    from memsim.studies.reproduce_kivi import kivi_case
-
-    return kivi_case(spec, path, say)
-
-
-# -- LLM in a flash -----------------------------------------------------------------------------
-
-
-def flash(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
-    from memsim.studies.reproduce_flash import flash_case
-
-    return flash_case(spec, path, say)
-
-
 # -- HeadInfer ----------------------------------------------------------------------------------
 
 
@@ -456,32 +438,3 @@ def headinfer(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
 def _non_kv_peak(resident, trace: Trace, fast: str) -> int:
     """Peak bytes on the GPU that are not KV: the resident peak minus the whole KV cache."""
     return resident.peak_bytes[fast] - trace.meta["per_device_bytes"]["kv_cache"]
-
-
-def _framework(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
-    from memsim.studies.reproduce_frameworks import framework
-
-    return framework(spec, path, say)
-
-
-def _prefix(kind: str) -> Callable[[CaseSpec, Path, Say], CaseResult]:
-    def run(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
-        from memsim.studies import reproduce_prefix
-
-        return getattr(reproduce_prefix, kind)(spec, path, say)
-    return run
-
-
-KINDS: dict[str, Callable[[CaseSpec, Path, Say], CaseResult]] = {
-    "zero": zero,
-    "flexgen": flexgen,
-    "paged": paged,
-    "checkpoint": checkpoint,
-    "kivi": kivi,
-    "flash": flash,
-    "headinfer": headinfer,
-    "framework": _framework,
-    "parallel": lambda spec, path, say: __import__(
-        "memsim.studies.reproduce_parallel", fromlist=["parallel"]).parallel(spec, path, say),
-    "prefix_trace": _prefix("prefix_trace"), "prefix_serving": _prefix("prefix_serving"),
-}

@@ -5,7 +5,7 @@ Deterministic by construction: fixed number formats, no times or dates, cases in
 
 from __future__ import annotations
 
-from memsim.studies.reproduce import GAP, CaseResult, Figure
+from memsim.studies.reproduce_spec import GAP, CaseResult, Figure
 
 HEADER = """# memsim beside the literature
 

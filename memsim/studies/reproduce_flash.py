@@ -24,7 +24,7 @@ from pathlib import Path
 from memsim.hardware.spec import System
 from memsim.planners import Plan, PlannerInfo
 from memsim.sim import simulate
-from memsim.studies.reproduce import CaseResult, CaseSpec, Figure
+from memsim.studies.reproduce_spec import CaseResult, CaseSpec, Figure
 from memsim.units import fmt_bandwidth, fmt_bytes
 
 VARIANTS = ("naive", "windowing", "windowing + bundling")

@@ -20,7 +20,6 @@ from memsim.hardware.spec import System
 from memsim.planners import load_preset, run_preset
 from memsim.planners.mip import NotApplicable
 from memsim.sim import simulate
-from memsim.studies.reproduce import CaseResult, CaseSpec, Figure
 from memsim.studies.reproduce_cases import (
     SIM,
     Say,
@@ -32,6 +31,7 @@ from memsim.studies.reproduce_cases import (
     system_of,
     workload_of,
 )
+from memsim.studies.reproduce_spec import CaseResult, CaseSpec, Figure
 from memsim.workloads import build_trace
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from memsim.errors import Infeasible
 from memsim.sim import simulate
-from memsim.studies.reproduce import CaseResult, CaseSpec, Figure
+from memsim.studies.reproduce_spec import CaseResult, CaseSpec, Figure
 from memsim.units import fmt_bytes
 
 SIM = "simulated"

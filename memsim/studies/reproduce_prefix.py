@@ -15,8 +15,8 @@ from pathlib import Path
 from memsim.errors import SpecError
 from memsim.sim import simulate
 from memsim.sim.kvstore import PrefixStore
-from memsim.studies.reproduce import CaseResult, CaseSpec, Figure
 from memsim.studies.reproduce_cases import SIM, Say, _need, system_of, trace_of
+from memsim.studies.reproduce_spec import CaseResult, CaseSpec, Figure
 from memsim.workloads.serving import jsonl_requests
 
 REPLAY = "prefix store replay (unbounded)"

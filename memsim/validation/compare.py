@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.validation.suite import WARMUP, Suite, SuiteCase, load_suite
 
 

@@ -41,9 +41,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memsim.contracts.names import copy_job, copy_job_destination, copy_job_tensor, strip_recompute
+from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
-from memsim.planners.plan import Plan
 from memsim.validation.backend import Backend, make_backend
 from memsim.validation.calibrate import set_compute_threads
 from memsim.validation.diskio import Scratch, probe_mode
@@ -252,7 +253,7 @@ class _Runner:
 
     def _kernel_op(self, pop):
         """The trace op behind a program op (recompute copies ``name@r`` share their kernel)."""
-        op = self.trace_ops[pop.name.split("@", 1)[0]]
+        op = self.trace_ops[strip_recompute(pop.name)]
         if op.flops != pop.flops:  # a FlexGen sub-batch: size the kernel from its own cost
             from dataclasses import replace
 
@@ -366,7 +367,7 @@ class _Runner:
                     self.compute.account(key, nbytes)
                 tier.read(t, buf, part, stream)
 
-            job = Job(f"{t}:{src}->{self.fast}", part, run)
+            job = Job(copy_job(t, src, self.fast), part, run)
             jobs.append(self._engine(src, self.fast).submit(job, after=after))
         return _Stage(key, nbytes, jobs)
 
@@ -441,7 +442,7 @@ class _Runner:
             def run(stream, dst=dst, staging=staging, size=size, offset=offset, nbytes=nbytes):
                 dst.write(t, staging, size, stream, offset=offset, reserve=nbytes)
 
-            job = Job(f"{t}:{self.fast}->{tier}", size, run)
+            job = Job(copy_job(t, self.fast, tier), size, run)
             if self.backend.is_cuda:  # the copy reads what the compute stream just wrote
                 job.ready = self.torch.cuda.Event()
                 job.ready.record()
@@ -460,7 +461,7 @@ class _Runner:
             for job in jobs:
                 job.landed = landed
         for job in jobs:
-            tier = job.name.rsplit("->", 1)[1]
+            tier = copy_job_destination(job.name)
             self._engine(self.fast, tier).submit(job)
             self.avail[(t, op.index, tier)] = job
             self.seg_wb.setdefault(op.seg, []).append(job)
@@ -540,7 +541,7 @@ class _Runner:
         spans: dict[str, list[tuple[int, float, float]]] = {}
         for engine in self.engines.values():
             copy_bytes[engine.name] = sum(j.nbytes for j in engine.history)
-            copy_log[engine.name] = [(j.name.split(":", 1)[0], j.nbytes) for j in engine.history]
+            copy_log[engine.name] = [(copy_job_tensor(j.name), j.nbytes) for j in engine.history]
             spans[engine.name] = [(j.nbytes, (j.start_ns - self.t0_ns) / 1e9,
                                    (j.end_ns - self.t0_ns) / 1e9) for j in engine.history]
             engine.history.clear()

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from pydantic import Field
 
+from memsim.contracts.plan import Plan
+from memsim.contracts.spec import Spec
 from memsim.errors import SpecError, did_you_mean
-from memsim.hardware.spec import Spec
-from memsim.planners.plan import Plan
 from memsim.specio import catalog_names, load_mapping, resolve, validate
 
 # Untimed steps a replay runs before the timed ones: the simulator predicts a steady-state step,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from memsim.contracts.names import template
 from memsim.workloads.trace import LAYER, Block, Op, Tensor, TensorClass, Trace
 
-L = "L{layer}."
+L = template("")  # the per-layer name prefix, L{layer}.
 
 
 class TraceBuilder:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from memsim.hardware.spec import Spec
+from memsim.contracts.spec import Spec
 from memsim.units import parse_bytes, parse_time
 
 # Upper bound on any token count or batch (2^24 = 16.7M): published context windows stop near 10M

@@ -31,7 +31,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from memsim.workloads.trace import LAYER, Block, Op, Tensor, Trace
+from memsim.contracts.names import layer_name, template
+from memsim.workloads.trace import Block, Op, Tensor, Trace
 
 MAX_STAGES = 96  # more stages than a 80-layer decoder has blocks (+ embedding, head), bounded
 
@@ -73,7 +74,7 @@ def stage(trace: Trace, max_stages: int = MAX_STAGES) -> Trace:
     for op, k in zip(forward, fwd_stage, strict=True):
         for t in op.outputs:
             if t not in rename and t in trace.tensors and trace.tensors[t].cls in ("activation", "workspace"):
-                rename[t] = f"L{k}.{t}"
+                rename[t] = layer_name(k, t)
                 produced_stage[t] = k
     unit_stages: dict[str, set[int]] = {}
     for op, k in zip(forward, fwd_stage, strict=True):
@@ -160,6 +161,6 @@ def _backward_stages(backward: list[Op], unit_stages: dict[str, set[int]],
 
 
 def _renamed(op: Op, rename: dict[str, str]) -> Op:
-    return dataclasses.replace(op, name=f"L{LAYER}.{op.name}",
+    return dataclasses.replace(op, name=template(op.name),
                                inputs=tuple(rename.get(t, t) for t in op.inputs),
                                outputs=tuple(rename.get(t, t) for t in op.outputs))

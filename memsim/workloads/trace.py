@@ -28,12 +28,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from memsim.contracts.names import LAYER, split_layer, template
+
 TRACE_VERSION = 1
 TensorClass = Literal["weight", "grad", "optimizer", "activation", "kv", "workspace"]
 TENSOR_CLASSES: tuple[str, ...] = ("weight", "grad", "optimizer", "activation", "kv", "workspace")
 Phase = Literal["forward", "backward", "optimizer", "prefill", "decode"]
 PERSISTENT = ("weight", "optimizer")
-LAYER = "{layer}"
 
 
 @dataclass(slots=True)
@@ -286,9 +287,9 @@ def _fill(name: str, layer: int | None) -> str:
 
 def _template_of(name: str) -> str:
     """``L12.attn.out`` → ``L{layer}.attn.out``: the first run of digits after ``L``."""
-    head, _, rest = name.partition(".")
-    if head[:1] == "L" and head[1:].isdigit():
-        return f"L{LAYER}.{rest}"
+    layer, rest = split_layer(name)
+    if layer is not None:
+        return template(rest)
     raise KeyError(name)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from memsim.contracts.names import is_micro_batch, micro_batch
 from memsim.errors import SpecError
 from memsim.workloads import accounting as acc
 from memsim.workloads.builder import L, TraceBuilder, op
@@ -236,8 +237,8 @@ def _per_microbatch(tb: TraceBuilder, micro: int):
     so they die within their micro-batch too."""
     if micro == 0:
         return lambda ops: ops
-    workspace = [n for n, t in tb.tensors.items() if t.cls == "workspace" and ".mb" not in n]
-    rename = {n: f"{n}.mb{micro}" for n in workspace}
+    workspace = [n for n, t in tb.tensors.items() if t.cls == "workspace" and not is_micro_batch(n)]
+    rename = {n: micro_batch(n, micro) for n in workspace}
     for old, new in rename.items():
         src = tb.tensors[old]
         tb.tensor(new, src.bytes, "workspace", src.dtype)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
+from memsim.contracts.plan import Plan
+from memsim.contracts.result import Result
 from memsim.errors import Infeasible
-from memsim.planners.plan import Plan
 from memsim.sim import check_plan, diagnose, simulate, write_timeline
-from memsim.sim.result import Result
+
+if TYPE_CHECKING:
+    from memsim.planners.report import PlanReport, Progress
 
 
 def simulate_case(hardware: str, workload: str, *, plan_path: str | None = None,
@@ -26,8 +30,6 @@ def simulate_case(hardware: str, workload: str, *, plan_path: str | None = None,
     system = load_system(hardware, overrides)
     trace = load_trace(workload, overrides)
     if planner is not None:
-        from memsim.planners import plan_case
-
         plan = plan_case(hardware, trace, planner, overrides).plan
     elif plan_path is not None:
         from memsim.emit import load_plan  # memsim's own plan or a framework config
@@ -48,6 +50,31 @@ def simulate_case(hardware: str, workload: str, *, plan_path: str | None = None,
         exc.payload = {k: v for k, v in doc.items() if k != "feasible"}
         raise exc
     return result, doc
+
+
+def plan_case(
+    hardware,
+    workload,
+    planner: str = "mip",
+    overrides: Iterable[str] = (),
+    time_limit: float = 10.0,
+    progress: Progress | None = None,
+) -> PlanReport:
+    """Load by name or path (``--set`` strings; ``hardware.`` ones go to the system) and plan."""
+    from memsim.hardware import load_system
+    from memsim.planners import plan
+    from memsim.workloads import load_trace
+
+    overrides = list(overrides)
+    system = load_system(hardware, overrides)
+    trace = load_trace(workload, overrides)
+    report = plan(system, trace, planner, time_limit=time_limit, progress=progress,
+                  rebuild=lambda extra: load_trace(workload, [*overrides, *extra]))
+    if trace.meta.get("slo"):  # serving.slo: size the deployment (GPUs, DRAM cache) against it
+        from memsim.planners.slo import candidates
+
+        report.slo = candidates(system, trace, progress or (lambda _: None))
+    return report
 
 
 def result_document(result: Result, plan: Plan | None) -> dict:

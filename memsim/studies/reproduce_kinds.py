@@ -1,0 +1,34 @@
+"""Which function evaluates a reproduction case of each ``kind`` (the YAML's ``kind:`` key).
+
+The one module that imports every kind module, and none imports it but the runner
+(reproduce.py, when it loads a case): the kinds share types through reproduce_spec.py and
+helpers through reproduce_cases.py, so the ``reproduce*`` modules form no import cycle. A new kind
+is a function in its own module and one line here (and in ``CaseSpec.kind``'s description).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from memsim.studies import reproduce_cases as cases
+from memsim.studies.reproduce_flash import flash_case
+from memsim.studies.reproduce_frameworks import framework
+from memsim.studies.reproduce_kivi import kivi_case
+from memsim.studies.reproduce_parallel import parallel
+from memsim.studies.reproduce_prefix import prefix_serving, prefix_trace
+from memsim.studies.reproduce_spec import CaseResult, CaseSpec
+
+KINDS: dict[str, Callable[[CaseSpec, Path, Callable[[str], None]], CaseResult]] = {
+    "zero": cases.zero,
+    "flexgen": cases.flexgen,
+    "paged": cases.paged,
+    "checkpoint": cases.checkpoint,
+    "kivi": kivi_case,
+    "flash": flash_case,
+    "headinfer": cases.headinfer,
+    "framework": framework,
+    "parallel": parallel,
+    "prefix_trace": prefix_trace,
+    "prefix_serving": prefix_serving,
+}
