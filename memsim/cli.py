@@ -497,6 +497,11 @@ def _render_plan(doc: dict) -> None:
     if plan.get("num_gpu_batches"):
         policy.add_row("batch schedule", f"{plan['gpu_batch_size']} × {plan['num_gpu_batches']} GPU batches"
                        + (", attention on CPU" if plan.get("cpu_attention") else ""))
+    if doc.get("batch_search"):
+        bs = doc["batch_search"]
+        bound = f", latency ≤ {units.fmt_time(bs['max_latency_s'])}" if bs.get("max_latency_s") else ""
+        policy.add_row("batch size", f"{bs['batch_size']} (auto: best of {len(bs['candidates'])} "
+                       f"sizes searched{bound})")
     if plan.get("serving"):
         s = plan["serving"]
         swap = f" to {s['swap_tier']} ({units.fmt_bytes(s['swap_bytes'])})" if s.get("swap_tier") else ""
