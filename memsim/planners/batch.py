@@ -11,8 +11,9 @@ the pair is searched jointly; the search model ranks the sizes and the simulator
    (memory and step time grow with the batch: past the first size that fails, all do);
 2. the same between the best power of two's neighbours, at eighths of it (FlexGen's published
    batches are such products, e.g. 48 × 3 = 144 for OPT-30B);
-3. the ``TOP`` sizes with the best estimated tokens/s simulated through the planner's own path
-   (the shortlist, the repairs), the fastest simulated one within the bound kept;
+3. ``TOP`` sizes simulated through the planner's own path (its shortlist, its repairs): the
+   smallest, middle and largest of those within ``NEAR`` of the best estimated tokens/s; the
+   fastest simulated within the bound is kept;
 4. ``report.plan`` on that batch: the plan, its baselines and the report users see, with the
    search's record under ``batch_search``.
 
@@ -28,7 +29,8 @@ from memsim.planners.registry import load_preset
 from memsim.workloads.spec import MAX_TOKENS
 from memsim.workloads.trace import Trace
 
-TOP = 3  # batch sizes simulated, best estimated tokens/s first
+TOP = 3  # batch sizes simulated
+NEAR = 0.01  # estimated tokens/s this close to the best's is a tie the simulator breaks
 MAX_BATCH = 1 << 16  # the doubling stops here at the latest (far past any tier's KV capacity)
 
 
@@ -81,9 +83,8 @@ def plan_batch(system: System, trace: Trace, planner: str, time_limit: float, ba
         b = best * k // 8
         if best * k % 8 == 0 and b not in estimates and b <= MAX_TOKENS:
             estimate(b)
-    ranked = sorted((b for b in estimates if within(b) is not None), key=lambda b: (-rate(b), b))
     simulated: dict[int, object] = {}  # batch → Evaluated
-    for b in ranked[:TOP]:
+    for b in _shortlist([b for b in estimates if within(b) is not None], rate):
         say(f"batch search: simulating batch {b}")
         simulated[b] = report._planned(preset, system, build(b), time_limit, say)
     ok = [b for b, ev in simulated.items()
@@ -100,6 +101,22 @@ def plan_batch(system: System, trace: Trace, planner: str, time_limit: float, ba
         f"GPU batches) of {len(estimates)} sizes estimated and {len(simulated)} simulated"
         + (f", within max_latency_s {bound:g} s" if bound is not None else ""))
     return out
+
+
+def _shortlist(fits: list[int], rate) -> list[int]:
+    """The ``TOP`` sizes to simulate. Past the weight-bound batches the estimate plateaus (the
+    weights' load is amortised, KV traffic grows with the batch), and within ``NEAR`` of the best
+    the stage model cannot rank them (copy-queue backlogs the simulator sees decide): the
+    smallest, middle and largest of the plateau, then the best estimates."""
+    top = max(rate(b) for b in fits)
+    near = sorted(b for b in fits if rate(b) >= (1 - NEAR) * top)
+    picks = list(dict.fromkeys([near[0], near[len(near) // 2], near[-1]]))
+    for b in sorted(fits, key=lambda b: (-rate(b), b)):
+        if len(picks) >= TOP:
+            break
+        if b not in picks:
+            picks.append(b)
+    return sorted(picks[:TOP])
 
 
 def _record(chosen: int, bound, estimates: dict, simulated: dict, rate, out) -> dict:
