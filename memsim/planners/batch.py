@@ -12,7 +12,8 @@ the pair is searched jointly; the search model ranks the sizes and the simulator
 2. the same between the best power of two's neighbours, at eighths of it (FlexGen's published
    batches are such products, e.g. 48 × 3 = 144 for OPT-30B);
 3. ``TOP`` sizes simulated through the planner's own path (its shortlist, its repairs): the
-   smallest, middle and largest of those within ``NEAR`` of the best estimated tokens/s; the
+   smallest, middle and largest of those within ``NEAR`` of the best estimated tokens/s and the
+   best; the
    fastest simulated within the bound is kept;
 4. ``report.plan`` on that batch: the plan, its baselines and the report users see, with the
    search's record under ``batch_search``.
@@ -29,7 +30,7 @@ from memsim.planners.registry import load_preset
 from memsim.workloads.spec import MAX_TOKENS
 from memsim.workloads.trace import Trace
 
-TOP = 3  # batch sizes simulated
+TOP = 4  # batch sizes simulated
 NEAR = 0.01  # estimated tokens/s this close to the best's is a tie the simulator breaks
 MAX_BATCH = 1 << 16  # the doubling stops here at the latest (far past any tier's KV capacity)
 
@@ -54,7 +55,7 @@ def plan_batch(system: System, trace: Trace, planner: str, time_limit: float, ba
 
     def build(batch: int) -> Trace:
         if batch not in traces:
-            traces[batch] = rebuild([f"inference.batch_size={batch}"])
+            traces[batch] = rebuild(_fixed(batch))
         return traces[batch]
 
     def estimate(batch: int) -> float | None:
@@ -94,7 +95,7 @@ def plan_batch(system: System, trace: Trace, planner: str, time_limit: float, ba
     chosen = max(ok, key=lambda b: (simulated[b].result.tokens_per_s, -b))
     out = report.plan(system, build(chosen), planner, time_limit=time_limit, baselines=baselines,
                       progress=say,
-                      rebuild=lambda extra: rebuild([f"inference.batch_size={chosen}", *extra]))
+                      rebuild=lambda extra: rebuild([*_fixed(chosen), *extra]))
     out.batch_search = _record(chosen, bound, estimates, simulated, rate, out)
     out.plan.notes.append(
         f"batch search: batch {chosen} ({out.plan.gpu_batch_size} × {out.plan.num_gpu_batches} "
@@ -103,14 +104,20 @@ def plan_batch(system: System, trace: Trace, planner: str, time_limit: float, ba
     return out
 
 
+def _fixed(batch: int) -> list[str]:
+    """The ``--set`` lines of one batch size (its bound is the search's, not the batch's)."""
+    return [f"inference.batch_size={batch}", "inference.max_latency_s=null"]
+
+
 def _shortlist(fits: list[int], rate) -> list[int]:
     """The ``TOP`` sizes to simulate. Past the weight-bound batches the estimate plateaus (the
     weights' load is amortised, KV traffic grows with the batch), and within ``NEAR`` of the best
     the stage model cannot rank them (copy-queue backlogs the simulator sees decide): the
-    smallest, middle and largest of the plateau, then the best estimates."""
+    smallest, middle and largest of the plateau, its best estimate, then the next best."""
     top = max(rate(b) for b in fits)
     near = sorted(b for b in fits if rate(b) >= (1 - NEAR) * top)
-    picks = list(dict.fromkeys([near[0], near[len(near) // 2], near[-1]]))
+    best = max(fits, key=lambda b: (rate(b), -b))
+    picks = list(dict.fromkeys([near[0], near[len(near) // 2], near[-1], best]))
     for b in sorted(fits, key=lambda b: (-rate(b), b)):
         if len(picks) >= TOP:
             break
