@@ -45,6 +45,8 @@ FIRST = 4  # the first sample's layers (its parity is n's: see STEP)
 STEP = 2  # layers between samples: schedules repeat every layer or every two (a ring of depth + 2
 # slots alternates its buffers), so samples STEP apart, each a whole number of STEPs from n
 FIRST_ITERATIONS = 2  # the first decode iteration follows the prefill; samples start after it
+CONTEXT_BUDGET = 0.7  # the windows' iterations (a prefill counted as one) at most, as a fraction
+# of the run's: FlexGen's 32-token generations fold (6 windows of 7 iterations for 32)
 WINDOW = (FIRST_ITERATIONS, FIRST_ITERATIONS + 1)  # decode windows over a growing context: the
 # cost of the iteration after two that settle the schedule is the difference of the two lengths
 BUDGET = 0.6  # layers sampled at most, as a fraction of the step's (a failed fold costs that)
@@ -244,12 +246,12 @@ def _over_context(system: System, trace: Trace, plan: Plan, g: int) -> _Sample |
     closed-form sum of the line. A tier's time integral grows quadratically per iteration (bytes
     and time both affine): the parabola through the three. Peaks: the highest window's, when the
     three are monotone in the context (the last window holds the whole run's last iterations).
-    None (run it whole) when a check fails or the windows cost more than ``BUDGET`` of the run."""
+    None (run it whole) when a check fails or the windows cost more than ``CONTEXT_BUDGET``."""
     short, long_ = WINDOW
     late = g - long_
     mid = late // 2
     starts = (0, mid, late)
-    if mid < 1 or len(starts) * (short + long_ + 2) > BUDGET * (g + 1):
+    if mid < 1 or len(starts) * (short + long_ + 2) > CONTEXT_BUDGET * (g + 1):
         return None
     runs: dict[tuple[int, int], _Sample] = {}
     for k in starts:
