@@ -7,7 +7,8 @@ time, each breakdown category, each copy engine's busy time and the simpy event 
 (a fixed warm-up and drain plus L periods); each tier's peak is affine (resident bytes grow by one
 layer's share per layer, the transient peak repeats); a tier's time integral (``mean_bytes`` ×
 step time) is quadratic (bytes that grow per layer, held over a time that grows per layer). Decode
-iterations repeat the same way when no decode op moves KV between tiers (``iterations_repeat``).
+iterations repeat the same way when no decode op moves KV between tiers (``iterations_repeat``);
+when one does, each iteration costs affinely more than the last (``_over_context``).
 
 ``simulate_folded`` samples the step at FIRST, FIRST + STEP, ... layers (each a whole number of
 STEPs from L: some schedules repeat every other layer), and each sample at 2, 3, ... decode
