@@ -184,6 +184,8 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
     })
     if auto:
         trace.meta["batch_size_auto"] = {"max_latency_s": inf.max_latency_s}
+        trace.meta["workload_notes"] = [*trace.meta.get("workload_notes", []), (
+            "batch_size auto: memsim plan searches the batch; these figures are batch 1's")]
     if arch.is_moe:
         trace.meta["routed_experts"] = moe.trace_meta(arch, {"prefill": b * chunk, "decode": b})
     if inf.sparsity is not None:
