@@ -446,6 +446,8 @@ def plan_cmd(
         emit_json(doc)
         return
     _render_plan(doc)
+    if doc.get("batch_search"):  # the searched batch, for the commands printed below
+        workload = f"{workload} --set inference.batch_size={doc['batch_search']['batch_size']}"
     if output:
         out.print(f"wrote {output} (reproduce: memsim simulate --hardware {hardware} --workload {workload} "
                   f"--plan {output})")
