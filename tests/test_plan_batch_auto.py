@@ -91,3 +91,17 @@ def test_simulate_an_auto_batch_exits_2() -> None:
 def test_auto_with_a_fixed_planner_exits_2() -> None:
     code, doc = memsim("plan", *CASE, "--set", "inference.batch_size=auto", "--planner", "resident")
     assert code == 2 and doc["key"] == "inference.batch_size"
+
+
+@pytest.mark.slow
+def test_printed_reproduce_command_simulates_the_plan(auto: dict, tmp_path) -> None:
+    out = tmp_path / "plan.yaml"
+    proc = subprocess.run([sys.executable, "-m", "memsim", "plan", *CASE, "--set",
+                           "inference.batch_size=auto", "-o", str(out)], capture_output=True,
+                          text=True, env={**os.environ, "COLUMNS": "200"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    batch = auto["batch_search"]["batch_size"]
+    assert f"--set inference.batch_size={batch} --plan {out}" in " ".join(proc.stdout.split())
+    assert "batch size" in proc.stdout  # the policy table's row
+    code, doc = memsim("simulate", *CASE, "--set", f"inference.batch_size={batch}", "--plan", str(out))
+    assert code == 0 and doc["tokens_per_s"] == pytest.approx(auto["tokens_per_s"], rel=1e-9)
