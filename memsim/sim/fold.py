@@ -22,7 +22,8 @@ allocations for the record). Whatever cannot be extrapolated is simulated whole:
 the step (its time, op and holders are an event, not a trend), a per-layer plan
 (``layer_policy``), per-layer concrete tensor names, a timeline (the caller's).
 
-``MEMSIM_FOLD=0`` in the environment (or ``simulate(..., fold=False)``) turns folding off.
+``MEMSIM_FOLD=0`` in the environment (or ``simulate(..., fold=False)``) turns folding off;
+``MEMSIM_FOLD_CONTEXT=0`` only the fold over a growing context.
 """
 
 from __future__ import annotations
@@ -252,6 +253,8 @@ def _over_context(system: System, trace: Trace, plan: Plan, g: int) -> _Sample |
     late = g - long_
     mid = late // 2
     starts = (0, mid, late)
+    if os.environ.get("MEMSIM_FOLD_CONTEXT", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None  # (bench/bench_fold.py's "layers only": this fold off, the others on)
     if mid < 1 or len(starts) * (short + long_ + 2) > CONTEXT_BUDGET * (g + 1):
         return None
     runs: dict[tuple[int, int], _Sample] = {}
