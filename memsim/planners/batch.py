@@ -97,10 +97,11 @@ def plan_batch(system: System, trace: Trace, planner: str, time_limit: float, ba
                       progress=say,
                       rebuild=lambda extra: rebuild([*_fixed(chosen), *extra]))
     out.batch_search = _record(chosen, bound, estimates, simulated, rate, out)
+    split = (f" ({out.plan.gpu_batch_size} × {out.plan.num_gpu_batches} GPU batches)"
+             if out.plan.num_gpu_batches else "")
     out.plan.notes.append(
-        f"batch search: batch {chosen} ({out.plan.gpu_batch_size} × {out.plan.num_gpu_batches} "
-        f"GPU batches) of {len(estimates)} sizes estimated and {len(simulated)} simulated"
-        + (f", within max_latency_s {bound:g} s" if bound is not None else ""))
+        f"batch search: batch {chosen}{split} of {len(estimates)} sizes estimated and "
+        f"{len(simulated)} simulated" + (f", within max_latency_s {bound:g} s" if bound is not None else ""))
     return out
 
 
