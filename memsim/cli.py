@@ -446,6 +446,8 @@ def plan_cmd(
         emit_json(doc)
         return
     _render_plan(doc)
+    if doc.get("batch_search"):  # the searched batch, for the commands printed below
+        workload = f"{workload} --set inference.batch_size={doc['batch_search']['batch_size']}"
     if output:
         out.print(f"wrote {output} (reproduce: memsim simulate --hardware {hardware} --workload {workload} "
                   f"--plan {output})")
@@ -508,6 +510,11 @@ def _render_plan(doc: dict) -> None:
     if plan.get("num_gpu_batches"):
         policy.add_row("batch schedule", f"{plan['gpu_batch_size']} × {plan['num_gpu_batches']} GPU batches"
                        + (", attention on CPU" if plan.get("cpu_attention") else ""))
+    if doc.get("batch_search"):
+        bs = doc["batch_search"]
+        bound = f", latency ≤ {units.fmt_time(bs['max_latency_s'])}" if bs.get("max_latency_s") else ""
+        policy.add_row("batch size", f"{bs['batch_size']} (auto: best of {len(bs['candidates'])} "
+                       f"sizes searched{bound})")
     if plan.get("serving"):
         s = plan["serving"]
         swap = f" to {s['swap_tier']} ({units.fmt_bytes(s['swap_bytes'])})" if s.get("swap_tier") else ""

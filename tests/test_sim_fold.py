@@ -118,3 +118,42 @@ def test_layers_and_iterations_of_a_trace() -> None:
     assert fold.layers_of(small) == 4 and fold.decode_iterations(small) == 3
     assert small.meta["gen_len"] == trace.meta["gen_len"]  # each iteration's context as before
     assert fold.layers_of(load_trace("llama3-8b-serve-csv", [])) is None
+
+
+@pytest.mark.parametrize("plan", [
+    {"placement": {"kv": {"dram": 1.0}}},  # every decode step streams the context so far
+    {"placement": {"kv": {"hbm": 0.5, "dram": 0.5}}, "prefetch_depth": 2},
+])
+def test_streamed_kv_folds_over_contexts(h100, caplog, plan) -> None:
+    """Iterations whose KV moves between tiers cost affinely more per context token: windows at
+    early, middle and late contexts, summed in closed form, are the whole run."""
+    trace = load_trace("llama3-8b-infer", ["inference.gen_len=64", "inference.batch_size=4"])
+    p = Plan.from_dict(plan)
+    got, said = _folded(h100, trace, p, caplog)
+    assert any(m.startswith("folded llama3-8b-infer over contexts") for m in said), said
+    _same(got, simulate(h100, trace, p, fold=False))
+
+
+@pytest.mark.slow
+def test_a_kink_in_the_context_cost_runs_whole(h100, caplog) -> None:
+    """Batch 1 from a short prompt: the KV stream passes the layer's compute mid-generation, so
+    the iteration cost is max(compute, copy), not affine; the check sees it, the run is whole."""
+    trace = load_trace("llama3-8b-infer", ["inference.gen_len=1024", "inference.prompt_len=128",
+                                           "inference.batch_size=1"])
+    p = Plan.from_dict({"placement": {"kv": {"dram": 1.0}}})
+    _, said = _folded(h100, trace, p, caplog)
+    assert any(m.startswith("not folded llama3-8b-infer over contexts") for m in said), said
+    assert not any(m.startswith("folded llama3-8b-infer over contexts") for m in said), said
+    want = simulate(h100, fold.reduced(trace, 4), p, fold=False)
+    got4 = simulate(h100, fold.reduced(trace, 4), p, fold=True)  # (a sample the layer fold ran)
+    _same(got4, want)
+
+
+def test_a_window_reads_the_context_of_its_place(h100) -> None:
+    """``decode_from`` moves a window's iterations later in the context: more KV per step."""
+    trace = load_trace("llama3-8b-infer", ["inference.gen_len=64", "inference.batch_size=4"])
+    p = Plan.from_dict({"placement": {"kv": {"dram": 1.0}}})
+    early = simulate(h100, fold.windowed(trace, 0, 3), p, fold=False)
+    late = simulate(h100, fold.windowed(trace, 60, 3), p, fold=False)
+    assert late.link_busy and late.step_time_s > early.step_time_s
+    assert sum(late.link_busy.values()) * late.step_time_s > sum(early.link_busy.values()) * early.step_time_s

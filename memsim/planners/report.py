@@ -75,6 +75,7 @@ class PlanReport:
     upgrade: Upgrade | None = None  # when the preset asked for the cheapest hardware for a target
     fallback: dict | None = None  # the planner's own plan, when a baseline is returned instead
     slo: list[dict] | None = None  # serving.slo: deployments simulated, best first (planners/slo.py)
+    batch_search: dict | None = None  # inference.batch_size auto: memsim/planners/batch.py
 
     @property
     def feasible(self) -> bool:
@@ -83,7 +84,7 @@ class PlanReport:
     def to_dict(self) -> dict:
         """The ``memsim plan --json`` document."""
         r, info = self.result, self.plan.planner
-        return {
+        doc = {
             "feasible": bool(r.feasible),
             "source": "simulated",
             "hardware": self.system.name,
@@ -117,6 +118,9 @@ class PlanReport:
             "notes": [*self.trace.meta.get("workload_notes", []), *self.plan.notes],
             **({"slo": self.slo} if self.slo is not None else {}),
         }
+        if self.batch_search is not None:  # only then: every other document stays as it was
+            doc["batch_search"] = self.batch_search
+        return doc
 
 
 def plan(
@@ -132,6 +136,11 @@ def plan(
     """Run ``planner`` (a preset name, a preset file or a registry kind), simulate its plan and the
     baselines; raise ``Infeasible`` with a diagnosis when no plan fits. ``rebuild`` (extra
     ``--set`` lines → the workload's Trace) lets a throughput target try more GPUs."""
+    if trace.meta.get("batch_size_auto"):  # the batch is searched too: memsim/planners/batch.py
+        from memsim.planners.batch import plan_batch
+
+        return plan_batch(system, trace, planner, time_limit, baselines, progress or (lambda _m: None),
+                          rebuild)
     _RESULTS.clear()
     try:
         return _plan(system, trace, planner, time_limit, baselines, progress or (lambda _msg: None), rebuild)

@@ -44,6 +44,10 @@ def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
     already run in this process is not run again (``memsim.sim.memo``; ``MEMSIM_SIM_CACHE=0``)."""
     wall = time.perf_counter()
     plan = plan if plan is not None else Plan()
+    if trace.meta.get("batch_size_auto"):
+        raise SpecError("inference.batch_size is auto: memsim plan chooses it; simulate a batch with "
+                        "--set inference.batch_size=N (the plan's gpu_batch_size × num_gpu_batches)",
+                        key="inference.batch_size")
     view = system.rank_view(int(trace.meta.get("data_parallel", 1) or 1))
     check_plan(view, trace, plan)
     if not plan.pinned:

@@ -7,7 +7,8 @@ time, each breakdown category, each copy engine's busy time and the simpy event 
 (a fixed warm-up and drain plus L periods); each tier's peak is affine (resident bytes grow by one
 layer's share per layer, the transient peak repeats); a tier's time integral (``mean_bytes`` ×
 step time) is quadratic (bytes that grow per layer, held over a time that grows per layer). Decode
-iterations repeat the same way when no decode op moves KV between tiers (``iterations_repeat``).
+iterations repeat the same way when no decode op moves KV between tiers (``iterations_repeat``);
+when one does, each iteration costs affinely more than the last (``_over_context``).
 
 ``simulate_folded`` samples the step at FIRST, FIRST + STEP, ... layers (each a whole number of
 STEPs from L: some schedules repeat every other layer), and each sample at 2, 3, ... decode
@@ -21,7 +22,8 @@ allocations for the record). Whatever cannot be extrapolated is simulated whole:
 the step (its time, op and holders are an event, not a trend), a per-layer plan
 (``layer_policy``), per-layer concrete tensor names, a timeline (the caller's).
 
-``MEMSIM_FOLD=0`` in the environment (or ``simulate(..., fold=False)``) turns folding off.
+``MEMSIM_FOLD=0`` in the environment (or ``simulate(..., fold=False)``) turns folding off;
+``MEMSIM_FOLD_CONTEXT=0`` only the fold over a growing context.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ FIRST = 4  # the first sample's layers (its parity is n's: see STEP)
 STEP = 2  # layers between samples: schedules repeat every layer or every two (a ring of depth + 2
 # slots alternates its buffers), so samples STEP apart, each a whole number of STEPs from n
 FIRST_ITERATIONS = 2  # the first decode iteration follows the prefill; samples start after it
+CONTEXT_BUDGET = 0.7  # the windows' iterations (a prefill counted as one) at most, as a fraction
+# of the run's: FlexGen's 32-token generations fold (6 windows of 7 iterations for 32)
+WINDOW = (FIRST_ITERATIONS, FIRST_ITERATIONS + 1)  # decode windows over a growing context: the
+# cost of the iteration after two that settle the schedule is the difference of the two lengths
 BUDGET = 0.6  # layers sampled at most, as a fraction of the step's (a failed fold costs that)
 TOL = 1e-11  # the third sample's agreement with the line through the first two (relative)
 log = logging.getLogger(__name__)
@@ -218,7 +224,106 @@ def _over_iterations(system: System, trace: Trace, plan: Plan) -> _Sample | None
                       "iterations", trace.name)
         if got is not None:
             return got
+    elif g is not None:
+        got = _over_context(system, trace, plan, g)
+        if got is not None:
+            return got
     return _sample(system, trace, plan)
+
+
+def windowed(trace: Trace, start: int, g: int) -> Trace:
+    """The step with ``g`` decode iterations at the contexts of the whole run's ``start`` ..
+    ``start + g - 1`` (``decode_from``: memsim/sim/program.py's ``_fractions``)."""
+    out = decoded(trace, g)
+    return dataclasses.replace(out, meta={**out.meta, "decode_from": start})
+
+
+def _over_context(system: System, trace: Trace, plan: Plan, g: int) -> _Sample | None:
+    """Decode iterations whose KV streams between tiers: iteration i moves the context so far,
+    so its cost is affine in i once the schedule has settled. Windows of ``WINDOW`` iterations
+    at the early, middle and late contexts (each after the prefill) give the cost of their last
+    iteration (the difference of the two lengths); the middle one must lie on the line through
+    the other two (``TOL``; integers exactly), then the whole run is the first window plus the
+    closed-form sum of the line. A tier's time integral grows quadratically per iteration (bytes
+    and time both affine): the parabola through the three. Peaks: the highest window's, when the
+    three are monotone in the context (the last window holds the whole run's last iterations).
+    None (run it whole) when a check fails or the windows cost more than ``CONTEXT_BUDGET``."""
+    short, long_ = WINDOW
+    late = g - long_
+    mid = late // 2
+    starts = (0, mid, late)
+    if os.environ.get("MEMSIM_FOLD_CONTEXT", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None  # (bench/bench_fold.py's "layers only": this fold off, the others on)
+    if mid < 1 or len(starts) * (short + long_ + 2) > CONTEXT_BUDGET * (g + 1):
+        return None
+    runs: dict[tuple[int, int], _Sample] = {}
+    for k in starts:
+        for w in WINDOW:
+            got = _sample(system, windowed(trace, k, w), plan)
+            if got is None:
+                log.debug("not folded %s over contexts: an OOM in a window at %d", trace.name, k)
+                return None
+            runs[k, w] = got
+    out = _sum_context(runs, starts, g - short)
+    log.debug("%s %s over contexts from windows at %s", "folded" if out else "not folded",
+              trace.name, starts)
+    return out
+
+
+def _sum_context(runs: dict, starts: tuple[int, int, int], n: int) -> _Sample | None:
+    """The first window plus ``n`` more iterations whose costs lie on the line (or parabola)
+    through the windows' last iterations; None where they do not."""
+    short, long_ = WINDOW
+    base = runs[starts[0], short]
+    samples = list(runs.values())
+    if any(s.notes != base.notes or s.breakdown.keys() != base.breakdown.keys()
+           or s.busy.keys() != base.busy.keys() or s.peak.keys() != base.peak.keys()
+           or s.resident != base.resident or s.capacity != base.capacity for s in samples):
+        return None
+    ks = starts
+    s1 = n * (n - 1) / 2  # Σ j and Σ j² over the iterations j = 0 .. n - 1 after the first window
+    s2 = (n - 1) * n * (2 * n - 1) / 6
+
+    def last(get) -> list:
+        return [get(runs[k, long_]) - get(runs[k, short]) for k in ks]
+
+    scale = max(s.makespan for s in samples)
+
+    def line(get) -> float | None:
+        (y0, ym, yl), (_, m, late) = last(get), ks
+        slope = (yl - y0) / late
+        if abs(y0 + slope * m - ym) > TOL * max(abs(ym), scale):
+            return None
+        return get(base) + n * y0 + slope * s1
+
+    makespan = line(lambda s: s.makespan)
+    if makespan is None or makespan <= 0:
+        return None
+    breakdown = {key: line(lambda s, key=key: s.breakdown[key]) for key in base.breakdown}
+    busy = {key: line(lambda s, key=key: s.busy[key]) for key in base.busy}
+    flops = line(lambda s: s.flops)
+    events = [int(v) for v in last(lambda s: s.events)]
+    if (any(v is None for d in (breakdown, busy) for v in d.values()) or flops is None
+            or Fraction(events[2] - events[0], ks[2]) * ks[1] != events[1] - events[0]):
+        return None
+    slope_e = Fraction(events[2] - events[0], ks[2])
+    total_e = base.events + n * events[0] + slope_e * Fraction(n * (n - 1), 2)
+    if total_e.denominator != 1:
+        return None
+    peak = {}
+    for key in base.peak:
+        ys = [runs[k, long_].peak[key] for k in ks]
+        if not (ys[0] <= ys[1] <= ys[2] or ys[0] >= ys[1] >= ys[2]):
+            return None
+        peak[key] = max(s.peak[key] for s in samples)
+    area = {}
+    for key in base.area:
+        (y0, ym, yl), (_, m, late) = last(lambda s, key=key: s.area[key]), ks
+        c = ((yl - y0) / late - (ym - y0) / m) / (late - m)
+        b = (ym - y0) / m - c * m
+        area[key] = base.area[key] + n * y0 + b * s1 + c * s2
+    return dataclasses.replace(base, makespan=makespan, breakdown=breakdown, busy=busy,
+                               peak=peak, area=area, events=int(total_e), flops=flops)
 
 
 def _folded(run, n: int, first: int, step: int, dim: str, name: str) -> _Sample | None:

@@ -800,6 +800,8 @@ def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace, routed: 
     kinds_of: dict[tuple, tuple | None] = {}
     kinds_get = kinds_of.get
     ctx_cache: dict[tuple, float] = {}
+    # a window of decode iterations starting later in the context (memsim/sim/fold.py)
+    decode_prompt = (prompt or 0) + int(meta.get("decode_from") or 0)
     ones = _ONES
     missing = ()
 
@@ -813,7 +815,8 @@ def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace, routed: 
         key = (op.phase, op.iteration, reading)
         f = ctx_cache.get(key)
         if f is None:
-            f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, prompt, reading, chunk)
+            f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, decode_prompt if op.phase == "decode"
+                                           else prompt, reading, chunk)
         return f
 
     for op in ops:

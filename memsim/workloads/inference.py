@@ -130,7 +130,8 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
     inf = w.inference
     e, dt = acc.DTYPE_BYTES[inf.dtype], inf.dtype
     kv_e = inf.kv_bits / 8
-    b, p, g = inf.batch_size, inf.prompt_len, inf.gen_len
+    auto = inf.batch_size == "auto"  # memsim plan searches it (memsim/planners/batch.py); the
+    b, p, g = 1 if auto else inf.batch_size, inf.prompt_len, inf.gen_len  # trace is batch 1
     tb = TraceBuilder(w.name, "inference", arch.layers)
     declare_model(tb, arch, dt, e)
     per_layer_kv = acc.kv_bytes(arch, b * (p + g), inf.kv_bits, layers=1, context=p + g)
@@ -181,6 +182,10 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
         "prefill_chunks": chunks, "kv_heads": arch.kv_heads,
         "token_costs": asdict(token_costs(arch, e, inf.kv_bits)),
     })
+    if auto:
+        trace.meta["batch_size_auto"] = {"max_latency_s": inf.max_latency_s}
+        trace.meta["workload_notes"] = [*trace.meta.get("workload_notes", []), (
+            "batch_size auto: memsim plan searches the batch; these figures are batch 1's")]
     if arch.is_moe:
         trace.meta["routed_experts"] = moe.trace_meta(arch, {"prefill": b * chunk, "decode": b})
     if inf.sparsity is not None:

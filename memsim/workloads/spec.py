@@ -7,7 +7,7 @@ are rejected with a did-you-mean by :mod:`memsim.specio`. Exactly one of ``train
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
@@ -166,7 +166,12 @@ class KVQuant(Spec):
 class Inference(Spec):
     """Offline generation: prefill the prompt, then decode gen_len tokens for a batch."""
 
-    batch_size: int = Field(1, ge=1, le=MAX_TOKENS, description="sequences generated together")
+    batch_size: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | Literal["auto"] = Field(1, description=(
+        "sequences generated together; auto: memsim plan searches it with the offload policy "
+        "(docs/planner.md)"))
+    max_latency_s: float | None = Field(None, gt=0, description=(
+        "with batch_size auto: the longest a batch may take, prefill and every decode step "
+        "(the batch search keeps plans whose simulated step fits)"))
     prompt_len: int = Field(512, ge=1, le=MAX_TOKENS, description="prompt tokens per sequence")
     gen_len: int = Field(32, ge=1, le=MAX_TOKENS, description="generated tokens per sequence")
     kv_bits: Literal[16, 8, 4, 2] = Field(16, description=(
@@ -185,6 +190,8 @@ class Inference(Spec):
     @model_validator(mode="after")
     def _kv_dtype(self) -> Inference:
         _kv_cache_dtype(self)
+        if self.max_latency_s is not None and self.batch_size != "auto":
+            raise ValueError("max_latency_s bounds the batch search: set batch_size: auto with it")
         return self
 
 
