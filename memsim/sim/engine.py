@@ -203,7 +203,7 @@ class StepEngine:
         specs = {u: unit_spec(self.sys, u) for u in self.prog.units if u != "comm"}
         out = []
         for op in self.prog.ops:
-            key = (op.unit, op.flops, op.nbytes, op.dtype, op.kind, op.phase, op.rows)
+            key = (op.unit, op.flops, op.nbytes, op.dtype, op.kind, op.phase, op.rows, op.shape)
             d = cache.get(key)
             if d is None:
                 if op.unit == "comm":
@@ -211,7 +211,7 @@ class StepEngine:
                         self.comm.latency + op.nbytes / self.comm.rate(self.comm.ends[0])
                 else:
                     d = specs[op.unit].op_time(op.flops, op.nbytes, op.dtype, op.kind, op.phase,
-                                               op.rows)
+                                               op.rows, op.shape)
                 cache[key] = d
             out.append(d)
         return out
