@@ -50,3 +50,9 @@ def gemm_utilisation(shape: tuple[int, ...], phase: str, sm_count: int,
     dgrad = wave_utilisation(m, k, sm_count, tiles)
     wgrad = wave_utilisation(k, n, sm_count, tiles)
     return 2.0 / (1.0 / dgrad + 1.0 / wgrad)
+
+
+def matmul_shape(op) -> tuple[int, ...] | None:
+    """A trace op's (m, k, n) when it is a matmul that gives one (the key of its rate by shape)."""
+    shape = op.shape
+    return tuple(shape) if op.kind == "matmul" and shape and len(shape) == 3 else None

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from memsim.errors import SpecError
+from memsim.hardware.gemm import matmul_shape
 from memsim.hardware.spec import System
 from memsim.planners.plan import Plan
 from memsim.workloads.trace import LAYER, PERSISTENT, Tensor, Trace
@@ -208,7 +209,8 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                 if layer is None:
                     for op, unit, mem, nbytes, outs, written in static:
                         append(POp(0, op.name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit,
-                                   mem, op.inputs, outs, layer, 0, group, False, written, op.rows, _mnk(op)))
+                                   mem, op.inputs, outs, layer, 0, group, False, written, op.rows,
+                                   matmul_shape(op)))
                     continue
                 sl = str(layer)
                 names = (joined.replace(LAYER, sl).split(_SEP) if whole
@@ -217,20 +219,20 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                                                                               strict=True):
                     append(POp(0, names[a - 1], op.kind, op.phase, op.dtype, op.flops, nbytes,
                                unit, mem, tuple(names[a:b]), tuple(names[b:c]), layer, 0, group,
-                               False, written, op.rows, _mnk(op)))
+                               False, written, op.rows, matmul_shape(op)))
             continue
         rows = {}
         for layer in layers:
             if layer is None:
                 rows[layer] = [(op.name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit, mem,
-                                op.inputs, outs, layer, written, op.rows, _mnk(op))
+                                op.inputs, outs, layer, written, op.rows, matmul_shape(op))
                                for op, unit, mem, nbytes, outs, written in static]
                 continue
             sl = str(layer)  # str.replace returns the name itself when it holds no {layer}
             rows[layer] = [(op.name.replace(LAYER, sl), op.kind, op.phase, op.dtype, op.flops,
                             nbytes, unit, mem, tuple([n.replace(LAYER, sl) for n in op.inputs]),
                             tuple([n.replace(LAYER, sl) for n in outs]), layer, written, op.rows,
-                            _mnk(op))
+                            matmul_shape(op))
                            for op, unit, mem, nbytes, outs, written in static]
         for it in range(block.iterations):
             for layer in layers:
@@ -243,12 +245,6 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
 
 
 _SEP = "\x1f"  # joins a block's names for filling them in one pass (no name holds it)
-
-
-def _mnk(op) -> tuple[int, ...] | None:
-    """A trace matmul's (m, k, n), which prices it at its shape's rate (memsim.hardware.gemm)."""
-    shape = op.shape
-    return tuple(shape) if op.kind == "matmul" and shape and len(shape) == 3 else None
 
 
 def _outputs(op, trace: Trace) -> tuple[str, ...]:
