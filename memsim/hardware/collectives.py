@@ -58,7 +58,9 @@ def trace_comm_path(system: System, data_parallel: int) -> Path | None:
     """The fabric a single-rank trace's collectives (comm ops, bytes through the rank's link)
     cross: an nvlink/network link among the tiers' links if the file gives one, else the GPU
     fabric of a ``data_parallel`` group (NVLink in a node, PCIe when it has none, the network
-    across nodes); None when the system has none of them."""
+    across nodes); None when the system has none of them. A trace's comm op counts the bytes a
+    rank sends plus those it receives (memsim.workloads.training); the fabric is full duplex, so
+    they take bytes / (2 · rate)."""
     for kind in ("nvlink", "network"):
         for link in system.links:
             if link.kind == kind:

@@ -79,7 +79,7 @@ def persistent_input_bytes(trace: Trace, op: Op) -> int:
 def comm_seconds(system: System, op: Op, data_parallel: int = 2) -> float:
     """A comm op's seconds over the fabric the simulator prices it on (trace_comm_path)."""
     path = trace_comm_path(system, data_parallel)
-    return 0.0 if path is None else op.bytes_read / path.rate + path.latency
+    return 0.0 if path is None else op.bytes_read / (2 * path.rate) + path.latency  # sent + received
 
 
 def build_profile(system: System, trace: Trace) -> Profile:

@@ -210,7 +210,7 @@ class StepEngine:
             if d is None:
                 if op.unit == "comm":
                     d = 0.0 if self.comm is None else \
-                        self.comm.latency + op.nbytes / self.comm.rate
+                        self.comm.latency + op.nbytes / (2 * self.comm.rate)  # sent + received
                 else:
                     d = specs[op.unit].op_time(op.flops, op.nbytes, op.dtype, op.kind, op.phase,
                                                op.rows, op.shape)
