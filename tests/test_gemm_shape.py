@@ -90,3 +90,13 @@ def test_with_nvlink_a_traces_collectives_use_it_and_across_nodes_the_network():
     pcie_only = load_system("h100-sxm")
     pcie_only.__dict__["nvlink"] = None
     assert trace_comm_path(pcie_only, 8).rate < trace_comm_path(dgx, 8).rate / 5
+
+
+def test_a_small_output_with_a_long_inner_dimension_splits_k_over_the_sms():
+    # a narrow weight gradient: 256x768 output (12 tiles of 128x128) over 8,192 tokens
+    plain = wave_utilisation(256, 768, 132, [(128, 128)])
+    split = wave_utilisation(256, 768, 132, [(128, 128)], k=8192)
+    assert plain == pytest.approx(12 / 132)
+    assert split == pytest.approx(12 * 11 / 132)  # 11 slices of 744 deep: one full wave
+    # a short inner dimension cannot be split below SPLIT_K_MIN
+    assert wave_utilisation(256, 768, 132, [(128, 128)], k=512) == pytest.approx(24 / 132)

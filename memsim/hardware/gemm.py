@@ -16,14 +16,20 @@ import math
 
 #: tensor-core MMA row granularity: a GEMM over fewer rows than a tile pads them to this
 ROW_GRANULE = 16
+#: shortest inner-dimension slice a split-K GEMM gives one SM (estimate: a few 64-deep k-steps)
+SPLIT_K_MIN = 256
 
 
-def wave_utilisation(m: int, n: int, sm_count: int, tiles: list[tuple[int, int]]) -> float:
+def wave_utilisation(m: int, n: int, sm_count: int, tiles: list[tuple[int, int]],
+                     k: int = 0) -> float:
     """Fraction of the SMs' tile slots doing useful work for an m×n output, with the best tile.
 
     Each tile ``(tm, tn)`` covers ⌈m/tm⌉·⌈n/tn⌉ tiles in ⌈tiles/sm_count⌉ waves; the useful
-    fraction is m·n over waves·sm_count·tm·tn. Rows fewer than a tile's pad only to
-    ``ROW_GRANULE`` (the small-m kernels), so a decode GEMM is not charged a 128-row tile.
+    fraction is m·n over waves·sm_count·tm·tn. Rows fewer than a tile pad only to
+    ``ROW_GRANULE`` (the small-m kernels), so a decode GEMM is not charged a 128-row tile. An
+    output of fewer tiles than SMs with a long inner dimension ``k`` is split along k (split-K,
+    CUTLASS's and cuBLAS's answer to a small output, e.g. a weight gradient over many tokens):
+    up to ⌊sm_count/tiles⌋ slices of at least ``SPLIT_K_MIN`` each.
     """
     if m <= 0 or n <= 0 or not tiles:
         return 1.0
@@ -31,8 +37,9 @@ def wave_utilisation(m: int, n: int, sm_count: int, tiles: list[tuple[int, int]]
     for tm, tn in tiles:
         tm = min(tm, ROW_GRANULE * math.ceil(m / ROW_GRANULE))
         count = math.ceil(m / tm) * math.ceil(n / tn)
-        waves = math.ceil(count / sm_count)
-        best = max(best, m * n / (waves * sm_count * tm * tn))
+        split = max(1, min(sm_count // count, k // SPLIT_K_MIN)) if count < sm_count else 1
+        waves = math.ceil(count * split / sm_count)
+        best = max(best, m * n * split / (waves * sm_count * tm * tn))
     return min(1.0, best)
 
 
@@ -46,9 +53,9 @@ def gemm_utilisation(shape: tuple[int, ...], phase: str, sm_count: int,
     """
     m, k, n = shape
     if phase != "backward":
-        return wave_utilisation(m, n, sm_count, tiles)
-    dgrad = wave_utilisation(m, k, sm_count, tiles)
-    wgrad = wave_utilisation(k, n, sm_count, tiles)
+        return wave_utilisation(m, n, sm_count, tiles, k)
+    dgrad = wave_utilisation(m, k, sm_count, tiles, n)
+    wgrad = wave_utilisation(k, n, sm_count, tiles, m)
     return 2.0 / (1.0 / dgrad + 1.0 / wgrad)
 
 
