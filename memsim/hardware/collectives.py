@@ -54,6 +54,23 @@ def group_path(system: System, size: int, stride: int = 1) -> Path:
     return Path(f.kind, f.bandwidth * f.efficiency, f.latency)
 
 
+def trace_comm_path(system: System, data_parallel: int) -> Path | None:
+    """The fabric a single-rank trace's collectives (comm ops, bytes through the rank's link)
+    cross: an nvlink/network link among the tiers' links if the file gives one, else the GPU
+    fabric of a ``data_parallel`` group (NVLink in a node, PCIe when it has none, the network
+    across nodes); None when the system has none of them. A trace's comm op counts the bytes a
+    rank sends plus those it receives (memsim.workloads.training); the fabric is full duplex, so
+    they take bytes / (2 · rate)."""
+    for kind in ("nvlink", "network"):
+        for link in system.links:
+            if link.kind == kind:
+                return Path(kind, link.rate(link.ends[0]), link.latency)
+    try:
+        return group_path(system, max(2, data_parallel))
+    except SpecError:
+        return None
+
+
 def collective_time(system: System, kind: str, nbytes: float, size: int, stride: int = 1) -> float:
     """Seconds one ``kind`` collective of ``nbytes`` (the full tensor) takes over the group."""
     if size <= 1 and kind != "send_recv":

@@ -21,6 +21,7 @@ from pydantic import BeforeValidator, Field, PlainSerializer, model_validator
 from memsim import units
 from memsim.contracts.spec import Spec
 from memsim.errors import did_you_mean
+from memsim.hardware.gemm import gemm_utilisation
 
 TierKind = Literal["hbm", "dram", "cxl", "ssd", "flash"]
 TIER_KINDS: tuple[str, ...] = ("hbm", "dram", "cxl", "ssd", "flash")
@@ -236,18 +237,33 @@ class Compute(Spec):
                     "a GEMM over few tokens runs below a big one's rate. Used before "
                     "achieved_flops for ops whose trace gives their shape (written by `memsim "
                     "calibrate`)")
+    sm_count: int | None = Field(
+        None, ge=1, description="streaming multiprocessors (GPU datasheet): with it a GEMM's rate "
+                                "follows its shape's tile and wave quantization "
+                                "(memsim.hardware.gemm); absent: one flat matmul_efficiency")
+    gemm_tiles: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(256, 128), (128, 256), (128, 128)],
+        description="output tiles [rows, cols] the GEMM library picks from for large GEMMs "
+                    "(cuBLAS: 256x128, 128x256, 128x128)")
     source: str | None = None
 
-    def rate(self, kind: str, phase: str, dtype: str, rows: int = 0) -> float:
+    def rate(self, kind: str, phase: str, dtype: str, rows: int = 0,
+             shape: tuple[int, ...] | None = None) -> float:
         """FLOP/s an op of this kind and phase achieves: measured if known (at its rows, when a
-        curve by rows was measured), else peak × efficiency."""
+        curve by rows was measured), else peak × efficiency, times the wave utilisation of a
+        matmul's (m, k, n) ``shape`` when the unit gives its ``sm_count``."""
         if rows and self.achieved_flops_by_rows:
             curve = (self.achieved_flops_by_rows.get(f"{kind}/{phase}")
                      or self.achieved_flops_by_rows.get(kind))
             if curve is not None:
                 return curve.at(rows)
         measured = self.achieved_flops.get(f"{kind}/{phase}") or self.achieved_flops.get(kind)
-        return measured if measured else self.flops(dtype)
+        if measured:
+            return measured
+        if self.sm_count and kind == "matmul" and shape and len(shape) == 3:
+            return self.flops(dtype) * gemm_utilisation(tuple(shape), phase, self.sm_count,
+                                                        self.gemm_tiles)
+        return self.flops(dtype)
 
     def flops(self, dtype: str) -> float:
         """Achievable FLOP/s for a dtype; falls back to the closest wider dtype it has."""
@@ -261,10 +277,10 @@ class Compute(Spec):
         raise KeyError(dtype)  # unreachable: peak_flops is non-empty
 
     def op_time(self, flops: float, nbytes: float, dtype: str = "bf16", kind: str = "matmul",
-                phase: str = "forward", rows: int = 0) -> float:
+                phase: str = "forward", rows: int = 0, shape: tuple[int, ...] | None = None) -> float:
         """Roofline: the slower of compute and memory traffic, plus launch overhead. ``rows``: a
-        GEMM's left-operand rows (0: unknown)."""
-        return max(flops / self.rate(kind, phase, dtype, rows),
+        GEMM's left-operand rows (0: unknown); ``shape``: its forward (m, k, n), if known."""
+        return max(flops / self.rate(kind, phase, dtype, rows, shape),
                    nbytes / (self.mem_bw * self.memory_efficiency)) + self.launch_overhead
 
 

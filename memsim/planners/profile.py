@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memsim.contracts.names import template
+from memsim.hardware.collectives import trace_comm_path
+from memsim.hardware.gemm import matmul_shape
 from memsim.hardware.spec import Compute, System
 from memsim.workloads.trace import LAYER, PERSISTENT, Op, Trace
 
@@ -63,10 +65,11 @@ def op_seconds(system: System, op: Op, unit: Compute | None = None, split: int =
         return comm_seconds(system, op)
     nbytes = op.bytes_read + op.bytes_written
     if split <= 1:
-        return unit.op_time(op.flops, nbytes, op.dtype, op.kind, op.phase, op.rows)
+        return unit.op_time(op.flops, nbytes, op.dtype, op.kind, op.phase, op.rows, matmul_shape(op))
     w = min(weight_bytes, nbytes)
+    mnk = matmul_shape(op)
     return split * unit.op_time(op.flops / split, w + (nbytes - w) / split, op.dtype, op.kind, op.phase,
-                                op.rows // split)
+                                op.rows // split, mnk and (mnk[0] // split, *mnk[1:]))
 
 
 def persistent_input_bytes(trace: Trace, op: Op) -> int:
@@ -74,12 +77,10 @@ def persistent_input_bytes(trace: Trace, op: Op) -> int:
     return sum(t.bytes for t in (trace.tensor(n) for n in op.inputs) if t.cls in PERSISTENT)
 
 
-def comm_seconds(system: System, op: Op) -> float:
-    links = [link for link in system.links if link.kind in ("network", "nvlink")]
-    if not links:
-        return 0.0
-    link = max(links, key=lambda lk: lk.rate(lk.ends[0]))
-    return op.bytes_read / link.rate(link.ends[0]) + link.latency
+def comm_seconds(system: System, op: Op, data_parallel: int = 2) -> float:
+    """A comm op's seconds over the fabric the simulator prices it on (trace_comm_path)."""
+    path = trace_comm_path(system, data_parallel)
+    return 0.0 if path is None else op.bytes_read / (2 * path.rate) + path.latency  # sent + received
 
 
 def build_profile(system: System, trace: Trace) -> Profile:

@@ -21,6 +21,7 @@ from heapq import heappop
 import simpy
 
 from memsim.contracts.result import OOM, Result
+from memsim.hardware.collectives import Path, trace_comm_path
 from memsim.hardware.spec import Compute, System
 from memsim.sim.flows import Copier, Flow, FlowManager
 from memsim.sim.memory import Pool
@@ -146,14 +147,15 @@ class StepEngine:
 
     # -- setup ----------------------------------------------------------------------------------
 
-    def _comm_link(self):
-        for kind in ("nvlink", "network"):
-            for link in self.sys.links:
-                if link.kind == kind:
-                    return link
-        if "comm" in {op.unit for op in self.prog.ops}:  # (a set display: 4x any() over a genexpr)
-            self.clock.notes.append("no nvlink/network link: collective (comm) ops take no time")
-        return None
+    def _comm_link(self) -> Path | None:
+        """The fabric the trace's collectives cross (memsim.hardware.collectives.trace_comm_path:
+        NVLink inside a node, PCIe when it has none, the network across nodes)."""
+        if "comm" not in {op.unit for op in self.prog.ops}:  # (a set display: 4x any() over a genexpr)
+            return None
+        path = trace_comm_path(self.sys, int(self.trace_meta.get("data_parallel") or 2))
+        if path is None:
+            self.clock.notes.append("no nvlink, pcie or network link: collective (comm) ops take no time")
+        return path
 
     def _layer_window(self, prog: Program) -> None:
         """Prefetch depth counts layers, not FlexGen's GPU batches: segments of one (block,
@@ -203,15 +205,15 @@ class StepEngine:
         specs = {u: unit_spec(self.sys, u) for u in self.prog.units if u != "comm"}
         out = []
         for op in self.prog.ops:
-            key = (op.unit, op.flops, op.nbytes, op.dtype, op.kind, op.phase, op.rows)
+            key = (op.unit, op.flops, op.nbytes, op.dtype, op.kind, op.phase, op.rows, op.shape)
             d = cache.get(key)
             if d is None:
                 if op.unit == "comm":
                     d = 0.0 if self.comm is None else \
-                        self.comm.latency + op.nbytes / self.comm.rate(self.comm.ends[0])
+                        self.comm.latency + op.nbytes / (2 * self.comm.rate)  # sent + received
                 else:
                     d = specs[op.unit].op_time(op.flops, op.nbytes, op.dtype, op.kind, op.phase,
-                                               op.rows)
+                                               op.rows, op.shape)
                 cache[key] = d
             out.append(d)
         return out

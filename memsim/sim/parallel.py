@@ -100,12 +100,12 @@ class Costs:
 
     def __call__(self, op: dict) -> float:
         key = (op["unit"], op.get("kind") or op.get("coll"), op.get("phase"), op["bytes"], op.get("flops"),
-               op.get("group"), op.get("rows"))
+               op.get("group"), op.get("rows"), op.get("shape"))
         d = self.cache.get(key)
         if d is None:
             if op["unit"] == "gpu":
                 d = self.system.gpu.op_time(op["flops"], op["bytes"], self.dtype, op["kind"], op["phase"],
-                                            op["rows"])
+                                            op["rows"], op.get("shape"))
             elif op["unit"] == "copy":
                 d = op["bytes"] / self.host_rate
             else:

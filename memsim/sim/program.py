@@ -42,6 +42,7 @@ from memsim.contracts.names import (
 )
 from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
+from memsim.hardware.gemm import matmul_shape
 from memsim.hardware.spec import System
 from memsim.workloads.trace import LAYER, PERSISTENT, Tensor, Trace
 
@@ -67,6 +68,7 @@ class POp:
     recompute: bool = False
     written: float = 0.0  # bytes the op writes (its outputs' new data)
     rows: int = 0  # a matmul's left-operand rows (its tokens: what its FLOP/s depends on); 0: unknown
+    shape: tuple[int, ...] | None = None  # a matmul's (m, k, n), for its rate by shape
     seg: int = 0
     writers: tuple[int | None, ...] = ()  # last writer (op index) of each input before this op
     in_frac: tuple[float, ...] = ()  # fraction of each input's bytes the op needs (KV context)
@@ -219,7 +221,8 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                 if layer is None:
                     for op, unit, mem, nbytes, outs, written in static:
                         append(POp(0, op.name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit,
-                                   mem, op.inputs, outs, layer, 0, group, False, written, op.rows))
+                                   mem, op.inputs, outs, layer, 0, group, False, written, op.rows,
+                                   matmul_shape(op)))
                     continue
                 sl = str(layer)
                 names = (joined.replace(LAYER, sl).split(_SEP) if whole
@@ -228,27 +231,28 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                                                                               strict=True):
                     append(POp(0, names[a - 1], op.kind, op.phase, op.dtype, op.flops, nbytes,
                                unit, mem, tuple(names[a:b]), tuple(names[b:c]), layer, 0, group,
-                               False, written, op.rows))
+                               False, written, op.rows, matmul_shape(op)))
             continue
         rows = {}
         for layer in layers:
             if layer is None:
                 rows[layer] = [(op.name, op.kind, op.phase, op.dtype, op.flops, nbytes, unit, mem,
-                                op.inputs, outs, layer, written, op.rows)
+                                op.inputs, outs, layer, written, op.rows, matmul_shape(op))
                                for op, unit, mem, nbytes, outs, written in static]
                 continue
             sl = str(layer)  # str.replace returns the name itself when it holds no {layer}
             rows[layer] = [(op.name.replace(LAYER, sl), op.kind, op.phase, op.dtype, op.flops,
                             nbytes, unit, mem, tuple([n.replace(LAYER, sl) for n in op.inputs]),
-                            tuple([n.replace(LAYER, sl) for n in outs]), layer, written, op.rows)
+                            tuple([n.replace(LAYER, sl) for n in outs]), layer, written, op.rows,
+                            matmul_shape(op))
                            for op, unit, mem, nbytes, outs, written in static]
         for it in range(block.iterations):
             for layer in layers:
                 group = (block.name, it, layer, 0)
                 for (name, kind, phase, dtype, flops, nbytes, unit, mem, inputs, outputs, lay,
-                     written, m) in rows[layer]:
+                     written, m, mnk) in rows[layer]:
                     append(POp(0, name, kind, phase, dtype, flops, nbytes, unit, mem, inputs,
-                               outputs, lay, it, group, False, written, m))
+                               outputs, lay, it, group, False, written, m, mnk))
     return out
 
 
@@ -301,7 +305,8 @@ def _split_batches(raw: list[POp], trace: Trace, n: int, notes: list) -> list[PO
                 append(POp(r.index, r.name, r.kind, r.phase, r.dtype, r.flops / n,
                            wbytes + (r.nbytes - wbytes) / n, r.unit, r.mem, hit[1][b], hit[2][b],
                            r.layer, r.iteration, sub_group, r.recompute, r.written / n,
-                           r.rows // n))  # each GPU batch multiplies 1/n of the tokens
+                           r.rows // n, None if r.shape is None else
+                           (r.shape[0] // n, *r.shape[1:])))  # each GPU batch: 1/n of the tokens
         i = j
     return out
 
@@ -426,7 +431,7 @@ def _recompute_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
             group = groups[f.group] = ("recompute", *f.group[1:])
         out.append(POp(f.index, recompute_instance(f.name), f.kind, f.phase, f.dtype, f.flops, f.nbytes,
                        f.unit, f.mem, inputs, outputs, f.layer, f.iteration,
-                       group, True, f.written, f.rows))  # (``_renamed`` inlined)
+                       group, True, f.written, f.rows, f.shape))  # (``_renamed`` inlined)
     return out
 
 
@@ -502,7 +507,7 @@ def _stamped_layer(forward: list[POp], layer: int, trace: Trace, rename: dict,
     for f, (a, b, c) in zip(forward, spans, strict=True):
         out.append(POp(f.index, names[a - 1], f.kind, f.phase, f.dtype, f.flops, f.nbytes, f.unit,
                        f.mem, tuple(names[a:b]), tuple(names[b:c]), f.layer, f.iteration,
-                       rgroup, True, f.written, f.rows))
+                       rgroup, True, f.written, f.rows, f.shape))
     r0, r1 = renames
     rename.update(zip(names[r0:r1:2], names[r0 + 1:r1:2], strict=True))
     return out
@@ -555,7 +560,7 @@ def _renamed(r: POp, name: str, inputs: tuple, outputs: tuple, recompute: bool,
              group: tuple) -> POp:
     """``dataclasses.replace`` of an op before annotation, without its per-call overhead."""
     return POp(r.index, name, r.kind, r.phase, r.dtype, r.flops, r.nbytes, r.unit, r.mem, inputs,
-               outputs, r.layer, r.iteration, group, recompute, r.written, r.rows)
+               outputs, r.layer, r.iteration, group, recompute, r.written, r.rows, r.shape)
 
 
 def _exists(trace: Trace, name: str) -> bool:

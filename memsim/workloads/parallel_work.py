@@ -51,7 +51,8 @@ def sharded_arch(arch: Architecture, t: int) -> Architecture:
 def _gpu(k: Kernel, phase: str, flops: float, nbytes: float) -> dict:
     return {"unit": "gpu", "name": k.key if phase == "forward" else k.key + "_bwd", "kind": k.kind,
             "phase": phase, "flops": float(flops), "bytes": float(nbytes),
-            "rows": int(k.shape[0]) if k.kind == "matmul" else 0}
+            "rows": int(k.shape[0]) if k.kind == "matmul" else 0,
+            "shape": tuple(int(x) for x in k.shape) if k.kind == "matmul" else None}
 
 
 def _comm(name: str, coll: str, nbytes: float, group: str, mode: str) -> dict:
