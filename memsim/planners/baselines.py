@@ -259,13 +259,7 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
     device = str(options.get("offload_param", "cpu"))
     if device not in ("cpu", "nvme"):
         raise NotApplicable(f"ZeRO-Inference offload_param device is cpu or nvme, not {device!r}")
-    home = host
-    if device == "nvme":
-        view = planning_view(system, trace)
-        disk = view.tiers_of("ssd") or view.tiers_of("flash")
-        if not disk:
-            raise NotApplicable("ZeRO-Inference NVMe offload needs an ssd tier")
-        home = max(disk, key=lambda t: view.tiers[t].capacity)
+    home = _offload_tier(system, trace, device, host)
     kv_offload = bool(options.get("kv_offload", False))
     pinned = device == "nvme" or bool(options.get("pin_memory", False))
     depth = int(options.get("prefetch_depth", 1))
