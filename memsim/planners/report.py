@@ -289,7 +289,7 @@ def _searched(preset: Preset, system: System, trace: Trace, time_limit: float, s
             if again.best is None:
                 break
             cand, plan_ = again.best, again.best.plan
-            notes = [f"re-solved {label} with {oom.tier} cut by {cut[oom.tier]} bytes: the simulator "
+            notes = [f"re-solved {label} with {oom.tier} cut by {fmt_bytes(cut[oom.tier])}: the simulator "
                      f"found a peak the model did not count"]
             result = simulate(system, trace, plan_)
         closed = nearmiss.close(mip.planning_view(system, trace), trace, plan_, result,
