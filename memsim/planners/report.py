@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,11 +140,7 @@ def plan(
 
         return plan_batch(system, trace, planner, time_limit, baselines, progress or (lambda _m: None),
                           rebuild)
-    _RESULTS.clear()
-    try:
-        return _plan(system, trace, planner, time_limit, baselines, progress or (lambda _msg: None), rebuild)
-    finally:
-        _RESULTS.clear()
+    return _plan(system, trace, planner, time_limit, baselines, progress or (lambda _msg: None), rebuild)
 
 
 def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselines: bool,
@@ -170,10 +165,7 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
         options = {k: v for k, v in preset.options.items() if k != "target_tokens_per_s"}
         preset = preset.model_copy(update={"options": options})
         say("planning buyable upgrades")
-        kept: list = []  # keeps every scored System/Trace alive: _RESULTS keys on their id()
-
         def score(s: System, t: Trace) -> Evaluated:
-            kept.append((s, t))
             return _planned(preset, s, t, time_limit, say)
 
         upgrade = buyable_upgrade(system, trace, target, score,
@@ -235,21 +227,12 @@ def _target(value, planner: str) -> float:
     return target
 
 
-_RESULTS: dict[tuple, object] = {}  # plan → Result within one plan() call (baselines often coincide)
-
-
 def simulate(system: System, trace: Trace, plan_: Plan):
-    """The simulator's Result; a plan already simulated in this ``plan()`` call is not run again
-    (the simulator is deterministic, so this changes no figure)."""
+    """The simulator's Result. Baselines and candidates that are one simulation are run once by
+    the simulator's own content-hash cache (memsim.sim.memo), not by a second cache here."""
     from memsim.sim import simulate as sim
 
-    body = plan_.to_dict()
-    for key in ("planner", "notes", "workload", "fingerprint"):
-        body.pop(key, None)
-    key = (id(system), id(trace), json.dumps(body, sort_keys=True))
-    if key not in _RESULTS:
-        _RESULTS[key] = sim(system, trace, plan_)
-    return _RESULTS[key]
+    return sim(system, trace, plan_)
 
 
 def _planned(preset: Preset, system: System, trace: Trace, time_limit: float, say: Progress) -> Evaluated:
