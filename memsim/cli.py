@@ -420,10 +420,10 @@ def plan_cmd(
     if emit_path and not emit:
         raise SpecError("--emit-path needs --emit FORMAT", key="--emit-path")
     if emit:
-        from memsim.emit import default_path
+        from memsim.emit import check_format, default_path
 
-        emit_path = emit_path if emit_path else default_path(emit)
-        default_path(emit)  # an unknown format is refused before any planning
+        check_format(emit)  # an unknown format is refused before any planning
+        emit_path = emit_path or default_path(emit)
         check_output_file(emit_path, "--emit-path")
     if not time_limit > 0 or time_limit == float("inf"):
         raise SpecError(f"expected a positive number of seconds, got {time_limit}", key="--time-limit")
