@@ -296,19 +296,8 @@ def zero3_offload(system: System, trace: Trace, options: dict, time_limit: float
     placement = {cls: {_offload_tier(system, trace, options.get(key, "cpu"), host): 1.0}
                  for cls, key in (("weight", "offload_param"), ("optimizer", "offload_optimizer"))}
     placement["grad"] = {host: 1.0}
-    recompute = _checkpointing(system, trace, options, resident=())
-    depth = int(options.get("prefetch_depth", 1))
-    return Plan(
-        placement=placement,
-        activations="recompute" if recompute else "keep",
-        optimizer_device="cpu",
-        prefetch_depth=depth,
-        pinned=bool(options.get("pin_memory", False)),
-        planner=_info("zero3-offload"),
-        notes=[f"ZeRO-3 Offload: parameters fetched {depth} layer(s) ahead from "
-               + ("pinned" if options.get("pin_memory") else "pageable") + " host memory, "
-               + ("activation checkpointing" if recompute else "activations kept")],
-    )
+    return _states_offloaded(system, trace, options, placement, "zero3-offload",
+                             "ZeRO-3 Offload: parameters fetched {depth} layer(s) ahead", pinned=False)
 
 
 def fsdp_offload(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:
@@ -326,17 +315,28 @@ def fsdp_offload(system: System, trace: Trace, options: dict, time_limit: float 
     ``true`` (``apply_activation_checkpointing`` on every layer) or ``false``."""
     _need(trace, "training", what="FSDP CPU offload")
     host = _host(system, "FSDP CPU offload")
+    placement = {"weight": {host: 1.0}, "grad": {host: 1.0}, "optimizer": {host: 1.0}}
+    return _states_offloaded(system, trace, options, placement, "fsdp-offload",
+                             "FSDP CPU offload: units fetched {depth} ahead", pinned=True)
+
+
+def _states_offloaded(system: System, trace: Trace, options: dict, placement: dict, name: str,
+                      fetched: str, pinned: bool) -> Plan:
+    """What ZeRO-3 Offload and FSDP CPU offload share: model states homed off the GPU, the optimizer
+    step on the CPU, ``prefetch_depth`` units fetched ahead (default 1), checkpointing when it is
+    what fits; they differ in where the states live and in the framework's pinning default."""
     recompute = _checkpointing(system, trace, options, resident=())
     depth = int(options.get("prefetch_depth", 1))
+    pinned = bool(options.get("pin_memory", pinned))
     return Plan(
-        placement={"weight": {host: 1.0}, "grad": {host: 1.0}, "optimizer": {host: 1.0}},
+        placement=placement,
         activations="recompute" if recompute else "keep",
         optimizer_device="cpu",
         prefetch_depth=depth,
-        pinned=bool(options.get("pin_memory", True)),
-        planner=_info("fsdp-offload"),
-        notes=[f"FSDP CPU offload: units fetched {depth} ahead from pinned host memory, "
-               + ("activation checkpointing" if recompute else "activations kept")],
+        pinned=pinned,
+        planner=_info(name),
+        notes=[fetched.format(depth=depth) + " from " + ("pinned" if pinned else "pageable")
+               + " host memory, " + ("activation checkpointing" if recompute else "activations kept")],
     )
 
 
