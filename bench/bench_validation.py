@@ -72,6 +72,13 @@ def main() -> int:
                          for d, b in c.copy_busy.items())
         print(f"{c.name:34s} {c.predicted_s:10.3f} {c.measured_s:10.3f} {c.error:+8.1%}  {peaks}"
               f"{'; ' + busy if busy else ''}")
+    if report.probed:  # each round predicted at the rates probed after it (memsim.validation.drift)
+        print("per round: measured s, predicted s at its probed rates; drift compute/read/write")
+        for c in report.cases:
+            print(f"  {c.name:32s} " + "   ".join(
+                f"{m:.3f} {p:.3f} ({d['compute']:.2f}/{d['read']:.2f}/{d['write']:.2f})"
+                for m, p, d in zip(c.rounds_s, c.rounds_predicted_s, c.drift, strict=True))
+                  + f"   at calibration's rates {c.predicted_calibrated_s:.3f} ({c.calibrated_error:+.1%})")
     print("steps, s (untimed warm-up | timed), per round:")
     for c in report.cases:
         n, w = len(c.rounds_s), len(c.warmup_s) // max(1, len(c.rounds_s))
@@ -81,6 +88,10 @@ def main() -> int:
             f"{' '.join(f'{s:.3f}' for s in c.steps_s[r * t:(r + 1) * t])}" for r in range(n)))
     print(f"suite {report.suite} ({t2 - t1:.0f} s): median |error| {report.median_abs_error:.1%}, "
           f"worst {report.max_abs_error:.1%}, worst peak-bytes error {report.max_peak_error:.1%}")
+    if report.probed:
+        d = report.to_dict()
+        print(f"at calibration's rates (no probe): median |error| {d['median_abs_error_calibrated']:.1%}, "
+              f"worst {d['max_abs_error_calibrated']:.1%}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
           f"({os.cpu_count()} cores)")
     doc = {**report.to_dict(), "load_average": {"before": load_before, "after": load_after}}

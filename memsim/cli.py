@@ -741,6 +741,9 @@ def validate_cmd(
     plot: Annotated[str | None, typer.Option(help="write predicted-vs-measured PNG here")] = None,
     record: Annotated[str | None, typer.Option(help="also write the JSON report to this file")] = None,
     scratch: Annotated[str | None, typer.Option(help="folder for the disk tier's files")] = None,
+    probe: Annotated[bool, typer.Option(help="after every round, measure this machine's compute and "
+                                        "disk rates and predict the round at them (default); "
+                                        "--no-probe: at calibration's rates")] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Replay plans on this machine with torch and compare with the simulator's predictions."""
@@ -763,7 +766,8 @@ def validate_cmd(
     with bar:
         report = validate(hardware, workload=workload, plan=plan, suite=loaded, device=device,
                           repeats=repeats, warmup=warmup, rounds=rounds, scratch=scratch, plot=plot,
-                          progress=lambda name: bar.update(task, advance=1, description=name))
+                          progress=lambda name: bar.update(task, advance=1, description=name),
+                          probe=probe)
     doc = report.to_dict()
     if record:
         from pathlib import Path
@@ -775,15 +779,26 @@ def validate_cmd(
     if as_json:
         emit_json(doc)
         return
-    table = Table("case", "simulated", "measured", "error", *(f"peak {t} err" for t in
-                  (report.cases[0].peak_bytes if report.cases else {})),
+    probed = report.probed
+    table = Table("case", "simulated", "measured", "error",
+                  *(["error at calibration's rates", "drift compute / read / write"] if probed else []),
+                  *(f"peak {t} err" for t in (report.cases[0].peak_bytes if report.cases else {})),
                   title=f"{report.suite or 'validate'} on {report.system} ({report.device})")
     for c in report.cases:
+        extra = []
+        if probed:
+            ratios = [f"{min(d[k] for d in c.drift):.2f}–{max(d[k] for d in c.drift):.2f}"
+                      for k in ("compute", "read", "write")]
+            extra = [f"{c.calibrated_error:+.1%}", " / ".join(ratios)]
         table.add_row(c.name, units.fmt_time(c.predicted_s), units.fmt_time(c.measured_s),
-                      f"{c.error:+.1%}", *(f"{p['error']:+.1%}" for p in c.peak_bytes.values()))
+                      f"{c.error:+.1%}", *extra, *(f"{p['error']:+.1%}" for p in c.peak_bytes.values()))
     out.print(table)
     out.print(f"step time |error|: median {report.median_abs_error:.1%}, worst {report.max_abs_error:.1%}; "
               f"peak bytes worst {report.max_peak_error:.1%} (simulated vs measured)")
+    if probed:
+        doc_cal = report.to_dict()
+        out.print(f"at calibration's rates (no probe): median {doc_cal['median_abs_error_calibrated']:.1%}, "
+                  f"worst {doc_cal['max_abs_error_calibrated']:.1%}")
     for note in report.notes:
         out.print(f"note: {note}")
     if report.plot:

@@ -57,6 +57,11 @@ def test_quick_calibration_loads_as_a_system(machine):
         total = int(next(line for line in f if line.startswith("MemTotal")).split()[1]) * 1024
     assert system.tiers["dram"].capacity == total
     cal = system.calibration
+    # the probe's level, sampled beside the disk samples: what a validation's rounds compare to
+    probe = cal["probe"]
+    assert len(probe["gemm_samples_flops_per_s"]) == len(cal["disk_tensor_io_samples_Bps"])
+    assert probe["gemm_flops_per_s"] > 0 and probe["read_Bps"] == cal["disk_tensor_io_Bps"]["read"]
+    assert probe["write_Bps"] == cal["disk_tensor_io_Bps"]["write"] and probe["tensors"] >= 1
     assert cal["quick"] and cal["disk_mode"] in ("O_DIRECT", "fadvise")
     assert cal["torch"] and cal["cpu_model"] and cal["compute_threads"] >= 1
     assert cal["cache_flush_bytes"] == 16 << 20  # kernels timed cold (quick: a small flush)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,6 +149,27 @@ def test_suite_and_validate_json(files, tmp_path):
     reads = doc["cases"][1]["copy_busy"]["disk->dram"]  # weights streamed from disk
     assert reads["predicted_s"] > 0 and reads["measured_s"] > 0 and reads["measured_Bps"] > 0
     assert png.stat().st_size > 1000
+    # every round probed (memsim.validation.drift) and predicted at its rates; the case's
+    # prediction is its median round's, and the calibrated prediction stays beside it
+    for case in doc["cases"]:
+        assert len(case["drift"]) == 2 and len(case["rounds_predicted_s"]) == 2
+        assert all(v > 0 for d in case["drift"] for v in d.values())
+        median = case["rounds_s"].index(case["measured_s"])
+        assert case["predicted_s"] == case["rounds_predicted_s"][median]
+        assert case["predicted_calibrated_s"] > 0
+    assert doc["median_abs_error_calibrated"] >= 0
+
+
+@pytest.mark.slow
+def test_no_probe_predicts_every_round_at_calibrations_rates(files, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "memsim", "validate", "--hardware", str(files["system"]),
+         "--workload", str(files["workload"]), "--repeats", "1", "--warmup", "0", "--no-probe",
+         "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (case,) = json.loads(result.stdout)["cases"]
+    assert case["drift"] == [] and case["predicted_calibrated_s"] is None
+    assert "median_abs_error_calibrated" not in json.loads(result.stdout)
 
 
 def test_step_counts_come_from_the_arguments_then_the_suite_then_the_defaults(files, tmp_path):

@@ -28,6 +28,7 @@ from memsim.hardware.spec import System
 from memsim.validation import microbench as mb
 from memsim.validation.backend import Backend, make_backend
 from memsim.validation.diskio import Scratch, probe_mode
+from memsim.validation.drift import PROBE_TENSOR_BYTES, PROBE_TENSORS, GemmProbe, reference
 
 # GEMMs of transformer linears, tokens × in × out: every (in, out) at every token count (the rows,
 # which the achieved rate depends on: a GEMM over 128 tokens runs several % below one over 1024
@@ -95,14 +96,21 @@ def calibrate(device: str = "cpu", quick: bool = False, scratch: str | Path | No
         shape = (64, 256, 256) if quick else OVERLAP_GEMM["cuda" if backend.is_cuda else "cpu"]
         overlap = mb.Overlap(backend, folder, mode, shape, default_dtype(backend), reps,
                              (32 << 20) if quick else (256 << 20))
+        flush = mb.CacheFlush(backend, (16 << 20) if quick else (256 << 20))  # each timed run cold
+        # the probe a validation takes beside every round (memsim.validation.drift), sampled
+        # here at the moments the disk is: its median is the level a round's probe is compared to
+        probe = GemmProbe(backend, shape, default_dtype(backend), flush)
 
         def between() -> None:
             tio.sample()
+            probe.sample()
             overlap.sample()
-        with mb.TensorIO(folder, mode, (4 << 20) if quick else (32 << 20), 4 if quick else 8,
-                         0.05 if quick else 0.5) as tio:
-            figures = _compute_figures(backend, quick, reps, step, between=between)
-            figures.update(_disk_figures(backend, folder, mode, quick, reps, step, tio, overlap))
+        with mb.TensorIO(folder, mode, (4 << 20) if quick else PROBE_TENSOR_BYTES,
+                         4 if quick else PROBE_TENSORS, 0.05 if quick else 0.5) as tio:
+            figures = _compute_figures(backend, quick, reps, step, flush, between=between)
+            figures.update(_disk_figures(backend, folder, mode, quick, reps, step, tio, overlap,
+                                         probe))
+            figures["probe"] = reference(probe, tio)
         if backend.is_cuda:
             figures.update(_pinned_figures(backend, quick, reps, step))
         capacity_disk = shutil.disk_usage(folder).free
@@ -111,7 +119,7 @@ def calibrate(device: str = "cpu", quick: bool = False, scratch: str | Path | No
 
 
 def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress,
-                     between: Callable[[], None] | None = None) -> dict:
+                     flush: mb.CacheFlush, between: Callable[[], None] | None = None) -> dict:
     rows, kn = gemm_shapes("cuda" if backend.is_cuda else "cpu", quick)
     default = default_dtype(backend)
     other = "fp32" if default == "bf16" else "bf16"
@@ -130,7 +138,6 @@ def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress,
         phase, dtype, m, k, n = key
         step(f"GEMM {phase} {m}x{k}x{n} {dtype} (round {r + 1}/{GEMM_ROUNDS})")
 
-    flush = mb.CacheFlush(backend, (16 << 20) if quick else (256 << 20))  # each timed run cold
     seconds = mb.interleaved(backend, fns, GEMM_ROUNDS, max(1, reps // 2), progress, between, flush)
     gemms = [mb.Gemm(m, k, n, dtype, s) for (phase, dtype, m, k, n), s in seconds.items()
              if phase == "forward"]
@@ -141,7 +148,6 @@ def _compute_figures(backend: Backend, quick: bool, reps: int, step: Progress,
     attn = {phase: {s[2]: mb.attention(backend, *s, default, reps, phase == "backward", flush)
                     for s in shapes_attn} for phase in ("forward", "backward")}
     flush_bytes = flush.nbytes
-    del flush
     step("memory-bound kernels")
     mem = mb.memory_kernels(backend, (16 << 20) if quick else (256 << 20), reps)
     step("launch overhead")
@@ -156,7 +162,8 @@ def default_dtype(backend: Backend) -> str:
 
 
 def _disk_figures(backend: Backend, folder: Path, mode: str, quick: bool, reps: int,
-                  step: Progress, tio: mb.TensorIO, overlap: mb.Overlap) -> dict:
+                  step: Progress, tio: mb.TensorIO, overlap: mb.Overlap,
+                  probe: GemmProbe) -> dict:
     size = (32 << 20) if quick else (512 << 20)
     step(f"write a {size >> 20} MiB scratch file ({mode})")
     path = mb.write_file(folder, mode, size)
@@ -169,6 +176,7 @@ def _disk_figures(backend: Backend, folder: Path, mode: str, quick: bool, reps: 
     step("whole tensors written and read back, alone and at once, as a replay moves them")
     for _ in range(max(2, reps // 2)):
         tio.sample()
+        probe.sample()
     step("disk latency")
     latency = mb.disk_latency(path, mode, 5 * reps)
     step("copy/compute overlap")
@@ -328,6 +336,8 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
         # over the calibration
         "disk_tensor_io_samples_Bps": figures["tensor_io_samples"],
         "disk_rate_under_compute": under,
+        # the level a validation's per-round probe is compared to (memsim.validation.drift)
+        "probe": figures["probe"],
         "overlap": figures["overlap"],
     }
     if "pinned" in figures:

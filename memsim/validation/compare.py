@@ -9,6 +9,7 @@ plot of predicted against measured.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import statistics
 from collections.abc import Callable
@@ -40,6 +41,18 @@ class CaseResult:
     copy_busy: dict[str, dict[str, float]] = field(default_factory=dict)
     warmup_s: list[float] = field(default_factory=list)  # the untimed steps before them
     rounds_s: list[float] = field(default_factory=list)  # each round's median step, in order
+    # with a probe (memsim.validation.drift): each round predicted at its probed rates, which
+    # predicted_s is the median round's; the prediction at calibration's rates; each round's drift
+    rounds_predicted_s: list[float] = field(default_factory=list)
+    predicted_calibrated_s: float | None = None
+    drift: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def calibrated_error(self) -> float:
+        """The error of the prediction at calibration's rates (no probe: ``error``)."""
+        if self.predicted_calibrated_s is None:
+            return self.error
+        return (self.predicted_calibrated_s - self.measured_s) / self.measured_s
 
 
 @dataclass
@@ -66,11 +79,19 @@ class Report:
     def max_peak_error(self) -> float:
         return max((abs(p["error"]) for c in self.cases for p in c.peak_bytes.values()), default=0.0)
 
+    @property
+    def probed(self) -> bool:
+        return any(c.drift for c in self.cases)
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out.update(median_abs_error=self.median_abs_error, max_abs_error=self.max_abs_error,
                    max_peak_error=self.max_peak_error,
                    peak_bytes={c.name: c.peak_bytes for c in self.cases})
+        if self.probed:
+            calibrated = [abs(c.calibrated_error) for c in self.cases]
+            out.update(median_abs_error_calibrated=statistics.median(calibrated),
+                       max_abs_error_calibrated=max(calibrated))
         return out
 
 
@@ -78,7 +99,7 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
              suite: Suite | str | None = None, device: str = "cpu", repeats: int | None = None,
              warmup: int | None = None, rounds: int | None = None,
              scratch: str | Path | None = None, plot: str | Path | None = None,
-             progress: Callable[[str], None] | None = None) -> Report:
+             progress: Callable[[str], None] | None = None, probe: bool = True) -> Report:
     """Run one workload (with a plan, or all-resident) or a whole suite; predict and measure each.
 
     Every case is predicted (and checked) before anything is measured, so bad input fails in
@@ -86,9 +107,14 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
     buffers and files); a case's measurement is its median round (``merge``). Why rounds: a case
     measured in one go shares whatever the shared host was doing in those seconds (a
     compute-only case can run 8% slow for all its steps), and on a VM a replay's disk rate
-    depends on the buffers it happened to get; rounds spread both over the whole run."""
+    depends on the buffers it happened to get; rounds spread both over the whole run.
+
+    With ``probe`` (and a calibration that recorded the probe's level), every round is followed
+    by a short measurement of the machine's compute and disk rates, and predicted at those rates
+    (``memsim.validation.drift``): on a shared VM they drift by more than the error budget
+    between a calibration and a round."""
     from memsim.hardware import load_system
-    from memsim.validation.replay import merge, replay
+    from memsim.validation.replay import replay
 
     system = load_system(system)
     if (workload is None) == (suite is None):
@@ -102,18 +128,25 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
     reps, warm, rounds = step_counts(suite, repeats, warmup, rounds)
     prepared = [(case, *_predict(system, case)) for case in cases]
     measured: dict[str, list] = {case.name: [] for case in cases}
-    for _ in range(rounds):
-        for case, trace, _predicted in prepared:
-            step = (lambda case=case: progress(case.name)) if progress else None
-            measured[case.name].append(replay(system, trace, case.plan, device, reps, scratch,
-                                              case.plan_file, step, warm))
-    results = [_result(case, predicted, merge(measured[case.name]))
+    probed: dict[str, list] = {case.name: [] for case in cases}  # (drift, Result) per round
+    reference, why_not = _probe_reference(system, device) if probe else (None, None)
+    with _probe(reference, device, scratch) as rates:
+        for _ in range(rounds):
+            for case, trace, _predicted in prepared:
+                step = (lambda case=case: progress(case.name)) if progress else None
+                measured[case.name].append(replay(system, trace, case.plan, device, reps, scratch,
+                                                  case.plan_file, step, warm))
+                if rates is not None:
+                    probed[case.name].append(_at_drift(system, trace, case.plan, rates.sample()))
+    results = [_result(case, predicted, measured[case.name], probed[case.name])
                for case, _trace, predicted in prepared]
     report = Report(system.name, device, name, results,
                     dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), system.calibration,
                     disk_mode=next((r.disk_mode for r in results if r.disk_mode), None))
     if system.calibration is None:
         report.notes.append("the System was not measured by `memsim calibrate`: expect large errors")
+    if why_not:
+        report.notes.append(why_not)
     if plot is not None:
         report.plot = str(plot_report(report, plot))
     return report
@@ -153,7 +186,50 @@ def _predict(system: System, case: SuiteCase):
     return trace, predicted
 
 
-def _result(case: SuiteCase, predicted, measured) -> CaseResult:
+def _probe_reference(system: System, device: str) -> tuple[dict | None, str | None]:
+    """calibration's probe level, or why rounds are predicted at calibration's rates."""
+    cal = system.calibration or {}
+    if "probe" not in cal:
+        return None, ("no probe level in the System's calibration (calibrated before memsim "
+                      "recorded one): every round is predicted at calibration's rates")
+    if device != ("cuda" if str(cal.get("device", "cpu")).startswith("cuda") else "cpu"):
+        return None, (f"calibrated on {cal.get('device')}, replayed on {device}: every round is "
+                      "predicted at calibration's rates")
+    return cal["probe"], None
+
+
+@contextlib.contextmanager
+def _probe(reference: dict | None, device: str, scratch: str | Path | None):
+    """A RateProbe over its own scratch folder, or None without a reference."""
+    if reference is None:
+        yield None
+        return
+    from memsim.validation.backend import make_backend
+    from memsim.validation.calibrate import set_compute_threads
+    from memsim.validation.diskio import Scratch, probe_mode
+    from memsim.validation.drift import RateProbe
+
+    backend = make_backend(device)
+    set_compute_threads(backend)
+    with Scratch(scratch) as folder, RateProbe(backend, folder, probe_mode(folder), reference) as rates:
+        yield rates
+
+
+def _at_drift(system: System, trace, plan: Plan, drift):
+    """(drift, the simulated Result at the rates it says the machine had)."""
+    from memsim.sim import simulate
+    from memsim.validation.drift import scaled
+
+    return drift, simulate(scaled(system, drift), trace, plan)
+
+
+def _result(case: SuiteCase, calibrated, rounds: list, probed: list) -> CaseResult:
+    """One case's row: the median round (``merge``) beside its prediction, the one at that
+    round's probed rates when probed, else calibration's."""
+    from memsim.validation.replay import median_round, merge
+
+    measured = merge(rounds)
+    predicted = probed[median_round(rounds)][1] if probed else calibrated
     peaks = {}
     for tier in sorted(set(predicted.peak_bytes) | set(measured.peak_bytes)):
         p, m = predicted.peak_bytes.get(tier, 0), measured.peak_bytes.get(tier, 0)
@@ -169,7 +245,10 @@ def _result(case: SuiteCase, predicted, measured) -> CaseResult:
         measured_breakdown={"compute": measured.compute_s - measured.recompute_s,
                             "recompute": measured.recompute_s, "exposed_transfer": measured.wait_s},
         copy_bytes=measured.copy_bytes, disk_mode=measured.disk_mode if measured.copy_bytes else None,
-        copy_busy=_copy_busy(predicted, measured), rounds_s=measured.rounds_s)
+        copy_busy=_copy_busy(predicted, measured), rounds_s=measured.rounds_s,
+        rounds_predicted_s=[r.step_time_s for _, r in probed],
+        predicted_calibrated_s=calibrated.step_time_s if probed else None,
+        drift=[d.to_dict() for d, _ in probed])
 
 
 def _copy_busy(predicted, measured) -> dict[str, dict[str, float]]:

@@ -269,7 +269,7 @@ class TensorIO:
         for i in range(self.count):
             self.disk.read(f"t{i}", stages[i], self.nbytes)
         t2 = _now()
-        mixed = self._mixed(stages)
+        mixed = self._mixed(stages) if self.mixed_s > 0 else (0.0, 0.0)  # 0: alone only
         for buf in stages:
             buf.close()
         moved = self.count * self.nbytes

@@ -100,13 +100,18 @@ def _trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def median_round(rounds: list[Measurement]) -> int:
+    """Index of the median round by its median step (the upper one of an even count)."""
+    return sorted(range(len(rounds)), key=lambda i: rounds[i].step_s)[len(rounds) // 2]
+
+
 def merge(rounds: list[Measurement]) -> Measurement:
     """One case replayed in several rounds, as one Measurement: the median round (by its median
     step; the upper one of an even count) with its ops, copies and peaks, and every round's steps
     and peak range."""
     from dataclasses import replace
 
-    median = sorted(rounds, key=lambda m: m.step_s)[len(rounds) // 2]
+    median = rounds[median_round(rounds)]
     tiers = {t for m in rounds for t in m.peak_range}
     return replace(
         median, steps_s=[s for m in rounds for s in m.steps_s],

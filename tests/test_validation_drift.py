@@ -1,0 +1,80 @@
+"""A round predicted at the rates the machine had then: the System scaled by a probe's drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memsim.hardware import load_system
+from memsim.sim import simulate
+from memsim.validation.compare import _probe_reference
+from memsim.validation.drift import Drift, scaled
+from memsim.workloads import build_trace, load_workload
+
+ROOT = Path(__file__).resolve().parents[1]
+MACHINE = ROOT / "validation" / "results" / "vm-cpu-20261203-1330.machine.yaml"  # a calibrated VM
+WORKLOAD = ROOT / "validation" / "workloads" / "tiny-llama-train-s256.yaml"
+
+
+@pytest.fixture(scope="module")
+def system():
+    return load_system(str(MACHINE))
+
+
+@pytest.fixture(scope="module")
+def trace():
+    return build_trace(load_workload(str(WORKLOAD)))
+
+
+def test_no_drift_is_the_calibrated_system(system):
+    assert scaled(system, Drift()) is system
+
+
+def test_scaling_touches_exactly_the_probed_rates(system):
+    d = Drift(compute=0.5, read=2.0, write=0.8)
+    s = scaled(system, d)
+    cpu, cpu0 = s.compute["cpu"], system.compute["cpu"]
+    assert cpu.achieved_flops["matmul/forward"] == pytest.approx(0.5 * cpu0.achieved_flops["matmul/forward"])
+    assert cpu.peak_flops["fp32"] == pytest.approx(0.5 * cpu0.peak_flops["fp32"])
+    for (x, y), (x0, y0) in zip(cpu.achieved_flops_by_rows["matmul/forward"].points,
+                                cpu0.achieved_flops_by_rows["matmul/forward"].points, strict=True):
+        assert x == x0 and y == pytest.approx(0.5 * y0)
+    assert cpu.mem_bw == cpu0.mem_bw  # memory-bound kernels are not probed
+    disk, disk0 = s.tiers["disk"], system.tiers["disk"]
+    assert disk.read_bw == pytest.approx(2.0 * disk0.read_bw)
+    assert disk.write_bw == pytest.approx(0.8 * disk0.write_bw)
+    assert disk.read_size_curve.at(1 << 20) == pytest.approx(2.0 * disk0.read_size_curve.at(1 << 20))
+    assert disk.concurrency_curve.at(2) == pytest.approx(1.4 * disk0.concurrency_curve.at(2))
+    assert s.tiers["dram"] == system.tiers["dram"]
+    (link,), (link0,) = s.links, system.links  # ends [dram, disk]: forward is a write
+    assert link.bandwidth == pytest.approx(0.8 * link0.bandwidth)
+    assert link.bandwidth_reverse == pytest.approx(2.0 * link0.bandwidth_reverse)
+
+
+def test_a_slower_machine_predicts_a_slower_step_in_proportion(system, trace):
+    """All-resident tiny-llama is compute-bound: half the FLOP rate, about twice the step
+    (memory-bound ops, not scaled, keep it a little under)."""
+    from memsim.contracts.plan import Plan
+
+    base = simulate(system, trace, Plan()).step_time_s
+    slow = simulate(scaled(system, Drift(compute=0.5)), trace, Plan()).step_time_s
+    assert 1.8 * base < slow <= 2.0 * base + 1e-9
+    # weights streamed from disk: faster reads shorten the step, never lengthen it
+    disk = Plan(placement={"weight": {"disk": 1.0}})
+    assert (simulate(scaled(system, Drift(read=2.0, write=2.0)), trace, disk).step_time_s
+            <= simulate(system, trace, disk).step_time_s)
+
+
+def test_no_probe_level_or_another_device_says_why(system):
+    ref, why = _probe_reference(system, "cpu")
+    if "probe" in (system.calibration or {}):
+        assert ref is not None and why is None
+    else:  # this recording predates the probe
+        assert ref is None and "no probe level" in why
+    doc = system.model_dump()
+    doc["calibration"] = {**(doc["calibration"] or {}), "probe": {"gemm": "8x8x8 fp32"}, "device": "cpu"}
+    from memsim.hardware.spec import System
+
+    ref, why = _probe_reference(System.model_validate(doc), "cuda")
+    assert ref is None and "replayed on cuda" in why
