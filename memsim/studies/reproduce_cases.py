@@ -61,7 +61,7 @@ def trace_of(setup: dict, path: Path, extra: list[str] = ()) -> Trace:
 
 def system_of(setup: dict, path: Path, extra: list[str] = ()) -> System:
     """The case's System. Published figures count tensors only, so reproductions leave the
-    runtime's non-tensor memory out (memsim.sim.overheads) unless a case sets it back on."""
+    runtime's non-tensor memory out (memsim.hardware.overheads) unless a case sets it back on."""
     pure = ["hardware.overheads=false"]
     return load_system(_need(setup, "hardware", path), [*pure, *setup.get("overrides", []), *extra])
 
