@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from memsim.contracts.simulator import Simulator
 from memsim.errors import Diagnosis, Shortfall
 from memsim.hardware.spec import Link, System, Tier
 from memsim.planners import mip
@@ -27,17 +28,17 @@ NVME_DRIVE = {"kind": "ssd", "capacity": 1, "read_bw": 6.9e9, "write_bw": 4.1e9,
 
 def diagnose(
     system: System, trace: Trace, options: dict | None = None, time_limit: float = 5.0, note: str = "",
-    result=None,
+    result=None, simulator: Simulator | None = None,
 ) -> Diagnosis:
     """Shortfalls and the cheapest single changes. A serving run whose requests never fit the KV
-    pool is the simulator's diagnosis (``memsim.sim.kv_pool_fit``: one request's blocks against
-    the pool), of ``result`` or of the default plan simulated here: the MIP's serving model sizes a
-    pool for a whole batch of sequences, so its slack would overstate what one request needs."""
+    pool is the simulator's diagnosis (``simulator.kv_pool_diagnosis``: one request's blocks
+    against the pool), of ``result`` or of the default plan simulated here: the MIP's serving model
+    sizes a pool for a whole batch of sequences, so its slack would overstate what one request
+    needs. A serving workload therefore needs ``simulator`` (memsim.api passes the simulator's)."""
     if trace.kind == "serving":
-        from memsim.sim import simulate
-        from memsim.sim.kv_pool_fit import kv_pool_diagnosis
-
-        kv = kv_pool_diagnosis(result if result is not None else simulate(system, trace))
+        if simulator is None:
+            raise TypeError("diagnosing a serving workload needs the simulator (simulator=...)")
+        kv = simulator.kv_pool_diagnosis(result if result is not None else simulator.simulate(system, trace))
         if kv is not None and kv.shortfalls:
             return kv
     view = mip.planning_view(system, trace)

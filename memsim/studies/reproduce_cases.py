@@ -13,11 +13,11 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from memsim.api import plan as plan_with
 from memsim.errors import Infeasible, SpecError
 from memsim.hardware import load_system
 from memsim.hardware.spec import System
 from memsim.planners import Plan, PlannerInfo, load_preset, run_preset
-from memsim.planners import plan as plan_with
 from memsim.sim import simulate
 from memsim.specio import apply_overrides, validate
 from memsim.studies.reproduce_spec import CaseResult, CaseSpec, Figure
