@@ -13,6 +13,7 @@ import math
 
 from memsim.contracts.simulator import Simulator
 from memsim.errors import Diagnosis, Shortfall
+from memsim.hardware.kinds import tier_kind
 from memsim.hardware.spec import Link, System, Tier
 from memsim.planners import mip
 from memsim.planners.lp import SLACK_PRICE
@@ -74,7 +75,7 @@ def _single_changes(
         need = _slack_on(system, trace, options, time_limit, {tier})
         if need is not None and need > 1.0:
             kind = view.tiers[tier].kind
-            what = "HBM (a larger GPU)" if kind == "hbm" else (tier if tier == kind else f"{tier} ({kind})")
+            what = tier_kind(kind).growth(tier)
             ranked.append((need * SLACK_PRICE.get(kind, 1.0), f"add {fmt_bytes(_round_up(need))} of {what}"))
     host = view.cpu.memory if view.cpu else None
     if host and host != view.fast_tier:
@@ -109,7 +110,7 @@ def _with_tier(system: System, host: str, spec: dict, label: str) -> System:
     data["links"].append(
         Link(
             name="added-link",
-            kind="cxl" if spec["kind"] == "cxl" else "nvme",
+            kind=tier_kind(spec["kind"]).link,
             ends=(host, "added"),
             bandwidth=bw,
         ).model_dump()

@@ -44,6 +44,7 @@ from pathlib import Path
 from memsim.contracts.names import copy_job, copy_job_destination, copy_job_tensor, strip_recompute
 from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
+from memsim.hardware.kinds import tier_kind
 from memsim.hardware.spec import System
 from memsim.validation.backend import Backend, make_backend
 from memsim.validation.calibrate import set_compute_threads
@@ -211,7 +212,7 @@ class _Runner:
         for name, tier in system.tiers.items():
             if name == self.fast:
                 continue
-            if tier.kind in ("ssd", "flash"):
+            if tier_kind(tier.kind).storage:
                 self.disk_mode = self.disk_mode or probe_mode(folder)
                 self.slow[name] = DiskTier(name, folder, self.disk_mode, backend)
             elif tier.kind == "dram" and backend.is_cuda:
