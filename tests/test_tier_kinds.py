@@ -1,4 +1,4 @@
-"""Tier kinds are one table (memsim/data/hardware/kinds/tiers.yaml): the schema, the tiers'
+"""Tier kinds are one table (hardware/kinds/tiers.yaml): the schema, the tiers'
 defaults, diagnoses and framework configs read it instead of naming kinds."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import yaml
 from memsim.catalog import catalog_dir
 from memsim.emit.common import device_of
 from memsim.hardware import list_systems, load_system
-from memsim.hardware.kinds import storage_kinds, tier_kind, tier_kinds
 from memsim.hardware.spec import TIER_KINDS, Tier
+from memsim.kinds import storage_kinds, tier_kind, tier_kinds
 from memsim.planners.lp import SLACK_PRICE
 
 

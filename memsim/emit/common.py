@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from memsim.catalog import catalog_dir
 from memsim.errors import SpecError
-from memsim.hardware.kinds import tier_kind
 from memsim.hardware.spec import System
+from memsim.kinds import tier_kind
 from memsim.workloads.trace import Trace
 
 GIB = 1 << 30

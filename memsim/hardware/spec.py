@@ -22,7 +22,7 @@ from memsim import units
 from memsim.contracts.spec import Spec
 from memsim.errors import did_you_mean
 from memsim.hardware.gemm import gemm_utilisation
-from memsim.hardware.kinds import tier_kind, tier_kinds
+from memsim.kinds import tier_kind, tier_kinds
 
 TIER_KINDS: tuple[str, ...] = tuple(tier_kinds())  # hardware/kinds/tiers.yaml
 TierKind = Literal[TIER_KINDS]

@@ -13,8 +13,8 @@ import math
 
 from memsim.contracts.simulator import Simulator
 from memsim.errors import Diagnosis, Shortfall
-from memsim.hardware.kinds import tier_kind
 from memsim.hardware.spec import Link, System, Tier
+from memsim.kinds import tier_kind
 from memsim.planners import mip
 from memsim.planners.lp import SLACK_PRICE
 from memsim.units import fmt_bytes

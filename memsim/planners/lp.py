@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import pulp
 
 from memsim.contracts.plan import Plan
-from memsim.hardware.kinds import tier_kinds
 from memsim.hardware.spec import System
+from memsim.kinds import tier_kinds
 from memsim.planners.solver import SolveInfo
 
 

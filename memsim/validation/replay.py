@@ -44,8 +44,8 @@ from pathlib import Path
 from memsim.contracts.names import copy_job, copy_job_destination, copy_job_tensor, strip_recompute
 from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
-from memsim.hardware.kinds import tier_kind
 from memsim.hardware.spec import System
+from memsim.kinds import tier_kind
 from memsim.validation.backend import Backend, make_backend
 from memsim.validation.calibrate import set_compute_threads
 from memsim.validation.diskio import Scratch, probe_mode
