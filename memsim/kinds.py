@@ -30,6 +30,7 @@ class TierKind:
     slack_price: float
     link: str | None = None
     grow: str = ""
+    gpu_runtime: bool = False
 
     def growth(self, tier: str) -> str:
         """How a diagnosis names growing ``tier`` of this kind: 'HBM (a larger GPU)', 'dram',

@@ -29,6 +29,7 @@ def test_a_tiers_defaults_follow_its_kind():
     assert tier("cxl").is_duplex and not tier("ssd").is_duplex and not tier("flash").is_duplex
     assert Tier(kind="ssd", capacity="1GB", read_bw="1GB/s", write_bw="1GB/s", duplex=True).is_duplex
     assert storage_kinds() == ("ssd", "flash")
+    assert [k for k, v in tier_kinds().items() if v.gpu_runtime] == ["hbm"]
 
 
 def test_diagnoses_and_framework_devices_read_the_table():

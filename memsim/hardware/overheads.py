@@ -6,7 +6,8 @@ rounding take their share first. The figures, with their sources, are data in
 ``hardware/overheads/gpu-runtime.yaml``; this module turns them into named lines per tier, which
 the simulator's pools hold from t=0 and every result reports as ``reserved_bytes``.
 
-Only the memory tier a GPU computes from (kind ``hbm``) gets them: CPU-only systems, and systems
+Only the memory tier a GPU computes from, of a kind with ``gpu_runtime`` (``hbm``:
+``hardware/kinds/tiers.yaml``), gets them: CPU-only systems, and systems
 with ``overheads: false`` (idealised, pure-accounting comparisons), get none.
 """
 
@@ -20,6 +21,7 @@ import yaml
 from memsim import units
 from memsim.catalog import catalog_dir
 from memsim.hardware.spec import System
+from memsim.kinds import tier_kind
 
 LINES = ("cuda_context", "cublas_workspace", "nccl", "allocator")
 
@@ -76,7 +78,7 @@ def reserved_lines(system: System, meta: dict | None = None,
     if gpu is None or not system.overheads:
         return {}
     tier = system.tiers.get(gpu.memory)
-    if tier is None or tier.kind != "hbm":
+    if tier is None or not tier_kind(tier.kind).gpu_runtime:
         return {}
     data = runtime_data()
     lines = {"cuda_context": units.parse_bytes(data["cuda_context"]["bytes"]),
