@@ -15,9 +15,10 @@ from __future__ import annotations
 import time
 
 import memsim
-from memsim.planners import mip, plan
+from memsim.api import plan
+from memsim.contracts.report import infeasible_note
+from memsim.planners import mip
 from memsim.planners.registry import load_preset, run_preset
-from memsim.planners.report import infeasible_note
 
 FLEXGEN_MEASURED = 7.32  # tokens/s, OPT-30B on one T4 (FlexGen README; shared/reference/published.yaml)
 

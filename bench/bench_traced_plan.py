@@ -18,9 +18,9 @@ import time
 
 import torch
 
+from memsim.api import plan
 from memsim.contracts.plan import Plan
 from memsim.hardware import load_system
-from memsim.planners.report import plan
 from memsim.sim import simulate
 from memsim.workloads import torch_examples as ex
 from memsim.workloads.stages import stage

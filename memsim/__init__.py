@@ -23,7 +23,7 @@ _API = {
     "load_workload": "memsim.workloads",
     "build_trace": "memsim.workloads",
     "simulate": "memsim.sim",
-    "plan": "memsim.planners",
+    "plan": "memsim.api",
     "calibrate": "memsim.validation",
     "validate": "memsim.validation",
     "run_study": "memsim.studies",

@@ -7,11 +7,21 @@ from typing import TYPE_CHECKING
 
 from memsim.contracts.plan import Plan
 from memsim.contracts.result import Result
+from memsim.contracts.simulator import Simulator
 from memsim.errors import Infeasible
 from memsim.sim import check_plan, diagnose, simulate, write_timeline
+from memsim.sim.kv_pool_fit import kv_pool_diagnosis
+from memsim.sim.parallel import runs_here, simulate_parallel
 
 if TYPE_CHECKING:
-    from memsim.planners.report import PlanReport, Progress
+    from memsim.contracts.report import PlanReport
+    from memsim.hardware.spec import System
+    from memsim.planners.report import Progress
+    from memsim.workloads.trace import Trace
+
+# the simulator as the planners see it: they score plans through it and never import memsim.sim
+SIMULATOR = Simulator(simulate=simulate, simulate_parallel=simulate_parallel, runs_parallel=runs_here,
+                      kv_pool_diagnosis=kv_pool_diagnosis)
 
 
 def simulate_case(hardware: str, workload: str, *, plan_path: str | None = None,
@@ -62,7 +72,6 @@ def plan_case(
 ) -> PlanReport:
     """Load by name or path (``--set`` strings; ``hardware.`` ones go to the system) and plan."""
     from memsim.hardware import load_system
-    from memsim.planners import plan
     from memsim.workloads import load_trace
 
     overrides = list(overrides)
@@ -73,8 +82,17 @@ def plan_case(
     if trace.meta.get("slo"):  # serving.slo: size the deployment (GPUs, DRAM cache) against it
         from memsim.planners.slo import candidates
 
-        report.slo = candidates(system, trace, progress or (lambda _: None))
+        report.slo = candidates(system, trace, progress or (lambda _: None), simulate=simulate)
     return report
+
+
+def plan(system: System, trace: Trace, planner: str = "mip", **options) -> PlanReport:
+    """``memsim.planners.report.plan`` scored by the simulator: the MIP (or the preset) plans,
+    its plan and every baseline are simulated, the report shows them side by side. ``options``:
+    ``time_limit``, ``baselines``, ``progress``, ``rebuild`` (see that function)."""
+    from memsim.planners.report import plan as plan_with
+
+    return plan_with(system, trace, planner, simulator=SIMULATOR, **options)
 
 
 def result_document(result: Result, plan: Plan | None) -> dict:

@@ -8,6 +8,7 @@ add detail. ``job`` is also the ``job`` key of the JSON documents.
 from __future__ import annotations
 
 from memsim import units
+from memsim.kinds import workload_kinds
 
 
 def job(trace, system) -> dict:
@@ -31,15 +32,8 @@ def job(trace, system) -> dict:
 
 
 def _job_text(j: dict) -> str:
-    kind = j.get("kind")
-    if kind == "training":
-        accum = f" × {j['grad_accum']} accumulated" if j.get("grad_accum", 1) > 1 else ""
-        return f"training, seq {j['seq_len']}, micro-batch {j['micro_batch']}{accum}"
-    if kind == "inference":
-        return f"inference, batch {j['batch_size']}, prompt {j['prompt_len']} + {j['gen_len']} generated"
-    if kind == "serving":
-        return f"serving {j['num_requests']} requests"
-    return str(kind or "module")
+    kind = workload_kinds().get(j.get("kind"))  # workloads/kinds/workloads.yaml
+    return kind.job_text(j) if kind is not None else str(j.get("kind") or "module")
 
 
 def headline(doc: dict) -> str:

@@ -1,4 +1,4 @@
-"""Non-tensor GPU memory (memsim.sim.overheads): its own lines in the peak, and OOMs it causes."""
+"""Non-tensor GPU memory (memsim.hardware.overheads): its own lines in the peak, and OOMs it causes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import memsim
+from memsim.hardware.overheads import reserved_lines, rounding_waste, runtime_data
 from memsim.sim import simulate
-from memsim.sim.overheads import reserved_lines, rounding_waste, runtime_data
 from memsim.workloads import build_trace
 from tests.test_cli_json_subprocess import memsim as run
 

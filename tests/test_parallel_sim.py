@@ -171,8 +171,8 @@ def test_zero_offload_moves_states_to_host_memory(dgx8):
 
 
 def test_plan_picks_the_fastest_policy_and_names_the_smallest_change(dgx8):
+    from memsim.api import plan
     from memsim.errors import Infeasible
-    from memsim.planners import plan
 
     trace = build_trace(_workload())
     report = plan(dgx8, trace)
@@ -189,11 +189,12 @@ def test_plan_picks_the_fastest_policy_and_names_the_smallest_change(dgx8):
 
 @pytest.mark.slow
 def test_layout_search_returns_the_fastest_layout_beside_the_named_ones():
+    from memsim.api import SIMULATOR
     from memsim.planners.layouts import search_layouts
 
     system = load_system("h100-sxm", ["hardware.nodes=2"])
     w = Workload(name="l8", model="llama-3-8b", training={"seq_len": 2048, "zero_stage": 1})
-    found = search_layouts(system, w, global_batch=32, max_pipeline=4)
+    found = search_layouts(system, w, global_batch=32, max_pipeline=4, simulator=SIMULATOR)
     fits = [c for c in found if c.policy is not None]
     assert fits and fits[0].result.step_time_s == min(c.result.step_time_s for c in fits)
     assert {"megatron-tp8", "fsdp"} <= {c.named for c in found}
@@ -202,7 +203,7 @@ def test_layout_search_returns_the_fastest_layout_beside_the_named_ones():
 
 @pytest.mark.slow
 def test_405b_on_16k_gpus_recomputes_the_fewest_layers_that_fit():
-    from memsim.planners import plan
+    from memsim.api import plan
     from memsim.workloads import load_trace
 
     system = load_system("h100-sxm", ["hardware.nodes=2048"])

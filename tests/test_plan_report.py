@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
+from memsim.api import plan
 from memsim.errors import Infeasible, SpecError
-from memsim.planners import plan
 from memsim.planners.synthetic import inference_trace, training_trace
 from tests.conftest import small_system
 

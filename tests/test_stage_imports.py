@@ -22,7 +22,8 @@ def test_importing_the_simulator_loads_no_planner_or_solver() -> None:
 def test_importing_the_contracts_loads_no_stage() -> None:
     stages = ("memsim.sim", "memsim.planners", "memsim.workloads", "memsim.hardware", "pulp", "highspy",
               "simpy")
-    modules = "memsim.contracts.plan, memsim.contracts.result, memsim.contracts.names, memsim.contracts.spec"
+    modules = ("memsim.contracts.plan, memsim.contracts.result, memsim.contracts.names, "
+               "memsim.contracts.spec, memsim.contracts.report, memsim.contracts.simulator")
     assert _loaded_after(f"import {modules}", stages) == []
 
 
@@ -39,6 +40,23 @@ def test_no_simulator_module_imports_a_planner() -> None:
     pattern = re.compile(r"^\s*(from|import)\s+memsim\.planners\b", re.M)
     offenders = [p.name for p in sorted(sim.glob("*.py")) if pattern.search(p.read_text())]
     assert len(list(sim.glob("*.py"))) > 10 and offenders == []
+
+
+def test_no_planner_module_imports_the_simulator() -> None:
+    """Planners score plans through the ``Simulator`` memsim/api.py hands them (contracts/
+    simulator.py); an import of memsim.sim anywhere in a planner, lazy ones too, is a violation."""
+    from pathlib import Path
+
+    planners = Path(__file__).resolve().parent.parent / "memsim" / "planners"
+    offenders = {p.name: sorted(m for m in _imports(p) if m == "memsim.sim" or m.startswith("memsim.sim."))
+                 for p in sorted(planners.glob("*.py"))}
+    assert len(offenders) > 10 and {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_boundary_check_sees_a_simulator_import(tmp_path) -> None:  # the probe itself can fail
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from memsim.sim.parallel import runs_here\n\nimport memsim.sim\n")
+    assert {"memsim.sim", "memsim.sim.parallel"} <= _imports(probe)
 
 
 def _imports(path) -> set[str]:

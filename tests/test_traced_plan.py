@@ -17,11 +17,11 @@ from functools import cache
 import pytest
 import torch
 
+from memsim.api import plan
 from memsim.contracts.plan import Plan
 from memsim.errors import Infeasible
 from memsim.hardware import load_system
 from memsim.planners import mip, traced
-from memsim.planners.report import plan
 from memsim.sim import simulate
 from memsim.workloads import load_trace
 from memsim.workloads import torch_examples as ex

@@ -4,8 +4,8 @@ less the runtime's fixed non-tensor lines, as the simulator's pools hold them.""
 from __future__ import annotations
 
 from memsim.hardware import load_system
+from memsim.hardware.overheads import reserved_lines, resident_room, runtime_data, usable_bytes
 from memsim.planners.space import build_space
-from memsim.sim.overheads import reserved_lines, resident_room, runtime_data, usable_bytes
 from memsim.units import parse_bytes
 
 MiB, GiB = 2**20, 2**30

@@ -69,7 +69,7 @@ class Result:
     notes: list[str] = field(default_factory=list)  # what the simulator assumed or left out
     timeline: list[dict] | None = field(default=None, repr=False)  # Chrome-trace events, if asked
     # non-tensor bytes held from t=0, per tier and line (cuda_context, cublas_workspace, nccl,
-    # allocator; memsim.sim.overheads); included in peak_bytes
+    # allocator; memsim.hardware.overheads); included in peak_bytes
     reserved_bytes: dict[str, dict[str, int]] = field(default_factory=dict)
     # training under a parallel layout (memsim.sim.parallel): per-GPU peak and its rank, mfu,
     # bubble fraction, exposed communication, per stage; None for a single data-parallel rank

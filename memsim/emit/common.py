@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from memsim.catalog import catalog_dir
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
+from memsim.kinds import tier_kind
 from memsim.workloads.trace import Trace
 
 GIB = 1 << 30
@@ -41,7 +42,7 @@ class Places:
 
 def places(system: System) -> Places:
     host = system.cpu.memory if system.cpu is not None and system.cpu.memory != system.fast_tier else None
-    disks = [t for t, v in system.tiers.items() if v.kind in ("ssd", "flash")]
+    disks = [t for t, v in system.tiers.items() if tier_kind(v.kind).storage]
     disk = max(disks, key=lambda t: (system.tiers[t].capacity, t)) if disks else None
     return Places(system.fast_tier, host, disk)
 
@@ -52,7 +53,7 @@ def device_of(system: System, tier: str) -> str:
     if tier == system.fast_tier:
         return "gpu"
     kind = system.tiers[tier].kind
-    return "disk" if kind in ("ssd", "flash") else "cpu"
+    return "disk" if tier_kind(kind).storage else "cpu"
 
 
 def collapse(system: System, split: dict[str, float], cls: str, notes: list[str],

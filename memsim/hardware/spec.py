@@ -22,9 +22,10 @@ from memsim import units
 from memsim.contracts.spec import Spec
 from memsim.errors import did_you_mean
 from memsim.hardware.gemm import gemm_utilisation
+from memsim.kinds import tier_kind, tier_kinds
 
-TierKind = Literal["hbm", "dram", "cxl", "ssd", "flash"]
-TIER_KINDS: tuple[str, ...] = ("hbm", "dram", "cxl", "ssd", "flash")
+TIER_KINDS: tuple[str, ...] = tuple(tier_kinds())  # hardware/kinds/tiers.yaml
+TierKind = Literal[TIER_KINDS]
 LinkKind = Literal["pcie", "nvlink", "c2c", "cxl", "nvme", "memory-bus", "network", "sata"]
 Dtype = Literal["fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
 
@@ -95,7 +96,7 @@ ConcurrencyCurve = Annotated[Curve, _curve(float, units.parse_bandwidth)]
 class Tier(Spec):
     """One memory or storage tier: a pool of bytes with its own read and write bandwidth."""
 
-    kind: TierKind = Field(description="hbm | dram | cxl | ssd | flash")
+    kind: TierKind = Field(description=" | ".join(TIER_KINDS))
     capacity: Bytes = Field(gt=0, description="usable bytes, e.g. 80GiB (per device when per_device)")
     read_bw: Bandwidth = Field(gt=0, description="sustained sequential read bandwidth, e.g. 7GB/s")
     write_bw: Bandwidth = Field(gt=0, description="sustained sequential write bandwidth")
@@ -129,14 +130,14 @@ class Tier(Spec):
 
     @property
     def is_per_device(self) -> bool:
-        return self.kind == "hbm" if self.per_device is None else self.per_device
+        return tier_kind(self.kind).per_device if self.per_device is None else self.per_device
 
     @property
     def is_duplex(self) -> bool:
         """False where reads and writes share one device, served in turn (measured on this
         project's own VM disk: 0.9 GB/s reads and 1.2 GB/s writes alone, 0.59 GB/s each at once;
         memsim.sim.flows gives each 1 / (1/0.9 + 1/1.2) = 0.51)."""
-        return self.kind not in ("ssd", "flash") if self.duplex is None else self.duplex
+        return tier_kind(self.kind).duplex if self.duplex is None else self.duplex
 
     def read_bandwidth(self, request_bytes: float | None = None, streams: int = 1) -> float:
         """Read bandwidth for one request size and concurrency, from the curves when present."""

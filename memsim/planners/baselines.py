@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 
 from memsim.contracts.plan import Plan, PlannerInfo, ServingPolicy
+from memsim.hardware.overheads import resident_room, usable_bytes
 from memsim.hardware.spec import System
 from memsim.planners.mip import NotApplicable, planning_view
-from memsim.sim.overheads import resident_room, usable_bytes
 from memsim.workloads.trace import LAYER, Trace
 
 

@@ -23,6 +23,7 @@ Latency is the step: prefill plus every decode step of the batch, when each sequ
 
 from __future__ import annotations
 
+from memsim.contracts.simulator import Simulator
 from memsim.errors import Diagnosis, Infeasible, SpecError
 from memsim.hardware.spec import System
 from memsim.planners import mip
@@ -36,7 +37,7 @@ MAX_BATCH = 1 << 16  # the doubling stops here at the latest (far past any tier'
 
 
 def plan_batch(system: System, trace: Trace, planner: str, time_limit: float, baselines: bool,
-               say, rebuild):
+               say, rebuild, simulator: Simulator):
     """The PlanReport of the highest-throughput batch that fits (and meets ``max_latency_s``)."""
     from memsim.planners import report
 
@@ -78,7 +79,7 @@ def plan_batch(system: System, trace: Trace, planner: str, time_limit: float, ba
         batch *= 2
     fits = [b for b in estimates if within(b) is not None]
     if not fits:
-        raise _nothing_fits(system, build(1), estimates, bound)
+        raise _nothing_fits(system, build(1), estimates, bound, simulator=simulator)
     best = max(fits, key=lambda b: (rate(b), -b))
     for k in range(5, 16):  # between best/2 and 2·best, at eighths of best
         b = best * k // 8
@@ -87,14 +88,14 @@ def plan_batch(system: System, trace: Trace, planner: str, time_limit: float, ba
     simulated: dict[int, object] = {}  # batch → Evaluated
     for b in _shortlist([b for b in estimates if within(b) is not None], rate):
         say(f"batch search: simulating batch {b}")
-        simulated[b] = report._planned(preset, system, build(b), time_limit, say)
+        simulated[b] = report._planned(preset, system, build(b), time_limit, say, simulator)
     ok = [b for b, ev in simulated.items()
           if ev.feasible and (bound is None or ev.result.step_time_s <= bound)]
     if not ok:
-        raise _nothing_fits(system, build(1), estimates, bound, simulated)
+        raise _nothing_fits(system, build(1), estimates, bound, simulated, simulator)
     chosen = max(ok, key=lambda b: (simulated[b].result.tokens_per_s, -b))
-    out = report.plan(system, build(chosen), planner, time_limit=time_limit, baselines=baselines,
-                      progress=say,
+    out = report.plan(system, build(chosen), planner, simulator=simulator, time_limit=time_limit,
+                      baselines=baselines, progress=say,
                       rebuild=lambda extra: rebuild([*_fixed(chosen), *extra]))
     out.batch_search = _record(chosen, bound, estimates, simulated, rate, out)
     split = (f" ({out.plan.gpu_batch_size} × {out.plan.num_gpu_batches} GPU batches)"
@@ -146,7 +147,8 @@ def _record(chosen: int, bound, estimates: dict, simulated: dict, rate, out) -> 
             "latency_s": out.result.step_time_s, "candidates": tried}
 
 
-def _nothing_fits(system: System, trace: Trace, estimates: dict, bound, simulated=None) -> Infeasible:
+def _nothing_fits(system: System, trace: Trace, estimates: dict, bound, simulated=None,
+                  simulator: Simulator | None = None) -> Infeasible:
     """Exit 3: no batch fits (at batch 1 it is the tiers; else the latency bound)."""
     from memsim.planners.diagnose import diagnose
 
@@ -162,4 +164,4 @@ def _nothing_fits(system: System, trace: Trace, estimates: dict, bound, simulate
         return Infeasible(Diagnosis(
             f"no batch size's simulated plan finishes within max_latency_s {bound:g} s ({what})",
             suggestions=["raise inference.max_latency_s"]))
-    return Infeasible(diagnose(system, trace, {}, 5.0))
+    return Infeasible(diagnose(system, trace, {}, 5.0, simulator=simulator))

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 
+from memsim.contracts.simulator import Simulator
 from memsim.errors import Diagnosis, Shortfall
 from memsim.hardware.spec import Link, System, Tier
+from memsim.kinds import tier_kind
 from memsim.planners import mip
 from memsim.planners.lp import SLACK_PRICE
 from memsim.units import fmt_bytes
@@ -27,17 +29,17 @@ NVME_DRIVE = {"kind": "ssd", "capacity": 1, "read_bw": 6.9e9, "write_bw": 4.1e9,
 
 def diagnose(
     system: System, trace: Trace, options: dict | None = None, time_limit: float = 5.0, note: str = "",
-    result=None,
+    result=None, simulator: Simulator | None = None,
 ) -> Diagnosis:
     """Shortfalls and the cheapest single changes. A serving run whose requests never fit the KV
-    pool is the simulator's diagnosis (``memsim.sim.kv_pool_fit``: one request's blocks against
-    the pool), of ``result`` or of the default plan simulated here: the MIP's serving model sizes a
-    pool for a whole batch of sequences, so its slack would overstate what one request needs."""
+    pool is the simulator's diagnosis (``simulator.kv_pool_diagnosis``: one request's blocks
+    against the pool), of ``result`` or of the default plan simulated here: the MIP's serving model
+    sizes a pool for a whole batch of sequences, so its slack would overstate what one request
+    needs. A serving workload therefore needs ``simulator`` (memsim.api passes the simulator's)."""
     if trace.kind == "serving":
-        from memsim.sim import simulate
-        from memsim.sim.kv_pool_fit import kv_pool_diagnosis
-
-        kv = kv_pool_diagnosis(result if result is not None else simulate(system, trace))
+        if simulator is None:
+            raise TypeError("diagnosing a serving workload needs the simulator (simulator=...)")
+        kv = simulator.kv_pool_diagnosis(result if result is not None else simulator.simulate(system, trace))
         if kv is not None and kv.shortfalls:
             return kv
     view = mip.planning_view(system, trace)
@@ -73,7 +75,7 @@ def _single_changes(
         need = _slack_on(system, trace, options, time_limit, {tier})
         if need is not None and need > 1.0:
             kind = view.tiers[tier].kind
-            what = "HBM (a larger GPU)" if kind == "hbm" else (tier if tier == kind else f"{tier} ({kind})")
+            what = tier_kind(kind).growth(tier)
             ranked.append((need * SLACK_PRICE.get(kind, 1.0), f"add {fmt_bytes(_round_up(need))} of {what}"))
     host = view.cpu.memory if view.cpu else None
     if host and host != view.fast_tier:
@@ -108,7 +110,7 @@ def _with_tier(system: System, host: str, spec: dict, label: str) -> System:
     data["links"].append(
         Link(
             name="added-link",
-            kind="cxl" if spec["kind"] == "cxl" else "nvme",
+            kind=tier_kind(spec["kind"]).link,
             ends=(host, "added"),
             bandwidth=bw,
         ).model_dump()

@@ -9,7 +9,7 @@ GPUs), each one simulated.
 
 ``search_layouts`` chooses the layout itself for a model, a global batch and a cluster: tensor
 parallelism within a node, pipeline stages, data parallelism and the ZeRO stage, jointly with
-recompute and optimizer offload, every candidate simulated by :mod:`memsim.sim.parallel`; the
+recompute and optimizer offload, every candidate simulated (``Simulator.simulate_parallel``); the
 layouts people use (Megatron TP=8 within a node, FSDP, ZeRO-3 + offload) are named in the result.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memsim.contracts.plan import Plan, PlannerInfo, trace_fingerprint
+from memsim.contracts.simulator import Simulator
 from memsim.errors import Diagnosis, Infeasible, Shortfall, SpecError
 from memsim.hardware.spec import System
 from memsim.units import fmt_bytes
@@ -46,12 +47,6 @@ class Tried:
     result: object  # Result
 
 
-def _simulate(system: System, trace, plan: Plan):
-    from memsim.sim.parallel import simulate_parallel
-
-    return simulate_parallel(system, trace, plan)
-
-
 def partial_recompute(trace, k: int, base: Plan | None = None) -> Plan:
     """Recompute the first ``k`` layers of every pipeline stage, keep the rest (selective
     checkpointing by layer count, Megatron's --recompute-num-layers with the block method)."""
@@ -65,14 +60,14 @@ def partial_recompute(trace, k: int, base: Plan | None = None) -> Plan:
     return plan
 
 
-def _fewest_recomputed(system: System, trace, base: Plan) -> Tried | None:
+def _fewest_recomputed(system: System, trace, base: Plan, sim: Simulator) -> Tried | None:
     """Bisect the fewest recomputed layers per stage that fit (memory falls as k grows)."""
     most = max(st["layers"] for st in trace.meta["parallel"]["work"]["stages"])
     lo, hi, best = 1, most - 1, None
     while lo <= hi:
         k = (lo + hi) // 2
         plan = partial_recompute(trace, k, base)
-        r = _simulate(system, trace, plan)
+        r = sim.simulate_parallel(system, trace, plan)
         if r.feasible:
             best, hi = Tried(plan.planner.name, plan, r), k - 1
         else:
@@ -80,28 +75,28 @@ def _fewest_recomputed(system: System, trace, base: Plan) -> Tried | None:
     return best
 
 
-def best_policy(system: System, trace) -> tuple[Tried | None, list[Tried]]:
+def best_policy(system: System, trace, sim: Simulator) -> tuple[Tried | None, list[Tried]]:
     """(fastest policy that fits, every policy tried) for one layout's trace; when keeping every
     layer's activations overflows but recomputing all fits, also the fewest layers to recompute."""
-    tried = [Tried(n, p, _simulate(system, trace, p)) for n, p in policies(system).items()]
+    tried = [Tried(n, p, sim.simulate_parallel(system, trace, p)) for n, p in policies(system).items()]
     by = {t.name: t for t in tried}
     if not by["resident"].result.feasible and by["checkpoint-full"].result.feasible:
-        partial = _fewest_recomputed(system, trace, Plan())
+        partial = _fewest_recomputed(system, trace, Plan(), sim)
         if partial is not None:
             tried.append(partial)
     fits = [t for t in tried if t.result.feasible]
     return (min(fits, key=lambda t: t.result.step_time_s) if fits else None), tried
 
 
-def plan_parallel(system: System, trace, say=lambda _m: None):
+def plan_parallel(system: System, trace, say, sim: Simulator):
     """``plan`` for a parallel layout: a PlanReport of the fastest policy, the others as baselines."""
     from memsim.planners.report import Evaluated, PlanReport
 
     say("simulating the policies of this parallel layout")
-    best, tried = best_policy(system, trace)
+    best, tried = best_policy(system, trace, sim)
     baselines = [Evaluated(t.name, t.plan, t.result) for t in tried]
     if best is None:
-        raise _infeasible(system, trace, tried, baselines)
+        raise _infeasible(system, trace, tried, baselines, sim)
     plan = best.plan
     plan.planner = PlannerInfo(name="parallel", status="searched", solve_s=None,
                                estimate_s=None)
@@ -110,7 +105,7 @@ def plan_parallel(system: System, trace, say=lambda _m: None):
     return PlanReport(system, trace, plan, best.result, [b for b in baselines if b.name != best.name])
 
 
-def _infeasible(system: System, trace, tried: list[Tried], baselines) -> Infeasible:
+def _infeasible(system: System, trace, tried: list[Tried], baselines, sim: Simulator) -> Infeasible:
     closest = min(tried, key=lambda t: t.result.parallel["per_gpu_peak_bytes"])
     r = closest.result
     hbm = system.gpu.memory
@@ -119,7 +114,7 @@ def _infeasible(system: System, trace, tried: list[Tried], baselines) -> Infeasi
     summary = (f"no policy fits this layout: the busiest rank ({rank['rank']}, pipeline stage "
                f"{rank['stage']}) needs {fmt_bytes(need)} of {fmt_bytes(cap)} per GPU even with "
                f"{closest.name} (short by {fmt_bytes(need - cap)})")
-    suggestions = smallest_changes(system, trace)
+    suggestions = smallest_changes(system, trace, sim)
     diagnosis = Diagnosis(summary, [Shortfall(hbm, int(need), int(cap))],
                           suggestions or ["more GPUs: raise hardware.nodes and the parallel degrees"])
     exc = Infeasible(diagnosis)
@@ -128,7 +123,7 @@ def _infeasible(system: System, trace, tried: list[Tried], baselines) -> Infeasi
     return exc
 
 
-def smallest_changes(system: System, trace, tries: int = 12) -> list[str]:
+def smallest_changes(system: System, trace, sim: Simulator, tries: int = 12) -> list[str]:
     """The smallest layout change that fits, simulated: layouts with more tensor (within a node)
     and pipeline parallelism in order of GPUs added, and ZeRO-3 over the data-parallel ranks; the
     first of each kind that fits (with the nodes it needs)."""
@@ -163,7 +158,7 @@ def smallest_changes(system: System, trace, tries: int = 12) -> list[str]:
         cand = _rebuilt(workload, degrees, zero, t.grad_accum)
         if cand is None:
             continue
-        best, _ = best_policy(system.model_copy(update={"nodes": nodes}), cand)
+        best, _ = best_policy(system.model_copy(update={"nodes": nodes}), cand, sim)
         if best is not None:
             done.add(kind)
             more = f" on {nodes} nodes (hardware.nodes={nodes})" if nodes > system.nodes else ""
@@ -246,7 +241,8 @@ def layouts_for(workload: Workload, gpus: int, per_node: int) -> list[tuple[int,
 
 
 def search_layouts(system: System, workload: Workload, *, global_batch: int, micro_batch: int = 1,
-                   zero_stages: tuple[int, ...] = (1, 3), max_pipeline: int = 16) -> list[Candidate]:
+                   zero_stages: tuple[int, ...] = (1, 3), max_pipeline: int = 16,
+                   simulator: Simulator) -> list[Candidate]:
     """Every layout of ``system``'s GPUs (all its nodes) for ``global_batch`` sequences a step,
     each with its fastest fitting policy; sorted fastest first, layouts that fit nowhere last."""
     per_node = system.gpu.count
@@ -264,7 +260,7 @@ def search_layouts(system: System, workload: Workload, *, global_batch: int, mic
             trace = _rebuilt(w, degrees, zero, accum)
             if trace is None:
                 continue
-            best, tried = best_policy(system, trace)
+            best, tried = best_policy(system, trace, simulator)
             lay = Layout(tensor=t, pipeline=p, data=d)
             if best is None:
                 closest = min(tried, key=lambda x: x.result.parallel["per_gpu_peak_bytes"])
@@ -284,7 +280,7 @@ def _sets(c: Candidate) -> list[str]:
             f"training.micro_batch={c.micro_batch}", f"training.grad_accum={c.grad_accum}"]
 
 
-def plan_layouts(system: System, trace, options: dict, say=lambda _m: None):
+def plan_layouts(system: System, trace, options: dict, say, sim: Simulator):
     """``plan --planner layouts``: the fastest layout that fits the cluster for the workload's
     global batch (data × micro-batch × accumulation as given), beside the named layouts."""
     from memsim.planners.mip import NotApplicable
@@ -298,7 +294,7 @@ def plan_layouts(system: System, trace, options: dict, say=lambda _m: None):
     say(f"searching layouts of {system.gpu.count * system.nodes} GPUs for {batch} sequences a step")
     found = search_layouts(system, workload, global_batch=batch,
                            micro_batch=int(options.get("micro_batch", 1)),
-                           max_pipeline=int(options.get("max_pipeline", 16)))
+                           max_pipeline=int(options.get("max_pipeline", 16)), simulator=sim)
     fits = [c for c in found if c.policy is not None]
     if not fits:
         closest = min(found, key=lambda c: c.result.parallel["per_gpu_peak_bytes"]) if found else None
@@ -321,7 +317,7 @@ def plan_layouts(system: System, trace, options: dict, say=lambda _m: None):
     best_trace = _rebuilt(workload, {"tensor": best.layout.tensor, "pipeline": best.layout.pipeline,
                                      "data": best.layout.data, "context": 1, "expert": 1},
                           best.zero_stage, best.grad_accum)
-    _, tried = best_policy(system, best_trace)
+    _, tried = best_policy(system, best_trace, sim)
     plan = next(x.plan for x in tried if x.name == best.policy)
     plan.planner = PlannerInfo(name="layouts", status="searched")
     plan.workload, plan.fingerprint = best_trace.name, trace_fingerprint(best_trace)
@@ -332,6 +328,10 @@ def plan_layouts(system: System, trace, options: dict, say=lambda _m: None):
 
 
 def layouts_planner(system: System, trace, options: dict, time_limit: float) -> Plan:
-    """The registry's entry: the plan (memory policy) of the fastest layout; ``plan`` itself
-    returns the whole report with that layout's trace (memsim.planners.report)."""
-    return plan_layouts(system, trace, options).plan
+    """The registry's entry, for ``--planner layouts`` to resolve: ``plan`` (memsim.api.plan)
+    runs ``plan_layouts`` itself, with the simulator that scores every layout and the layout's
+    own trace in its report; a bare Plan without them would be for another trace."""
+    from memsim.planners.mip import NotApplicable
+
+    raise NotApplicable("the layout search simulates every layout: run it with memsim plan "
+                        "--planner layouts (memsim.api.plan)")

@@ -9,6 +9,7 @@ import pulp
 
 from memsim.contracts.plan import Plan
 from memsim.hardware.spec import System
+from memsim.kinds import tier_kinds
 from memsim.planners.solver import SolveInfo
 
 
@@ -33,9 +34,8 @@ def cap_constraint(prob: pulp.LpProblem, cap: float, expr, slack=None, name: str
 
 
 # Relative price of a GB added to a tier of each kind, so a diagnosis grows the cheapest tiers
-# first: HBM only comes with a bigger GPU; DDR5 RDIMMs ~ $3-5/GB; CXL expanders a little more;
-# datacenter NVMe ~ $0.08-0.15/GB (2024 street prices, rounded; only the order matters).
-SLACK_PRICE = {"hbm": 100.0, "dram": 4.0, "cxl": 5.0, "ssd": 0.1, "flash": 0.2}
+# first (the figures and their sources: hardware/kinds/tiers.yaml, slack_price).
+SLACK_PRICE = {k: v.slack_price for k, v in tier_kinds().items()}
 
 
 def slack_price(system: System, tier: str) -> float:

@@ -15,6 +15,7 @@ from memsim.contracts.plan import Plan
 from memsim.contracts.spec import Spec
 from memsim.errors import SpecError, did_you_mean
 from memsim.hardware.spec import System
+from memsim.kinds import workload_kinds
 from memsim.planners import baselines, mip
 from memsim.specio import catalog_names, load_spec
 from memsim.workloads.trace import Trace
@@ -50,7 +51,7 @@ class Preset(Spec):
     kind: str = Field(description=f"registry entry: one of {', '.join(REGISTRY)}")
     baseline: bool = Field(False, description="simulate it beside every plan as a baseline")
     applies_to: list[str] = Field(
-        default_factory=lambda: ["training", "inference", "serving"],
+        default_factory=lambda: list(workload_kinds()),
         description="workload kinds it addresses; others skip it",
     )
     source: str | None = Field(None, description="the paper or tool it reproduces")

@@ -12,16 +12,16 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from memsim.contracts.plan import Plan, trace_fingerprint
+from memsim.contracts.plan import trace_fingerprint
+from memsim.contracts.report import Evaluated, PlanReport
+from memsim.contracts.simulator import Simulator
 from memsim.errors import Infeasible, SpecError
 from memsim.hardware.spec import System
-from memsim.headline import job
 from memsim.planners import mip, nearmiss
 from memsim.planners.diagnose import diagnose
 from memsim.planners.registry import Preset, list_presets, load_preset, run_preset
-from memsim.planners.upgrade import Rebuild, Upgrade, buyable_upgrade
+from memsim.planners.upgrade import Rebuild, buyable_upgrade
 from memsim.units import fmt_bytes
 from memsim.workloads.trace import Trace
 
@@ -31,102 +31,12 @@ TOP = 4  # MIP structures simulated, best estimates first
 SEARCH_KINDS = ("mip", "flexgen")
 
 
-@dataclass
-class Evaluated:
-    name: str
-    plan: Plan | None
-    result: object | None  # memsim.contracts.result.Result
-    note: str = ""
-    label: str = ""  # the search structure the plan came from (search kinds only)
-
-    @property
-    def feasible(self) -> bool:
-        return self.result is not None and bool(self.result.feasible)
-
-    @property
-    def step_time_s(self) -> float | None:
-        return self.result.step_time_s if self.feasible else None
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.result.tokens_per_s if self.feasible else None
-
-    def to_dict(self) -> dict:
-        r = self.result
-        return {
-            "name": self.name,
-            "feasible": self.feasible,
-            "step_time_s": self.step_time_s,
-            "tokens_per_s": r.tokens_per_s if self.feasible else None,
-            "note": self.note or (infeasible_note(r) if r is not None and not self.feasible else ""),
-        }
-
-
-@dataclass
-class PlanReport:
-    """A plan, its simulated Result, and every baseline simulated on the same case."""
-
-    system: System
-    trace: Trace
-    plan: Plan
-    result: object  # Result
-    baselines: list[Evaluated] = field(default_factory=list)
-    upgrade: Upgrade | None = None  # when the preset asked for the cheapest hardware for a target
-    fallback: dict | None = None  # the planner's own plan, when a baseline is returned instead
-    slo: list[dict] | None = None  # serving.slo: deployments simulated, best first (planners/slo.py)
-    batch_search: dict | None = None  # inference.batch_size auto: memsim/planners/batch.py
-
-    @property
-    def feasible(self) -> bool:
-        return bool(self.result.feasible)
-
-    def to_dict(self) -> dict:
-        """The ``memsim plan --json`` document."""
-        r, info = self.result, self.plan.planner
-        doc = {
-            "feasible": bool(r.feasible),
-            "source": "simulated",
-            "hardware": self.system.name,
-            "workload": self.trace.name,
-            "kind": self.trace.kind,
-            "job": job(self.trace, self.system),
-            "layers": int(self.trace.meta.get("layers") or max(b.repeat for b in self.trace.blocks)),
-            "step_time_s": r.step_time_s,
-            "tokens_per_s": r.tokens_per_s,
-            "mfu": r.mfu,
-            "peak_bytes": dict(r.peak_bytes),
-            "capacity_bytes": dict(r.capacity_bytes),
-            "reserved_bytes": {t: dict(lines) for t, lines in r.reserved_bytes.items()},
-            "breakdown": dict(r.breakdown),
-            "link_busy": dict(r.link_busy),
-            "serving": _serving(r),
-            "parallel": getattr(r, "parallel", None),
-            "oom": r.oom.to_dict() if r.oom else None,
-            "planner": {
-                "name": info.name,
-                "status": info.status,
-                "objective": info.objective,
-                "gap": info.gap,
-                "solve_s": info.solve_s,
-                "estimate_s": info.estimate_s,
-            },
-            "baselines": [b.to_dict() for b in self.baselines],
-            "upgrade": self.upgrade.to_dict() if self.upgrade else None,
-            "fallback": self.fallback,
-            "plan": self.plan.to_dict(),
-            "notes": [*self.trace.meta.get("workload_notes", []), *self.plan.notes],
-            **({"slo": self.slo} if self.slo is not None else {}),
-        }
-        if self.batch_search is not None:  # only then: every other document stays as it was
-            doc["batch_search"] = self.batch_search
-        return doc
-
-
 def plan(
     system: System,
     trace: Trace,
     planner: str = "mip",
     *,
+    simulator: Simulator,
     time_limit: float = 10.0,
     baselines: bool = True,
     progress: Progress | None = None,
@@ -134,31 +44,31 @@ def plan(
 ) -> PlanReport:
     """Run ``planner`` (a preset name, a preset file or a registry kind), simulate its plan and the
     baselines; raise ``Infeasible`` with a diagnosis when no plan fits. ``rebuild`` (extra
-    ``--set`` lines → the workload's Trace) lets a throughput target try more GPUs."""
+    ``--set`` lines → the workload's Trace) lets a throughput target try more GPUs. ``simulator``
+    scores every plan (``memsim.api.plan`` passes the simulator's)."""
     if trace.meta.get("batch_size_auto"):  # the batch is searched too: memsim/planners/batch.py
         from memsim.planners.batch import plan_batch
 
         return plan_batch(system, trace, planner, time_limit, baselines, progress or (lambda _m: None),
-                          rebuild)
-    return _plan(system, trace, planner, time_limit, baselines, progress or (lambda _msg: None), rebuild)
+                          rebuild, simulator)
+    return _plan(system, trace, planner, time_limit, baselines, progress or (lambda _msg: None), rebuild,
+                 simulator)
 
 
 def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselines: bool,
-          say: Progress, rebuild: Rebuild | None = None) -> PlanReport:
+          say: Progress, rebuild: Rebuild | None, sim: Simulator) -> PlanReport:
     preset = load_preset(planner)
-    from memsim.sim.parallel import runs_here
-
     if preset.kind == "layouts":  # the layout itself is searched: the report has that layout's trace
         from memsim.planners.layouts import plan_layouts
 
         try:
-            return plan_layouts(system, trace, preset.options, say)
+            return plan_layouts(system, trace, preset.options, say, sim)
         except mip.NotApplicable as exc:
             raise SpecError(f"planner {preset.name!r}: {exc}", key="--planner") from None
-    if runs_here(trace, system):  # layouts beyond data parallelism or one node
+    if sim.runs_parallel(trace, system):  # layouts beyond data parallelism or one node
         from memsim.planners.layouts import plan_parallel
 
-        return plan_parallel(system, trace, say)
+        return plan_parallel(system, trace, say, sim)
     upgrade = None
     if "target_tokens_per_s" in preset.options:  # min hardware cost subject to a throughput target
         target = _target(preset.options["target_tokens_per_s"], planner)
@@ -166,19 +76,20 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
         preset = preset.model_copy(update={"options": options})
         say("planning buyable upgrades")
         def score(s: System, t: Trace) -> Evaluated:
-            return _planned(preset, s, t, time_limit, say)
+            return _planned(preset, s, t, time_limit, say, sim)
 
         upgrade = buyable_upgrade(system, trace, target, score,
                                   options, time_limit, rebuild)
         system, trace = upgrade.system, upgrade.trace
     say(f"solving {preset.name}")
     try:
-        chosen = _planned(preset, system, trace, time_limit, say)
+        chosen = _planned(preset, system, trace, time_limit, say, sim)
     except mip.NotApplicable as exc:
         raise SpecError(f"planner {preset.name!r} does not apply to this {trace.kind} workload: {exc}",
                         key="--planner") from None
     others = (
-        [_evaluate(p, system, trace, time_limit, say) for p in _baselines(preset, trace)] if baselines else []
+        [_evaluate(p, system, trace, time_limit, say, sim) for p in _baselines(preset, trace)]
+        if baselines else []
     )
     others = [b for b in others if b is not None]
     best = min((b for b in others if b.feasible), key=lambda b: b.result.step_time_s, default=None)
@@ -193,8 +104,8 @@ def _plan(system: System, trace: Trace, planner: str, time_limit: float, baselin
         say("diagnosing")
         ran = next((e.result for e in (chosen, *others) if e.result is not None), None)
         diagnosis = diagnose(
-            system, trace, preset.options if preset.kind == "mip" else {}, min(time_limit, 5.0), result=ran
-        )
+            system, trace, preset.options if preset.kind == "mip" else {}, min(time_limit, 5.0), result=ran,
+            simulator=sim)
         if chosen.result is not None and chosen.result.oom and not diagnosis.shortfalls:
             # the planner's model fits; the simulator saw a peak it does not: report the simulator's
             diagnosis.shortfalls = _sim_shortfalls(chosen.result)
@@ -227,25 +138,20 @@ def _target(value, planner: str) -> float:
     return target
 
 
-def simulate(system: System, trace: Trace, plan_: Plan):
-    """The simulator's Result. Baselines and candidates that are one simulation are run once by
-    the simulator's own content-hash cache (memsim.sim.memo), not by a second cache here."""
-    from memsim.sim import simulate as sim
-
-    return sim(system, trace, plan_)
-
-
-def _planned(preset: Preset, system: System, trace: Trace, time_limit: float, say: Progress) -> Evaluated:
-    """The preset's plan, simulated. Search kinds (mip, flexgen) go through ``_searched``."""
+def _planned(preset: Preset, system: System, trace: Trace, time_limit: float, say: Progress,
+             sim: Simulator) -> Evaluated:
+    """The preset's plan, simulated. Search kinds (mip, flexgen) go through ``_searched``.
+    Baselines and candidates that are one simulation are run once by the simulator's own
+    content-hash cache (memsim.sim.memo), not by a second cache here."""
     if preset.kind in SEARCH_KINDS and trace.kind in preset.applies_to:
-        return _searched(preset, system, trace, time_limit, say, TOP)
+        return _searched(preset, system, trace, time_limit, say, TOP, sim)
     plan_ = run_preset(preset, system, trace, time_limit)
     say(f"simulating {preset.name}")
-    return Evaluated(preset.name, plan_, simulate(system, trace, plan_))
+    return Evaluated(preset.name, plan_, sim.simulate(system, trace, plan_))
 
 
 def _searched(preset: Preset, system: System, trace: Trace, time_limit: float, say: Progress,
-              top: int) -> Evaluated:
+              top: int, sim: Simulator) -> Evaluated:
     """Simulate the ``top`` structures with the best estimates and keep the fastest that fits.
 
     A plan that overflows a tier in the simulator (a peak the model did not see) is re-solved in
@@ -254,11 +160,12 @@ def _searched(preset: Preset, system: System, trace: Trace, time_limit: float, s
         raise mip.NotApplicable("FlexGen's policy search is for offloaded inference")
     options = mip.search_options(preset.kind, preset.options)
     found = mip.search(system, trace, options, time_limit)
+    score = sim.score(system, trace)
     solve_s = found.solve_s
     tried: list[tuple] = []
     for label, cand in _shortlist(found, top):
         say(f"simulating {preset.name}: {label}")
-        plan_, result, cut, notes = cand.plan, simulate(system, trace, cand.plan), {}, []
+        plan_, result, cut, notes = cand.plan, score(cand.plan), {}, []
         for _ in range(REPAIRS):
             if result.feasible or result.oom is None:
                 break
@@ -274,9 +181,8 @@ def _searched(preset: Preset, system: System, trace: Trace, time_limit: float, s
             cand, plan_ = again.best, again.best.plan
             notes = [f"re-solved {label} with {oom.tier} cut by {fmt_bytes(cut[oom.tier])}: the simulator "
                      f"found a peak the model did not count"]
-            result = simulate(system, trace, plan_)
-        closed = nearmiss.close(mip.planning_view(system, trace), trace, plan_, result,
-                                lambda p: simulate(system, trace, p))
+            result = score(plan_)
+        closed = nearmiss.close(mip.planning_view(system, trace), trace, plan_, result, score)
         if closed is not None:
             plan_, result, note = closed
             cand, notes = dataclasses.replace(cand, plan=plan_), [*notes, note]
@@ -333,18 +239,18 @@ def _baselines(chosen: Preset, trace: Trace) -> list[Preset]:
 
 
 def _evaluate(
-    preset: Preset, system: System, trace: Trace, time_limit: float, say: Progress
+    preset: Preset, system: System, trace: Trace, time_limit: float, say: Progress, sim: Simulator
 ) -> Evaluated | None:
     say(f"baseline {preset.name}")
     try:
         if preset.kind in SEARCH_KINDS:
-            return _planned(preset, system, trace, time_limit, say)
+            return _planned(preset, system, trace, time_limit, say, sim)
         plan_ = run_preset(preset, system, trace, time_limit)
     except mip.NotApplicable:
         return None
     if plan_.planner.status == "infeasible":
         return Evaluated(preset.name, plan_, None, "its search found nothing that fits")
-    return Evaluated(preset.name, plan_, simulate(system, trace, plan_))
+    return Evaluated(preset.name, plan_, sim.simulate(system, trace, plan_))
 
 
 def _fallback_doc(chosen: Evaluated, best: Evaluated) -> dict:
@@ -401,17 +307,6 @@ def _flag_disagreement(chosen: Evaluated) -> None:
             f"compare the simulator's breakdown and link_busy with the MIP's stage model (docs/planner.md)")
 
 
-def infeasible_note(result) -> str:
-    """Each overflowing tier's full demand (the simulator keeps running past the first OOM)."""
-    over = [f"{t} needs {fmt_bytes(p)} of {fmt_bytes(result.capacity_bytes[t])}"
-            for t, p in sorted(result.peak_bytes.items())
-            if t in result.capacity_bytes and p > result.capacity_bytes[t]]
-    if over:
-        return "; ".join(over)
-    oom = getattr(result, "oom", None)
-    return f"{oom.tier} short by {fmt_bytes(oom.short_bytes)}" if oom else "does not fit"
-
-
 def _gib_up(nbytes: float) -> int:
     return max(1, -(-int(nbytes) // 2**30)) * 2**30
 
@@ -424,10 +319,3 @@ def _sim_shortfalls(result):
             if t in result.capacity_bytes and p > result.capacity_bytes[t]]
     oom = result.oom
     return over or [Shortfall(oom.tier, oom.needed_bytes, oom.capacity_bytes)]
-
-
-def _serving(result) -> dict | None:
-    s = getattr(result, "serving", None)
-    if s is None:
-        return None
-    return s.__dict__ if not hasattr(s, "to_dict") else s.to_dict()

@@ -16,8 +16,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+from memsim.contracts.simulator import Simulate
 from memsim.hardware.spec import System
-from memsim.sim import simulate
 from memsim.workloads.trace import Requests, Trace
 
 DEFAULT_DRAM = (0, 64 * 2**30, 256 * 2**30)
@@ -30,8 +30,9 @@ def _share(requests: Requests, n: int, k: int) -> Requests:
     return Requests(*(c[k::n] for c in cols), *(c[k::n] if c is not None else None for c in opt))
 
 
-def candidates(system: System, trace: Trace, say: Callable[[str], None] = lambda _: None) -> list[dict]:
-    """Every (replicas, DRAM cache size) candidate simulated, best first."""
+def candidates(system: System, trace: Trace, say: Callable[[str], None] = lambda _: None, *,
+               simulate: Simulate) -> list[dict]:
+    """Every (replicas, DRAM cache size) candidate simulated by ``simulate``, best first."""
     slo = trace.meta["slo"]
     gpus = system.gpu.count if system.gpu is not None else 1
     replicas = [n for n in (slo.get("replicas") or (1, 2, 4, 8)) if n <= gpus] or [1]

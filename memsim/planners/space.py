@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memsim.errors import SpecError, did_you_mean
+from memsim.hardware.overheads import usable_bytes
 from memsim.hardware.spec import TIER_KINDS, System
 from memsim.hardware.topology import Topology
-from memsim.sim.overheads import usable_bytes
 
 KNOWN = {
     "tiers",

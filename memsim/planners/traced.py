@@ -219,7 +219,7 @@ def solve_traced(system: System, st: Stages, space: Space, act_tier: str | None,
 
 
 def _fragmentation() -> float:
-    from memsim.sim.overheads import runtime_data
+    from memsim.hardware.overheads import runtime_data
 
     return float(runtime_data()["allocator"]["fragmentation"])
 

@@ -22,10 +22,10 @@ import simpy
 
 from memsim.contracts.result import OOM, Result
 from memsim.hardware.collectives import Path, trace_comm_path
+from memsim.hardware.overheads import reserved_lines
 from memsim.hardware.spec import Compute, System
 from memsim.sim.flows import Copier, Flow, FlowManager
 from memsim.sim.memory import Pool
-from memsim.sim.overheads import reserved_lines
 from memsim.sim.program import Program, paused_gc
 from memsim.sim.timeline import Recorder
 

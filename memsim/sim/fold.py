@@ -38,9 +38,9 @@ import simpy
 from memsim.contracts.names import is_concrete_layer_name, layer_name
 from memsim.contracts.plan import Plan
 from memsim.contracts.result import OOM, Result
+from memsim.hardware.overheads import reserved_lines
 from memsim.hardware.spec import System
 from memsim.sim.memory import Pool
-from memsim.sim.overheads import reserved_lines
 from memsim.workloads.trace import Trace
 
 FIRST = 4  # the first sample's layers (its parity is n's: see STEP)

@@ -23,8 +23,8 @@ from memsim import units
 from memsim.contracts.plan import Plan
 from memsim.contracts.result import OOM, Result
 from memsim.hardware.collectives import collective_time
+from memsim.hardware.overheads import reserved_lines, runtime_data
 from memsim.hardware.spec import System
-from memsim.sim.overheads import reserved_lines, runtime_data
 from memsim.sim.pipeline import simulate_pipeline
 from memsim.sim.report import peak_flops
 from memsim.workloads.parallel import Layout

@@ -5,9 +5,9 @@ from __future__ import annotations
 from memsim import units
 from memsim.contracts.result import Result
 from memsim.errors import Diagnosis, Shortfall
+from memsim.hardware.overheads import describe
 from memsim.hardware.spec import Compute, System
 from memsim.sim.kv_pool_fit import kv_pool_diagnosis
-from memsim.sim.overheads import describe
 
 EPS = 1e-12
 

@@ -9,6 +9,7 @@ When a running request needs a block and none is free, the most recently admitte
 preempted (vLLM's LIFO): by *swap* (its blocks are copied to ``swap_tier`` while ``swap_bytes``
 lasts, and copied back before it runs again) or by *recompute* (its blocks are dropped and its
 prompt plus the tokens generated so far are prefilled again).
+The decisions are ``memsim.sim.scheduler.schedule`` (queues in, batch out); this engine times them.
 
 Iteration time (roofline on the compute unit, phase ``decode`` when every request decodes):
 dense part ``op_time(new_tokens × flops_per_token, weight_bytes + activations)`` plus attention
@@ -40,6 +41,7 @@ from memsim.sim.kvstore import PrefixStore
 from memsim.sim.overload import overload_verdict
 from memsim.sim.program import paused_gc, split_bytes
 from memsim.sim.report import common_fields, main_unit, peak_flops
+from memsim.sim.scheduler import Queues, Swap, schedule
 from memsim.workloads.moe import weight_bytes_read
 from memsim.workloads.parallel_serving import tp_comm_seconds
 from memsim.workloads.trace import TokenCosts, Trace
@@ -240,14 +242,13 @@ class ServingEngine:
         n_todo = len(todo)
         rec = self.clock.recorder
         track = "gpu" if self.sys.gpu else "cpu"
-        max_seqs, max_tokens = pol.max_num_seqs, pol.max_num_batched_tokens
+        swap = Swap(pol.preempt == "swap" and self.swap_tier is not None, self.block_bytes, pol.swap_bytes)
         total_blocks = self.total_blocks
         free = self.free_blocks
         ttft, tbt, acct = self.ttft, self.tbt, self.acct
         kv_area = kv_slots_area = kv_tokens_area = 0.0
         kv_last_t = self.kv_last_t
         generated_total = 0
-        preempt = self._preempt
         iteration = self._iteration
         timeout = env.timeout
         self.at_last = None  # (first, last arrival, completed, waiting) once all have arrived
@@ -309,139 +310,18 @@ class ServingEngine:
                         self._kv_bytes(0, taken)
                     kv_last_t = t
                     continue
-            budget = max_tokens
-            new = ctx = kv_read = redo = 0
-            decode = True
-            given = taken = swap_out = swap_in = 0
-            preempted = False
             if store is not None and store.pinned:  # time-to-live pins that ran out
                 free += store.expire(now)  # (pool bytes count cached blocks as free)
-            # 1. running requests, oldest first; preempt the newest when blocks run out
-            i = 0
-            n_run = len(running)  # refreshed whenever a preemption shortens running
-            while i < n_run and budget > 0:
-                r = running[i]
-                c = r.computed
-                pg = r.prompt + r.generated
-                rem = pg - c
-                if rem == 1:  # decoding (or a prompt's last token): the common case, same sums
-                    need = -(-pg // bs) - r.blocks
-                    if need <= 0 or need <= free:
-                        if need > 0:
-                            free -= need
-                            taken += need
-                            r.blocks += need
-                        r.k = 1
-                        budget -= 1
-                        new += 1
-                        ctx += pg  # k·c + k(k+1)/2 with k = 1
-                        kv_read += pg
-                        if c < r.prompt:
-                            decode = False
-                        i += 1
-                        continue
-                k = rem if rem < budget else budget
-                need = -(-(c + k) // bs) - r.blocks
-                if need > free:
-                    self.free_blocks = free
-                    while need > self.free_blocks and len(running) - 1 > i:
-                        victim = running.pop()
-                        given += victim.blocks
-                        live -= victim.computed
-                        swap_out += preempt(victim, waiting, swapped, head)
-                        preempted = True
-                    if need > self.free_blocks:  # r itself must go
-                        running.pop(i)
-                        given += r.blocks
-                        live -= c
-                        swap_out += preempt(r, waiting, swapped, head)
-                        preempted = True
-                        free = self.free_blocks
-                        n_run = len(running)
-                        continue
-                    free = self.free_blocks
-                    n_run = len(running)
-                if need > 0:
-                    free -= need
-                    taken += need
-                    r.blocks += need
-                r.k = k
-                budget -= k
-                new += k
-                ctx += k * c + k * (k + 1) // 2
-                kv_read += c + k
-                if k != 1 or c < r.prompt:
-                    decode = False
-                if r.generated and c < pg - 1:
-                    redo += min(k, pg - 1 - c)
-                i += 1
-            # the batch so far is running[:i] (preemption only takes requests after i); what
-            # phases 2 and 3 admit is appended to running after n1
-            n1 = len(running)
-            # 2. swapped-out requests come back first (none preempted this iteration)
-            while swapped and not preempted and len(running) < max_seqs and budget > 0:
-                r = swapped[0]
-                c = r.computed
-                k = min(r.prompt + r.generated - c, budget)
-                need = max(r.swapped, -(-(c + k) // bs))
-                if need > free:
-                    break
-                swapped.pop(0)
-                free -= need
-                taken += need
-                swap_in += r.swapped
-                self.swap_used -= r.swapped
-                r.blocks, r.swapped = need, 0
-                running.append(r)
-                live += c
-                r.k = k
-                budget -= k
-                new += k
-                ctx += k * c + k * (k + 1) // 2
-                kv_read += c + k
-                decode = decode and k == 1 and c >= r.prompt
-            # 3. waiting requests, first come first served (none after a preemption, as vLLM)
-            while (head < len(waiting) and not swapped and not preempted
-                   and len(running) < max_seqs and budget > 0):
-                r = waiting[head]
-                hit = 0
-                if store is not None and r.computed == 0 and r.hashes:  # prefix cache lookup
-                    if r.seen[0] == store.epoch:  # nothing changed since it last looked
-                        _, hit, r.computed = r.seen
-                    else:
-                        hit, r.computed = store.lookup(r.hashes, r.prompt)
-                        if hit and self.loader is not None:
-                            hit, r.computed = self._worth_loading(r, hit, r.computed)
-                        r.seen = (store.epoch, hit, r.computed)
-                c = r.computed
-                k = min(r.prompt + r.generated - c, budget)
-                need = -(-(c + k) // bs) - r.blocks
-                if need > free:
-                    r.computed = 0
-                    break
-                head += 1
-                if store is not None and r.hashes:
-                    served = store.acquire(r.hashes[:hit], c)
-                    r.held = hit
-                    for tier, n in served.items():
-                        if n and tier != self.fast:
-                            self.kv_loads[tier] = self.kv_loads.get(tier, 0) + n
-                    if not r.looked:
-                        r.looked = True
-                        store.count(served, r.prompt)
-                free -= need
-                taken += need
-                r.blocks += need
-                running.append(r)
-                live += c
-                r.k = k
-                budget -= k
-                new += k
-                ctx += k * c + k * (k + 1) // 2
-                kv_read += c + k
-                decode = False
-                if r.generated:
-                    redo += min(k, r.prompt + r.generated - 1 - c)
+            q = Queues(running, waiting, head, swapped, free, live, self.swap_used)
+            batch = schedule(q, pol, swap, self if store is not None else None)
+            head, free, live, self.swap_used = q.head, q.free, q.live, q.swap_used
+            for r in batch.preempted:  # the engine's part of a preemption: counted, cache let go
+                self.preemptions += 1
+                if store is not None:
+                    store.release(r.hashes[:r.held])
+                    r.held = 0
+            new, ctx, kv_read, redo, decode = batch.new, batch.ctx, batch.kv_read, batch.redo, batch.decode
+            given, taken, swap_out, swap_in = batch.given, batch.taken, batch.swap_out, batch.swap_in
             if store is not None:
                 if store.unpinned:  # pinned blocks a hit took over: their room is free again
                     free += store.unpinned
@@ -452,7 +332,7 @@ class ServingEngine:
                 head = 0
             if given or taken:
                 self._kv_bytes(given, taken)
-            b_req = running[:i] + running[n1:] if n1 < len(running) else running[:i]
+            b_req = batch.requests(running)
             if not b_req and store is not None and store.next_expiry() is not None:
                 self.free_blocks = free  # blocks pinned by a time-to-live: wait for the first out
                 yield timeout(max(store.next_expiry() - now, 1e-9))
@@ -592,26 +472,35 @@ class ServingEngine:
             if taken:
                 pool.alloc("kv", int(taken * self.block_bytes * frac), "kv blocks")
 
-    def _preempt(self, r: Req, waiting: list[Req], swapped: list[Req], head: int) -> int:
-        """Swap ``r`` out (returns blocks to copy) or drop its cache for recompute (returns 0).
-        Its blocks return to the free list; the caller gives the pool bytes back."""
-        self.preemptions += 1
-        pol = self.policy
-        blocks = r.blocks
-        self.free_blocks += blocks
-        r.blocks = 0
-        if self.store is not None:
-            self.store.release(r.hashes[:r.held])
-            r.held = 0
-        if (pol.preempt == "swap" and self.swap_tier is not None
-                and (self.swap_used + blocks) * self.block_bytes <= pol.swap_bytes):
-            r.swapped = blocks
-            self.swap_used += blocks
-            swapped.append(r)
-            return blocks
-        r.computed = 0  # prompt and generated tokens are prefilled again
-        waiting.insert(head, r)
-        return 0
+    def lookup(self, r: Req) -> int:
+        """The prefix cache's hit blocks for ``r`` (``scheduler.Prefix``), ``r.computed`` the
+        tokens they hold; a lookup is reused while the store has not changed."""
+        store = self.store
+        if not r.hashes:
+            return 0
+        if r.seen[0] == store.epoch:  # nothing changed since it last looked
+            _, hit, r.computed = r.seen
+            return hit
+        hit, r.computed = store.lookup(r.hashes, r.prompt)
+        if hit and self.loader is not None:
+            hit, r.computed = self._worth_loading(r, hit, r.computed)
+        r.seen = (store.epoch, hit, r.computed)
+        return hit
+
+    def admit(self, r: Req, hit: int) -> None:
+        """``r`` was admitted (``scheduler.Prefix``): reference its hit blocks, count the tokens
+        lower tiers serve (copied in before the iteration) and, once, its hit rate."""
+        store = self.store
+        if not r.hashes:
+            return
+        served = store.acquire(r.hashes[:hit], r.computed)
+        r.held = hit
+        for tier, n in served.items():
+            if n and tier != self.fast:
+                self.kv_loads[tier] = self.kv_loads.get(tier, 0) + n
+        if not r.looked:
+            r.looked = True
+            store.count(served, r.prompt)
 
     def _iteration(self, new: int, ctx: int, kv_read: int, redo: int, decode: bool,
                    swap_out: int, swap_in: int):

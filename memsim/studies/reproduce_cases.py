@@ -13,11 +13,11 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from memsim.api import plan as plan_with
 from memsim.errors import Infeasible, SpecError
 from memsim.hardware import load_system
 from memsim.hardware.spec import System
 from memsim.planners import Plan, PlannerInfo, load_preset, run_preset
-from memsim.planners import plan as plan_with
 from memsim.sim import simulate
 from memsim.specio import apply_overrides, validate
 from memsim.studies.reproduce_spec import CaseResult, CaseSpec, Figure
@@ -61,7 +61,7 @@ def trace_of(setup: dict, path: Path, extra: list[str] = ()) -> Trace:
 
 def system_of(setup: dict, path: Path, extra: list[str] = ()) -> System:
     """The case's System. Published figures count tensors only, so reproductions leave the
-    runtime's non-tensor memory out (memsim.sim.overheads) unless a case sets it back on."""
+    runtime's non-tensor memory out (memsim.hardware.overheads) unless a case sets it back on."""
     pure = ["hardware.overheads=false"]
     return load_system(_need(setup, "hardware", path), [*pure, *setup.get("overrides", []), *extra])
 

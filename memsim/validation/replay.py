@@ -45,6 +45,7 @@ from memsim.contracts.names import copy_job, copy_job_destination, copy_job_tens
 from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
+from memsim.kinds import tier_kind
 from memsim.validation.backend import Backend, make_backend
 from memsim.validation.calibrate import set_compute_threads
 from memsim.validation.diskio import Scratch, probe_mode
@@ -216,7 +217,7 @@ class _Runner:
         for name, tier in system.tiers.items():
             if name == self.fast:
                 continue
-            if tier.kind in ("ssd", "flash"):
+            if tier_kind(tier.kind).storage:
                 self.disk_mode = self.disk_mode or probe_mode(folder)
                 self.slow[name] = DiskTier(name, folder, self.disk_mode, backend)
             elif tier.kind == "dram" and backend.is_cuda:

@@ -57,13 +57,10 @@ def workload_architecture(workload: Workload) -> Architecture:
 
 def build_trace(workload: Workload) -> Trace:
     """The Trace of a workload (see training.py, inference.py, serving.py for the conventions)."""
-    from memsim.workloads.inference import build_inference
-    from memsim.workloads.serving import build_serving
-    from memsim.workloads.training import build_training
+    from memsim.kinds import workload_kinds
 
     arch = workload_architecture(workload)
-    builder = {"training": build_training, "inference": build_inference, "serving": build_serving}
-    trace = builder[workload.kind](workload, arch)
+    trace = workload_kinds()[workload.kind].build()(workload, arch)  # workloads/kinds/workloads.yaml
     if workload._notes:  # shown by workload show, plan and simulate
         trace.meta["workload_notes"] = [*workload._notes, *trace.meta.get("workload_notes", [])]
     return trace

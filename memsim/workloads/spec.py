@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from memsim.contracts.spec import Spec
+from memsim.kinds import workload_kinds
 from memsim.units import parse_bytes, parse_time
 
 # Upper bound on any token count or batch (2^24 = 16.7M): published context windows stop near 10M
@@ -378,12 +379,12 @@ class Workload(Spec):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Workload:
-        given = [k for k in ("training", "inference", "serving") if getattr(self, k) is not None]
+        given = [k for k in workload_kinds() if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of training, inference, serving"
+            raise ValueError(f"give exactly one of {', '.join(workload_kinds())}"
                              + (f" (got {', '.join(given)})" if given else ""))
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("training", "inference", "serving") if getattr(self, k) is not None)
+        return next(k for k in workload_kinds() if getattr(self, k) is not None)
