@@ -246,7 +246,9 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
     ``prefetch_depth: 1`` layer), ``pin_memory`` off (``--pin-memory 0``: the offloaded weights
     are pageable CPU tensors) and an unpinned KV cache (``--pin_kv_cache`` off). NVMe offload
     always reads through DeepSpeed's pinned swap buffers (``buffer_count: 5`` of
-    ``buffer_size``), so its copies are pinned whatever ``pin_memory`` says. KV offload follows
+    ``buffer_size``), so its copies are pinned whatever ``pin_memory`` says, and each parameter is
+    read into its buffer before it is copied to the GPU (``staging: serial``,
+    memsim.sim.staging). KV offload follows
     the README's "KV cache offloaded to consume CPU memory and computation" (the
     ``set_kv_cache_offload`` model change): the cache lives in DRAM, decode attention runs there.
 
@@ -266,8 +268,8 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
     placement: dict[str, dict[str, float]] = {"weight": {home: 1.0}}
     if kv_offload:
         placement["kv"] = {host: 1.0}
-    where = "NVMe through pinned swap buffers" if device == "nvme" else (
-        ("pinned" if pinned else "pageable") + " host memory")
+    where = "NVMe through pinned swap buffers, read then copied (serial staging)" \
+        if device == "nvme" else ("pinned" if pinned else "pageable") + " host memory"
     notes = [f"ZeRO-Inference: all weights offloaded to {where}, fetched {depth} layer(s) ahead"]
     if kv_offload:
         notes.append("KV cache in host memory, decode attention on the CPU (kv_offload)")
@@ -275,6 +277,7 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
         placement=placement,
         prefetch_depth=depth,
         pinned=pinned,
+        staging="serial" if device == "nvme" else "pipelined",  # memsim.sim.staging
         cpu_attention=kv_offload,
         planner=_info("zero-inference"),
         notes=notes,

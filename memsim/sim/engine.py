@@ -115,6 +115,7 @@ class StepEngine:
                 for tier, nbytes in info.home.items():
                     resident.setdefault(tier, []).append(nbytes)
         self.clock = Clock(system, timeline, self.trace_meta, resident)
+        self.clock.copier.serial = prog.staging == "serial"
         self.env = self.clock.env
         self.pools = self.clock.pools
         self.depth = max(0, depth)

@@ -246,8 +246,9 @@ class Copier:
         self.engines: dict[str, Engine] = {}
         self.recorder = recorder
         self.log: list[tuple[str, str, int, float, float]] = []  # (src, dst, bytes, start, end)
-        self._plans: dict[tuple[str, str], tuple] = {}
+        self._plans: dict[tuple, tuple] = {}
         self.started = 0
+        self.serial = False  # Plan.staging == "serial": multi-hop copies hop by hop (sim.staging)
 
     def _plan(self, src: str, dst: str) -> tuple:
         key = (src, dst)
@@ -287,6 +288,14 @@ class Copier:
             yield after
         plan = self._plans.get((src, dst)) or self._plan(src, dst)
         engines, ports, cap, latency, via, touch = plan
+        if via and self.serial:
+            from memsim.sim.staging import run_serial
+
+            start = self.env._now
+            yield from run_serial(self, src, dst, nbytes, key, op, request, alloc)
+            self.log.append((src, dst, nbytes, start, self.env._now))
+            done.succeed()
+            return
         for engine in engines:  # global name order: no deadlock between multi-hop copies
             yield engine.acquire()
         env = self.env
