@@ -180,6 +180,8 @@ def read(text: str, system: System, trace: Trace, file: str) -> Plan:
             raise SpecError(f"expected a number of elements >= 0, got {bucket!r}", file=file,
                             key="zero_optimization.stage3_prefetch_bucket_size")
         plan.prefetch_depth = round(bucket / max(1, _layer_elements(trace)))
+        if param == "disk" and trace.kind == "inference":  # the swapper reads, then copies
+            plan.staging = "serial"  # (memsim.sim.staging), as the zero-inference baseline
         offloaded = True
     states = _device(zero, "offload_optimizer", file) if trace.kind == "training" else None
     if states:
