@@ -105,6 +105,7 @@ class Program:
     fast: str
     notes: list[str] = field(default_factory=list)
     staging: str = "pipelined"  # Plan.staging: how multi-hop copies move (memsim.sim.staging)
+    weight_copies: int = 1  # Plan.weight_copies: copies a layer's weight fetch is issued as
 
 
 def units_of(system: System) -> dict[str, str]:
@@ -174,7 +175,8 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
         from memsim.sim.neurons import home_neurons
 
         home_neurons(ops, tensors, trace, plan)
-    return Program(ops, tensors, scan.segments, units, fast, notes, plan.staging)
+    return Program(ops, tensors, scan.segments, units, fast, notes, plan.staging,
+                   plan.weight_copies or 1)
 
 
 # -- expansion ------------------------------------------------------------------------------------

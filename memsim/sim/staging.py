@@ -41,9 +41,10 @@ def hop_plans(copier, src: str, dst: str) -> list[tuple]:
 
 
 def run_serial(copier, src: str, dst: str, nbytes: int, key: str, op: str, request: int,
-               alloc: int):
+               alloc: int, copies: int = 1):
     """simpy generator: the copy hop by hop; yields until the last hop has delivered. ``alloc``
-    bytes are taken on ``dst`` when the first hop starts (as ``Copier.copy`` does)."""
+    bytes are taken on ``dst`` when the first hop starts (as ``Copier.copy`` does); each hop
+    pays its latency once per one of ``copies`` (Copier.copy)."""
     env, flows, pools = copier.env, copier.flows, copier.pools
     plans = hop_plans(copier, src, dst)
     first = plans[0][0]
@@ -55,7 +56,7 @@ def run_serial(copier, src: str, dst: str, nbytes: int, key: str, op: str, reque
         if i < len(plans) - 1:  # the whole copy waits in this bounce buffer for the next hop
             pools[b].alloc("bounce:" + key, nbytes, op)
         if latency > 0:
-            yield env.timeout(latency)
+            yield env.timeout(latency * copies)
         if nbytes > 0:
             req = float(min(nbytes, request or IO_REQUEST_BYTES))
             shares, curves = flows.shape(ports, a, b, req)
