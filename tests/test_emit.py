@@ -132,7 +132,13 @@ def test_deepspeed_per_layer_recompute_becomes_full_checkpointing(h100):
 
 
 def test_zero_inference_round_trip(t4, opt):
-    plan = Plan(placement={"weight": {"dram": 1.0}}, prefetch_depth=2, pinned=True)
+    from memsim.workloads.param_tensors import PERSISTENCE_DEFAULT, fetched_copies
+
+    copies = fetched_copies(opt.meta, PERSISTENCE_DEFAULT)  # ZeRO-3 fetches tensor by tensor
+    plan = Plan(placement={"weight": {"dram": 1.0}}, prefetch_depth=2, pinned=True,
+                weight_copies=copies)
+    one_copy = emit.emit("deepspeed", t4, opt, Plan(placement={"weight": {"dram": 1.0}}))
+    assert any("its own copy" in note for note in one_copy.notes)  # not what ZeRO-3 does
     emitted = emit.emit("deepspeed", t4, opt, plan)
     zero = json.loads(emitted.text)["zero_optimization"]
     assert zero["stage"] == 3 and zero["offload_param"] == {"device": "cpu", "pin_memory": True}

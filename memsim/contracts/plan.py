@@ -39,6 +39,21 @@ implements and every planner relies on:
     buffer. With ``prefetch_depth: 0`` a layer's copies start when the layer does and its compute
     waits for them: a synchronous per-layer load, no overlap.
 
+``staging``
+    How a copy that bounces through an intermediate tier (NVMe → DRAM → GPU) moves.
+    ``pipelined`` (default): in 64 MiB chunks, both hops busy at once, at the slower hop's rate
+    (FlexGen's and memsim's own pinned double buffers). ``serial``: the whole copy is read into
+    the bounce buffer, then copied on, each hop at its own rate one after the other, as
+    DeepSpeed's NVMe parameter swapper does (memsim.sim.staging).
+
+``weight_copies``
+    How many separate copies each layer's streamed weights are fetched as (from each home tier).
+    None or 1: one copy a layer (FlexGen, memsim's own schedule). DeepSpeed ZeRO-3 fetches every
+    parameter tensor with its own copy (``param.ds_tensor.to(device)``): the zero-inference
+    baseline gives the count of a layer's fetched tensors (memsim.workloads.param_tensors). Each
+    copy pays its route's per-transfer latency (``Link.latency``), so many small copies cost
+    more than one large one of the same bytes.
+
 ``expert_fetch``
     MoE inference: what a pass fetches of a layer's routed experts homed off the GPU. ``routed``
     (default): only the experts its tokens are routed to (expert-offloading runtimes;
@@ -113,6 +128,8 @@ class Plan:
     num_gpu_batches: int | None = None
     cpu_attention: bool = False
     pinned: bool = True
+    staging: Literal["pipelined", "serial"] = "pipelined"
+    weight_copies: int | None = None
     expert_fetch: Literal["routed", "layer"] = "routed"
     neuron_tier: str | None = None
     kv_head_groups: int | None = None
@@ -202,6 +219,9 @@ class Plan:
         if plan.expert_fetch not in ("routed", "layer"):
             raise SpecError(f"expected routed or layer, got {plan.expert_fetch!r}", file=file,
                             key="expert_fetch")
+        if plan.staging not in ("pipelined", "serial"):
+            raise SpecError(f"expected pipelined or serial, got {plan.staging!r}", file=file,
+                            key="staging")
         if plan.version != PLAN_VERSION:
             raise SpecError(f"unknown plan version {plan.version!r}; this memsim reads version "
                             f"{PLAN_VERSION} (re-plan with memsim plan -o)", file=file, key="version")
@@ -209,6 +229,11 @@ class Plan:
                 or plan.prefetch_depth < 0:
             raise SpecError(f"expected a whole number of layers >= 0, got {plan.prefetch_depth!r}",
                             file=file, key="prefetch_depth")
+        copies = plan.weight_copies
+        if copies is not None and (isinstance(copies, bool) or not isinstance(copies, int)
+                                   or copies < 1):
+            raise SpecError(f"expected a whole number of copies >= 1, got {copies!r}", file=file,
+                            key="weight_copies")
         groups = plan.kv_head_groups
         if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int)
                                    or groups < 1):

@@ -26,6 +26,7 @@ from memsim.contracts.plan import Plan
 from memsim.emit.common import collapse, largest_share, need, places, split_of, weight_bytes
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
+from memsim.workloads.param_tensors import PERSISTENCE_DEFAULT, fetched_copies, threshold_for
 from memsim.workloads.trace import Trace
 
 KEYS = {"zero_optimization", "train_micro_batch_size_per_gpu", "train_batch_size",
@@ -55,6 +56,17 @@ def emit(system: System, trace: Trace, plan: Plan) -> tuple[str, list[str]]:
         zero["stage"] = 3
         zero["offload_param"] = _offload(device, plan.pinned)
         zero["stage3_prefetch_bucket_size"] = plan.prefetch_depth * _layer_elements(trace)
+        default = fetched_copies(meta, PERSISTENCE_DEFAULT)
+        if default is not None and (plan.weight_copies or 1) != default:
+            # ZeRO-3 fetches every parameter tensor above the threshold with its own copy
+            threshold = threshold_for(meta, plan.weight_copies or 1)
+            if threshold is None:
+                notes.append(f"ZeRO-3 fetches each parameter tensor with its own copy: no "
+                             f"stage3_param_persistence_threshold fetches a layer as "
+                             f"{plan.weight_copies or 1} copies, DeepSpeed's default "
+                             f"({default} copies a layer) kept")
+            else:
+                zero["stage3_param_persistence_threshold"] = threshold
     if trace.kind == "training":
         _optimizer(system, plan, zero, notes)
     ds: dict = {"train_batch_size": _batch(meta), "train_micro_batch_size_per_gpu":
@@ -180,6 +192,13 @@ def read(text: str, system: System, trace: Trace, file: str) -> Plan:
             raise SpecError(f"expected a number of elements >= 0, got {bucket!r}", file=file,
                             key="zero_optimization.stage3_prefetch_bucket_size")
         plan.prefetch_depth = round(bucket / max(1, _layer_elements(trace)))
+        persist = zero.get("stage3_param_persistence_threshold", PERSISTENCE_DEFAULT)
+        if not isinstance(persist, int | float) or isinstance(persist, bool) or persist < 0:
+            raise SpecError(f"expected a number of elements >= 0, got {persist!r}", file=file,
+                            key="zero_optimization.stage3_param_persistence_threshold")
+        plan.weight_copies = fetched_copies(trace.meta, persist)  # one copy per fetched tensor
+        if param == "disk" and trace.kind == "inference":  # the swapper reads, then copies
+            plan.staging = "serial"  # (memsim.sim.staging), as the zero-inference baseline
         offloaded = True
     states = _device(zero, "offload_optimizer", file) if trace.kind == "training" else None
     if states:

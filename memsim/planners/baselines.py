@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from memsim.contracts.plan import Plan, PlannerInfo, ServingPolicy
+from memsim.errors import SpecError
 from memsim.hardware.overheads import resident_room, usable_bytes
 from memsim.hardware.spec import System
 from memsim.planners.mip import NotApplicable, planning_view
@@ -246,13 +247,21 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
     ``prefetch_depth: 1`` layer), ``pin_memory`` off (``--pin-memory 0``: the offloaded weights
     are pageable CPU tensors) and an unpinned KV cache (``--pin_kv_cache`` off). NVMe offload
     always reads through DeepSpeed's pinned swap buffers (``buffer_count: 5`` of
-    ``buffer_size``), so its copies are pinned whatever ``pin_memory`` says. KV offload follows
+    ``buffer_size``), so its copies are pinned whatever ``pin_memory`` says, and each parameter is
+    read into its buffer before it is copied to the GPU (``staging: serial``,
+    memsim.sim.staging). KV offload follows
     the README's "KV cache offloaded to consume CPU memory and computation" (the
     ``set_kv_cache_offload`` model change): the cache lives in DRAM, decode attention runs there.
 
+    ZeRO-3 fetches each parameter tensor with its own host-to-GPU copy
+    (``partition_parameters.py``: ``param.ds_tensor.to(device)`` per parameter); those with at
+    most ``stage3_param_persistence_threshold`` elements stay on the GPU (run_model.py: the hidden
+    size; FlexGen's hf_opt.py: 0). The plan's ``weight_copies`` is the count a layer is fetched as.
+
     ``options``: ``offload_param`` (``cpu`` | ``nvme``), ``pin_memory`` (bool), ``kv_offload``
-    (bool), ``prefetch_depth`` (layers, default 1), ``buffer_count`` / ``buffer_size`` (NVMe swap
-    buffers, kept for the emitted config).
+    (bool), ``prefetch_depth`` (layers, default 1), ``param_persistence_threshold`` (elements or
+    ``hidden``), ``buffer_count`` / ``buffer_size`` (NVMe swap buffers, kept for the emitted
+    config).
     """
     _need(trace, "inference", what="ZeRO-Inference")
     host = _host(system, "ZeRO-Inference")
@@ -266,19 +275,38 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
     placement: dict[str, dict[str, float]] = {"weight": {home: 1.0}}
     if kv_offload:
         placement["kv"] = {host: 1.0}
-    where = "NVMe through pinned swap buffers" if device == "nvme" else (
-        ("pinned" if pinned else "pageable") + " host memory")
-    notes = [f"ZeRO-Inference: all weights offloaded to {where}, fetched {depth} layer(s) ahead"]
+    copies = _zero3_copies(trace, options)
+    where = "NVMe through pinned swap buffers, read then copied (serial staging)" \
+        if device == "nvme" else ("pinned" if pinned else "pageable") + " host memory"
+    notes = [f"ZeRO-Inference: all weights offloaded to {where}, fetched {depth} layer(s) ahead"
+             + (f", {copies} copies a layer (one per parameter tensor)" if copies else "")]
     if kv_offload:
         notes.append("KV cache in host memory, decode attention on the CPU (kv_offload)")
     return Plan(
         placement=placement,
         prefetch_depth=depth,
         pinned=pinned,
+        staging="serial" if device == "nvme" else "pipelined",  # memsim.sim.staging
+        weight_copies=copies,
         cpu_attention=kv_offload,
         planner=_info("zero-inference"),
         notes=notes,
     )
+
+
+def _zero3_copies(trace: Trace, options: dict) -> int | None:
+    """Copies ZeRO-3 fetches a layer's weights as: one per parameter tensor above
+    ``param_persistence_threshold`` elements (``stage3_param_persistence_threshold``; ``hidden``:
+    the model's hidden size, as run_model.py sets it). None: the trace lists no tensors."""
+    from memsim.workloads.param_tensors import fetched_copies
+
+    threshold = options.get("param_persistence_threshold", "hidden")
+    if threshold == "hidden":
+        threshold = trace.meta.get("hidden", 0)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold < 0:
+        raise SpecError(f"expected a number of elements >= 0 or 'hidden', got {threshold!r}",
+                        key="options.param_persistence_threshold")
+    return fetched_copies(trace.meta, threshold)
 
 
 def zero3_offload(system: System, trace: Trace, options: dict, time_limit: float = 0) -> Plan:

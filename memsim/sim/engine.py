@@ -115,6 +115,7 @@ class StepEngine:
                 for tier, nbytes in info.home.items():
                     resident.setdefault(tier, []).append(nbytes)
         self.clock = Clock(system, timeline, self.trace_meta, resident)
+        self.clock.copier.serial = prog.staging == "serial"
         self.env = self.clock.env
         self.pools = self.clock.pools
         self.depth = max(0, depth)
@@ -576,7 +577,8 @@ class StepEngine:
                 afters.append(after)
             events.append(self.clock.copier.copy(src, op.mem, nbytes, t, op.name,
                                                  alloc=0 if self.ring else None, after=after,
-                                                 request=self.prog.tensors[t].chunk))
+                                                 request=self.prog.tensors[t].chunk,
+                                                 copies=self._copies(t)))
         ev = events[0] if len(events) == 1 else self.env.all_of(events)
         st = Stage(op.mem, t, sum(sources.values()), ev)
         if self.ring:  # the ring's buffer is taken when the fetch is issued
@@ -592,6 +594,14 @@ class StepEngine:
             for a in afters:
                 a.callbacks.append(ready)
         return st
+
+    def _copies(self, t: str) -> int:
+        """Separate copies a fetch of ``t`` is issued as: Plan.weight_copies for a layer's
+        weights (a framework that fetches parameter by parameter), one otherwise."""
+        n = self.prog.weight_copies
+        if n > 1 and t[:1] == "L" and t.endswith(".weight") and self.prog.tensors[t].cls == "weight":
+            return n
+        return 1
 
     # -- outputs, write-backs, deaths ----------------------------------------------------------
 

@@ -246,8 +246,9 @@ class Copier:
         self.engines: dict[str, Engine] = {}
         self.recorder = recorder
         self.log: list[tuple[str, str, int, float, float]] = []  # (src, dst, bytes, start, end)
-        self._plans: dict[tuple[str, str], tuple] = {}
+        self._plans: dict[tuple, tuple] = {}
         self.started = 0
+        self.serial = False  # Plan.staging == "serial": multi-hop copies hop by hop (sim.staging)
 
     def _plan(self, src: str, dst: str) -> tuple:
         key = (src, dst)
@@ -268,25 +269,36 @@ class Copier:
 
     def copy(self, src: str, dst: str, nbytes: int, key: str, op: str, *,
              alloc: int | None = None, after: simpy.Event | None = None,
-             request: int = 0) -> simpy.Event:
+             request: int = 0, copies: int = 1) -> simpy.Event:
         """Start a copy once ``after`` has fired; the returned event fires when the bytes have
         arrived. ``alloc`` bytes (default: the copy's) are allocated on ``dst`` under ``key`` when
         the copy starts, as a real buffer must be (0 when updating bytes already there); the caller
         frees the source when it wants the bytes to *move* rather than be duplicated.
         ``request``: bytes per read request when smaller than ``IO_REQUEST_BYTES`` (a tensor
-        scattered in chunks, such as sparse FFN neurons); 0: the default."""
+        scattered in chunks, such as sparse FFN neurons); 0: the default. ``copies``: the bytes
+        go as that many back-to-back copies (one per parameter tensor, Plan.weight_copies), each
+        paying the route's per-transfer latency: t = copies · latency + bytes / rate, the shape
+        of a measured cudaMemcpy size sweep (t4-gcp.yaml [6])."""
         self.started += 1
         env = self.env
         done = env.event()
         env.process(self._run(src, dst, nbytes, key, op, done,
-                              nbytes if alloc is None else alloc, after, request))
+                              nbytes if alloc is None else alloc, after, request, copies))
         return done
 
-    def _run(self, src, dst, nbytes, key, op, done, alloc, after, request=0):
+    def _run(self, src, dst, nbytes, key, op, done, alloc, after, request=0, copies=1):
         if after is not None and after.callbacks is not None:
             yield after
         plan = self._plans.get((src, dst)) or self._plan(src, dst)
         engines, ports, cap, latency, via, touch = plan
+        if via and self.serial:
+            from memsim.sim.staging import run_serial
+
+            start = self.env._now
+            yield from run_serial(self, src, dst, nbytes, key, op, request, alloc, copies)
+            self.log.append((src, dst, nbytes, start, self.env._now))
+            done.succeed()
+            return
         for engine in engines:  # global name order: no deadlock between multi-hop copies
             yield engine.acquire()
         env = self.env
@@ -299,7 +311,7 @@ class Copier:
             for tier in via:
                 pools[tier].alloc("bounce:" + key, bounce, op)
         if latency > 0:
-            yield env.timeout(latency)
+            yield env.timeout(latency * copies)
         if nbytes > 0:
             flows = self.flows
             shares, curves = flows.shape(ports, src, dst, float(min(nbytes, request or IO_REQUEST_BYTES)))

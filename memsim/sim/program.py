@@ -104,6 +104,8 @@ class Program:
     units: dict[str, str]  # unit → memory tier
     fast: str
     notes: list[str] = field(default_factory=list)
+    staging: str = "pipelined"  # Plan.staging: how multi-hop copies move (memsim.sim.staging)
+    weight_copies: int = 1  # Plan.weight_copies: copies a layer's weight fetch is issued as
 
 
 def units_of(system: System) -> dict[str, str]:
@@ -173,7 +175,8 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
         from memsim.sim.neurons import home_neurons
 
         home_neurons(ops, tensors, trace, plan)
-    return Program(ops, tensors, scan.segments, units, fast, notes)
+    return Program(ops, tensors, scan.segments, units, fast, notes, plan.staging,
+                   plan.weight_copies or 1)
 
 
 # -- expansion ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from memsim.workloads.builder import L, TraceBuilder, op
 from memsim.workloads.dequant import DEQUANT_DTYPE
 from memsim.workloads.kernels import Kernel, head_kernels, layer_kernels
 from memsim.workloads.models import Architecture
+from memsim.workloads.param_tensors import layer_param_tensors
 from memsim.workloads.spec import Workload
 from memsim.workloads.trace import Op, TokenCosts, Trace
 
@@ -182,6 +183,9 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
         "prefill_chunks": chunks, "kv_heads": arch.kv_heads,
         "token_costs": asdict(token_costs(arch, e, inf.kv_bits)),
     })
+    tensors = layer_param_tensors(arch)
+    if tensors is not None:  # what a per-parameter fetch (ZeRO-3) copies, one tensor at a time
+        trace.meta.update({"hidden": arch.hidden, "layer_param_tensors": tensors})
     if auto:
         trace.meta["batch_size_auto"] = {"max_latency_s": inf.max_latency_s}
         trace.meta["workload_notes"] = [*trace.meta.get("workload_notes", []), (
