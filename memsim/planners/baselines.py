@@ -249,6 +249,8 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
     ``buffer_size``), so its copies are pinned whatever ``pin_memory`` says. KV offload follows
     the README's "KV cache offloaded to consume CPU memory and computation" (the
     ``set_kv_cache_offload`` model change): the cache lives in DRAM, decode attention runs there.
+    The models are HF transformers' own modeling code (the fork's ``modeling_llama.py``), whose
+    eager attention expands a GQA cache to every query head with ``repeat_kv``: ``gqa_expand``.
 
     ``options``: ``offload_param`` (``cpu`` | ``nvme``), ``pin_memory`` (bool), ``kv_offload``
     (bool), ``prefetch_depth`` (layers, default 1), ``buffer_count`` / ``buffer_size`` (NVMe swap
@@ -276,6 +278,7 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
         prefetch_depth=depth,
         pinned=pinned,
         cpu_attention=kv_offload,
+        gqa_expand=True,
         planner=_info("zero-inference"),
         notes=notes,
     )

@@ -44,6 +44,7 @@ from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
 from memsim.hardware.gemm import matmul_shape
 from memsim.hardware.spec import System
+from memsim.sim.attention_impl import attention_bytes
 from memsim.workloads.trace import LAYER, PERSISTENT, Tensor, Trace
 
 
@@ -199,7 +200,8 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                 unit = "gpu"
                 if "no CPU compute unit: CPU ops run on the GPU" not in notes:
                     notes.append("no CPU compute unit: CPU ops run on the GPU")
-            static.append((op, unit, units[unit], float(op.bytes_read + op.bytes_written),
+            static.append((op, unit, units[unit], attention_bytes(
+                op, trace, on_cpu=unit == "cpu" and _on_cpu(op, plan), gqa_expand=plan.gqa_expand),
                            _outputs(op, trace), float(op.bytes_written)))
         append = out.append
         if block.iterations == 1:  # each (op, layer) runs once: no rows to share, make the ops
