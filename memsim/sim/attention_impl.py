@@ -39,9 +39,10 @@ def query_group(op: Op, trace: Trace) -> int:
 def attention_bytes(op: Op, trace: Trace, *, on_cpu: bool, gqa_expand: bool) -> float:
     """Bytes an attention op moves through memory under the implementation: the trace's fused
     figure, with the cache read in fp32 on the CPU and ``1 + 2·group`` times over when
-    ``gqa_expand`` materialises it per query head. Other ops: their trace bytes."""
+    ``gqa_expand`` materialises it per query head. Other ops (training attention included: its
+    bytes are not a cache read): their trace bytes."""
     nbytes = float(op.bytes_read + op.bytes_written)
-    if op.kind != "attention" or not (on_cpu or gqa_expand):
+    if op.kind != "attention" or op.phase not in ("prefill", "decode") or not (on_cpu or gqa_expand):
         return nbytes
     cache = float(op.bytes_read - op.bytes_written)  # the query read and the output written cancel
     if cache <= 0:
