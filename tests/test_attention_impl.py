@@ -13,7 +13,7 @@ from memsim.hardware.catalog import load_system
 from memsim.planners.baselines import zero_inference
 from memsim.planners.profile import op_seconds
 from memsim.sim import simulate
-from memsim.sim.attention_impl import attention_bytes, query_group
+from memsim.sim.attention_impl import attention_bytes, fresh_scale, query_group
 from memsim.specio import validate
 from memsim.workloads import build_trace, workload_architecture
 from memsim.workloads.spec import Workload
@@ -83,6 +83,23 @@ def test_achieved_bandwidth_replaces_the_memory_side_for_its_kind_only() -> None
         nbytes / (cpu.mem_bw * cpu.memory_efficiency) + cpu.launch_overhead)
 
 
+def test_fresh_writes_cost_more_on_the_cpu_only() -> None:
+    system = load_system("a6000-workstation")
+    cpu = system.cpu
+    scale = fresh_scale(cpu)
+    assert scale == pytest.approx(cpu.bandwidth("attention", "decode") / cpu.first_touch_bw)
+    assert scale > 1
+    assert fresh_scale(cpu.model_copy(update={"first_touch_bw": None})) == 1.0
+    trace = _trace("llama-3-8b")
+    op = _decode_attention(trace)
+    cache = op.bytes_read - op.bytes_written
+    plain = attention_bytes(op, trace, on_cpu=True, gqa_expand=True)
+    fresh = attention_bytes(op, trace, on_cpu=True, gqa_expand=True, fresh=scale)
+    assert fresh - plain == pytest.approx(2 * cache * 4 * (scale - 1))  # the 4 copies, in fp32
+    gpu = attention_bytes(op, trace, on_cpu=False, gqa_expand=True)
+    assert attention_bytes(op, trace, on_cpu=False, gqa_expand=True, fresh=scale) == gpu
+
+
 def test_planner_prices_cpu_attention_as_the_simulator_does() -> None:
     system = load_system("a6000-workstation")
     trace = _trace("llama-3-8b")
@@ -110,9 +127,10 @@ def test_zero_inference_kv_offload_pays_the_expansion_on_the_cpu() -> None:
         cpu_s[model] = (on.breakdown["cpu"], off.breakdown["cpu"])
         if group == 1:
             assert on.step_time_s == pytest.approx(off.step_time_s, rel=1e-9)
-        else:  # memory-bound at the attention bandwidth: 1 + 2·group times the cache traffic
+        else:  # memory-bound: the cache, group copies written into fresh memory, read back
+            want = 1 + group + group * fresh_scale(system.cpu)
             ratio = on.breakdown["cpu"] / off.breakdown["cpu"]
-            assert 0.8 * (1 + 2 * group) < ratio < 1.05 * (1 + 2 * group)
+            assert 0.8 * want < ratio < 1.05 * want
             assert on.step_time_s > off.step_time_s
     ratios = [cpu_s[m][0] / cpu_s[m][1] for m in ("llama-3-8b", "qwen2.5-7b")]
     assert ratios[0] < ratios[1]  # a larger group costs more

@@ -235,6 +235,12 @@ class Compute(Spec):
                     "attention/decode: 24.6GB/s); replaces the memory side of the roofline "
                     "(mem_bw x memory_efficiency) for those ops: the rate a framework's "
                     "implementation of the op streams its operands, copies it makes included")
+    first_touch_bw: Bandwidth | None = Field(
+        None, gt=0,
+        description="bytes/s this unit writes into freshly allocated memory, which the OS maps on "
+                    "first touch (a page fault and a zeroed page per 4 KiB): a large CPU tensor is "
+                    "a new mapping each time (glibc serves blocks above its mmap threshold with "
+                    "mmap and unmaps them on free). Unset: such writes stream like any other")
     achieved_flops_by_rows: dict[str, RowsCurve] = Field(
         default_factory=dict,
         description="measured GEMM FLOP/s by the rows of its left operand (the tokens; a square "
@@ -407,6 +413,8 @@ class System(Spec):
                     unit.achieved_flops[key] /= ranks
                 for key in unit.achieved_bandwidth:
                     unit.achieved_bandwidth[key] /= ranks
+                if unit.first_touch_bw:
+                    unit.__dict__["first_touch_bw"] = unit.first_touch_bw / ranks
                 for curve in unit.achieved_flops_by_rows.values():
                     curve.__dict__["points"] = [(x, y / ranks) for x, y in curve.points]
                 unit.__dict__["mem_bw"] = unit.mem_bw / ranks

@@ -17,11 +17,16 @@ roofline (``Compute.bandwidth``), so a copy the implementation makes costs what 
   (same fork, ``LlamaAttention.forward``; the copy is skipped when ``n_rep == 1``). Each step
   and layer it reads the cache once, writes ``group = heads / kv_heads`` copies of it, and the
   matmuls then read those copies instead of the cache: ``1 + 2·group`` times the cache bytes.
-  Multi-head attention (group 1) is unaffected.
+  Multi-head attention (group 1) is unaffected. On the CPU those copies are fresh allocations
+  every step (PyTorch's CPU allocator hands blocks this large to glibc, which maps and unmaps
+  them), so their writes run at the unit's ``first_touch_bw``: ``fresh_scale`` counts each such
+  byte as ``bandwidth / first_touch_bw`` streamed ones. (On a GPU the caching allocator reuses
+  its blocks: no first touch.)
 """
 
 from __future__ import annotations
 
+from memsim.hardware.spec import Compute
 from memsim.workloads.trace import Op, Trace
 
 CPU_ATTENTION_ELEMENT_BYTES = 4  # fp32: what PyTorch's CPU attention streams (see above)
@@ -36,11 +41,20 @@ def query_group(op: Op, trace: Trace) -> int:
     return max(1, int(shape[1]) // kv_heads)
 
 
-def attention_bytes(op: Op, trace: Trace, *, on_cpu: bool, gqa_expand: bool) -> float:
+def fresh_scale(unit: Compute | None, phase: str = "decode") -> float:
+    """Streamed bytes one byte written into fresh memory costs on ``unit`` (1: no penalty)."""
+    if unit is None or not unit.first_touch_bw:
+        return 1.0
+    return max(1.0, unit.bandwidth("attention", phase) / unit.first_touch_bw)
+
+
+def attention_bytes(op: Op, trace: Trace, *, on_cpu: bool, gqa_expand: bool,
+                    fresh: float = 1.0) -> float:
     """Bytes an attention op moves through memory under the implementation: the trace's fused
     figure, with the cache read in fp32 on the CPU and ``1 + 2·group`` times over when
-    ``gqa_expand`` materialises it per query head. Other ops (training attention included: its
-    bytes are not a cache read): their trace bytes."""
+    ``gqa_expand`` materialises it per query head, the ``group`` copies written counted
+    ``fresh`` times (``fresh_scale``). Other ops (training attention included: its bytes are not
+    a cache read): their trace bytes."""
     nbytes = float(op.bytes_read + op.bytes_written)
     if op.kind != "attention" or op.phase not in ("prefill", "decode") or not (on_cpu or gqa_expand):
         return nbytes
@@ -52,6 +66,6 @@ def attention_bytes(op: Op, trace: Trace, *, on_cpu: bool, gqa_expand: bool) -> 
     if on_cpu and kv_bits:
         streamed = cache * CPU_ATTENTION_ELEMENT_BYTES / (float(kv_bits) / 8)
     group = query_group(op, trace)
-    if gqa_expand and group > 1:
-        streamed *= 1 + 2 * group  # read the cache, write group copies, the matmuls read them
+    if gqa_expand and group > 1:  # read the cache, write group copies, the matmuls read them
+        streamed *= 1 + group + group * (fresh if on_cpu else 1.0)
     return nbytes - cache + streamed
