@@ -72,6 +72,12 @@ implements and every planner relies on:
     so ``prefetch_depth`` counts head groups and a KV cache homed off the GPU occupies a few
     groups' KV there instead of whole layers'. None or 1: a layer at a time.
 
+``gqa_expand``
+    Attention materialises K and V for every query head before its matmuls, as HF transformers'
+    eager attention does (``repeat_kv``): each step and layer reads the cache once and writes and
+    reads ``heads / kv_heads`` copies of it (memsim.sim.attention_impl). False: a grouped kernel
+    reads each KV head once. No effect on multi-head attention.
+
 ``serving``
     Serving only: ``max_num_seqs``, ``max_num_batched_tokens``, ``block_size`` (tokens per KV
     block), ``preempt`` (``swap`` or ``recompute``), ``swap_tier`` and ``swap_bytes``.
@@ -133,6 +139,7 @@ class Plan:
     expert_fetch: Literal["routed", "layer"] = "routed"
     neuron_tier: str | None = None
     kv_head_groups: int | None = None
+    gqa_expand: bool = False
     serving: ServingPolicy | None = None
     planner: PlannerInfo = field(default_factory=PlannerInfo)
     workload: str = ""  # the Trace's name, so a plan for another workload is refused

@@ -178,7 +178,8 @@ def read(text: str, system: System, trace: Trace, file: str) -> Plan:
     if trace.kind == "training":
         _check_job(deepspeed_job(ds, Path(file)), trace, file)
     where = places(system)
-    plan = Plan()
+    # ZeRO-Inference runs HF transformers' modeling code, whose attention expands GQA (repeat_kv)
+    plan = Plan(gqa_expand=trace.kind == "inference")
     offloaded = False
     param = _device(zero, "offload_param", file)
     if param:

@@ -230,6 +230,18 @@ class Compute(Spec):
         description="measured FLOP/s by op kind or kind/phase (e.g. matmul/decode: 4.3TFLOP/s); "
                     "replaces the compute side of the roofline for those ops (FlexGen's fitted "
                     "constants, or what `memsim calibrate` measured)")
+    achieved_bandwidth: dict[str, Bandwidth] = Field(
+        default_factory=dict,
+        description="measured bytes/s of memory traffic by op kind or kind/phase (e.g. "
+                    "attention/decode: 24.6GB/s); replaces the memory side of the roofline "
+                    "(mem_bw x memory_efficiency) for those ops: the rate a framework's "
+                    "implementation of the op streams its operands, copies it makes included")
+    first_touch_bw: Bandwidth | None = Field(
+        None, gt=0,
+        description="bytes/s this unit writes into freshly allocated memory, which the OS maps on "
+                    "first touch (a page fault and a zeroed page per 4 KiB): a large CPU tensor is "
+                    "a new mapping each time (glibc serves blocks above its mmap threshold with "
+                    "mmap and unmaps them on free). Unset: such writes stream like any other")
     achieved_flops_by_rows: dict[str, RowsCurve] = Field(
         default_factory=dict,
         description="measured GEMM FLOP/s by the rows of its left operand (the tokens; a square "
@@ -282,7 +294,17 @@ class Compute(Spec):
         """Roofline: the slower of compute and memory traffic, plus launch overhead. ``rows``: a
         GEMM's left-operand rows (0: unknown); ``shape``: its forward (m, k, n), if known."""
         return max(flops / self.rate(kind, phase, dtype, rows, shape),
-                   nbytes / (self.mem_bw * self.memory_efficiency)) + self.launch_overhead
+                   nbytes / self.bandwidth(kind, phase)) + self.launch_overhead
+
+    def bandwidth(self, kind: str = "", phase: str = "") -> float:
+        """Bytes/s an op of this kind and phase streams: measured if known, else the roofline's
+        mem_bw x memory_efficiency."""
+        if self.achieved_bandwidth:
+            measured = (self.achieved_bandwidth.get(f"{kind}/{phase}")
+                        or self.achieved_bandwidth.get(kind))
+            if measured:
+                return measured
+        return self.mem_bw * self.memory_efficiency
 
 
 class Fabric(Spec):
@@ -390,6 +412,10 @@ class System(Spec):
                     unit.peak_flops[dtype] /= ranks
                 for key in unit.achieved_flops:
                     unit.achieved_flops[key] /= ranks
+                for key in unit.achieved_bandwidth:
+                    unit.achieved_bandwidth[key] /= ranks
+                if unit.first_touch_bw:
+                    unit.__dict__["first_touch_bw"] = unit.first_touch_bw / ranks
                 for curve in unit.achieved_flops_by_rows.values():
                     curve.__dict__["points"] = [(x, y / ranks) for x, y in curve.points]
                 unit.__dict__["mem_bw"] = unit.mem_bw / ranks

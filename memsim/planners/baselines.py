@@ -252,6 +252,8 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
     memsim.sim.staging). KV offload follows
     the README's "KV cache offloaded to consume CPU memory and computation" (the
     ``set_kv_cache_offload`` model change): the cache lives in DRAM, decode attention runs there.
+    The models are HF transformers' own modeling code (the fork's ``modeling_llama.py``), whose
+    eager attention expands a GQA cache to every query head with ``repeat_kv``: ``gqa_expand``.
 
     ZeRO-3 fetches each parameter tensor with its own host-to-GPU copy
     (``partition_parameters.py``: ``param.ds_tensor.to(device)`` per parameter); those with at
@@ -289,6 +291,7 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
         staging="serial" if device == "nvme" else "pipelined",  # memsim.sim.staging
         weight_copies=copies,
         cpu_attention=kv_offload,
+        gqa_expand=True,
         planner=_info("zero-inference"),
         notes=notes,
     )

@@ -15,6 +15,7 @@ from memsim.contracts.names import template
 from memsim.hardware.collectives import trace_comm_path
 from memsim.hardware.gemm import matmul_shape
 from memsim.hardware.spec import Compute, System
+from memsim.sim.attention_impl import attention_bytes
 from memsim.workloads.trace import LAYER, PERSISTENT, Op, Trace
 
 CLASSES = ("weight", "grad", "optimizer", "kv", "activation", "workspace")
@@ -57,13 +58,17 @@ def op_unit(system: System, op: Op, cpu_attention: bool = False) -> Compute:
 
 
 def op_seconds(system: System, op: Op, unit: Compute | None = None, split: int = 1,
-               weight_bytes: int = 0) -> float:
+               weight_bytes: int = 0, trace: Trace | None = None) -> float:
     """One op's time on ``unit`` (the simulator's roofline). ``split`` GPU batches run it in parts
-    over 1/split of the data, each re-reading the op's ``weight_bytes`` in full (FlexGen's zig-zag)."""
+    over 1/split of the data, each re-reading the op's ``weight_bytes`` in full (FlexGen's zig-zag).
+    With ``trace``, a decode attention on the CPU streams its cache in fp32 as the simulator's does
+    (memsim.sim.attention_impl)."""
     unit = unit or op_unit(system, op)
     if op.kind == "comm":
         return comm_seconds(system, op)
     nbytes = op.bytes_read + op.bytes_written
+    if trace is not None and unit.kind == "cpu" and op.kind == "attention" and op.phase == "decode":
+        nbytes = attention_bytes(op, trace, on_cpu=True, gqa_expand=False)
     if split <= 1:
         return unit.op_time(op.flops, nbytes, op.dtype, op.kind, op.phase, op.rows, matmul_shape(op))
     w = min(weight_bytes, nbytes)
@@ -165,8 +170,8 @@ def _times(system: System, trace: Trace, prof: Profile) -> None:
                 t["decode_attn_gpu_layer"] = t.get("decode_attn_gpu_layer", 0.0) + sec
                 if cpu is not None:
                     t["decode_attn_cpu_layer"] = t.get("decode_attn_cpu_layer", 0.0) + cpu.op_time(
-                        op.flops, op.bytes_read + op.bytes_written, op.dtype, op.kind, op.phase,
-                        op.rows)
+                        op.flops, attention_bytes(op, trace, on_cpu=True, gqa_expand=False),
+                        op.dtype, op.kind, op.phase, op.rows)
     prof.time = t
 
 
@@ -180,7 +185,7 @@ def phase_split_times(system: System, trace: Trace, split: int, cpu_attention: b
             if op.phase not in ("prefill", "decode"):
                 continue
             unit = op_unit(system, op, cpu_attention)
-            sec = op_seconds(system, op, unit, split, persistent_input_bytes(trace, op))
+            sec = op_seconds(system, op, unit, split, persistent_input_bytes(trace, op), trace)
             side = "cpu" if unit.kind == "cpu" and system.gpu is not None else "gpu"
             key = f"{op.phase}_{side}"
             out[key] = out.get(key, 0.0) + sec

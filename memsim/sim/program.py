@@ -44,6 +44,7 @@ from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
 from memsim.hardware.gemm import matmul_shape
 from memsim.hardware.spec import System
+from memsim.sim.attention_impl import attention_bytes, fresh_scale
 from memsim.workloads.trace import LAYER, PERSISTENT, Tensor, Trace
 
 
@@ -151,7 +152,7 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
     fast = system.fast_tier
     units = units_of(system)
     notes: list[str] = []
-    raw = _expand(trace, plan, units, notes)
+    raw = _expand(trace, plan, units, notes, fresh_scale(system.cpu))
     if "sparsity" in trace.meta:
         from memsim.sim.neurons import ffn_segments
 
@@ -182,9 +183,10 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
 # -- expansion ------------------------------------------------------------------------------------
 
 
-def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
+def _expand(trace: Trace, plan: Plan, units: dict, notes: list, fresh: float = 1.0) -> list[POp]:
     """Every op instance in order (as ``Trace.expand``), with its unit; names are filled once per
-    (template op, layer) and shared by every iteration, so long decode runs stay cheap."""
+    (template op, layer) and shared by every iteration, so long decode runs stay cheap. ``fresh``:
+    the CPU's cost of a byte written into fresh memory (memsim.sim.attention_impl)."""
     has_gpu, has_cpu = "gpu" in units, "cpu" in units
     out = []
     for block in trace.blocks:
@@ -202,7 +204,9 @@ def _expand(trace: Trace, plan: Plan, units: dict, notes: list) -> list[POp]:
                 unit = "gpu"
                 if "no CPU compute unit: CPU ops run on the GPU" not in notes:
                     notes.append("no CPU compute unit: CPU ops run on the GPU")
-            static.append((op, unit, units[unit], float(op.bytes_read + op.bytes_written),
+            static.append((op, unit, units[unit], attention_bytes(
+                op, trace, on_cpu=unit == "cpu" and _on_cpu(op, plan), gqa_expand=plan.gqa_expand,
+                fresh=fresh),
                            _outputs(op, trace), float(op.bytes_written)))
         append = out.append
         if block.iterations == 1:  # each (op, layer) runs once: no rows to share, make the ops
