@@ -163,6 +163,54 @@ class KVQuant(Spec):
     scale_bits: int = Field(16, ge=1, description="bits of each scale and zero point (fp16: 16)")
 
 
+class KVBudget(Spec):
+    """Which KV stays in the cache (memsim.workloads.kv_budget): attention sinks, a recent window
+    and a budget of tokens chosen by score — StreamingLLM (arXiv 2309.17453: sinks + window),
+    SnapKV (2404.14469), Scissorhands (2305.17118), CAKE (2503.12491): a budget per layer/head."""
+
+    sink: int = Field(4, ge=0, description="first tokens always kept (attention sinks; StreamingLLM: 4)")
+    window: int = Field(1024, ge=0, description="most recent tokens always kept")
+    budget: int | None = Field(None, ge=1, description=(
+        "tokens kept per sequence, sinks and window included (the rest chosen by attention "
+        "score, SnapKV-style); default sink + window (StreamingLLM)"))
+    per: Literal["layer", "head"] = Field("layer", description=(
+        "layer: a layer's KV heads keep one token set; head: each KV head keeps its own (the "
+        "same bytes; selection scores per head)"))
+    observation: int = Field(32, ge=1, description=(
+        "SnapKV's observation window: last prompt queries whose attention scores the prompt"))
+
+    @model_validator(mode="after")
+    def _fits(self) -> KVBudget:
+        if self.budget is not None and self.budget < self.sink + self.window:
+            raise ValueError(f"budget ({self.budget}) is below sink + window "
+                             f"({self.sink + self.window})")
+        if self.budget is None and self.sink + self.window < 1:
+            raise ValueError("give sink, window or budget: the cache would keep no token")
+        return self
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of KV one sequence keeps at most."""
+        return self.budget if self.budget is not None else self.sink + self.window
+
+
+class KVPrefetch(Spec):
+    """Token-selective KV fetch from a host tier (memsim.workloads.kv_budget): a small on-GPU
+    copy of the keys scores the context each decode step and only the top_k tokens' KV is
+    fetched from where the plan homes the cache — InfiniGen (arXiv 2406.19707: partial keys),
+    SpeCache (2503.16163: low-bit keys)."""
+
+    top_k: int = Field(ge=1, description="tokens whose KV each decode step fetches, per sequence and layer")
+    selector_bits: int = Field(4, ge=1, le=16, description="bits per element of the on-GPU key copy")
+    selector_channels: float = Field(1.0, gt=0, le=1, description=(
+        "share of each key's channels the copy keeps (InfiniGen's partial key; 1: every channel)"))
+    selector_values: bool = Field(False, description=(
+        "the copy holds low-bit values too (SpeCache's low-bit KV copy), not keys only"))
+    per: Literal["layer", "head"] = Field("head", description=(
+        "head: each KV head fetches its own tokens (reads of head_dim elements); layer: one "
+        "token set per layer (reads of a whole K or V row)"))
+
+
 class Inference(Spec):
     """Offline generation: prefill the prompt, then decode gen_len tokens for a batch."""
 
@@ -186,6 +234,11 @@ class Inference(Spec):
     sparsity: Sparsity | None = Field(None, description=(
         "predicted FFN sparsity with windowing and row-column bundling (LLM in a flash): "
         "active_fraction, window, window_fraction, load_fraction, bundling, predictor_fraction"))
+    kv_budget: KVBudget | None = Field(None, description=(
+        "KV tokens kept per sequence: sink, window, budget, per (StreamingLLM, SnapKV)"))
+    kv_prefetch: KVPrefetch | None = Field(None, description=(
+        "fetch only the top_k tokens' KV each decode step, chosen by an on-GPU key copy: "
+        "top_k, selector_bits, selector_channels, per (InfiniGen, SpeCache)"))
 
     @model_validator(mode="after")
     def _kv_dtype(self) -> Inference:
