@@ -373,6 +373,11 @@ class SLO(Spec):
     replicas: list[int] | None = Field(None, description="GPU counts to try (default 1, 2, 4, 8)")
     dram: list[int | str] | None = Field(None, description="DRAM prefix-cache sizes per GPU to try "
                                                            "(default 0, 64GiB, 256GiB)")
+    tensor: list[int] | None = Field(None, description=(
+        "tensor-parallel degrees to try, each replica that many GPUs (default: serving.parallel.tensor)"))
+    routing: Literal["round_robin", "prefix"] = Field("round_robin", description=(
+        "how requests reach replicas: round_robin, or prefix (cache-aware: to the replica already "
+        "holding the longest part of the prompt, unless it is overloaded; memsim.planners.routing)"))
 
     @field_validator("ttft_p99", "tbt_p99", mode="before")
     @classmethod
