@@ -131,3 +131,26 @@ def test_cli_reports_budget_error_exit_2(tmp_path):
     assert out.returncode == 2
     doc = json.loads(out.stdout)
     assert "kv_prefetch.top_k" in (doc["key"] or "")
+
+
+def test_per_layer_budgets_size_each_layer(tmp_path, system):
+    # CAKE-style: early layers keep more, late layers less (here 2048 for the first half, 512 after)
+    caps = [2048] * 16 + [512] * 16
+    trace = load_trace(_path(tmp_path, kv_budget={"sink": 4, "window": 124, "budget": caps}))
+    assert trace.meta["per_device_bytes"]["kv_cache"] == B * TOKEN_LAYER * sum(caps)
+    prog = build_program(trace, system, DRAM)
+    assert prog.tensors["L0.kv"].bytes == B * 2048 * TOKEN_LAYER
+    assert prog.tensors["L31.kv"].bytes == B * 512 * TOKEN_LAYER
+    # every decode step reads each layer's whole (full) budget: 16 layers × 2048 + 16 × 512 tokens
+    read: dict[int, float] = {}
+    for o in prog.ops:
+        if o.phase == "decode" and o.name.endswith(".attention"):
+            t = next(n for n in o.inputs if n.endswith(".kv"))
+            read[o.iteration] = read.get(o.iteration, 0.0) + o.in_frac[o.inputs.index(t)] * \
+                prog.tensors[t].bytes
+    assert all(v == pytest.approx(B * TOKEN_LAYER * sum(caps)) for v in read.values())
+    r = simulate(system, trace, DRAM)
+    assert r.feasible and r.peak_bytes["dram"] == B * TOKEN_LAYER * sum(caps)
+    with pytest.raises(SpecError) as err:
+        load_trace(_path(tmp_path, kv_budget={"window": 64, "budget": [128] * 31}))
+    assert err.value.key == "inference.kv_budget.budget"

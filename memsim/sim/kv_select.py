@@ -23,7 +23,8 @@ SELECTOR = ".kv_selector"
 def ctx_frac(sel: dict, op: POp, prompt: int, reading: bool) -> float:
     """Fraction of a KV tensor's bytes ``op`` reads or writes (``prompt``: the prompt tokens,
     plus the decode steps a folded window starts after)."""
-    kept, cap, top_k = sel["kept"], sel["cap"], sel["top_k"]
+    layer = op.layer or 0  # (every op touching KV is a layer's)
+    kept, cap, top_k = sel["kept"][layer], sel["caps"][layer], sel["top_k"]
     if op.phase == "prefill":
         return min(prompt, cap) / kept
     if op.phase == "decode":

@@ -823,7 +823,8 @@ def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace, routed: 
     sel = meta.get("kv_select")  # kept and fetched KV (memsim.sim.kv_select)
 
     def ctx(op: POp, reading: bool) -> float:
-        key = (op.phase, op.iteration, reading, sel is not None and ".attention" in op.name)
+        key = ((op.phase, op.iteration, reading) if sel is None else
+               (op.phase, op.iteration, reading, ".attention" in op.name, op.layer))
         f = ctx_cache.get(key)
         if f is None:
             first = decode_prompt if op.phase == "decode" else prompt

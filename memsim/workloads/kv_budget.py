@@ -5,7 +5,8 @@ Two mechanisms, each a rewrite of the dense trace (``inference.kv_budget``, ``in
 **Token budget** (StreamingLLM, Xiao et al., arXiv 2309.17453: ``sink`` first tokens plus a
 ``window`` of recent ones; SnapKV, Li et al., arXiv 2404.14469, Scissorhands, Liu et al., arXiv
 2305.17118, CAKE, Qin et al., arXiv 2503.12491: a ``budget`` of tokens chosen by attention score,
-per layer or per head). A sequence's cache never holds more than ``budget`` tokens:
+per layer or per head). A sequence's cache never holds more than ``budget`` tokens (a list:
+one budget per layer, as CAKE allocates them):
 
 * ``L{layer}.kv`` is sized for min(prompt + gen, budget) tokens per sequence — the bytes the
   plan homes (HBM or a host tier);
@@ -15,7 +16,9 @@ per layer or per head). A sequence's cache never holds more than ``budget`` toke
   compresses after the layer's prefill), so one layer's full-prompt KV lives for that layer as
   the ``kv_prompt`` buffer; ``kv_compress`` then scores the prompt with its last ``observation``
   queries (2·heads·head_dim FLOPs per query-key pair; none when only sinks and a window are
-  kept) and gathers the kept tokens into ``L{layer}.kv``.
+  kept) and gathers the kept tokens into ``L{layer}.kv``. With per-layer budgets the templated
+  ops cost the mean layer's, and each layer's ``L{i}.kv`` has its own size: a layer whose
+  budget holds the whole prompt is gathered (copied) all the same.
 
 **Selective fetch** (InfiniGen, Lee et al., OSDI'24, arXiv 2406.19707: partial keys; SpeCache,
 Jie et al., arXiv 2503.16163: a low-bit KV copy). The whole cache is homed where the plan puts
@@ -64,36 +67,55 @@ def _check(inf, arch: Architecture, file: str | None) -> None:
                         file=file, key=key)
 
 
+def _caps(inf, layers: int, total: int, file: str | None) -> list[int]:
+    if inf.kv_budget is None:
+        return [total] * layers
+    try:
+        return inf.kv_budget.caps(layers)
+    except ValueError as exc:
+        raise SpecError(str(exc), file=file, key="inference.kv_budget.budget") from None
+
+
 def apply(trace: Trace, arch: Architecture, inf, e: int, dtype: str, file: str | None) -> None:
     """Rewrite the dense inference ``trace`` in place (see the module docstring)."""
     _check(inf, arch, file)
     b, p, g = int(trace.meta["batch_size"]), inf.prompt_len, inf.gen_len
     kv_e = inf.kv_bits / 8
     budget, pref = inf.kv_budget, inf.kv_prefetch
-    cap = budget.tokens if budget is not None else p + g
-    kept = min(p + g, cap)  # tokens one sequence's cache holds at the end
-    token_layer = acc.kv_bytes(arch, 1, inf.kv_bits, layers=1)  # K and V of one token, one layer
-    compressed = p > cap
-    kv = trace.tensors[KV]
-    kv.bytes = b * kept * token_layer
     layers = arch.layers
-    pdb = trace.meta["per_device_bytes"]
-    pdb["kv_cache"] = layers * kv.bytes
+    caps = _caps(inf, layers, p + g, file)
+    kept = [min(p + g, c) for c in caps]  # tokens one sequence's cache holds at the end, per layer
+    token_layer = acc.kv_bytes(arch, 1, inf.kv_bits, layers=1)  # K and V of one token, one layer
+    compressed = p > min(caps)
     sel_token = 0
     if pref is not None:
         parts = 2 if pref.selector_values else 1
         sel_token = -(-int(parts * arch.kv_dim * pref.selector_channels * pref.selector_bits) // 8)
-        trace.tensors[SELECTOR] = Tensor(SELECTOR, b * kept * sel_token, "kv", "int8")
-        pdb["kv_cache"] += layers * b * kept * sel_token
+    mean = round(sum(kept) / layers)  # the templated layer's (what planners read)
+    kv = trace.tensors[KV]
+    kv.bytes = b * mean * token_layer
+    if pref is not None:
+        trace.tensors[SELECTOR] = Tensor(SELECTOR, b * mean * sel_token, "kv", "int8")
+    if len(set(kept)) > 1:  # per-layer budgets (CAKE): each layer's tensors their own size
+        for layer, n in enumerate(kept):
+            name = KV.replace("{layer}", str(layer))
+            trace.tensors[name] = Tensor(name, b * n * token_layer, "kv", kv.dtype)
+            if pref is not None:
+                name = SELECTOR.replace("{layer}", str(layer))
+                trace.tensors[name] = Tensor(name, b * n * sel_token, "kv", "int8")
+    pdb = trace.meta["per_device_bytes"]
+    pdb["kv_cache"] = sum(b * n * (token_layer + sel_token) for n in kept)
     if compressed:
         trace.tensors[PROMPT] = Tensor(PROMPT, b * p * token_layer, "activation", kv.dtype)
         pdb["activations"] += b * p * token_layer
     pdb["total"] = sum(v for k, v in pdb.items() if k != "total")
 
-    kept_mean = mean_kept(p, g, cap)
-    read_mean = mean_kept(p, g, cap, pref.top_k if pref is not None else None)
+    top_k = pref.top_k if pref is not None else None
+    kept_mean = sum(mean_kept(p, g, c) for c in caps) / layers
+    read_mean = sum(mean_kept(p, g, c, top_k) for c in caps) / layers
     dec = {k.key: k for k in layer_kernels(arch, b, 1, read_mean, e, e, kv_e=kv_e, dequant=True)}
-    selected = budget is not None and budget.tokens > budget.sink + budget.window  # scored tokens
+    scored = budget is not None and max(caps) > budget.sink + budget.window  # tokens chosen by score
+    gathered = sum(min(p, c) for c in caps) / layers
     for block in trace.blocks:
         if block.name not in ("prefill", "decode"):
             continue
@@ -118,11 +140,11 @@ def apply(trace: Trace, arch: Architecture, inf, e: int, dtype: str, file: str |
                 o = replace(o, flops=a.flops, bytes_read=a.read, shape=a.shape)
             out.append(o)
             if block.name == "prefill" and key == "attention" and compressed:
-                out.append(_compress_op(arch, b, p, cap, token_layer, sel_token,
-                                        budget.observation if selected else 0, e, dtype))
+                out.append(_compress_op(arch, b, p, gathered, token_layer, sel_token,
+                                        budget.observation if scored else 0, e, dtype))
         block.ops = out
     trace.meta[META] = {
-        "cap": cap, "kept": kept, "top_k": pref.top_k if pref is not None else None,
+        "caps": caps, "kept": kept, "top_k": top_k,
         "compressed": compressed, "token_layer_bytes": token_layer,
         "selector_token_layer_bytes": sel_token, "decode_kept_mean": kept_mean,
         "decode_read_mean": read_mean,
@@ -133,14 +155,14 @@ def apply(trace: Trace, arch: Architecture, inf, e: int, dtype: str, file: str |
     trace.meta["flops_per_step"] = trace.flops
 
 
-def _compress_op(arch: Architecture, b: int, p: int, cap: int, token_layer: int, sel_token: int,
+def _compress_op(arch: Architecture, b: int, p: int, cap: float, token_layer: int, sel_token: int,
                  observation: int, e: int, dtype: str):
     """SnapKV's selection after a layer's prefill: score the prompt's keys with the last
     ``observation`` queries (none for sinks + window only), gather the kept tokens."""
     scores = 2.0 * b * arch.heads * arch.head_dim * min(observation, p) * p
     keys = b * p * arch.kv_dim * e if observation else 0
     outs = (KV, SELECTOR) if sel_token else (KV,)
-    moved = b * cap * (token_layer + sel_token)
+    moved = int(b * cap * (token_layer + sel_token))
     return op(L + "kv_compress", "attention", "prefill", scores, keys + b * cap * token_layer, moved,
               (PROMPT,), outs, dtype=dtype, shape=(b, arch.heads, max(1, observation), p, arch.head_dim))
 

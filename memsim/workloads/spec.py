@@ -170,9 +170,10 @@ class KVBudget(Spec):
 
     sink: int = Field(4, ge=0, description="first tokens always kept (attention sinks; StreamingLLM: 4)")
     window: int = Field(1024, ge=0, description="most recent tokens always kept")
-    budget: int | None = Field(None, ge=1, description=(
+    budget: int | list[int] | None = Field(None, description=(
         "tokens kept per sequence, sinks and window included (the rest chosen by attention "
-        "score, SnapKV-style); default sink + window (StreamingLLM)"))
+        "score, SnapKV-style); a list: one budget per layer (CAKE's layer-wise allocation); "
+        "default sink + window (StreamingLLM)"))
     per: Literal["layer", "head"] = Field("layer", description=(
         "layer: a layer's KV heads keep one token set; head: each KV head keeps its own (the "
         "same bytes; selection scores per head)"))
@@ -181,17 +182,28 @@ class KVBudget(Spec):
 
     @model_validator(mode="after")
     def _fits(self) -> KVBudget:
-        if self.budget is not None and self.budget < self.sink + self.window:
-            raise ValueError(f"budget ({self.budget}) is below sink + window "
-                             f"({self.sink + self.window})")
-        if self.budget is None and self.sink + self.window < 1:
+        floor = self.sink + self.window
+        given = [] if self.budget is None else (
+            self.budget if isinstance(self.budget, list) else [self.budget])
+        if isinstance(self.budget, list) and not self.budget:
+            raise ValueError("budget: give one budget per layer, or a single number")
+        for b in given:
+            if b < max(floor, 1):
+                raise ValueError(f"budget ({b}) is below sink + window ({floor})" if b >= 1
+                                 else f"budget ({b}) keeps no token")
+        if self.budget is None and floor < 1:
             raise ValueError("give sink, window or budget: the cache would keep no token")
         return self
 
-    @property
-    def tokens(self) -> int:
-        """Tokens of KV one sequence keeps at most."""
-        return self.budget if self.budget is not None else self.sink + self.window
+    def caps(self, layers: int) -> list[int]:
+        """Tokens of KV one sequence keeps at most, per layer."""
+        if self.budget is None:
+            return [self.sink + self.window] * layers
+        if isinstance(self.budget, list):
+            if len(self.budget) != layers:
+                raise ValueError(f"{len(self.budget)} per-layer budgets for {layers} layers")
+            return list(self.budget)
+        return [self.budget] * layers
 
 
 class KVPrefetch(Spec):
