@@ -154,3 +154,11 @@ def test_per_layer_budgets_size_each_layer(tmp_path, system):
     with pytest.raises(SpecError) as err:
         load_trace(_path(tmp_path, kv_budget={"window": 64, "budget": [128] * 31}))
     assert err.value.key == "inference.kv_budget.budget"
+
+
+def test_emitted_configs_say_the_knobs_are_not_expressible(tmp_path, system):
+    from memsim.emit import emit
+
+    trace = load_trace(_path(tmp_path, batch_size=1, kv_prefetch={"top_k": 256}))
+    out = emit("flexgen", system, trace, DRAM)
+    assert any("kv_prefetch" in n for n in out.notes)
