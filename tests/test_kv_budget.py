@@ -162,3 +162,17 @@ def test_emitted_configs_say_the_knobs_are_not_expressible(tmp_path, system):
     trace = load_trace(_path(tmp_path, batch_size=1, kv_prefetch={"top_k": 256}))
     out = emit("flexgen", system, trace, DRAM)
     assert any("kv_prefetch" in n for n in out.notes)
+
+
+def test_snapkv_keeps_the_generated_tokens_beside_the_budget(tmp_path, system):
+    trace = load_trace(_path(tmp_path, kv_budget={"sink": 0, "window": 32, "budget": 2048,
+                                                  "keep_generated": True}))
+    assert trace.tensors["L{layer}.kv"].bytes == B * (2048 + G) * TOKEN_LAYER
+    prog = build_program(trace, system, DRAM)
+    att = [o for o in prog.ops if o.phase == "decode" and o.name == "L0.attention"]
+    t = next(n for n in att[0].inputs if n.endswith(".kv"))
+    # step t reads the 2048 kept prompt tokens plus the t + 1 since
+    for o in att:
+        assert o.in_frac[o.inputs.index(t)] == pytest.approx((2048 + o.iteration + 1) / (2048 + G))
+    # contexts 102, 103, 104 hold the 10 kept prompt tokens plus 2, 3, 4 generated
+    assert mean_kept(100, 4, 10, keep_generated=True) == pytest.approx((12 + 13 + 14) / 3)

@@ -16,6 +16,7 @@ Two things the engine must do differently, decided here:
 from __future__ import annotations
 
 from memsim.sim.program import POp, TInfo
+from memsim.workloads.kv_budget import held
 
 SELECTOR = ".kv_selector"
 
@@ -26,11 +27,11 @@ def ctx_frac(sel: dict, op: POp, prompt: int, reading: bool) -> float:
     layer = op.layer or 0  # (every op touching KV is a layer's)
     kept, cap, top_k = sel["kept"][layer], sel["caps"][layer], sel["top_k"]
     if op.phase == "prefill":
-        return min(prompt, cap) / kept
+        return min(prompt, cap) / kept  # (prefill: ``prompt`` is the prompt)
     if op.phase == "decode":
         if not reading:
             return 1.0 / kept
-        n = min(prompt + op.iteration + 1, cap)
+        n = held(sel["prompt"], prompt + op.iteration + 1, cap, sel["keep_generated"])
         if top_k and ".attention" in op.name:
             n = min(n, top_k)
         return min(1.0, n / kept)

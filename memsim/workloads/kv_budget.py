@@ -12,6 +12,7 @@ one budget per layer, as CAKE allocates them):
   plan homes (HBM or a host tier);
 * decode step t attends over min(prompt + t + 1, budget) tokens: attention FLOPs and KV reads
   follow the kept context (the decode op's mean; the engine's per-step fraction, memsim.sim.kv_select);
+  with ``keep_generated`` (SnapKV compresses the prompt once) min(prompt, budget) + t + 1;
 * a prompt longer than the budget is prefilled whole (attention over the full prompt: SnapKV
   compresses after the layer's prefill), so one layer's full-prompt KV lives for that layer as
   the ``kv_prompt`` buffer; ``kv_compress`` then scores the prompt with its last ``observation``
@@ -45,13 +46,19 @@ KV, PROMPT, SELECTOR = L + "kv", "kv_prompt", L + "kv_selector"
 META = "kv_select"  # trace.meta key the simulator reads (memsim.sim.kv_select)
 
 
-def mean_kept(prompt: int, gen: int, cap: float, top_k: float | None = None) -> float:
+def held(prompt: int, ctx: int, cap: int, keep_generated: bool = False) -> int:
+    """Tokens a sequence's cache holds at context ``ctx``: at most ``cap``, or (SnapKV) the
+    prompt's at most ``cap`` and every generated token besides."""
+    return min(prompt, cap) + ctx - prompt if keep_generated else min(ctx, cap)
+
+
+def mean_kept(prompt: int, gen: int, cap: float, top_k: float | None = None,
+              keep_generated: bool = False) -> float:
     """Mean tokens decode attention reads over steps t = 1..gen-1 (context prompt + t + 1):
-    min(context, cap), and at most ``top_k`` of them when a selector picks."""
-    steps = range(prompt + 2, prompt + gen + 1)
-    if not steps:
-        return float(min(prompt + 1, cap, top_k or cap))
-    return sum(min(c, cap, top_k or cap) for c in steps) / len(steps)
+    what the cache holds (:func:`held`), and at most ``top_k`` of them when a selector picks."""
+    steps = range(prompt + 2, prompt + gen + 1) or range(prompt + 1, prompt + 2)
+    big = float("inf")
+    return sum(min(held(prompt, c, cap, keep_generated), top_k or big) for c in steps) / len(steps)
 
 
 def _check(inf, arch: Architecture, file: str | None) -> None:
@@ -84,7 +91,8 @@ def apply(trace: Trace, arch: Architecture, inf, e: int, dtype: str, file: str |
     budget, pref = inf.kv_budget, inf.kv_prefetch
     layers = arch.layers
     caps = _caps(inf, layers, p + g, file)
-    kept = [min(p + g, c) for c in caps]  # tokens one sequence's cache holds at the end, per layer
+    keep = budget is not None and budget.keep_generated
+    kept = [held(p, p + g, c, keep) for c in caps]  # tokens one sequence holds at the end, per layer
     token_layer = acc.kv_bytes(arch, 1, inf.kv_bits, layers=1)  # K and V of one token, one layer
     compressed = p > min(caps)
     sel_token = 0
@@ -111,8 +119,8 @@ def apply(trace: Trace, arch: Architecture, inf, e: int, dtype: str, file: str |
     pdb["total"] = sum(v for k, v in pdb.items() if k != "total")
 
     top_k = pref.top_k if pref is not None else None
-    kept_mean = sum(mean_kept(p, g, c) for c in caps) / layers
-    read_mean = sum(mean_kept(p, g, c, top_k) for c in caps) / layers
+    kept_mean = sum(mean_kept(p, g, c, None, keep) for c in caps) / layers
+    read_mean = sum(mean_kept(p, g, c, top_k, keep) for c in caps) / layers
     dec = {k.key: k for k in layer_kernels(arch, b, 1, read_mean, e, e, kv_e=kv_e, dequant=True)}
     scored = budget is not None and max(caps) > budget.sink + budget.window  # tokens chosen by score
     gathered = sum(min(p, c) for c in caps) / layers
@@ -144,7 +152,7 @@ def apply(trace: Trace, arch: Architecture, inf, e: int, dtype: str, file: str |
                                         budget.observation if scored else 0, e, dtype))
         block.ops = out
     trace.meta[META] = {
-        "caps": caps, "kept": kept, "top_k": top_k,
+        "caps": caps, "kept": kept, "top_k": top_k, "prompt": p, "keep_generated": keep,
         "compressed": compressed, "token_layer_bytes": token_layer,
         "selector_token_layer_bytes": sel_token, "decode_kept_mean": kept_mean,
         "decode_read_mean": read_mean,

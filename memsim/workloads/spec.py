@@ -179,6 +179,9 @@ class KVBudget(Spec):
         "same bytes; selection scores per head)"))
     observation: int = Field(32, ge=1, description=(
         "SnapKV's observation window: last prompt queries whose attention scores the prompt"))
+    keep_generated: bool = Field(False, description=(
+        "the budget bounds the prompt's KV only and every generated token is kept besides "
+        "(SnapKV compresses at prefill); false: the whole cache stays within it (StreamingLLM, H2O)"))
 
     @model_validator(mode="after")
     def _fits(self) -> KVBudget:
