@@ -176,3 +176,15 @@ def test_snapkv_keeps_the_generated_tokens_beside_the_budget(tmp_path, system):
         assert o.in_frac[o.inputs.index(t)] == pytest.approx((2048 + o.iteration + 1) / (2048 + G))
     # contexts 102, 103, 104 hold the 10 kept prompt tokens plus 2, 3, 4 generated
     assert mean_kept(100, 4, 10, keep_generated=True) == pytest.approx((12 + 13 + 14) / 3)
+
+
+@pytest.mark.slow
+def test_snapkv_case_fits_380k_and_finds_the_longest_prompts():
+    from memsim.studies.reproduce import run_case
+
+    r = run_case("snapkv")
+    assert [f.memsim for f in r.figures] == [1.0]
+    longest = [int(line.split(": ")[1].split(" ")[0].replace(",", "")) for line in r.setup
+               if line.startswith("longest")]
+    # with the budget past the published 380K; without, the 512 KiB/token cache binds well below
+    assert longest[0] >= 380_000 > longest[1]
