@@ -80,3 +80,14 @@ def test_prefix_routing_raises_the_hit_rate(rows):
         px = next(r for r in rows["prefix"] if r["tensor"] == tp)
         assert px["routing"] == "prefix"
         assert px["prefix_hit_rate"] > rr["prefix_hit_rate"] + 0.02
+
+
+@pytest.mark.slow
+def test_slo_search_sizes_an_nvme_tier_below_dram():
+    # Llama-2-70B on one H200 leaves ~9 GiB of HBM for KV: an NVMe cache tier keeps what it evicts
+    trace = load_trace("llama2-70b-serve-chat", [
+        "serving.num_requests=400",
+        "serving.slo={ttft_p99: 10s, tbt_p99: 1s, replicas: [1], dram: [0], nvme: [0, 256GiB]}"])
+    rows = {tuple(r["kv_tiers"].items()): r for r in candidates(load_system("h200"), trace)}
+    assert set(rows) == {(), (("nvme", 256 * 2**30),)}
+    assert rows[(("nvme", 256 * 2**30),)]["prefix_hit_rate"] > rows[()]["prefix_hit_rate"] + 0.05

@@ -39,8 +39,21 @@ def _degrees(trace: Trace) -> list[tuple[int, dict | None]]:
     return [(int(t), c) for t, c in sorted(by.items(), key=lambda kv: int(kv[0])) if "invalid" not in c]
 
 
+def _tier_sizes(system: System, drams: list, ssds: list) -> list[dict[str, int] | None]:
+    """Each cache-tier combination tried: a DRAM size, then (``slo.nvme``) an NVMe size below it
+    on the system's first SSD tier; None: no prefix cache to size."""
+    if drams == [None]:
+        return [None]
+    ssd = next((t for t, spec in system.tiers.items() if spec.kind == "ssd"), None)
+    out = []
+    for d in drams:
+        for n in ssds or [0]:
+            out.append({k: v for k, v in (("dram", d), (ssd, n)) if v})
+    return out
+
+
 def _run(system: System, trace: Trace, share: Requests, costs: dict | None, tp: int,
-         dram: int | None):
+         tiers: dict[str, int] | None):
     sub = copy.copy(trace)
     sub.requests = share
     sub.meta = dict(trace.meta)
@@ -48,8 +61,8 @@ def _run(system: System, trace: Trace, share: Requests, costs: dict | None, tp: 
         sub.meta["token_costs"] = costs
         sub.meta["parallel"] = {**(trace.meta.get("parallel") or {}), "tensor": tp,
                                 "gpus": tp * int((trace.meta.get("parallel") or {}).get("pipeline", 1))}
-    if dram is not None:
-        sub.meta["kv_cache"] = {**trace.meta["kv_cache"], "tiers": {"dram": dram} if dram else {}}
+    if tiers is not None:
+        sub.meta["kv_cache"] = {**trace.meta["kv_cache"], "tiers": tiers}
     return simulate(system, sub)
 
 
@@ -60,6 +73,8 @@ def candidates(system: System, trace: Trace, say: Callable[[str], None] = lambda
     routing = slo.get("routing") or "round_robin"
     cached = trace.meta.get("kv_cache") is not None and bool(trace.requests.hash_ids)
     drams = list(slo.get("dram") or DEFAULT_DRAM) if cached and "dram" in system.tiers else [None]
+    ssd = next((t for t, spec in system.tiers.items() if spec.kind == "ssd"), None)
+    ssds = list(slo.get("nvme") or []) if cached and ssd is not None else []
     price = system.usd_per_hour
     rows = []
     for tp, costs in _degrees(trace):
@@ -72,18 +87,18 @@ def candidates(system: System, trace: Trace, say: Callable[[str], None] = lambda
             shares = route(trace.requests, n, routing)
             if routing == "round_robin":
                 shares = shares[:1]
-            for dram in drams:
-                if dram is not None and dram * n * tp > system.tiers["dram"].capacity:
+            for tiers in _tier_sizes(system, drams, ssds):
+                if any(size * n * tp > system.tiers[t].capacity for t, size in (tiers or {}).items()):
                     continue
-                say(f"simulating {n} replica(s) of TP {tp}, DRAM cache {dram or 0} B")
-                runs = [_run(system, trace, sh, costs, tp, dram) for sh in shares]
-                rows.append(_row(runs, shares, n, tp, dram, gpus, price, slo, routing))
+                say(f"simulating {n} replica(s) of TP {tp}, cache tiers {tiers or 'HBM only'}")
+                runs = [_run(system, trace, sh, costs, tp, tiers) for sh in shares]
+                rows.append(_row(runs, shares, n, tp, tiers, gpus, price, slo, routing))
     rows.sort(key=lambda c: (not c["meets_slo"], c["usd_per_mtok"] if c["usd_per_mtok"] is not None
                              else float("inf"), -c["goodput_rps"], c["gpus"]))
     return rows
 
 
-def _row(runs: list, shares: list[Requests], n: int, tp: int, dram: int | None, gpus: int,
+def _row(runs: list, shares: list[Requests], n: int, tp: int, tiers: dict | None, gpus: int,
          price: float | None, slo: dict, routing: str) -> dict:
     """One candidate's figures: the worst replica's p99s (every replica's when alike), the sum
     of their throughputs, the hit rate over all their prompt tokens."""
@@ -105,7 +120,7 @@ def _row(runs: list, shares: list[Requests], n: int, tp: int, dram: int | None, 
     usd = price * used / gpus if price is not None else None
     return {
         "gpus": used, "replicas": n, "tensor": tp, "routing": routing,
-        "kv_tiers": {"dram": dram} if dram else {}, "feasible": all(r.feasible for r in served),
+        "kv_tiers": dict(tiers or {}), "feasible": all(r.feasible for r in served),
         "meets_slo": meets, "ttft_p99_s": ttft, "tbt_p99_s": tbt, "prefix_hit_rate": hit,
         "goodput_rps": scale * completed / span if meets and span > 0 else 0.0,
         "tokens_per_s": tokens, "usd_per_hour": usd,

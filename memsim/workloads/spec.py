@@ -388,6 +388,8 @@ class SLO(Spec):
     replicas: list[int] | None = Field(None, description="GPU counts to try (default 1, 2, 4, 8)")
     dram: list[int | str] | None = Field(None, description="DRAM prefix-cache sizes per GPU to try "
                                                            "(default 0, 64GiB, 256GiB)")
+    nvme: list[int | str] | None = Field(None, description=(
+        "NVMe prefix-cache sizes per GPU to try below the DRAM one (default: no NVMe tier)"))
     tensor: list[int] | None = Field(None, description=(
         "tensor-parallel degrees to try, each replica that many GPUs (default: serving.parallel.tensor)"))
     routing: Literal["round_robin", "prefix"] = Field("round_robin", description=(
@@ -399,7 +401,7 @@ class SLO(Spec):
     def _seconds(cls, value):
         return parse_time(value)
 
-    @field_validator("dram")
+    @field_validator("dram", "nvme")
     @classmethod
     def _sizes(cls, sizes):
         return [parse_bytes(s) for s in sizes] if sizes is not None else sizes
