@@ -1,6 +1,6 @@
 """KV token budgets (memsim.workloads.kv_budget) against published capacity claims, simulated.
 
-A case lists ``runs``: workload overrides (a budget, none) and whether the paper says that job
+A case lists ``runs`` (top level): workload overrides (a budget, none) and whether the paper says that job
 runs on the case's GPU (``published_fits``); memsim's figure is whether its simulation fits (no
 tier over capacity). With ``longest: true`` the setup also reports the longest prompt that fits
 with and without the budget (bisection on simulated feasibility, to ``search_step`` tokens),
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from memsim.errors import SpecError
 from memsim.sim import simulate
 from memsim.studies.reproduce_spec import CaseResult, CaseSpec, Figure
 
@@ -18,7 +19,7 @@ NO_BUDGET = "inference.kv_budget=null"
 
 
 def kv_budget_case(spec: CaseSpec, path: Path, say) -> CaseResult:
-    from memsim.studies.reproduce_cases import _need, gb, system_of, trace_of
+    from memsim.studies.reproduce_cases import gb, system_of, trace_of
 
     s = spec.setup
     system = system_of(s, path)
@@ -30,7 +31,9 @@ def kv_budget_case(spec: CaseSpec, path: Path, say) -> CaseResult:
         return simulate(system, trace, None), trace
 
     figures, setup = [], [f"hardware `{s['hardware']}` ({gb(cap):.1f} GB {fast}), batch 1"]
-    for i, r in enumerate(_need(s, "runs", path)):
+    if not spec.runs:
+        raise SpecError("a kv_budget case needs runs", file=str(path), key="runs")
+    for i, r in enumerate(spec.runs):
         say(f"simulating {r['label']}")
         res, trace = run(list(r.get("overrides", [])))
         sel = trace.meta.get("kv_select") or {}
