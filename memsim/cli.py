@@ -475,7 +475,8 @@ def _render_slo(rows: list[dict]) -> None:
     for c in rows:
         tiers = ", ".join(f"{t} {units.fmt_bytes(b)}" for t, b in c["kv_tiers"].items()) or "HBM only"
         usd = f"{c['usd_per_mtok']:.3f}" if c["usd_per_mtok"] is not None else "—"
-        table.add_row(str(c["gpus"]), tiers, f"{c['ttft_p99_s']:.3g} s", f"{c['tbt_p99_s'] * 1e3:.3g} ms",
+        gpus = f"{c['gpus']} = {c.get('replicas', c['gpus'])}×TP{c.get('tensor', 1)}"
+        table.add_row(gpus, tiers, f"{c['ttft_p99_s']:.3g} s", f"{c['tbt_p99_s'] * 1e3:.3g} ms",
                       "yes" if c["meets_slo"] else "no", f"{c['goodput_rps']:.3g} req/s", usd)
     out.print(table)
 

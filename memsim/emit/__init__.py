@@ -57,6 +57,9 @@ def emit(fmt: str, system: System, trace: Trace, plan: Plan) -> Emitted:
     module = FORMATS[check_format(fmt)]
     text, notes = module.emit(system, trace, plan)
     notes = [*notes, *_inexpressible(fmt, plan)]
+    if "kv_select" in trace.meta:  # workload knobs (memsim.workloads.kv_budget) no framework has
+        notes.append(f"{fmt} has no setting for inference.kv_budget / kv_prefetch (StreamingLLM, "
+                     "SnapKV, InfiniGen): the figures assume them, the config keeps the full cache")
     ran = read(fmt, text, system, trace, file=f"emitted {DEFAULT_NAMES[fmt]}")
     ran.notes = list(notes)
     return Emitted(fmt, text, ran, list(dict.fromkeys(notes)))

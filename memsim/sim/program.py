@@ -176,6 +176,10 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
         from memsim.sim.neurons import home_neurons
 
         home_neurons(ops, tensors, trace, plan)
+    if "kv_select" in trace.meta:
+        from memsim.sim.kv_select import home
+
+        home(tensors, trace.meta["kv_select"], fast)
     return Program(ops, tensors, scan.segments, units, fast, notes, plan.staging,
                    plan.weight_copies or 1)
 
@@ -823,12 +827,20 @@ def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace, routed: 
         kinds_of[names] = k = k or None
         return k
 
+    sel = meta.get("kv_select")  # kept and fetched KV (memsim.sim.kv_select)
+
     def ctx(op: POp, reading: bool) -> float:
-        key = (op.phase, op.iteration, reading)
+        key = ((op.phase, op.iteration, reading) if sel is None else
+               (op.phase, op.iteration, reading, ".attention" in op.name, op.layer))
         f = ctx_cache.get(key)
         if f is None:
-            f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, decode_prompt if op.phase == "decode"
-                                           else prompt, reading, chunk)
+            first = decode_prompt if op.phase == "decode" else prompt
+            if sel is not None:
+                from memsim.sim.kv_select import ctx_frac
+
+                f = ctx_cache[key] = ctx_frac(sel, op, first, reading)
+            else:
+                f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, first, reading, chunk)
         return f
 
     for op in ops:

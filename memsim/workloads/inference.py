@@ -192,6 +192,10 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
             "batch_size auto: memsim plan searches the batch; these figures are batch 1's")]
     if arch.is_moe:
         trace.meta["routed_experts"] = moe.trace_meta(arch, {"prefill": b * chunk, "decode": b})
+    if inf.kv_budget is not None or inf.kv_prefetch is not None:  # kept and fetched KV
+        from memsim.workloads.kv_budget import apply
+
+        apply(trace, arch, inf, e, dt, w._source)
     if inf.sparsity is not None:
         from memsim.workloads.sparsity import sparsify
 

@@ -296,4 +296,7 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
                             "chunk_tokens": sv.kv_cache.chunk_tokens}
     if sv.slo is not None:
         meta["slo"] = sv.slo.model_dump()
+        from memsim.workloads.slo_costs import costs_by_tensor  # one GPU's costs per TP degree
+
+        meta["slo"]["costs_by_tensor"] = costs_by_tensor(arch, costs, sv, e, w._source)
     return tb.trace(meta, requests)

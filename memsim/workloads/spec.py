@@ -164,6 +164,69 @@ class KVQuant(Spec):
     scale_bits: int = Field(16, ge=1, description="bits of each scale and zero point (fp16: 16)")
 
 
+class KVBudget(Spec):
+    """Which KV stays in the cache (memsim.workloads.kv_budget): attention sinks, a recent window
+    and a budget of tokens chosen by score — StreamingLLM (arXiv 2309.17453: sinks + window),
+    SnapKV (2404.14469), Scissorhands (2305.17118), CAKE (2503.12491): a budget per layer/head."""
+
+    sink: int = Field(4, ge=0, description="first tokens always kept (attention sinks; StreamingLLM: 4)")
+    window: int = Field(1024, ge=0, description="most recent tokens always kept")
+    budget: int | list[int] | None = Field(None, description=(
+        "tokens kept per sequence, sinks and window included (the rest chosen by attention "
+        "score, SnapKV-style); a list: one budget per layer (CAKE's layer-wise allocation); "
+        "default sink + window (StreamingLLM)"))
+    per: Literal["layer", "head"] = Field("layer", description=(
+        "layer: a layer's KV heads keep one token set; head: each KV head keeps its own (the "
+        "same bytes; selection scores per head)"))
+    observation: int = Field(32, ge=1, description=(
+        "SnapKV's observation window: last prompt queries whose attention scores the prompt"))
+    keep_generated: bool = Field(False, description=(
+        "the budget bounds the prompt's KV only and every generated token is kept besides "
+        "(SnapKV compresses at prefill); false: the whole cache stays within it (StreamingLLM, H2O)"))
+
+    @model_validator(mode="after")
+    def _fits(self) -> KVBudget:
+        floor = self.sink + self.window
+        given = [] if self.budget is None else (
+            self.budget if isinstance(self.budget, list) else [self.budget])
+        if isinstance(self.budget, list) and not self.budget:
+            raise ValueError("budget: give one budget per layer, or a single number")
+        for b in given:
+            if b < max(floor, 1):
+                raise ValueError(f"budget ({b}) is below sink + window ({floor})" if b >= 1
+                                 else f"budget ({b}) keeps no token")
+        if self.budget is None and floor < 1:
+            raise ValueError("give sink, window or budget: the cache would keep no token")
+        return self
+
+    def caps(self, layers: int) -> list[int]:
+        """Tokens of KV one sequence keeps at most, per layer."""
+        if self.budget is None:
+            return [self.sink + self.window] * layers
+        if isinstance(self.budget, list):
+            if len(self.budget) != layers:
+                raise ValueError(f"{len(self.budget)} per-layer budgets for {layers} layers")
+            return list(self.budget)
+        return [self.budget] * layers
+
+
+class KVPrefetch(Spec):
+    """Token-selective KV fetch from a host tier (memsim.workloads.kv_budget): a small on-GPU
+    copy of the keys scores the context each decode step and only the top_k tokens' KV is
+    fetched from where the plan homes the cache — InfiniGen (arXiv 2406.19707: partial keys),
+    SpeCache (2503.16163: low-bit keys)."""
+
+    top_k: int = Field(ge=1, description="tokens whose KV each decode step fetches, per sequence and layer")
+    selector_bits: int = Field(4, ge=1, le=16, description="bits per element of the on-GPU key copy")
+    selector_channels: float = Field(1.0, gt=0, le=1, description=(
+        "share of each key's channels the copy keeps (InfiniGen's partial key; 1: every channel)"))
+    selector_values: bool = Field(False, description=(
+        "the copy holds low-bit values too (SpeCache's low-bit KV copy), not keys only"))
+    per: Literal["layer", "head"] = Field("head", description=(
+        "head: each KV head fetches its own tokens (reads of head_dim elements); layer: one "
+        "token set per layer (reads of a whole K or V row)"))
+
+
 class Inference(Spec):
     """Offline generation: prefill the prompt, then decode gen_len tokens for a batch."""
 
@@ -187,6 +250,11 @@ class Inference(Spec):
     sparsity: Sparsity | None = Field(None, description=(
         "predicted FFN sparsity with windowing and row-column bundling (LLM in a flash): "
         "active_fraction, window, window_fraction, load_fraction, bundling, predictor_fraction"))
+    kv_budget: KVBudget | None = Field(None, description=(
+        "KV tokens kept per sequence: sink, window, budget, per (StreamingLLM, SnapKV)"))
+    kv_prefetch: KVPrefetch | None = Field(None, description=(
+        "fetch only the top_k tokens' KV each decode step, chosen by an on-GPU key copy: "
+        "top_k, selector_bits, selector_channels, per (InfiniGen, SpeCache)"))
 
     @model_validator(mode="after")
     def _kv_dtype(self) -> Inference:
@@ -321,13 +389,20 @@ class SLO(Spec):
     replicas: list[int] | None = Field(None, description="GPU counts to try (default 1, 2, 4, 8)")
     dram: list[int | str] | None = Field(None, description="DRAM prefix-cache sizes per GPU to try "
                                                            "(default 0, 64GiB, 256GiB)")
+    nvme: list[int | str] | None = Field(None, description=(
+        "NVMe prefix-cache sizes per GPU to try below the DRAM one (default: no NVMe tier)"))
+    tensor: list[int] | None = Field(None, description=(
+        "tensor-parallel degrees to try, each replica that many GPUs (default: serving.parallel.tensor)"))
+    routing: Literal["round_robin", "prefix"] = Field("round_robin", description=(
+        "how requests reach replicas: round_robin, or prefix (cache-aware: to the replica already "
+        "holding the longest part of the prompt, unless it is overloaded; memsim.planners.routing)"))
 
     @field_validator("ttft_p99", "tbt_p99", mode="before")
     @classmethod
     def _seconds(cls, value):
         return parse_time(value)
 
-    @field_validator("dram")
+    @field_validator("dram", "nvme")
     @classmethod
     def _sizes(cls, sizes):
         return [parse_bytes(s) for s in sizes] if sizes is not None else sizes
