@@ -1,5 +1,5 @@
 """CPU decode attention as ZeRO-Inference's transformers fork runs it, measured here with torch,
-beside what memsim's model of it (memsim/sim/attention_impl.py) predicts.
+beside what memsim's model of it (memsim/hardware/attention_impl.py) predicts.
 
 Three ways to attend one decode token over an fp32 cache with the same FLOPs (64 query heads):
 ``mha`` a 64-KV-head cache (OPT's path: bmm over the cache), ``gqa-expand`` an 8-KV-head cache

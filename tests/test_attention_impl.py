@@ -1,6 +1,6 @@
 """Attention implementations that move more than the fused kernel: the fp32 cache of CPU
 attention and HF's GQA expansion (repeat_kv), in the trace's bytes, the planner's estimate and
-the simulated step (memsim.sim.attention_impl)."""
+the simulated step (memsim.hardware.attention_impl)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import copy
 import pytest
 
 from memsim.contracts.plan import Plan
+from memsim.hardware.attention_impl import attention_bytes, fresh_scale, query_group
 from memsim.hardware.catalog import load_system
 from memsim.planners.baselines import zero_inference
 from memsim.planners.profile import op_seconds
 from memsim.sim import simulate
-from memsim.sim.attention_impl import attention_bytes, fresh_scale, query_group
 from memsim.specio import validate
 from memsim.workloads import build_trace, workload_architecture
 from memsim.workloads.spec import Workload

@@ -75,7 +75,7 @@ implements and every planner relies on:
 ``gqa_expand``
     Attention materialises K and V for every query head before its matmuls, as HF transformers'
     eager attention does (``repeat_kv``): each step and layer reads the cache once and writes and
-    reads ``heads / kv_heads`` copies of it (memsim.sim.attention_impl). False: a grouped kernel
+    reads ``heads / kv_heads`` copies of it (memsim.hardware.attention_impl). False: a grouped kernel
     reads each KV head once. No effect on multi-head attention.
 
 ``serving``

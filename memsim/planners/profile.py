@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memsim.contracts.names import template
+from memsim.hardware.attention_impl import attention_bytes
 from memsim.hardware.collectives import trace_comm_path
 from memsim.hardware.gemm import matmul_shape
 from memsim.hardware.spec import Compute, System
-from memsim.sim.attention_impl import attention_bytes
 from memsim.workloads.trace import LAYER, PERSISTENT, Op, Trace
 
 CLASSES = ("weight", "grad", "optimizer", "kv", "activation", "workspace")
@@ -62,7 +62,7 @@ def op_seconds(system: System, op: Op, unit: Compute | None = None, split: int =
     """One op's time on ``unit`` (the simulator's roofline). ``split`` GPU batches run it in parts
     over 1/split of the data, each re-reading the op's ``weight_bytes`` in full (FlexGen's zig-zag).
     With ``trace``, a decode attention on the CPU streams its cache in fp32 as the simulator's does
-    (memsim.sim.attention_impl)."""
+    (memsim.hardware.attention_impl)."""
     unit = unit or op_unit(system, op)
     if op.kind == "comm":
         return comm_seconds(system, op)

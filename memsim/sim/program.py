@@ -42,9 +42,9 @@ from memsim.contracts.names import (
 )
 from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
+from memsim.hardware.attention_impl import attention_bytes, fresh_scale
 from memsim.hardware.gemm import matmul_shape
 from memsim.hardware.spec import System
-from memsim.sim.attention_impl import attention_bytes, fresh_scale
 from memsim.workloads.trace import LAYER, PERSISTENT, Tensor, Trace
 
 
@@ -190,7 +190,7 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
 def _expand(trace: Trace, plan: Plan, units: dict, notes: list, fresh: float = 1.0) -> list[POp]:
     """Every op instance in order (as ``Trace.expand``), with its unit; names are filled once per
     (template op, layer) and shared by every iteration, so long decode runs stay cheap. ``fresh``:
-    the CPU's cost of a byte written into fresh memory (memsim.sim.attention_impl)."""
+    the CPU's cost of a byte written into fresh memory (memsim.hardware.attention_impl)."""
     has_gpu, has_cpu = "gpu" in units, "cpu" in units
     out = []
     for block in trace.blocks:
