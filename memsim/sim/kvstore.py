@@ -44,6 +44,7 @@ import math
 import random
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import groupby
 
 EVICTIONS = ("lru", "lfu", "ttl", "predict")
 
@@ -119,51 +120,40 @@ class PrefixStore:
     def lookup(self, hashes: Sequence[int], prompt: int) -> tuple[int, int]:
         """(leading cached blocks of ``hashes``, prompt tokens they hold), without touching them;
         at most ``prompt - 1`` tokens: the last prompt token is always computed, as vLLM does."""
-        where = self.where
-        hit = 0
-        for h in hashes:
-            if h not in where:
-                break
-            hit += 1
+        found = list(map(self.where.__contains__, hashes))  # (C-speed: prompts are long)
+        hit = found.index(False) if False in found else len(found)
         return hit, min(hit * self.block_tokens, prompt - 1)
 
     def runs(self, hashes: Sequence[int]) -> list[list]:
         """Where the leading cached blocks of ``hashes`` are, as runs ``[tier, blocks]`` in order
         (one pass; stops at the first block cached nowhere)."""
-        where, names = self.where, self.lower_names
+        names = self.lower_names
         out: list[list] = []
-        last = -1
-        for h in hashes:
-            t = where.get(h)
+        for t, group in groupby(map(self.where.get, hashes)):
             if t is None:
                 break
-            if t == last:
-                out[-1][1] += 1
-            else:
-                out.append([names[t], 1])
-                last = t
+            out.append([names[t], sum(1 for _ in group)])
         return out
 
     def acquire(self, hashes: Sequence[int], tokens: int) -> dict[str, int]:
         """Reference the hit blocks holding ``tokens`` prompt tokens, promoting those found in a
         lower tier; returns the tokens served from each tier (lower ones must be copied in)."""
         self.epoch += 1
-        where, names = self.where, self.lower_names
+        where, names, pinned, bt = self.where, self.lower_names, self.pinned, self.block_tokens
         served = dict.fromkeys(self.hits_by_tier, 0)
-        left = tokens
-        for h in hashes:
-            n = min(self.block_tokens, left)
-            left -= n
-            tier = self.tier
-            if h in self.pinned:  # the session came back within its time-to-live
-                self.unpinned += self.pinned.pop(h)[1]
-            else:
-                t = where.get(h)
-                if t:  # promoted from lower tier t - 1
-                    del self.lower[t - 1][2][h]
-                    where[h] = 0
-                    tier = names[t]
-            served[tier] += n
+        lower = 0  # tokens served from lower tiers; the rest came from HBM
+        for i, h in enumerate(hashes):
+            if pinned and h in pinned:  # the session came back within its time-to-live
+                self.unpinned += pinned.pop(h)[1]
+                continue
+            t = where.get(h)
+            if t:  # promoted from lower tier t - 1
+                del self.lower[t - 1][2][h]
+                where[h] = 0
+                n = min(bt, max(0, tokens - i * bt))
+                served[names[t]] += n
+                lower += n
+        served[self.tier] += min(max(0, tokens), len(hashes) * bt) - lower
         self.register(hashes)
         return served
 
@@ -260,13 +250,15 @@ class PrefixStore:
 
     def fit(self, free_blocks: int) -> None:
         """Evict least recently used blocks until the evictable set fits the free pool."""
-        lru, keep, where = self.lru, max(0, free_blocks) // self.cost, self.where
-        while len(lru) > keep:
-            self.epoch += 1
+        lru, where = self.lru, self.where
+        n = len(lru) - max(0, free_blocks) // self.cost
+        if n <= 0:
+            return
+        self.epoch += n
+        chain = [(i, cap, lv) for i, (_, cap, lv) in enumerate(self.lower, 1) if cap > 0]
+        for _ in range(n):
             h, _ = lru.popitem(last=False)
-            for i, (_, cap, lv) in enumerate(self.lower, 1):  # demote down the chain; the last
-                if cap <= 0:                                    # tier drops it
-                    continue
+            for i, cap, lv in chain:  # demote down the chain; the last tier drops it
                 lv[h] = None
                 where[h] = i
                 if len(lv) <= cap:

@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
+
 from memsim.contracts.plan import Plan, ServingPolicy
 from memsim.contracts.result import Result, ServingStats
 from memsim.errors import SpecError, did_you_mean
@@ -570,12 +572,22 @@ class ServingEngine:
                 need[j] += 1
         steps: list[float] = []
         t = now
-        compute = self._compute_time
+        tc = self.tc
+        compute = self._compute_time if tc.pp > 1 or tc.tp > 1 else None
+        if compute is None:  # _compute_time's sums inlined: the dense part is the same each step
+            dense_rate, attn_rate, bw, launch = self._rates[True]
+            dense = max(n * tc.flops_per_token / dense_rate,
+                        (tc.weight_bytes * self._routed_share(n) + n * tc.activation_bytes_per_token)
+                        / bw) + launch
+            fa, kb, launches = tc.attn_flops_per_token_ctx, tc.kv_bytes_per_token, self.launches
         for j in range(k):
             if (arrival is not None and t >= arrival) or need[j] > free:
                 break
             free -= need[j]
-            dt = compute(n, ctx, ctx, True)
+            if compute is None:
+                dt = dense + (max(ctx * fa / attn_rate, (ctx + n) * kb / bw) + launch) + launches
+            else:
+                dt = compute(n, ctx, ctx, True)
             steps.append(dt)
             t += dt
             ctx += n
@@ -726,21 +738,20 @@ class ServingEngine:
 
 
 def _quantiles(samples: list[tuple[float, int]]) -> dict[str, float]:
-    """p50/p90/p99 (nearest rank) and mean of weighted samples ``(value, count)``."""
+    """p50/p90/p99 (nearest rank) and mean of weighted samples ``(value, count)``; a run of
+    100,000 requests has about a million TBT samples, so the sort is numpy's."""
     if not samples:
         return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "mean": 0.0}
-    ordered = sorted(samples)
-    total = sum(c for _, c in ordered)
+    arr = np.array(samples, dtype=float)
+    order = np.argsort(arr[:, 0], kind="stable")
+    values, counts = arr[order, 0], arr[order, 1].astype(np.int64)
+    cum = np.cumsum(counts)
+    total = int(cum[-1])
     out = {}
     for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99)):
         rank = max(1, math.ceil(q * total))
-        seen = 0
-        for v, c in ordered:
-            seen += c
-            if seen >= rank:
-                out[name] = v
-                break
-    out["mean"] = math.fsum(v * c for v, c in ordered) / total
+        out[name] = float(values[int(np.searchsorted(cum, rank, side="left"))])
+    out["mean"] = math.fsum((values * counts).tolist()) / total
     return out
 
 
