@@ -132,7 +132,7 @@ class PrefixStore:
         for t, group in groupby(map(self.where.get, hashes)):
             if t is None:
                 break
-            out.append([names[t], sum(1 for _ in group)])
+            out.append([names[t], len(list(group))])
         return out
 
     def acquire(self, hashes: Sequence[int], tokens: int) -> dict[str, int]:

@@ -272,8 +272,9 @@ class ServingEngine:
                 yield timeout(todo[nxt].arrival - now)
                 acct["idle"] += env._now - now
                 continue
-            if head >= len(waiting) and not swapped and self.ff_ok and rec is None and (
-                    store is None or not store.pinned):
+            if not swapped and self.ff_ok and rec is None and (
+                    store is None or not store.pinned) and (
+                    head >= len(waiting) or self._head_blocked(waiting[head], len(running), free)):
                 steps, need = self._decode_run(running, now, todo[nxt].arrival if nxt < n_todo
                                                else None, free)
                 if steps:  # decode-only iterations up to the next event, in one timeout
@@ -594,6 +595,17 @@ class ServingEngine:
         if len(steps) < 2:
             return [], []
         return steps, need[:len(steps)]
+
+    def _head_blocked(self, r: Req, n: int, free: int) -> bool:
+        """Whether the first waiting request stays out of every decode-only iteration from now
+        while the free blocks only shrink: the batch is full, or even its smallest first chunk
+        (no cached prefix at all) needs more blocks than are free. The scheduler would try it
+        each iteration and give up, so the iterations can still run in one go."""
+        pol = self.policy
+        budget = pol.max_num_batched_tokens - n
+        if n >= pol.max_num_seqs or budget <= 0:
+            return True
+        return -(-min(r.prompt + r.generated, budget) // pol.block_size) - r.blocks > free
 
     def _kv_bytes(self, given: int, taken: int) -> None:
         """Pool bytes for blocks given back, then taken (same instant: the peak is not inflated)."""
