@@ -44,6 +44,7 @@ import math
 import random
 from collections import OrderedDict
 from collections.abc import Sequence
+from itertools import groupby
 
 EVICTIONS = ("lru", "lfu", "ttl", "predict")
 
@@ -111,64 +112,48 @@ class PrefixStore:
         self.hit_tokens = 0
         self.prompt_tokens = 0
         self.epoch = 0  # bumped by every change, so a lookup can be reused while it holds
+        # where each cached block is: 0 in HBM (referenced, evictable or pinned), i + 1 in lower
+        # tier i (one dict, so a lookup is one membership test per block)
+        self.where: dict[int, int] = {}
+        self.lower_names = [tier, *(t for t, _ in lower)]
 
     def lookup(self, hashes: Sequence[int], prompt: int) -> tuple[int, int]:
         """(leading cached blocks of ``hashes``, prompt tokens they hold), without touching them;
         at most ``prompt - 1`` tokens: the last prompt token is always computed, as vLLM does."""
-        refs, lru = self.refs, self.lru
-        hit = 0
-        pinned = self.pinned
-        if not self.lower:
-            for h in hashes:
-                if h not in refs and h not in lru and h not in pinned:
-                    break
-                hit += 1
-            return hit, min(hit * self.block_tokens, prompt - 1)
-        lower = [lv for _, _, lv in self.lower]
-        for h in hashes:
-            if h not in refs and h not in lru and h not in pinned and not any(h in lv for lv in lower):
-                break
-            hit += 1
+        found = list(map(self.where.__contains__, hashes))  # (C-speed: prompts are long)
+        hit = found.index(False) if False in found else len(found)
         return hit, min(hit * self.block_tokens, prompt - 1)
 
     def runs(self, hashes: Sequence[int]) -> list[list]:
         """Where the leading cached blocks of ``hashes`` are, as runs ``[tier, blocks]`` in order
         (one pass; stops at the first block cached nowhere)."""
-        refs, lru, pinned, fast = self.refs, self.lru, self.pinned, self.tier
-        lower = [(t, lv) for t, _, lv in self.lower]
+        names = self.lower_names
         out: list[list] = []
-        for h in hashes:
-            if h in refs or h in lru or h in pinned:
-                tier = fast
-            else:
-                tier = next((t for t, lv in lower if h in lv), None)
-                if tier is None:
-                    break
-            if out and out[-1][0] == tier:
-                out[-1][1] += 1
-            else:
-                out.append([tier, 1])
+        for t, group in groupby(map(self.where.get, hashes)):
+            if t is None:
+                break
+            out.append([names[t], len(list(group))])
         return out
 
     def acquire(self, hashes: Sequence[int], tokens: int) -> dict[str, int]:
         """Reference the hit blocks holding ``tokens`` prompt tokens, promoting those found in a
         lower tier; returns the tokens served from each tier (lower ones must be copied in)."""
         self.epoch += 1
+        where, names, pinned, bt = self.where, self.lower_names, self.pinned, self.block_tokens
         served = dict.fromkeys(self.hits_by_tier, 0)
-        left = tokens
-        for h in hashes:
-            n = min(self.block_tokens, left)
-            left -= n
-            tier = self.tier
-            if h in self.pinned:  # the session came back within its time-to-live
-                self.unpinned += self.pinned.pop(h)[1]
-            elif h not in self.refs and h not in self.lru:
-                for t, _, lv in self.lower:
-                    if h in lv:
-                        del lv[h]
-                        tier = t
-                        break
-            served[tier] += n
+        lower = 0  # tokens served from lower tiers; the rest came from HBM
+        for i, h in enumerate(hashes):
+            if pinned and h in pinned:  # the session came back within its time-to-live
+                self.unpinned += pinned.pop(h)[1]
+                continue
+            t = where.get(h)
+            if t:  # promoted from lower tier t - 1
+                del self.lower[t - 1][2][h]
+                where[h] = 0
+                n = min(bt, max(0, tokens - i * bt))
+                served[names[t]] += n
+                lower += n
+        served[self.tier] += min(max(0, tokens), len(hashes) * bt) - lower
         self.register(hashes)
         return served
 
@@ -182,7 +167,7 @@ class PrefixStore:
     def register(self, hashes: Sequence[int]) -> None:
         """A request holds these blocks (hit or computed): reference them, off the LRU list."""
         self.epoch += 1
-        refs, lru = self.refs, self.lru
+        refs, lru, where = self.refs, self.lru, self.where
         if self.eviction == "lfu":
             freq = self.freq
             for h in hashes:
@@ -196,9 +181,11 @@ class PrefixStore:
                 elif h in self.pinned:
                     self.unpinned += self.pinned.pop(h)[1]
                 else:  # computed anew: drop a stale lower-tier copy, the chain stays exclusive
-                    for _, _, lv in self.lower:
-                        lv.pop(h, None)
+                    t = where.get(h)
+                    if t:
+                        del self.lower[t - 1][2][h]
                 refs[h] = 1
+                where[h] = 0
 
     def release(self, hashes: Sequence[int], now: float | None = None, rid: int = -1,
                 blocks: int = 0) -> int:
@@ -263,17 +250,22 @@ class PrefixStore:
 
     def fit(self, free_blocks: int) -> None:
         """Evict least recently used blocks until the evictable set fits the free pool."""
-        lru, keep = self.lru, max(0, free_blocks) // self.cost
-        while len(lru) > keep:
-            self.epoch += 1
+        lru, where = self.lru, self.where
+        n = len(lru) - max(0, free_blocks) // self.cost
+        if n <= 0:
+            return
+        self.epoch += n
+        chain = [(i, cap, lv) for i, (_, cap, lv) in enumerate(self.lower, 1) if cap > 0]
+        for _ in range(n):
             h, _ = lru.popitem(last=False)
-            for _, cap, lv in self.lower:  # demote down the chain; the last tier drops it
-                if cap <= 0:
-                    continue
+            for i, cap, lv in chain:  # demote down the chain; the last tier drops it
                 lv[h] = None
+                where[h] = i
                 if len(lv) <= cap:
                     break
                 h, _ = lv.popitem(last=False)
+            else:
+                del where[h]
 
     @property
     def hit_rate(self) -> float:
