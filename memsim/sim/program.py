@@ -176,6 +176,19 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
     return Program(ops, tensors, scan.segments, units, fast, notes)
 
 
+def refit_context(prog: Program, trace: Trace, plan: Plan) -> Program | None:
+    """``prog`` (built for a window of decode iterations) for the same window at another place
+    in the context (``trace.meta["decode_from"]``, memsim/sim/fold.py): what differs is only the
+    share of each tensor an op moves (``_fractions``), so only that is worked out again, in
+    place. None where more could differ (build the program again)."""
+    if (trace.kind != "inference" or "sparsity" in trace.meta
+            or (plan.kv_head_groups and plan.kv_head_groups > 1)):
+        return None
+    with paused_gc():
+        _fractions(prog.ops, prog.tensors, trace, routed=plan.expert_fetch == "routed")
+    return prog
+
+
 # -- expansion ------------------------------------------------------------------------------------
 
 
