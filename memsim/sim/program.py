@@ -104,6 +104,7 @@ class Program:
     units: dict[str, str]  # unit → memory tier
     fast: str
     notes: list[str] = field(default_factory=list)
+    context_ops: list[POp] | None = None  # decode ops touching KV (``refit_context``'s), once found
 
 
 def units_of(system: System) -> dict[str, str]:
@@ -185,7 +186,12 @@ def refit_context(prog: Program, trace: Trace, plan: Plan) -> Program | None:
             or (plan.kv_head_groups and plan.kv_head_groups > 1)):
         return None
     with paused_gc():
-        _fractions(prog.ops, prog.tensors, trace, routed=plan.expert_fetch == "routed")
+        if prog.context_ops is None:  # only decode ops reading or writing KV see the context
+            kv = {t for t, info in prog.tensors.items() if info.cls == "kv"}
+            prog.context_ops = [op for op in prog.ops if op.phase == "decode" and not (
+                kv.isdisjoint(op.inputs) and kv.isdisjoint(op.outputs))]
+        _fractions(prog.ops, prog.tensors, trace, routed=plan.expert_fetch == "routed",
+                   only=prog.context_ops)
     return prog
 
 
@@ -796,9 +802,11 @@ def _annotate(ops: list[POp], scan: _Scan, tensors: dict[str, TInfo], trace: Tra
         ops[i].dies = tuple(sorted(names))
 
 
-def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace, routed: bool = True) -> None:
+def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace, routed: bool = True,
+               only: list[POp] | None = None) -> None:
     """Each inference op's ``in_frac`` and ``out_frac`` (see ``_annotate``); ``routed``: a pass
-    reads only the routed experts its tokens pick (Plan.expert_fetch)."""
+    reads only the routed experts its tokens pick (Plan.expert_fetch); ``only``: these of
+    ``ops`` alone (the rest as they are)."""
     meta = trace.meta
     prompt, gen = meta.get("prompt_len"), meta.get("gen_len")
     total_ctx = (prompt + gen) if (prompt and gen) else None
@@ -837,7 +845,7 @@ def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace, routed: 
                                            else prompt, reading, chunk)
         return f
 
-    for op in ops:
+    for op in ops if only is None else only:
         ins, outs = op.inputs, op.outputs
         kin = kinds_get(ins, missing)
         if kin is missing:
