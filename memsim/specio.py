@@ -7,6 +7,7 @@ reads the same everywhere: ``file: key.path: what was expected``. Loading has no
 from __future__ import annotations
 
 import copy
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,9 +39,31 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+_PARSED: dict[tuple[str, int, int], bytes] = {}  # (path, mtime, size) → the parsed data, pickled
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Parse one YAML file; a syntax error or a duplicate key becomes a SpecError naming the file."""
+    """Parse one YAML file; a syntax error or a duplicate key becomes a SpecError naming the file.
+
+    A file read before and unchanged since (same mtime and size) is not parsed again: a study
+    loads the same catalog entries and presets at every point, and pure-Python YAML parsing was
+    a twentieth of its time. Each call gets its own copy (callers edit what they read)."""
     path = Path(path)
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        key = None  # (reading it below says why)
+    hit = _PARSED.get(key) if key is not None else None
+    if hit is not None:
+        return pickle.loads(hit)
+    data = _parse_yaml(path)
+    if key is not None:
+        _PARSED[key] = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
+
+
+def _parse_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

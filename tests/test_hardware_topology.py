@@ -211,3 +211,39 @@ def test_gemm_rate_by_rows_interpolates_and_falls_back():
     assert unit.rate("matmul", "forward", "fp32") == 9e10
     assert unit.rate("matmul", "backward", "fp32", rows=128) == 9e10
     assert unit.op_time(8e10, 0, "fp32", "matmul", "forward", rows=128) == pytest.approx(1.0)
+
+
+def test_routes_are_networkx_routes_on_every_catalog_system():
+    """The breadth-first search that spares the networkx import picks networkx's route (fewest
+    hops, then the widest bottleneck, the first of equals) for every pair of every catalog
+    system's tiers, and the same connected groups."""
+    import itertools
+
+    import networkx as nx
+
+    from memsim.specio import catalog_names
+
+    pairs = 0
+    for name in catalog_names("hardware"):
+        system = load_system(name)
+        topo = Topology(system)
+        graph = topo.graph  # networkx's own graph of the system
+        assert sorted(map(sorted, topo.components())) == sorted(
+            map(sorted, nx.connected_components(graph)))
+        for src, dst in itertools.permutations(system.tiers, 2):
+            if not nx.has_path(graph, src, dst):
+                with pytest.raises(ValueError, match="no link path"):
+                    topo.route(src, dst)
+                continue
+            want = None
+            for path in nx.all_shortest_paths(graph, src, dst):
+                hops = [max((d["link"] for d in graph.get_edge_data(a, b).values()),
+                            key=lambda link, a=a: link.rate(a)) for a, b in itertools.pairwise(path)]
+                width = min(link.rate(a) for link, a in zip(hops, path, strict=False))
+                if want is None or width > want[0]:
+                    want = (width, [link.name for link in hops], path)
+            got = topo.route(src, dst)
+            assert [h.link.name for h in got.hops] == want[1], (name, src, dst)
+            assert [got.src, *[h.dst for h in got.hops]] == want[2]
+            pairs += 1
+    assert pairs > 20

@@ -157,3 +157,21 @@ def test_a_window_reads_the_context_of_its_place(h100) -> None:
     late = simulate(h100, fold.windowed(trace, 60, 3), p, fold=False)
     assert late.link_busy and late.step_time_s > early.step_time_s
     assert sum(late.link_busy.values()) * late.step_time_s > sum(early.link_busy.values()) * early.step_time_s
+
+
+def test_a_refit_window_is_the_window_built_anew(h100) -> None:
+    """``refit_context`` moves a built window's program to another context: every op moves the
+    shares a program built for that context moves, and it simulates to the same Result."""
+    from memsim.sim.program import build_program, refit_context
+
+    trace = load_trace("llama3-8b-infer", ["inference.gen_len=64", "inference.batch_size=4"])
+    p = Plan.from_dict({"placement": {"kv": {"dram": 1.0}}, "num_gpu_batches": 2})
+    early, late = fold.windowed(trace, 0, 3), fold.windowed(trace, 60, 3)
+    refit = refit_context(build_program(early, h100, p), late, p)
+    fresh = build_program(late, h100, p)
+    assert refit is not None
+    assert [(o.in_frac, o.out_frac) for o in refit.ops] == [(o.in_frac, o.out_frac) for o in fresh.ops]
+    assert any(a.in_frac != b.in_frac for a, b in zip(build_program(early, h100, p).ops, fresh.ops,
+                                                      strict=True))
+    _same(fold._result(h100, late, fold._sample(h100, late, p, refit)),
+          fold._result(h100, late, fold._sample(h100, late, p, fresh)))

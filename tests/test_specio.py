@@ -128,3 +128,15 @@ def test_resolve_catalog_name_and_path(tmp_path):
     assert resolve(str(own), "hardware") == own
     with pytest.raises(SpecError, match="did you mean 'cxl-host'"):
         resolve("cxl-hots", "hardware")
+
+
+def test_a_file_read_again_is_a_fresh_copy_and_an_edit_is_seen(tmp_path):
+    """read_yaml keeps what it parsed: a second read must not share objects with the first
+    (callers pop keys), and a file edited since must be parsed again."""
+    path = tmp_path / "w.yaml"
+    path.write_text("a: {b: [1, 2]}\n")
+    first = read_yaml(path)
+    first["a"]["b"].append(3)
+    assert read_yaml(path) == {"a": {"b": [1, 2]}}
+    path.write_text("a: {b: [1, 2, 3, 4]}\n")  # (another size: seen even within one mtime tick)
+    assert read_yaml(path) == {"a": {"b": [1, 2, 3, 4]}}

@@ -8,9 +8,8 @@ goes direct when a GPUDirect-Storage link exists and bounces through DRAM otherw
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from dataclasses import dataclass
-
-import networkx as nx
 
 from memsim.errors import did_you_mean
 from memsim.hardware.spec import Link, System
@@ -55,14 +54,72 @@ class Topology:
 
     def __init__(self, system: System):
         self.system = system
-        self.graph = nx.MultiGraph()
-        self.graph.add_nodes_from(system.tiers)
+        # the multigraph as plain dicts: tier → neighbours, and each pair's links by name (one
+        # dict for both directions), in the order the system lists them; networkx (a second
+        # of import time) is loaded only to order a tie between two shortest paths
+        self._adj: dict[str, dict[str, None]] = {t: {} for t in system.tiers}
+        self._links: dict[frozenset[str], dict[str, Link]] = {}
         for link in system.links:
-            self.graph.add_edge(*link.ends, key=link.name, link=link)
+            a, b = link.ends
+            for x, y in ((a, b), (b, a)):
+                self._adj.setdefault(x, {})[y] = None
+            self._links.setdefault(frozenset((a, b)), {})[link.name] = link
+        self._graph = None
         self._routes: dict[tuple[str, str], Route] = {}
 
+    @property
+    def graph(self):
+        """The networkx MultiGraph of tiers and links (built, and networkx imported, on first use)."""
+        if self._graph is None:
+            import networkx as nx
+
+            graph = nx.MultiGraph()
+            graph.add_nodes_from(self.system.tiers)
+            for link in self.system.links:
+                graph.add_edge(*link.ends, key=link.name, link=link)
+            self._graph = graph
+        return self._graph
+
     def components(self) -> list[set[str]]:
-        return [set(c) for c in nx.connected_components(self.graph)]
+        """Tiers that links join, one set per connected group (in the order tiers are listed)."""
+        seen: set[str] = set()
+        out = []
+        for start in self._adj:
+            if start in seen:
+                continue
+            group, todo = {start}, [start]
+            while todo:
+                for nxt in self._adj[todo.pop()]:
+                    if nxt not in group:
+                        group.add(nxt)
+                        todo.append(nxt)
+            seen |= group
+            out.append(group)
+        return out
+
+    def _shortest_paths(self, src: str, dst: str) -> list[list[str]]:
+        """Every path of fewest hops from ``src`` to ``dst`` (none: not joined), in networkx's
+        ``all_shortest_paths`` order; breadth-first search here unless there is a tie."""
+        dist, count, pred = {src: 0}, {src: 1}, {src: ""}
+        queue = deque([src])
+        while queue:
+            x = queue.popleft()
+            for y in self._adj[x]:
+                if y not in dist:
+                    dist[y], count[y], pred[y] = dist[x] + 1, count[x], x
+                    queue.append(y)
+                elif dist[y] == dist[x] + 1:
+                    count[y] += count[x]
+        if dst not in dist:
+            return []
+        if count[dst] > 1:
+            import networkx as nx
+
+            return list(nx.all_shortest_paths(self.graph, src, dst))
+        path = [dst]
+        while path[-1] != src:
+            path.append(pred[path[-1]])
+        return [path[::-1]]
 
     def route(self, src: str, dst: str) -> Route:
         """The hops a copy from tier ``src`` to tier ``dst`` takes; raises if none exists."""
@@ -75,11 +132,11 @@ class Topology:
                                f"{sorted(self.system.tiers)}")
         if src == dst:
             route = Route(src, dst, ())
-        elif not nx.has_path(self.graph, src, dst):
+        elif not (paths := self._shortest_paths(src, dst)):
             raise ValueError(f"no link path joins tier {src!r} to tier {dst!r} in {self.system.name}")
         else:
             best: tuple[int, float, tuple[Hop, ...]] | None = None
-            for path in nx.all_shortest_paths(self.graph, src, dst):
+            for path in paths:
                 hops = tuple(self._widest_hop(a, b) for a, b in itertools.pairwise(path))
                 width = min(h.rate for h in hops)
                 if best is None or width > best[1]:
@@ -90,7 +147,7 @@ class Topology:
         return route
 
     def _widest_hop(self, a: str, b: str) -> Hop:
-        links = [data["link"] for data in self.graph.get_edge_data(a, b).values()]
+        links = list(self._links[frozenset((a, b))].values())
         best = max(links, key=lambda link: link.rate(a))
         return Hop(best, a, b)
 
@@ -115,4 +172,4 @@ class Topology:
             src, dst)
 
     def has_direct(self, src: str, dst: str) -> bool:
-        return self.graph.has_edge(src, dst)
+        return frozenset((src, dst)) in self._links

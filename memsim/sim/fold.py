@@ -143,13 +143,15 @@ class _Sample:
     resident: list[tuple[str, dict[str, int]]]  # tensors resident from t=0: name, home bytes
 
 
-def _sample(system: System, trace: Trace, plan: Plan) -> _Sample | None:
-    """One reduced run, measured (None: it overflowed a tier)."""
+def _sample(system: System, trace: Trace, plan: Plan, prog=None) -> _Sample | None:
+    """One reduced run, measured (None: it overflowed a tier). ``prog``: the trace's program,
+    built already (``_over_context`` refits one window's program to each context)."""
     from memsim.sim.engine import StepEngine
     from memsim.sim.program import build_program
     from memsim.sim.report import _dtype
 
-    prog = build_program(trace, system, plan)
+    if prog is None:
+        prog = build_program(trace, system, plan)
     engine = StepEngine(system, prog, plan.prefetch_depth, False, trace.meta)
     result = engine.run()  # (an OOM changes no figure: the pools never refuse)
     clock = engine.clock
@@ -256,14 +258,22 @@ def _over_context(system: System, trace: Trace, plan: Plan, g: int) -> _Sample |
         return None  # (bench/bench_fold.py's "layers only": this fold off, the others on)
     if mid < 1 or len(starts) * (short + long_ + 2) > CONTEXT_BUDGET * (g + 1):
         return None
-    runs: dict[tuple[int, int], _Sample] = {}
-    for k in starts:
-        for w in WINDOW:
-            got = _sample(system, windowed(trace, k, w), plan)
+    from memsim.sim.program import build_program, refit_context
+
+    got_at: dict[tuple[int, int], _Sample] = {}
+    for w in WINDOW:  # one program per window length: the contexts differ in bytes moved only
+        prog = None
+        for k in starts:
+            window = windowed(trace, k, w)
+            prog = None if prog is None else refit_context(prog, window, plan)
+            if prog is None:
+                prog = build_program(window, system, plan)
+            got = _sample(system, window, plan, prog)
             if got is None:
                 log.debug("not folded %s over contexts: an OOM in a window at %d", trace.name, k)
                 return None
-            runs[k, w] = got
+            got_at[k, w] = got
+    runs = {(k, w): got_at[k, w] for k in starts for w in WINDOW}  # (the order _sum_context reads)
     out = _sum_context(runs, starts, g - short)
     log.debug("%s %s over contexts from windows at %s", "folded" if out else "not folded",
               trace.name, starts)

@@ -107,6 +107,7 @@ class Program:
     notes: list[str] = field(default_factory=list)
     staging: str = "pipelined"  # Plan.staging: how multi-hop copies move (memsim.sim.staging)
     weight_copies: int = 1  # Plan.weight_copies: copies a layer's weight fetch is issued as
+    context_ops: list[POp] | None = None  # decode ops touching KV (``refit_context``'s), once found
 
 
 def units_of(system: System) -> dict[str, str]:
@@ -182,6 +183,24 @@ def _build_program(trace: Trace, system: System, plan: Plan) -> Program:
         home(tensors, trace.meta["kv_select"], fast)
     return Program(ops, tensors, scan.segments, units, fast, notes, plan.staging,
                    plan.weight_copies or 1)
+
+
+def refit_context(prog: Program, trace: Trace, plan: Plan) -> Program | None:
+    """``prog`` (built for a window of decode iterations) for the same window at another place
+    in the context (``trace.meta["decode_from"]``, memsim/sim/fold.py): what differs is only the
+    share of each tensor an op moves (``_fractions``), so only that is worked out again, in
+    place. None where more could differ (build the program again)."""
+    if (trace.kind != "inference" or "sparsity" in trace.meta
+            or (plan.kv_head_groups and plan.kv_head_groups > 1)):
+        return None
+    with paused_gc():
+        if prog.context_ops is None:  # only decode ops reading or writing KV see the context
+            kv = {t for t, info in prog.tensors.items() if info.cls == "kv"}
+            prog.context_ops = [op for op in prog.ops if op.phase == "decode" and not (
+                kv.isdisjoint(op.inputs) and kv.isdisjoint(op.outputs))]
+        _fractions(prog.ops, prog.tensors, trace, routed=plan.expert_fetch == "routed",
+                   only=prog.context_ops)
+    return prog
 
 
 # -- expansion ------------------------------------------------------------------------------------
@@ -794,9 +813,11 @@ def _annotate(ops: list[POp], scan: _Scan, tensors: dict[str, TInfo], trace: Tra
         ops[i].dies = tuple(sorted(names))
 
 
-def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace, routed: bool = True) -> None:
+def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace, routed: bool = True,
+               only: list[POp] | None = None) -> None:
     """Each inference op's ``in_frac`` and ``out_frac`` (see ``_annotate``); ``routed``: a pass
-    reads only the routed experts its tokens pick (Plan.expert_fetch)."""
+    reads only the routed experts its tokens pick (Plan.expert_fetch); ``only``: these of
+    ``ops`` alone (the rest as they are)."""
     meta = trace.meta
     prompt, gen = meta.get("prompt_len"), meta.get("gen_len")
     total_ctx = (prompt + gen) if (prompt and gen) else None
@@ -843,7 +864,7 @@ def _fractions(ops: list[POp], tensors: dict[str, TInfo], trace: Trace, routed: 
                 f = ctx_cache[key] = _ctx_frac(True, op, total_ctx, first, reading, chunk)
         return f
 
-    for op in ops:
+    for op in ops if only is None else only:
         ins, outs = op.inputs, op.outputs
         kin = kinds_get(ins, missing)
         if kin is missing:
