@@ -281,4 +281,8 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
                                 microbatches=t.grad_accum, precision=t.precision, optimizer=t.optimizer,
                                 zero_stage=t.zero_stage, flash=t.flash_attention, trainable=t.lora is None)
         out["work"]["overlap_grad_reduce"] = t.overlap_grad_reduce
+        if t.zero3_gather == "tensor":
+            from memsim.workloads.parallel_work import gather_per_tensor
+
+            gather_per_tensor(out["work"], arch)
     return out
