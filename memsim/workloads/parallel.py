@@ -266,9 +266,13 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
                           "optimizer": states.optimizer, "activations": acts,
                           "total": states.total + acts})
     busiest = max(per_stage, key=lambda r: (r["total"], -r["stage"]))
-    if t.pipeline_schedule == "interleaved" and arch.layers % (lay.pipeline * t.virtual_stages):
-        raise SpecError(f"pipeline × virtual_stages = {lay.pipeline * t.virtual_stages} must divide the "
-                        f"{arch.layers} layers of {arch.name}", file=file, key="training.virtual_stages")
+    # Megatron-Core splits each stage's layers evenly over its chunks, uneven stages included
+    # (transformer_block.get_num_layers_to_build): every stage's count must divide by them
+    counts = lay.stage_layers(arch.layers)
+    if t.pipeline_schedule == "interleaved" and any(n % t.virtual_stages for n in counts):
+        raise SpecError(f"virtual_stages={t.virtual_stages} must divide every pipeline stage's layers "
+                        f"({', '.join(map(str, sorted(set(counts))))} of {arch.name}'s {arch.layers})",
+                        file=file, key="training.virtual_stages")
     out = {"tensor": lay.tensor, "pipeline": lay.pipeline, "data": lay.data, "context": lay.context,
            "expert": lay.expert, "sequence_parallel": lay.sequence_parallel,
            "pipeline_schedule": t.pipeline_schedule, "virtual_stages": t.virtual_stages, "gpus": lay.gpus,
