@@ -15,6 +15,7 @@ from memsim.studies import reproduce_cases as cases
 from memsim.studies.reproduce_flash import flash_case
 from memsim.studies.reproduce_frameworks import framework
 from memsim.studies.reproduce_kivi import kivi_case
+from memsim.studies.reproduce_kv_tp import kv_capacity
 from memsim.studies.reproduce_parallel import parallel
 from memsim.studies.reproduce_prefix import prefix_serving, prefix_trace
 from memsim.studies.reproduce_spec import CaseResult, CaseSpec
@@ -31,4 +32,5 @@ KINDS: dict[str, Callable[[CaseSpec, Path, Callable[[str], None]], CaseResult]] 
     "parallel": parallel,
     "prefix_trace": prefix_trace,
     "prefix_serving": prefix_serving,
+    "kv_capacity": kv_capacity,
 }
