@@ -266,6 +266,11 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
                           "optimizer": states.optimizer, "activations": acts,
                           "total": states.total + acts})
     busiest = max(per_stage, key=lambda r: (r["total"], -r["stage"]))
+    if t.tp_comm_overlap and not (t.sequence_parallel and lay.tensor > 1):
+        # megatron/training/arguments.py: "Tensor parallel communication/GEMM overlap can happen
+        # only when sequence parallelism is enabled"
+        raise SpecError("tp_comm_overlap needs sequence_parallel: true and tensor > 1", file=file,
+                        key="training.tp_comm_overlap")
     # Megatron-Core splits each stage's layers evenly over its chunks, uneven stages included
     # (transformer_block.get_num_layers_to_build): every stage's count must divide by them
     counts = lay.stage_layers(arch.layers)
@@ -289,4 +294,8 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
             from memsim.workloads.parallel_work import gather_per_tensor
 
             gather_per_tensor(out["work"], arch)
+        if t.tp_comm_overlap:
+            from memsim.workloads.parallel_work import overlap_tp_comm
+
+            overlap_tp_comm(out["work"])
     return out

@@ -270,6 +270,38 @@ def gather_per_tensor(work: dict, arch: Architecture) -> dict:
     return work
 
 
+def _overlapped(ops: list[dict]) -> list[dict]:
+    """One pass's ops with each sequence-parallel collective beside a GEMM: one that a matmul
+    follows runs with it (the all-gather feeding it); otherwise one that a matmul precedes
+    moves ahead of it and runs with it (the reduce-scatter its chunks stream into)."""
+    def sp(op: dict) -> bool:
+        return (op["unit"] == "comm" and op["group"] == "tensor" and op["mode"] == "sync"
+                and op["coll"] in ("all_gather", "reduce_scatter"))
+
+    out: list[dict] = []
+    for i, op in enumerate(ops):
+        if not sp(op):
+            out.append(op)
+        elif i + 1 < len(ops) and ops[i + 1].get("kind") == "matmul":
+            out.append(dict(op, mode="overlap"))
+        elif (out and out[-1].get("kind") == "matmul"
+              and not (len(out) > 1 and out[-2].get("mode") == "overlap")):  # one per GEMM
+            out.insert(len(out) - 1, dict(op, mode="overlap"))
+        else:
+            out.append(op)
+    return out
+
+
+def overlap_tp_comm(work: dict) -> dict:
+    """Tensor-parallel communication overlapped with the GEMMs (Megatron-Core's
+    ``--tp-comm-overlap``: Transformer Engine splits each GEMM into chunks and pipelines the
+    sequence-parallel all-gather before it and the reduce-scatter after it with them), so a
+    collective costs only what its GEMM does not hide."""
+    for key in ("layer_fwd", "layer_bwd"):
+        work[key] = _overlapped(work[key])
+    return work
+
+
 def with_work(trace, workload, arch: Architecture | None = None):
     """Make sure a training trace carries its rank work: a layout within data parallelism has
     none by default (the single-rank engine runs it), but one spanning nodes, or one the layout
@@ -287,5 +319,7 @@ def with_work(trace, workload, arch: Architecture | None = None):
         par["work"]["overlap_grad_reduce"] = t.overlap_grad_reduce
         if t.zero3_gather == "tensor":
             gather_per_tensor(par["work"], arch)
+        if t.tp_comm_overlap:
+            overlap_tp_comm(par["work"])
     trace.workload_spec = workload
     return trace
