@@ -59,7 +59,7 @@ def test_tensor_granularity_slows_a_gather_bound_step():
     base = {"micro_batch": 1, "seq_len": 1024, "grad_accum": 1, "zero_stage": 3, "precision": "fp16",
             "parallel": {"data": 32}}
     layer = simulate(s, build_trace(Workload(name="z3", model="llama-3-8b", training=base)))
-    tensor = simulate(s, build_trace(Workload(name="z3-tensor", model="llama-3-8b",
+    tensor = simulate(s, build_trace(Workload(name="z3", model="llama-3-8b",
                                               training={**base, "zero3_gather": "tensor"})))
     assert layer.parallel is not None and tensor.parallel is not None
     assert tensor.step_time_s > layer.step_time_s

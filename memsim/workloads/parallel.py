@@ -283,6 +283,8 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
            "pipeline_schedule": t.pipeline_schedule, "virtual_stages": t.virtual_stages, "gpus": lay.gpus,
            "busiest_rank": {"stage": busiest["stage"], "bytes": busiest["total"]},
            "per_stage": per_stage, "scheduled": True}
+    if t.zero3_gather != "layer":  # in the trace itself, so traces built without work differ too
+        out["zero3_gather"] = t.zero3_gather
     if lay.gpus != lay.data or lay.expert > 1:  # beyond data parallelism: memsim.sim.parallel runs it
         from memsim.workloads.parallel_work import rank_work
 
