@@ -70,7 +70,8 @@ def reserved_lines(system: System, meta: dict | None = None,
                    resident: dict[str, list[int]] | None = None) -> dict[str, dict[str, int]]:
     """Non-tensor bytes per tier and line (cuda_context, cublas_workspace, nccl, allocator).
 
-    ``meta``: the trace's meta (``data_parallel`` > 1 brings NCCL's buffers); ``resident``: the
+    ``meta``: the trace's meta (``data_parallel`` > 1, or a ``parallel`` group of several GPUs,
+    brings NCCL's buffers); ``resident``: the
     sizes of the tensors resident on each tier from the step's start: the allocator line is their
     rounding plus the fragmentation allowance, a fraction of their bytes. Empty for systems
     without a GPU or with ``overheads: false``."""
@@ -83,7 +84,11 @@ def reserved_lines(system: System, meta: dict | None = None,
     data = runtime_data()
     lines = {"cuda_context": units.parse_bytes(data["cuda_context"]["bytes"]),
              "cublas_workspace": cublas_workspace(system, data["cublas_workspace"])}
-    if int((meta or {}).get("data_parallel", 1) or 1) > 1:
+    # a process with peers holds NCCL's buffers: data-parallel ranks, or the GPUs of a serving
+    # engine's tensor/pipeline group (vLLM's workers share one communicator)
+    peers = int((meta or {}).get("data_parallel", 1) or 1) > 1 or int(
+        ((meta or {}).get("parallel") or {}).get("gpus", 1) or 1) > 1
+    if peers:
         nccl = data["nccl"]
         lines["nccl"] = units.parse_bytes(nccl["buffsize"]) * int(nccl["channels"]) * int(nccl["peers"])
     alloc = data["allocator"]

@@ -100,7 +100,7 @@ class Costs:
 
     def __call__(self, op: dict) -> float:
         key = (op["unit"], op.get("kind") or op.get("coll"), op.get("phase"), op["bytes"], op.get("flops"),
-               op.get("group"), op.get("rows"), op.get("shape"))
+               op.get("group"), op.get("rows"), op.get("shape"), op.get("calls", 1))
         d = self.cache.get(key)
         if d is None:
             if op["unit"] == "gpu":
@@ -110,7 +110,8 @@ class Costs:
                 d = op["bytes"] / self.host_rate
             else:
                 size, stride = group_shape(self.layout)[op["group"]]
-                d = collective_time(self.system, op["coll"], op["bytes"], size, stride)
+                calls = int(op.get("calls", 1))  # one op issued as several collectives (per tensor)
+                d = calls * collective_time(self.system, op["coll"], op["bytes"] / calls, size, stride)
             self.cache[key] = d
         return d
 

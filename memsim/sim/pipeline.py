@@ -46,19 +46,47 @@ def order_1f1b(stages: int, stage: int, micro: int) -> list[tuple[str, int]]:
     return ops
 
 
-def order_interleaved(stages: int, stage: int, micro: int, chunks: int) -> list[tuple[str, int, int]]:
-    """The op order (kind, chunk, micro) of one stage under Megatron's interleaved 1F1B:
-    micro-batches go in groups of ``stages`` through each of the stage's ``chunks`` model chunks;
-    warm-up is 2(P−i−1) + (v−1)·P forwards (megatron/core/pipeline_parallel/schedules.py)."""
-    total = micro * chunks
+def interleaved_table(micro: int, chunks: int, group: int) -> list[tuple[int, int]]:
+    """(micro, chunk) of each forward slot under the interleaved schedule: micro-batches go in
+    groups of ``group`` through every chunk before the next group starts; the last group takes
+    the remainder, so ``micro`` need not be a multiple of ``group`` (Megatron-Core's
+    ``get_schedule_table`` in megatron/core/pipeline_parallel/schedules.py)."""
+    table = []
+    for low in range(0, micro, group):
+        high = micro if low + group >= micro else low + group
+        table += [(m, c) for c in range(chunks) for m in range(low, high)]
+    return table
+
+
+def microbatch_group(stages: int, micro: int) -> int | None:
+    """The smallest group of consecutive micro-batches per chunk that Megatron-Core accepts
+    (``microbatch_group_size_per_vp_stage`` N, in [P, M], with M mod N either 0 or at least P:
+    a smaller last group would stall on its own dependencies); None when M < P."""
+    for n in range(stages, micro + 1):
+        if micro % n == 0 or micro % n >= stages:
+            return n
+    return None
+
+
+def order_interleaved(stages: int, stage: int, micro: int, chunks: int,
+                      group: int | None = None) -> list[tuple[str, int, int]]:
+    """The op order (kind, chunk, micro) of one stage under Megatron's interleaved 1F1B: the
+    k-th forward runs slot k of :func:`interleaved_table` (groups of ``group`` micro-batches,
+    ``stages`` by default), the k-th backward the same slot's micro-batch on chunk v−1−c;
+    warm-up is 2(P−i−1) + (v−1)·N forwards (megatron/core/pipeline_parallel/schedules.py)."""
+    group = stages if group is None else group
+    table = interleaved_table(micro, chunks, group)
+    total = len(table)
 
     def fwd(k: int) -> tuple[str, int, int]:
-        return "F", (k // stages) % chunks, (k // (stages * chunks)) * stages + k % stages
+        m, c = table[k]
+        return "F", c, m
 
     def bwd(k: int) -> tuple[str, int, int]:
-        return "B", chunks - 1 - (k // stages) % chunks, (k // (stages * chunks)) * stages + k % stages
+        m, c = table[k]
+        return "B", chunks - 1 - c, m
 
-    warm = min(2 * (stages - stage - 1) + (chunks - 1) * stages, total)
+    warm = min(2 * (stages - stage - 1) + (chunks - 1) * group, total)
     ops = [fwd(k) for k in range(warm)]
     f, b = warm, 0
     while f < total:
@@ -81,11 +109,15 @@ def simulate_pipeline(stages: int, micro: int, fwd: list[float] | float, bwd: li
                       p2p: float = 0.0, *, schedule: str = "1f1b", chunks: int = 1,
                       blocking_p2p: bool = False) -> PipelineRun:
     """1F1B, or the interleaved schedule with ``chunks`` model chunks per stage (each chunk runs
-    1/chunks of the stage's layers: ``fwd``/``bwd`` stay whole-stage times). The interleaved
-    order needs micro-batches in whole groups of ``stages``; otherwise it falls back to 1F1B."""
-    if schedule != "interleaved" or chunks <= 1 or stages == 1 or micro % stages:
+    1/chunks of the stage's layers, as Megatron-Core splits an uneven stage's layers evenly
+    over its chunks: ``fwd``/``bwd`` stay whole-stage times, one per stage when stages differ).
+    Micro-batches go through the chunks in groups of :func:`microbatch_group` (the stage
+    count when it divides them, else the smallest group Megatron-Core accepts); fewer
+    micro-batches than stages cannot interleave and run 1F1B."""
+    group = microbatch_group(stages, micro)
+    if schedule != "interleaved" or chunks <= 1 or stages == 1 or group is None:
         return simulate_1f1b(stages, micro, fwd, bwd, p2p, blocking_p2p)
-    orders = [order_interleaved(stages, i, micro, chunks) for i in range(stages)]
+    orders = [order_interleaved(stages, i, micro, chunks, group) for i in range(stages)]
     return _run(stages, chunks, orders, fwd, bwd, p2p, blocking_p2p)
 
 

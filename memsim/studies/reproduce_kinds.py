@@ -16,6 +16,7 @@ from memsim.studies.reproduce_flash import flash_case
 from memsim.studies.reproduce_frameworks import framework
 from memsim.studies.reproduce_kivi import kivi_case
 from memsim.studies.reproduce_kv_budget import kv_budget_case
+from memsim.studies.reproduce_kv_tp import kv_capacity
 from memsim.studies.reproduce_parallel import parallel
 from memsim.studies.reproduce_prefix import prefix_serving, prefix_trace
 from memsim.studies.reproduce_spec import CaseResult, CaseSpec
@@ -33,4 +34,5 @@ KINDS: dict[str, Callable[[CaseSpec, Path, Callable[[str], None]], CaseResult]] 
     "prefix_trace": prefix_trace,
     "prefix_serving": prefix_serving,
     "kv_budget": kv_budget_case,
+    "kv_capacity": kv_capacity,
 }

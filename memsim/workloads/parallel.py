@@ -266,14 +266,25 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
                           "optimizer": states.optimizer, "activations": acts,
                           "total": states.total + acts})
     busiest = max(per_stage, key=lambda r: (r["total"], -r["stage"]))
-    if t.pipeline_schedule == "interleaved" and arch.layers % (lay.pipeline * t.virtual_stages):
-        raise SpecError(f"pipeline × virtual_stages = {lay.pipeline * t.virtual_stages} must divide the "
-                        f"{arch.layers} layers of {arch.name}", file=file, key="training.virtual_stages")
+    if t.tp_comm_overlap and not (t.sequence_parallel and lay.tensor > 1):
+        # megatron/training/arguments.py: "Tensor parallel communication/GEMM overlap can happen
+        # only when sequence parallelism is enabled"
+        raise SpecError("tp_comm_overlap needs sequence_parallel: true and tensor > 1", file=file,
+                        key="training.tp_comm_overlap")
+    # Megatron-Core splits each stage's layers evenly over its chunks, uneven stages included
+    # (transformer_block.get_num_layers_to_build): every stage's count must divide by them
+    counts = lay.stage_layers(arch.layers)
+    if t.pipeline_schedule == "interleaved" and any(n % t.virtual_stages for n in counts):
+        raise SpecError(f"virtual_stages={t.virtual_stages} must divide every pipeline stage's layers "
+                        f"({', '.join(map(str, sorted(set(counts))))} of {arch.name}'s {arch.layers})",
+                        file=file, key="training.virtual_stages")
     out = {"tensor": lay.tensor, "pipeline": lay.pipeline, "data": lay.data, "context": lay.context,
            "expert": lay.expert, "sequence_parallel": lay.sequence_parallel,
            "pipeline_schedule": t.pipeline_schedule, "virtual_stages": t.virtual_stages, "gpus": lay.gpus,
            "busiest_rank": {"stage": busiest["stage"], "bytes": busiest["total"]},
            "per_stage": per_stage, "scheduled": True}
+    if t.zero3_gather != "layer":  # in the trace itself, so traces built without work differ too
+        out["zero3_gather"] = t.zero3_gather
     if lay.gpus != lay.data or lay.expert > 1:  # beyond data parallelism: memsim.sim.parallel runs it
         from memsim.workloads.parallel_work import rank_work
 
@@ -281,4 +292,12 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
                                 microbatches=t.grad_accum, precision=t.precision, optimizer=t.optimizer,
                                 zero_stage=t.zero_stage, flash=t.flash_attention, trainable=t.lora is None)
         out["work"]["overlap_grad_reduce"] = t.overlap_grad_reduce
+        if t.zero3_gather == "tensor":
+            from memsim.workloads.parallel_work import gather_per_tensor
+
+            gather_per_tensor(out["work"], arch)
+        if t.tp_comm_overlap:
+            from memsim.workloads.parallel_work import overlap_tp_comm
+
+            overlap_tp_comm(out["work"])
     return out

@@ -240,6 +240,68 @@ def rank_work(arch: Architecture, layout: Layout, *, micro_batch: int, seq_len: 
     }
 
 
+#: families whose attention projects Q, K and V with one fused matrix (GPT-2's c_attn, Megatron's
+#: query_key_value, GPT-NeoX, BLOOM, Falcon); the others keep q_proj, k_proj, v_proj apart
+FUSED_QKV = frozenset({"gpt2", "gpt_neox", "bloom", "falcon"})
+
+
+def layer_param_tensors(arch: Architecture) -> int:
+    """How many parameter tensors one dense decoder layer holds: its weight matrices, their
+    biases and the norms' weights (and LayerNorm biases). A MoE layer counts each expert's."""
+    qkv = 1 if arch.family in FUSED_QKV else 3
+    mlp = 3 if arch.gated_mlp else 2
+    experts = arch.experts if arch.is_moe else 1
+    weights = qkv + 1 + experts * mlp + (1 if arch.is_moe else 0)
+    biases = (qkv if arch.qkv_bias else 0) + ((1 + experts * mlp) if arch.linear_bias else 0)
+    norms = arch.norms_per_layer * (2 if arch.norm == "layer" else 1)
+    return weights + biases + norms
+
+
+def gather_per_tensor(work: dict, arch: Architecture) -> dict:
+    """ZeRO-3 as DeepSpeed 0.3.x ran it: each parameter tensor its own all-gather
+    (``Init._allgather_param``, one ``torch.distributed.all_gather`` per parameter, in
+    deepspeed/runtime/zero/partition_parameters.py at v0.3.13), so a layer's gather pays the
+    ring's latency once per tensor; the bytes are the same. The collective count goes on each
+    gather as ``calls`` (memsim.sim.parallel costs ``calls`` collectives of bytes/calls)."""
+    n = layer_param_tensors(arch)
+    for key in ("layer_fwd", "layer_bwd"):
+        work[key] = [dict(o, calls=n) if o.get("name", "").startswith("zero3_gather") else o
+                     for o in work[key]]
+    return work
+
+
+def _overlapped(ops: list[dict]) -> list[dict]:
+    """One pass's ops with each sequence-parallel collective beside a GEMM: one that a matmul
+    follows runs with it (the all-gather feeding it); otherwise one that a matmul precedes
+    moves ahead of it and runs with it (the reduce-scatter its chunks stream into)."""
+    def sp(op: dict) -> bool:
+        return (op["unit"] == "comm" and op["group"] == "tensor" and op["mode"] == "sync"
+                and op["coll"] in ("all_gather", "reduce_scatter"))
+
+    out: list[dict] = []
+    for i, op in enumerate(ops):
+        if not sp(op):
+            out.append(op)
+        elif i + 1 < len(ops) and ops[i + 1].get("kind") == "matmul":
+            out.append(dict(op, mode="overlap"))
+        elif (out and out[-1].get("kind") == "matmul"
+              and not (len(out) > 1 and out[-2].get("mode") == "overlap")):  # one per GEMM
+            out.insert(len(out) - 1, dict(op, mode="overlap"))
+        else:
+            out.append(op)
+    return out
+
+
+def overlap_tp_comm(work: dict) -> dict:
+    """Tensor-parallel communication overlapped with the GEMMs (Megatron-Core's
+    ``--tp-comm-overlap``: Transformer Engine splits each GEMM into chunks and pipelines the
+    sequence-parallel all-gather before it and the reduce-scatter after it with them), so a
+    collective costs only what its GEMM does not hide."""
+    for key in ("layer_fwd", "layer_bwd"):
+        work[key] = _overlapped(work[key])
+    return work
+
+
 def with_work(trace, workload, arch: Architecture | None = None):
     """Make sure a training trace carries its rank work: a layout within data parallelism has
     none by default (the single-rank engine runs it), but one spanning nodes, or one the layout
@@ -255,5 +317,9 @@ def with_work(trace, workload, arch: Architecture | None = None):
                                 microbatches=t.grad_accum, precision=t.precision, optimizer=t.optimizer,
                                 zero_stage=t.zero_stage, flash=t.flash_attention, trainable=t.lora is None)
         par["work"]["overlap_grad_reduce"] = t.overlap_grad_reduce
+        if t.zero3_gather == "tensor":
+            gather_per_tensor(par["work"], arch)
+        if t.tp_comm_overlap:
+            overlap_tp_comm(par["work"])
     trace.workload_spec = workload
     return trace

@@ -80,6 +80,14 @@ class Training(Spec):
         "reduce each layer's gradients over the data-parallel group while the backward goes on "
         "(Megatron-LM's --overlap-grad-reduce, off by default there; DeepSpeed's overlap_comm, "
         "FSDP's default); off: one reduction after the backward"))
+    tp_comm_overlap: bool = Field(False, description=(
+        "overlap the sequence-parallel all-gathers and reduce-scatters with the GEMMs they feed "
+        "or follow (Megatron-Core's --tp-comm-overlap, Transformer Engine's userbuffers; needs "
+        "sequence_parallel)"))
+    zero3_gather: Literal["layer", "tensor"] = Field("layer", description=(
+        "how ZeRO-3 all-gathers a layer's parameters: layer (one collective per layer: FSDP's flat "
+        "parameter, DeepSpeed's coalesced fetch) or tensor (one collective per parameter tensor, "
+        "each paying the ring's latency: DeepSpeed 0.3.x's _allgather_param)"))
     pipeline_first_layers: int = Field(0, ge=0, description=(
         "layers of the first pipeline stage, the rest even over the others (Megatron-Core's "
         "decoder_first_pipeline_num_layers; 0: an even split)"))
