@@ -109,10 +109,10 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
     compute-only case can run 8% slow for all its steps), and on a VM a replay's disk rate
     depends on the buffers it happened to get; rounds spread both over the whole run.
 
-    With ``probe`` (and a calibration that recorded the probe's level), every round is followed
-    by a short measurement of the machine's compute and disk rates, and predicted at those rates
-    (``memsim.validation.drift``): on a shared VM they drift by more than the error budget
-    between a calibration and a round."""
+    With ``probe`` (and a calibration that recorded the probe's level), every round is bracketed
+    by short measurements of the machine's compute and disk rates, and predicted at their
+    geometric mean (``memsim.validation.drift``): on a shared VM the rates drift by more than
+    the error budget between a calibration and a round."""
     from memsim.hardware import load_system
     from memsim.validation.replay import replay
 
@@ -131,13 +131,17 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
     probed: dict[str, list] = {case.name: [] for case in cases}  # (drift, Result) per round
     reference, why_not = _probe_reference(system, device) if probe else (None, None)
     with _probe(reference, device, scratch) as rates:
+        before = rates.sample() if rates is not None else None
         for _ in range(rounds):
             for case, trace, _predicted in prepared:
                 step = (lambda case=case: progress(case.name)) if progress else None
                 measured[case.name].append(replay(system, trace, case.plan, device, reps, scratch,
                                                   case.plan_file, step, warm))
-                if rates is not None:
-                    probed[case.name].append(_at_drift(system, trace, case.plan, rates.sample()))
+                if rates is not None:  # the round bracketed by the probes before and after it
+                    after = rates.sample()
+                    probed[case.name].append(_at_drift(system, trace, case.plan,
+                                                       before.between(after)))
+                    before = after
     results = [_result(case, predicted, measured[case.name], probed[case.name])
                for case, _trace, predicted in prepared]
     report = Report(system.name, device, name, results,

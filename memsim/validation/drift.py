@@ -5,12 +5,13 @@ simulator's error budget while a suite runs: on a 2-vCPU AMD EPYC VM one compute
 rounds ran 2.40, 1.86 and 2.01 s (each round's two warm-up steps agreeing with its timed one, so
 the machine, not the case, changed between rounds), and whole-tensor disk reads ran 0.85-1.45
 GB/s across one calibration and 1.66-1.74 GB/s in the replays that followed. A prediction at the
-calibration's rates then measures the drift, not the model. So every round is followed by a
+calibration's rates then measures the drift, not the model. So every round is bracketed by a
 probe: one cold GEMM of calibration's copy/compute-overlap shape (compute) and one round of
 ``TensorIO`` (disk reads and writes of whole tensors, as a replay moves them). Calibration takes
 the same probe at the same moments it samples the disk, and the ratio of a round's probe to
-calibration's median is how much faster or slower the machine was then (``Drift``). The round is
-predicted on the System scaled by those ratios (``scaled``): compute FLOP rates by the GEMM's,
+calibration's median is how much faster or slower the machine was then (``Drift``); a round's
+drift is the geometric mean of the probes before and after it. The round is predicted on the
+System scaled by those ratios (``scaled``): compute FLOP rates by the GEMM's,
 disk rates per direction by the reads' and writes'.
 
 What the probe does not see: memory-bound kernels (a small share of a training step; their rate
@@ -20,6 +21,7 @@ buffers draw independently (docs/validation.md): that part of a round's disk rat
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from memsim.validation import microbench as mb
 from memsim.validation.backend import Backend
 
 PROBE_TENSOR_BYTES, PROBE_TENSORS = 32 << 20, 8  # as calibration's TensorIO: the same measurement
-PROBE_REPEATS = 5  # cold GEMM runs per probe (median)
+PROBE_REPEATS = 11  # cold GEMM runs per probe (median): 5 left one probe 20-40% off its round
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,13 @@ class Drift:
     compute: float = 1.0
     read: float = 1.0
     write: float = 1.0
+
+    def between(self, other: Drift) -> Drift:
+        """The geometric mean of two probes: a round's rates, from the probes either side of it
+        (one probe alone is a fraction of a second of a machine whose neighbours come and go)."""
+        return Drift(*(math.sqrt(a * b) for a, b in ((self.compute, other.compute),
+                                                      (self.read, other.read),
+                                                      (self.write, other.write))))
 
     def to_dict(self) -> dict[str, float]:
         return {"compute": round(self.compute, 4), "read": round(self.read, 4),
