@@ -5,8 +5,8 @@ simulator's error budget while a suite runs: on a 2-vCPU AMD EPYC VM one compute
 rounds ran 2.40, 1.86 and 2.01 s (each round's two warm-up steps agreeing with its timed one, so
 the machine, not the case, changed between rounds), and whole-tensor disk reads ran 0.85-1.45
 GB/s across one calibration and 1.66-1.74 GB/s in the replays that followed. A prediction at the
-calibration's rates then measures the drift, not the model. So every round is bracketed by a
-probe: one cold GEMM of calibration's copy/compute-overlap shape (compute) and one round of
+calibration's rates then measures the drift, not the model. So every round is bracketed by
+probes, each one cold GEMM of calibration's copy/compute-overlap shape (compute) and one round of
 ``TensorIO`` (disk reads and writes of whole tensors, as a replay moves them). Calibration takes
 the same probe at the same moments it samples the disk, and the ratio of a round's probe to
 calibration's median is how much faster or slower the machine was then (``Drift``); a round's
