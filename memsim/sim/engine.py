@@ -289,12 +289,15 @@ class StepEngine:
                     continue
                 if w is not None:
                     wseg = seg_of[w]
-                    if wseg == seg and kv_off and t in kv_off and mem_of[w] == mem:
+                    if wseg == seg and kv_off and t in kv_off:
                         before = kv_seg[t]
                         if frac - before[2] > 1e-9:
                             # decode attention reads the context so far: what this segment
                             # appended is here; the rest (the writer before it) is fetched from
-                            # the KV's home
+                            # the KV's home. Also when the append ran elsewhere (FlexGen's CPU
+                            # attention over a disk-homed KV cache, the new token's K/V from the
+                            # GPU): the past tokens' read does not wait for this step's QKV
+                            # (FlexGen: load_cache of the next GPU batch runs beside this one)
                             if unit_of[w] != unit:
                                 deps.append((0, w, None, cat[unit_of[w]]))
                             w, frac = before[1], frac - before[2]

@@ -401,27 +401,34 @@ def headinfer(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
     gpu_kv_offload = offload.peak_bytes[fast] - non_kv
     gpu_kv_head = headwise.peak_bytes[fast] - non_kv
     pub = spec.published
+    # HeadInfer's sizes are binary: its "128 GB" KV cache is 2^37 B and its "1 GB" two 512 MiB
+    # head buffers, so every published size here is GiB. Its "everything on the GPU" baseline is
+    # standard inference, which prefills the whole prompt at once (chunked prefill is one of
+    # HeadInfer's own additions); the chunked run is quoted beside it.
+    base, other = (whole, resident) if s.get("baseline_whole_prefill", True) else (resident, whole)
+    other_text = ("in chunks of " + f"{meta.get('prefill_chunk'):,}" if base is whole
+                  else "the whole prompt at once")
     figures = [
         Figure("kv", "KV cache at 2^20 tokens", "GiB", pub.get("kv_cache_gib"), gib(kv), FORMULA,
                f"{kv:,} B"),
-        Figure("gpu_total_resident", f"peak {fast}, everything on the GPU", "GB",
-               pub.get("gpu_total_resident_gb"), gb(resident.peak_bytes[fast]), SIM,
-               ("more than the GPU has: the simulator reports the need. " if not resident.feasible
-                else "") + f"Prefilling the whole prompt at once instead: "
-               f"{gb(whole.peak_bytes[fast]):.1f} GB"),
-        Figure("gpu_total_offload", f"peak {fast}, KV homed in DRAM, head-wise streaming", "GB",
-               pub.get("gpu_total_offload_gb"), gb(headwise.peak_bytes[fast]), SIM,
+        Figure("gpu_total_resident", f"peak {fast}, everything on the GPU", "GiB",
+               pub.get("gpu_total_resident_gib"), gib(base.peak_bytes[fast]), SIM,
+               ("more than the GPU has: the simulator reports the need. " if not base.feasible
+                else "") + f"Prefilling {other_text} instead: "
+               f"{gib(other.peak_bytes[fast]):.1f} GiB"),
+        Figure("gpu_total_offload", f"peak {fast}, KV homed in DRAM, head-wise streaming", "GiB",
+               pub.get("gpu_total_offload_gib"), gib(headwise.peak_bytes[fast]), SIM,
                (f"kv_head_groups {arch.kv_heads}, {headwise.step_time_s:,.0f} s a step. "
                 if headwise.feasible else oom_text(headwise) + ". ")
-               + f"Layer-wise streaming (the default) needs {gb(offload.peak_bytes[fast]):.2f} GB"
+               + f"Layer-wise streaming (the default) needs {gib(offload.peak_bytes[fast]):.2f} GiB"
                + ("" if offload.feasible else " and does not fit")),
-        Figure("gpu_kv_offload", f"KV on the {fast}, head-wise streaming", "GB",
-               pub.get("gpu_kv_offload_gb"), gb(gpu_kv_head), SIM,
+        Figure("gpu_kv_offload", f"KV on the {fast}, head-wise streaming", "GiB",
+               pub.get("gpu_kv_offload_gib"), gib(gpu_kv_head), SIM,
                f"one KV head's cache is {fmt_bytes(kv // (arch.layers * arch.kv_heads))}; "
                f"layer-wise, one layer's is {fmt_bytes(layer_kv)} and the GPU holds "
-               f"{gb(gpu_kv_offload):.2f} GB of KV"),
-        Figure("gpu_kv_headwise", f"KV on the {fast}, {buffers} head buffers", "GB",
-               pub.get("gpu_kv_offload_gb"), gb(head_kv), FORMULA,
+               f"{gib(gpu_kv_offload):.2f} GiB of KV"),
+        Figure("gpu_kv_headwise", f"KV on the {fast}, {buffers} head buffers", "GiB",
+               pub.get("gpu_kv_offload_gib"), gib(head_kv), FORMULA,
                f"{buffers} × KV / (layers × KV heads) = {buffers} × {fmt_bytes(head_kv // buffers)}"),
     ]
     offload_text = _plan_text(fixed_plan(s["offload_plan"], "kv-offload", path))
@@ -429,6 +436,9 @@ def headinfer(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
              f"{'with ' + ', '.join(s['overrides']) + ' ' if s.get('overrides') else ''}"
              f"({meta['prompt_len'] + meta['gen_len']:,} tokens, batch {meta['batch_size']}, prefill in "
              f"chunks of {meta.get('prefill_chunk')})",
+             "everything on the GPU: "
+             + ("standard inference, the whole prompt in one prefill" if base is whole
+                else f"prefill in chunks of {meta.get('prefill_chunk')}"),
              f"offload plan: {offload_text}; head-wise: the same with kv_head_groups "
              f"{arch.kv_heads} (one KV head at a time, prefetch_depth {headwise_plan.prefetch_depth} "
              "head ahead)"]
