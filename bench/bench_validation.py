@@ -32,6 +32,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None, help="replays of every case (default: the suite's)")
     ap.add_argument("--quick", action="store_true", help="quick calibration")
     ap.add_argument("--record", action="store_true", help="write the result under validation/results/")
+    ap.add_argument("--probe", action="store_true", help="bracket every round with rate probes and "
+                    "predict it at them (memsim.validation.drift)")
     args = ap.parse_args()
 
     from memsim.hardware import load_system
@@ -50,7 +52,7 @@ def main() -> int:
         write_system(system, out / f"{host}-{args.device}-{stamp}.machine.yaml")
     t1 = time.perf_counter()
     report = validate(system, suite=args.suite, device=args.device, repeats=args.repeats, warmup=args.warmup,
-                      rounds=args.rounds,
+                      rounds=args.rounds, probe=args.probe,
                       plot=out / f"{host}-{args.device}-{stamp}.png",
                       progress=lambda name: print(f"  measured a step of {name}", file=sys.stderr))
     t2 = time.perf_counter()

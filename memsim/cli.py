@@ -742,9 +742,10 @@ def validate_cmd(
     plot: Annotated[str | None, typer.Option(help="write predicted-vs-measured PNG here")] = None,
     record: Annotated[str | None, typer.Option(help="also write the JSON report to this file")] = None,
     scratch: Annotated[str | None, typer.Option(help="folder for the disk tier's files")] = None,
-    probe: Annotated[bool, typer.Option(help="after every round, measure this machine's compute and "
-                                        "disk rates and predict the round at them (default); "
-                                        "--no-probe: at calibration's rates")] = True,
+    probe: Annotated[bool, typer.Option(help="bracket every round with measurements of this "
+                                        "machine's compute and disk rates and also predict the "
+                                        "round at them (docs/validation.md: a diagnostic, off by "
+                                        "default)")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Replay plans on this machine with torch and compare with the simulator's predictions."""

@@ -131,7 +131,7 @@ def test_suite_and_validate_json(files, tmp_path):
     assert [c.name for c in load_suite(suite).cases] == ["w/resident", "w/wdisk"]
     png = tmp_path / "plot.png"
     result = CliRunner().invoke(app, ["validate", "--hardware", str(files["system"]), "--suite",
-                                      str(suite), "--plot", str(png), "--json"])
+                                      str(suite), "--plot", str(png), "--probe", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert [c["name"] for c in doc["cases"]] == ["w/resident", "w/wdisk"]
@@ -161,10 +161,10 @@ def test_suite_and_validate_json(files, tmp_path):
 
 
 @pytest.mark.slow
-def test_no_probe_predicts_every_round_at_calibrations_rates(files, tmp_path):
+def test_without_probe_every_round_is_predicted_at_calibrations_rates(files, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "memsim", "validate", "--hardware", str(files["system"]),
-         "--workload", str(files["workload"]), "--repeats", "1", "--warmup", "0", "--no-probe",
+         "--workload", str(files["workload"]), "--repeats", "1", "--warmup", "0",
          "--json"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     (case,) = json.loads(result.stdout)["cases"]

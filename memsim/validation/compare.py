@@ -99,7 +99,7 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
              suite: Suite | str | None = None, device: str = "cpu", repeats: int | None = None,
              warmup: int | None = None, rounds: int | None = None,
              scratch: str | Path | None = None, plot: str | Path | None = None,
-             progress: Callable[[str], None] | None = None, probe: bool = True) -> Report:
+             progress: Callable[[str], None] | None = None, probe: bool = False) -> Report:
     """Run one workload (with a plan, or all-resident) or a whole suite; predict and measure each.
 
     Every case is predicted (and checked) before anything is measured, so bad input fails in
@@ -109,7 +109,7 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
     compute-only case can run 8% slow for all its steps), and on a VM a replay's disk rate
     depends on the buffers it happened to get; rounds spread both over the whole run.
 
-    With ``probe`` (and a calibration that recorded the probe's level), every round is bracketed
+    With ``probe`` (a diagnostic; a calibration that recorded the probe's level), every round is bracketed
     by short measurements of the machine's compute and disk rates, and predicted at their
     geometric mean (``memsim.validation.drift``): on a shared VM the rates drift by more than
     the error budget between a calibration and a round."""
