@@ -91,9 +91,8 @@ def main() -> int:
     print(f"suite {report.suite} ({t2 - t1:.0f} s): median |error| {report.median_abs_error:.1%}, "
           f"worst {report.max_abs_error:.1%}, worst peak-bytes error {report.max_peak_error:.1%}")
     if report.probed:
-        d = report.to_dict()
-        print(f"at calibration's rates (no probe): median |error| {d['median_abs_error_calibrated']:.1%}, "
-              f"worst {d['max_abs_error_calibrated']:.1%}")
+        print(f"at calibration's rates (no probe): median |error| {report.median_abs_error_calibrated:.1%}, "
+              f"worst {report.max_abs_error_calibrated:.1%}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
           f"({os.cpu_count()} cores)")
     doc = {**report.to_dict(), "load_average": {"before": load_before, "after": load_after}}

@@ -14,6 +14,7 @@ from memsim.workloads import build_trace, load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE = ROOT / "validation" / "results" / "vm-cpu-20261203-1330.machine.yaml"  # a calibrated VM
+PROBED = ROOT / "validation" / "results" / "vm-cpu-20261203-1621.machine.yaml"  # with a probe level
 WORKLOAD = ROOT / "validation" / "workloads" / "tiny-llama-train-s256.yaml"
 
 
@@ -67,14 +68,11 @@ def test_a_slower_machine_predicts_a_slower_step_in_proportion(system, trace):
 
 
 def test_no_probe_level_or_another_device_says_why(system):
+    # vm-cpu-20261203-1330 was calibrated before memsim recorded a probe level
     ref, why = _probe_reference(system, "cpu")
-    if "probe" in (system.calibration or {}):
-        assert ref is not None and why is None
-    else:  # this recording predates the probe
-        assert ref is None and "no probe level" in why
-    doc = system.model_dump()
-    doc["calibration"] = {**(doc["calibration"] or {}), "probe": {"gemm": "8x8x8 fp32"}, "device": "cpu"}
-    from memsim.hardware.spec import System
-
-    ref, why = _probe_reference(System.model_validate(doc), "cuda")
+    assert ref is None and "no probe level" in why
+    probed = load_system(str(PROBED))
+    ref, why = _probe_reference(probed, "cpu")
+    assert why is None and ref["gemm_flops_per_s"] > 0 and ref["read_Bps"] > 0
+    ref, why = _probe_reference(probed, "cuda")
     assert ref is None and "replayed on cuda" in why
