@@ -63,6 +63,7 @@ def test_quick_calibration_loads_as_a_system(machine):
     assert probe["gemm_flops_per_s"] > 0 and probe["read_Bps"] == cal["disk_tensor_io_Bps"]["read"]
     assert probe["write_Bps"] == cal["disk_tensor_io_Bps"]["write"] and probe["tensors"] >= 1
     assert cal["quick"] and cal["disk_mode"] in ("O_DIRECT", "fadvise")
+    assert cal["host_buffers"] in ("2 MiB huge pages", "4 KiB pages")
     assert cal["torch"] and cal["cpu_model"] and cal["compute_threads"] >= 1
     assert cal["cache_flush_bytes"] == 16 << 20  # kernels timed cold (quick: a small flush)
     assert sorted(p[0] for p in system.tiers["disk"].read_size_curve.points) == \
@@ -121,6 +122,30 @@ def test_cuda_without_a_gpu_is_bad_input(tmp_path):
         make_backend("cuda")
     result = CliRunner().invoke(app, ["calibrate", "--device", "cuda", "-o", str(tmp_path / "x.yaml")])
     assert result.exit_code == 2 and "cuda" in result.output
+
+
+def test_direct_io_buffers_get_huge_pages_where_the_kernel_gives_them():
+    """A direct transfer's rate depends on its buffer's physical page order; a 2 MiB huge page
+    is one contiguous segment, so every buffer of calibration and replay draws alike."""
+    from memsim.validation.diskio import huge_pages
+
+    if not huge_pages():
+        pytest.skip("transparent huge pages are off on this kernel")
+    buf = aligned_buffer(8 << 20)
+    buf[:] = bytes(len(buf))  # fault every page in
+    import ctypes
+
+    start = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    huge, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if "-" in line.split()[0] and not line[0].isupper():
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                inside = lo <= start < hi
+            elif inside and line.startswith("AnonHugePages:"):
+                huge = int(line.split()[1]) << 10
+    assert huge >= 2 << 20, "a private mapping advised MADV_HUGEPAGE gets huge pages"
+    buf.close()
 
 
 def test_direct_io_round_trip(tmp_path):

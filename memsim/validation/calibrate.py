@@ -27,7 +27,7 @@ from memsim.errors import SpecError
 from memsim.hardware.spec import System
 from memsim.validation import microbench as mb
 from memsim.validation.backend import Backend, make_backend
-from memsim.validation.diskio import Scratch, probe_mode
+from memsim.validation.diskio import Scratch, host_buffers, probe_mode
 from memsim.validation.drift import PROBE_TENSOR_BYTES, PROBE_TENSORS, GemmProbe, reference
 
 # GEMMs of transformer linears, tokens × in × out: every (in, out) at every token count (the rows,
@@ -320,6 +320,8 @@ def _system_doc(backend: Backend, figures: dict, mode: str, threads: int, disk_f
         "compute_threads": threads, "torch": torch.__version__, "python": platform.python_version(),
         "quick": quick, "statistic": "median of repeated runs", "disk_mode": mode,
         "disk_request_bytes": mb.REQUEST, "scratch": str(scratch) if scratch else "system temp dir",
+        # the pages direct transfers land in: a replay on other pages reads at another rate
+        "host_buffers": host_buffers(),
         "kernels_timed": "cold: caches flushed (mb.CacheFlush) before each timed GEMM and attention",
         "cache_flush_bytes": figures["cache_flush_bytes"],
         "gemm": [{"m": g.m, "k": g.k, "n": g.n, "dtype": g.dtype, "flops_per_s": g.flops_per_s}

@@ -19,6 +19,7 @@ from pathlib import Path
 from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
+from memsim.validation.diskio import host_buffers
 from memsim.validation.suite import WARMUP, Suite, SuiteCase, load_suite
 
 
@@ -159,6 +160,11 @@ def validate(system: System | str, *, workload: str | None = None, plan: Plan | 
         report.notes.append("the System was not measured by `memsim calibrate`: expect large errors")
     if why_not:
         report.notes.append(why_not)
+    calibrated_on = (system.calibration or {}).get("host_buffers", "4 KiB pages")  # older: 4 KiB
+    if device == "cpu" and system.calibration is not None and calibrated_on != host_buffers():
+        report.notes.append(f"calibrated with host buffers on {calibrated_on}, "
+                            f"replayed on {host_buffers()}: direct disk transfers run at another "
+                            "rate on other pages (docs/validation.md); calibrate again")
     if plot is not None:
         report.plot = str(plot_report(report, plot))
     return report
