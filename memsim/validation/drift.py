@@ -15,8 +15,8 @@ System scaled by those ratios (``scaled``): compute FLOP rates by the GEMM's,
 disk rates per direction by the reads' and writes'.
 
 What the probe does not see: memory-bound kernels (a small share of a training step; their rate
-is not scaled) and the page order of the replay's own staging buffers, which the probe's
-buffers draw independently (docs/validation.md): that part of a round's disk rate stays noise.
+is not scaled). Its buffers and the replay's are on the same huge pages (diskio.aligned_buffer),
+so both see the same disk, not two draws of page order (docs/validation.md).
 """
 
 from __future__ import annotations

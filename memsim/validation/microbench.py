@@ -223,9 +223,9 @@ class TensorIO:
     writes overwrite allocated blocks, as an offload engine's writes into its swap files do (a
     write that allocates runs about a third slower on ext4).
 
-    Why not just the request sweep (``disk_read``): the sweep reads into one fresh buffer per
-    request size, and on a virtio VM the rate of direct reads depends on the buffer they
-    land in (``_round``), so the sweep's level is one buffer's draw. And why samples that the
+    Why not just the request sweep (``disk_read``): the sweep's buffers are small and short-lived,
+    and on 4 KiB pages the rate of direct reads depends on the buffer they land in (``_round``),
+    so the sweep's level is one buffer's draw. And why samples that the
     caller spreads out (calibration takes one after each GEMM round, then more): so that a slow
     few seconds of the shared host, or one unlucky set of buffers, is one sample, not the
     level."""
@@ -250,13 +250,11 @@ class TensorIO:
 
     def _round(self) -> tuple[float, float, float, float]:
         """Write every tensor from a staging buffer of its own, mapped and touched for this round
-        (untimed), then read each back into it. Fresh buffers each round: on a VM, how fast a
-        direct read lands in a buffer, or a direct write leaves one, depends on the order of its
+        (untimed), then read each back into it. Fresh buffers each round, mapped as the replay's
+        staging pool maps them (``aligned_buffer``): where the kernel gives no huge pages, how fast
+        a direct read lands in a buffer, or a direct write leaves one, depends on the order of its
         physical pages (docs/validation.md: 1.33-1.40 GB/s reads into a buffer whose pages run
-        backwards, 1.8-2.1 into one whose run forwards), as a replay's staging pool is one such
-        draw per replay. Writes from one buffer kept for the whole calibration would make the write
-        level that buffer's draw: 1.37-2.29 GB/s from one calibration to the next on a 2-vCPU
-        VM, while the replays wrote at 2.0-2.4."""
+        backwards, 1.8-2.1 into one whose run forwards), and rounds of their own spread the draws."""
         from memsim.validation.tiers import fill_random
 
         stages = [aligned_buffer(self.nbytes) for _ in range(self.count)]
