@@ -62,6 +62,7 @@ def test_quick_calibration_loads_as_a_system(machine):
     assert len(probe["gemm_samples_flops_per_s"]) == len(cal["disk_tensor_io_samples_Bps"])
     assert probe["gemm_flops_per_s"] > 0 and probe["read_Bps"] == cal["disk_tensor_io_Bps"]["read"]
     assert probe["write_Bps"] == cal["disk_tensor_io_Bps"]["write"] and probe["tensors"] >= 1
+    assert probe["gemm_shape"] == [64, 256, 256] and probe["gemm_dtype"] == "fp32"  # quick's shape
     assert cal["quick"] and cal["disk_mode"] in ("O_DIRECT", "fadvise")
     assert cal["host_buffers"] in ("2 MiB huge pages", "4 KiB pages")
     assert cal["torch"] and cal["cpu_model"] and cal["compute_threads"] >= 1

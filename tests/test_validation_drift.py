@@ -76,3 +76,20 @@ def test_no_probe_level_or_another_device_says_why(system):
     assert why is None and ref["gemm_flops_per_s"] > 0 and ref["read_Bps"] > 0
     ref, why = _probe_reference(probed, "cuda")
     assert ref is None and "replayed on cuda" in why
+
+
+def test_probe_reads_its_gemm_from_the_structured_fields_or_an_older_description(tmp_path):
+    """The 1621 recording describes its GEMM only as "256x1024x4096 fp32"; newer ones also
+    record gemm_shape and gemm_dtype. Both give the same probe."""
+    from memsim.validation.backend import make_backend
+    from memsim.validation.diskio import probe_mode
+    from memsim.validation.drift import RateProbe
+
+    older = dict(load_system(str(PROBED)).calibration["probe"], tensor_bytes=1 << 20, tensors=2)
+    assert "gemm_shape" not in older
+    newer = dict(older, gemm="described otherwise", gemm_shape=[64, 128, 256], gemm_dtype="fp32")
+    backend = make_backend("cpu")
+    with RateProbe(backend, tmp_path, probe_mode(tmp_path), older) as probe:
+        assert probe.gemm.shape == (256, 1024, 4096) and probe.gemm.dtype == "fp32"
+    with RateProbe(backend, tmp_path, probe_mode(tmp_path), newer) as probe:
+        assert probe.gemm.shape == (64, 128, 256) and probe.gemm.dtype == "fp32"

@@ -81,8 +81,12 @@ class RateProbe:
 
     def __init__(self, backend: Backend, folder: Path, mode: str, reference: dict):
         self.reference = reference
-        shape = tuple(int(x) for x in reference["gemm"].split()[0].split("x"))
-        self.gemm = GemmProbe(backend, shape, reference["gemm"].split()[1])  # type: ignore[arg-type]
+        if "gemm_shape" in reference:
+            shape, dtype = tuple(reference["gemm_shape"]), reference["gemm_dtype"]
+        else:  # recorded before the structured fields: the description "MxKxN dtype"
+            text, dtype = reference["gemm"].split()
+            shape = tuple(int(x) for x in text.split("x"))
+        self.gemm = GemmProbe(backend, shape, dtype)  # type: ignore[arg-type]
         self.tio = mb.TensorIO(folder, mode, int(reference["tensor_bytes"]),
                                int(reference["tensors"]), mixed_s=0.0)
 
@@ -108,7 +112,8 @@ def reference(gemm: GemmProbe, tio: mb.TensorIO) -> dict:
     over its samples, and TensorIO's read and write levels (the same measurement the probe's disk
     part repeats, with the same tensors)."""
     rates = tio.rates()
-    return {"gemm": gemm.describe(), "gemm_flops_per_s": statistics.median(gemm.samples),
+    return {"gemm": gemm.describe(), "gemm_shape": list(gemm.shape), "gemm_dtype": gemm.dtype,
+            "gemm_flops_per_s": statistics.median(gemm.samples),
             "gemm_samples_flops_per_s": list(gemm.samples),
             "read_Bps": rates["read"], "write_Bps": rates["write"],
             "tensor_bytes": tio.nbytes, "tensors": tio.count}
