@@ -16,7 +16,8 @@ dense part ``op_time(new_tokens × flops_per_token, weight_bytes + activations)`
 ``op_time(Σ new × context × attn_flops_per_token_ctx, KV read + written)`` plus one kernel
 launch per layer and part. Weights (and KV) homed off the compute tier are streamed over the
 links every iteration, overlapped layer by layer with compute (the iteration takes the longer of
-the two); swaps are copied before the iteration computes, as vLLM's cache engine does. A run of
+the two); swaps are copied before the iteration computes, block by block, as vLLM's cache engine
+does (other granularities, overlap and reuse: ``serving.swap``, ``memsim.sim.swap``). A run of
 decode-only iterations with nothing in between (no arrival, completion or block shortage, nothing
 streamed) is simulated in one timeout, each iteration timed as it would be alone.
 
