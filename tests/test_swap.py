@@ -185,3 +185,22 @@ def test_cli_reports_swap_seconds_and_bytes_and_names_a_bad_key(tmp_path):
     assert grouped["serving"]["swap_seconds"] < block["serving"]["swap_seconds"]
     code, err = memsim(*base, "--set", "serving.swap.granularity=page")
     assert code == 2 and "serving.swap.granularity" in str(err)
+
+
+@pytest.mark.slow
+def test_reuse_copies_fewer_bytes_when_resumed_requests_are_preempted_again(tmp_path):
+    from memsim.hardware import load_system
+    from memsim.workloads import load_trace
+
+    path = tmp_path / "swap.yaml"
+    path.write_text(SWAP_WORKLOAD)
+    runs = {}
+    for reuse in (False, True):
+        trace = load_trace(str(path))
+        trace.meta["swap"] = {"granularity": "group", "group_blocks": 8, "reuse": reuse}
+        runs[reuse] = simulate(load_system("l4"), trace)
+    plain, kept = runs[False], runs[True]
+    assert kept.serving.completed == plain.serving.completed == 60
+    assert 0 < kept.serving.swap_bytes < plain.serving.swap_bytes
+    assert kept.serving.swap_copies < plain.serving.swap_copies
+    assert kept.peak_bytes["dram"] >= plain.peak_bytes["dram"]  # kept copies hold their room
