@@ -96,3 +96,12 @@ def test_a_budget_or_swap_serving_cannot_simulate_exits_2_naming_it(tmp_path, ex
     with pytest.raises(SpecError) as err:
         load_trace(str(path))
     assert word in str(err.value) and "w.yaml" in str(err.value)
+
+
+def test_the_traces_kv_working_set_is_the_budgets(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text(BASE)
+    full = load_trace(str(path)).meta["per_device_bytes"]["kv_cache"]
+    path.write_text(BASE + "  kv_budget: {sink: 4, window: 124}\n")
+    kept = load_trace(str(path)).meta["per_device_bytes"]["kv_cache"]
+    assert kept * 528 == full * 128  # 512 + 16 tokens (33 blocks) against 128 (8 blocks)
