@@ -204,3 +204,17 @@ def test_reuse_copies_fewer_bytes_when_resumed_requests_are_preempted_again(tmp_
     assert 0 < kept.serving.swap_bytes < plain.serving.swap_bytes
     assert kept.serving.swap_copies < plain.serving.swap_copies
     assert kept.peak_bytes["dram"] >= plain.peak_bytes["dram"]  # kept copies hold their room
+
+
+def test_vllm_args_say_what_fastswitch_swaps_and_kv_budgets_lose():
+    from memsim.emit.vllm import emit
+
+    trace = serving_trace(n=5, layers=4, params=1e9)
+    plan = Plan(serving=ServingPolicy(preempt="swap", swap_bytes=4 << 30))
+    _, plain = emit(make_system(), trace, plan)
+    trace.meta["swap"] = {"granularity": "group", "group_blocks": 8}
+    trace.meta["kv_budget"] = {"cap": 256}
+    args, notes = emit(make_system(), trace, plan)
+    assert "preemption-mode: swap" in args
+    assert not any("FastSwitch" in n or "kv_budget" in n for n in plain)
+    assert any("FastSwitch" in n for n in notes) and any("kv_budget" in n for n in notes)
