@@ -47,6 +47,11 @@ class ServingStats:
     prefix_hits_by_tier: dict[str, int] = field(default_factory=dict)  # those tokens per tier
     kv_blocks: int = 0  # KV blocks of one GPU's pool (vLLM's "# GPU blocks", per worker)
     kv_pool_bytes: int = 0  # bytes of that pool on kv_pool_tier
+    # swap preemption (memsim.sim.swap): seconds of context switching (each iteration with swaps,
+    # from its start to its last swap landing), bytes copied both ways, copies (cudaMemcpy calls)
+    swap_seconds: float = 0.0
+    swap_bytes: int = 0
+    swap_copies: int = 0
 
 
 @dataclass

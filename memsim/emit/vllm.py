@@ -85,6 +85,14 @@ def emit(system: System, trace: Trace, plan: Plan) -> tuple[str, list[str]]:
             args["swap-space"] = policy.swap_bytes / GIB
         if meta.get("kv_cache"):
             args["enable-prefix-caching"] = bool(meta["kv_cache"].get("prefix_caching", True))
+        swap = meta.get("swap") or {}
+        if policy.preempt == "swap" and (swap.get("granularity", "block") != "block" or swap.get("overlap")
+                                         or swap.get("reuse")):
+            notes.append("serving.swap's block groups, overlap and reuse are FastSwitch's: vLLM swaps "
+                         "block by block before each iteration")
+        if meta.get("kv_budget"):
+            notes.append("serving.kv_budget (StreamingLLM's sinks and window) has no vLLM engine arg: "
+                         "vLLM keeps every token's KV")
     else:
         args["max-num-seqs"] = int(meta.get("batch_size") or 1)
         notes.append("vLLM batches continuously; memsim simulates the whole batch generated together")

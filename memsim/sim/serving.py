@@ -16,7 +16,8 @@ dense part ``op_time(new_tokens × flops_per_token, weight_bytes + activations)`
 ``op_time(Σ new × context × attn_flops_per_token_ctx, KV read + written)`` plus one kernel
 launch per layer and part. Weights (and KV) homed off the compute tier are streamed over the
 links every iteration, overlapped layer by layer with compute (the iteration takes the longer of
-the two); swaps are copied before the iteration computes, as vLLM's cache engine does. A run of
+the two); swaps are copied before the iteration computes, block by block, as vLLM's cache engine
+does (other granularities, overlap and reuse: ``serving.swap``, ``memsim.sim.swap``). A run of
 decode-only iterations with nothing in between (no arrival, completion or block shortage, nothing
 streamed) is simulated in one timeout, each iteration timed as it would be alone.
 
@@ -44,6 +45,7 @@ from memsim.sim.overload import overload_verdict
 from memsim.sim.program import paused_gc, split_bytes
 from memsim.sim.report import common_fields, main_unit, peak_flops
 from memsim.sim.scheduler import Queues, Swap, schedule
+from memsim.sim.swap import SwapCost, SwapStats, start_swaps
 from memsim.workloads.moe import weight_bytes_read
 from memsim.workloads.parallel_serving import tp_comm_seconds
 from memsim.workloads.trace import TokenCosts, Trace
@@ -54,12 +56,13 @@ DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
 class Req:
     """One request's progress: tokens whose KV is cached, tokens generated, blocks held."""
 
-    __slots__ = ("answer", "arrival", "blocks", "computed", "first_t", "generated", "hashes", "held", "id",
-                 "k", "last_t", "looked", "output", "prompt", "seen", "swapped")
+    __slots__ = ("answer", "arrival", "blocks", "computed", "first_t", "generated", "hashes", "held", "host",
+                 "id", "k", "last_t", "looked", "output", "prompt", "seen", "swapped", "valid")
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
         self.computed = self.generated = self.blocks = self.swapped = 0
+        self.host = self.valid = 0  # a kept host copy's blocks, and its current ones (swap reuse)
         self.k = 0  # tokens scheduled in the current iteration
         self.first_t = self.last_t = -1.0
         self.hashes: list[int] = []  # prefix-chained block hashes of the prompt (prefix cache)
@@ -112,6 +115,11 @@ class ServingEngine:
         self.generated_total = 0
         self.dropped = 0
         self.swap_used = 0  # blocks held on the swap tier
+        self.retained: list[Req] = []  # running requests keeping a host copy (swap reuse)
+        self.swap_cost = SwapCost.from_meta(trace.meta.get("swap"), self.layers)
+        self.swap_stats = SwapStats()
+        budget = trace.meta.get("kv_budget")  # serving.kv_budget: KV tokens a request keeps
+        self.kv_cap = int(budget["cap"]) if budget else None
 
     def _host(self) -> str | None:
         host = self.sys.cpu.memory if self.sys.cpu is not None else None
@@ -164,7 +172,7 @@ class ServingEngine:
                        for d, p in ((True, "decode"), (False, "prefill"))}
         self.launches = unit.launch_overhead * max(0, 2 * self.layers - 2)
         # decode-only iterations may be run in one go when nothing streams during them
-        self.ff_ok = not self.streamed_w_items and not self.kv_streamed
+        self.ff_ok = not self.streamed_w_items and not self.kv_streamed and self.kv_cap is None
         self.loader = self._prefix_loader() if self.store is not None and self.store.lower else None
 
     def _prefix_store(self) -> PrefixStore | None:
@@ -229,7 +237,8 @@ class ServingEngine:
             for r, answer in zip(todo, reqs.answer_hash_ids or (), strict=False):
                 r.answer = answer
         store = self.store
-        too_big = [r for r in todo if -(-(r.prompt + r.output) // bs) > self.total_blocks]
+        cap = self.kv_cap if self.kv_cap is not None else 1 << 62
+        too_big = [r for r in todo if -(-min(r.prompt + r.output, cap) // bs) > self.total_blocks]
         if too_big:
             self.dropped = len(too_big)
             self.notes.append(f"{len(too_big)} requests need more KV blocks than the whole pool "
@@ -244,7 +253,8 @@ class ServingEngine:
         n_todo = len(todo)
         rec = self.clock.recorder
         track = "gpu" if self.sys.gpu else "cpu"
-        swap = Swap(pol.preempt == "swap" and self.swap_tier is not None, self.block_bytes, pol.swap_bytes)
+        swapping = pol.preempt == "swap" and self.swap_tier is not None
+        swap = Swap(swapping, self.block_bytes, pol.swap_bytes, swapping and self.swap_cost.reuse)
         total_blocks = self.total_blocks
         free = self.free_blocks
         ttft, tbt, acct = self.ttft, self.tbt, self.acct
@@ -315,9 +325,11 @@ class ServingEngine:
                     continue
             if store is not None and store.pinned:  # time-to-live pins that ran out
                 free += store.expire(now)  # (pool bytes count cached blocks as free)
-            q = Queues(running, waiting, head, swapped, free, live, self.swap_used)
-            batch = schedule(q, pol, swap, self if store is not None else None)
-            head, free, live, self.swap_used = q.head, q.free, q.live, q.swap_used
+            q = Queues(running, waiting, head, swapped, free, live, self.swap_used, self.retained)
+            batch = schedule(q, pol, swap, self if store is not None else None, self.kv_cap)
+            if swap.reuse and q.swap_used != self.swap_used:  # kept copies: booked as they change
+                self._swap_bytes(q.swap_used - self.swap_used)
+            head, free, live, self.swap_used, self.retained = q.head, q.free, q.live, q.swap_used, q.retained
             for r in batch.preempted:  # the engine's part of a preemption: counted, cache let go
                 self.preemptions += 1
                 if store is not None:
@@ -346,10 +358,11 @@ class ServingEngine:
                 self.dropped += 1
                 self.notes.append(f"request {stuck.id} could not get its KV blocks: dropped")
                 continue
-            cached = live
+            cached = live if self.kv_cap is None else sum(min(r.computed, cap) for r in running)
             t0 = env._now
             self.free_blocks = free
-            yield from iteration(new, ctx, kv_read, redo, decode, swap_out, swap_in)
+            yield from iteration(new, ctx, kv_read, redo, decode, swap_out, swap_in,
+                                 batch.swap_out_runs, batch.swap_in_runs)
             t1 = env._now
             dt = t1 - kv_last_t
             if dt > 0:
@@ -407,13 +420,15 @@ class ServingEngine:
                         live -= r.computed
                         r.blocks = 0
                         self.completed += 1
+                        if r.host:  # its kept host copy goes with it
+                            self._release_host(r)
                     else:
                         keep.append(r)
                 running = keep
                 free += freed - pinned  # pinned blocks keep their room until their ttl ends
                 self.free_blocks = free
                 self._kv_bytes(freed, 0)
-            cached = live
+            cached = live if self.kv_cap is None else sum(min(r.computed, cap) for r in running)
         now = env._now
         dt = now - kv_last_t
         if dt > 0:
@@ -487,6 +502,21 @@ class ServingEngine:
             return True
         return -(-min(r.prompt + r.generated, budget) // pol.block_size) - r.blocks > free
 
+    def _swap_bytes(self, blocks: int) -> None:
+        """Swap-tier bytes for ``blocks`` more (fewer, if negative) blocks of kept host copies."""
+        pool = self.clock.pools[self.swap_tier]
+        if blocks > 0:
+            pool.alloc("kv swap", blocks * self.block_bytes, "swap out")
+        else:
+            pool.free("kv swap", -blocks * self.block_bytes)
+
+    def _release_host(self, r: Req) -> None:
+        """A finished request's kept host copy (swap reuse) gives its swap space back."""
+        self.retained = [x for x in self.retained if x is not r]
+        self.swap_used -= r.host
+        self._swap_bytes(-r.host)
+        r.host = r.valid = 0
+
     def _kv_bytes(self, given: int, taken: int) -> None:
         """Pool bytes for blocks given back, then taken (same instant: the peak is not inflated)."""
         for tier, frac in self.kv_frac.items():
@@ -527,9 +557,11 @@ class ServingEngine:
             store.count(served, r.prompt)
 
     def _iteration(self, new: int, ctx: int, kv_read: int, redo: int, decode: bool,
-                   swap_out: int, swap_in: int):
-        """One forward pass over the batch: swaps first, then compute overlapped with streaming
-        (after it, with ``prefetch_depth: 0``)."""
+                   swap_out: int, swap_in: int, out_runs: list[int] | None = None,
+                   in_runs: list[int] | None = None):
+        """One forward pass over the batch: swaps first (``memsim.sim.swap``: beside it, layer by
+        layer, with ``serving.swap.overlap``), then compute overlapped with streaming (after it,
+        with ``prefetch_depth: 0``); ``out_runs``/``in_runs``: blocks swapped per request."""
         env, copier, fast = self.env, self.clock.copier, self.fast
         t0 = env._now
         loads, self.kv_loads = self.kv_loads, {}
@@ -539,16 +571,20 @@ class ServingEngine:
             evs.append(head)
             if rest is not None:
                 overlapped.append(rest)
-        if swap_out or swap_in or evs:
-            if swap_out:
-                evs.append(copier.copy(fast, self.swap_tier, swap_out * self.block_bytes,
-                                       "kv swap", "swap out"))
-            if swap_in:
-                evs.append(copier.copy(self.swap_tier, fast, swap_in * self.block_bytes,
-                                       "kv swap in", "swap in", alloc=0))
+        reuse, swap_rest = self.swap_cost.reuse, []
+        if swap_out or swap_in:
+            out_runs = out_runs or ([swap_out] if swap_out else [])
+            in_runs = in_runs or ([swap_in] if swap_in else [])
+            head, swap_rest = start_swaps(
+                env, copier, self.swap_cost, self.swap_stats, fast, self.swap_tier,
+                self.block_bytes, out_runs, in_runs, 0 if reuse else swap_out * self.block_bytes,
+                len(out_runs) + len(in_runs))
+            evs += head
+            overlapped += swap_rest
+        if evs:
             yield env.all_of(evs)
-            if swap_in:
-                self.clock.pools[self.swap_tier].free("kv swap", swap_in * self.block_bytes)
+        if swap_in and not reuse and not swap_rest:  # moved, not duplicated: the host copy goes
+            self.clock.pools[self.swap_tier].free("kv swap", swap_in * self.block_bytes)
         t_swap = env._now
         compute = self._compute_time(new, ctx, kv_read, decode)
         copy = copier.copy
@@ -566,6 +602,8 @@ class ServingEngine:
         streams += overlapped  # cached-prefix loads stream beside the compute (sim/kvload.py)
         done = env.timeout(compute)
         yield env.all_of([done, *streams]) if streams else done
+        if swap_in and not reuse and swap_rest:  # overlapped swap-in: its source freed once in
+            self.clock.pools[self.swap_tier].free("kv swap", swap_in * self.block_bytes)
         share = redo / new if new else 0.0
         acct = self.acct
         acct["compute"] += compute * (1 - share)
@@ -618,6 +656,8 @@ class ServingEngine:
             kv_blocks=self.total_blocks, kv_pool_bytes=self.total_blocks * block_on_tier,
             kv_block_bytes=block_on_tier,
             kv_pool_tier=self.kv_pool_tier, largest_request_tokens=self.max_len,
+            swap_seconds=self.swap_stats.seconds, swap_bytes=self.swap_stats.bytes,
+            swap_copies=self.swap_stats.copies,
             prefix_hit_rate=self.store.hit_rate if self.store is not None else 0.0,
             prefix_hits_by_tier=dict(self.store.hits_by_tier) if self.store is not None else {})
         if self.at_last is not None:

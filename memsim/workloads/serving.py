@@ -247,6 +247,9 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     sched = sv.scheduler
     batch = min(sched.max_num_seqs, len(requests))
     mean_len = float(np.mean(prompt + output))
+    cap = sv.kv_budget.caps(1)[0] if sv.kv_budget is not None else None  # StreamingLLM serving
+    if cap is not None:
+        mean_len = min(mean_len, cap)
     per_seq_tokens = math.ceil(mean_len / sched.block_size) * sched.block_size
 
     tb = TraceBuilder(w.name, "serving", arch.layers)
@@ -258,6 +261,8 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     tb.tensor("logits", batch * arch.vocab * 4, "activation", "fp32")
     kv_e = sv.kv_bits / 8
     ctx = float(np.mean(prompt)) + float(np.mean(output)) / 2
+    if cap is not None:
+        ctx = min(ctx, cap)
     kernels = layer_kernels(arch, batch, 1, ctx, e, e, kv_e=kv_e, dequant=True)
     kv_write = int(batch * arch.kv_token_elems * kv_e)
     tb.block("decode", layer_ops(kernels, "decode", kv_write, dt, experts=arch.is_moe), templated=True)
@@ -287,6 +292,10 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     }
     if notes:
         meta["workload_notes"] = notes
+    if sv.swap is not None:  # how swap preemption copies (memsim.sim.swap)
+        meta["swap"] = sv.swap.model_dump()
+    if sv.kv_budget is not None:  # tokens of KV a request keeps in the pool (StreamingLLM)
+        meta["kv_budget"] = {**sv.kv_budget.model_dump(), "cap": sv.kv_budget.caps(1)[0]}
     if sv.kv_cache is not None:
         meta["kv_cache"] = {"prefix_caching": sv.kv_cache.prefix_caching,
                             "eviction": sv.kv_cache.eviction, "block_tokens": sv.kv_cache.block_tokens,

@@ -382,6 +382,42 @@ class KVCache(Spec):
         return {name: parse_bytes(size) for name, size in tiers.items()} if tiers else tiers
 
 
+class SwapSpec(Spec):
+    """How a preempted request's KV is copied to the swap tier and back (memsim.sim.swap):
+    vLLM's cache engine copies block by block, K and V of every layer apart; FastSwitch (Shen et
+    al., arXiv 2411.18424) copies contiguous block groups, on a swap thread that overlaps the
+    forward pass, and keeps a resumed request's host copy so its next swap-out copies only the
+    blocks added since."""
+
+    granularity: Literal["block", "group", "request"] = Field("block", description=(
+        "bytes per copy: block (one cudaMemcpy per block, layer and K/V, vLLM's swap_blocks); "
+        "group (one per group_blocks contiguous blocks: FastSwitch's block groups); request "
+        "(one per layer and K/V: the request's blocks contiguous)"))
+    group_blocks: int | None = Field(None, ge=1, description=(
+        "granularity group: blocks per contiguous group (default 8)"))
+    overlap: bool = Field(False, description=(
+        "swaps run beside the forward pass layer by layer (FastSwitch's swap manager): the "
+        "iteration waits for the first layer's share only; false: it waits for every swap (vLLM)"))
+    reuse: bool = Field(False, description=(
+        "a resumed request's host copy is kept (its swap space stays held) while it runs, so "
+        "its next swap-out copies only the blocks added since (FastSwitch's KV reuse); kept "
+        "copies are dropped, oldest first, when a swap-out needs their room"))
+    switch_overhead: float = Field(0.0, ge=0, description=(
+        "seconds of scheduler work each preemption or resumption adds before the iteration "
+        "computes (block tables, bookkeeping; 0: none)"))
+
+    @field_validator("switch_overhead", mode="before")
+    @classmethod
+    def _seconds(cls, value):
+        return parse_time(value)
+
+    @model_validator(mode="after")
+    def _group(self) -> SwapSpec:
+        if self.group_blocks is not None and self.granularity != "group":
+            raise ValueError("group_blocks is only for granularity: group")
+        return self
+
+
 class ServingParallel(Spec):
     """How vLLM splits the model: tensor-parallel ranks within a node, pipeline stages."""
 
@@ -435,10 +471,26 @@ class Serving(Spec):
     dtype: Precision = Field("fp16", description="weights and activations dtype")
     parallel: ServingParallel = Field(default_factory=lambda: ServingParallel(), description=(
         "tensor and pipeline degrees (vLLM's tensor_parallel_size, pipeline_parallel_size)"))
+    swap: SwapSpec | None = Field(None, description=(
+        "how swap preemption copies KV (scheduler.preempt: swap): granularity, group_blocks, "
+        "overlap, reuse, switch_overhead (FastSwitch); default vLLM's block-by-block copies"))
+    kv_budget: KVBudget | None = Field(None, description=(
+        "KV tokens each request keeps in the block pool: sink, window, budget (StreamingLLM "
+        "serving: a request holds at most that many tokens' blocks and attends over them)"))
 
     @model_validator(mode="after")
     def _lengths(self) -> Serving:
         _kv_cache_dtype(self)
+        if self.kv_budget is not None:
+            if isinstance(self.kv_budget.budget, list):
+                raise ValueError("kv_budget.budget: serving keeps one budget for every layer "
+                                 "(a per-layer list is for inference.kv_budget)")
+            if self.kv_budget.keep_generated:
+                raise ValueError("kv_budget.keep_generated is not simulated in serving: the "
+                                 "budget bounds the whole cache (StreamingLLM)")
+            if self.kv_cache is not None and self.kv_cache.prefix_caching:
+                raise ValueError("kv_budget with kv_cache.prefix_caching: a budgeted cache drops "
+                                 "prompt tokens, so whole prompt blocks cannot be shared")
         if self.arrival.process is not None and (self.prompt_len is None or self.output_len is None):
             raise ValueError(f"{self.arrival.process} arrivals need prompt_len and output_len "
                              "distributions (sessions: new tokens and answer per turn)")
