@@ -151,7 +151,8 @@ def test_laptop_gpu_computes_from_dram_and_flash_reads_depend_on_size():
     assert flash.kind == "flash"
     sizes = [4096, 16384, 32768, 65536, 262144, 1 << 20]
     rates = [flash.read_bandwidth(n) for n in sizes]
-    assert rates == sorted(rates) and rates[-1] > 10 * rates[0]
+    # LLM in a flash's M1 Max: 4 KiB random reads about a ninth of the sequential 6.10 GB/s
+    assert rates == sorted(rates) and rates[-1] > 8 * rates[0]
     assert Topology(s).route("flash", "dram").via == []
 
 

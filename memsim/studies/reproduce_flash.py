@@ -60,6 +60,7 @@ def _run(spec: CaseSpec, path: Path, unit: str, setting: dict, say) -> tuple[dic
         if name == "naive":
             wl = _workload(s, setting, None)
             plan = Plan(placement={"weight": {resident: share, store: 1 - share}},
+                        prefetch_depth=int(s.get("naive_prefetch_depth", 1)),
                         planner=PlannerInfo(name="naive", status="given"))
         else:
             wl = _workload(s, setting, {**sparsity, "bundling": name.endswith("bundling")})

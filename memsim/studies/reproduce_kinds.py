@@ -20,12 +20,14 @@ from memsim.studies.reproduce_kv_tp import kv_capacity
 from memsim.studies.reproduce_parallel import parallel
 from memsim.studies.reproduce_prefix import prefix_serving, prefix_trace
 from memsim.studies.reproduce_spec import CaseResult, CaseSpec
+from memsim.studies.reproduce_sublinear import checkpoint_module
 
 KINDS: dict[str, Callable[[CaseSpec, Path, Callable[[str], None]], CaseResult]] = {
     "zero": cases.zero,
     "flexgen": cases.flexgen,
     "paged": cases.paged,
     "checkpoint": cases.checkpoint,
+    "checkpoint_module": checkpoint_module,
     "kivi": kivi_case,
     "flash": flash_case,
     "headinfer": cases.headinfer,

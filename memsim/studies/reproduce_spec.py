@@ -22,7 +22,7 @@ class CaseSpec(Spec):
     name: str = Field(description="case name (the --case argument)")
     title: str = Field(description="one line heading the case in the document")
     kind: str = Field(description="how the case is evaluated: zero, flexgen, paged, checkpoint, kivi, "
-                                  "flash, headinfer, framework, parallel, "
+                                  "flash, headinfer, framework, parallel, checkpoint_module, "
                                   "prefix_trace, prefix_serving, kv_budget, kv_capacity")
     quick: bool = Field(False, description="part of the reduced set that --quick runs")
     order: int = Field(100, description="position in the document (then by name)")

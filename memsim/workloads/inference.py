@@ -125,6 +125,9 @@ def token_costs(arch: Architecture, e: int, kv_bits: int) -> TokenCosts:
         experts_per_token=arch.experts_per_token if arch.is_moe else 0)
 
 
+KV_PREVIOUS = "kv.previous"  # inference.kv_growth concat: the cache the step is replacing
+
+
 def build_inference(w: Workload, arch: Architecture) -> Trace:
     from dataclasses import asdict, replace
 
@@ -149,6 +152,11 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
                          inf.kv_quant, w._source)
         per_layer_kv = int(kv_read["layer_bytes"])
     tb.tensor(L + "kv", per_layer_kv, "kv", kv_dtype_name(inf))
+    if inf.kv_growth == "concat":  # the previous step's cache, held through each decode step
+        from memsim.workloads.kvquant import concat_held_bytes
+
+        held = b * concat_held_bytes(arch, p, g, inf.kv_bits, inf.kv_quant)
+        tb.tensor(KV_PREVIOUS, int(held), "activation", kv_dtype_name(inf))
     tb.tensor("hidden", b * chunk * arch.hidden * e, "activation", dt)
     tb.tensor("act", act_bytes(arch, b * chunk, e), "activation", dt)
     tb.tensor("logits", b * arch.vocab * 4, "activation", "fp32")
@@ -171,8 +179,12 @@ def build_inference(w: Workload, arch: Architecture) -> Trace:
         decode = [replace(k, flops=k.flops + extra) if k.key == "attention" else k for k in decode]
     tb.block("decode", layer_ops(decode, "decode", int(b * arch.kv_token_elems * kv_e), dt,
                                  experts=arch.is_moe), templated=True, iterations=steps)
-    tb.block("decode_head", [embed_op(arch, b, e, "decode", dt, "decode_embed"),
-                             *head_ops(arch, b, e, "decode", dt, "decode_")], iterations=steps)
+    tail = [embed_op(arch, b, e, "decode", dt, "decode_embed"),
+            *head_ops(arch, b, e, "decode", dt, "decode_")]
+    if inf.kv_growth == "concat":  # alive from the first decode step's start to the last's end
+        tail = [replace(o, inputs=(*o.inputs, KV_PREVIOUS))
+                if o.name in ("decode_embed", "decode_sample") else o for o in tail]
+    tb.block("decode_head", tail, iterations=steps)
 
     trace = tb.trace({})
     trace.meta.update({

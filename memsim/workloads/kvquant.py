@@ -50,3 +50,25 @@ def layout(arch: Architecture, batch: int, context: int, mean_prefill: float, me
 
     return {"layer_bytes": batch * seq_layer_bytes(arch, context, bits, q),
             "prefill_e": per_elem(mean_prefill), "decode_e": per_elem(mean_decode)}
+
+
+def concat_held_bytes(arch: Architecture, prompt: int, gen: int, bits: int, q: KVQuant | None) -> float:
+    """Bytes of one sequence's previous-step cache still held when a concatenating decode step
+    ends (``inference.kv_growth: concat``), at the step where they are most, over all layers.
+
+    16-bit: the whole previous cache. KIVI's code (models/llama_kivi.py) re-creates each step its
+    fp16 keys since the last block, its quantised values and their fp16 residual, but passes its
+    quantised keys through unchanged except at a step that fills a block of ``residual`` keys."""
+    if q is None:
+        return arch.layers * arch.kv_dim * 2 * (bits / 8) * (prompt + gen - 1)
+    r, per_elem = q.residual, bits + 2 * q.scale_bits / q.group_size
+    most = 0.0
+    for n in range(prompt + 1, prompt + gen + 1):  # the step that grows n - 1 tokens to n
+        m = n - 1
+        full_k = m % r if r else 0
+        full_v = min(m, r)
+        held = (full_k + full_v) * 16 + (m - full_v) * per_elem
+        if r and n % r == 0:
+            held += (m - full_k) * per_elem
+        most = max(most, held)
+    return arch.layers * arch.kv_dim * most / 8

@@ -255,6 +255,10 @@ class Inference(Spec):
     kv_cache_dtype: KVCacheDtype | None = Field(None, description=_KV_DTYPE_DESC)
     kv_quant: KVQuant | None = Field(None, description=(
         "KIVI's layout of the quantised KV cache: group_size, residual, scale_bits (kv_bits < 16)"))
+    kv_growth: Literal["preallocated", "concat"] = Field("preallocated", description=(
+        "preallocated: the cache is written in place; concat: each decode step rebuilds it by "
+        "concatenation while the previous step's cache is still referenced until the step ends "
+        "(HF transformers' tuple cache up to 4.35, and KIVI's code on it), so the step holds both"))
     sparsity: Sparsity | None = Field(None, description=(
         "predicted FFN sparsity with windowing and row-column bundling (LLM in a flash): "
         "active_fraction, window, window_fraction, load_fraction, bundling, predictor_fraction"))

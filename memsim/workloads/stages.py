@@ -101,6 +101,12 @@ def stage(trace: Trace, max_stages: int = MAX_STAGES) -> Trace:
     return Trace(trace.name, trace.kind, tensors, blocks, meta, trace.requests, trace.version)
 
 
+def unit_count(trace: Trace) -> int:
+    """How many units a stageable trace's forward has (``stage`` merges more than
+    ``max_stages`` of them): the n of Chen et al.'s √n segments."""
+    return len(_units(trace.blocks[0].ops)) if stageable(trace) else int(trace.meta.get("layers", 1))
+
+
 def _units(forward: list[Op]) -> list[tuple[str, int]]:
     """Runs of consecutive forward ops under one unit: (unit, op count). Loss ops, and a unit
     with no matmul or attention (an activation function, a norm, a pooling), join the run before

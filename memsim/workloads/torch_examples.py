@@ -47,6 +47,57 @@ def convnet(channels: int = 16, classes: int = 10) -> nn.Module:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * c, classes))
 
 
+def resnet(units: str = "3,24,36,3", base: int = 64, classes: int = 1000) -> nn.Module:
+    """A bottleneck residual network for ImageNet (input ``Bx3x224x224``), laid out as Chen et
+    al.'s own example (dmlc/mxnet-memonger ``example_resnet.py``): every convolution is followed
+    by batch norm and a ReLU, a unit is 1x1, 3x3, 1x1 convolutions (the first of a stage strided
+    and with a projection shortcut), the four stages have ``units`` residual units of width
+    ``base``·2^stage. The ReLUs run in place, as MXNet's memory planner shares their storage.
+    The units are one flat list, so each one is a stage for checkpointing
+    (``memsim/workloads/stages.py``): the points Chen et al. mark ``mirror_stage``."""
+    counts = [int(n) for n in str(units).split(",")]
+    if len(counts) != 4 or min(counts) < 1:
+        raise ValueError(f"units must be four positive counts such as 3,24,36,3, got {units!r}")
+    return _ResNet(counts, base, classes)
+
+
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True)]
+
+
+class _Bottleneck(nn.Module):
+    def __init__(self, c_in: int, width: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(*_conv_bn_relu(c_in, width, 1), *_conv_bn_relu(width, width, 3, stride),
+                                  *_conv_bn_relu(width, 4 * width, 1))
+        self.shortcut = (nn.Sequential(*_conv_bn_relu(c_in, 4 * width, 1, stride))
+                         if stride != 1 or c_in != 4 * width else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.shortcut(x)
+
+
+class _ResNet(nn.Module):
+    def __init__(self, counts: list[int], base: int, classes: int):
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn_relu(3, base, 7, 2), nn.MaxPool2d(3, 2, 1))
+        units, c_in = [], base
+        for stage, count in enumerate(counts):
+            width = base * 2**stage
+            for i in range(count):
+                units.append(_Bottleneck(c_in, width, 2 if stage and i == 0 else 1))
+                c_in = 4 * width
+        self.units = nn.ModuleList(units)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for unit in self.units:
+            x = unit(x)
+        return self.head(x)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()

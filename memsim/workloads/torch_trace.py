@@ -362,6 +362,12 @@ def kernel_shape(aten: str, ins: Sequence[torch.Tensor], outs: Sequence[torch.Te
         w, o = dims[1], tuple(outs[0].shape)
         if len(o) >= 3:
             return (o[0] * math.prod(o[2:]), math.prod(w[1:]), w[0])
+    if aten == "convolution_backward" and len(dims) >= 3:
+        # (grad_output, input, weight, ...): the forward's (m, k, n), so the backward is costed as
+        # its input- and weight-gradient GEMMs by shape (memsim/hardware/gemm.py), as the forward is
+        g, w = dims[0], dims[2]
+        if len(g) >= 3:
+            return (g[0] * math.prod(g[2:]), math.prod(w[1:]), w[0])
     if outs:
         return (max(t.numel() for t in outs),)
     return None
