@@ -47,6 +47,12 @@ class ServingStats:
     prefix_hits_by_tier: dict[str, int] = field(default_factory=dict)  # those tokens per tier
     kv_blocks: int = 0  # KV blocks of one GPU's pool (vLLM's "# GPU blocks", per worker)
     kv_pool_bytes: int = 0  # bytes of that pool on kv_pool_tier
+    # disaggregated prefill/decode (memsim.sim.disaggregated): KV bytes sent from prefill to decode
+    # instances; per request, prefill end → KV at its decode instance (p50, p90, p99, mean); per
+    # pool (prefill, decode): instances, GPUs, busy fraction, KV utilisation, preemptions
+    kv_transfer_bytes: int = 0
+    kv_transfer_seconds: dict[str, float] = field(default_factory=dict)
+    pools: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass

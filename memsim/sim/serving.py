@@ -54,14 +54,15 @@ DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
 class Req:
     """One request's progress: tokens whose KV is cached, tokens generated, blocks held."""
 
-    __slots__ = ("answer", "arrival", "blocks", "computed", "first_t", "generated", "hashes", "held", "id",
-                 "k", "last_t", "looked", "output", "prompt", "seen", "swapped")
+    __slots__ = ("answer", "arrival", "blocks", "computed", "first_t", "first_t0", "generated", "hashes",
+                 "held", "id", "k", "last_t", "looked", "output", "prompt", "seen", "swapped")
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
         self.computed = self.generated = self.blocks = self.swapped = 0
         self.k = 0  # tokens scheduled in the current iteration
         self.first_t = self.last_t = -1.0
+        self.first_t0 = -1.0  # start of the iteration that gave the first token
         self.hashes: list[int] = []  # prefix-chained block hashes of the prompt (prefix cache)
         self.answer: list[int] = []  # hashes of the whole blocks the answer completes
         self.held = 0  # leading hashes this request references in the prefix store
@@ -229,6 +230,10 @@ class ServingEngine:
             for r, answer in zip(todo, reqs.answer_hash_ids or (), strict=False):
                 r.answer = answer
         store = self.store
+        if self.trace.meta.get("prefilled"):  # a decode instance (sim/disaggregated.py): each
+            for r in todo:                     # arrives with its prompt's KV and first token
+                r.computed, r.generated, r.first_t = r.prompt, 1, r.arrival
+                r.last_t = r.arrival
         too_big = [r for r in todo if -(-(r.prompt + r.output) // bs) > self.total_blocks]
         if too_big:
             self.dropped = len(too_big)
@@ -236,6 +241,7 @@ class ServingEngine:
                               f"({self.total_blocks}): never scheduled")
             big = {r.id for r in too_big}
             todo = [r for r in todo if r.id not in big]
+        self.served = todo
         self.completed = 0
         waiting: list[Req] = []  # FIFO from index `head`
         running: list[Req] = []  # in admission order: preemption takes from the end
@@ -377,7 +383,7 @@ class ServingEngine:
                     r.held = len(r.hashes)
                 last = r.last_t
                 if r.first_t < 0:
-                    r.first_t = t1
+                    r.first_t, r.first_t0 = t1, t0
                     ttft.append(t1 - r.arrival)
                 elif last >= t0 and k == 1:
                     decoders += 1
