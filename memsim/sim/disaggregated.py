@@ -234,9 +234,10 @@ class Disaggregated:
         fast = self.sys.fast_tier
         fullest = max(runs, key=lambda run: run[1].peak_bytes.get(fast, 0))[1]  # the fullest GPU
         breakdown: dict[str, float] = {}
-        for _, res in runs:  # GPU-seconds over the instances
+        for _, res in runs:  # the mean instance's seconds, idle after its last event included
+            tail = {"idle": makespan - res.step_time_s}
             for k, v in res.breakdown.items():
-                breakdown[k] = breakdown.get(k, 0.0) + v
+                breakdown[k] = breakdown.get(k, 0.0) + (v + tail.get(k, 0.0)) / len(runs)
         gpus = sum(self.d[role]["gpus"] for role in ("prefill", "decode"))
         flops = float(self.trace.meta.get("flops_per_step") or 0.0)
         peak = peak_flops(main_unit(self.sys), str(self.trace.meta.get("dtype") or "bf16")) * gpus
