@@ -124,6 +124,8 @@ class Disaggregated:
         self.reqs = trace.requests
         self.rate, self.latency, self.link_name = link_rate(system, self.d)
         self.notes: list[str] = []
+        self.first_at: dict[int, float] = {}  # per request (index in the trace): first token out
+        self.last_at: dict[int, float] = {}  # its last token
 
     def run(self) -> Result:
         wall = time.perf_counter()
@@ -153,6 +155,7 @@ class Disaggregated:
         for t1, i, p, t0 in ready:
             if reqs.output_len[i] <= 1:  # nothing to decode: the prefill's token was the last
                 ttft.append(t1 - reqs.arrival_s[i])
+                self.first_at[i] = self.last_at[i] = t1
                 done_at_prefill += 1
                 continue
             j = turn % len(recv)
@@ -168,6 +171,7 @@ class Disaggregated:
             at = end + self.latency
             sent_bytes += nbytes
             ttft.append(at - reqs.arrival_s[i])
+            self.first_at[i] = at
             transfer.append(at - t1)
             handed[j].append((at, i))
         decode = []
@@ -180,6 +184,9 @@ class Disaggregated:
                 continue
             eng = ServingEngine(self.sys, _role_trace(self.trace, d["decode"], sub, True), self.plan, False)
             decode.append((eng, eng.run()))
+            for r in eng.served:
+                if r.generated >= r.output:
+                    self.last_at[rows[r.id][1]] = r.last_t
         return self._result(n, prefill, decode, ttft, transfer, sent_bytes, done_at_prefill,
                             time.perf_counter() - wall)
 

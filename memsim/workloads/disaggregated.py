@@ -23,6 +23,9 @@ def disaggregated_meta(arch: Architecture, costs: TokenCosts, sv, e: int, file: 
     """``meta["disaggregated"]``: per pool its instances, layout, one GPU's TokenCosts and the
     scheduler keys it overrides; the link, transfer mode, routing and full KV bytes per token."""
     d = sv.disaggregated
+    if sv.slo is not None:
+        raise SpecError("memsim plan's SLO search sizes colocated replicas; simulate a disaggregated "
+                        "deployment without serving.slo", file=file, key="serving.disaggregated")
     pools = {}
     for role in ("prefill", "decode"):
         pool = getattr(d, role)
