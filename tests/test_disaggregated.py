@@ -172,7 +172,8 @@ def test_cli_json_reports_the_transfer_and_both_pools(tmp_path: Path):
 @pytest.mark.parametrize(("body", "key"), [
     ("    prefill: {gpus: 3, tensor: 2}\n    decode: {gpus: 1}", "serving.disaggregated.prefill.gpus"),
     ("    prefill: {gpus: 1}\n    decode: {gpus: 1}\n    link: infiniband", "serving.disaggregated.link"),
-    ("    prefill: {gpus: 8}\n    decode: {gpus: 8}\n    link: nvlink", "serving.disaggregated.link"),
+    ("    prefill: {gpus: 8, tensor: 4}\n    decode: {gpus: 8, tensor: 8}\n    link: nvlink",
+     "serving.disaggregated.link"),
     ("    prefill: {gpus: 1, tensor: 3}\n    decode: {gpus: 1}", "serving.disaggregated.prefill.tensor"),
     ("    prefill: {gpus: 1}\n    decode: {gpus: 1}\n    transfer: later", "serving.disaggregated.transfer"),
 ])

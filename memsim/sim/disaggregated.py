@@ -50,7 +50,9 @@ def link_rate(system: System, d: dict) -> tuple[float, float, str]:
     """(achievable bytes/s per GPU link, latency in s, what it is) of ``d["link"]``: the
     system's ``nvlink`` or ``network`` fabric, one of its links by name, or a bandwidth."""
     name = str(d["link"])
-    gpus = d["prefill"]["gpus"] + d["decode"]["gpus"]
+    # NVLink needs a prefill and a decode instance's segments of each pipeline stage in one node
+    # (DistServe's low node-affinity placement, §4.2): their tensor groups side by side
+    gpus = d["prefill"]["tensor"] + d["decode"]["tensor"]
     if name in ("nvlink", "network"):
         fabric = getattr(system, name)
         if fabric is None:
@@ -59,9 +61,9 @@ def link_rate(system: System, d: dict) -> tuple[float, float, str]:
                             "100Gb/s", key=f"{KEY}.link")
         per_node = system.gpu.count if system.gpu else 1
         if name == "nvlink" and gpus > per_node:
-            raise SpecError(f"the pools' {gpus} GPUs span more than one node of {per_node} GPUs of "
-                            f"{system.name!r}; NVLink does not reach between nodes: use link: network",
-                            key=f"{KEY}.link")
+            raise SpecError(f"a prefill and a decode instance's tensor groups ({gpus} GPUs) do not fit "
+                            f"one node of {per_node} GPUs of {system.name!r}; NVLink does not reach "
+                            "between nodes: use link: network", key=f"{KEY}.link")
         rate, latency, what = fabric.bandwidth * fabric.efficiency, fabric.latency, name
     elif (link := next((ln for ln in system.links if ln.name == name), None)) is not None:
         rate, latency, what = link.rate(link.ends[0]), link.latency, f"link {name}"
@@ -126,6 +128,7 @@ class Disaggregated:
         self.notes: list[str] = []
         self.first_at: dict[int, float] = {}  # per request (index in the trace): first token out
         self.last_at: dict[int, float] = {}  # its last token
+        self.transfer: dict[int, float] = {}  # prefill end → KV at its decode instance
 
     def run(self) -> Result:
         wall = time.perf_counter()
@@ -172,6 +175,7 @@ class Disaggregated:
             sent_bytes += nbytes
             ttft.append(at - reqs.arrival_s[i])
             self.first_at[i] = at
+            self.transfer[i] = at - t1
             transfer.append(at - t1)
             handed[j].append((at, i))
         decode = []

@@ -118,3 +118,37 @@ def goodput(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
 def _published(spec: CaseSpec, key: str):
     value = spec.published.get(key)
     return tuple(value) if isinstance(value, list) else value
+
+
+def kv_transfer(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
+    """A disaggregated run's KV transfer against the requests' latency: ``transfer_share``
+    (Σ transfer delay / Σ request latency, arrival to last token) and ``transfer_p95`` (the 95th
+    percentile of the per-request delay, prefill end to KV at the decode instance)."""
+    s = spec.setup
+    system = system_of(s, path)
+    trace = trace_of(s, path)
+    if not trace.meta.get("disaggregated"):
+        raise SpecError("the workload needs serving.disaggregated", file=str(path), key="setup.workload")
+    say("simulating")
+    view = system.rank_view(1)
+    run = Disaggregated(view if Plan().pinned else pageable_view(view), trace, Plan())
+    result = run.run()
+    arrival = trace.requests.arrival_s
+    total = sum(run.last_at[i] - arrival[i] for i in run.last_at)
+    share = sum(run.transfer.values()) / total if total > 0 else None
+    p95 = _quantile(list(run.transfer.values()), 0.95)
+    sv = result.serving
+    figures = [
+        Figure("transfer_share", "KV transfer / request latency (Σ over requests)", "%",
+               _published(spec, "transfer_share"), share, SIM, spec.notes.get("transfer_share", "")),
+        Figure("transfer_p95", "KV transfer delay, 95th percentile", "s", _published(spec, "transfer_p95"),
+               p95, SIM, spec.notes.get("transfer_p95", "")),
+        Figure("ttft_p90", "TTFT P90 (transfer included)", "s", None, sv.ttft_s["p90"], SIM),
+        Figure("tbt_p90", "TBT P90", "s", None, sv.tbt_s["p90"], SIM)]
+    d = trace.meta["disaggregated"]
+    pools = "; ".join(f"{role}: {d[role]['instances']} × TP{d[role]['tensor']} PP{d[role]['pipeline']}"
+                      for role in ("prefill", "decode"))
+    setup = [f"hardware `{s['hardware']}`; {len(trace.requests):,} requests; {pools}; "
+             f"KV over {run.link_name}",
+             f"sent {sv.kv_transfer_bytes / 1e9:,.1f} GB in all; completed {sv.completed:,}"]
+    return CaseResult(spec.name, spec.title, spec.source, setup, figures)
