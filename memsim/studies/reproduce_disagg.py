@@ -102,14 +102,13 @@ def goodput(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
         rate = max_rate(meets, lo, hi, steps)
         per_gpu[search["key"]] = rate / gpus
         out.figures.append(Figure(search["key"], search["label"], "req/s", _published(spec, search["key"]),
-                                  rate / gpus, SIM, spec.notes.get(search["key"], "")))
+                                  rate / gpus, SIM))
         what = ", ".join(f"P{q * 100:g} {k.upper()} ≤ {float(v) * 1e3:g} ms" for k, v in limits.items())
         out.setup.append(f"{search['key']}: {gpus} GPU{'s' if gpus > 1 else ''}, {what}; "
                          f"{', '.join(overrides) or 'colocated'}")
     for r in s.get("ratios", []):
         value = per_gpu[r["of"]] / per_gpu[r["over"]] if per_gpu.get(r["over"]) else None
-        out.figures.append(Figure(r["key"], r["label"], "x", _published(spec, r["key"]), value, SIM,
-                                  spec.notes.get(r["key"], "")))
+        out.figures.append(Figure(r["key"], r["label"], "x", _published(spec, r["key"]), value, SIM))
     out.setup.insert(0, f"hardware `{s['hardware']}`; Poisson rates bisected over [{lo:g}, {hi:g}] req/s "
                         f"({steps} steps); TPOT = (last token − first token) / (tokens − 1)")
     return out
@@ -140,9 +139,9 @@ def kv_transfer(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
     sv = result.serving
     figures = [
         Figure("transfer_share", "KV transfer / request latency (Σ over requests)", "%",
-               _published(spec, "transfer_share"), share, SIM, spec.notes.get("transfer_share", "")),
+               _published(spec, "transfer_share"), share, SIM),
         Figure("transfer_p95", "KV transfer delay, 95th percentile", "s", _published(spec, "transfer_p95"),
-               p95, SIM, spec.notes.get("transfer_p95", "")),
+               p95, SIM),
         Figure("ttft_p90", "TTFT P90 (transfer included)", "s", None, sv.ttft_s["p90"], SIM),
         Figure("tbt_p90", "TBT P90", "s", None, sv.tbt_s["p90"], SIM)]
     d = trace.meta["disaggregated"]
