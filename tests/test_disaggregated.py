@@ -181,3 +181,12 @@ def test_user_mistakes_exit_2_naming_the_key(tmp_path: Path, body: str, key: str
     code, doc = memsim(tmp_path, body)
     assert code == 2, doc
     assert doc["key"] == key
+
+
+def test_timeline_has_one_process_per_instance():
+    system = make_system()
+    trace = disaggregate(serving_trace(n=10, prompt=256, output=8, layers=4), prefill=2, decode=1)
+    events = simulate(system, trace, timeline=True).timeline
+    names = {e["pid"]: e["args"]["name"] for e in events if e.get("name") == "process_name"}
+    assert names == {1: "prefill 0", 2: "prefill 1", 3: "decode 0"}
+    assert {e["pid"] for e in events if e.get("ph") == "X"} == {1, 2, 3}

@@ -68,7 +68,7 @@ def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
     if trace.kind == "serving" and trace.meta.get("disaggregated"):
         from memsim.sim.disaggregated import simulate_disaggregated
 
-        result = simulate_disaggregated(view, trace, plan)
+        result = simulate_disaggregated(view, trace, plan, timeline=timeline)
     elif trace.kind == "serving":
         from memsim.sim.serving import simulate_serving
 

@@ -120,8 +120,8 @@ def _key(arrival: float, prompt: int, output: int, hashes) -> tuple:
 class Disaggregated:
     """The three stages over one request stream (module docstring)."""
 
-    def __init__(self, system: System, trace: Trace, plan: Plan):
-        self.sys, self.trace, self.plan = system, trace, plan
+    def __init__(self, system: System, trace: Trace, plan: Plan, timeline: bool = False):
+        self.sys, self.trace, self.plan, self.timeline = system, trace, plan, timeline
         self.d = trace.meta["disaggregated"]
         self.reqs = trace.requests
         self.rate, self.latency, self.link_name = link_rate(system, self.d)
@@ -140,7 +140,8 @@ class Disaggregated:
         ready = []  # (prefill end, request, prefill instance, its last iteration's start)
         for p, (share, idx) in enumerate(zip(shares, origins, strict=True)):
             one = Requests(share.arrival_s, share.prompt_len, [1] * len(share), share.hash_ids)
-            eng = ServingEngine(self.sys, _role_trace(self.trace, d["prefill"], one, False), self.plan, False)
+            eng = ServingEngine(self.sys, _role_trace(self.trace, d["prefill"], one, False), self.plan,
+                                self.timeline)
             prefill.append((eng, eng.run()))
             for r in eng.served:
                 if r.first_t >= 0:
@@ -186,7 +187,8 @@ class Disaggregated:
             if not rows:
                 self.notes.append(f"decode instance {j} got no request")
                 continue
-            eng = ServingEngine(self.sys, _role_trace(self.trace, d["decode"], sub, True), self.plan, False)
+            eng = ServingEngine(self.sys, _role_trace(self.trace, d["decode"], sub, True), self.plan,
+                                self.timeline)
             decode.append((eng, eng.run()))
             for r in eng.served:
                 if r.generated >= r.output:
@@ -266,10 +268,25 @@ class Disaggregated:
             breakdown={k: breakdown[k] for k in sorted(breakdown)},
             oom=next((res.oom for _, res in runs if res.oom is not None), None), serving=stats,
             events=sum(res.events for _, res in runs), wall_s=wall_s,
-            notes=sorted(notes | set(self.notes)))
+            notes=sorted(notes | set(self.notes)), timeline=self._timeline(prefill, decode))
+
+    def _timeline(self, prefill: list, decode: list) -> list[dict] | None:
+        """Every instance's Chrome-trace events, one process each (``prefill 0``, ``decode 1``)."""
+        if not self.timeline:
+            return None
+        out = []
+        runs = [("prefill", k, res) for k, (_, res) in enumerate(prefill)]
+        runs += [("decode", k, res) for k, (_, res) in enumerate(decode)]
+        for pid, (role, k, res) in enumerate(runs, 1):
+            for ev in res.timeline or ():
+                ev = {**ev, "pid": pid}
+                if ev.get("name") == "process_name":
+                    ev["args"] = {"name": f"{role} {k}"}
+                out.append(ev)
+        return out
 
 
-def simulate_disaggregated(system: System, trace: Trace, plan: Plan) -> Result:
+def simulate_disaggregated(system: System, trace: Trace, plan: Plan, *, timeline: bool = False) -> Result:
     if trace.requests is None or len(trace.requests) == 0:
         raise ValueError(f"serving trace {trace.name!r} has no requests")
-    return Disaggregated(system, trace, plan).run()
+    return Disaggregated(system, trace, plan, timeline).run()
