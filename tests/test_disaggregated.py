@@ -190,3 +190,13 @@ def test_timeline_has_one_process_per_instance():
     names = {e["pid"]: e["args"]["name"] for e in events if e.get("name") == "process_name"}
     assert names == {1: "prefill 0", 2: "prefill 1", 3: "decode 0"}
     assert {e["pid"] for e in events if e.get("ph") == "X"} == {1, 2, 3}
+
+
+def test_transfer_keys_only_in_a_disaggregated_document():
+    system = make_system()
+    trace = serving_trace(n=1, layers=4, params=1e9)
+    trace.requests = Requests([0.5], [100], [4])
+    colocated = simulate(system, trace).to_dict()["serving"]
+    assert not {"kv_transfer_bytes", "kv_transfer_seconds", "pools"} & set(colocated)
+    split = simulate(system, disaggregate(trace)).to_dict()["serving"]
+    assert split["kv_transfer_bytes"] > 0 and set(split["pools"]) == {"prefill", "decode"}
