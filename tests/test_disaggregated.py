@@ -180,7 +180,7 @@ def test_cli_json_reports_the_transfer_and_both_pools(tmp_path: Path):
 def test_user_mistakes_exit_2_naming_the_key(tmp_path: Path, body: str, key: str):
     code, doc = memsim(tmp_path, body)
     assert code == 2, doc
-    assert doc["key"] == key
+    assert doc["key"] == key and doc["file"] == str(tmp_path / "w.yaml")
 
 
 def test_timeline_has_one_process_per_instance():

@@ -58,12 +58,12 @@ def link_rate(system: System, d: dict) -> tuple[float, float, str]:
         if fabric is None:
             raise SpecError(f"system {system.name!r} has no {name} fabric; name one of its links "
                             f"({', '.join(ln.name for ln in system.links)}) or a bandwidth such as "
-                            "100Gb/s", key=f"{KEY}.link")
+                            "100Gb/s", file=d.get("file"), key=f"{KEY}.link")
         per_node = system.gpu.count if system.gpu else 1
         if name == "nvlink" and gpus > per_node:
             raise SpecError(f"a prefill and a decode instance's tensor groups ({gpus} GPUs) do not fit "
                             f"one node of {per_node} GPUs of {system.name!r}; NVLink does not reach "
-                            "between nodes: use link: network", key=f"{KEY}.link")
+                            "between nodes: use link: network", file=d.get("file"), key=f"{KEY}.link")
         rate, latency, what = fabric.bandwidth * fabric.efficiency, fabric.latency, name
     elif (link := next((ln for ln in system.links if ln.name == name), None)) is not None:
         rate, latency, what = link.rate(link.ends[0]), link.latency, f"link {name}"
@@ -73,7 +73,7 @@ def link_rate(system: System, d: dict) -> tuple[float, float, str]:
         except ValueError:
             raise SpecError(f"{name!r} is neither a fabric of {system.name!r} (nvlink, network), "
                             f"one of its links ({', '.join(ln.name for ln in system.links)}) nor a "
-                            "bandwidth such as 100Gb/s", key=f"{KEY}.link") from None
+                            "bandwidth such as 100Gb/s", file=d.get("file"), key=f"{KEY}.link") from None
     if d.get("latency") is not None:
         latency = float(d["latency"])
     return rate, latency, f"{what} ({fmt_bandwidth(rate)} per GPU)"

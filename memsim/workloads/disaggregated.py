@@ -41,4 +41,5 @@ def disaggregated_meta(arch: Architecture, costs: TokenCosts, sv, e: int, file: 
                        "pipeline": lay.pipeline, "scheduler": sched,
                        "token_costs": asdict(shard_costs(arch, costs, lay, e, sv.kv_bits))}
     return {**pools, "link": d.link, "latency": d.latency, "transfer": d.transfer,
-            "routing": d.routing, "kv_bytes_per_token": costs.kv_bytes_per_token}
+            "routing": d.routing, "kv_bytes_per_token": costs.kv_bytes_per_token,
+            "file": file}  # the link is resolved against the system at simulation: errors name it
