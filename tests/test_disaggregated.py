@@ -30,7 +30,7 @@ def disaggregate(trace, *, link="10GB/s", latency=1e-3, transfer="after", prefil
            "scheduler": {"max_num_batched_tokens": prefill_tokens} if prefill_tokens else {}}
     trace.meta["disaggregated"] = {
         "prefill": pre, "decode": {**pool, "gpus": decode * tensor, "instances": decode},
-        "link": link, "latency": latency, "transfer": transfer, "routing": "round_robin",
+        "link": link, "latency": latency, "transfer": transfer,
         "kv_bytes_per_token": tc["kv_bytes_per_token"]}
     return trace
 

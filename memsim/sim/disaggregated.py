@@ -8,8 +8,8 @@ ever shares an iteration with a decode (DistServe's "prefill-decoding interferen
 Each instance is the serving engine of ``memsim.sim.serving`` on one GPU's share of the model at
 its pool's tensor and pipeline degrees, and the three stages run one after another in time:
 
-1. requests reach prefill instances (round robin, or cache-aware: ``memsim.planners.routing``);
-   a prefill instance serves each as a one-token request, its prefix cache included;
+1. requests reach prefill instances in turn (round robin, in arrival order); a prefill instance
+   serves each as a one-token request, its prefix cache included;
 2. a finished prompt's KV (prompt tokens × the whole model's KV bytes per token) goes to the
    next decode instance in turn, over ``link`` (a fabric of the system, one of its links, or a
    bandwidth), spread over ``min(GPUs of the prefill instance, GPUs of the decode instance)``
@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import defaultdict
 
 from memsim.contracts.plan import Plan
 from memsim.contracts.result import Result, ServingStats
 from memsim.errors import SpecError
 from memsim.hardware.spec import System
-from memsim.planners.routing import route
 from memsim.sim.report import main_unit, peak_flops
 from memsim.sim.serving import ServingEngine, _quantiles
 from memsim.units import fmt_bandwidth, parse_bandwidth
@@ -95,28 +93,6 @@ def _role_trace(trace: Trace, pool: dict, requests: Requests, prefilled: bool) -
     return sub
 
 
-def _origins(requests: Requests, shares: list[Requests]) -> list[list[int]]:
-    """Each share's requests as indices of ``requests`` (routing keeps arrival order; requests
-    alike in every column are interchangeable, so the first unclaimed one is taken)."""
-    hashes = requests.hash_ids or [None] * len(requests)
-    free: dict[tuple, list[int]] = defaultdict(list)
-    for i, row in enumerate(zip(requests.arrival_s, requests.prompt_len, requests.output_len, hashes,
-                                strict=True)):
-        free[_key(*row)].append(i)
-    for queue in free.values():
-        queue.reverse()
-    out = []
-    for share in shares:
-        h = share.hash_ids or [None] * len(share)
-        out.append([free[_key(*row)].pop() for row in
-                    zip(share.arrival_s, share.prompt_len, share.output_len, h, strict=True)])
-    return out
-
-
-def _key(arrival: float, prompt: int, output: int, hashes) -> tuple:
-    return arrival, prompt, output, tuple(hashes) if hashes is not None else None
-
-
 class Disaggregated:
     """The three stages over one request stream (module docstring)."""
 
@@ -134,12 +110,13 @@ class Disaggregated:
         wall = time.perf_counter()
         d, reqs = self.d, self.reqs
         n = len(reqs)
-        shares = route(reqs, d["prefill"]["instances"], d.get("routing") or "round_robin")
-        origins = _origins(reqs, shares)
         prefill = []
         ready = []  # (prefill end, request, prefill instance, its last iteration's start)
-        for p, (share, idx) in enumerate(zip(shares, origins, strict=True)):
-            one = Requests(share.arrival_s, share.prompt_len, [1] * len(share), share.hash_ids)
+        for p in range(d["prefill"]["instances"]):
+            idx = list(range(p, n, d["prefill"]["instances"]))
+            hashes = [reqs.hash_ids[i] for i in idx] if reqs.hash_ids is not None else None
+            one = Requests([reqs.arrival_s[i] for i in idx], [reqs.prompt_len[i] for i in idx],
+                           [1] * len(idx), hashes)
             eng = ServingEngine(self.sys, _role_trace(self.trace, d["prefill"], one, False), self.plan,
                                 self.timeline)
             prefill.append((eng, eng.run()))

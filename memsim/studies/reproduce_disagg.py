@@ -7,7 +7,8 @@ search's ``limits`` at ``setup.quantile`` (DistServe's Figure 1 reads P90 TTFT a
 request's TTFT is its arrival to its first token (in a disaggregated run, the KV's arrival at
 the decode instance: memsim.sim.disaggregated); its TPOT is DistServe's, (last token − first
 token) / (tokens − 1). A search's figure is that rate divided by its ``gpus`` (per-GPU goodput);
-``ratios`` divide two searches' figures.
+``ratios`` divide two searches' figures. A search's ``overrides`` set its workload and, with
+the ``hardware.`` prefix, its system (an engine's measured speed on the same GPU).
 """
 
 from __future__ import annotations
@@ -76,7 +77,6 @@ def goodput(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
     q = float(s.get("quantile", 0.9))
     lo, hi = (float(x) for x in s.get("rates", (0.25, 32.0)))
     steps = int(s.get("steps", 10))
-    system = system_of(s, path)
     out = CaseResult(spec.name, spec.title, spec.source, [], [])
     per_gpu: dict[str, float] = {}
     for i, search in enumerate(searches):
@@ -89,9 +89,10 @@ def goodput(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
         if bad:
             raise SpecError(f"{bad[0]!r} is not a latency limit ({', '.join(LIMITS)})", file=str(path),
                             key=f"{where}.limits.{bad[0]}")
-        overrides = list(search.get("overrides", []))
+        overrides = list(search.get("overrides", []))  # hardware.* ones set this search's system
+        system = system_of(s, path, overrides)
 
-        def meets(rate: float, overrides=overrides, limits=limits) -> bool:
+        def meets(rate: float, overrides=overrides, limits=limits, system=system) -> bool:
             trace = trace_of(s, path, [*overrides, f"serving.arrival.rate_per_s={rate!r}"])
             ttft, tpot = request_latencies(system, trace)
             got = {"ttft": _quantile(ttft, q), "tpot": _quantile(tpot, q)}

@@ -21,7 +21,7 @@ from memsim.workloads.trace import TokenCosts
 
 def disaggregated_meta(arch: Architecture, costs: TokenCosts, sv, e: int, file: str | None) -> dict:
     """``meta["disaggregated"]``: per pool its instances, layout, one GPU's TokenCosts and the
-    scheduler keys it overrides; the link, transfer mode, routing and full KV bytes per token."""
+    scheduler keys it overrides; the link, transfer mode and full KV bytes per token."""
     d = sv.disaggregated
     if sv.slo is not None:
         raise SpecError("memsim plan's SLO search sizes colocated replicas; simulate a disaggregated "
@@ -41,5 +41,5 @@ def disaggregated_meta(arch: Architecture, costs: TokenCosts, sv, e: int, file: 
                        "pipeline": lay.pipeline, "scheduler": sched,
                        "token_costs": asdict(shard_costs(arch, costs, lay, e, sv.kv_bits))}
     return {**pools, "link": d.link, "latency": d.latency, "transfer": d.transfer,
-            "routing": d.routing, "kv_bytes_per_token": costs.kv_bytes_per_token,
+            "kv_bytes_per_token": costs.kv_bytes_per_token,
             "file": file}  # the link is resolved against the system at simulation: errors name it

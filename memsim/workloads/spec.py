@@ -444,9 +444,6 @@ class Disaggregated(Spec):
     transfer: Literal["layerwise", "after"] = Field("layerwise", description=(
         "layerwise: each layer's KV is sent as the prefill finishes it (DistServe, Mooncake); "
         "after: the whole KV once the prefill ends"))
-    routing: Literal["round_robin", "prefix"] = Field("round_robin", description=(
-        "how requests reach prefill instances (memsim.planners.routing); decode instances take "
-        "handed-off requests in turn"))
 
     @field_validator("latency", mode="before")
     @classmethod
