@@ -200,3 +200,15 @@ def test_transfer_keys_only_in_a_disaggregated_document():
     assert not {"kv_transfer_bytes", "kv_transfer_seconds", "pools"} & set(colocated)
     split = simulate(system, disaggregate(trace)).to_dict()["serving"]
     assert split["kv_transfer_bytes"] > 0 and set(split["pools"]) == {"prefill", "decode"}
+
+
+def test_an_slo_search_with_disaggregated_pools_exits_2(tmp_path: Path):
+    from memsim.errors import SpecError
+    from memsim.workloads import build_trace, load_workload
+
+    path = tmp_path / "w.yaml"
+    path.write_text(WORKLOAD.format(body="    prefill: {gpus: 1}\n    decode: {gpus: 1}")
+                    + "  slo: {ttft_p99: 2s, tbt_p99: 100ms}\n")
+    with pytest.raises(SpecError) as err:
+        build_trace(load_workload(path))
+    assert err.value.key == "serving.disaggregated" and err.value.file == str(path)
