@@ -585,6 +585,14 @@ def _serving_figures(serving: dict | None) -> list[tuple[str, str]]:
                      f"{units.fmt_time(q['p50'])} / {units.fmt_time(q['p99'])}"))
     rows.append(("KV utilisation", f"{serving['kv_utilization']:.1%}"))
     rows.append(("preemptions", str(serving["preemptions"])))
+    if serving.get("pools"):  # disaggregated prefill/decode (memsim/sim/disaggregated.py)
+        q = serving["kv_transfer_seconds"]
+        rows.append(("KV transfer p50 / p99", f"{units.fmt_time(q['p50'])} / {units.fmt_time(q['p99'])}"
+                     f" ({units.fmt_bytes(serving['kv_transfer_bytes'])} sent)"))
+        for role, pool in serving["pools"].items():
+            pp = f" PP{pool['pipeline']}" if pool["pipeline"] > 1 else ""
+            rows.append((f"{role} pool", f"{pool['instances']} × TP{pool['tensor']}{pp}, "
+                                         f"busy {pool['utilization']:.0%}"))
     return rows
 
 

@@ -20,6 +20,8 @@ def job(trace, system) -> dict:
     par = meta.get("parallel") or {}
     if node and par.get("work"):  # a parallel layout uses its tensor × pipeline × context × data GPUs
         used = min(int(par["gpus"]), node * system.nodes)
+    if node and meta.get("disaggregated"):  # both pools' GPUs (memsim/sim/disaggregated.py)
+        used = sum(int(meta["disaggregated"][role]["gpus"]) for role in ("prefill", "decode"))
     out = {"kind": trace.kind, "model": meta.get("model"), "gpus": used, "gpus_in_node": node,
            "compute_tier": system.fast_tier}
     if system.nodes > 1:

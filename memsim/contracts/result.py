@@ -52,6 +52,19 @@ class ServingStats:
     swap_seconds: float = 0.0
     swap_bytes: int = 0
     swap_copies: int = 0
+    # disaggregated prefill/decode (memsim.sim.disaggregated; in the JSON only then): KV bytes sent
+    # from prefill to decode instances; per request, prefill end → KV at its decode instance (p50,
+    # p90, p99, mean); per pool (prefill, decode): instances, GPUs, busy fraction, KV utilisation
+    kv_transfer_bytes: int = 0
+    kv_transfer_seconds: dict[str, float] = field(default_factory=dict)
+    pools: dict[str, dict] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        if not self.pools:  # colocated: no transfer keys
+            for key in ("kv_transfer_bytes", "kv_transfer_seconds", "pools"):
+                out.pop(key)
+        return out
 
 
 @dataclass
@@ -83,5 +96,7 @@ class Result:
     def to_dict(self) -> dict:
         out = asdict(self)
         out.pop("timeline")
+        if self.serving is not None:
+            out["serving"] = self.serving.to_dict()
         out["oom"] = self.oom.to_dict() if self.oom else None
         return out

@@ -65,7 +65,11 @@ def simulate(system: System, trace: Trace, plan: Plan | None = None, *,
         if hit is not None:
             hit.wall_s = time.perf_counter() - wall
             return hit
-    if trace.kind == "serving":
+    if trace.kind == "serving" and trace.meta.get("disaggregated"):
+        from memsim.sim.disaggregated import simulate_disaggregated
+
+        result = simulate_disaggregated(view, trace, plan, timeline=timeline)
+    elif trace.kind == "serving":
         from memsim.sim.serving import simulate_serving
 
         result = simulate_serving(view, trace, plan, timeline=timeline)

@@ -293,7 +293,7 @@ def schedule(q: Queues, pol: ServingPolicy, swap: Swap, prefix: Prefix | None = 
         new += k
         ctx += attended(k, c, cap)
         kv_read += min(c + k, cap)
-        decode = False
+        decode = decode and k == 1 and c >= r.prompt  # a decode instance's handed-off request
         if r.generated:
             redo += min(k, r.prompt + r.generated - 1 - c)
     q.free, q.live, q.head = free, live, head

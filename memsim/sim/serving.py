@@ -56,8 +56,9 @@ DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
 class Req:
     """One request's progress: tokens whose KV is cached, tokens generated, blocks held."""
 
-    __slots__ = ("answer", "arrival", "blocks", "computed", "first_t", "generated", "hashes", "held", "host",
-                 "id", "k", "last_t", "looked", "output", "prompt", "seen", "swapped", "valid")
+    __slots__ = ("answer", "arrival", "blocks", "computed", "first_t", "first_t0", "generated", "hashes",
+                 "held", "host", "id", "k", "last_t", "looked", "output", "prompt", "seen", "swapped",
+                 "valid")
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
@@ -65,6 +66,7 @@ class Req:
         self.host = self.valid = 0  # a kept host copy's blocks, and its current ones (swap reuse)
         self.k = 0  # tokens scheduled in the current iteration
         self.first_t = self.last_t = -1.0
+        self.first_t0 = -1.0  # start of the iteration that gave the first token
         self.hashes: list[int] = []  # prefix-chained block hashes of the prompt (prefix cache)
         self.answer: list[int] = []  # hashes of the whole blocks the answer completes
         self.held = 0  # leading hashes this request references in the prefix store
@@ -237,6 +239,10 @@ class ServingEngine:
             for r, answer in zip(todo, reqs.answer_hash_ids or (), strict=False):
                 r.answer = answer
         store = self.store
+        if self.trace.meta.get("prefilled"):  # a decode instance (sim/disaggregated.py): each
+            for r in todo:                     # arrives with its prompt's KV and first token
+                r.computed, r.generated, r.first_t = r.prompt, 1, r.arrival
+                r.last_t = r.arrival
         cap = self.kv_cap if self.kv_cap is not None else 1 << 62
         too_big = [r for r in todo if -(-min(r.prompt + r.output, cap) // bs) > self.total_blocks]
         if too_big:
@@ -245,6 +251,7 @@ class ServingEngine:
                               f"({self.total_blocks}): never scheduled")
             big = {r.id for r in too_big}
             todo = [r for r in todo if r.id not in big]
+        self.served = todo
         self.completed = 0
         waiting: list[Req] = []  # FIFO from index `head`
         running: list[Req] = []  # in admission order: preemption takes from the end
@@ -390,7 +397,7 @@ class ServingEngine:
                     r.held = len(r.hashes)
                 last = r.last_t
                 if r.first_t < 0:
-                    r.first_t = t1
+                    r.first_t, r.first_t0 = t1, t0
                     ttft.append(t1 - r.arrival)
                 elif last >= t0 and k == 1:
                     decoders += 1

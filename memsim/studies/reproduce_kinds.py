@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from memsim.studies import reproduce_cases as cases
+from memsim.studies.reproduce_disagg import goodput, kv_transfer
 from memsim.studies.reproduce_flash import flash_case
 from memsim.studies.reproduce_frameworks import framework
 from memsim.studies.reproduce_kivi import kivi_case
@@ -37,4 +38,6 @@ KINDS: dict[str, Callable[[CaseSpec, Path, Callable[[str], None]], CaseResult]] 
     "prefix_serving": prefix_serving,
     "kv_budget": kv_budget_case,
     "kv_capacity": kv_capacity,
+    "goodput": goodput,
+    "kv_transfer": kv_transfer,
 }

@@ -303,6 +303,10 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
                             "prediction_error": sv.kv_cache.prediction_error,
                             "seed": sv.kv_cache.seed, "load": sv.kv_cache.load,
                             "chunk_tokens": sv.kv_cache.chunk_tokens}
+    if sv.disaggregated is not None:
+        from memsim.workloads.disaggregated import disaggregated_meta
+
+        meta["disaggregated"] = disaggregated_meta(arch, costs, sv, e, w._source)
     if sv.slo is not None:
         meta["slo"] = sv.slo.model_dump()
         from memsim.workloads.slo_costs import costs_by_tensor  # one GPU's costs per TP degree

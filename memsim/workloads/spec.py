@@ -456,6 +456,41 @@ class SLO(Spec):
         return [parse_bytes(s) for s in sizes] if sizes is not None else sizes
 
 
+class DisaggPool(Spec):
+    """One pool of a disaggregated deployment (DistServe, Splitwise, Mooncake): its GPUs, split
+    into instances of ``tensor`` × ``pipeline`` GPUs that each run one role."""
+
+    gpus: int = Field(1, ge=1, description="GPUs in the pool: gpus / (tensor × pipeline) instances")
+    tensor: int | None = Field(None, ge=1, description="tensor-parallel degree of each instance "
+                                                       "(default serving.parallel.tensor)")
+    pipeline: int | None = Field(None, ge=1, description="pipeline stages of each instance "
+                                                         "(default serving.parallel.pipeline)")
+    max_num_batched_tokens: int | None = Field(None, ge=1, description=(
+        "new tokens per iteration of an instance (default serving.scheduler's)"))
+    max_num_seqs: int | None = Field(None, ge=1, description="sequences per batch of an instance "
+                                                             "(default serving.scheduler's)")
+
+
+class Disaggregated(Spec):
+    """Prefill and decode on separate GPU pools; a finished prompt's KV moves over ``link``."""
+
+    prefill: DisaggPool = Field(description="the pool that runs prompts only")
+    decode: DisaggPool = Field(description="the pool that runs continuous-batching decode")
+    link: str = Field("network", description=(
+        "what carries the KV: the system's nvlink or network fabric, one of its links by name, "
+        "or a bandwidth per GPU such as 100Gb/s"))
+    latency: float | None = Field(None, ge=0, description="per-transfer latency (default: the "
+                                                          "fabric's or link's; 0 for a bandwidth)")
+    transfer: Literal["layerwise", "after"] = Field("layerwise", description=(
+        "layerwise: each layer's KV is sent as the prefill finishes it (DistServe, Mooncake); "
+        "after: the whole KV once the prefill ends"))
+
+    @field_validator("latency", mode="before")
+    @classmethod
+    def _seconds(cls, value):
+        return parse_time(value) if value is not None else value
+
+
 class Serving(Spec):
     """Online serving of a stream of requests."""
 
@@ -481,6 +516,8 @@ class Serving(Spec):
     kv_budget: KVBudget | None = Field(None, description=(
         "KV tokens each request keeps in the block pool: sink, window, budget (StreamingLLM "
         "serving: a request holds at most that many tokens' blocks and attends over them)"))
+    disaggregated: Disaggregated | None = Field(None, description=(
+        "separate prefill and decode pools with the KV sent between them (memsim.sim.disaggregated)"))
 
     @model_validator(mode="after")
     def _lengths(self) -> Serving:
