@@ -55,6 +55,10 @@ from memsim.validation.suite import WARMUP
 from memsim.validation.tiers import ComputeTier, DiskTier, HostTier, fill_random
 from memsim.workloads.trace import Trace
 
+# distinct kernel operands per signature where the System records no calibration flush size:
+# calibration's own default (microbench.CacheFlush)
+DISTINCT_OPERAND_BYTES = 256 << 20
+
 
 @dataclass
 class Measurement:
@@ -226,7 +230,10 @@ class _Runner:
         # staging refcounts and the shared-stage table: written-back buffers are given back on
         # the copy engines' threads, the rest on the compute thread
         self.lock = threading.RLock()
-        self.kernels = Kernels(backend)
+        # operands of their own per op, as cold as calibration timed the kernels: up to the
+        # bytes its cache flush streams, per kernel signature
+        flush = (system.calibration or {}).get("cache_flush_bytes") or DISTINCT_OPERAND_BYTES
+        self.kernels = Kernels(backend, distinct_bytes=int(flush))
         self.trace_ops = {x.name: x.op for x in trace.expand()}
 
     # -- setup (untimed) ----------------------------------------------------------------------
@@ -243,7 +250,7 @@ class _Runner:
                 self._slow(tier, name).write(name, _filled(self.compute, nbytes, seed), nbytes)
                 self.compute.free("__setup__")
         for op in self.prog.ops:
-            fn = self.kernels.get(self._kernel_op(op))
+            fn = self.kernels.get(self._kernel_op(op), strip_recompute(op.name))
             if fn:
                 fn()
         self.backend.sync()
@@ -280,7 +287,7 @@ class _Runner:
                 self._start_segment(op.seg)
             self._await(op)
             self._produce(op)
-            fn = self.kernels.get(self._kernel_op(op))
+            fn = self.kernels.get(self._kernel_op(op), strip_recompute(op.name))
             t = self._time(fn) if fn else (0.0, None)
             self.op_times.append((op.name, op.kind, op.recompute, *t))
             self._finish(op)
