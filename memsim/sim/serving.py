@@ -564,7 +564,7 @@ class ServingEngine:
             yield env.all_of(streams)                    # cpu_offload_gb): compute waits
             streams = []
         streams += overlapped  # cached-prefix loads stream beside the compute (sim/kvload.py)
-        done = env.timeout(compute)
+        done = self._compute_done(compute)
         yield env.all_of([done, *streams]) if streams else done
         share = redo / new if new else 0.0
         acct = self.acct
@@ -572,6 +572,11 @@ class ServingEngine:
         acct["recompute"] += compute * share
         extra = env._now - t_swap - compute  # streaming that compute did not hide
         acct["exposed_transfer"] += (t_swap - t0) + (extra if extra > 1e-9 * compute else 0.0)
+
+    def _compute_done(self, compute: float):
+        """The event of the iteration's compute ending (memsim.sim.virtual_engines: through the
+        pipeline's stages)."""
+        return self.env.timeout(compute)
 
     def _routed_share(self, new: int) -> float:
         """Share of the weight bytes an iteration of ``new`` tokens reads (1 unless MoE)."""
@@ -659,4 +664,8 @@ def _quantiles(samples: list[tuple[float, int]]) -> dict[str, float]:
 def simulate_serving(system: System, trace: Trace, plan: Plan, *, timeline: bool = False) -> Result:
     if trace.requests is None or len(trace.requests) == 0:
         raise ValueError(f"serving trace {trace.name!r} has no requests")
+    from memsim.sim.virtual_engines import pipelined, serve_virtual_engines
+
+    if pipelined(trace):  # vLLM's virtual engines: one scheduler per pipeline stage
+        return serve_virtual_engines(system, trace, plan, timeline)
     return ServingEngine(system, trace, plan, timeline).run()

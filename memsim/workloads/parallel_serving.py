@@ -7,8 +7,8 @@ activations (vllm/worker: determine_num_available_blocks, the minimum over worke
 serving simulator runs one GPU: :class:`TokenCosts` become that GPU's weights, KV bytes per
 token and FLOPs, and each layer adds two all-reduces of the new tokens' hidden states over the
 TP group (``tp_comm_bytes_per_token``). Pipeline stages of one batch run one after another
-(the iteration takes ``pp`` stage times); vLLM's overlap of several batches across stages
-(virtual engines) is not modelled.
+(the iteration takes ``pp`` stage times), and vLLM's virtual engines keep ``pp`` batches in
+flight across the stages (memsim.sim.virtual_engines).
 """
 
 from __future__ import annotations
