@@ -45,7 +45,7 @@ from memsim.sim.program import paused_gc, split_bytes
 from memsim.sim.report import common_fields, main_unit, peak_flops
 from memsim.sim.scheduler import Queues, Swap, schedule
 from memsim.workloads.moe import weight_bytes_read
-from memsim.workloads.parallel_serving import tp_comm_seconds
+from memsim.workloads.parallel_serving import held_allreduce_bytes, tp_comm_seconds
 from memsim.workloads.trace import TokenCosts, Trace
 
 DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
@@ -130,6 +130,9 @@ class ServingEngine:
         work = tc.activation_bytes_per_token * pol.max_num_batched_tokens
         pools[self.fast].alloc("activations", work, "profile run")
         pools[self.fast].alloc("prefetch buffers", staging, "profile run")
+        if (self.trace.meta.get("scheduler") or {}).get("nccl_record_streams"):
+            pools[self.fast].alloc("held all-reduce inputs", held_allreduce_bytes(
+                tc, pol.max_num_batched_tokens), "profile run")
         self.block_bytes = pol.block_size * tc.kv_bytes_per_token
         budgets = {}
         for tier, frac in self.kv_frac.items():

@@ -287,6 +287,8 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
     }
     if notes:
         meta["workload_notes"] = notes
+    if sched.nccl_record_streams:
+        meta["scheduler"]["nccl_record_streams"] = True
     if sv.kv_cache is not None:
         meta["kv_cache"] = {"prefix_caching": sv.kv_cache.prefix_caching,
                             "eviction": sv.kv_cache.eviction, "block_tokens": sv.kv_cache.block_tokens,
