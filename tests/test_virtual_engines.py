@@ -38,18 +38,18 @@ def test_two_stage_pipeline_event_by_event(a100):
     sp = probe._compute_time(16, 16 * 17 // 2, 16, False) / 2  # prefill: Σ context 1..16
     sd = probe._compute_time(1, 17, 17, True) / 2  # decode of token 17
     assert 0 < sd < sp
-    result, stages = run_virtual_engines(a100, trace, Plan())
-    expected = [  # (virtual engine, stage, start, end), in the order the passages end
+    result, stages = run_virtual_engines(a100, trace, Plan(), log=True)
+    expected = [  # (virtual engine, stage, start, end), by start, then stage
         (0, 0, 0.0, sp),                       # engine 0's prefill on stage 0
-        (0, 1, sp, 2 * sp),                    # ... on stage 1, while engine 1's prefill is on stage 0
-        (1, 0, sp, 2 * sp),
-        (0, 0, 2 * sp, 2 * sp + sd),           # engine 0's decode waits for stage 1 ...
+        (1, 0, sp, 2 * sp),                    # engine 1's prefill waited for stage 0 ...
+        (0, 1, sp, 2 * sp),                    # ... while engine 0's moved on to stage 1
+        (0, 0, 2 * sp, 2 * sp + sd),           # engine 0's decode (its first token out at 2 Sp)
         (1, 1, 2 * sp, 3 * sp),
-        (0, 1, 3 * sp, 3 * sp + sd),           # ... which engine 1's prefill holds until 3 Sp
-        (1, 0, 3 * sp, 3 * sp + sd),
+        (1, 0, 3 * sp, 3 * sp + sd),           # engine 1's decode (first token at 3 Sp)
+        (0, 1, 3 * sp, 3 * sp + sd),           # engine 0's decode waited for stage 1 until 3 Sp
         (1, 1, 3 * sp + sd, 3 * sp + 2 * sd),
     ]
-    log = stages.log
+    log = sorted(stages.log, key=lambda e: (round(e[2], 12), e[1]))
     assert len(log) == len(expected)
     for got, want in zip(log, expected, strict=True):
         assert got[:2] == want[:2]
@@ -85,3 +85,20 @@ def test_each_virtual_engine_gets_its_share_of_the_kv_blocks(a100):
     assert result.serving.kv_blocks == serial.kv_blocks
     assert result.peak_bytes["hbm"] < 80 * 2**30
     assert any("virtual engines" in n for n in result.notes)
+
+
+@pytest.mark.slow
+def test_cli_json_reports_the_pipeline_wait():
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "memsim", "simulate", "-H", "a100-80gb-sxm", "-w", "llama2-70b-serve",
+           "--set", "serving.num_requests=20", "--set", "serving.vllm.tensor_parallel_size=2",
+           "--set", "serving.vllm.pipeline_parallel_size=2", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["serving"]["completed"] == 20
+    assert doc["breakdown"]["pipeline_wait"] >= 0
+    assert any("2 virtual engines" in n for n in doc["notes"])

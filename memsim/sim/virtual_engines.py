@@ -23,8 +23,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import simpy
-
 from memsim.contracts.plan import Plan
 from memsim.contracts.result import Result
 from memsim.hardware.spec import System
@@ -35,26 +33,32 @@ from memsim.workloads.trace import Requests, Trace
 
 
 class Stages:
-    """The pipeline's stages, each busy with one batch at a time (first come, first served);
-    ``log`` holds every passage as (virtual engine, stage, start, end)."""
+    """The pipeline's stages, each busy with one batch at a time, first come first served.
 
-    def __init__(self, env: simpy.Environment, count: int, recorder=None):
-        self.env = env
-        self.stages = [simpy.Resource(env, capacity=1) for _ in range(count)]
-        self.log: list[tuple[int, int, float, float]] = []
+    A batch's passage is known the moment it enters: batches reach stage 0 in the order they are
+    sent and keep that order at every later stage (one that enters stage i after another also
+    leaves it after), so each stage's next free time decides the whole passage, and an
+    iteration costs one timeout. ``log`` (when kept) holds every passage as (virtual engine,
+    stage, start, end)."""
+
+    def __init__(self, count: int, recorder=None, log: bool = False):
+        self.free_at = [0.0] * count
+        self.log: list[tuple[int, int, float, float]] | None = [] if log else None
         self.recorder = recorder
 
-    def passage(self, engine: int, stage_s: float):
-        """One batch through every stage in turn, ``stage_s`` on each."""
-        env = self.env
-        for i, stage in enumerate(self.stages):
-            with stage.request() as turn:
-                yield turn
-                start = env.now
-                yield env.timeout(stage_s)
-                self.log.append((engine, i, start, env.now))
-                if self.recorder is not None:
-                    self.recorder.span(f"stage {i}", f"virtual engine {engine}", start, env.now)
+    def passage(self, engine: int, now: float, stage_s: float) -> float:
+        """A batch sent at ``now`` through every stage in turn, ``stage_s`` on each: when it
+        leaves the last."""
+        t = now
+        free_at = self.free_at
+        for i, free in enumerate(free_at):
+            start = t if t > free else free
+            t = free_at[i] = start + stage_s
+            if self.log is not None:
+                self.log.append((engine, i, start, t))
+            if self.recorder is not None:
+                self.recorder.span(f"stage {i}", f"virtual engine {engine}", start, t)
+        return t
 
 
 class VirtualEngine(ServingEngine):
@@ -68,12 +72,10 @@ class VirtualEngine(ServingEngine):
     pool_blocks = 0  # the whole KV pool, before the engines' shares
 
     def _compute_done(self, compute: float):
-        return self.env.process(self._through(compute))
-
-    def _through(self, compute: float):
-        t0 = self.env.now
-        yield from self.stages.passage(self.index, compute / len(self.stages.stages))
-        self.stage_wait += self.env.now - t0 - compute
+        now = self.env.now
+        end = self.stages.passage(self.index, now, compute / len(self.stages.free_at))
+        self.stage_wait += end - now - compute
+        return self.env.timeout(end - now)
 
 
 def pipelined(trace: Trace) -> bool:
@@ -94,9 +96,9 @@ def serve_virtual_engines(system: System, trace: Trace, plan: Plan, timeline: bo
     return run_virtual_engines(system, trace, plan, timeline)[0]
 
 
-def run_virtual_engines(system: System, trace: Trace, plan: Plan,
-                        timeline: bool = False) -> tuple[Result, Stages]:
-    """:func:`serve_virtual_engines` and the stages it ran (their event log)."""
+def run_virtual_engines(system: System, trace: Trace, plan: Plan, timeline: bool = False,
+                        log: bool = False) -> tuple[Result, Stages]:
+    """:func:`serve_virtual_engines` and the stages it ran (with ``log``, their passages)."""
     wall = time.perf_counter()
     raw = trace.meta["token_costs"]
     p = int(raw["pp"] if isinstance(raw, dict) else raw.pp)
@@ -104,7 +106,7 @@ def run_virtual_engines(system: System, trace: Trace, plan: Plan,
                              plan, timeline and i == 0) for i in range(p)]
     first = engines[0]
     clock: Clock = first.clock
-    stages = Stages(clock.env, p, clock.recorder)
+    stages = Stages(p, clock.recorder, log)
     with paused_gc():
         for i, e in enumerate(engines):
             e._setup()  # the others on their own clock: weights and workspace held once
