@@ -11,11 +11,12 @@ takes the whole pipeline's latency (p stage times) from one token to its next.
 
 Here each virtual engine is a :class:`~memsim.sim.serving.ServingEngine` over every p-th request
 (round robin by arrival: what "fewest unfinished" gives while requests are alike; the dynamic
-choice is not modelled), all on one simpy clock and one GPU's memory pools. An iteration passes
-through :class:`Stages`, p FIFO stages each taking one GPU's share of the iteration
-(``ServingEngine._compute_time`` / p, its stages being the busiest stage's share); a stage works
-on one batch at a time. The point-to-point send of hidden states between stages is not timed
-(a few KB per token over NVLink).
+choice is not modelled), each with a p-th of the KV blocks and of the swap space, all on one
+simpy clock and one GPU's memory pools. An iteration passes through :class:`Stages`, p FIFO
+stages each taking one GPU's share of the iteration (``ServingEngine._compute_time`` / p, its
+stages being the busiest stage's share); a stage works on one batch at a time. The
+point-to-point send of hidden states between stages is not timed (a few KB per token over
+NVLink).
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def run_virtual_engines(system: System, trace: Trace, plan: Plan, timeline: bool
             e._setup()  # the others on their own clock: weights and workspace held once
             e.pool_blocks = e.total_blocks
             e.total_blocks = e.free_blocks = max(1, e.pool_blocks // p)
+            # and a p-th of the swap space (vLLM: num_cpu_blocks //= pipeline_parallel_size)
+            e.policy = dataclasses.replace(e.policy, swap_bytes=e.policy.swap_bytes // p)
             e.clock, e.env, e.stages, e.index, e.ff_ok = clock, clock.env, stages, i, False
         for e in engines:
             clock.env.process(e._serve())
