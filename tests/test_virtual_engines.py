@@ -38,7 +38,7 @@ def test_two_stage_pipeline_event_by_event(a100):
     sp = probe._compute_time(16, 16 * 17 // 2, 16, False) / 2  # prefill: Σ context 1..16
     sd = probe._compute_time(1, 17, 17, True) / 2  # decode of token 17
     assert 0 < sd < sp
-    result, stages = run_virtual_engines(a100, trace, Plan(), log=True)
+    result, stages, _ = run_virtual_engines(a100, trace, Plan(), log=True)
     expected = [  # (virtual engine, stage, start, end), by start, then stage
         (0, 0, 0.0, sp),                       # engine 0's prefill on stage 0
         (1, 0, sp, 2 * sp),                    # engine 1's prefill waited for stage 0 ...
@@ -60,6 +60,17 @@ def test_two_stage_pipeline_event_by_event(a100):
     assert s.ttft_s["p50"] == pytest.approx(2 * sp) and s.ttft_s["p99"] == pytest.approx(3 * sp)
     assert s.tbt_s["mean"] == pytest.approx((sp + sd + 2 * sd) / 2)
     assert result.breakdown["pipeline_wait"] == pytest.approx((sp + (sp - sd)) / 2)
+
+
+def test_a_request_goes_to_the_engine_with_the_fewest_unfinished(a100):
+    """r0 (2,000 tokens out) and r1 (2) at t=0 go to engines 0 and 1; r2 at 1 s and r3 at 2 s
+    find r1 finished and r0 still decoding, so both go to engine 1 (round robin would send r2
+    to engine 0, behind r0)."""
+    trace = _trace(2, 4, 16, 2)
+    trace = dataclasses.replace(trace, requests=Requests([0.0, 0.0, 1.0, 2.0], [16] * 4, [2000, 2, 2, 2]))
+    result, _, dispatch = run_virtual_engines(a100, trace, Plan())
+    assert dispatch.to == {0: 0, 1: 1, 2: 1, 3: 1}
+    assert result.serving.completed == 4
 
 
 def test_balanced_pipeline_serves_p_times_the_tokens(a100):

@@ -86,6 +86,8 @@ def policy_for(trace: Trace, plan: Plan) -> tuple[ServingPolicy, float]:
 
 
 class ServingEngine:
+    takes = None  # which arriving requests this engine serves (memsim.sim.virtual_engines): all
+
     def __init__(self, system: System, trace: Trace, plan: Plan, timeline: bool):
         self.sys, self.trace, self.plan = system, trace, plan
         raw = trace.meta.get("token_costs")
@@ -256,11 +258,13 @@ class ServingEngine:
         generated_total = 0
         iteration = self._iteration
         timeout = env.timeout
+        takes = self.takes
         self.at_last = None  # (first, last arrival, completed, waiting) once all have arrived
         while nxt < n_todo or head < len(waiting) or running or swapped:
             now = env._now
             while nxt < n_todo and todo[nxt].arrival <= now:
-                waiting.append(todo[nxt])
+                if takes is None or takes(todo[nxt]):  # (a virtual engine takes only its own)
+                    waiting.append(todo[nxt])
                 nxt += 1
                 if nxt == n_todo:
                     self.at_last = (todo[0].arrival, todo[-1].arrival, self.completed,

@@ -9,10 +9,12 @@ stage 1 the next virtual engine's batch runs on stage 0: p batches are in flight
 pipeline finishes about p× the tokens per second of one batch at a time, and every batch still
 takes the whole pipeline's latency (p stage times) from one token to its next.
 
-Here each virtual engine is a :class:`~memsim.sim.serving.ServingEngine` over every p-th request
-(round robin by arrival: what "fewest unfinished" gives while requests are alike; the dynamic
-choice is not modelled), each with a p-th of the KV blocks and of the swap space, all on one
-simpy clock and one GPU's memory pools. An iteration passes through :class:`Stages`, p FIFO
+Here each virtual engine is a :class:`~memsim.sim.serving.ServingEngine` with a p-th of the KV
+blocks and of the swap space, all on one simpy clock and one GPU's memory pools. A new request
+goes to the engine with the fewest unfinished requests (ties to the lowest index, as vLLM's
+``costs.index(min(costs))``), decided when the first engine sees it arrive: at its arrival when
+an engine is idle, else at the end of the first iteration after it (counts change only there,
+as requests finish). An iteration passes through :class:`Stages`, p FIFO
 stages each taking one GPU's share of the iteration (``ServingEngine._compute_time`` / p, its
 stages being the busiest stage's share); a stage works on one batch at a time. The
 point-to-point send of hidden states between stages is not timed (a few KB per token over
@@ -30,7 +32,7 @@ from memsim.hardware.spec import System
 from memsim.sim.engine import Clock
 from memsim.sim.program import paused_gc
 from memsim.sim.serving import ServingEngine
-from memsim.workloads.trace import Requests, Trace
+from memsim.workloads.trace import Trace
 
 
 class Stages:
@@ -72,11 +74,34 @@ class VirtualEngine(ServingEngine):
     stage_wait = 0.0  # time its batches waited for a stage another virtual engine held
     pool_blocks = 0  # the whole KV pool, before the engines' shares
 
+    dispatch: Dispatch
+
+    def takes(self, r) -> bool:
+        return self.dispatch.owner(r.id) == self.index
+
     def _compute_done(self, compute: float):
         now = self.env.now
         end = self.stages.passage(self.index, now, compute / len(self.stages.free_at))
         self.stage_wait += end - now - compute
         return self.env.timeout(end - now)
+
+
+class Dispatch:
+    """vLLM's ``add_request`` over its schedulers: each request, once, to the virtual engine with
+    the fewest unfinished requests."""
+
+    def __init__(self, engines: list[VirtualEngine]):
+        self.engines = engines
+        self.assigned = [0] * len(engines)
+        self.to: dict[int, int] = {}
+
+    def owner(self, rid: int) -> int:
+        i = self.to.get(rid)
+        if i is None:
+            costs = [n - e.completed - e.dropped for n, e in zip(self.assigned, self.engines, strict=True)]
+            i = self.to[rid] = costs.index(min(costs))
+            self.assigned[i] += 1
+        return i
 
 
 def pipelined(trace: Trace) -> bool:
@@ -86,28 +111,23 @@ def pipelined(trace: Trace) -> bool:
     return int(pp or 1) > 1
 
 
-def _share(requests: Requests, i: int, p: int) -> Requests:
-    """Every p-th request from the i-th (the columns sliced alike)."""
-    cols = {f.name: getattr(requests, f.name) for f in dataclasses.fields(requests)}
-    return Requests(**{k: (v[i::p] if v is not None else None) for k, v in cols.items()})
-
-
 def serve_virtual_engines(system: System, trace: Trace, plan: Plan, timeline: bool = False) -> Result:
     """The whole request trace served by p virtual engines on one GPU's clock and memory."""
     return run_virtual_engines(system, trace, plan, timeline)[0]
 
 
 def run_virtual_engines(system: System, trace: Trace, plan: Plan, timeline: bool = False,
-                        log: bool = False) -> tuple[Result, Stages]:
-    """:func:`serve_virtual_engines` and the stages it ran (with ``log``, their passages)."""
+                        log: bool = False) -> tuple[Result, Stages, Dispatch]:
+    """:func:`serve_virtual_engines`, the stages it ran (with ``log``, their passages) and where
+    each request went."""
     wall = time.perf_counter()
     raw = trace.meta["token_costs"]
     p = int(raw["pp"] if isinstance(raw, dict) else raw.pp)
-    engines = [VirtualEngine(system, dataclasses.replace(trace, requests=_share(trace.requests, i, p)),
-                             plan, timeline and i == 0) for i in range(p)]
+    engines = [VirtualEngine(system, trace, plan, timeline and i == 0) for i in range(p)]
     first = engines[0]
     clock: Clock = first.clock
     stages = Stages(p, clock.recorder, log)
+    dispatch = Dispatch(engines)
     with paused_gc():
         for i, e in enumerate(engines):
             e._setup()  # the others on their own clock: weights and workspace held once
@@ -116,17 +136,24 @@ def run_virtual_engines(system: System, trace: Trace, plan: Plan, timeline: bool
             # and a p-th of the swap space (vLLM: num_cpu_blocks //= pipeline_parallel_size)
             e.policy = dataclasses.replace(e.policy, swap_bytes=e.policy.swap_bytes // p)
             e.clock, e.env, e.stages, e.index, e.ff_ok = clock, clock.env, stages, i, False
+            e.dispatch, e.completed = dispatch, 0  # (counted before its loop starts)
         for e in engines:
             clock.env.process(e._serve())
         clock.run()
-    return _merged(engines, trace, time.perf_counter() - wall), stages
+    return _merged(engines, trace, time.perf_counter() - wall), stages, dispatch
 
 
 def _merged(engines: list[VirtualEngine], trace: Trace, wall_s: float) -> Result:
     """One Result for the server: the first engine's, its counts summed over all of them."""
     first, rest = engines[0], engines[1:]
+    # a request too large for an engine's blocks is dropped by every engine (they all see every
+    # arrival): count it once
+    bs = first.policy.block_size
+    too_big = sum(-(-(a + b) // bs) > first.total_blocks
+                  for a, b in zip(trace.requests.prompt_len, trace.requests.output_len, strict=True))
     first.trace = trace
     for e in rest:
+        e.dropped -= too_big
         first.ttft += e.ttft
         first.tbt += e.tbt
         first.preemptions += e.preemptions
@@ -156,5 +183,5 @@ def _merged(engines: list[VirtualEngine], trace: Trace, wall_s: float) -> Result
     first.acct["pipeline_wait"] = wait
     result = first._result(wall_s)
     result.notes.append(f"{p} virtual engines (vLLM pipeline parallelism): {p} batches in flight, "
-                        "requests dealt round robin")
+                        "each request to the engine with the fewest unfinished")
     return result
