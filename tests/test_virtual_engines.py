@@ -73,6 +73,18 @@ def test_a_request_goes_to_the_engine_with_the_fewest_unfinished(a100):
     assert result.serving.completed == 4
 
 
+def test_each_engine_gets_a_pth_of_the_blocks_and_the_swap_space(a100):
+    trace = _trace(2, 4, 64, 8)
+    trace.meta["scheduler"].update(preempt="swap", swap_bytes=4 * 2**30)
+    serial = ServingEngine(a100, trace, Plan(), False).run().serving
+    _, _, dispatch = run_virtual_engines(a100, trace, Plan())
+    # vLLM: num_gpu_blocks and num_cpu_blocks //= pipeline_parallel_size (the first engine's
+    # total_blocks is the whole pool again once the run is merged: the pool vLLM logs)
+    assert [e.pool_blocks for e in dispatch.engines] == [serial.kv_blocks] * 2
+    assert dispatch.engines[1].total_blocks == serial.kv_blocks // 2
+    assert [e.policy.swap_bytes for e in dispatch.engines] == [2 * 2**30] * 2
+
+
 def test_balanced_pipeline_serves_p_times_the_tokens(a100):
     """A saturated server whose batches are capped by max_num_seqs: one batch at a time through p
     stages makes a token per request every p stage times; p virtual engines keep every stage
