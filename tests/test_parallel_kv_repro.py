@@ -42,6 +42,30 @@ def test_the_published_rows_within_bounds():
     spec = CaseSpec.model_validate(yaml.safe_load(CASE.read_text()))
     figs = kv_capacity(spec, CASE, lambda _m: None).figures
     assert len(figs) == 4
-    # the rows memsim models: within 10%; TP4 of vLLM 0.2.5 (~13 GiB outside the allocator) not
+    # the rows memsim models: within 10%; TP4 of vLLM 0.2.5 within 20% with the held all-reduce
+    # inputs (10 of the ~13 GiB its device-wide profile charged beyond the allocator's peak)
     assert all(abs(f.diff) < 0.10 for i, f in enumerate(figs) if i != 1)
-    assert figs[1].diff > 0.3
+    assert 0.0 < figs[1].diff < 0.2
+
+
+def test_held_allreduce_inputs_by_hand():
+    """Llama-2-70B TP4, 4,096 profile tokens: 2 all-reduces per layer and the embedding's, each
+    of the tokens' fp16 hidden states, all held until the forward synchronises."""
+    from memsim.hardware import load_system
+    from memsim.sim import simulate
+    from memsim.workloads import load_trace
+    from memsim.workloads.parallel_serving import held_allreduce_bytes
+    from memsim.workloads.trace import TokenCosts
+
+    sets = ["serving.num_requests=2", "serving.parallel.tensor=4",
+            "serving.scheduler.max_num_batched_tokens=4096"]
+    base, held = (load_trace("llama2-70b-serve", [*sets, f"serving.scheduler.nccl_record_streams={on}"])
+                  for on in ("false", "true"))
+    tc = TokenCosts(**held.meta["token_costs"])
+    assert held_allreduce_bytes(tc, 4096) == (2 * 80 + 1) * 4096 * 8192 * 2  # 10.06 GiB
+    assert held_allreduce_bytes(TokenCosts(**{**held.meta["token_costs"], "tp": 1}), 4096) == 0
+    a100 = load_system("a100-80gb-sxm")
+    free, kept = simulate(a100, base).serving, simulate(a100, held).serving
+    block = kept.kv_block_bytes  # 16 tokens x 80 layers x 2 KV heads x 128 x 2 (K, V) x 2 B
+    assert block == 16 * 80 * 2 * 128 * 2 * 2
+    assert free.kv_blocks - kept.kv_blocks == pytest.approx(held_allreduce_bytes(tc, 4096) / block, abs=1)

@@ -243,3 +243,7 @@ def test_plan_layouts_cli_returns_the_searched_layout(tmp_path):
     assert any(b["name"].startswith(("megatron-tp8", "fsdp")) for b in doc["baselines"])
     assert all(b["step_time_s"] is None or b["step_time_s"] >= doc["step_time_s"] for b in doc["baselines"])
     assert "--set training.parallel.tensor=" in " ".join(doc["notes"])
+    # the micro-batch was searched too: the report's trace runs the one chosen
+    chosen = next(n for n in doc["notes"] if "--set training.micro_batch=" in n)
+    micro = int(chosen.split("--set training.micro_batch=")[1].split()[0])
+    assert f"micro-batch {micro}," in chosen

@@ -97,3 +97,23 @@ def test_serving_without_preemption_is_one_run(monkeypatch) -> None:
     assert c.serving.preemptions == 0 and len(calls) == 2
     simulate(system, trace, dataclasses.replace(swap, placement=host))
     assert len(calls) == 3
+
+
+def test_data_parallel_runs_differing_in_overlap_grad_reduce_are_two_runs() -> None:
+    """A pure data-parallel trace gets its rank work only when simulated across nodes
+    (memsim.workloads.parallel_work.with_work), so the trace itself must carry
+    ``overlap_grad_reduce``: otherwise the second workload is answered with the first's Result."""
+    from memsim.workloads import build_trace
+    from memsim.workloads.spec import Workload
+
+    system = memsim.load_system("h100-sxm", ["hardware.nodes=2"])
+    base = {"micro_batch": 1, "seq_len": 512, "grad_accum": 2, "zero_stage": 1, "precision": "bf16",
+            "parallel": {"data": 16}}
+    off = build_trace(Workload(name="dp", model="llama-3-8b", training=base))
+    on = build_trace(Workload(name="dp", model="llama-3-8b", training={**base, "overlap_grad_reduce": True}))
+    assert "work" not in off.meta["parallel"] and "work" not in on.meta["parallel"]
+    assert memo.keys(system, off, Plan(), True)[0] != memo.keys(system, on, Plan(), True)[0]
+    serial, overlapped = simulate(system, off), simulate(system, on)
+    # the gradient reduce hidden behind the backward: a shorter step, less exposed communication
+    assert overlapped.step_time_s < serial.step_time_s
+    assert overlapped.parallel["exposed_comm_s"] < serial.parallel["exposed_comm_s"]

@@ -8,9 +8,10 @@ busiest rank and the smallest layout change that fits (more tensor or pipeline p
 GPUs), each one simulated.
 
 ``search_layouts`` chooses the layout itself for a model, a global batch and a cluster: tensor
-parallelism within a node, pipeline stages, data parallelism and the ZeRO stage, jointly with
-recompute and optimizer offload, every candidate simulated (``Simulator.simulate_parallel``); the
-layouts people use (Megatron TP=8 within a node, FSDP, ZeRO-3 + offload) are named in the result.
+parallelism within a node, pipeline stages, data parallelism, the ZeRO stage and the micro-batch
+size, jointly with recompute and optimizer offload, every candidate simulated
+(``Simulator.simulate_parallel``); the layouts people use (Megatron TP=8 within a node, FSDP,
+ZeRO-3 + offload) are named in the result.
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ class Candidate:
         fits = self.policy is not None
         return {"layout": f"TP{lay.tensor}·PP{lay.pipeline}·DP{lay.data}", "tensor": lay.tensor,
                 "pipeline": lay.pipeline, "data": lay.data, "zero_stage": self.zero_stage,
-                "grad_accum": self.grad_accum, "policy": self.policy, "named": self.named,
+                "micro_batch": self.micro_batch, "grad_accum": self.grad_accum, "policy": self.policy,
+                "named": self.named,
                 "feasible": fits, "step_time_s": r.step_time_s if fits else None,
                 "tokens_per_s": r.tokens_per_s if fits else None, "mfu": r.mfu if fits else None,
                 "per_gpu_peak_bytes": r.parallel["per_gpu_peak_bytes"] if r is not None else None,
@@ -240,34 +242,66 @@ def layouts_for(workload: Workload, gpus: int, per_node: int) -> list[tuple[int,
     return out
 
 
-def search_layouts(system: System, workload: Workload, *, global_batch: int, micro_batch: int = 1,
-                   zero_stages: tuple[int, ...] = (1, 3), max_pipeline: int = 16,
+def micro_batches(per_rank: int, limit: int = 64) -> list[int]:
+    """The micro-batch sizes of a rank's ``per_rank`` sequences a step: its divisors up to
+    ``limit``, smallest first (each leaves a whole number of micro-batches to accumulate)."""
+    return [m for m in range(1, min(per_rank, limit) + 1) if per_rank % m == 0]
+
+
+def _with_micro(workload: Workload, micro_batch: int) -> Workload:
+    training = workload.training.model_copy(update={"micro_batch": micro_batch})
+    w = workload.model_copy(update={"training": training})
+    w._source = workload._source
+    return w
+
+
+def _layout_candidate(system: System, workload: Workload, lay: Layout, zero: int, sizes: list[int],
+                      global_batch: int, simulator: Simulator) -> Candidate | None:
+    """One layout and ZeRO stage with its fastest micro-batch size and policy. Sizes go up until
+    none fits: a stage holds min(P − i, M) micro-batches of m sequences in flight, min((P − i)·m,
+    per-rank batch), which only grows with m, so a larger size fits no better."""
+    degrees = {"tensor": lay.tensor, "pipeline": lay.pipeline, "data": lay.data, "context": 1, "expert": 1}
+    best = closest = None
+    for m in sizes:
+        accum = global_batch // (lay.data * m)
+        trace = _rebuilt(_with_micro(workload, m), degrees, zero, accum)
+        if trace is None:
+            continue
+        fit, tried = best_policy(system, trace, simulator)
+        if fit is None:
+            if closest is None:
+                near = min(tried, key=lambda x: x.result.parallel["per_gpu_peak_bytes"])
+                closest = Candidate(lay, zero, m, accum, None, near.result)
+            break
+        if best is None or fit.result.step_time_s < best.result.step_time_s:
+            best = Candidate(lay, zero, m, accum, fit.name, fit.result)
+    return best or closest
+
+
+def search_layouts(system: System, workload: Workload, *, global_batch: int, micro_batch: int | None = None,
+                   zero_stages: tuple[int, ...] = (1, 3), max_pipeline: int = 16, max_micro_batch: int = 64,
                    simulator: Simulator) -> list[Candidate]:
     """Every layout of ``system``'s GPUs (all its nodes) for ``global_batch`` sequences a step,
-    each with its fastest fitting policy; sorted fastest first, layouts that fit nowhere last."""
+    each with its fastest fitting micro-batch size (every divisor of a rank's share of the batch
+    up to ``max_micro_batch``, or ``micro_batch`` alone when given) and policy; sorted fastest
+    first, layouts that fit nowhere last. A larger micro-batch runs larger GEMMs and fewer
+    per-micro-batch collectives but holds more activations and, under pipelining, leaves fewer
+    micro-batches to fill the bubble: the simulation weighs them."""
     per_node = system.gpu.count
     gpus = per_node * system.nodes
     found = []
     for t, p, d in layouts_for(workload, gpus, per_node):
-        if p > max_pipeline or global_batch % (d * micro_batch):
+        if p > max_pipeline or global_batch % d:
             continue
-        accum = global_batch // (d * micro_batch)
+        sizes = micro_batches(global_batch // d, max_micro_batch) if micro_batch is None else (
+            [micro_batch] if (global_batch // d) % micro_batch == 0 else [])
+        lay = Layout(tensor=t, pipeline=p, data=d)
         for zero in zero_stages if d > 1 else (0,):
-            base = workload.training.model_copy(update={"micro_batch": micro_batch})
-            w = workload.model_copy(update={"training": base})
-            w._source = workload._source
-            degrees = {"tensor": t, "pipeline": p, "data": d, "context": 1, "expert": 1}
-            trace = _rebuilt(w, degrees, zero, accum)
-            if trace is None:
+            cand = _layout_candidate(system, workload, lay, zero, sizes, global_batch, simulator)
+            if cand is None:
                 continue
-            best, tried = best_policy(system, trace, simulator)
-            lay = Layout(tensor=t, pipeline=p, data=d)
-            if best is None:
-                closest = min(tried, key=lambda x: x.result.parallel["per_gpu_peak_bytes"])
-                found.append(Candidate(lay, zero, micro_batch, accum, None, closest.result))
-            else:
-                found.append(Candidate(lay, zero, micro_batch, accum, best.name, best.result))
-            found[-1].named = named_layout(lay, zero, found[-1].policy, per_node)
+            cand.named = named_layout(lay, zero, cand.policy, per_node)
+            found.append(cand)
     return sorted(found, key=lambda c: (c.policy is None, c.result.step_time_s if c.policy else
                                         c.result.parallel["per_gpu_peak_bytes"]))
 
@@ -292,9 +326,11 @@ def plan_layouts(system: System, trace, options: dict, say, sim: Simulator):
     t = workload.training
     batch = int(options.get("global_batch") or t.parallel.data * t.micro_batch * t.grad_accum)
     say(f"searching layouts of {system.gpu.count * system.nodes} GPUs for {batch} sequences a step")
+    fixed = options.get("micro_batch")
     found = search_layouts(system, workload, global_batch=batch,
-                           micro_batch=int(options.get("micro_batch", 1)),
-                           max_pipeline=int(options.get("max_pipeline", 16)), simulator=sim)
+                           micro_batch=int(fixed) if fixed is not None else None,
+                           max_pipeline=int(options.get("max_pipeline", 16)),
+                           max_micro_batch=int(options.get("max_micro_batch", 64)), simulator=sim)
     fits = [c for c in found if c.policy is not None]
     if not fits:
         closest = min(found, key=lambda c: c.result.parallel["per_gpu_peak_bytes"]) if found else None
@@ -314,15 +350,17 @@ def plan_layouts(system: System, trace, options: dict, say, sim: Simulator):
                            c.result if c.policy else None,
                            "" if c.policy else "no memory policy fits this layout")
                  for name, c in named.items() if c is not best]
-    best_trace = _rebuilt(workload, {"tensor": best.layout.tensor, "pipeline": best.layout.pipeline,
-                                     "data": best.layout.data, "context": 1, "expert": 1},
-                          best.zero_stage, best.grad_accum)
+    lay = best.layout
+    best_trace = _rebuilt(_with_micro(workload, best.micro_batch),
+                          {"tensor": lay.tensor, "pipeline": lay.pipeline, "data": lay.data, "context": 1,
+                           "expert": 1}, best.zero_stage, best.grad_accum)
     _, tried = best_policy(system, best_trace, sim)
     plan = next(x.plan for x in tried if x.name == best.policy)
     plan.planner = PlannerInfo(name="layouts", status="searched")
     plan.workload, plan.fingerprint = best_trace.name, trace_fingerprint(best_trace)
     plan.notes.append(f"fastest of {len(found)} simulated layouts ({len(fits)} fit): {best.row()['layout']}, "
-                      f"ZeRO {best.zero_stage}, {best.policy}; --set " + " --set ".join(_sets(best)))
+                      f"ZeRO {best.zero_stage}, micro-batch {best.micro_batch}, {best.policy}; --set "
+                      + " --set ".join(_sets(best)))
     return PlanReport(system, best_trace, plan, next(x.result for x in tried if x.name == best.policy),
                       baselines)
 

@@ -47,7 +47,7 @@ from memsim.sim.report import common_fields, main_unit, peak_flops
 from memsim.sim.scheduler import Queues, Swap, schedule
 from memsim.sim.swap import SwapCost, SwapStats, start_swaps
 from memsim.workloads.moe import weight_bytes_read
-from memsim.workloads.parallel_serving import tp_comm_seconds
+from memsim.workloads.parallel_serving import held_allreduce_bytes, tp_comm_seconds
 from memsim.workloads.trace import TokenCosts, Trace
 
 DEFAULT_GPU_UTIL = 0.9  # vLLM's default gpu_memory_utilization
@@ -91,6 +91,8 @@ def policy_for(trace: Trace, plan: Plan) -> tuple[ServingPolicy, float]:
 
 
 class ServingEngine:
+    takes = None  # which arriving requests this engine serves (memsim.sim.virtual_engines): all
+
     def __init__(self, system: System, trace: Trace, plan: Plan, timeline: bool):
         self.sys, self.trace, self.plan = system, trace, plan
         raw = trace.meta.get("token_costs")
@@ -140,6 +142,9 @@ class ServingEngine:
         work = tc.activation_bytes_per_token * pol.max_num_batched_tokens
         pools[self.fast].alloc("activations", work, "profile run")
         pools[self.fast].alloc("prefetch buffers", staging, "profile run")
+        if (self.trace.meta.get("scheduler") or {}).get("nccl_record_streams"):
+            pools[self.fast].alloc("held all-reduce inputs", held_allreduce_bytes(
+                tc, pol.max_num_batched_tokens), "profile run")
         self.block_bytes = pol.block_size * tc.kv_bytes_per_token
         budgets = {}
         for tier, frac in self.kv_frac.items():
@@ -270,11 +275,13 @@ class ServingEngine:
         generated_total = 0
         iteration = self._iteration
         timeout = env.timeout
+        takes = self.takes
         self.at_last = None  # (first, last arrival, completed, waiting) once all have arrived
         while nxt < n_todo or head < len(waiting) or running or swapped:
             now = env._now
             while nxt < n_todo and todo[nxt].arrival <= now:
-                waiting.append(todo[nxt])
+                if takes is None or takes(todo[nxt]):  # (a virtual engine takes only its own)
+                    waiting.append(todo[nxt])
                 nxt += 1
                 if nxt == n_todo:
                     self.at_last = (todo[0].arrival, todo[-1].arrival, self.completed,
@@ -607,7 +614,7 @@ class ServingEngine:
             yield env.all_of(streams)                    # cpu_offload_gb): compute waits
             streams = []
         streams += overlapped  # cached-prefix loads stream beside the compute (sim/kvload.py)
-        done = env.timeout(compute)
+        done = self._compute_done(compute)
         yield env.all_of([done, *streams]) if streams else done
         if swap_in and not reuse and swap_rest:  # overlapped swap-in: its source freed once in
             self.clock.pools[self.swap_tier].free("kv swap", swap_in * self.block_bytes)
@@ -617,6 +624,11 @@ class ServingEngine:
         acct["recompute"] += compute * share
         extra = env._now - t_swap - compute  # streaming that compute did not hide
         acct["exposed_transfer"] += (t_swap - t0) + (extra if extra > 1e-9 * compute else 0.0)
+
+    def _compute_done(self, compute: float):
+        """The event of the iteration's compute ending (memsim.sim.virtual_engines: through the
+        pipeline's stages)."""
+        return self.env.timeout(compute)
 
     def _routed_share(self, new: int) -> float:
         """Share of the weight bytes an iteration of ``new`` tokens reads (1 unless MoE)."""
@@ -706,4 +718,8 @@ def _quantiles(samples: list[tuple[float, int]]) -> dict[str, float]:
 def simulate_serving(system: System, trace: Trace, plan: Plan, *, timeline: bool = False) -> Result:
     if trace.requests is None or len(trace.requests) == 0:
         raise ValueError(f"serving trace {trace.name!r} has no requests")
+    from memsim.sim.virtual_engines import pipelined, serve_virtual_engines
+
+    if pipelined(trace):  # vLLM's virtual engines: one scheduler per pipeline stage
+        return serve_virtual_engines(system, trace, plan, timeline)
     return ServingEngine(system, trace, plan, timeline).run()

@@ -283,8 +283,13 @@ def training_layout_summary(arch: Architecture, t, file: str | None = None) -> d
            "pipeline_schedule": t.pipeline_schedule, "virtual_stages": t.virtual_stages, "gpus": lay.gpus,
            "busiest_rank": {"stage": busiest["stage"], "bytes": busiest["total"]},
            "per_stage": per_stage, "scheduled": True}
-    if t.zero3_gather != "layer":  # in the trace itself, so traces built without work differ too
+    # inputs of the rank work that the trace holds nowhere else: in the trace itself, so traces
+    # built without work (a pure data-parallel run, given its work only when simulated across
+    # nodes) differ too, and the simulation memo (memsim/sim/memo.py) tells them apart
+    if t.zero3_gather != "layer":
         out["zero3_gather"] = t.zero3_gather
+    if t.overlap_grad_reduce:
+        out["overlap_grad_reduce"] = True
     if lay.gpus != lay.data or lay.expert > 1:  # beyond data parallelism: memsim.sim.parallel runs it
         from memsim.workloads.parallel_work import rank_work
 

@@ -7,8 +7,8 @@ activations (vllm/worker: determine_num_available_blocks, the minimum over worke
 serving simulator runs one GPU: :class:`TokenCosts` become that GPU's weights, KV bytes per
 token and FLOPs, and each layer adds two all-reduces of the new tokens' hidden states over the
 TP group (``tp_comm_bytes_per_token``). Pipeline stages of one batch run one after another
-(the iteration takes ``pp`` stage times); vLLM's overlap of several batches across stages
-(virtual engines) is not modelled.
+(the iteration takes ``pp`` stage times), and vLLM's virtual engines keep ``pp`` batches in
+flight across the stages (memsim.sim.virtual_engines).
 """
 
 from __future__ import annotations
@@ -55,3 +55,21 @@ def tp_comm_seconds(system, costs: TokenCosts, new_tokens: int) -> float:
 
     nbytes = new_tokens * costs.tp_comm_bytes_per_token
     return 2 * costs.layers * collective_time(system, "all_reduce", nbytes, costs.tp)
+
+
+def held_allreduce_bytes(costs: TokenCosts, tokens: int) -> int:
+    """What a forward of ``tokens`` new tokens keeps reserved when every TP all-reduce's input
+    is held until the forward's synchronisation (``serving.scheduler.nccl_record_streams``).
+
+    PyTorch's ProcessGroupNCCL calls ``record_stream`` on a collective's tensors, and the caching
+    allocator reuses such a block only once the NCCL stream's work is seen complete from the host;
+    the host enqueues the whole forward ahead of the GPU, so none is. vLLM's comment where it
+    later set ``TORCH_NCCL_AVOID_RECORD_STREAMS=1`` (0.2.7, vllm/worker/worker.py): "all_reduce
+    does not free the input tensor until the synchronization point. This causes the memory usage
+    to grow as the number of all_reduce calls increases" (vLLM issue #2248). A Llama-style layer
+    all-reduces twice (attention's and the MLP's row-parallel outputs), the vocabulary-parallel
+    embedding once: each the new tokens' hidden states. vLLM 0.2.5's profile (total minus free
+    device memory after the profile run, PR #2031) charged them all to the KV pool."""
+    if costs.tp <= 1 or tokens <= 0:
+        return 0
+    return (2 * costs.layers + 1) * tokens * costs.tp_comm_bytes_per_token

@@ -296,6 +296,8 @@ def build_serving(w: Workload, arch: Architecture) -> Trace:
         meta["swap"] = sv.swap.model_dump()
     if sv.kv_budget is not None:  # tokens of KV a request keeps in the pool (StreamingLLM)
         meta["kv_budget"] = {**sv.kv_budget.model_dump(), "cap": sv.kv_budget.caps(1)[0]}
+    if sched.nccl_record_streams:
+        meta["scheduler"]["nccl_record_streams"] = True
     if sv.kv_cache is not None:
         meta["kv_cache"] = {"prefix_caching": sv.kv_cache.prefix_caching,
                             "eviction": sv.kv_cache.eviction, "block_tokens": sv.kv_cache.block_tokens,

@@ -348,6 +348,10 @@ class Scheduler(Spec):
                                                                            "sequence's KV")
     swap_space: float = Field(4.0, ge=0, description="CPU swap space per GPU, GiB (vLLM's swap_space)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory vLLM may use")
+    nccl_record_streams: bool = Field(False, description=(
+        "each tensor-parallel all-reduce's input stays reserved until the forward's final "
+        "synchronisation (PyTorch's ProcessGroupNCCL record_stream, before vLLM 0.2.7 set "
+        "TORCH_NCCL_AVOID_RECORD_STREAMS=1), so the profile run holds all of them"))
 
 
 class KVCache(Spec):
