@@ -253,7 +253,8 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
     the README's "KV cache offloaded to consume CPU memory and computation" (the
     ``set_kv_cache_offload`` model change): the cache lives in DRAM, decode attention runs there.
     The models are HF transformers' own modeling code (the fork's ``modeling_llama.py``), whose
-    eager attention expands a GQA cache to every query head with ``repeat_kv``: ``gqa_expand``.
+    eager attention expands a GQA cache to every query head with ``repeat_kv``: ``gqa_expand``;
+    its host KV buffer is fp32 (``torch.empty`` in the default dtype): ``host_kv_bits: 32``.
 
     ZeRO-3 fetches each parameter tensor with its own host-to-GPU copy
     (``partition_parameters.py``: ``param.ds_tensor.to(device)`` per parameter); those with at
@@ -292,6 +293,7 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
         weight_copies=copies,
         cpu_attention=kv_offload,
         gqa_expand=True,
+        host_kv_bits=32 if kv_offload else None,  # the fork's fp32 host KV buffer
         planner=_info("zero-inference"),
         notes=notes,
     )
