@@ -64,9 +64,9 @@ def test_serial_copy_holds_the_whole_copy_in_the_bounce_buffer():
 
 
 @pytest.mark.slow
-def test_zero_inference_nvme_plan_is_serial_and_slower():
-    """The zero-inference baseline stages NVMe weights serially; the same plan pipelined is
-    faster, by no more than the PCIe hop's share (a copy-bound step: 1 + r_read / r_pcie)."""
+def test_serial_staging_is_slower_than_pipelined():
+    """A copy-bound NVMe step staged serially is slower than pipelined, by no more than the PCIe
+    hop's share (1 + r_read / r_pcie). (ZeRO-Inference pipelines: its NVMe swap-in runs ahead.)"""
     system = small_system(hbm="8GiB")
     trace = build_trace(load_workload("llama3-8b-infer", ["inference.batch_size=4",
                                                           "inference.prompt_len=128",
@@ -74,11 +74,10 @@ def test_zero_inference_nvme_plan_is_serial_and_slower():
     preset = load_preset("zero-inference")
     preset = preset.model_copy(update={"options": {**preset.options, "offload_param": "nvme"}})
     plan = run_preset(preset, system, trace)
-    assert plan.staging == "serial"
-    assert run_preset(load_preset("zero-inference"), system, trace).staging == "pipelined"
-    overlapped = copy.deepcopy(plan)
-    overlapped.staging = "pipelined"
-    slow, fast = simulate(system, trace, plan), simulate(system, trace, overlapped)
+    assert plan.staging == "pipelined"  # prefetch_nvme: the next parameters read meanwhile
+    serial = copy.deepcopy(plan)
+    serial.staging = "serial"
+    slow, fast = simulate(system, trace, serial), simulate(system, trace, plan)
     assert slow.feasible and fast.feasible
     ratio = slow.step_time_s / fast.step_time_s
     assert 1.05 < ratio <= 1 + READ / PCIE + 0.01

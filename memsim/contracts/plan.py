@@ -78,6 +78,13 @@ implements and every planner relies on:
     reads ``heads / kv_heads`` copies of it (memsim.hardware.attention_impl). False: a grouped kernel
     reads each KV head once. No effect on multi-head attention.
 
+``host_kv_bits``
+    Bits per element a KV cache homed in host memory occupies there, where the framework's host
+    buffer is not in the KV dtype: ZeRO-Inference's transformers fork allocates it with
+    ``torch.empty`` in the default dtype, fp32 (the zero-inference baseline sets 32 with
+    ``kv_offload``), so its DRAM holds twice an fp16 cache (memsim.hardware.attention_impl).
+    None: the workload's ``kv_bits``.
+
 ``serving``
     Serving only: ``max_num_seqs``, ``max_num_batched_tokens``, ``block_size`` (tokens per KV
     block), ``preempt`` (``swap`` or ``recompute``), ``swap_tier`` and ``swap_bytes``.
@@ -140,6 +147,7 @@ class Plan:
     neuron_tier: str | None = None
     kv_head_groups: int | None = None
     gqa_expand: bool = False
+    host_kv_bits: int | None = None
     serving: ServingPolicy | None = None
     planner: PlannerInfo = field(default_factory=PlannerInfo)
     workload: str = ""  # the Trace's name, so a plan for another workload is refused
@@ -241,6 +249,10 @@ class Plan:
                                    or copies < 1):
             raise SpecError(f"expected a whole number of copies >= 1, got {copies!r}", file=file,
                             key="weight_copies")
+        bits = plan.host_kv_bits
+        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or bits < 1):
+            raise SpecError(f"expected a whole number of bits >= 1, got {bits!r}", file=file,
+                            key="host_kv_bits")
         groups = plan.kv_head_groups
         if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int)
                                    or groups < 1):

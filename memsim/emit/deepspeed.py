@@ -198,8 +198,6 @@ def read(text: str, system: System, trace: Trace, file: str) -> Plan:
             raise SpecError(f"expected a number of elements >= 0, got {persist!r}", file=file,
                             key="zero_optimization.stage3_param_persistence_threshold")
         plan.weight_copies = fetched_copies(trace.meta, persist)  # one copy per fetched tensor
-        if param == "disk" and trace.kind == "inference":  # the swapper reads, then copies
-            plan.staging = "serial"  # (memsim.sim.staging), as the zero-inference baseline
         offloaded = True
     states = _device(zero, "offload_optimizer", file) if trace.kind == "training" else None
     if states:

@@ -22,6 +22,12 @@ roofline (``Compute.bandwidth``), so a copy the implementation makes costs what 
   them), so their writes run at the unit's ``first_touch_bw``: ``fresh_scale`` counts each such
   byte as ``bandwidth / first_touch_bw`` streamed ones. (On a GPU the caching allocator reuses
   its blocks: no first touch.)
+
+The fp32 host cache is also a footprint: the fork's buffer (``OPTDecoder.forward``:
+``torch.empty([layers, 2, batch, heads, prompt + gen - 1, head_dim], pin_memory=False)``, the
+same in its LLaMA model) holds 4 bytes per element in DRAM where an fp16 cache would hold 2.
+``Plan.host_kv_bits`` says so and ``host_kv_homes`` books it (FlexGen keeps its host cache in
+fp16 and ``.float()``s it per step: no such plan key).
 """
 
 from __future__ import annotations
@@ -69,3 +75,13 @@ def attention_bytes(op: Op, trace: Trace, *, on_cpu: bool, gqa_expand: bool,
     if gqa_expand and group > 1:  # read the cache, write group copies, the matmuls read them
         streamed *= 1 + group + group * (fresh if on_cpu else 1.0)
     return nbytes - cache + streamed
+
+
+def host_kv_homes(homes: dict[str, int], fast: str, kv_bits: float | None,
+                  host_bits: int | None) -> dict[str, int]:
+    """A KV tensor's bytes per tier, the share outside the compute tier ``fast`` held at
+    ``host_bits`` per element instead of the workload's ``kv_bits`` (``Plan.host_kv_bits``)."""
+    if not host_bits or not kv_bits or host_bits == kv_bits:
+        return homes
+    scale = host_bits / float(kv_bits)
+    return {tier: b if tier == fast else int(b * scale) for tier, b in homes.items()}

@@ -247,13 +247,17 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
     ``prefetch_depth: 1`` layer), ``pin_memory`` off (``--pin-memory 0``: the offloaded weights
     are pageable CPU tensors) and an unpinned KV cache (``--pin_kv_cache`` off). NVMe offload
     always reads through DeepSpeed's pinned swap buffers (``buffer_count: 5`` of
-    ``buffer_size``), so its copies are pinned whatever ``pin_memory`` says, and each parameter is
-    read into its buffer before it is copied to the GPU (``staging: serial``,
-    memsim.sim.staging). KV offload follows
+    ``buffer_size``), so its copies are pinned whatever ``pin_memory`` says. Each parameter is
+    read into its buffer before it is copied to the GPU, but ZeRO-3 swaps the next parameters in
+    asynchronously while the current ones are copied (``prefetch_nvme`` is on for NVMe offload:
+    ``parameter_offload.py``; ``partitioned_param_coordinator.py``,
+    ``__prefetch_nvme_param_partitions``, ``swap_in(..., async_op=True)``), so across parameters
+    both hops are busy at once: ``staging: pipelined``. KV offload follows
     the README's "KV cache offloaded to consume CPU memory and computation" (the
     ``set_kv_cache_offload`` model change): the cache lives in DRAM, decode attention runs there.
     The models are HF transformers' own modeling code (the fork's ``modeling_llama.py``), whose
-    eager attention expands a GQA cache to every query head with ``repeat_kv``: ``gqa_expand``.
+    eager attention expands a GQA cache to every query head with ``repeat_kv``: ``gqa_expand``;
+    its host KV buffer is fp32 (``torch.empty`` in the default dtype): ``host_kv_bits: 32``.
 
     ZeRO-3 fetches each parameter tensor with its own host-to-GPU copy
     (``partition_parameters.py``: ``param.ds_tensor.to(device)`` per parameter); those with at
@@ -278,7 +282,7 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
     if kv_offload:
         placement["kv"] = {host: 1.0}
     copies = _zero3_copies(trace, options)
-    where = "NVMe through pinned swap buffers, read then copied (serial staging)" \
+    where = "NVMe through pinned swap buffers, the next parameters read while these are copied" \
         if device == "nvme" else ("pinned" if pinned else "pageable") + " host memory"
     notes = [f"ZeRO-Inference: all weights offloaded to {where}, fetched {depth} layer(s) ahead"
              + (f", {copies} copies a layer (one per parameter tensor)" if copies else "")]
@@ -288,10 +292,11 @@ def zero_inference(system: System, trace: Trace, options: dict, time_limit: floa
         placement=placement,
         prefetch_depth=depth,
         pinned=pinned,
-        staging="serial" if device == "nvme" else "pipelined",  # memsim.sim.staging
+        staging="pipelined",  # NVMe swap-in runs ahead of the copies (prefetch_nvme)
         weight_copies=copies,
         cpu_attention=kv_offload,
         gqa_expand=True,
+        host_kv_bits=32 if kv_offload else None,  # the fork's fp32 host KV buffer
         planner=_info("zero-inference"),
         notes=notes,
     )

@@ -112,7 +112,7 @@ class StepEngine:
         resident: dict[str, list[int]] = {}
         for info in prog.tensors.values():
             if info.birth is None:
-                for tier, nbytes in info.home.items():
+                for tier, nbytes in info.held.items():
                     resident.setdefault(tier, []).append(nbytes)
         self.clock = Clock(system, timeline, self.trace_meta, resident)
         self.clock.copier.serial = prog.staging == "serial"
@@ -388,7 +388,7 @@ class StepEngine:
         wall = time.perf_counter()
         for name, info in self.prog.tensors.items():
             if info.birth is None:
-                for tier, nbytes in info.home.items():
+                for tier, nbytes in info.held.items():
                     self.pools[tier].alloc(name, nbytes, "step start (resident state)")
                     self.home_alloc.add((name, tier))
         streams: dict[str, list[int]] = {}
@@ -636,7 +636,7 @@ class StepEngine:
             tensors, home_alloc, pools, work = (self.prog.tensors, self.home_alloc, self.pools,
                                                 self.work)
             for t in op.dies:
-                for tier, nbytes in tensors[t].home.items():
+                for tier, nbytes in tensors[t].held.items():
                     if (t, tier) in home_alloc:
                         home_alloc.discard((t, tier))
                         pools[tier].free(t, nbytes)
@@ -669,7 +669,7 @@ class StepEngine:
             first = (t, tier) not in self.home_alloc
             self.home_alloc.add((t, tier))
             ev = self.clock.copier.copy(op.mem, tier, int(nbytes * frac), t, op.name,
-                                        alloc=nbytes if first else 0)
+                                        alloc=info.held[tier] if first else 0)
             target = self._avail(t, op.index, tier)
             ev.callbacks.append(lambda _e, target=target: target.succeed())
             events.append(ev)

@@ -157,7 +157,7 @@ def _sample(system: System, trace: Trace, plan: Plan, prog=None) -> _Sample | No
     clock = engine.clock
     makespan = clock.env.now
     held = {t: sum(lines.values()) for t, lines in clock.reserved.items()}
-    resident = [(name, dict(info.home)) for name, info in prog.tensors.items()
+    resident = [(name, dict(info.held)) for name, info in prog.tensors.items()
                 if info.birth is None]
     flops = sum(op.flops for op in prog.ops if not op.recompute)
     return _Sample(

@@ -42,7 +42,7 @@ from memsim.contracts.names import (
 )
 from memsim.contracts.plan import Plan
 from memsim.errors import SpecError
-from memsim.hardware.attention_impl import attention_bytes, fresh_scale
+from memsim.hardware.attention_impl import attention_bytes, fresh_scale, host_kv_homes
 from memsim.hardware.gemm import matmul_shape
 from memsim.hardware.spec import System
 from memsim.workloads.trace import LAYER, PERSISTENT, Tensor, Trace
@@ -88,6 +88,14 @@ class TInfo:
     birth: int | None  # first writer; None: exists from the start
     death: int | None  # last op it is alive in; None: alive to the end
     chunk: int = 0  # bytes of one contiguous read from its home (scattered neurons); 0: large reads
+    # tier → bytes the home holds where that differs from ``home`` (what copies move): a host KV
+    # buffer in another dtype (Plan.host_kv_bits); None: ``home``
+    footprint: dict[str, int] | None = None
+
+    @property
+    def held(self) -> dict[str, int]:
+        """Tier → bytes the tensor's home occupies there."""
+        return self.footprint or self.home
 
 
 @dataclass(slots=True)
@@ -730,7 +738,10 @@ def _tensors(scan: _Scan, trace: Trace, system: System, plan: Plan, fast: str,
             if hit is None:
                 hit = placed[(nbytes, cls)] = dict(sorted(
                     split_bytes(nbytes, plan.home(cls, fast)).items()))
-            out[name] = TInfo(name, cls, nbytes, dict(hit), born, death)
+            info = out[name] = TInfo(name, cls, nbytes, dict(hit), born, death)
+            if cls == "kv" and plan.host_kv_bits:  # a host buffer in another dtype
+                held = host_kv_homes(hit, fast, trace.meta.get("kv_bits"), plan.host_kv_bits)
+                info.footprint = held if held != hit else None
             continue
         death = last[name]
         mem = writer.mem if born is not None else fast

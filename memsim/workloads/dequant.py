@@ -17,6 +17,15 @@ op beside the GEMM (one per layer), so its time is an upper bound of what dequan
 negligible while the GEMM is bound by reading weights (decode), comparable to the MMA once the
 batch makes it compute bound (the reason W4A16 loses to FP16 at large batch; Frantar et al.
 2024, "MARLIN", arXiv:2408.11743 §3).
+
+DeepSpeed's int4/int8 Linear (``WeightQuant.materializes``) has no fused kernel: every forward
+dequantizes the whole weight into a temporary fp16 tensor (``dequantize_int4_to_half_experimental``)
+and hands it to a plain ``F.linear`` (deepspeed/inference/quantization/utils.py,
+``wrap_quantized_functional``). Its dequant op therefore reads the packed bytes and writes
+``w_e`` bytes per weight, once per forward whatever the rows, and the GEMM reads those ``w_e``
+bytes instead of the packed ones: 0.5625 + 2 + 2 bytes of GPU memory traffic per int4 weight
+(group 64) where a fused kernel reads 0.5625. Its QuantizedEmbedding dequantizes the whole token
+table to look up a few rows, and the tied LM head dequantizes it again (``table_dequant_bytes``).
 """
 
 from __future__ import annotations
@@ -41,3 +50,19 @@ def packed_bytes(arch: Architecture, d_in: int, d_out: int, copies: float, w_e: 
 def dequant_flops(weights: float, rows: int) -> float:
     """Dequantization operations of a GEMM over ``weights`` quantized weights and ``rows`` rows."""
     return DEQUANT_FLOPS_PER_WEIGHT * weights * math.ceil(max(rows, 1) / DEQUANT_TILE_ROWS)
+
+
+def materialized_dequant(weights: float, packed: int, w_e: int) -> tuple[float, int, int]:
+    """(FLOPs, bytes read, bytes written) of dequantizing ``weights`` weights of ``packed`` bytes
+    whole into a temporary tensor of ``w_e`` bytes per weight (DeepSpeed): once per forward."""
+    return DEQUANT_FLOPS_PER_WEIGHT * weights, packed, int(weights * w_e)
+
+
+def table_dequant_bytes(arch: Architecture, e: int) -> int:
+    """Bytes one lookup of a packed token table (or one LM head over it) moves dequantizing the
+    whole table first (DeepSpeed's QuantizedEmbedding / quantized F.linear); 0 otherwise."""
+    q = arch.quant
+    if q is None or not (q.embeddings and q.materializes):
+        return 0
+    table = arch.vocab * arch.hidden
+    return linear_bytes(q, [(arch.hidden, arch.vocab, 1)]) + table * e

@@ -23,7 +23,7 @@ from memsim.errors import SpecError
 from memsim.workloads import accounting as acc
 from memsim.workloads import moe
 from memsim.workloads.builder import L, TraceBuilder, op
-from memsim.workloads.dequant import DEQUANT_DTYPE
+from memsim.workloads.dequant import DEQUANT_DTYPE, table_dequant_bytes
 from memsim.workloads.kernels import Kernel, head_kernels, layer_kernels
 from memsim.workloads.models import Architecture
 from memsim.workloads.param_tensors import layer_param_tensors
@@ -55,15 +55,16 @@ def act_bytes(arch: Architecture, tokens: int, e: int) -> int:
 
 def declare_model(tb: TraceBuilder, arch: Architecture, dtype: str, e: int) -> None:
     layer_bytes = arch.layer_params * e
+    embed, head = arch.table_bytes(e)
     if arch.quant is not None:  # packed linears: the templated layer carries the mean layer bytes
-        layer_bytes = -(-(arch.weight_bytes(e) - (arch.embed_params + arch.head_params) * e) // arch.layers)
+        layer_bytes = -(-(arch.weight_bytes(e) - embed - head) // arch.layers)
     if arch.is_moe:  # routed experts apart: a step reads only those its tokens route to (moe.py)
         experts = -(-moe.routed_expert_bytes(arch, e) // arch.layers)
         tb.tensor(L + moe.EXPERTS, experts, "weight", dtype)
         layer_bytes -= experts
     tb.tensor(L + "weight", layer_bytes, "weight", dtype)
-    tb.tensor("embed.weight", arch.embed_params * e, "weight", dtype)
-    tb.tensor("head.weight", arch.head_params * e, "weight", dtype)
+    tb.tensor("embed.weight", embed, "weight", dtype)
+    tb.tensor("head.weight", head, "weight", dtype)
 
 
 def layer_ops(kernels: list[Kernel], phase: str, kv_write: int, dtype: str, *,
@@ -98,8 +99,9 @@ def head_ops(arch: Architecture, batch: int, e: int, phase: str, dtype: str, pre
         op(prefix + "final_norm", "elementwise", phase, norm.flops, norm.weight_bytes + norm.read,
            norm.written,
            ("hidden", "head.weight"), ("act",), dtype=dtype, shape=norm.shape),
-        op(prefix + "lm_head", "matmul", phase, lm.flops, lm.weight_bytes + lm.read, lm.written,
-           ("act", lm_w), ("logits",), dtype=dtype, shape=lm.shape),
+        op(prefix + "lm_head", "matmul", phase, lm.flops,
+           lm.weight_bytes + lm.read + table_dequant_bytes(arch, e), lm.written, ("act", lm_w),
+           ("logits",), dtype=dtype, shape=lm.shape),
         op(prefix + "sample", "elementwise", phase, 5 * batch * arch.vocab, batch * arch.vocab * 4, batch * 8,
            ("logits",), (), dtype="fp32", shape=(batch * arch.vocab,)),
     ]
@@ -107,9 +109,9 @@ def head_ops(arch: Architecture, batch: int, e: int, phase: str, dtype: str, pre
 
 def embed_op(arch: Architecture, tokens: int, e: int, phase: str, dtype: str, name: str = "embed") -> Op:
     pos = 2 if arch.learned_positions else 1
-    return op(name, "embedding", phase, tokens * arch.hidden * (pos - 1), tokens * arch.hidden * e * pos,
-              tokens * arch.hidden * e, ("embed.weight",), ("hidden",), dtype=dtype,
-              shape=(tokens * arch.hidden,))
+    return op(name, "embedding", phase, tokens * arch.hidden * (pos - 1),
+              tokens * arch.hidden * e * pos + table_dequant_bytes(arch, e), tokens * arch.hidden * e,
+              ("embed.weight",), ("hidden",), dtype=dtype, shape=(tokens * arch.hidden,))
 
 
 def token_costs(arch: Architecture, e: int, kv_bits: int) -> TokenCosts:

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, replace
 
 from memsim.workloads.arch_flops import mean_layer, uniform
-from memsim.workloads.dequant import dequant_flops, packed_bytes
+from memsim.workloads.dequant import dequant_flops, materialized_dequant, packed_bytes
 from memsim.workloads.models import Architecture
 from memsim.workloads.moe import touched_experts
 from memsim.workloads.quantization import linear_bytes
@@ -69,7 +69,8 @@ def layer_kernels(arch: Architecture, b: int, q_len: int, kv_len: float, e: int,
     up_params = arch.experts * (h * up_cols + (up_cols if arch.linear_bias else 0))
     down_params = arch.experts * (f * h + (h if arch.linear_bias else 0))
     expert_share = touched / arch.experts
-    quantized: list[tuple[float, int]] = []  # (weights read, rows) of each quantized matmul
+    quantized: list[tuple[float, int, int]] = []  # (weights, rows, packed bytes) per quantized matmul
+    materializes = arch.quant is not None and arch.quant.materializes
 
     def norm(key: str) -> Kernel:
         return Kernel(key, "elementwise", norm_flops * m * h, arch.norm_params * w_e, m * h * e, m * h * e,
@@ -89,9 +90,11 @@ def layer_kernels(arch: Architecture, b: int, q_len: int, kv_len: float, e: int,
             copies = touched if routed else 1  # matrices read: the touched experts'
             share = copies / arch.experts if routed else 1
             bias = (params - k_dim * n * (arch.experts if routed else 1)) * share
-            weights = packed_bytes(arch, k_dim, n, copies, w_e) + int(bias * w_e)
+            packed = packed_bytes(arch, k_dim, n, copies, w_e)
+            # a materialised dequant leaves the GEMM a plain weight of w_e bytes per element
+            weights = (int(k_dim * n * copies * w_e) if materializes else packed) + int(bias * w_e)
             # each touched expert multiplies its share of the routed rows
-            quantized.append((k_dim * n * copies, math.ceil(rows / copies)))
+            quantized.append((k_dim * n * copies, math.ceil(rows / copies), packed))
         return Kernel(key, "matmul", 2.0 * rows * k_dim * n + lf, weights + lp * w_e, rows * k_dim * e,
                       rows * n * e, (rows, k_dim, n), params + lp, lf, lp)
 
@@ -122,8 +125,13 @@ def layer_kernels(arch: Architecture, b: int, q_len: int, kv_len: float, e: int,
     if not uniform(arch):  # layers differ (window, MLA, SSM, dense/MoE/shared): the mean layer
         kernels = _mean_kernels(arch, kernels, b, q_len, kv_len, touched, w_e)
     if dequant and quantized:
-        work = sum(dequant_flops(n, rows) for n, rows in quantized)
-        kernels.append(Kernel("dequant", "elementwise", work, 0, 0, 0, (int(sum(n for n, _ in quantized)),)))
+        count = int(sum(n for n, _, _ in quantized))
+        if materializes:  # whole weights into fp16 memory: reads the packed, writes the plain
+            work, packed, written = materialized_dequant(count, sum(p for _, _, p in quantized), w_e)
+            kernels.append(Kernel("dequant", "elementwise", work, packed, 0, written, (count,)))
+        else:
+            work = sum(dequant_flops(n, rows) for n, rows, _ in quantized)
+            kernels.append(Kernel("dequant", "elementwise", work, 0, 0, 0, (count,)))
     return kernels
 
 
@@ -133,7 +141,8 @@ def _mean_kernels(arch: Architecture, kernels: list[Kernel], b: int, q_len: int,
     a quantized model's weight reads keep their packed-to-plain ratio."""
     means = mean_layer(arch, b, q_len, kv_len, touched)
     h = arch.hidden
-    packed = (linear_bytes(arch.quant, [(h, h, 1)]) / (h * h * w_e)) if arch.quant is not None else 1.0
+    packed = (linear_bytes(arch.quant, [(h, h, 1)]) / (h * h * w_e)) \
+        if arch.quant is not None and not arch.quant.materializes else 1.0
     out = []
     for k in kernels:
         if k.key in means:

@@ -254,7 +254,21 @@ class Architecture:
         if self.quant is None:
             return self.params * e
         shapes = self.linear_shapes()
-        return (self.params - sum(i * o * c for i, o, c in shapes)) * e + linear_bytes(self.quant, shapes)
+        embed, head = self.table_bytes(e)
+        rest = self.params - self.embed_params - self.head_params - sum(i * o * c for i, o, c in shapes)
+        return rest * e + linear_bytes(self.quant, shapes) + embed + head
+
+    def table_bytes(self, e: int) -> tuple[int, int]:
+        """Bytes of the embedding and of the head (final norm, untied LM head): ``e`` per
+        parameter, the token table and an untied LM head packed where the quantization packs
+        embeddings too (DeepSpeed's, memsim.workloads.quantization)."""
+        embed, head = self.embed_params * e, self.head_params * e
+        if self.quant is not None and self.quant.embeddings:
+            table = self.vocab * self.hidden
+            saved = table * e - linear_bytes(self.quant, [(self.hidden, self.vocab, 1)])
+            embed -= saved
+            head -= 0 if self.tied_embeddings else saved
+        return embed, head
 
     # -- KV cache / recurrent state, per layer kind --------------------------------------------
 

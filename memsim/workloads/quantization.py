@@ -12,6 +12,16 @@ dimension and ``b`` bits (sources: AutoGPTQ/AutoAWQ packing, bitsandbytes ``Line
 * bnb 4-bit (nf4/fp4, blocksize 64): n/2 + n/64·4 (fp32 absmax); with double quantization the
   absmax is 8-bit with an fp32 scale per 256 blocks: n/2 + n/64 + n/(64·256)·4
 * FP8: n (e4m3) + one fp32 scale per tensor, or per 128×128 block: ⌈in/128⌉·⌈out/128⌉·4
+* DeepSpeed (``quant_method: deepspeed``, memsim's name for ZeRO-Inference's ds_config
+  ``weight_quantization.quantized_initialization``, asymmetric, groups of g along the input
+  dimension): n·b/8 + n/g·2 (fp16 scale) + n/g·2 (fp16 minimum), the three concatenated into one
+  fp16-typed tensor (deepspeed/inference/quantization/utils.py, ``Quantizer.quantize`` and
+  ``concat_to_compat_param``). Unlike the checkpoint formats it packs every ``nn.Linear`` *and*
+  ``nn.Embedding`` weight (``WEIGHT_QUANTIZATION_LAYERS``), so the token table and the LM head
+  are packed too (``WeightQuant.embeddings``), and its Linear has no fused kernel: each forward
+  dequantizes the whole weight into a temporary fp16 tensor that the GEMM then reads
+  (``wrap_quantized_functional``, ``DeQuantizer.dequantize``: ``WeightQuant.materializes``;
+  priced in memsim.workloads.dequant).
 """
 
 from __future__ import annotations
@@ -34,6 +44,17 @@ class WeightQuant:
     double_quant: bool = False
     block: tuple[int, int] | None = None  # FP8 block scales
 
+    @property
+    def embeddings(self) -> bool:
+        """Whether the embedding table and the LM head are packed too (DeepSpeed's)."""
+        return self.method == "deepspeed"
+
+    @property
+    def materializes(self) -> bool:
+        """Whether a matmul dequantizes its whole weight into fp16 memory before a plain GEMM
+        reads it (DeepSpeed's), instead of dequantizing tiles inside a fused kernel."""
+        return self.method == "deepspeed"
+
 
 def parse_quantization(q: dict | None, *, file: str | None = None) -> WeightQuant | None:
     if not q:
@@ -50,10 +71,17 @@ def parse_quantization(q: dict | None, *, file: str | None = None) -> WeightQuan
             return WeightQuant("bnb4", 4, 64, bool(q.get("bnb_4bit_use_double_quant")))
         if q.get("load_in_8bit"):
             return WeightQuant("bnb8", 8)
+    if method == "deepspeed":
+        bits, group = q.get("bits", q.get("num_bits")), q.get("group_size", 64)
+        if bits not in (4, 8):  # DeepSpeed's Quantizer asserts INT4 or INT8
+            raise SpecError(f"deepspeed bits must be 4 or 8, got {bits!r}", file=file,
+                            key="quantization_config.bits")
+        return WeightQuant("deepspeed", bits, int(group))
     if method == "fp8":
         block = q.get("weight_block_size")
         return WeightQuant("fp8", 8, block=tuple(block) if block else None)
-    raise SpecError(f"unsupported quant_method {method!r}; supported: gptq, awq, bitsandbytes, fp8",
+    raise SpecError(f"unsupported quant_method {method!r}; supported: gptq, awq, bitsandbytes, fp8, "
+                    "deepspeed",
                     file=file, key="quantization_config.quant_method")
 
 
@@ -66,6 +94,9 @@ def linear_bytes(q: WeightQuant, shapes: list[tuple[int, int, int]]) -> int:
             groups = math.ceil(d_in / q.group_size) * d_out
             one = math.ceil(n * q.bits / 8) + groups * 2 + math.ceil(groups * q.bits / 8)
             one += d_in * 4 if q.method == "gptq" else 0
+        elif q.method == "deepspeed":  # packed values, fp16 scale and fp16 minimum per group
+            groups = math.ceil(d_in / q.group_size) * d_out
+            one = math.ceil(n * q.bits / 8) + groups * 2 * 2
         elif q.method == "bnb8":
             one = n + d_out * 4
         elif q.method == "bnb4":
