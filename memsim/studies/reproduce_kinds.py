@@ -20,6 +20,7 @@ from memsim.studies.reproduce_kv_tp import kv_capacity
 from memsim.studies.reproduce_parallel import parallel
 from memsim.studies.reproduce_prefix import prefix_serving, prefix_trace
 from memsim.studies.reproduce_spec import CaseResult, CaseSpec
+from memsim.studies.reproduce_swap import swap_submit
 
 KINDS: dict[str, Callable[[CaseSpec, Path, Callable[[str], None]], CaseResult]] = {
     "zero": cases.zero,
@@ -35,4 +36,5 @@ KINDS: dict[str, Callable[[CaseSpec, Path, Callable[[str], None]], CaseResult]] 
     "prefix_serving": prefix_serving,
     "kv_budget": kv_budget_case,
     "kv_capacity": kv_capacity,
+    "swap_submit": swap_submit,
 }

@@ -23,7 +23,8 @@ class CaseSpec(Spec):
     title: str = Field(description="one line heading the case in the document")
     kind: str = Field(description="how the case is evaluated: zero, flexgen, paged, checkpoint, kivi, "
                                   "flash, headinfer, framework, parallel, "
-                                  "prefix_trace, prefix_serving, kv_budget, kv_capacity")
+                                  "prefix_trace, prefix_serving, kv_budget, kv_capacity, "
+                                  "swap_submit")
     quick: bool = Field(False, description="part of the reduced set that --quick runs")
     order: int = Field(100, description="position in the document (then by name)")
     source: str = Field(description="the publication the figures come from")
