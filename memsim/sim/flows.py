@@ -316,9 +316,11 @@ class Copier:
             bounce = min(nbytes, BOUNCE_CHUNK_BYTES * BOUNCE_CHUNKS)
             for tier in via:
                 pools[tier].alloc("bounce:" + key, bounce, op)
-        wait = latency * copies if setup is None else setup
-        if wait > 0:
-            yield env.timeout(wait)
+        if setup is not None:
+            if setup > 0:
+                yield env.timeout(setup)
+        elif latency > 0:
+            yield env.timeout(latency * copies)
         if nbytes > 0:
             flows = self.flows
             shares, curves = flows.shape(ports, src, dst, float(min(nbytes, request or IO_REQUEST_BYTES)))
