@@ -3,12 +3,15 @@
     python bench/bench_swap.py
 
 1. One Llama-3-8B request of 2,048 tokens (128 blocks of 16) swapped out over an H100 SXM's
-   PCIe 5 link (h100-sxm.yaml: 5 us per copy plus the HBM's 0.6 us), per granularity: copies,
+   PCIe 5 link (h100-sxm.yaml: 5 us per copy plus the HBM's 0.6 us, 1.1 us per further
+   descriptor of a batch), per granularity and submission (call, batch, kernel): copies,
    seconds and the rate the swap achieves.
 2. A serving run that preempts (Llama-3-8B on an L4, 60 Poisson requests at 50/s, prompts of
    1,024-2,048 tokens, 256 out, swap space 16 GiB) under vLLM's swap and FastSwitch's three
    changes one by one: TTFT/TBT p99, switch seconds, copies.
-3. The same run with ``serving.kv_budget`` (4 sinks + a 508-token window: StreamingLLM serving):
+3. The same run on an h100-sxm whose HBM is cut to 20 GiB (its link has a batch descriptor
+   cost; the L4's does not), per ``serving.swap.submit``.
+4. The same run with ``serving.kv_budget`` (4 sinks + a 508-token window: StreamingLLM serving):
    each request holds at most 32 blocks, so more requests fit the pool.
 """
 
@@ -51,14 +54,15 @@ def one_request() -> None:
           f"{block_bytes // 2**10} KiB each over all layers, {block_bytes // (2 * layers) // 2**10} "
           "KiB per layer and K/V) ==")
     for name, gran, group in (("block", "block", 8), ("group 8", "group", 8), ("request", "request", 8)):
-        cost = SwapCost(layers=layers, granularity=gran, group_blocks=group)
-        clock = Clock(system, False)
-        stats = SwapStats()
-        start_swaps(clock.env, clock.copier, cost, stats, "hbm", "dram", block_bytes, [blocks], [],
-                    blocks * block_bytes, 0)
-        clock.env.run()
-        print(f"  {name:8s} {stats.copies:6d} copies  {stats.seconds * 1e3:7.3f} ms  "
-              f"{stats.bytes / stats.seconds / 1e9:6.1f} GB/s")
+        for submit in ("call", "batch", "kernel"):
+            cost = SwapCost(layers=layers, granularity=gran, group_blocks=group, submit=submit)
+            clock = Clock(system, False)
+            stats = SwapStats()
+            start_swaps(clock.env, clock.copier, cost, stats, "hbm", "dram", block_bytes, [blocks],
+                        [], blocks * block_bytes, 0)
+            clock.env.run()
+            print(f"  {name:8s} {submit:6s} {stats.copies:6d} copies  {stats.seconds * 1e3:7.3f} ms  "
+                  f"{stats.bytes / stats.seconds / 1e9:6.1f} GB/s")
 
 
 def serving_runs() -> None:
@@ -80,6 +84,20 @@ def serving_runs() -> None:
                   f"{s.swap_seconds:9.3f} {s.swap_copies:8d} {s.swap_bytes / 1e9:10.2f} {wall:6.1f}")
 
 
+def submit_runs() -> None:
+    system = load_system("h100-sxm", ["hardware.tiers.hbm.capacity=20GiB"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "swap-bench.yaml"
+        path.write_text(WORKLOAD)
+        print("== the same run on h100-sxm with 20 GiB of HBM, per serving.swap.submit ==")
+        for submit in ("call", "batch", "kernel"):
+            trace = load_trace(str(path))
+            trace.meta["swap"] = {"submit": submit}
+            s = simulate(system, trace).serving
+            print(f"  {submit:6s} preemptions {s.preemptions:3d}  TTFT p99 {s.ttft_s['p99']:6.2f}s  "
+                  f"switch {s.swap_seconds:6.3f} s  copies {s.swap_copies:7d}")
+
+
 def budget_runs() -> None:
     system = load_system("l4")
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,4 +114,5 @@ def budget_runs() -> None:
 if __name__ == "__main__":
     one_request()
     serving_runs()
+    submit_runs()
     budget_runs()

@@ -90,6 +90,10 @@ def emit(system: System, trace: Trace, plan: Plan) -> tuple[str, list[str]]:
                                          or swap.get("reuse")):
             notes.append("serving.swap's block groups, overlap and reuse are FastSwitch's: vLLM swaps "
                          "block by block before each iteration")
+        if policy.preempt == "swap" and swap.get("submit", "call") != "call":
+            notes.append(f"serving.swap.submit {swap['submit']} has no vLLM engine arg: V0's swap "
+                         "preemption issues one cudaMemcpyAsync per block, layer and K/V (its "
+                         "KV-offloading connector batches them with cuMemcpyBatchAsync)")
         if meta.get("kv_budget"):
             notes.append("serving.kv_budget (StreamingLLM's sinks and window) has no vLLM engine arg: "
                          "vLLM keeps every token's KV")

@@ -176,6 +176,9 @@ class Link(Spec):
     lanes: int | None = Field(None, ge=1, le=32, description="PCIe lanes, if bandwidth is derived")
     efficiency: float = Field(1.0, gt=0, le=1, description="achievable fraction of the raw bandwidth")
     latency: Seconds = Field(0.0, ge=0, description="per-transfer setup latency, e.g. 2us")
+    descriptor_latency: Seconds | None = Field(None, ge=0, description=(
+        "cost of each further copy descriptor of one batched submission (cuMemcpyBatchAsync): "
+        "the batch pays latency once, then this per descriptor; unset = latency (no saving)"))
     port: str | None = Field(None, description="upstream port it shares with other links (a switch)")
     source: str | None = Field(None, description="where the numbers come from")
 
@@ -185,6 +188,9 @@ class Link(Spec):
             if self.pcie_gen is None or self.lanes is None:
                 raise ValueError("give either bandwidth or both pcie_gen and lanes")
             self.__dict__["bandwidth"] = PCIE_GBPS_PER_LANE[self.pcie_gen] * self.lanes
+        if self.descriptor_latency is not None and self.descriptor_latency > self.latency:
+            raise ValueError("descriptor_latency exceeds latency: a descriptor of a batch cannot "
+                             "cost more than a copy call of its own")
         return self
 
     def rate(self, src: str, pinned: bool = True) -> float:

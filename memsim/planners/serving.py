@@ -1,7 +1,8 @@
 """The serving model: weight placement, KV pool, concurrency and swap budget for a batching server.
 
 For each candidate ``max_num_seqs`` (outside the LP, like FlexGen's batch sizes), an LP chooses
-the weight split over tiers, the KV pool on the GPU (≥ the concurrent sequences' mean context),
+the weight split over tiers, the KV pool on the GPU (≥ the concurrent sequences' mean context,
+or the tokens ``serving.kv_budget`` keeps of it),
 and the swap budget on the host (vLLM's ``swap_space``), minimising the decode iteration time
 (roofline: weight + KV bytes through HBM, FLOPs, weights streamed over the links). The candidate
 with the most tokens/s wins; the simulator then runs the real scheduler on the real requests.
@@ -48,6 +49,26 @@ def _iterations(req, max_num_seqs: int, batched: int, output: float) -> float:
     return out_tokens / max_num_seqs + prompt_tokens / max(batched, 1)
 
 
+def kept_tokens(req, cap: int, prompt: float, output: float) -> tuple[float, float]:
+    """(tokens of KV a request holds at its end, mean tokens a decode step attends to) under a
+    ``serving.kv_budget`` of ``cap`` tokens per request, averaged over the requests: the pool and
+    the KV reads count the kept tokens only, as the simulator's scheduler does (``kv_cap``).
+    Decode runs the context from p to p + o; its mean under the cap is the mean of
+    min(p + t, cap) over t in [0, o] (p + o/2 where the cap does not bind)."""
+    pairs = list(zip(req.prompt_len, req.output_len, strict=True)) if req and len(req) else [(prompt, output)]
+    held = ctx = 0.0
+    for p, o in pairs:
+        held += min(p + o, cap)
+        if p >= cap:
+            ctx += cap
+        elif p + o <= cap:
+            ctx += p + o / 2
+        else:  # the context grows to the cap, then stays there
+            k = cap - p
+            ctx += (k * (p + k / 2) + (o - k) * cap) / o
+    return held / len(pairs), ctx / len(pairs)
+
+
 def scheduler_defaults(trace: Trace) -> dict:
     return dict(trace.meta.get("scheduler") or {})
 
@@ -72,7 +93,11 @@ def solve_serving(
     w = {t: prob.add_variable(f"w_{t}", 0, 1) for t in space.tiers["weight"]}
     s = {t: prob.add_variable(f"s_{t}", 0, space.slack_cap.get(t)) for t in slack_tiers(system, slack)}
     prob += pulp.lpSum(w.values()) == 1, "sum_weight"
-    kv_need = max_num_seqs * (prompt + output) * tc.kv_bytes_per_token
+    held, ctx = prompt + output, prompt + output / 2
+    budget = trace.meta.get("kv_budget")
+    if budget:  # serving.kv_budget: a request keeps at most cap tokens (memsim.sim.scheduler)
+        held, ctx = kept_tokens(req, int(budget["cap"]), prompt, output)
+    kv_need = max_num_seqs * held * tc.kv_bytes_per_token
     depth = space.prefetch_depth + 1
     per_layer_w = tc.weight_bytes / max(tc.layers, 1)
     gpu_use = (
@@ -90,7 +115,6 @@ def solve_serving(
         use = tc.weight_bytes * w.get(t, 0) + (swap if swap is not None and t == host else 0)
         _cap(prob, space, t, use, s)
     it = prob.add_variable("T_iter", 0)
-    ctx = prompt + output / 2
     hbm_bw = gpu.mem_bw * gpu.memory_efficiency
     read_w = weight_bytes_read(tc, max_num_seqs)  # MoE: the experts a decode batch routes to
     prob += it >= (read_w * w.get(g, 0) + max_num_seqs * ctx * tc.kv_bytes_per_token) / hbm_bw

@@ -269,7 +269,7 @@ class Copier:
 
     def copy(self, src: str, dst: str, nbytes: int, key: str, op: str, *,
              alloc: int | None = None, after: simpy.Event | None = None,
-             request: int = 0, copies: int = 1) -> simpy.Event:
+             request: int = 0, copies: int = 1, setup: float | None = None) -> simpy.Event:
         """Start a copy once ``after`` has fired; the returned event fires when the bytes have
         arrived. ``alloc`` bytes (default: the copy's) are allocated on ``dst`` under ``key`` when
         the copy starts, as a real buffer must be (0 when updating bytes already there); the caller
@@ -278,15 +278,21 @@ class Copier:
         scattered in chunks, such as sparse FFN neurons); 0: the default. ``copies``: the bytes
         go as that many back-to-back copies (one per parameter tensor, Plan.weight_copies), each
         paying the route's per-transfer latency: t = copies · latency + bytes / rate, the shape
-        of a measured cudaMemcpy size sweep (t4-gcp.yaml [6])."""
+        of a measured cudaMemcpy size sweep (t4-gcp.yaml [6]). ``setup``: seconds the copies'
+        submission costs in place of ``copies · latency`` (one batched or kernel submission of
+        them, memsim.sim.swap)."""
         self.started += 1
         env = self.env
         done = env.event()
         env.process(self._run(src, dst, nbytes, key, op, done,
-                              nbytes if alloc is None else alloc, after, request, copies))
+                              nbytes if alloc is None else alloc, after, request, copies, setup))
         return done
 
-    def _run(self, src, dst, nbytes, key, op, done, alloc, after, request=0, copies=1):
+    def latency(self, src: str, dst: str) -> float:
+        """Seconds one copy call from ``src`` to ``dst`` pays before its bytes move."""
+        return (self._plans.get((src, dst)) or self._plan(src, dst))[3]
+
+    def _run(self, src, dst, nbytes, key, op, done, alloc, after, request=0, copies=1, setup=None):
         if after is not None and after.callbacks is not None:
             yield after
         plan = self._plans.get((src, dst)) or self._plan(src, dst)
@@ -310,7 +316,10 @@ class Copier:
             bounce = min(nbytes, BOUNCE_CHUNK_BYTES * BOUNCE_CHUNKS)
             for tier in via:
                 pools[tier].alloc("bounce:" + key, bounce, op)
-        if latency > 0:
+        if setup is not None:
+            if setup > 0:
+                yield env.timeout(setup)
+        elif latency > 0:
             yield env.timeout(latency * copies)
         if nbytes > 0:
             flows = self.flows

@@ -22,6 +22,7 @@ from memsim.studies.reproduce_parallel import parallel
 from memsim.studies.reproduce_prefix import prefix_serving, prefix_trace
 from memsim.studies.reproduce_spec import CaseResult, CaseSpec
 from memsim.studies.reproduce_sublinear import checkpoint_module
+from memsim.studies.reproduce_swap import swap_submit
 
 KINDS: dict[str, Callable[[CaseSpec, Path, Callable[[str], None]], CaseResult]] = {
     "zero": cases.zero,
@@ -40,4 +41,5 @@ KINDS: dict[str, Callable[[CaseSpec, Path, Callable[[str], None]], CaseResult]] 
     "kv_capacity": kv_capacity,
     "goodput": goodput,
     "kv_transfer": kv_transfer,
+    "swap_submit": swap_submit,
 }

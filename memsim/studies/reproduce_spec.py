@@ -24,7 +24,7 @@ class CaseSpec(Spec):
     kind: str = Field(description="how the case is evaluated: zero, flexgen, paged, checkpoint, kivi, "
                                   "flash, headinfer, framework, parallel, checkpoint_module, "
                                   "prefix_trace, prefix_serving, kv_budget, kv_capacity, "
-                                  "goodput, kv_transfer")
+                                  "goodput, kv_transfer, swap_submit")
     quick: bool = Field(False, description="part of the reduced set that --quick runs")
     order: int = Field(100, description="position in the document (then by name)")
     source: str = Field(description="the publication the figures come from")

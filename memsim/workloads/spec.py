@@ -413,6 +413,11 @@ class SwapSpec(Spec):
     switch_overhead: float = Field(0.0, ge=0, description=(
         "seconds of scheduler work each preemption or resumption adds before the iteration "
         "computes (block tables, bookkeeping; 0: none)"))
+    submit: Literal["call", "batch", "kernel"] = Field("call", description=(
+        "how the copies are submitted: call (one cudaMemcpyAsync each, each paying the link's "
+        "latency: vLLM's swap_blocks loop); batch (one cuMemcpyBatchAsync: the latency once, then "
+        "the link's descriptor_latency per copy); kernel (one gather/scatter kernel: the "
+        "latency once, then bandwidth-bound)"))
 
     @field_validator("switch_overhead", mode="before")
     @classmethod
