@@ -17,9 +17,9 @@ through the first two (``TOL`` of the step time; integers exactly), else the sch
 settled and the next sample is tried, up to ``BUDGET`` of the whole. The quadratics go through
 the three. Extrapolated to L they reproduce the unfolded run (tests/golden/: 1e-9 relative).
 An overflow changes no figure (a pool never refuses an allocation), so an overflowing step folds
-too when its first OOM is at the start (the resident state: ``_start_oom`` replays those
-allocations for the record). Whatever cannot be extrapolated is simulated whole: an OOM later in
-the step (its time, op and holders are an event, not a trend), a per-layer plan
+too: its first OOM record (time, op, holders) is an event, not a trend, so it is replayed: at the
+start (the resident state) by ``_start_oom``, later by the whole program simulated only until
+that overflow (``_first_oom``). Whatever cannot be extrapolated is simulated whole: a per-layer plan
 (``layer_policy``), per-layer concrete tensor names, a timeline (the caller's).
 
 ``MEMSIM_FOLD=0`` in the environment (or ``simulate(..., fold=False)``) turns folding off;
@@ -215,7 +215,7 @@ def simulate_folded(system: System, trace: Trace, plan: Plan) -> Result | None:
         return None
     full = _folded(lambda k: _over_iterations(system, reduced(trace, k), plan), n, FIRST, STEP,
                    "layers", trace.name)
-    return None if full is None else _result(system, trace, full)
+    return None if full is None else _result(system, trace, plan, full)
 
 
 def _over_iterations(system: System, trace: Trace, plan: Plan) -> _Sample | None:
@@ -394,7 +394,7 @@ def _extend(ks: tuple[int, ...], samples: list[_Sample], n: int, layers: bool) -
                                flops=flops or 0.0)
 
 
-def _result(system: System, trace: Trace, s: _Sample) -> Result | None:
+def _result(system: System, trace: Trace, plan: Plan, s: _Sample) -> Result | None:
     """The Result of the whole step from its extrapolated sample."""
     from memsim.sim.report import main_unit, peak_flops
 
@@ -405,10 +405,10 @@ def _result(system: System, trace: Trace, s: _Sample) -> Result | None:
     if any(peak[t] > s.capacity[t] for t in peak):
         # an overflow does not change the schedule (a pool never refuses), so every figure
         # stands; the OOM record does when it happens at the start, before anything runs
-        oom = _start_oom(system, reserved, s.resident)
+        oom = _start_oom(system, reserved, s.resident) or _first_oom(system, trace, plan)
         if oom is None:
-            log.debug("not folded %s: the whole step overflows after its start", trace.name)
-            return None  # simulate it whole for the OOM's record
+            log.debug("not folded %s: the extrapolated overflow does not happen", trace.name)
+            return None  # simulate it whole
     meta = trace.meta
     makespan = s.makespan
     tokens = int(meta.get("tokens_per_step") or 0)
@@ -430,6 +430,16 @@ def _result(system: System, trace: Trace, s: _Sample) -> Result | None:
         reserved_bytes={t: dict(lines) for t, lines in sorted(reserved.items())},
         link_busy={e: b / makespan for e, b in s.busy.items()},
     )
+
+
+def _first_oom(system: System, trace: Trace, plan: Plan) -> OOM | None:
+    """The whole step's first OOM, an event after its start: the whole program simulated only
+    until it (an overflow late in the step costs about the whole run, an early one little)."""
+    from memsim.sim.engine import StepEngine
+    from memsim.sim.program import build_program
+
+    prog = build_program(trace, system, plan)
+    return StepEngine(system, prog, plan.prefetch_depth, False, trace.meta).first_oom()
 
 
 def _layered(resident: list[tuple[str, dict[str, int]]], n: int) -> list:
