@@ -108,6 +108,23 @@ def test_late_overflow_folds_with_the_whole_runs_oom(h100, caplog) -> None:
     _same(got, want)
 
 
+@pytest.mark.parametrize("prefix", [True, False])
+def test_decode_overflow_is_found_in_a_prefix(h100, monkeypatch, prefix) -> None:
+    """A long decode's OOM is found in its first decode iterations when it happens before the
+    last of them (else in the whole program): the unfolded run's record either way."""
+    trace = load_trace("llama3-8b-infer", ["inference.gen_len=64", "inference.batch_size=96",
+                                           "inference.prompt_len=4096"])
+    said = []
+    real = fold._before_last_iteration
+    monkeypatch.setattr(fold, "_before_last_iteration",
+                        lambda e, last: said.append(last) or (prefix and real(e, last)))
+    got = simulate(h100, trace, Plan(), fold=True)
+    want = simulate(h100, trace, Plan(), fold=False)
+    assert not got.feasible and 0 < got.oom.time_s and got.oom == want.oom
+    assert said == ([fold.PREFIX_ITERATIONS - 1] if prefix else [3, 15])
+    _same(got, want)
+
+
 def test_first_oom_stops_at_the_overflow(h100) -> None:
     from memsim.sim.engine import StepEngine
     from memsim.sim.program import build_program

@@ -51,6 +51,7 @@ CONTEXT_BUDGET = 0.7  # the windows' iterations (a prefill counted as one) at mo
 # of the run's: FlexGen's 32-token generations fold (6 windows of 7 iterations for 32)
 WINDOW = (FIRST_ITERATIONS, FIRST_ITERATIONS + 1)  # decode windows over a growing context: the
 # cost of the iteration after two that settle the schedule is the difference of the two lengths
+PREFIX_ITERATIONS = 4  # the first decode prefix searched for a mid-step OOM (_first_oom)
 BUDGET = 0.6  # layers sampled at most, as a fraction of the step's (a failed fold costs that)
 TOL = 1e-11  # the third sample's agreement with the line through the first two (relative)
 log = logging.getLogger(__name__)
@@ -433,13 +434,43 @@ def _result(system: System, trace: Trace, plan: Plan, s: _Sample) -> Result | No
 
 
 def _first_oom(system: System, trace: Trace, plan: Plan) -> OOM | None:
-    """The whole step's first OOM, an event after its start: the whole program simulated only
-    until it (an overflow late in the step costs about the whole run, an early one little)."""
+    """The whole step's first OOM, an event after its start: the program simulated only until
+    it. Building a long decode's whole program costs more than running it to an early overflow,
+    so the first ``k`` decode iterations (4, 16, ...) are tried first: that program is the whole
+    one's first ``k`` iterations (same tensors, same contexts: ``decoded``), and its run is the
+    whole run event by event until a segment of its last iteration starts (the first that
+    issues fetches past its end, or frees a decode tensor at a last use the whole run has
+    later; decode iterations repeat the same template ops). An OOM before then is the whole
+    run's; else the next prefix, then the whole program."""
     from memsim.sim.engine import StepEngine
     from memsim.sim.program import build_program
 
+    g = decode_iterations(trace)
+    k = PREFIX_ITERATIONS
+    while g is not None and k < g:
+        prog = build_program(decoded(trace, k), system, plan)
+        engine = StepEngine(system, prog, plan.prefetch_depth, False, trace.meta)
+        oom = engine.first_oom()
+        if oom is not None and _before_last_iteration(engine, k - 1):
+            return oom
+        k *= 4
     prog = build_program(trace, system, plan)
     return StepEngine(system, prog, plan.prefetch_depth, False, trace.meta).first_oom()
+
+
+def _before_last_iteration(engine, last: int) -> bool:
+    """Whether no segment started so far reaches (itself, or by the fetches it issues) a
+    segment with an op of decode iteration ``last``, nor holds a ring slot until the step's
+    end (the whole run drains it at a segment past the prefix)."""
+    prog = engine.prog
+    cut = next((seg.index for seg in prog.segments
+                if any(prog.ops[i].phase == "decode" and prog.ops[i].iteration >= last
+                       for i in seg.ops)), None)
+    if cut is None:
+        return False
+    started = [s for s, on in enumerate(engine.seg_started) if on]
+    return all(s < cut and engine.ahead[s] < cut
+               and not (engine.ring and engine.drained_by[s] is None) for s in started)
 
 
 def _layered(resident: list[tuple[str, dict[str, int]]], n: int) -> list:
