@@ -441,7 +441,8 @@ def _first_oom(system: System, trace: Trace, plan: Plan) -> OOM | None:
     whole run event by event until a segment of its last iteration starts (the first that
     issues fetches past its end, or frees a decode tensor at a last use the whole run has
     later; decode iterations repeat the same template ops). An OOM before then is the whole
-    run's; else the next prefix, then the whole program."""
+    run's; none yet: the next prefix; one later (it grows with the iterations): the whole
+    program."""
     from memsim.sim.engine import StepEngine
     from memsim.sim.program import build_program
 
@@ -451,8 +452,10 @@ def _first_oom(system: System, trace: Trace, plan: Plan) -> OOM | None:
         prog = build_program(decoded(trace, k), system, plan)
         engine = StepEngine(system, prog, plan.prefetch_depth, False, trace.meta)
         oom = engine.first_oom()
-        if oom is not None and _before_last_iteration(engine, k - 1):
-            return oom
+        if oom is not None:
+            if _before_last_iteration(engine, k - 1):
+                return oom
+            break  # it overflows as it ends: an overflow that grows with the iterations
         k *= 4
     prog = build_program(trace, system, plan)
     return StepEngine(system, prog, plan.prefetch_depth, False, trace.meta).first_oom()
