@@ -94,9 +94,55 @@ def test_switch_turns_folding_off(monkeypatch) -> None:
     assert fold.enabled(None)
 
 
+def test_late_overflow_folds_with_the_whole_runs_oom(h100, caplog) -> None:
+    """An overflow in the middle of the step folds; its OOM record is the unfolded run's, from
+    the whole program run only until that overflow."""
+    trace = load_trace("llama2-7b-train", ["training.micro_batch=8"])
+    p = Plan.from_dict({"activations": "keep", "optimizer_device": "cpu",
+                        "placement": {"optimizer": {"dram": 1.0}, "grad": {"dram": 1.0}}})
+    got, said = _folded(h100, trace, p, caplog)
+    want = simulate(h100, trace, p, fold=False)
+    assert any(m.startswith("folded llama2-7b-train: 32 layers") for m in said), said
+    assert not got.feasible and got.oom == want.oom
+    assert 0 < got.oom.time_s < want.step_time_s / 2  # mid-forward, not the resident state
+    _same(got, want)
+
+
+@pytest.mark.parametrize("prefix", [True, False])
+def test_decode_overflow_is_found_in_a_prefix(h100, monkeypatch, prefix) -> None:
+    """A long decode's OOM is found in its first decode iterations when it happens before the
+    last of them (else in the whole program): the unfolded run's record either way."""
+    trace = load_trace("llama3-8b-infer", ["inference.gen_len=64", "inference.batch_size=96",
+                                           "inference.prompt_len=4096"])
+    said = []
+    real = fold._before_last_iteration
+    monkeypatch.setattr(fold, "_before_last_iteration",
+                        lambda e, last: said.append(last) or (prefix and real(e, last)))
+    got = simulate(h100, trace, Plan(), fold=True)
+    want = simulate(h100, trace, Plan(), fold=False)
+    assert not got.feasible and got.oom.time_s > 0 and got.oom == want.oom
+    assert said == [fold.PREFIX_ITERATIONS - 1]  # (refused: the whole program, not 16)
+    _same(got, want)
+
+
+def test_first_oom_stops_at_the_overflow(h100) -> None:
+    from memsim.sim.engine import StepEngine
+    from memsim.sim.program import build_program
+
+    trace = load_trace("llama2-7b-train", ["training.micro_batch=8"])
+    p = Plan.from_dict({"activations": "keep", "optimizer_device": "cpu",
+                        "placement": {"optimizer": {"dram": 1.0}, "grad": {"dram": 1.0}}})
+    view = h100.rank_view(1)
+    engine = StepEngine(view, build_program(trace, view, p), p.prefetch_depth, False, trace.meta)
+    oom = engine.first_oom()
+    whole = simulate(h100, trace, p, fold=False)
+    assert oom == whole.oom and engine.env.now == oom.time_s
+    assert 0 < engine.clock.events < whole.events / 2
+
+
 def test_what_cannot_fold_runs_whole(h100, caplog) -> None:
     trace = load_trace("llama2-7b-train", [])
-    # an OOM: its record (time, op, holders) comes from the whole run
+    # an OOM at the start: its record (time, op, holders) is the whole run's
     oom = Plan.from_dict({"activations": "recompute"})
     got = simulate(h100, trace, oom, fold=True)
     want = simulate(h100, trace, oom, fold=False)
@@ -173,5 +219,5 @@ def test_a_refit_window_is_the_window_built_anew(h100) -> None:
     assert [(o.in_frac, o.out_frac) for o in refit.ops] == [(o.in_frac, o.out_frac) for o in fresh.ops]
     assert any(a.in_frac != b.in_frac for a, b in zip(build_program(early, h100, p).ops, fresh.ops,
                                                       strict=True))
-    _same(fold._result(h100, late, fold._sample(h100, late, p, refit)),
-          fold._result(h100, late, fold._sample(h100, late, p, fresh)))
+    _same(fold._result(h100, late, p, fold._sample(h100, late, p, refit)),
+          fold._result(h100, late, p, fold._sample(h100, late, p, fresh)))

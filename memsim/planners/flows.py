@@ -19,13 +19,23 @@ from memsim.hardware.topology import Topology
 class Flows:
     """Accumulates the seconds each copy keeps each resource busy, as linear expressions."""
 
-    def __init__(self, system: System):
+    def __init__(self, system: System, like: Flows | None = None):
+        """``like``: another Flows of the same system whose topology and routes this one shares
+        (a MIP builds one per stage; routing is most of their cost)."""
         self.system = system
-        self.topo = Topology(system)
+        self.topo = like.topo if like is not None else Topology(system)
+        self._routes: dict[tuple[str, str], list[tuple[str, float]]] = (
+            like._routes if like is not None else {})
         self._seconds: dict[str, list] = defaultdict(list)
 
     def resources(self, src: str, dst: str) -> list[tuple[str, float]]:
         """(resource name, bytes/s) of every resource a ``src → dst`` copy loads."""
+        got = self._routes.get((src, dst))
+        if got is None:
+            got = self._routes[src, dst] = self._resources(src, dst)
+        return list(got)
+
+    def _resources(self, src: str, dst: str) -> list[tuple[str, float]]:
         if src == dst:
             return []
         out = [self._tier_side(src, read=True), self._tier_side(dst, read=False)]

@@ -3,6 +3,7 @@ capacity rows in GiB, slack for diagnosis runs, and tidy fractions for the plan.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import pulp
@@ -59,5 +60,6 @@ def normalise(split: dict[str, float]) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
+@functools.cache
 def safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)

@@ -96,6 +96,7 @@ class _Model:
         self.act = (prof.saved + prof.ckpt) * act_scale
         self.ckpt = prof.ckpt * act_scale
         self.act_scale = act_scale
+        self.flows = Flows(system)  # the stages' Flows share its routes
         self._constrain()
 
     def _frac(self, cls: str, tier: str):
@@ -114,7 +115,7 @@ class _Model:
         self.step = self._times()
         if self.space.max_step is not None:
             prob += self.step <= self.space.max_step, "target"
-        fl = Flows(self.system)
+        fl = self.flows
         tidy = (pulp.lpSum(slowness(fl, t, g) * v for c in STATE for t, v in self.x[c].items() if t != g)
                 + n["recompute"] / p.layers)
         if self.slack:
@@ -197,7 +198,7 @@ class _Model:
             "fwd": L * t.get("comm_forward_layer", 0) + t.get("comm_forward_other", 0),
             "bwd": L * t.get("comm_backward_layer", 0) + t.get("comm_backward_other", 0),
         }
-        flows = {s: Flows(self.system) for s in stages}
+        flows = {s: Flows(self.system, like=self.flows) for s in stages}
         for tier in self.system.tiers:
             if tier == g:
                 continue
@@ -214,8 +215,9 @@ class _Model:
             prob += stages[s] >= comm[s], f"comm_{s}"
         prob += stages["opt"] >= opt_compute, "compute_opt"
         for s, fl in flows.items():
-            for name, rate, terms in fl.loads():
-                prob += stages[s] >= pulp.lpSum(terms) * (1.0 / rate), f"load_{s}_{safe_name(name)}"
+            for name, rate, terms in fl.loads():  # (rate is 1.0: the terms are seconds)
+                load = pulp.lpSum(terms) if rate == 1.0 else pulp.lpSum(terms) * (1.0 / rate)
+                prob += stages[s] >= load, f"load_{s}_{safe_name(name)}"
         self.stages = stages
         return pulp.lpSum(stages.values())
 

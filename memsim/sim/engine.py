@@ -73,12 +73,13 @@ class Clock:
     def _counter(self, pool: Pool) -> None:
         self.recorder.counter(pool.name, self.env.now, pool.used)
 
-    def run(self) -> None:
+    def run(self, until_oom: bool = False) -> None:
         """Process every event, counting them; simulated time must never run backward.
+        ``until_oom``: stop after the event that overflowed a tier first (``StepEngine.first_oom``).
 
         simpy's ``Environment.step`` inlined (pop the earliest event, run its callbacks, crash on
         an undefused failure): a method call and an exception frame per event were a tenth of
-        the loop. Nothing here stops a simulation early, so ``StopSimulation`` is not handled."""
+        the loop. ``StopSimulation`` is not handled: nothing raises it."""
         env = self.env
         queue = env._queue
         pop = heappop
@@ -97,6 +98,8 @@ class Clock:
                 exc = type(event._value)(*event._value.args)
                 exc.__cause__ = event._value
                 raise exc
+            if until_oom and self.oom is not None:
+                break
         self.events += n
 
 
@@ -384,8 +387,25 @@ class StepEngine:
         with paused_gc():
             return self._run()
 
+    def first_oom(self) -> OOM | None:
+        """The step's first overflow, simulated only as far as it (None: nothing overflows).
+        The run is the same event by event up to it, so the record is the whole run's."""
+        with paused_gc():
+            self._start()
+            self.clock.run(until_oom=True)
+        return self.clock.oom
+
     def _run(self) -> Result:
         wall = time.perf_counter()
+        self._start()
+        self.clock.run()
+        if not all(self.done):  # pragma: no cover - a scheduling bug, never a user error
+            left = [op.name for op in self.prog.ops if not self.done[op.index]]
+            raise RuntimeError(f"simulation stalled before {left[0]!r} ({len(left)} ops left)")
+        return self._result(time.perf_counter() - wall)
+
+    def _start(self) -> None:
+        """Allocate the resident state and start one process per stream."""
         for name, info in self.prog.tensors.items():
             if info.birth is None:
                 for tier, nbytes in info.held.items():
@@ -396,11 +416,6 @@ class StepEngine:
             streams.setdefault(op.unit, []).append(op.index)
         for unit in sorted(streams):
             self.env.process(self._stream(unit, streams[unit]))
-        self.clock.run()
-        if not all(self.done):  # pragma: no cover - a scheduling bug, never a user error
-            left = [op.name for op in self.prog.ops if not self.done[op.index]]
-            raise RuntimeError(f"simulation stalled before {left[0]!r} ({len(left)} ops left)")
-        return self._result(time.perf_counter() - wall)
 
     # -- streams --------------------------------------------------------------------------------
 

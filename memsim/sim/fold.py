@@ -17,9 +17,9 @@ through the first two (``TOL`` of the step time; integers exactly), else the sch
 settled and the next sample is tried, up to ``BUDGET`` of the whole. The quadratics go through
 the three. Extrapolated to L they reproduce the unfolded run (tests/golden/: 1e-9 relative).
 An overflow changes no figure (a pool never refuses an allocation), so an overflowing step folds
-too when its first OOM is at the start (the resident state: ``_start_oom`` replays those
-allocations for the record). Whatever cannot be extrapolated is simulated whole: an OOM later in
-the step (its time, op and holders are an event, not a trend), a per-layer plan
+too: its first OOM record (time, op, holders) is an event, not a trend, so it is replayed: at the
+start (the resident state) by ``_start_oom``, later by the whole program simulated only until
+that overflow (``_first_oom``). Whatever cannot be extrapolated is simulated whole: a per-layer plan
 (``layer_policy``), per-layer concrete tensor names, a timeline (the caller's).
 
 ``MEMSIM_FOLD=0`` in the environment (or ``simulate(..., fold=False)``) turns folding off;
@@ -51,6 +51,7 @@ CONTEXT_BUDGET = 0.7  # the windows' iterations (a prefill counted as one) at mo
 # of the run's: FlexGen's 32-token generations fold (6 windows of 7 iterations for 32)
 WINDOW = (FIRST_ITERATIONS, FIRST_ITERATIONS + 1)  # decode windows over a growing context: the
 # cost of the iteration after two that settle the schedule is the difference of the two lengths
+PREFIX_ITERATIONS = 4  # the first decode prefix searched for a mid-step OOM (_first_oom)
 BUDGET = 0.6  # layers sampled at most, as a fraction of the step's (a failed fold costs that)
 TOL = 1e-11  # the third sample's agreement with the line through the first two (relative)
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ def simulate_folded(system: System, trace: Trace, plan: Plan) -> Result | None:
         return None
     full = _folded(lambda k: _over_iterations(system, reduced(trace, k), plan), n, FIRST, STEP,
                    "layers", trace.name)
-    return None if full is None else _result(system, trace, full)
+    return None if full is None else _result(system, trace, plan, full)
 
 
 def _over_iterations(system: System, trace: Trace, plan: Plan) -> _Sample | None:
@@ -394,7 +395,7 @@ def _extend(ks: tuple[int, ...], samples: list[_Sample], n: int, layers: bool) -
                                flops=flops or 0.0)
 
 
-def _result(system: System, trace: Trace, s: _Sample) -> Result | None:
+def _result(system: System, trace: Trace, plan: Plan, s: _Sample) -> Result | None:
     """The Result of the whole step from its extrapolated sample."""
     from memsim.sim.report import main_unit, peak_flops
 
@@ -405,10 +406,10 @@ def _result(system: System, trace: Trace, s: _Sample) -> Result | None:
     if any(peak[t] > s.capacity[t] for t in peak):
         # an overflow does not change the schedule (a pool never refuses), so every figure
         # stands; the OOM record does when it happens at the start, before anything runs
-        oom = _start_oom(system, reserved, s.resident)
+        oom = _start_oom(system, reserved, s.resident) or _first_oom(system, trace, plan)
         if oom is None:
-            log.debug("not folded %s: the whole step overflows after its start", trace.name)
-            return None  # simulate it whole for the OOM's record
+            log.debug("not folded %s: the extrapolated overflow does not happen", trace.name)
+            return None  # simulate it whole
     meta = trace.meta
     makespan = s.makespan
     tokens = int(meta.get("tokens_per_step") or 0)
@@ -430,6 +431,49 @@ def _result(system: System, trace: Trace, s: _Sample) -> Result | None:
         reserved_bytes={t: dict(lines) for t, lines in sorted(reserved.items())},
         link_busy={e: b / makespan for e, b in s.busy.items()},
     )
+
+
+def _first_oom(system: System, trace: Trace, plan: Plan) -> OOM | None:
+    """The whole step's first OOM, an event after its start: the program simulated only until
+    it. Building a long decode's whole program costs more than running it to an early overflow,
+    so the first ``k`` decode iterations (4, 16, ...) are tried first: that program is the whole
+    one's first ``k`` iterations (same tensors, same contexts: ``decoded``), and its run is the
+    whole run event by event until a segment of its last iteration starts (the first that
+    issues fetches past its end, or frees a decode tensor at a last use the whole run has
+    later; decode iterations repeat the same template ops). An OOM before then is the whole
+    run's; none yet: the next prefix; one later (it grows with the iterations): the whole
+    program."""
+    from memsim.sim.engine import StepEngine
+    from memsim.sim.program import build_program
+
+    g = decode_iterations(trace)
+    k = PREFIX_ITERATIONS
+    while g is not None and k < g:
+        prog = build_program(decoded(trace, k), system, plan)
+        engine = StepEngine(system, prog, plan.prefetch_depth, False, trace.meta)
+        oom = engine.first_oom()
+        if oom is not None:
+            if _before_last_iteration(engine, k - 1):
+                return oom
+            break  # it overflows as it ends: an overflow that grows with the iterations
+        k *= 4
+    prog = build_program(trace, system, plan)
+    return StepEngine(system, prog, plan.prefetch_depth, False, trace.meta).first_oom()
+
+
+def _before_last_iteration(engine, last: int) -> bool:
+    """Whether no segment started so far reaches (itself, or by the fetches it issues) a
+    segment with an op of decode iteration ``last``, nor holds a ring slot until the step's
+    end (the whole run drains it at a segment past the prefix)."""
+    prog = engine.prog
+    cut = next((seg.index for seg in prog.segments
+                if any(prog.ops[i].phase == "decode" and prog.ops[i].iteration >= last
+                       for i in seg.ops)), None)
+    if cut is None:
+        return False
+    started = [s for s, on in enumerate(engine.seg_started) if on]
+    return all(s < cut and engine.ahead[s] < cut
+               and not (engine.ring and engine.drained_by[s] is None) for s in started)
 
 
 def _layered(resident: list[tuple[str, dict[str, int]]], n: int) -> list:
