@@ -47,3 +47,14 @@ def test_prefix_reproductions_meet_the_median_error():
         errors += [abs(f.diff) for f in rows]
     assert len(errors) >= 4
     assert statistics.median(errors) <= 0.15
+
+
+def test_a_case_note_is_shown_once_and_only_on_a_gap():
+    """run_case appends the YAML's note where a figure misses; the kind must not add it too."""
+    from memsim.studies.reproduce import load_case
+
+    spec, _ = load_case("mooncake-traces")
+    for f in run_case("mooncake-traces").figures:
+        note = spec.notes.get(f.key)
+        if note:
+            assert f.note.count(note) == (1 if f.gap else 0)

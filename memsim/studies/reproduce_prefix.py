@@ -44,8 +44,7 @@ def prefix_trace(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
         file = path.parent / t["jsonl"]
         say(f"replaying {file.name}")
         rate, n = trace_hit_rate(file, int(t.get("block_tokens", 512)))
-        out.figures.append(Figure(t["key"], t["label"], "%", spec.published.get(t["key"]), rate, REPLAY,
-                                  spec.notes.get(t["key"], "")))
+        out.figures.append(Figure(t["key"], t["label"], "%", spec.published.get(t["key"]), rate, REPLAY))
         out.setup.append(f"`{t['jsonl']}`: {n:,} requests, {t.get('block_tokens', 512)}-token blocks")
     return out
 
@@ -79,7 +78,7 @@ def prefix_serving(spec: CaseSpec, path: Path, say: Say) -> CaseResult:
     published = spec.published.get(key)
     if isinstance(published, list):
         published = tuple(published)
-    figures = [Figure(key, label, unit, published, value, SIM, spec.notes.get(key, "")),
+    figures = [Figure(key, label, unit, published, value, SIM),
                Figure("hit_rate", "prefix hit rate (cached run)", "%", None, cached.prefix_hit_rate, SIM),
                Figure("ttft_base", f"TTFT {stat} without the cache", "s", None, base.ttft_s[stat], SIM),
                Figure("ttft_cached", f"TTFT {stat} with the cache", "s", None, cached.ttft_s[stat], SIM),
